@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test: the Release build, the ASan+UBSan
+# build, and the libFuzzer targets for a bounded time each.
+#   FUZZ_SECONDS=N  time per fuzz target (default 30; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+jobs=$(nproc)
+fuzz_seconds=${FUZZ_SECONDS:-30}
+
+echo "== Release build (-Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPAM_WERROR=ON >/dev/null
+cmake --build build -j"$jobs"
+
+echo "== ASan+UBSan build"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPAM_WERROR=ON -DPAM_SANITIZE=address,undefined >/dev/null
+cmake --build build-asan -j"$jobs"
+
+if [ "$fuzz_seconds" -gt 0 ]; then
+  echo "== libFuzzer targets (${fuzz_seconds}s each)"
+  CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DPAM_FUZZ=ON -DPAM_TESTS=OFF >/dev/null
+  cmake --build build-fuzz -j"$jobs"
+  for f in build-fuzz/fuzz_*; do
+    [ -x "$f" ] || continue
+    name=$(basename "$f")
+    corpus=build-fuzz/corpus-$name
+    mkdir -p "$corpus"
+    seeds=()
+    [ -d "fuzz/seeds/$name" ] && seeds=("fuzz/seeds/$name")
+    echo "-- $name"
+    "$f" -max_total_time="$fuzz_seconds" -print_final_stats=0 "$corpus" "${seeds[@]}" 2>&1 | tail -n 2
+  done
+fi
+
+echo "== ASan+UBSan tests"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs")
+echo "== Release tests"
+(cd build && ctest --output-on-failure -j"$jobs")

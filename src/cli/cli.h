@@ -1,0 +1,10 @@
+#ifndef PAM_CLI_CLI_H
+#define PAM_CLI_CLI_H
+
+/* Each subcommand parses its own flags (argv[0] is the subcommand name) and
+ * returns the process exit status. */
+int pam_cli_run(int argc, char **argv);
+int pam_cli_inspect(int argc, char **argv);
+int pam_cli_convert(int argc, char **argv);
+
+#endif

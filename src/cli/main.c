@@ -1,0 +1,30 @@
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: pam COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  run      -m MODEL -p PROMPT [-n N] [sampling flags] [-t THREADS]  generate text\n"
+            "  inspect  MODEL                                      print metadata and tensors\n"
+            "  convert  CHECKPOINT.bin TOKENIZER.bin -o OUT.gguf   llama2.c -> GGUF\n"
+            "\n"
+            "`pam COMMAND --help` describes a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "run")) return pam_cli_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect")) return pam_cli_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "convert")) return pam_cli_convert(argc - 1, argv + 1);
+    fprintf(stderr, "pam: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

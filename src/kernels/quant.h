@@ -1,0 +1,68 @@
+/* Block formats (bit-exact with ggml's block_q8_0, block_q4_0, block_q4_K,
+ * block_q6_K), dequantisation, reference quantisers and dot products.
+ *
+ * Every fast path has a readable `_ref` twin that is always compiled: it is
+ * the test oracle and the portable fallback. Kernels are pure: pointers and
+ * shapes in, numbers out. */
+#ifndef PAM_KERNELS_QUANT_H
+#define PAM_KERNELS_QUANT_H
+
+#include <stdint.h>
+
+#include "core/fp16.h"
+#include "kernels/dtype.h"
+
+typedef struct {
+    pam_f16 d;
+    int8_t qs[PAM_QK8_0];
+} pam_block_q8_0;
+
+typedef struct {
+    pam_f16 d;
+    uint8_t qs[PAM_QK4_0 / 2]; /* low nibbles: elements 0..15, high nibbles: 16..31 */
+} pam_block_q4_0;
+
+typedef struct {
+    pam_f16 d;
+    pam_f16 dmin;
+    uint8_t scales[PAM_K_SCALE_SIZE]; /* 8 x (6-bit scale, 6-bit min) packed */
+    uint8_t qs[PAM_QK_K / 2];
+} pam_block_q4_K;
+
+typedef struct {
+    uint8_t ql[PAM_QK_K / 2];
+    uint8_t qh[PAM_QK_K / 4];
+    int8_t scales[PAM_QK_K / 16];
+    pam_f16 d;
+} pam_block_q6_K;
+
+/* Activations for the integer dot products of K-quants (ggml's block_q8_K). */
+typedef struct {
+    float d;
+    int8_t qs[PAM_QK_K];
+    int16_t bsums[PAM_QK_K / 16];
+} pam_block_q8_K;
+
+_Static_assert(sizeof(pam_block_q8_0) == 34, "q8_0 layout");
+_Static_assert(sizeof(pam_block_q4_0) == 18, "q4_0 layout");
+_Static_assert(sizeof(pam_block_q4_K) == 144, "q4_K layout");
+_Static_assert(sizeof(pam_block_q6_K) == 210, "q6_K layout");
+_Static_assert(sizeof(pam_block_q8_K) == 292, "q8_K layout");
+
+/* n must be a multiple of the type's block size; type must be supported. */
+void pam_dequantize_row(pam_dtype type, const void *src, float *dst, int64_t n);
+/* Reference quantisers: same rounding and scale choice as ggml's
+ * quantize_row_*_ref, so blocks are byte-identical to llama.cpp's. */
+void pam_quantize_row(pam_dtype type, const float *src, void *dst, int64_t n);
+
+/* Activation type the integer path of a weight type uses (PAM_DT_Q8_0 for
+ * Q8_0/Q4_0, PAM_DT_Q8_K for Q4_K/Q6_K, PAM_DT_F32 for float types). */
+pam_dtype pam_vec_dot_type(pam_dtype weight_type);
+/* Quantises activations x (n elements) into the vec-dot type of weight_type. */
+void pam_quantize_activations(pam_dtype weight_type, const float *x, void *dst, int64_t n);
+/* dot(row of weight_type, activations already in vec-dot type) over n
+ * elements. Reduction order depends only on n. */
+float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n);
+float pam_vec_dot_ref(pam_dtype weight_type, const void *row, const void *act, int64_t n);
+
+#endif

@@ -1,0 +1,62 @@
+/* Llama-family model (architectures llama, mistral, qwen2) loaded from GGUF,
+ * and the per-sequence inference context that runs the forward pass.
+ *
+ * The model owns the GGUF mapping; weight tensors point into it (no copy).
+ * A context owns its KV cache and scratch buffers; it borrows the model and
+ * the thread pool, which must outlive it. */
+#ifndef PAM_MODEL_MODEL_H
+#define PAM_MODEL_MODEL_H
+
+#include <stdint.h>
+
+#include "core/threadpool.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
+#include "pam.h"
+
+typedef struct pam_model_hparams {
+    char arch[32];
+    int32_t n_vocab;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int32_t n_ff;
+    int32_t n_ctx_train;
+    float rms_eps;
+    float rope_theta;
+    int rope_neox;          /* pair (i, i+d/2) instead of (2i, 2i+1): qwen2 */
+    int rope_llama3;        /* Llama-3 frequency scaling */
+    float rope_factor;
+    float rope_low_freq_factor;
+    float rope_high_freq_factor;
+    int32_t rope_orig_ctx;
+} pam_model_hparams;
+
+typedef struct pam_model pam_model;
+
+pam_status pam_model_load(const char *path, pam_model **out);
+void pam_model_free(pam_model *m);
+const pam_model_hparams *pam_model_get_hparams(const pam_model *m);
+const pam_tokenizer *pam_model_tokenizer(const pam_model *m);
+const pam_gguf *pam_model_gguf(const pam_model *m);
+/* Bytes of weights a decode step reads. */
+uint64_t pam_model_weight_bytes(const pam_model *m);
+
+typedef struct pam_ctx pam_ctx;
+
+/* n_ctx <= 0 uses the model's training context. */
+pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam_ctx **out);
+void pam_ctx_free(pam_ctx *c);
+int32_t pam_ctx_n_ctx(const pam_ctx *c);
+
+/* Runs n tokens at positions pos .. pos+n-1; the cache must already hold
+ * positions 0 .. pos-1 (entries beyond pos are overwritten). If logits is not
+ * NULL it receives n_vocab floats for the last token, or n*n_vocab floats (one
+ * row per token) when all_logits is set. PAM_ERR_RANGE if the context would
+ * overflow or a token id is out of range; the cache is then unchanged. */
+pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
+                       int all_logits);
+
+#endif
