@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kernels/dtype.h"
@@ -871,6 +872,75 @@ static void test_llamacpp_vocab_files(void **state) {
     pam_gguf_close(g);
 }
 
+/* ---- pam inspect ----------------------------------------------------------------- */
+
+/* Runs `pam inspect ARG` (stdout and stderr together); returns its exit status. */
+static int run_inspect(const char *arg, char *out, size_t cap) {
+    const char *bin = getenv("PAM_BIN");
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' inspect '%s' 2>&1", bin, arg);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_inspect_cli(void **state) {
+    if (!getenv("PAM_BIN")) skip(); /* set by CTest */
+    size_t cap = 1 << 20;
+    char *out = malloc(cap);
+
+    assert_int_equal(run_inspect(pam_test_shared("models/vocab/ggml-vocab-llama-spm.gguf"), out, cap), 0);
+    assert_non_null(strstr(out, "version:     3"));
+    assert_non_null(strstr(out, "alignment:   32"));
+    assert_non_null(strstr(out, "tokenizer.ggml.tokens"));
+    assert_non_null(strstr(out, "[32000 x string] \"<unk>\", \"<s>\", \"</s>\","));
+    assert_non_null(strstr(out, ", ...\n"));
+    assert_non_null(strstr(out, "tokenizer.ggml.add_bos_token            bool     true"));
+
+    /* A file with tensors, escaped strings and nested arrays. */
+    pam_gguf_writer *w;
+    assert_int_equal(pam_gguf_writer_create(&w), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_str(w, "general.name", "say \"hi\"\n\x01"), PAM_OK);
+    pam_gguf_value s_a[1] = {{.type = PAM_GGUF_STRING, .v.str = {"ab", 2}}};
+    pam_gguf_value inner[1] = {{.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_STRING, .n = 1, .items = s_a}}};
+    pam_gguf_value outer = {.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_ARRAY, .n = 1, .items = inner}};
+    assert_int_equal(pam_gguf_writer_add_value(w, "x.nested", &outer), PAM_OK);
+    uint8_t q[2 * 34] = {0};
+    float f[3] = {0};
+    int64_t ne_q[2] = {32, 2}, ne_f[1] = {3};
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "blk.0.attn_q.weight", PAM_DT_Q8_0, 2, ne_q, q, sizeof q), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "norm", PAM_DT_F32, 1, ne_f, f, sizeof f), PAM_OK);
+    char path[4096];
+    snprintf(path, sizeof path, "%s", pam_test_tmp("inspect.gguf"));
+    assert_int_equal(pam_gguf_writer_write(w, path), PAM_OK);
+    pam_gguf_writer_destroy(w);
+    assert_int_equal(run_inspect(path, out, cap), 0);
+    assert_non_null(strstr(out, "\"say \\\"hi\\\"\\n\\x01\""));
+    assert_non_null(strstr(out, "[1 x array] ([1 x string] \"ab\")"));
+    assert_non_null(strstr(out, "blk.0.attn_q.weight  Q8_0     [32, 2]"));
+    assert_non_null(strstr(out, "norm                 F32      [3]"));
+    assert_non_null(strstr(out, "totals: 2 tensors, 67 elements, 80 bytes"));
+
+    /* Errors: exit status 1 and a message naming the problem. */
+    assert_int_equal(run_inspect(pam_test_tmp("no-such-file.gguf"), out, cap), 1);
+    assert_non_null(strstr(out, "No such file"));
+    assert_int_equal(run_inspect(pam_test_shared("models/vocab/PROVENANCE.md"), out, cap), 1);
+    assert_non_null(strstr(out, "not a GGUF file (bad magic)"));
+    size_t size;
+    char *data = pam_test_read_file(path, &size);
+    const char *cut = pam_test_tmp("inspect_truncated.gguf");
+    FILE *fo = fopen(cut, "wb");
+    fwrite(data, 1, size - 24, fo); /* into norm's 12 bytes, past its 20 of padding */
+    fclose(fo);
+    free(data);
+    assert_int_equal(run_inspect(cut, out, cap), 1);
+    assert_non_null(strstr(out, "past the end of the file"));
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_read_handwritten_v2),
@@ -887,6 +957,7 @@ int main(void) {
         cmocka_unit_test(test_corrupt_metadata),
         cmocka_unit_test(test_corrupt_tensors),
         cmocka_unit_test(test_bit_flips_never_crash),
+        cmocka_unit_test(test_inspect_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

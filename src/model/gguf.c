@@ -494,7 +494,12 @@ pam_status pam_gguf_open(const char *path, pam_gguf **out) {
     pam_status st = gguf_open_mem(map, size, 1, out);
     if (st != PAM_OK) {
         munmap(map, size);
-        return PAM_ERR(st, "%s: %s", path, pam_last_error());
+        /* Prefix the path; drop the inner " (file:line)" so it is not doubled. */
+        char msg[900];
+        snprintf(msg, sizeof msg, "%s", pam_last_error());
+        char *loc = strrchr(msg, '(');
+        if (loc && loc > msg && loc[-1] == ' ' && strchr(loc, ':') && msg[strlen(msg) - 1] == ')') loc[-1] = '\0';
+        return PAM_ERR(st, "%s: %s", path, msg);
     }
     return PAM_OK;
 }
