@@ -414,6 +414,44 @@ static void test_roundtrip_tensors_align32(void **state) { roundtrip_tensors(32,
 static void test_roundtrip_tensors_align64(void **state) { roundtrip_tensors(64, "roundtrip_t64.gguf"); }
 static void test_roundtrip_tensors_align8(void **state) { roundtrip_tensors(8, "roundtrip_t8.gguf"); }
 
+/* Enough keys and tensors to make the tables and name indexes grow. */
+static void test_many_entries(void **state) {
+    pam_gguf_writer *w;
+    assert_int_equal(pam_gguf_writer_create(&w), PAM_OK);
+    static float data[300][4];
+    char name[64];
+    for (int k = 0; k < 150; k++) {
+        snprintf(name, sizeof name, "key.%d", k);
+        assert_int_equal(pam_gguf_writer_add_u32(w, name, (uint32_t)k * 3), PAM_OK);
+    }
+    for (int k = 0; k < 300; k++) {
+        snprintf(name, sizeof name, "blk.%d.weight", k);
+        for (int j = 0; j < 4; j++) data[k][j] = (float)(k * 4 + j);
+        int64_t ne[1] = {4};
+        assert_int_equal(pam_gguf_writer_add_tensor(w, name, PAM_DT_F32, 1, ne, data[k], sizeof data[k]), PAM_OK);
+    }
+    pam_gguf *g = write_and_open(w, "many.gguf");
+    pam_gguf_writer_destroy(w);
+    assert_int_equal(pam_gguf_n_kv(g), 150);
+    assert_int_equal(pam_gguf_n_tensors(g), 300);
+    for (int k = 149; k >= 0; k--) {
+        uint64_t u;
+        snprintf(name, sizeof name, "key.%d", k);
+        assert_int_equal(pam_gguf_get_u64(g, name, &u), PAM_OK);
+        assert_int_equal(u, (uint64_t)k * 3);
+    }
+    for (int k = 299; k >= 0; k--) {
+        snprintf(name, sizeof name, "blk.%d.weight", k);
+        const pam_gguf_tensor *t = pam_gguf_find_tensor(g, name);
+        assert_non_null(t);
+        assert_ptr_equal(t, pam_gguf_tensor_at(g, k));
+        assert_memory_equal(t->data, data[k], sizeof data[k]);
+    }
+    assert_null(pam_gguf_find_tensor(g, "blk.300.weight"));
+    assert_null(pam_gguf_find(g, "key.150"));
+    pam_gguf_close(g);
+}
+
 static void test_writer_rejects_bad_input(void **state) {
     pam_gguf_writer *w;
     assert_int_equal(pam_gguf_writer_create(&w), PAM_OK);
@@ -435,6 +473,7 @@ static void test_writer_rejects_bad_input(void **state) {
     assert_int_equal(pam_gguf_writer_add_str(w, "k", "v"), PAM_OK);
     assert_int_equal(pam_gguf_writer_add_i32(w, "k", 1), PAM_ERR_INVALID);
     assert_int_equal(pam_gguf_writer_add_str(w, "", "v"), PAM_ERR_INVALID);
+    assert_int_equal(pam_gguf_writer_add_u64(w, "general.alignment", 64), PAM_ERR_INVALID);
     pam_gguf_value bad_bool = {.type = PAM_GGUF_BOOL, .v.b = 2};
     assert_int_equal(pam_gguf_writer_add_value(w, "b", &bad_bool), PAM_ERR_INVALID);
     /* Arrays nested past the reader's depth limit are refused. */
@@ -1062,6 +1101,7 @@ int main(void) {
         cmocka_unit_test(test_roundtrip_tensors_align32),
         cmocka_unit_test(test_roundtrip_tensors_align64),
         cmocka_unit_test(test_roundtrip_tensors_align8),
+        cmocka_unit_test(test_many_entries),
         cmocka_unit_test(test_writer_rejects_bad_input),
         cmocka_unit_test(test_writer_write_failure_keeps_old_file),
         cmocka_unit_test(test_truncated_at_every_length),
