@@ -497,6 +497,332 @@ static void test_writer_write_failure_keeps_old_file(void **state) {
     free(data);
 }
 
+
+/* ---- corrupt files ------------------------------------------------------------------ */
+
+/* A small valid file from the writer: metadata of several kinds and two
+ * tensors whose byte counts are multiples of 32, so the file ends exactly
+ * where the last tensor's data ends and every truncation cuts something. */
+static uint8_t *make_valid_file(size_t *size) {
+    pam_gguf_writer *w;
+    assert_int_equal(pam_gguf_writer_create(&w), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_str(w, "general.architecture", "llama"), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_u32(w, "llama.block_count", 2), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_f32(w, "llama.rope.freq_base", 10000.0f), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_bool(w, "x.flag", 1), PAM_OK);
+    const char *toks[] = {"<unk>", "<s>", "</s>", "a"};
+    assert_int_equal(pam_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", toks, 4), PAM_OK);
+    int32_t types[] = {2, 3, 3, 1};
+    assert_int_equal(pam_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", PAM_GGUF_INT32, types, 4), PAM_OK);
+    pam_gguf_value s_a[1] = {{.type = PAM_GGUF_STRING, .v.str = {"ab", 2}}};
+    pam_gguf_value inner[1] = {{.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_STRING, .n = 1, .items = s_a}}};
+    pam_gguf_value outer = {.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_ARRAY, .n = 1, .items = inner}};
+    assert_int_equal(pam_gguf_writer_add_value(w, "x.nested", &outer), PAM_OK);
+    float a[16], b[8];
+    for (int k = 0; k < 16; k++) a[k] = (float)k;
+    for (int k = 0; k < 8; k++) b[k] = -(float)k;
+    int64_t ne_a[2] = {8, 2}, ne_b[1] = {8};
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "a", PAM_DT_F32, 2, ne_a, a, sizeof a), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "b", PAM_DT_F32, 1, ne_b, b, sizeof b), PAM_OK);
+    const char *path = pam_test_tmp("corrupt_base.gguf");
+    assert_int_equal(pam_gguf_writer_write(w, path), PAM_OK);
+    pam_gguf_writer_destroy(w);
+    uint8_t *data = (uint8_t *)pam_test_read_file(path, size);
+    assert_non_null(data);
+    return data;
+}
+
+static void test_truncated_at_every_length(void **state) {
+    size_t size;
+    uint8_t *full = make_valid_file(&size);
+    pam_gguf *g;
+    assert_int_equal(pam_gguf_open_buffer(full, size, &g), PAM_OK);
+    const pam_gguf_tensor *last = pam_gguf_tensor_at(g, 1);
+    assert_int_equal(pam_gguf_data_offset(g) + last->offset + last->n_bytes, size);
+    pam_gguf_close(g);
+    for (size_t n = 0; n < size; n++) {
+        /* A fresh exact-size copy so ASan catches any read past n. */
+        uint8_t *cut = malloc(n ? n : 1);
+        memcpy(cut, full, n);
+        g = NULL;
+        pam_status st = pam_gguf_open_buffer(cut, n, &g);
+        if (st != PAM_ERR_FORMAT) fail_msg("truncated at %zu of %zu: status %d (%s)", n, size, st, pam_last_error());
+        assert_null(g);
+        assert_true(strlen(pam_last_error()) > 0);
+        free(cut);
+    }
+    free(full);
+}
+
+/* Header + one key of the given raw type with raw value bytes. */
+static void one_kv(buf *b, const char *key, uint32_t type) {
+    b->n = 0;
+    b_header(b, 3, 0, 1);
+    b_str(b, key);
+    b_u32(b, type);
+}
+
+static void test_corrupt_metadata(void **state) {
+    buf b = {0};
+    /* Absurd counts are refused before anything is allocated. */
+    b_header(&b, 3, 0, 1ULL << 62);
+    expect_fail(&b, PAM_ERR_FORMAT, "metadata count 4611686018427387904");
+    b.n = 0;
+    b_header(&b, 3, 1ULL << 62, 0);
+    expect_fail(&b, PAM_ERR_FORMAT, "tensor count");
+    b.n = 0;
+    b_header(&b, 3, UINT64_MAX, UINT64_MAX);
+    expect_fail(&b, PAM_ERR_FORMAT, "count");
+
+    /* String length past the end, in a value and in a key. */
+    one_kv(&b, "general.name", PAM_GGUF_STRING);
+    b_u64(&b, 9999999);
+    b_bytes(&b, "abc", 3);
+    expect_fail(&b, PAM_ERR_FORMAT, "key 'general.name': string length 9999999 exceeds file size");
+    one_kv(&b, "general.name", PAM_GGUF_STRING);
+    b_u64(&b, 1ULL << 62);
+    expect_fail(&b, PAM_ERR_FORMAT, "general.name");
+    b.n = 0;
+    b_header(&b, 3, 0, 1);
+    b_u64(&b, UINT64_MAX);
+    b_bytes(&b, "key-and-a-few-more-bytes", 24);
+    expect_fail(&b, PAM_ERR_FORMAT, "key length");
+
+    /* Unknown value and element types. */
+    one_kv(&b, "k", 13);
+    b_u32(&b, 0);
+    expect_fail(&b, PAM_ERR_FORMAT, "invalid value type 13");
+    one_kv(&b, "k", 0xffffffffu);
+    b_u32(&b, 0);
+    expect_fail(&b, PAM_ERR_FORMAT, "invalid value type");
+    one_kv(&b, "k", PAM_GGUF_ARRAY);
+    b_u32(&b, 77);
+    b_u64(&b, 0);
+    expect_fail(&b, PAM_ERR_FORMAT, "invalid array element type 77");
+
+    /* Absurd array counts for every kind of element. */
+    uint32_t elems[] = {PAM_GGUF_UINT8, PAM_GGUF_FLOAT64, PAM_GGUF_STRING, PAM_GGUF_ARRAY};
+    for (int k = 0; k < 4; k++) {
+        one_kv(&b, "tokenizer.ggml.tokens", PAM_GGUF_ARRAY);
+        b_u32(&b, elems[k]);
+        b_u64(&b, 1ULL << 62);
+        b_u64(&b, 0);
+        expect_fail(&b, PAM_ERR_FORMAT, "key 'tokenizer.ggml.tokens': array of 4611686018427387904");
+    }
+    /* A count that fits the bytes left but whose elements run out. */
+    one_kv(&b, "k", PAM_GGUF_ARRAY);
+    b_u32(&b, PAM_GGUF_STRING);
+    b_u64(&b, 3);
+    b_str(&b, "x");
+    b_u64(&b, 100);
+    expect_fail(&b, PAM_ERR_FORMAT, "exceeds file size");
+
+    /* Bool other than 0/1, scalar and in an array. */
+    one_kv(&b, "b", PAM_GGUF_BOOL);
+    b_u8(&b, 2);
+    expect_fail(&b, PAM_ERR_FORMAT, "bool value 2");
+    one_kv(&b, "b", PAM_GGUF_ARRAY);
+    b_u32(&b, PAM_GGUF_BOOL);
+    b_u64(&b, 3);
+    b_bytes(&b, "\x01\x00\xff", 3);
+    expect_fail(&b, PAM_ERR_FORMAT, "bool array element 2");
+
+    /* Nesting: 8 levels are fine, 9 are not. */
+    for (int depth = 8; depth <= 9; depth++) {
+        one_kv(&b, "deep", PAM_GGUF_ARRAY);
+        for (int k = 0; k < depth - 1; k++) {
+            b_u32(&b, PAM_GGUF_ARRAY);
+            b_u64(&b, 1);
+        }
+        b_u32(&b, PAM_GGUF_INT32);
+        b_u64(&b, 1);
+        b_u32(&b, 42);
+        if (depth == 8) {
+            pam_gguf *g;
+            assert_int_equal(open_buf(&b, &g), PAM_OK);
+            const pam_gguf_value *v = pam_gguf_find(g, "deep");
+            for (int k = 0; k < 7; k++) v = &v->v.arr.items[0];
+            assert_int_equal(pam_gguf_arr_i64(v, 0), 42);
+            pam_gguf_close(g);
+        } else {
+            expect_fail(&b, PAM_ERR_FORMAT, "nested deeper than 8");
+        }
+    }
+
+    /* A NUL inside a key. */
+    b.n = 0;
+    b_header(&b, 3, 0, 1);
+    b_u64(&b, 3);
+    b_bytes(&b, "a\0b", 3);
+    b_u32(&b, PAM_GGUF_UINT8);
+    b_u8(&b, 1);
+    expect_fail(&b, PAM_ERR_FORMAT, "NUL");
+
+    /* Duplicate key. */
+    b.n = 0;
+    b_header(&b, 3, 0, 2);
+    for (int k = 0; k < 2; k++) {
+        b_str(&b, "general.name");
+        b_u32(&b, PAM_GGUF_UINT8);
+        b_u8(&b, 1);
+    }
+    expect_fail(&b, PAM_ERR_FORMAT, "duplicate key 'general.name'");
+
+    /* Bad alignments: 0, 3, and the wrong type. */
+    uint32_t aligns[] = {0, 3, 96};
+    for (int k = 0; k < 3; k++) {
+        one_kv(&b, "general.alignment", PAM_GGUF_UINT32);
+        b_u32(&b, aligns[k]);
+        expect_fail(&b, PAM_ERR_FORMAT, "general.alignment");
+    }
+    one_kv(&b, "general.alignment", PAM_GGUF_UINT64);
+    b_u64(&b, 32);
+    expect_fail(&b, PAM_ERR_FORMAT, "expected uint32");
+
+    /* Big-endian files are recognised and refused. */
+    b.n = 0;
+    b_bytes(&b, "GGUF\0\0\0\3", 8);
+    b_u64(&b, 0);
+    b_u64(&b, 0);
+    expect_fail(&b, PAM_ERR_UNSUPPORTED, "big-endian");
+    free(b.p);
+}
+
+/* Header + one tensor info with full control over its fields, followed by
+ * padding and data_bytes of data. */
+static void one_tensor(buf *b, const char *name, uint32_t n_dims, const uint64_t *ne, uint32_t type, uint64_t offset,
+                       size_t data_bytes) {
+    b->n = 0;
+    b_header(b, 3, 1, 0);
+    b_str(b, name);
+    b_u32(b, n_dims);
+    for (uint32_t d = 0; d < n_dims; d++) b_u64(b, ne[d]);
+    b_u32(b, type);
+    b_u64(b, offset);
+    b_pad(b, 32);
+    for (size_t k = 0; k < data_bytes; k++) b_u8(b, (uint8_t)k);
+}
+
+static void test_corrupt_tensors(void **state) {
+    buf b = {0};
+    uint64_t ne4[5] = {4, 1, 1, 1, 1};
+    one_tensor(&b, "w", 1, ne4, PAM_DT_F32, 0, 16);
+    pam_gguf *g;
+    assert_int_equal(open_buf(&b, &g), PAM_OK); /* the baseline is valid */
+    pam_gguf_close(g);
+
+    one_tensor(&b, "w", 0, ne4, PAM_DT_F32, 0, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "tensor 'w': n_dims 0");
+    one_tensor(&b, "w", 5, ne4, PAM_DT_F32, 0, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "tensor 'w': n_dims 5");
+    uint64_t zero[2] = {4, 0};
+    one_tensor(&b, "w", 2, zero, PAM_DT_F32, 0, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "dimension 1 has size 0");
+    uint64_t neg[2] = {(uint64_t)-4, 1};
+    one_tensor(&b, "w", 2, neg, PAM_DT_F32, 0, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "dimension 0 has size -4");
+    uint64_t ovf[3] = {1ULL << 32, 1ULL << 32, 1ULL << 32};
+    one_tensor(&b, "w", 3, ovf, PAM_DT_F32, 0, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "overflows");
+    uint64_t ovf_bytes[2] = {1ULL << 40, 1ULL << 22}; /* 2^62 elements fit int64, 2^64 bytes do not */
+    one_tensor(&b, "w", 2, ovf_bytes, PAM_DT_F32, 0, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "overflows");
+    uint64_t part[1] = {33};
+    one_tensor(&b, "w", 1, part, PAM_DT_Q8_0, 0, 64);
+    expect_fail(&b, PAM_ERR_FORMAT, "tensor 'w'");
+    one_tensor(&b, "w", 1, ne4, 4, 0, 16); /* retired ggml type id */
+    expect_fail(&b, PAM_ERR_UNSUPPORTED, "tensor 'w': unknown tensor type id 4");
+    one_tensor(&b, "w", 1, ne4, 1000, 0, 16);
+    expect_fail(&b, PAM_ERR_UNSUPPORTED, "unknown tensor type id 1000");
+    one_tensor(&b, "w", 1, ne4, PAM_DT_F32, 0, 15);
+    expect_fail(&b, PAM_ERR_FORMAT, "past the end of the file");
+    one_tensor(&b, "w", 1, ne4, PAM_DT_F32, 32, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "past the end of the file");
+    one_tensor(&b, "w", 1, ne4, PAM_DT_F32, UINT64_MAX - 31, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "tensor 'w'");
+    one_tensor(&b, "w", 1, ne4, PAM_DT_F32, 4, 64);
+    expect_fail(&b, PAM_ERR_FORMAT, "offset 4 is not a multiple of the alignment 32");
+    uint64_t huge[1] = {1ULL << 40};
+    one_tensor(&b, "w", 1, huge, PAM_DT_F32, 0, 16);
+    expect_fail(&b, PAM_ERR_FORMAT, "past the end");
+
+    /* Duplicate tensor names. */
+    b.n = 0;
+    b_header(&b, 3, 2, 0);
+    b_tensor_f32(&b, "w", 8, 0);
+    b_tensor_f32(&b, "w", 8, 32);
+    b_pad(&b, 32);
+    for (int k = 0; k < 64; k++) b_u8(&b, 0);
+    expect_fail(&b, PAM_ERR_FORMAT, "duplicate tensor name 'w'");
+    free(b.p);
+}
+
+/* Every accessor on every entry, so ASan sees any bad pointer the parser let through. */
+static uint64_t walk_value(const pam_gguf_value *v) {
+    uint64_t h = (uint64_t)v->type;
+    if (v->type == PAM_GGUF_STRING) {
+        for (uint64_t k = 0; k < v->v.str.len; k++) h = h * 31 + (uint8_t)v->v.str.ptr[k];
+    } else if (v->type == PAM_GGUF_ARRAY) {
+        for (uint64_t k = 0; k < v->v.arr.n; k++) {
+            if (v->v.arr.items) h += walk_value(&v->v.arr.items[k]);
+            else h += (uint64_t)pam_gguf_arr_i64(v, k) + (uint64_t)(pam_gguf_arr_f64(v, k) != 0);
+        }
+    }
+    return h;
+}
+
+static uint64_t walk(const pam_gguf *g) {
+    uint64_t h = pam_gguf_version(g) + pam_gguf_alignment(g) + pam_gguf_data_offset(g);
+    for (int64_t i = 0; i < pam_gguf_n_kv(g); i++) {
+        const char *key = pam_gguf_kv_key(g, i);
+        h += strlen(key) + walk_value(pam_gguf_kv_value(g, i));
+        assert_ptr_equal(pam_gguf_find(g, key), pam_gguf_kv_value(g, i));
+    }
+    for (int64_t i = 0; i < pam_gguf_n_tensors(g); i++) {
+        const pam_gguf_tensor *t = pam_gguf_tensor_at(g, i);
+        assert_ptr_equal(pam_gguf_find_tensor(g, t->name), t);
+        const uint8_t *p = t->data;
+        assert_true(p + t->n_bytes <= p + pam_gguf_file_size(g));
+        if (t->n_bytes) h += p[0] + p[t->n_bytes - 1];
+    }
+    return h;
+}
+
+static void test_bit_flips_never_crash(void **state) {
+    size_t size;
+    uint8_t *full = make_valid_file(&size);
+    uint8_t *mut = malloc(size);
+    pam_test_rng rng = {12345};
+    int n_ok = 0, n_err = 0;
+    for (int iter = 0; iter < 4000; iter++) {
+        memcpy(mut, full, size);
+        int n_flips = 1 + (int)(pam_test_rng_u64(&rng) % 4);
+        for (int k = 0; k < n_flips; k++) {
+            uint64_t r = pam_test_rng_u64(&rng);
+            /* Mostly the metadata/tensor-info region, where parsing happens. */
+            size_t at = (size_t)(r % (iter % 2 ? size : size / 2 + 1));
+            if ((r >> 40) % 4 == 0) mut[at] = (uint8_t)(r >> 48); /* whole byte */
+            else mut[at] ^= (uint8_t)(1u << ((r >> 32) % 8));
+        }
+        pam_gguf *g = NULL;
+        pam_status st = pam_gguf_open_buffer(mut, size, &g);
+        if (st == PAM_OK) {
+            (void)walk(g);
+            pam_gguf_close(g);
+            n_ok++;
+        } else {
+            assert_true(st == PAM_ERR_FORMAT || st == PAM_ERR_UNSUPPORTED || st == PAM_ERR_NOMEM);
+            assert_null(g);
+            n_err++;
+        }
+    }
+    /* Both outcomes occur, or the mutation is not exercising anything. */
+    assert_true(n_ok > 100);
+    assert_true(n_err > 100);
+    free(mut);
+    free(full);
+}
+
 /* ---- files written by llama.cpp ------------------------------------------------ */
 
 static void check_vocab(const char *rel, const char *model, uint64_t min_tokens, uint64_t max_tokens) {
@@ -557,6 +883,10 @@ int main(void) {
         cmocka_unit_test(test_roundtrip_tensors_align8),
         cmocka_unit_test(test_writer_rejects_bad_input),
         cmocka_unit_test(test_writer_write_failure_keeps_old_file),
+        cmocka_unit_test(test_truncated_at_every_length),
+        cmocka_unit_test(test_corrupt_metadata),
+        cmocka_unit_test(test_corrupt_tensors),
+        cmocka_unit_test(test_bit_flips_never_crash),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,6 +64,22 @@ void pam_kv_store(pam_kv *kv, int32_t layer, int32_t pos, const float *k, const 
     memcpy(kv->v + off, v, kv->row * sizeof(float));
 }
 
+void pam_kv_fill_random(pam_kv *kv, int32_t n, uint64_t seed) {
+    uint64_t s = seed;
+    for (int32_t l = 0; l < kv->n_layer; l++) {
+        for (int32_t p = 0; p < n && p < kv->n_ctx; p++) {
+            size_t off = kv_off(kv, l, p);
+            for (size_t i = 0; i < kv->row; i++) {
+                /* xorshift64*: cheap, and values in [-1, 1) like normalised K/V */
+                s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
+                uint64_t r = s * 0x2545F4914F6CDD1DULL;
+                kv->k[off + i] = (float)((int32_t)(r >> 32)) * (1.0f / 2147483648.0f);
+                kv->v[off + i] = (float)((int32_t)r) * (1.0f / 2147483648.0f);
+            }
+        }
+    }
+}
+
 size_t pam_kv_scratch_floats(const pam_kv *kv, int n_q) {
     /* scores of one chunk + one partial (m, l, o) for the chunk being added */
     return PAM_KV_CHUNK + (size_t)n_q * (2 + (size_t)kv->head_dim);

@@ -21,6 +21,11 @@ uint64_t pam_kv_bytes(const pam_kv *kv);
 /* Stores the K and V rows of the token at pos (n_head_kv*head_dim floats each). */
 void pam_kv_store(pam_kv *kv, int32_t layer, int32_t pos, const float *k, const float *v);
 
+/* Fills positions 0..n-1 of every layer with reproducible pseudo-random K/V
+ * (benchmarks measure decode at a depth without paying for a long prefill;
+ * the decode step then does exactly the work it would on real KV). */
+void pam_kv_fill_random(pam_kv *kv, int32_t n, uint64_t seed);
+
 /* Floats of scratch pam_kv_attend needs for n_q query heads. */
 size_t pam_kv_scratch_floats(const pam_kv *kv, int n_q);
 

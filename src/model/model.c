@@ -334,6 +334,16 @@ void pam_ctx_free(pam_ctx *c) {
 
 int32_t pam_ctx_n_ctx(const pam_ctx *c) { return c->n_ctx; }
 
+pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed) {
+    if (n < 0 || n > c->n_ctx) return PAM_ERR(PAM_ERR_RANGE, "synthetic KV of %d positions exceeds the context of %d", n, c->n_ctx);
+    pam_kv_fill_random(c->kv, n, seed ? seed : 1);
+    return PAM_OK;
+}
+
+uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos) {
+    return pam_kv_bytes(c->kv) / (uint64_t)c->n_ctx * (uint64_t)(pos + 1);
+}
+
 /* ---- forward ------------------------------------------------------------ */
 
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {

@@ -59,4 +59,10 @@ int32_t pam_ctx_n_ctx(const pam_ctx *c);
 pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
                        int all_logits);
 
+/* Benchmarks: fills the KV cache positions 0..n-1 with synthetic values so a
+ * decode step at position n does the work of a real one at that depth. */
+pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed);
+/* Bytes of KV a decode step at position pos reads. */
+uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos);
+
 #endif
