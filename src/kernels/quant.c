@@ -603,6 +603,13 @@ static int dot_slot(pam_dtype t) {
     }
 }
 
+/* quant_avx2.c compiles to nothing off x86. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PAM_HAVE_AVX2_KERNELS 1
+#else
+#define PAM_HAVE_AVX2_KERNELS 0
+#endif
+
 /* A level without its own kernel for a type repeats the next lower one. */
 static const pam_vec_dot_fn k_dots[PAM_ISA_COUNT][N_SLOTS] = {
     [PAM_ISA_SCALAR] = {pam_dot_f32_ref, pam_dot_f16_ref, pam_dot_bf16_ref, pam_dot_q8_0_ref,
