@@ -271,6 +271,67 @@ static void test_forward_cases(void **state) {
     for (int i = 0; i < N_CASES; i++) run_case(&k_cases[i]);
 }
 
+/* Long enough for attention to span several of the KV cache's fixed-size
+ * chunks (256 positions), fed whole, in uneven pieces and one by one. */
+static void test_long_context(void **state) {
+    const fwd_case c = {"llama_long",
+                        DESC(.arch = "llama", .n_vocab = 300, .n_embd = 32, .n_layer = 2,
+                             .n_head = 4, .n_head_kv = 2, .n_ff = 64, .n_ctx = 640,
+                             .wtype = PAM_DT_F32, .seed = 21, .rms_eps = 1e-5f,
+                             .rope_theta = 10000.0f),
+                        TOL_EXACT};
+    enum { N = 600 };
+    ref_weights *w;
+    const char *path = write_case(&c, &w);
+    pam_model *m = load_ok(path);
+    const int64_t V = w->d.n_vocab;
+    int32_t *toks = malloc(sizeof(int32_t) * N);
+    double *ref = malloc(sizeof(double) * (size_t)(N * V));
+    float *base = malloc(sizeof(float) * (size_t)(N * V));
+    float *got = malloc(sizeof(float) * (size_t)(N * V));
+    assert_non_null(toks);
+    assert_non_null(ref);
+    assert_non_null(base);
+    assert_non_null(got);
+    make_tokens(&w->d, toks, N);
+    ref_model_forward(w, toks, N, ref);
+
+    double worst = 0.0;
+    pam_pool *pool;
+    assert_int_equal(pam_pool_create(2, &pool), PAM_OK);
+    pam_ctx *ctx = ctx_ok(m, 0, pool); /* 0: the model's context length */
+    assert_int_equal(pam_ctx_n_ctx(ctx), 640);
+    fwd_ok(ctx, toks, N, 0, base, 1);
+    check_rows("long prefill", &c, base, ref, 0, N, &worst);
+    pam_ctx_free(ctx);
+
+    /* pieces of 257 and 250 tokens, then single tokens */
+    ctx = ctx_ok(m, 640, pool);
+    fwd_ok(ctx, toks, 257, 0, got, 1);
+    fwd_ok(ctx, toks + 257, 250, 257, got + 257 * V, 1);
+    for (int p = 507; p < N; p++) fwd_ok(ctx, toks + p, 1, p, got + p * V, 0);
+    if (memcmp(got, base, sizeof(float) * (size_t)(N * V)))
+        fail_msg("long context: pieces and single tokens differ from one prefill");
+    pam_ctx_free(ctx);
+    pam_pool_destroy(pool);
+
+    /* one thread, no pool */
+    ctx = ctx_ok(m, 640, NULL);
+    fwd_ok(ctx, toks, N, 0, got, 1);
+    if (memcmp(got, base, sizeof(float) * (size_t)(N * V)))
+        fail_msg("long context: no pool differs from 2 threads");
+    pam_ctx_free(ctx);
+    print_message("  %-20s worst relative error %.3g (tolerance %.0e)\n", c.name, worst, c.tol);
+
+    free(toks);
+    free(ref);
+    free(base);
+    free(got);
+    pam_model_free(m);
+    ref_model_free(w);
+    remove(path);
+}
+
 /* The reference really is sensitive to what the tests rely on: a wrong rope
  * pairing, kv grouping or missing bias would change the logits far beyond
  * the tolerance. Otherwise a runtime sharing such a mistake could pass. */
@@ -688,6 +749,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_roundtrip),
         cmocka_unit_test(test_vocab_loads),
         cmocka_unit_test(test_forward_cases),
+        cmocka_unit_test(test_long_context),
         cmocka_unit_test(test_forward_errors),
         cmocka_unit_test(test_load_errors),
     };
