@@ -14,6 +14,12 @@
 #include "kernels/cpu.h"
 #include "kernels/quant_isa.h"
 
+/* Byte-exactness with ggml needs every multiply and add rounded separately;
+ * clang would otherwise fuse them into FMAs when the target has them. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 /* Rounds to nearest, ties to even, for |x| < 2^22: adding 1.5*2^23 pushes the
  * fraction out of the mantissa. ggml's K-quant helpers use exactly this, and
  * it differs from roundf() on ties, so it must be kept. */
