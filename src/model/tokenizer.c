@@ -298,7 +298,7 @@ static pam_status build(const pam_gguf *g, pam_tokenizer *tk) {
     char *p = tk->blob;
     for (uint64_t i = 0; i < n; i++) {
         const pam_gguf_str *s = &toks->v.arr.items[i].v.str;
-        memcpy(p, s->ptr, s->len);
+        if (s->len) memcpy(p, s->ptr, s->len);
         p[s->len] = 0;
         tk->text[i] = p;
         tk->text_len[i] = (uint32_t)s->len;
@@ -760,12 +760,17 @@ static void fv_push(fvec *f, fragment x) {
 static pam_status partition(const pam_tokenizer *tk, const char *text, size_t len, int parse_special, fvec *frags) {
     fvec tmp = {0};
     fv_push(frags, (fragment){-1, 0, len});
+    /* Vocabularies carry thousands of special tokens (deepseek: 2400); a
+     * token whose first byte is absent from the text cannot match. */
+    uint8_t present[256] = {0};
+    for (size_t i = 0; i < len; i++) present[(unsigned char)text[i]] = 1;
     for (size_t si = 0; si < tk->n_special && !frags->oom; si++) {
         int32_t id = tk->special[si];
         uint8_t t = tk->type[id];
         if (!parse_special && (t == TT_CONTROL || t == TT_UNKNOWN)) continue;
         const char *pat = tk->text[id];
         size_t pl = tk->text_len[id];
+        if (pl > len || !present[(unsigned char)pat[0]]) continue;
         int any = 0;
         for (size_t i = 0; i < frags->n && !any; i++)
             any = frags->v[i].token < 0 && frags->v[i].len >= pl &&
@@ -827,7 +832,7 @@ pam_status pam_tokenizer_encode(const pam_tokenizer *tk, const char *text, size_
     if (st == PAM_OK && ids.oom) st = PAM_ERR(PAM_ERR_NOMEM, "tokenizer: out of memory");
     if (st == PAM_OK) {
         *n_out = ids.n;
-        memcpy(out, ids.v, (ids.n < cap ? ids.n : cap) * sizeof *out);
+        if (ids.n && cap) memcpy(out, ids.v, (ids.n < cap ? ids.n : cap) * sizeof *out);
         if (ids.n > cap) st = PAM_ERR(PAM_ERR_RANGE, "tokenizer: %zu tokens do not fit in %zu", ids.n, cap);
     }
     free(ids.v);
@@ -840,7 +845,7 @@ pam_status pam_tokenizer_token_bytes(const pam_tokenizer *tk, int32_t id, char *
     if (id < 0 || id >= tk->n_vocab)
         return PAM_ERR(PAM_ERR_RANGE, "tokenizer: token id %d outside the vocabulary (%d)", id, tk->n_vocab);
     size_t n = tk->dec_off[id + 1] - tk->dec_off[id];
-    memcpy(buf, tk->dec_blob + tk->dec_off[id], n < cap ? n : cap);
+    if (n && cap) memcpy(buf, tk->dec_blob + tk->dec_off[id], n < cap ? n : cap);
     *len_out = n;
     return PAM_OK;
 }
