@@ -29,6 +29,7 @@ static void run_usage(FILE *f) {
             "      --repeat-penalty R  repetition penalty (default 1.0 = off)\n"
             "      --repeat-last-n N   tokens the penalty looks back (default 64)\n"
             "  -s, --seed N            sampling seed (default: random, printed)\n"
+            "      --kv-type T         KV cache element type: f16 (default) or f32\n"
             "      --no-bos            do not prepend BOS\n"
             "      --ignore-eos        keep generating past end-of-text tokens\n");
 }
@@ -62,6 +63,7 @@ int pam_cli_run(int argc, char **argv) {
     const char *model_path = NULL, *prompt = "", *prompt_file = NULL;
     long n_predict = 128, n_ctx = 0, n_threads = 0;
     int no_bos = 0, ignore_eos = 0, seed_given = 0;
+    pam_dtype kv_type = PAM_DT_F16;
     pam_sampler_params sp;
     pam_sampler_params_default(&sp);
 
@@ -101,6 +103,16 @@ int pam_cli_run(int argc, char **argv) {
             if (pam_args_long(&a, 0, (1L << 62), &v)) {
                 sp.seed = (uint64_t)v;
                 seed_given = 1;
+            }
+        } else if (pam_args_is(&a, NULL, "--kv-type")) {
+            const char *t = pam_args_value(&a);
+            if (t && !strcmp(t, "f16"))
+                kv_type = PAM_DT_F16;
+            else if (t && !strcmp(t, "f32"))
+                kv_type = PAM_DT_F32;
+            else if (t) {
+                fprintf(stderr, "pam run: --kv-type must be f16 or f32, got '%s'\n", t);
+                a.failed = 1;
             }
         } else if (pam_args_is(&a, NULL, "--no-bos")) {
             no_bos = 1;
@@ -178,7 +190,7 @@ int pam_cli_run(int argc, char **argv) {
                 n_ids, (long long)want);
         goto done;
     }
-    if (pam_pool_create((int)n_threads, &pool) != PAM_OK || pam_ctx_create(model, (int32_t)want, pool, &ctx) != PAM_OK ||
+    if (pam_pool_create((int)n_threads, &pool) != PAM_OK || pam_ctx_create_ex(model, &(pam_ctx_params){(int32_t)want, kv_type}, pool, &ctx) != PAM_OK ||
         pam_sampler_create(&sp, hp->n_vocab, &sampler) != PAM_OK) {
         fprintf(stderr, "pam run: %s\n", pam_last_error());
         goto done;

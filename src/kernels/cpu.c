@@ -8,6 +8,10 @@
 
 #include "core/status.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 static atomic_int g_isa = -1;
 
 static const char *const k_isa_names[PAM_ISA_COUNT] = {"scalar", "avx2", "avx512"};
@@ -15,8 +19,10 @@ static const char *const k_isa_names[PAM_ISA_COUNT] = {"scalar", "avx2", "avx512
 pam_isa pam_cpu_detect(void) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     __builtin_cpu_init();
-    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+    /* clang's __builtin_cpu_supports does not know "f16c": ask CPUID (leaf 1, ECX bit 29). */
+    unsigned eax, ebx, ecx = 0, edx;
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     if (!avx2) return PAM_ISA_SCALAR;
     int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
