@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "core/threadpool.h"
+#include "kernels/dtype.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "pam.h"
@@ -46,7 +47,15 @@ uint64_t pam_model_weight_bytes(const pam_model *m);
 
 typedef struct pam_ctx pam_ctx;
 
-/* n_ctx <= 0 uses the model's training context. */
+typedef struct pam_ctx_params {
+    int32_t n_ctx;     /* <= 0: the model's training context */
+    pam_dtype kv_type; /* PAM_DT_F16 (default) or PAM_DT_F32 */
+} pam_ctx_params;
+
+void pam_ctx_params_default(pam_ctx_params *p);
+pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_pool *pool, pam_ctx **out);
+/* A context with F32 KV: the exact reference path. n_ctx <= 0 uses the
+ * model's training context. */
 pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam_ctx **out);
 void pam_ctx_free(pam_ctx *c);
 int32_t pam_ctx_n_ctx(const pam_ctx *c);
@@ -58,5 +67,11 @@ int32_t pam_ctx_n_ctx(const pam_ctx *c);
  * overflow or a token id is out of range; the cache is then unchanged. */
 pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
                        int all_logits);
+
+/* Benchmarks: fills the KV cache positions 0..n-1 with synthetic values so a
+ * decode step at position n does the work of a real one at that depth. */
+pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed);
+/* Bytes of KV a decode step at position pos reads. */
+uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos);
 
 #endif
