@@ -18,8 +18,10 @@ static json_t *g_ref;
 
 static int setup(void **state) {
     g_gguf = strdup(pam_test_tmp("golden-stories260K.gguf"));
-    pam_status st = pam_convert_llama2c(pam_test_shared("models/stories260K/stories260K.bin"),
-                                        pam_test_shared("models/stories260K/tok512.bin"), g_gguf, PAM_DT_F32);
+    /* pam_test_shared returns a static buffer: copy the first path */
+    char *ckpt = strdup(pam_test_shared("models/stories260K/stories260K.bin"));
+    pam_status st = pam_convert_llama2c(ckpt, pam_test_shared("models/stories260K/tok512.bin"), g_gguf, PAM_DT_F32);
+    free(ckpt);
     if (st != PAM_OK) {
         print_error("convert failed: %s\n", pam_last_error());
         return -1;

@@ -1,11 +1,21 @@
-/* Invariants: `gen` increases once per job; a worker runs a job only after it
- * has seen the new generation and decrements `n_active` exactly once per job.
- * The caller waits for n_active == 0 before returning, so `fn`/`ctx` stay
- * valid for the whole job. Workers spin briefly before sleeping: decode issues
- * hundreds of small jobs per token and a futex wake costs more than the job. */
+/* Persistent worker pool.
+ *
+ * A job is published as one 64-bit atomic `state` = generation << 32 | next
+ * task index. Tasks are claimed with a compare-and-swap that also checks the
+ * generation, so a worker that slept through a whole job can never run a task
+ * of the wrong job: the job's fields (fn, ctx, n_tasks) are only rewritten
+ * after every task of the previous job has been claimed and finished.
+ *
+ * The caller waits for tasks *completed* (`done`), never for workers to
+ * acknowledge, and runs tasks itself. On a busy machine a descheduled worker
+ * therefore costs at most the task it holds, not a scheduler time slice per
+ * job (decode issues hundreds of small jobs per token).
+ *
+ * Workers spin briefly for the next job, then sleep on a condition variable. */
 #include "core/threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -16,15 +26,15 @@ struct pam_pool {
     int n_threads;
     pthread_t *threads;
     pthread_mutex_t mu;
-    pthread_cond_t cv_start;
-    pthread_cond_t cv_done;
-    atomic_uint_fast64_t gen;
+    pthread_cond_t cv;
+    _Atomic uint64_t state; /* generation << 32 | next task */
     atomic_int stop;
+    atomic_int n_sleeping;
+    /* job fields, written by the caller before publishing a generation */
     pam_task_fn fn;
     void *ctx;
     int64_t n_tasks;
-    atomic_int_fast64_t next;
-    atomic_int n_active;
+    _Atomic int64_t done;
 };
 
 typedef struct {
@@ -32,11 +42,26 @@ typedef struct {
     int id;
 } worker_arg;
 
-static void run_tasks(pam_pool *p, int id) {
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Runs tasks of generation gen until none is left; returns when the job has
+ * no unclaimed task or the generation moved on. */
+static void run_tasks(pam_pool *p, uint32_t gen, pam_task_fn fn, void *ctx, int64_t n_tasks, int id) {
+    uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
     for (;;) {
-        int64_t t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= p->n_tasks) break;
-        p->fn(p->ctx, t, id);
+        if ((uint32_t)(s >> 32) != gen) return;
+        uint32_t t = (uint32_t)s;
+        if ((int64_t)t >= n_tasks) return;
+        if (atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            fn(ctx, t, id);
+            atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+            s = atomic_load_explicit(&p->state, memory_order_acquire);
+        }
     }
 }
 
@@ -44,30 +69,30 @@ static void *worker_main(void *arg) {
     worker_arg wa = *(worker_arg *)arg;
     free(arg);
     pam_pool *p = wa.pool;
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        uint64_t g = 0;
-        for (int spin = 0; spin < 20000; spin++) {
-            g = atomic_load_explicit(&p->gen, memory_order_acquire);
-            if (g != seen || atomic_load(&p->stop)) break;
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
+        uint32_t gen = seen;
+        for (int spin = 0; spin < 4000; spin++) {
+            gen = (uint32_t)(atomic_load_explicit(&p->state, memory_order_acquire) >> 32);
+            if (gen != seen || atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
+            cpu_relax();
         }
-        if (g == seen && !atomic_load(&p->stop)) {
+        if (gen == seen && !atomic_load(&p->stop)) {
             pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
-                pthread_cond_wait(&p->cv_start, &p->mu);
+            atomic_fetch_add(&p->n_sleeping, 1);
+            while ((gen = (uint32_t)(atomic_load(&p->state) >> 32)) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->n_sleeping, 1);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop)) break;
-        seen = g;
-        run_tasks(p, wa.id);
-        if (atomic_fetch_sub_explicit(&p->n_active, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        seen = gen;
+        /* Fields read here belong to `gen` whenever a claim in run_tasks
+         * succeeds (see the invariant at the top). */
+        pam_task_fn fn = p->fn;
+        void *ctx = p->ctx;
+        int64_t n_tasks = p->n_tasks;
+        run_tasks(p, gen, fn, ctx, n_tasks, wa.id);
     }
     return NULL;
 }
@@ -83,12 +108,11 @@ pam_status pam_pool_create(int n_threads, pam_pool **out) {
     if (!p) return PAM_ERR(PAM_ERR_NOMEM, "thread pool");
     p->n_threads = n_threads;
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv_start, NULL);
-    pthread_cond_init(&p->cv_done, NULL);
-    atomic_init(&p->gen, 0);
+    pthread_cond_init(&p->cv, NULL);
+    atomic_init(&p->state, 0);
     atomic_init(&p->stop, 0);
-    atomic_init(&p->next, 0);
-    atomic_init(&p->n_active, 0);
+    atomic_init(&p->n_sleeping, 0);
+    atomic_init(&p->done, 0);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     if (!p->threads) {
         free(p);
@@ -115,12 +139,11 @@ void pam_pool_destroy(pam_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     atomic_store(&p->stop, 1);
-    pthread_cond_broadcast(&p->cv_start);
+    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv_start);
-    pthread_cond_destroy(&p->cv_done);
+    pthread_cond_destroy(&p->cv);
     free(p->threads);
     free(p);
 }
@@ -133,24 +156,25 @@ void pam_pool_run(pam_pool *p, pam_task_fn fn, void *ctx, int64_t n_tasks) {
         for (int64_t t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
+    /* The previous job is complete (we waited for it), so no claim can
+     * succeed until the new generation is published below. */
     p->fn = fn;
     p->ctx = ctx;
     p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->n_active, p->n_threads - 1, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&p->cv_start);
-    pthread_mutex_unlock(&p->mu);
-    run_tasks(p, 0);
-    for (int spin = 0; spin < 200000 && atomic_load_explicit(&p->n_active, memory_order_acquire) > 0; spin++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
-    if (atomic_load_explicit(&p->n_active, memory_order_acquire) > 0) {
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint32_t gen = (uint32_t)(atomic_load_explicit(&p->state, memory_order_relaxed) >> 32) + 1;
+    atomic_store_explicit(&p->state, (uint64_t)gen << 32, memory_order_release);
+    if (atomic_load(&p->n_sleeping) > 0) {
         pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->n_active) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+        pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
+    }
+    run_tasks(p, gen, fn, ctx, n_tasks, 0);
+    /* Only tasks that other threads are running right now remain. */
+    for (unsigned spin = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks; spin++) {
+        if (spin < 100000)
+            cpu_relax();
+        else
+            sched_yield();
     }
 }

@@ -9,7 +9,9 @@
  *
  * Parsing never trusts a count: before allocating room for n things we check
  * that the bytes left in the file could hold n of the smallest encoding of
- * such a thing, so a 100-byte file cannot make us allocate gigabytes. */
+ * such a thing, so a 100-byte file cannot make us allocate gigabytes. The
+ * metadata and tensor tables grow as entries are parsed, so a corrupt count
+ * in a large file costs nothing until the entries really are there. */
 #include "model/gguf.h"
 
 #include <errno.h>
@@ -42,6 +44,7 @@ typedef struct gguf_kv {
 typedef struct gguf_index {
     int64_t *slots;
     uint64_t mask;
+    uint64_t n; /* entries; kept at most half the slots */
 } gguf_index;
 
 struct pam_gguf {
@@ -51,9 +54,9 @@ struct pam_gguf {
     uint32_t version;
     size_t alignment;
     size_t data_offset;
-    int64_t n_kv;
+    int64_t n_kv, cap_kv;
     gguf_kv *kv;
-    int64_t n_tensors;
+    int64_t n_tensors, cap_tensors;
     pam_gguf_tensor *tensors;
     gguf_index kv_index;
     gguf_index tensor_index;
@@ -135,9 +138,11 @@ static pam_status gguf_read_str(gguf_cursor *c, const char *what, pam_gguf_str *
     return PAM_OK;
 }
 
-/* NUL-terminated copy of a key or tensor name; NUL bytes inside are rejected
- * because callers compare names with strcmp. */
+/* NUL-terminated copy of a key or tensor name. NUL bytes inside are rejected
+ * because callers compare names with strcmp; empty names because the writer
+ * refuses them too, so whatever we read can be written back. */
 static pam_status gguf_copy_name(const gguf_cursor *c, pam_gguf_str s, const char *what, char **out) {
+    if (s.len == 0) return PAM_ERR(PAM_ERR_FORMAT, "%s at offset %zu is empty", what, c->pos);
     if (memchr(s.ptr, 0, (size_t)s.len))
         return PAM_ERR(PAM_ERR_FORMAT, "%s at offset %zu contains a NUL byte", what, c->pos - (size_t)s.len);
     char *p = malloc((size_t)s.len + 1);
@@ -156,30 +161,53 @@ static uint64_t gguf_hash(const char *s) {
     return h;
 }
 
-static pam_status gguf_index_init(gguf_index *ix, int64_t n) {
-    uint64_t cap = 8;
-    while (cap < (uint64_t)n * 2) cap <<= 1;
-    ix->slots = calloc(cap, sizeof *ix->slots);
-    if (!ix->slots) return PAM_ERR(PAM_ERR_NOMEM, "name index of %llu slots", (unsigned long long)cap);
-    ix->mask = cap - 1;
-    return PAM_OK;
-}
-
-/* Returns the index of the entry named `name`, or -1; name_at(i) gives entry
- * i's name. With insert_at >= 0, inserts it when absent. */
 typedef const char *(*gguf_name_fn)(const pam_gguf *g, int64_t i);
 
-static int64_t gguf_index_lookup(const pam_gguf *g, const gguf_index *ix, gguf_name_fn name_at,
-                                 const char *name, int64_t insert_at) {
+/* Index of the entry named `name`, or -1; name_at(i) gives entry i's name. */
+static int64_t gguf_index_find(const pam_gguf *g, const gguf_index *ix, gguf_name_fn name_at, const char *name) {
     if (!ix->slots) return -1;
     for (uint64_t h = gguf_hash(name) & ix->mask;; h = (h + 1) & ix->mask) {
         int64_t s = ix->slots[h];
-        if (s == 0) {
-            if (insert_at >= 0) ix->slots[h] = insert_at + 1;
-            return -1;
-        }
+        if (s == 0) return -1;
         if (!strcmp(name_at(g, s - 1), name)) return s - 1;
     }
+}
+
+/* Adds entry i, whose name must not be present yet; doubles the table to
+ * keep the load factor at most 1/2. */
+static pam_status gguf_index_add(const pam_gguf *g, gguf_index *ix, gguf_name_fn name_at, int64_t i) {
+    if (!ix->slots || (ix->n + 1) * 2 > ix->mask + 1) {
+        uint64_t cap = ix->slots ? (ix->mask + 1) * 2 : 16;
+        int64_t *slots = calloc(cap, sizeof *slots);
+        if (!slots) return PAM_ERR(PAM_ERR_NOMEM, "name index of %llu slots", (unsigned long long)cap);
+        for (uint64_t k = 0; ix->slots && k <= ix->mask; k++) {
+            int64_t s = ix->slots[k];
+            if (!s) continue;
+            uint64_t h = gguf_hash(name_at(g, s - 1)) & (cap - 1);
+            while (slots[h]) h = (h + 1) & (cap - 1);
+            slots[h] = s;
+        }
+        free(ix->slots);
+        ix->slots = slots;
+        ix->mask = cap - 1;
+    }
+    uint64_t h = gguf_hash(name_at(g, i)) & ix->mask;
+    while (ix->slots[h]) h = (h + 1) & ix->mask;
+    ix->slots[h] = i + 1;
+    ix->n++;
+    return PAM_OK;
+}
+
+/* Makes room for entry `need` in a table of elem-sized entries (zeroed). */
+static pam_status gguf_reserve(void **arr, int64_t *cap, int64_t need, size_t elem, const char *what) {
+    if (need < *cap) return PAM_OK;
+    int64_t n = *cap ? *cap * 2 : 64;
+    void *p = realloc(*arr, (size_t)n * elem);
+    if (!p) return PAM_ERR(PAM_ERR_NOMEM, "%s table of %lld entries", what, (long long)n);
+    memset((char *)p + (size_t)*cap * elem, 0, (size_t)(n - *cap) * elem);
+    *arr = p;
+    *cap = n;
+    return PAM_OK;
 }
 
 static const char *gguf_kv_name(const pam_gguf *g, int64_t i) { return g->kv[i].key; }
@@ -292,6 +320,7 @@ static pam_status gguf_parse_kv(pam_gguf *g, gguf_cursor *c, int64_t n_kv) {
         snprintf(c->where, sizeof c->where, "metadata entry %lld", (long long)i);
         pam_gguf_str ks;
         PAM_TRY(gguf_read_str(c, "key", &ks));
+        PAM_TRY(gguf_reserve((void **)&g->kv, &g->cap_kv, i, sizeof *g->kv, "metadata"));
         gguf_kv *kv = &g->kv[i];
         PAM_TRY(gguf_copy_name(c, ks, c->where, &kv->key));
         g->n_kv = i + 1;
@@ -301,8 +330,9 @@ static pam_status gguf_parse_kv(pam_gguf *g, gguf_cursor *c, int64_t n_kv) {
         if (type >= PAM_GGUF_TYPE_COUNT)
             return PAM_ERR(PAM_ERR_FORMAT, "%s: invalid value type %u", c->where, type);
         PAM_TRY(gguf_read_value(c, (pam_gguf_type)type, 0, &kv->value));
-        if (gguf_index_lookup(g, &g->kv_index, gguf_kv_name, kv->key, i) >= 0)
+        if (gguf_index_find(g, &g->kv_index, gguf_kv_name, kv->key) >= 0)
             return PAM_ERR(PAM_ERR_FORMAT, "duplicate key '%.200s'", kv->key);
+        PAM_TRY(gguf_index_add(g, &g->kv_index, gguf_kv_name, i));
     }
     return PAM_OK;
 }
@@ -323,17 +353,19 @@ static pam_status gguf_parse_alignment(pam_gguf *g) {
 }
 
 static pam_status gguf_parse_tensor_info(pam_gguf *g, gguf_cursor *c, int64_t i) {
-    pam_gguf_tensor *t = &g->tensors[i];
     snprintf(c->where, sizeof c->where, "tensor %lld", (long long)i);
     pam_gguf_str ns;
     PAM_TRY(gguf_read_str(c, "tensor name", &ns));
+    PAM_TRY(gguf_reserve((void **)&g->tensors, &g->cap_tensors, i, sizeof *g->tensors, "tensor"));
+    pam_gguf_tensor *t = &g->tensors[i];
     char *name;
     PAM_TRY(gguf_copy_name(c, ns, c->where, &name));
     t->name = name;
     g->n_tensors = i + 1; /* tensor i now owns its name */
     snprintf(c->where, sizeof c->where, "tensor '%.200s'", t->name);
-    if (gguf_index_lookup(g, &g->tensor_index, gguf_tensor_name, t->name, i) >= 0)
+    if (gguf_index_find(g, &g->tensor_index, gguf_tensor_name, t->name) >= 0)
         return PAM_ERR(PAM_ERR_FORMAT, "duplicate tensor name '%.200s'", t->name);
+    PAM_TRY(gguf_index_add(g, &g->tensor_index, gguf_tensor_name, i));
     PAM_TRY(gguf_read_u32(c, "n_dims", &t->n_dims));
     if (t->n_dims < 1 || t->n_dims > PAM_GGUF_MAX_DIMS)
         return PAM_ERR(PAM_ERR_FORMAT, "%s: n_dims %u out of range 1..%d", c->where, t->n_dims, PAM_GGUF_MAX_DIMS);
@@ -409,12 +441,6 @@ static pam_status gguf_parse(pam_gguf *g) {
     if (n_tensors > gguf_left(&c) / GGUF_MIN_TENSOR_BYTES)
         return PAM_ERR(PAM_ERR_FORMAT, "header: tensor count %llu exceeds what the file size (%zu) can hold",
                        (unsigned long long)n_tensors, g->size);
-
-    g->kv = calloc(n_kv ? (size_t)n_kv : 1, sizeof *g->kv);
-    g->tensors = calloc(n_tensors ? (size_t)n_tensors : 1, sizeof *g->tensors);
-    if (!g->kv || !g->tensors) return PAM_ERR(PAM_ERR_NOMEM, "metadata/tensor tables");
-    PAM_TRY(gguf_index_init(&g->kv_index, (int64_t)n_kv));
-    PAM_TRY(gguf_index_init(&g->tensor_index, (int64_t)n_tensors));
 
     PAM_TRY(gguf_parse_kv(g, &c, (int64_t)n_kv));
     PAM_TRY(gguf_parse_alignment(g));
@@ -494,7 +520,12 @@ pam_status pam_gguf_open(const char *path, pam_gguf **out) {
     pam_status st = gguf_open_mem(map, size, 1, out);
     if (st != PAM_OK) {
         munmap(map, size);
-        return PAM_ERR(st, "%s: %s", path, pam_last_error());
+        /* Prefix the path; drop the inner " (file:line)" so it is not doubled. */
+        char msg[900];
+        snprintf(msg, sizeof msg, "%s", pam_last_error());
+        char *loc = strrchr(msg, '(');
+        if (loc && loc > msg && loc[-1] == ' ' && strchr(loc, ':') && msg[strlen(msg) - 1] == ')') loc[-1] = '\0';
+        return PAM_ERR(st, "%s: %s", path, msg);
     }
     return PAM_OK;
 }
@@ -524,7 +555,7 @@ const pam_gguf_value *pam_gguf_kv_value(const pam_gguf *g, int64_t i) {
 
 const pam_gguf_value *pam_gguf_find(const pam_gguf *g, const char *key) {
     if (!key) return NULL;
-    int64_t i = gguf_index_lookup(g, &g->kv_index, gguf_kv_name, key, -1);
+    int64_t i = gguf_index_find(g, &g->kv_index, gguf_kv_name, key);
     return i >= 0 ? &g->kv[i].value : NULL;
 }
 
@@ -536,7 +567,7 @@ const pam_gguf_tensor *pam_gguf_tensor_at(const pam_gguf *g, int64_t i) {
 
 const pam_gguf_tensor *pam_gguf_find_tensor(const pam_gguf *g, const char *name) {
     if (!name) return NULL;
-    int64_t i = gguf_index_lookup(g, &g->tensor_index, gguf_tensor_name, name, -1);
+    int64_t i = gguf_index_find(g, &g->tensor_index, gguf_tensor_name, name);
     return i >= 0 ? &g->tensors[i] : NULL;
 }
 

@@ -189,6 +189,8 @@ static pam_status gguf_w_add(pam_gguf_writer *w, const char *key, const pam_gguf
     if (!w || !key || !v) return PAM_ERR(PAM_ERR_INVALID, "gguf writer: NULL argument");
     if (!*key) return PAM_ERR(PAM_ERR_INVALID, "gguf writer: empty key");
     if (gguf_w_find_kv(w, key)) return PAM_ERR(PAM_ERR_INVALID, "duplicate key '%s'", key);
+    if (!strcmp(key, "general.alignment") && v->type != PAM_GGUF_UINT32)
+        return PAM_ERR(PAM_ERR_INVALID, "key 'general.alignment' must be uint32, not %s", pam_gguf_type_name(v->type));
     if (w->n_kv == w->cap_kv) {
         int64_t cap = w->cap_kv ? w->cap_kv * 2 : 16;
         gguf_wkv *kv = realloc(w->kv, (size_t)cap * sizeof *kv);
