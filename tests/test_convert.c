@@ -383,6 +383,53 @@ static void test_convert_layout_variants(void **state) {
     free_inputs(&in);
 }
 
+/* K-quants need rows of 256: a synthetic checkpoint with dim 256 and hidden
+ * 512 (every matrix eligible) quantises to Q4_K / Q6_K and dequantises back
+ * within the format's error. */
+static void test_convert_k_quants(void **state) {
+    enum { D = 256, H = 512, V = 512, S = 8 };
+    const size_t floats = (size_t)V * D + D + 4 * (size_t)D * D + D + 3 * (size_t)D * H + D;
+    float *w = malloc(28 + floats * 4);
+    int32_t hdr[7] = {D, H, 1, 4, 4, V, S};
+    char *buf = (char *)w;
+    memcpy(buf, hdr, 28);
+    pam_test_rng r = {3};
+    float *f = (float *)(buf + 28);
+    for (size_t i = 0; i < floats; i++) f[i] = (float)pam_test_rng_normal(&r) * 0.05f;
+    char ck[4096], out[4096];
+    snprintf(ck, sizeof ck, "%s", pam_test_tmp("kq.bin"));
+    write_file(ck, buf, 28 + floats * 4);
+    const float *wq = f + (size_t)V * D + D;
+    for (int k = 0; k < 2; k++) {
+        pam_dtype type = k == 0 ? PAM_DT_Q4_K : PAM_DT_Q6_K;
+        fresh_out("kq.gguf", out, sizeof out);
+        if (pam_convert_llama2c(ck, tok_path(), out, type) != PAM_OK) fail_msg("%s", pam_last_error());
+        pam_gguf *g;
+        assert_int_equal(pam_gguf_open(out, &g), PAM_OK);
+        assert_int_equal(get_u(g, "general.file_type"), k == 0 ? 14 : 18);
+        const pam_gguf_tensor *t = tensor(g, "blk.0.attn_q.weight", type, D, D);
+        tensor(g, "blk.0.ffn_down.weight", type, H, D);
+        tensor(g, "token_embd.weight", type, D, V);
+        tensor(g, "blk.0.attn_norm.weight", PAM_DT_F32, D, 1);
+        size_t row_bytes;
+        assert_int_equal(pam_dtype_row_bytes(type, D, &row_bytes), PAM_OK);
+        float row[D];
+        double err = 0, ref = 0;
+        for (int rr = 0; rr < D; rr++) {
+            pam_dequantize_row(type, (const char *)t->data + (size_t)rr * row_bytes, row, D);
+            for (int i = 0; i < D; i++) {
+                double d = row[i] - wq[(size_t)rr * D + i];
+                err += d * d;
+                ref += (double)wq[(size_t)rr * D + i] * wq[(size_t)rr * D + i];
+            }
+        }
+        /* Relative RMS error: ~0.1 for 4-bit, ~0.03 for 6-bit. */
+        assert_true(sqrt(err / ref) < (k == 0 ? 0.15 : 0.05));
+        pam_gguf_close(g);
+    }
+    free(w);
+}
+
 /* Runs a conversion expected to fail with code and a message containing
  * word, and checks that no output (nor its temporary) appeared. */
 static void expect_fail(const char *ck, const char *tok, pam_status code, const char *word) {
@@ -505,6 +552,7 @@ int main(void) {
         cmocka_unit_test(test_convert_f32),
         cmocka_unit_test(test_convert_f16_and_q8_0),
         cmocka_unit_test(test_convert_layout_variants),
+        cmocka_unit_test(test_convert_k_quants),
         cmocka_unit_test(test_convert_bad_inputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
