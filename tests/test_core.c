@@ -47,6 +47,43 @@ static void test_pool_runs_every_task_once(void **state) {
     free(j);
 }
 
+/* Regression: back-to-back jobs whose context lives at the same address
+ * with different task counts. A worker that slept through a job must never
+ * run a task of the next one with the old job's task count, or run a task
+ * after the caller returned. Every task must run exactly once per job. */
+typedef struct {
+    int id, n;
+    atomic_int *hits;
+    atomic_int *bad;
+} reuse_job;
+
+static void reuse_task(void *ctx, int64_t t, int thread) {
+    reuse_job *j = ctx;
+    int id = j->id;
+    if (t >= j->n || atomic_fetch_add(&j->hits[t], 1) != 0) atomic_fetch_add(j->bad, 1);
+    if (j->id != id) atomic_fetch_add(j->bad, 1);
+}
+
+static void reuse_one(pam_pool *pool, int id, atomic_int *bad) {
+    atomic_int hits[64];
+    reuse_job j = {id, 1 + id % 40, hits, bad};
+    for (int i = 0; i < 64; i++) atomic_init(&hits[i], 0);
+    pam_pool_run(pool, reuse_task, &j, j.n);
+    for (int i = 0; i < j.n; i++)
+        if (atomic_load(&hits[i]) != 1) atomic_fetch_add(bad, 1);
+    j.id = -1;
+}
+
+static void test_pool_back_to_back_jobs(void **state) {
+    pam_pool *pool;
+    assert_int_equal(pam_pool_create(3, &pool), PAM_OK);
+    atomic_int bad;
+    atomic_init(&bad, 0);
+    for (int i = 0; i < 400000; i++) reuse_one(pool, i, &bad);
+    assert_int_equal(atomic_load(&bad), 0);
+    pam_pool_destroy(pool);
+}
+
 static void test_f16_roundtrip_exhaustive(void **state) {
     /* Every finite half converts to float and back unchanged. */
     for (uint32_t h = 0; h < 0x10000; h++) {
@@ -109,6 +146,7 @@ static void test_dtype_table(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_runs_every_task_once),
+        cmocka_unit_test(test_pool_back_to_back_jobs),
         cmocka_unit_test(test_f16_roundtrip_exhaustive),
         cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_dtype_table),

@@ -1,10 +1,12 @@
 /* Persistent worker pool.
  *
  * A job is published as one 64-bit atomic `state` = generation << 32 | next
- * task index. Tasks are claimed with a compare-and-swap that also checks the
- * generation, so a worker that slept through a whole job can never run a task
- * of the wrong job: the job's fields (fn, ctx, n_tasks) are only rewritten
- * after every task of the previous job has been claimed and finished.
+ * task index. Even generations are open jobs; the caller first moves to an
+ * odd ("closed") generation, then writes the job's fields (fn, ctx,
+ * n_tasks), then opens the next even generation. Tasks are claimed with a
+ * compare-and-swap that also checks the generation, so a worker holding
+ * fields of one job can never claim a task of another: fields are only
+ * rewritten while the generation is odd, where no claim succeeds.
  *
  * The caller waits for tasks *completed* (`done`), never for workers to
  * acknowledge, and runs tasks itself. On a busy machine a descheduled worker
@@ -30,10 +32,13 @@ struct pam_pool {
     _Atomic uint64_t state; /* generation << 32 | next task */
     atomic_int stop;
     atomic_int n_sleeping;
-    /* job fields, written by the caller before publishing a generation */
-    pam_task_fn fn;
-    void *ctx;
-    int64_t n_tasks;
+    /* Job fields, written only while the generation is odd. A worker that
+     * slept through a job may read them while they are rewritten; its claim
+     * then fails, so the value is never used. Release/acquire on them makes
+     * a worker that sees new fields also see the closed generation. */
+    _Atomic(pam_task_fn) fn;
+    _Atomic(void *) ctx;
+    _Atomic int64_t n_tasks;
     _Atomic int64_t done;
 };
 
@@ -74,13 +79,13 @@ static void *worker_main(void *arg) {
         uint32_t gen = seen;
         for (int spin = 0; spin < 4000; spin++) {
             gen = (uint32_t)(atomic_load_explicit(&p->state, memory_order_acquire) >> 32);
-            if (gen != seen || atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
+            if ((gen != seen && !(gen & 1)) || atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
             cpu_relax();
         }
-        if (gen == seen && !atomic_load(&p->stop)) {
+        if ((gen == seen || (gen & 1)) && !atomic_load(&p->stop)) {
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->n_sleeping, 1);
-            while ((gen = (uint32_t)(atomic_load(&p->state) >> 32)) == seen && !atomic_load(&p->stop))
+            while (((gen = (uint32_t)(atomic_load(&p->state) >> 32)) == seen || (gen & 1)) && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
             atomic_fetch_sub(&p->n_sleeping, 1);
             pthread_mutex_unlock(&p->mu);
@@ -89,9 +94,9 @@ static void *worker_main(void *arg) {
         seen = gen;
         /* Fields read here belong to `gen` whenever a claim in run_tasks
          * succeeds (see the invariant at the top). */
-        pam_task_fn fn = p->fn;
-        void *ctx = p->ctx;
-        int64_t n_tasks = p->n_tasks;
+        pam_task_fn fn = atomic_load_explicit(&p->fn, memory_order_acquire);
+        void *ctx = atomic_load_explicit(&p->ctx, memory_order_acquire);
+        int64_t n_tasks = atomic_load_explicit(&p->n_tasks, memory_order_acquire);
         run_tasks(p, gen, fn, ctx, n_tasks, wa.id);
     }
     return NULL;
@@ -113,6 +118,9 @@ pam_status pam_pool_create(int n_threads, pam_pool **out) {
     atomic_init(&p->stop, 0);
     atomic_init(&p->n_sleeping, 0);
     atomic_init(&p->done, 0);
+    atomic_init(&p->fn, NULL);
+    atomic_init(&p->ctx, NULL);
+    atomic_init(&p->n_tasks, 0);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     if (!p->threads) {
         free(p);
@@ -156,13 +164,15 @@ void pam_pool_run(pam_pool *p, pam_task_fn fn, void *ctx, int64_t n_tasks) {
         for (int64_t t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
-    /* The previous job is complete (we waited for it), so no claim can
-     * succeed until the new generation is published below. */
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    /* Close the previous generation before touching the fields: from here
+     * until the new one opens, every claim fails. */
     uint32_t gen = (uint32_t)(atomic_load_explicit(&p->state, memory_order_relaxed) >> 32) + 1;
+    atomic_store_explicit(&p->state, (uint64_t)gen << 32, memory_order_seq_cst);
+    atomic_store_explicit(&p->fn, fn, memory_order_release);
+    atomic_store_explicit(&p->ctx, ctx, memory_order_release);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_release);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    gen++;
     atomic_store_explicit(&p->state, (uint64_t)gen << 32, memory_order_release);
     if (atomic_load(&p->n_sleeping) > 0) {
         pthread_mutex_lock(&p->mu);
