@@ -1,0 +1,104 @@
+/* KV manager: the paged, tiered KV cache (DESIGN.md §2.2–2.5).
+ *
+ * Owns the tiers (ordered fastest first), the block pool (reference-counted
+ * blocks, each living in one (tier, slot)), per-sequence block tables (one per
+ * layer: logical block -> block id), per-block importance, and runs
+ * PAMattention: every tier holding blocks of a sequence computes its partial
+ * concurrently on the thread pool and the partials are merged exactly.
+ * Between steps, pam_kvm_step_end() updates importance, asks the scheduler
+ * (kv/sched.h) for moves and migrates blocks (copy, verify, switch, free old;
+ * a failure at any point leaves the old copy in use).
+ *
+ * Policies: PAM (above), OFFLOAD (before attention, copy every block outside
+ * the fastest tier into a staging area in the fastest tier, then compute
+ * there: the vLLM-style baseline), SINGLE (everything in tiers[0]; fails
+ * cleanly with PAM_ERR_FULL when it is full).
+ *
+ * Thread safety: one caller thread drives a pam_kvm; it uses the pool
+ * internally. */
+#ifndef PAM_KV_KVM_H
+#define PAM_KV_KVM_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/threadpool.h"
+#include "kv/tier.h"
+#include "pam.h"
+
+typedef enum pam_kv_policy {
+    PAM_KV_POLICY_PAM = 0,
+    PAM_KV_POLICY_OFFLOAD = 1,
+    PAM_KV_POLICY_SINGLE = 2,
+} pam_kv_policy;
+
+typedef struct pam_kvm_config {
+    pam_kv_shape shape;
+    pam_tier **tiers; /* ownership passes to the kvm */
+    int n_tiers;
+    pam_kv_policy policy;
+    uint64_t migrate_bytes_per_step; /* budget; 0 = default (e.g. 64 MiB) */
+    float importance_decay;          /* EMA factor in (0,1]; 0 = default 0.9 */
+    FILE *trace;                     /* --kv-trace: one JSON line per step, or NULL (not owned) */
+} pam_kvm_config;
+
+typedef struct pam_kvm pam_kvm;
+
+pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **out);
+/* Frees every block, sequence and tier. */
+void pam_kvm_destroy(pam_kvm *kvm);
+
+/* Sequences ---------------------------------------------------------------- */
+pam_status pam_kvm_seq_create(pam_kvm *kvm, int32_t *seq);
+/* Drops the sequence's references; blocks no one references are freed at once. */
+void pam_kvm_seq_free(pam_kvm *kvm, int32_t seq);
+int32_t pam_kvm_seq_len(const pam_kvm *kvm, int32_t seq);
+/* Admission: makes sure blocks for n_tokens more tokens of every layer can
+ * be allocated (reserving them). PAM_ERR_FULL, with a message giving the
+ * capacity, when all tiers together cannot hold them; nothing changes then. */
+pam_status pam_kvm_reserve(pam_kvm *kvm, int32_t seq, int32_t n_tokens);
+
+/* Stores K/V rows (n_head_kv*head_dim floats) of the token at pos of layer.
+ * Positions are appended in order per layer (pos == current length of that
+ * layer, or an overwrite of an existing position). New blocks go to the
+ * fastest tier with room. */
+pam_status pam_kvm_store(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t pos, const float *k,
+                         const float *v);
+
+/* Attention of one query token (n_head heads, q: n_head*head_dim) over
+ * positions 0..n_pos-1 of layer: out = softmax(q k^T * scale) v, exact merge
+ * of the per-tier partials. Also accumulates the importance by-product. */
+pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_pos, const float *q,
+                          int32_t n_head, float scale, float *out);
+
+/* Between decode steps: importance EMA update, scheduling, migration within
+ * budget, trace line. Failures of individual migrations are counted and
+ * leave blocks where they were; they are not errors of the step. */
+pam_status pam_kvm_step_end(pam_kvm *kvm);
+
+/* Tests and benchmarks ----------------------------------------------------- */
+/* Moves one block (seq, layer, logical block) to tier index `to` now
+ * (copy, verify, switch, free). On failure the block stays where it was. */
+pam_status pam_kvm_migrate(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block, int to);
+/* Tier index of a logical block. */
+int pam_kvm_block_tier(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block);
+/* Fills positions 0..n-1 of every layer of seq with reproducible synthetic
+ * K/V (benchmarks at depth without a long prefill). */
+pam_status pam_kvm_fill_synthetic(pam_kvm *kvm, int32_t seq, int32_t n, uint64_t seed);
+
+typedef struct pam_kvm_tier_report {
+    const char *name;
+    uint64_t blocks_used, blocks_capacity;
+    uint64_t bytes_read_step; /* during the last step */
+    double attend_ms_step;
+    double bound_ms_step; /* bytes_read_step / read_gbps */
+} pam_kvm_tier_report;
+typedef struct pam_kvm_report {
+    int n_tiers;
+    pam_kvm_tier_report tiers[8];
+    uint64_t migrations_step, migration_bytes_step, migration_failures;
+    uint64_t n_blocks;
+} pam_kvm_report;
+void pam_kvm_report_get(const pam_kvm *kvm, pam_kvm_report *out);
+
+#endif

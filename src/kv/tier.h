@@ -1,0 +1,133 @@
+/* A KV tier: one memory device holding KV blocks in its own encoding, with a
+ * compute engine that runs partial attention over the blocks it holds
+ * (DESIGN.md §2.1, §2.3). Every tier is one ops struct plus a context
+ * pointer; callers go through the thin wrappers in kv/tier.c only, so a
+ * fault-injecting tier can wrap any other, and adding a tier touches no
+ * attention or scheduler code (kv/tier_registry.c lists the implementations).
+ *
+ * A block holds `block_tokens` consecutive tokens of ONE layer, all KV heads,
+ * K and V. Within a tier a block lives in a slot (uint32). Rows passed in and
+ * out are f32, n_head_kv*head_dim floats per token, heads contiguous.
+ *
+ * Ownership: the tier owns its slots' storage; pam_tier_close frees it all.
+ * Thread safety: alloc/free/write/read/stats are called by one thread at a
+ * time per tier (the KV manager serialises them); attend may be called
+ * concurrently from several threads on disjoint block lists, and concurrently
+ * with attend calls of other tiers. */
+#ifndef PAM_KV_TIER_H
+#define PAM_KV_TIER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pam.h"
+
+typedef struct pam_kv_shape {
+    int32_t n_layer;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int32_t block_tokens; /* default 16 */
+} pam_kv_shape;
+
+typedef struct pam_tier_stats {
+    uint64_t blocks_used;
+    uint64_t blocks_capacity;
+    uint64_t bytes_read;    /* by attend and read, cumulative */
+    uint64_t bytes_written; /* by write, cumulative */
+    uint64_t n_errors;      /* failed I/O, checksum mismatches */
+    int64_t attend_ns;      /* cumulative time inside attend */
+} pam_tier_stats;
+
+/* One block in an attention request. */
+typedef struct pam_tier_block {
+    uint32_t slot;
+    int32_t n_tokens; /* valid tokens in the block, 1..block_tokens */
+} pam_tier_block;
+
+/* Partial attention of one query token (all n_head query heads) over a list
+ * of blocks of one layer, in list order (= logical order within the list).
+ * Query head h reads KV head h / (n_head / n_head_kv).
+ * Outputs, per query head: m (max score), l (sum exp(s - m)), o (unnormalised
+ * sum exp(s - m) v), folded over the blocks in list order. If blk_m/blk_l are
+ * not NULL the tier also writes, per block b and query head h,
+ * blk_m[b*n_head+h] = max score in the block and blk_l[...] = sum exp(s - that
+ * max): the by-product the importance score is computed from. */
+typedef struct pam_tier_attn {
+    const float *q; /* n_head * head_dim */
+    int32_t n_head;
+    float scale;
+    const pam_tier_block *blocks;
+    int64_t n_blocks;
+    float *m, *l, *o;
+    float *blk_m, *blk_l;
+} pam_tier_attn;
+
+typedef struct pam_tier_ops {
+    const char *kind; /* "dram", "dramq", "ssd", ... */
+    /* PAM_ERR_FULL when no slot is free. */
+    pam_status (*alloc)(void *impl, uint32_t *slot);
+    void (*free)(void *impl, uint32_t slot);
+    /* Stores tokens off..off+n-1 of the block; other tokens are untouched.
+     * On failure the slot's previous contents stay valid. */
+    pam_status (*write)(void *impl, uint32_t slot, int32_t off, int32_t n, const float *k,
+                        const float *v);
+    /* Decodes the first n tokens of the block to f32 (used by migration).
+     * Verifies integrity where the tier can (ssd: checksum -> PAM_ERR_CORRUPT). */
+    pam_status (*read)(void *impl, uint32_t slot, int32_t n, float *k, float *v);
+    pam_status (*attend)(void *impl, const pam_tier_attn *req);
+    void (*stats)(void *impl, pam_tier_stats *out);
+    void (*close)(void *impl);
+} pam_tier_ops;
+
+typedef struct pam_tier {
+    const pam_tier_ops *ops;
+    void *impl;
+    char name[64];            /* e.g. "dram", "dramq:int8", "ssd:/var/tmp/pam-kv" */
+    uint64_t capacity_blocks; /* slots available */
+    uint64_t block_bytes;     /* bytes one block occupies (and attend reads) in this tier */
+    double read_gbps;         /* measured (or configured) read bandwidth */
+    int exact;                /* 1 if attention over this tier equals f16 attention (no lossy encoding) */
+} pam_tier;
+
+/* Thin wrappers: the only way callers reach a tier. */
+pam_status pam_tier_alloc(pam_tier *t, uint32_t *slot);
+void pam_tier_free(pam_tier *t, uint32_t slot);
+pam_status pam_tier_write(pam_tier *t, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v);
+pam_status pam_tier_read(pam_tier *t, uint32_t slot, int32_t n, float *k, float *v);
+pam_status pam_tier_attend(pam_tier *t, const pam_tier_attn *req);
+void pam_tier_stats_get(pam_tier *t, pam_tier_stats *out);
+/* Closes and frees the tier (t itself is freed too). */
+void pam_tier_close(pam_tier *t);
+
+/* ---- Implementations (kv/tier_dram.c, tier_dramq.c, tier_ssd.c, tier_fault.c) ---- */
+
+/* f16 K/V in host memory, laid out per (block, kv head) for streaming reads. */
+pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes, pam_tier **out);
+/* int8 (bits 8) or int4 (bits 4) KIVI-style: K quantised per channel, V per
+ * token, group scales; tokens of a block not yet full stay f16. */
+pam_status pam_tier_dramq_open(const pam_kv_shape *shape, int bits, uint64_t capacity_bytes, pam_tier **out);
+/* Blocks in a preallocated file under dir, io_uring + O_DIRECT, checksummed. */
+pam_status pam_tier_ssd_open(const pam_kv_shape *shape, const char *dir, uint64_t capacity_bytes, pam_tier **out);
+
+/* Fault injection wrapper (tests): forwards to inner, failing the chosen
+ * operation. Takes ownership of inner. */
+typedef enum pam_fault_op {
+    PAM_FAULT_NONE = 0,
+    PAM_FAULT_ALLOC,  /* alloc returns PAM_ERR_FULL (like ENOSPC while growing) */
+    PAM_FAULT_WRITE,  /* write returns PAM_ERR_IO (EIO) */
+    PAM_FAULT_READ,   /* read returns PAM_ERR_IO */
+    PAM_FAULT_ATTEND, /* attend returns PAM_ERR_IO */
+} pam_fault_op;
+typedef struct pam_fault_plan {
+    pam_fault_op op;
+    uint64_t nth;   /* fail the nth call of op (0-based) ... */
+    int persistent; /* ... and every later one when set */
+} pam_fault_plan;
+pam_status pam_tier_fault_wrap(pam_tier *inner, const pam_fault_plan *plan, pam_tier **out);
+
+/* Parses one --kv-tier spec: "dram:2GiB", "dramq:int8:4GiB", "dramq:int4:4GiB",
+ * "ssd:/var/tmp/pam-kv:64GiB" and opens the tier. Sizes accept KiB/MiB/GiB/TiB
+ * and plain bytes. Clear PAM_ERR_INVALID messages for malformed specs. */
+pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_tier **out);
+
+#endif
