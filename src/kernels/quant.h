@@ -7,6 +7,7 @@
 #ifndef PAM_KERNELS_QUANT_H
 #define PAM_KERNELS_QUANT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/fp16.h"
@@ -64,5 +65,13 @@ void pam_quantize_activations(pam_dtype weight_type, const float *x, void *dst, 
  * elements. Reduction order depends only on n. */
 float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n);
 float pam_vec_dot_ref(pam_dtype weight_type, const void *row, const void *act, int64_t n);
+
+/* The kernel pam_vec_dot would call for weight_type at the current ISA level
+ * (kernels/cpu.h), for loops over many rows. Never NULL for a supported type. */
+typedef float (*pam_vec_dot_fn)(const void *row, const void *act, int64_t n);
+pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type);
+/* Bytes of n activations in the vec-dot type of weight_type (n as for
+ * pam_quantize_activations). */
+size_t pam_activation_bytes(pam_dtype weight_type, int64_t n);
 
 #endif

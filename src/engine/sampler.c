@@ -1,0 +1,283 @@
+/* Token sampler.
+ *
+ * State: the parameters, a ring of the last repeat_last_n accepted tokens, a
+ * xoshiro256** generator, and scratch buffers sized once for the vocabulary
+ * (penalised logits, candidates, a per-token mark) so sampling a token never
+ * allocates. Invariant between calls: every entry of `mark` is 0.
+ *
+ * Candidates are kept in "rank order": higher logit first, equal logits by
+ * lower id. Every stage that cuts the list (top-k, top-p) relies on it, which
+ * makes the result independent of the order in which ties were found. */
+#include "engine/sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/status.h"
+
+/* History beyond this is almost certainly a units mistake (bytes vs tokens)
+ * and would cost memory for nothing. */
+#define PAM_SAMPLER_MAX_LAST_N (1 << 20)
+
+typedef struct {
+    float logit;
+    int32_t id;
+} pam_cand;
+
+struct pam_sampler {
+    pam_sampler_params p;
+    int32_t n_vocab;
+    float *work;    /* [n_vocab] logits after the repetition penalty */
+    pam_cand *cand; /* [n_vocab] */
+    double *prob;   /* [n_vocab] */
+    uint8_t *mark;  /* [n_vocab] distinct-token marks for the penalty */
+    int32_t *hist;  /* ring of the last repeat_last_n accepted tokens */
+    int32_t n_hist;
+    int32_t hist_head; /* next slot to write */
+    uint64_t rng[4];
+};
+
+void pam_sampler_params_default(pam_sampler_params *p) {
+    p->temp = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->min_p = 0.05f;
+    p->repeat_penalty = 1.0f;
+    p->repeat_last_n = 64;
+    p->seed = 0;
+}
+
+pam_status pam_sampler_params_check(const pam_sampler_params *p) {
+    if (!p) return PAM_ERR(PAM_ERR_INVALID, "sampler params: NULL");
+    /* Written as negated ranges so NaN is rejected too. */
+    if (!(p->temp >= 0.0f) || isinf(p->temp))
+        return PAM_ERR(PAM_ERR_INVALID, "temperature must be a finite number >= 0 (got %g)", (double)p->temp);
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+        return PAM_ERR(PAM_ERR_INVALID, "top-p must be in (0, 1] (got %g)", (double)p->top_p);
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return PAM_ERR(PAM_ERR_INVALID, "min-p must be in [0, 1] (got %g)", (double)p->min_p);
+    if (!(p->repeat_penalty > 0.0f) || isinf(p->repeat_penalty))
+        return PAM_ERR(PAM_ERR_INVALID, "repeat penalty must be a finite number > 0 (got %g)",
+                       (double)p->repeat_penalty);
+    if (p->repeat_last_n < 0 || p->repeat_last_n > PAM_SAMPLER_MAX_LAST_N)
+        return PAM_ERR(PAM_ERR_INVALID, "repeat-last-n must be in [0, %d] (got %d)", PAM_SAMPLER_MAX_LAST_N,
+                       (int)p->repeat_last_n);
+    return PAM_OK;
+}
+
+/* ---- PRNG: xoshiro256**, seeded through splitmix64 ---------------------- */
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t xoshiro_next(uint64_t s[4]) {
+    uint64_t result = rotl64(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return result;
+}
+
+static void seed_rng(pam_sampler *s) {
+    uint64_t sm = s->p.seed;
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&sm);
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double rng_uniform(pam_sampler *s) { return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53; }
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+pam_status pam_sampler_create(const pam_sampler_params *p, int32_t n_vocab, pam_sampler **out) {
+    PAM_TRY(pam_sampler_params_check(p));
+    if (n_vocab <= 0) return PAM_ERR(PAM_ERR_INVALID, "sampler: vocabulary size must be > 0 (got %d)", (int)n_vocab);
+    pam_sampler *s = calloc(1, sizeof *s);
+    if (!s) return PAM_ERR(PAM_ERR_NOMEM, "sampler: out of memory");
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    size_t n = (size_t)n_vocab;
+    s->work = malloc(n * sizeof *s->work);
+    s->cand = malloc(n * sizeof *s->cand);
+    s->prob = malloc(n * sizeof *s->prob);
+    s->mark = calloc(n, 1);
+    s->hist = malloc(((size_t)p->repeat_last_n + 1) * sizeof *s->hist);
+    if (!s->work || !s->cand || !s->prob || !s->mark || !s->hist) {
+        pam_sampler_free(s);
+        return PAM_ERR(PAM_ERR_NOMEM, "sampler: out of memory for a vocabulary of %d", (int)n_vocab);
+    }
+    seed_rng(s);
+    *out = s;
+    return PAM_OK;
+}
+
+void pam_sampler_free(pam_sampler *s) {
+    if (!s) return;
+    free(s->work);
+    free(s->cand);
+    free(s->prob);
+    free(s->mark);
+    free(s->hist);
+    free(s);
+}
+
+void pam_sampler_accept(pam_sampler *s, int32_t token) {
+    /* An id outside the vocabulary cannot be penalised; keeping it would only
+     * push a real token out of the window. */
+    if (!s || s->p.repeat_last_n <= 0 || token < 0 || token >= s->n_vocab) return;
+    s->hist[s->hist_head] = token;
+    s->hist_head = (s->hist_head + 1) % s->p.repeat_last_n;
+    if (s->n_hist < s->p.repeat_last_n) s->n_hist++;
+}
+
+/* Forgets the history and reseeds, so a reset sampler repeats its first run. */
+void pam_sampler_reset(pam_sampler *s) {
+    if (!s) return;
+    s->n_hist = 0;
+    s->hist_head = 0;
+    seed_rng(s);
+}
+
+/* ---- stages ------------------------------------------------------------- */
+
+static void apply_penalty(pam_sampler *s) {
+    float pen = s->p.repeat_penalty;
+    if (pen == 1.0f || s->n_hist == 0) return;
+    /* Once per distinct token, however often it occurs in the window. */
+    for (int32_t i = 0; i < s->n_hist; i++) {
+        int32_t t = s->hist[i];
+        if (s->mark[t]) continue;
+        s->mark[t] = 1;
+        float l = s->work[t];
+        s->work[t] = l > 0.0f ? l / pen : l * pen;
+    }
+    for (int32_t i = 0; i < s->n_hist; i++) s->mark[s->hist[i]] = 0;
+}
+
+/* a ranks before b */
+static int cand_before(pam_cand a, pam_cand b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); }
+
+static int cand_cmp(const void *pa, const void *pb) {
+    const pam_cand *a = pa, *b = pb;
+    if (cand_before(*a, *b)) return -1;
+    if (cand_before(*b, *a)) return 1;
+    return 0;
+}
+
+/* Min-heap on rank: the root is the worst of the kept candidates. */
+static void heap_sift_down(pam_cand *h, int32_t n, int32_t i) {
+    for (;;) {
+        int32_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && cand_before(h[w], h[l])) w = l;
+        if (r < n && cand_before(h[w], h[r])) w = r;
+        if (w == i) return;
+        pam_cand t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
+/* Keeps the k best of the n candidates, in rank order, in O(n log k) rather
+ * than sorting a 128k vocabulary for 40 survivors. */
+static int32_t select_top_k(pam_cand *c, int32_t n, int32_t k) {
+    if (k < n) {
+        for (int32_t i = k / 2 - 1; i >= 0; i--) heap_sift_down(c, k, i);
+        for (int32_t i = k; i < n; i++) {
+            if (cand_before(c[i], c[0])) {
+                c[0] = c[i];
+                heap_sift_down(c, k, 0);
+            }
+        }
+        n = k;
+    }
+    qsort(c, (size_t)n, sizeof *c, cand_cmp);
+    return n;
+}
+
+static int32_t argmax(const float *x, int32_t n) {
+    int32_t best = 0;
+    /* A NaN logit never wins; if all are NaN, token 0 stands. */
+    while (best < n - 1 && isnan(x[best])) best++;
+    for (int32_t i = best + 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+int32_t pam_sampler_sample(pam_sampler *s, const float *logits) {
+    int32_t nv = s->n_vocab;
+    memcpy(s->work, logits, (size_t)nv * sizeof *s->work);
+    apply_penalty(s);
+
+    if (s->p.temp <= 0.0f) return argmax(s->work, nv);
+
+    /* Candidates: tokens with a finite logit. -inf (masked) tokens have zero
+     * probability and would turn the softmax into NaN if all were masked. */
+    pam_cand *c = s->cand;
+    int32_t n = 0;
+    for (int32_t i = 0; i < nv; i++) {
+        float l = s->work[i];
+        if (isfinite(l)) c[n++] = (pam_cand){l, i};
+    }
+    if (n == 0) return argmax(s->work, nv); /* nothing drawable: stay deterministic */
+
+    int sorted = 0;
+    if (s->p.top_k > 0 && s->p.top_k < n) {
+        n = select_top_k(c, n, s->p.top_k);
+        sorted = 1;
+    }
+
+    if (s->p.top_p < 1.0f && n > 1) {
+        if (!sorted) qsort(c, (size_t)n, sizeof *c, cand_cmp);
+        sorted = 1;
+        double mx = c[0].logit, sum = 0.0;
+        for (int32_t i = 0; i < n; i++) sum += s->prob[i] = exp((double)c[i].logit - mx);
+        double cum = 0.0, target = (double)s->p.top_p * sum;
+        int32_t keep = n;
+        for (int32_t i = 0; i < n; i++) {
+            cum += s->prob[i];
+            if (cum >= target) {
+                keep = i + 1;
+                break;
+            }
+        }
+        n = keep;
+    }
+
+    float mx = c[0].logit;
+    if (!sorted)
+        for (int32_t i = 1; i < n; i++) mx = c[i].logit > mx ? c[i].logit : mx;
+
+    if (s->p.min_p > 0.0f && n > 1) {
+        /* p_i < min_p * p_max  <=>  l_i < l_max + log(min_p); the max always stays. */
+        double cut = (double)mx + log((double)s->p.min_p);
+        int32_t m = 0;
+        for (int32_t i = 0; i < n; i++)
+            if ((double)c[i].logit >= cut) c[m++] = c[i];
+        n = m;
+    }
+
+    /* Temperature, softmax and the draw in double: the tail of a 128k
+     * vocabulary would otherwise vanish into float rounding. */
+    double inv_t = 1.0 / (double)s->p.temp, sum = 0.0;
+    for (int32_t i = 0; i < n; i++) sum += s->prob[i] = exp(((double)c[i].logit - mx) * inv_t);
+    double u = rng_uniform(s) * sum, cum = 0.0;
+    int32_t last = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (s->prob[i] <= 0.0) continue;
+        last = i;
+        cum += s->prob[i];
+        if (u < cum) return c[i].id;
+    }
+    return c[last].id; /* u landed on the rounding slack at the top */
+}

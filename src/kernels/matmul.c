@@ -1,0 +1,126 @@
+/* Row-parallel matrix products.
+ *
+ * Activations are brought into the vec-dot type once per call. Output rows are
+ * split into tasks of whole 16-row blocks (16 floats = one 64-byte line of y,
+ * so two threads never write one line when y is line-aligned). Inside a task,
+ * each 16-row block of W is walked once for all n tokens while it is hot in
+ * cache: weights, the dominant traffic, are read from memory once per call.
+ *
+ * Invariant: Y[i*rows + r] is exactly one pam_vec_dot over row r and token i,
+ * so it is bit-identical whatever n, the thread count or the chunking. */
+#include "kernels/matmul.h"
+
+#include <math.h>
+#include <stdalign.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "kernels/quant.h"
+
+#define ROW_BLOCK 16
+/* Tasks per thread: enough slack for dynamic claiming to even out stragglers. */
+#define TASKS_PER_THREAD 4
+/* Activations up to this size live on the stack (decode: n = 1). */
+#define STACK_ACT_BYTES 16384
+
+typedef struct {
+    pam_vec_dot_fn dot;
+    const uint8_t *W;
+    size_t row_bytes;
+    const uint8_t *act; /* n tokens, act_bytes apart */
+    size_t act_bytes;
+    int64_t rows, cols, n, chunk_rows;
+    float *Y;
+    /* quantisation phase */
+    pam_dtype type;
+    const float *X;
+    uint8_t *act_out;
+} mm_job;
+
+static void quantize_task(void *ctx, int64_t i, int thread) {
+    mm_job *j = ctx;
+    pam_quantize_activations(j->type, j->X + i * j->cols, j->act_out + (size_t)i * j->act_bytes,
+                             j->cols);
+}
+
+static void rows_task(void *ctx, int64_t task, int thread) {
+    const mm_job *j = ctx;
+    int64_t r0 = task * j->chunk_rows;
+    int64_t r1 = r0 + j->chunk_rows < j->rows ? r0 + j->chunk_rows : j->rows;
+    for (int64_t rb = r0; rb < r1; rb += ROW_BLOCK) {
+        int64_t re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
+        for (int64_t i = 0; i < j->n; i++) {
+            const uint8_t *a = j->act + (size_t)i * j->act_bytes;
+            float *y = j->Y + i * j->rows;
+            for (int64_t r = rb; r < re; r++)
+                y[r] = j->dot(j->W + (size_t)r * j->row_bytes, a, j->cols);
+        }
+    }
+}
+
+void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
+                const float *X, int64_t n, float *Y) {
+    if (rows <= 0 || n <= 0) return;
+    size_t row_bytes;
+    if (cols < 0 || pam_dtype_row_bytes(type, cols, &row_bytes) != PAM_OK ||
+        !pam_dtype_get(type)->supported) {
+        /* Shapes are validated when a model loads; a bad one here is a bug,
+         * made loud rather than silently left as stale output. */
+        for (int64_t i = 0; i < rows * n; i++) Y[i] = NAN;
+        return;
+    }
+
+    mm_job j = {
+        .dot = pam_vec_dot_select(type),
+        .W = W,
+        .row_bytes = row_bytes,
+        .act_bytes = pam_activation_bytes(type, cols),
+        .rows = rows,
+        .cols = cols,
+        .n = n,
+        .Y = Y,
+        .type = type,
+        .X = X,
+    };
+
+    alignas(64) uint8_t stack_act[STACK_ACT_BYTES];
+    uint8_t *heap_act = NULL;
+    if (pam_vec_dot_type(type) == PAM_DT_F32) {
+        j.act = (const uint8_t *)X; /* the float kernels read x as it is */
+    } else {
+        size_t total = j.act_bytes * (size_t)n;
+        if (total <= sizeof stack_act) {
+            j.act_out = stack_act;
+        } else {
+            heap_act = malloc(total);
+            if (!heap_act) {
+                for (int64_t i = 0; i < rows * n; i++) Y[i] = NAN;
+                return;
+            }
+            j.act_out = heap_act;
+        }
+        if (n > 1)
+            pam_pool_run(pool, quantize_task, &j, n);
+        else
+            quantize_task(&j, 0, 0);
+        j.act = j.act_out;
+    }
+
+    int n_threads = pool ? pam_pool_n_threads(pool) : 1;
+    int64_t n_blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
+    int64_t want_tasks = (int64_t)n_threads * TASKS_PER_THREAD;
+    int64_t blocks_per_task = (n_blocks + want_tasks - 1) / want_tasks;
+    if (blocks_per_task < 1) blocks_per_task = 1;
+    j.chunk_rows = blocks_per_task * ROW_BLOCK;
+    int64_t n_tasks = (rows + j.chunk_rows - 1) / j.chunk_rows;
+    if (n_threads == 1 || n_tasks == 1)
+        for (int64_t t = 0; t < n_tasks; t++) rows_task(&j, t, 0);
+    else
+        pam_pool_run(pool, rows_task, &j, n_tasks);
+    free(heap_act);
+}
+
+void pam_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
+                const float *x, float *y) {
+    pam_matmul(pool, type, W, rows, cols, x, 1, y);
+}

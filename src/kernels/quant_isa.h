@@ -1,0 +1,26 @@
+/* Per-ISA dot kernels behind pam_vec_dot (private to kernels/). Each has the
+ * pam_vec_dot_fn shape: (row of weights, activations in the vec-dot type, n).
+ * The *_avx2 ones may only be called when pam_cpu_detect() >= PAM_ISA_AVX2,
+ * the *_avx512 ones when it is PAM_ISA_AVX512. */
+#ifndef PAM_KERNELS_QUANT_ISA_H
+#define PAM_KERNELS_QUANT_ISA_H
+
+#include <stdint.h>
+
+float pam_dot_f32_ref(const void *row, const void *act, int64_t n);
+float pam_dot_f16_ref(const void *row, const void *act, int64_t n);
+float pam_dot_bf16_ref(const void *row, const void *act, int64_t n);
+float pam_dot_q8_0_ref(const void *row, const void *act, int64_t n);
+float pam_dot_q4_0_ref(const void *row, const void *act, int64_t n);
+float pam_dot_q4_K_ref(const void *row, const void *act, int64_t n);
+float pam_dot_q6_K_ref(const void *row, const void *act, int64_t n);
+
+float pam_dot_f32_avx2(const void *row, const void *act, int64_t n);
+float pam_dot_f16_avx2(const void *row, const void *act, int64_t n);
+float pam_dot_bf16_avx2(const void *row, const void *act, int64_t n);
+float pam_dot_q8_0_avx2(const void *row, const void *act, int64_t n);
+float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n);
+float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n);
+float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n);
+
+#endif

@@ -1,0 +1,161 @@
+/* pam_matvec / pam_matmul: each output is one vec-dot, so results must be
+ * bit-identical across batch sizes and thread counts, and close to float64. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/threadpool.h"
+#include "kernels/cpu.h"
+#include "kernels/dtype.h"
+#include "kernels/matmul.h"
+#include "kernels/quant.h"
+#include "util/test_util.h"
+
+static const pam_dtype k_types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
+                                    PAM_DT_Q4_0, PAM_DT_Q4_K, PAM_DT_Q6_K};
+#define N_TYPES (int)(sizeof k_types / sizeof k_types[0])
+
+typedef struct {
+    pam_dtype t;
+    int64_t rows, cols;
+    void *W;
+    float *Wd; /* dequantised weights */
+} mat;
+
+static void mat_make(mat *m, pam_dtype t, int64_t rows, int64_t cols, pam_test_rng *r) {
+    size_t rb = 0;
+    assert_int_equal(pam_dtype_row_bytes(t, cols, &rb), PAM_OK);
+    m->t = t;
+    m->rows = rows;
+    m->cols = cols;
+    m->W = malloc(rb * (size_t)rows);
+    m->Wd = malloc(sizeof(float) * (size_t)(rows * cols));
+    float *x = malloc(sizeof(float) * (size_t)cols);
+    for (int64_t i = 0; i < rows; i++) {
+        for (int64_t c = 0; c < cols; c++) x[c] = (float)pam_test_rng_normal(r);
+        pam_quantize_row(t, x, (uint8_t *)m->W + rb * (size_t)i, cols);
+        pam_dequantize_row(t, (uint8_t *)m->W + rb * (size_t)i, m->Wd + i * cols, cols);
+    }
+    free(x);
+}
+
+static void mat_free(mat *m) {
+    free(m->W);
+    free(m->Wd);
+}
+
+static int64_t cols_for(pam_dtype t, int variant) {
+    int32_t be = pam_dtype_get(t)->block_elems;
+    if (be == 1) return variant ? 257 : 7;
+    if (be == 32) return variant ? 288 : 64;
+    return variant ? 512 : 256;
+}
+
+static void test_matmul_invariance(void **state) {
+    const int64_t row_counts[] = {1, 15, 17, 100, 1000};
+    const int64_t ns[] = {1, 3, 17};
+    pam_pool *pools[3];
+    for (int p = 0; p < 3; p++) assert_int_equal(pam_pool_create(p + 1, &pools[p]), PAM_OK);
+    pam_test_rng r = {11};
+
+    for (int ti = 0; ti < N_TYPES; ti++)
+        for (int variant = 0; variant < 2; variant++)
+            for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ri++) {
+                pam_dtype t = k_types[ti];
+                int64_t rows = row_counts[ri], cols = cols_for(t, variant);
+                mat m;
+                mat_make(&m, t, rows, cols, &r);
+                float *X = malloc(sizeof(float) * (size_t)(17 * cols));
+                for (int64_t i = 0; i < 17 * cols; i++) X[i] = (float)pam_test_rng_normal(&r);
+                float *yv = malloc(sizeof(float) * (size_t)(17 * rows));
+                float *Y = malloc(sizeof(float) * (size_t)(17 * rows));
+                void *act = malloc(pam_activation_bytes(t, cols));
+
+                /* matvec per token, single-threaded, is the baseline */
+                for (int64_t i = 0; i < 17; i++)
+                    pam_matvec(NULL, t, m.W, rows, cols, X + i * cols, yv + i * rows);
+
+                /* it equals one pam_vec_dot per row, and float64 within tolerance */
+                for (int64_t i = 0; i < 17; i++) {
+                    pam_quantize_activations(t, X + i * cols, act, cols);
+                    float *ad = malloc(sizeof(float) * (size_t)cols);
+                    pam_dequantize_row(pam_vec_dot_type(t), act, ad, cols);
+                    size_t rb = 0;
+                    assert_int_equal(pam_dtype_row_bytes(t, cols, &rb), PAM_OK);
+                    for (int64_t rr = 0; rr < rows; rr++) {
+                        float d = pam_vec_dot(t, (uint8_t *)m.W + rb * (size_t)rr, act, cols);
+                        assert_memory_equal(&d, &yv[i * rows + rr], sizeof d);
+                        double want = 0, mag = 0;
+                        for (int64_t c = 0; c < cols; c++) {
+                            want += (double)m.Wd[rr * cols + c] * ad[c];
+                            mag += fabs((double)m.Wd[rr * cols + c] * ad[c]);
+                        }
+                        assert_true(fabs(yv[i * rows + rr] - want) <= 1e-5 * mag + 1e-30);
+                    }
+                    free(ad);
+                }
+
+                /* matmul over n tokens with any pool gives the same bits */
+                for (int p = -1; p < 3; p++)
+                    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                        int64_t n = ns[ni];
+                        memset(Y, 0xff, sizeof(float) * (size_t)(n * rows));
+                        pam_matmul(p < 0 ? NULL : pools[p], t, m.W, rows, cols, X, n, Y);
+                        if (memcmp(Y, yv, sizeof(float) * (size_t)(n * rows)) != 0) {
+                            fprintf(stderr, "%s rows=%lld cols=%lld n=%lld threads=%d differs\n",
+                                    pam_dtype_name(t), (long long)rows, (long long)cols,
+                                    (long long)n, p + 1);
+                            fail();
+                        }
+                        if (n == 1) {
+                            memset(Y, 0xff, sizeof(float) * (size_t)rows);
+                            pam_matvec(p < 0 ? NULL : pools[p], t, m.W, rows, cols, X, Y);
+                            assert_memory_equal(Y, yv, sizeof(float) * (size_t)rows);
+                        }
+                    }
+                free(act);
+                free(X);
+                free(yv);
+                free(Y);
+                mat_free(&m);
+            }
+    for (int p = 0; p < 3; p++) pam_pool_destroy(pools[p]);
+}
+
+/* Every ISA level keeps the invariance (each has its own kernels). */
+static void test_matmul_each_isa(void **state) {
+    pam_pool *pool;
+    assert_int_equal(pam_pool_create(3, &pool), PAM_OK);
+    pam_test_rng r = {12};
+    for (int isa = 0; isa <= (int)pam_cpu_detect(); isa++) {
+        assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            pam_dtype t = k_types[ti];
+            int64_t rows = 33, cols = cols_for(t, 1), n = 5;
+            mat m;
+            mat_make(&m, t, rows, cols, &r);
+            float *X = malloc(sizeof(float) * (size_t)(n * cols));
+            for (int64_t i = 0; i < n * cols; i++) X[i] = (float)pam_test_rng_uniform(&r, -1, 1);
+            float *Y = malloc(sizeof(float) * (size_t)(n * rows)), y[33];
+            pam_matmul(pool, t, m.W, rows, cols, X, n, Y);
+            for (int64_t i = 0; i < n; i++) {
+                pam_matvec(NULL, t, m.W, rows, cols, X + i * cols, y);
+                assert_memory_equal(y, Y + i * rows, sizeof y);
+            }
+            free(X);
+            free(Y);
+            mat_free(&m);
+        }
+    }
+    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+    pam_pool_destroy(pool);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul_invariance),
+        cmocka_unit_test(test_matmul_each_isa),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
