@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 jobs=$(nproc)
 fuzz_seconds=${FUZZ_SECONDS:-30}
+TSAN_TESTS="test_core|test_matmul|test_golden|test_forward_ref"
 
 echo "== Release build (-Werror)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPAM_WERROR=ON >/dev/null
@@ -15,6 +16,10 @@ cmake --build build -j"$jobs"
 echo "== ASan+UBSan build"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPAM_WERROR=ON -DPAM_SANITIZE=address,undefined >/dev/null
 cmake --build build-asan -j"$jobs"
+
+echo "== TSan build (threaded parts)"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DPAM_WERROR=ON -DPAM_SANITIZE=thread >/dev/null
+cmake --build build-tsan -j"$jobs"
 
 if [ "$fuzz_seconds" -gt 0 ]; then
   echo "== libFuzzer targets (${fuzz_seconds}s each)"
@@ -34,5 +39,7 @@ fi
 
 echo "== ASan+UBSan tests"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs")
+echo "== TSan tests (thread pool, threaded kernels and forward pass)"
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j"$jobs" -R "$TSAN_TESTS")
 echo "== Release tests"
 (cd build && ctest --output-on-failure -j"$jobs")

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kernels/dtype.h"
@@ -658,6 +659,11 @@ static void test_corrupt_metadata(void **state) {
     b_u8(&b, 1);
     expect_fail(&b, PAM_ERR_FORMAT, "NUL");
 
+    /* An empty key. */
+    one_kv(&b, "", PAM_GGUF_UINT8);
+    b_u8(&b, 1);
+    expect_fail(&b, PAM_ERR_FORMAT, "empty");
+
     /* Duplicate key. */
     b.n = 0;
     b_header(&b, 3, 0, 2);
@@ -871,6 +877,181 @@ static void test_llamacpp_vocab_files(void **state) {
     pam_gguf_close(g);
 }
 
+/* ---- fuzz seeds ---------------------------------------------------------------------- */
+
+/* Builds the seed corpus for fuzz/fuzz_gguf.c: a few tiny valid files, each
+ * checked to parse. With PAM_GGUF_SEED_DIR set (e.g. fuzz/seeds/fuzz_gguf)
+ * they are written there; otherwise under the build's scratch folder. */
+static void seed_path(char *out, size_t cap, const char *name) {
+    const char *dir = getenv("PAM_GGUF_SEED_DIR");
+    if (dir && *dir) snprintf(out, cap, "%s/%s", dir, name);
+    else snprintf(out, cap, "%s", pam_test_tmp(name));
+}
+
+static void seed_check(const char *path) {
+    size_t size;
+    uint8_t *data = (uint8_t *)pam_test_read_file(path, &size);
+    assert_non_null(data);
+    assert_true(size < 4096);
+    pam_gguf *g;
+    if (pam_gguf_open_buffer(data, size, &g) != PAM_OK) fail_msg("%s: %s", path, pam_last_error());
+    (void)walk(g);
+    pam_gguf_close(g);
+    free(data);
+}
+
+static void seed_write_buf(const char *name, const buf *b) {
+    char path[4096];
+    seed_path(path, sizeof path, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b->p, 1, b->n, f), b->n);
+    assert_int_equal(fclose(f), 0);
+    seed_check(path);
+}
+
+static void seed_write(const char *name, pam_gguf_writer *w) {
+    char path[4096];
+    seed_path(path, sizeof path, name);
+    if (pam_gguf_writer_write(w, path) != PAM_OK) fail_msg("%s: %s", path, pam_last_error());
+    pam_gguf_writer_destroy(w);
+    seed_check(path);
+}
+
+static void test_fuzz_seeds(void **state) {
+    buf b = {0};
+    b_header(&b, 3, 0, 0);
+    seed_write_buf("empty_v3.gguf", &b);
+
+    b.n = 0;
+    b_header(&b, 2, 1, 1);
+    b_str(&b, "general.name");
+    b_u32(&b, PAM_GGUF_STRING);
+    b_str(&b, "v2");
+    b_tensor_f32(&b, "w", 4, 0);
+    b_pad(&b, 32);
+    for (int k = 0; k < 16; k++) b_u8(&b, (uint8_t)k);
+    seed_write_buf("v2_one_tensor.gguf", &b);
+    free(b.p);
+
+    size_t size;
+    uint8_t *base = make_valid_file(&size);
+    b = (buf){.p = base, .n = size, .cap = size};
+    seed_write_buf("llama_like.gguf", &b);
+    free(base);
+
+    /* Every metadata type, arrays of each, nested arrays. */
+    pam_gguf_writer *w;
+    assert_int_equal(pam_gguf_writer_create(&w), PAM_OK);
+    for (int t = 0; t < PAM_GGUF_TYPE_COUNT; t++) {
+        char key[32];
+        snprintf(key, sizeof key, "s.%s", pam_gguf_type_name((pam_gguf_type)t));
+        pam_gguf_value v = {.type = (pam_gguf_type)t};
+        if (t == PAM_GGUF_STRING) v.v.str = (pam_gguf_str){"text", 4};
+        else if (t == PAM_GGUF_ARRAY) v.v.arr.type = PAM_GGUF_UINT8;
+        else if (t == PAM_GGUF_BOOL) v.v.b = 1;
+        else if (t == PAM_GGUF_FLOAT32 || t == PAM_GGUF_FLOAT64) v.v.f64 = 0.5;
+        else v.v.u64 = 7;
+        assert_int_equal(pam_gguf_writer_add_value(w, key, &v), PAM_OK);
+        uint8_t raw[16] = {1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0};
+        size_t es = t == PAM_GGUF_BOOL || t <= PAM_GGUF_INT8 ? 1
+                    : t <= PAM_GGUF_INT16                     ? 2
+                    : t <= PAM_GGUF_FLOAT32                   ? 4
+                                                              : 8;
+        snprintf(key, sizeof key, "a.%s", pam_gguf_type_name((pam_gguf_type)t));
+        if (t != PAM_GGUF_STRING && t != PAM_GGUF_ARRAY)
+            assert_int_equal(pam_gguf_writer_add_arr(w, key, (pam_gguf_type)t, raw, 16 / es), PAM_OK);
+    }
+    const char *strs[] = {"<unk>", "<s>", "\xe2\x96\x81hi"};
+    assert_int_equal(pam_gguf_writer_add_arr_str(w, "a.string", strs, 3), PAM_OK);
+    pam_gguf_value s_a[2] = {{.type = PAM_GGUF_STRING, .v.str = {"a", 1}}, {.type = PAM_GGUF_STRING, .v.str = {"bc", 2}}};
+    pam_gguf_value inner[2] = {{.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_STRING, .n = 2, .items = s_a}},
+                               {.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_STRING, .n = 0}}};
+    pam_gguf_value outer = {.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_ARRAY, .n = 2, .items = inner}};
+    assert_int_equal(pam_gguf_writer_add_value(w, "a.array", &outer), PAM_OK);
+    seed_write("all_types.gguf", w);
+
+    /* Quantized tensors at a custom alignment. */
+    assert_int_equal(pam_gguf_writer_create(&w), PAM_OK);
+    assert_int_equal(pam_gguf_writer_set_alignment(w, 64), PAM_OK);
+    static uint8_t data[1024];
+    for (int k = 0; k < 1024; k++) data[k] = (uint8_t)(k * 7);
+    int64_t ne_q8[2] = {32, 3}, ne_q4k[1] = {256}, ne_f16[3] = {2, 2, 2};
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "q8", PAM_DT_Q8_0, 2, ne_q8, data, 3 * 34), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "q4k", PAM_DT_Q4_K, 1, ne_q4k, data, 144), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "f16", PAM_DT_F16, 3, ne_f16, data, 16), PAM_OK);
+    seed_write("quant_align64.gguf", w);
+}
+
+/* ---- pam inspect ----------------------------------------------------------------- */
+
+/* Runs `pam inspect ARG` (stdout and stderr together); returns its exit status. */
+static int run_inspect(const char *arg, char *out, size_t cap) {
+    const char *bin = getenv("PAM_BIN");
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' inspect '%s' 2>&1", bin, arg);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_inspect_cli(void **state) {
+    if (!getenv("PAM_BIN")) skip(); /* set by CTest */
+    size_t cap = 1 << 20;
+    char *out = malloc(cap);
+
+    assert_int_equal(run_inspect(pam_test_shared("models/vocab/ggml-vocab-llama-spm.gguf"), out, cap), 0);
+    assert_non_null(strstr(out, "version:     3"));
+    assert_non_null(strstr(out, "alignment:   32"));
+    assert_non_null(strstr(out, "tokenizer.ggml.tokens"));
+    assert_non_null(strstr(out, "[32000 x string] \"<unk>\", \"<s>\", \"</s>\","));
+    assert_non_null(strstr(out, ", ...\n"));
+    assert_non_null(strstr(out, "tokenizer.ggml.add_bos_token            bool     true"));
+
+    /* A file with tensors, escaped strings and nested arrays. */
+    pam_gguf_writer *w;
+    assert_int_equal(pam_gguf_writer_create(&w), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_str(w, "general.name", "say \"hi\"\n\x01"), PAM_OK);
+    pam_gguf_value s_a[1] = {{.type = PAM_GGUF_STRING, .v.str = {"ab", 2}}};
+    pam_gguf_value inner[1] = {{.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_STRING, .n = 1, .items = s_a}}};
+    pam_gguf_value outer = {.type = PAM_GGUF_ARRAY, .v.arr = {.type = PAM_GGUF_ARRAY, .n = 1, .items = inner}};
+    assert_int_equal(pam_gguf_writer_add_value(w, "x.nested", &outer), PAM_OK);
+    uint8_t q[2 * 34] = {0};
+    float f[3] = {0};
+    int64_t ne_q[2] = {32, 2}, ne_f[1] = {3};
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "blk.0.attn_q.weight", PAM_DT_Q8_0, 2, ne_q, q, sizeof q), PAM_OK);
+    assert_int_equal(pam_gguf_writer_add_tensor(w, "norm", PAM_DT_F32, 1, ne_f, f, sizeof f), PAM_OK);
+    char path[4096];
+    snprintf(path, sizeof path, "%s", pam_test_tmp("inspect.gguf"));
+    assert_int_equal(pam_gguf_writer_write(w, path), PAM_OK);
+    pam_gguf_writer_destroy(w);
+    assert_int_equal(run_inspect(path, out, cap), 0);
+    assert_non_null(strstr(out, "\"say \\\"hi\\\"\\n\\x01\""));
+    assert_non_null(strstr(out, "[1 x array] ([1 x string] \"ab\")"));
+    assert_non_null(strstr(out, "blk.0.attn_q.weight  Q8_0     [32, 2]"));
+    assert_non_null(strstr(out, "norm                 F32      [3]"));
+    assert_non_null(strstr(out, "totals: 2 tensors, 67 elements, 80 bytes"));
+
+    /* Errors: exit status 1 and a message naming the problem. */
+    assert_int_equal(run_inspect(pam_test_tmp("no-such-file.gguf"), out, cap), 1);
+    assert_non_null(strstr(out, "No such file"));
+    assert_int_equal(run_inspect(pam_test_shared("models/vocab/PROVENANCE.md"), out, cap), 1);
+    assert_non_null(strstr(out, "not a GGUF file (bad magic)"));
+    size_t size;
+    char *data = pam_test_read_file(path, &size);
+    const char *cut = pam_test_tmp("inspect_truncated.gguf");
+    FILE *fo = fopen(cut, "wb");
+    fwrite(data, 1, size - 24, fo); /* into norm's 12 bytes, past its 20 of padding */
+    fclose(fo);
+    free(data);
+    assert_int_equal(run_inspect(cut, out, cap), 1);
+    assert_non_null(strstr(out, "past the end of the file"));
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_read_handwritten_v2),
@@ -887,6 +1068,8 @@ int main(void) {
         cmocka_unit_test(test_corrupt_metadata),
         cmocka_unit_test(test_corrupt_tensors),
         cmocka_unit_test(test_bit_flips_never_crash),
+        cmocka_unit_test(test_inspect_cli),
+        cmocka_unit_test(test_fuzz_seeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

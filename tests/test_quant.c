@@ -165,6 +165,58 @@ static void test_q8_0_q4_0_blocks(void **state) {
     }
 }
 
+/* ---- Golden: blocks produced by ggml's own quantize_row_*_ref ----------------
+ * FNV-1a hashes of ggml's output (Q8_0, Q4_0, Q4_K, Q6_K, Q8_K) for 16384
+ * values from the generator below, in four shapes. A mismatch means a
+ * quantiser no longer writes what llama.cpp writes. */
+static uint64_t golden_state;
+static double golden_uniform(void) {
+    golden_state = golden_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(golden_state >> 11) / 9007199254740992.0;
+}
+
+static uint64_t fnv1a(const void *p, size_t n) {
+    const uint8_t *b = p;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static void test_ggml_golden(void **state) {
+    static const uint64_t want[4][5] = {
+        {0x299061eeaedf341full, 0x89e00b77f28c4019ull, 0x4f3301725f7c326eull, 0xf0c8b8d4a079763full, 0x6384389e3ed977dfull},
+        {0x8740c6e0622a337cull, 0x24b5e49f1bdea554ull, 0x443212dd1d2c30fcull, 0x513cc3303f6db65full, 0x2e6f57f63ec1d3daull},
+        {0x7c54bdb4531a085cull, 0x6aa6c165c08e4775ull, 0xd943cd788ddc2fe6ull, 0x1cd8f580294bc688ull, 0x24163936fb4d2e83ull},
+        {0x7f15079bdefb6b2dull, 0xc8dd82a5072b9994ull, 0x4adb37e81866c8daull, 0x37e460f9dfca7483ull, 0xd51c46487d166677ull},
+    };
+    const pam_dtype ts[5] = {PAM_DT_Q8_0, PAM_DT_Q4_0, PAM_DT_Q4_K, PAM_DT_Q6_K, PAM_DT_Q8_K};
+    enum { N = 16384 };
+    float *x = malloc(N * sizeof *x);
+    golden_state = 7;
+    for (int kind = 0; kind < 4; kind++) {
+        for (int i = 0; i < N; i++) {
+            double v = (golden_uniform() - 0.5) * 2;
+            if (kind == 1) v = v * v * v * 10; /* heavy centre, long tails */
+            if (kind == 2) v = golden_uniform() + 0.5; /* all positive */
+            if (kind == 3) v = (i % 37 == 3) ? v * 50 : v * 1e-3; /* sparse outliers */
+            x[i] = (float)v;
+        }
+        for (int t = 0; t < 5; t++) {
+            size_t bytes = row_bytes(ts[t], N);
+            void *q = calloc(1, bytes);
+            pam_quantize_row(ts[t], x, q, N);
+            uint64_t h = fnv1a(q, bytes);
+            if (h != want[kind][t]) {
+                fprintf(stderr, "%s kind %d: hash %016llx\n", pam_dtype_name(ts[t]), kind,
+                        (unsigned long long)h);
+                fail();
+            }
+            free(q);
+        }
+    }
+    free(x);
+}
+
 /* ---- K-quants ------------------------------------------------------------ */
 
 static void unpack_q4_K_scale(const uint8_t *s, int j, int *sc, int *m) {
@@ -523,6 +575,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_float_rows),
         cmocka_unit_test(test_q8_0_q4_0_blocks),
+        cmocka_unit_test(test_ggml_golden),
         cmocka_unit_test(test_q4_K_handbuilt),
         cmocka_unit_test(test_q6_K_handbuilt),
         cmocka_unit_test(test_k_roundtrip),

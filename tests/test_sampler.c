@@ -354,6 +354,72 @@ static void test_top_k_and_top_p_sets(void **state) {
     free(l);
 }
 
+static const float *g_sort_logits;
+static int cmp_rank(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    float x = g_sort_logits[i], y = g_sort_logits[j];
+    if (x != y) return x > y ? -1 : 1;
+    return i - j;
+}
+
+/* Large peaked vocabulary: top-p (with and without min-p) against a
+ * brute-force nucleus computed from a full sort in double. */
+static void test_top_p_large_vocab(void **state) {
+    enum { NV = 50000, N = 4000 };
+    float *l = malloc(sizeof(float) * NV);
+    pam_test_rng r = {11};
+    for (int i = 0; i < NV; i++) l[i] = (float)pam_test_rng_normal(&r);
+    for (int i = 0; i < 300; i++) l[(i * 7919) % NV] += 9.0f + (float)(i % 13) * 0.1f; /* a peak of ~300 */
+    int *order = malloc(sizeof(int) * NV);
+    for (int i = 0; i < NV; i++) order[i] = i;
+    g_sort_logits = l;
+    qsort(order, NV, sizeof *order, cmp_rank);
+    double mx = l[order[0]], sum = 0;
+    for (int i = 0; i < NV; i++) sum += exp(l[i] - mx);
+    char *allowed = calloc(NV, 1);
+    for (int variant = 0; variant < 2; variant++) {
+        float top_p = variant ? 0.6f : 0.9f, min_p = variant ? 0.3f : 0.0f;
+        memset(allowed, 0, NV);
+        double cum = 0;
+        int keep = 0;
+        while (keep < NV) {
+            double pr = exp(l[order[keep]] - mx);
+            if (min_p > 0 && pr < min_p) break;
+            cum += pr;
+            allowed[order[keep++]] = 1;
+            if (cum >= top_p * sum) break;
+        }
+        assert_true(keep > 3 && keep < 1000);
+        pam_sampler_params p = params_off();
+        p.top_p = top_p;
+        p.min_p = min_p;
+        pam_sampler *s = make(&p, NV);
+        int *hits = calloc(NV, sizeof *hits);
+        for (int i = 0; i < N; i++) {
+            int32_t t = pam_sampler_sample(s, l);
+            if (!allowed[t]) fail_msg("variant %d: token %d outside the nucleus of %d", variant, t, keep);
+            hits[t]++;
+        }
+        pam_sampler_free(s);
+        /* The most probable member is drawn, and so is the least probable
+         * when the nucleus is small enough for N draws to reach it. */
+        assert_true(hits[order[0]] > 0);
+        if (keep < 40) assert_true(hits[order[keep - 1]] > 0);
+        /* The tail of the nucleus gets its share: mass beyond rank keep/4. */
+        double tail = 0, tail_hits = 0;
+        for (int i = keep / 4; i < keep; i++) {
+            tail += exp(l[order[i]] - mx) / cum;
+            tail_hits += hits[order[i]];
+        }
+        if (fabs(tail_hits / N - tail) > 0.03)
+            fail_msg("variant %d: tail mass %.3f drawn, %.3f expected (nucleus %d)", variant, tail_hits / N, tail, keep);
+        free(hits);
+    }
+    free(allowed);
+    free(order);
+    free(l);
+}
+
 static void test_repetition_penalty(void **state) {
     pam_sampler_params p = params_off();
     p.temp = 0.0f;
@@ -460,6 +526,7 @@ int main(void) {
         cmocka_unit_test(test_temperature),
         cmocka_unit_test(test_filters_collapse_to_greedy),
         cmocka_unit_test(test_top_k_and_top_p_sets),
+        cmocka_unit_test(test_top_p_large_vocab),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_masked_logits_no_nan),
     };

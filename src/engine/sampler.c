@@ -188,21 +188,25 @@ static void heap_sift_down(pam_cand *h, int32_t n, int32_t i) {
     }
 }
 
-/* Keeps the k best of the n candidates, in rank order, in O(n log k) rather
- * than sorting a 128k vocabulary for 40 survivors. */
-static int32_t select_top_k(pam_cand *c, int32_t n, int32_t k) {
+/* Moves the k best of the n candidates to the front, in rank order, in
+ * O(n log k) rather than sorting a 128k vocabulary for 40 survivors. The
+ * rest stay behind them (unordered), so the array remains a permutation and
+ * the selection can be repeated with a larger k. */
+static void select_top_k(pam_cand *c, int32_t n, int32_t k) {
     if (k < n) {
         for (int32_t i = k / 2 - 1; i >= 0; i--) heap_sift_down(c, k, i);
         for (int32_t i = k; i < n; i++) {
             if (cand_before(c[i], c[0])) {
+                pam_cand t = c[0];
                 c[0] = c[i];
+                c[i] = t;
                 heap_sift_down(c, k, 0);
             }
         }
-        n = k;
+    } else {
+        k = n;
     }
-    qsort(c, (size_t)n, sizeof *c, cand_cmp);
-    return n;
+    qsort(c, (size_t)k, sizeof *c, cand_cmp);
 }
 
 static int32_t argmax(const float *x, int32_t n) {
@@ -225,46 +229,73 @@ int32_t pam_sampler_sample(pam_sampler *s, const float *logits) {
      * probability and would turn the softmax into NaN if all were masked. */
     pam_cand *c = s->cand;
     int32_t n = 0;
+    float mx = -INFINITY;
     for (int32_t i = 0; i < nv; i++) {
         float l = s->work[i];
-        if (isfinite(l)) c[n++] = (pam_cand){l, i};
+        if (isfinite(l)) {
+            c[n++] = (pam_cand){l, i};
+            mx = l > mx ? l : mx;
+        }
     }
     if (n == 0) return argmax(s->work, nv); /* nothing drawable: stay deterministic */
 
+    /* Invariant below: c[0..n) is in rank order whenever sorted is set, and
+     * the best candidate (logit mx) is always kept. */
     int sorted = 0;
     if (s->p.top_k > 0 && s->p.top_k < n) {
-        n = select_top_k(c, n, s->p.top_k);
+        select_top_k(c, n, s->p.top_k);
+        n = s->p.top_k;
         sorted = 1;
     }
 
-    if (s->p.top_p < 1.0f && n > 1) {
-        if (!sorted) qsort(c, (size_t)n, sizeof *c, cand_cmp);
-        sorted = 1;
-        double mx = c[0].logit, sum = 0.0;
-        for (int32_t i = 0; i < n; i++) sum += s->prob[i] = exp((double)c[i].logit - mx);
-        double cum = 0.0, target = (double)s->p.top_p * sum;
-        int32_t keep = n;
-        for (int32_t i = 0; i < n; i++) {
-            cum += s->prob[i];
-            if (cum >= target) {
-                keep = i + 1;
-                break;
-            }
-        }
-        n = keep;
+    /* top-p's probabilities are normalised over the candidates it is given,
+     * so take the denominator before min-p thins them out. */
+    int use_top_p = s->p.top_p < 1.0f && n > 1;
+    double top_p_target = 0.0;
+    if (use_top_p) {
+        double sum = 0.0;
+        for (int32_t i = 0; i < n; i++) sum += exp((double)c[i].logit - mx);
+        top_p_target = (double)s->p.top_p * sum;
     }
 
-    float mx = c[0].logit;
-    if (!sorted)
-        for (int32_t i = 1; i < n; i++) mx = c[i].logit > mx ? c[i].logit : mx;
-
+    /* min-p: p_i < min_p * p_max  <=>  l_i < l_max + log(min_p). Both top-p
+     * and min-p keep a prefix of the ranking, so applying min-p first gives
+     * the same set as the documented order, and leaves less to sort. */
     if (s->p.min_p > 0.0f && n > 1) {
-        /* p_i < min_p * p_max  <=>  l_i < l_max + log(min_p); the max always stays. */
         double cut = (double)mx + log((double)s->p.min_p);
         int32_t m = 0;
         for (int32_t i = 0; i < n; i++)
             if ((double)c[i].logit >= cut) c[m++] = c[i];
         n = m;
+    }
+
+    if (use_top_p && n > 1) {
+        /* The nucleus is usually small: select a growing top-k until its mass
+         * reaches the target, and sort everything only when it is not. */
+        int32_t k = 64;
+        while (!sorted) {
+            if (k >= n / 4) {
+                qsort(c, (size_t)n, sizeof *c, cand_cmp);
+                sorted = 1;
+                break;
+            }
+            select_top_k(c, n, k);
+            double mass = 0.0;
+            for (int32_t i = 0; i < k; i++) mass += exp((double)c[i].logit - mx);
+            if (mass >= top_p_target) {
+                n = k;
+                sorted = 1;
+            }
+            k *= 4;
+        }
+        double cum = 0.0;
+        for (int32_t i = 0; i < n; i++) {
+            cum += exp((double)c[i].logit - mx);
+            if (cum >= top_p_target) {
+                n = i + 1;
+                break;
+            }
+        }
     }
 
     /* Temperature, softmax and the draw in double: the tail of a 128k

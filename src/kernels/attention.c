@@ -3,32 +3,87 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/fp16.h"
+#include "kernels/cpu.h"
+
+/* Scores of all n_q heads first (each K row read once for the group), then
+ * one pass over V with the softmax weights. */
 void pam_attn_partial_f32(const float *q, int n_q, int head_dim, float scale, const float *K,
                           const float *V, size_t stride, int64_t n, float *m, float *l, float *o,
                           float *scores) {
-    for (int g = 0; g < n_q; g++) {
-        const float *qg = q + (size_t)g * head_dim;
-        float mx = -INFINITY;
-        for (int64_t t = 0; t < n; t++) {
-            const float *k = K + (size_t)t * stride;
+    for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        const float *k = K + (size_t)t * stride;
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * head_dim;
             float s = 0.0f;
             for (int d = 0; d < head_dim; d++) s += qg[d] * k[d];
             s *= scale;
-            scores[t] = s;
-            if (s > mx) mx = s;
+            scores[(size_t)g * n + t] = s;
+            if (s > m[g]) m[g] = s;
         }
-        float sum = 0.0f;
-        float *og = o + (size_t)g * head_dim;
-        memset(og, 0, sizeof(float) * (size_t)head_dim);
+    }
+    for (int g = 0; g < n_q; g++) {
+        float sum = 0.0f, *sg = scores + (size_t)g * n;
         for (int64_t t = 0; t < n; t++) {
-            float p = expf(scores[t] - mx);
-            sum += p;
-            const float *v = V + (size_t)t * stride;
-            for (int d = 0; d < head_dim; d++) og[d] += p * v[d];
+            sg[t] = expf(sg[t] - m[g]);
+            sum += sg[t];
         }
-        m[g] = mx;
         l[g] = sum;
     }
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
+    for (int64_t t = 0; t < n; t++) {
+        const float *v = V + (size_t)t * stride;
+        for (int g = 0; g < n_q; g++) {
+            float p = scores[(size_t)g * n + t], *og = o + (size_t)g * head_dim;
+            for (int d = 0; d < head_dim; d++) og[d] += p * v[d];
+        }
+    }
+}
+
+void pam_attn_partial_f16_ref(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
+                              const uint16_t *V, size_t stride, int64_t n, float *m, float *l,
+                              float *o, float *scores) {
+    for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        const uint16_t *k = K + (size_t)t * stride;
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * head_dim;
+            float s = 0.0f;
+            for (int d = 0; d < head_dim; d++) s += qg[d] * pam_f16_to_f32(k[d]);
+            s *= scale;
+            scores[(size_t)g * n + t] = s;
+            if (s > m[g]) m[g] = s;
+        }
+    }
+    for (int g = 0; g < n_q; g++) {
+        float sum = 0.0f, *sg = scores + (size_t)g * n;
+        for (int64_t t = 0; t < n; t++) {
+            sg[t] = expf(sg[t] - m[g]);
+            sum += sg[t];
+        }
+        l[g] = sum;
+    }
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
+    for (int64_t t = 0; t < n; t++) {
+        const uint16_t *v = V + (size_t)t * stride;
+        for (int g = 0; g < n_q; g++) {
+            float p = scores[(size_t)g * n + t], *og = o + (size_t)g * head_dim;
+            for (int d = 0; d < head_dim; d++) og[d] += p * pam_f16_to_f32(v[d]);
+        }
+    }
+}
+
+void pam_attn_partial_f16(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
+                          const uint16_t *V, size_t stride, int64_t n, float *m, float *l, float *o,
+                          float *scores) {
+#if defined(__x86_64__)
+    if (pam_cpu_isa_level() >= PAM_ISA_AVX2 && head_dim % 16 == 0) {
+        pam_attn_partial_f16_avx2(q, n_q, head_dim, scale, K, V, stride, n, m, l, o, scores);
+        return;
+    }
+#endif
+    pam_attn_partial_f16_ref(q, n_q, head_dim, scale, K, V, stride, n, m, l, o, scores);
 }
 
 void pam_attn_merge(int n_q, int head_dim, float *m_a, float *l_a, float *o_a, const float *m_b,

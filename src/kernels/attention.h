@@ -14,10 +14,24 @@
 /* n_q query heads (consecutive, head_dim floats each in q) share one KV head:
  * every K/V row is loaded once for all of them (grouped-query attention).
  * Row t of K is K + t*stride (stride in floats), likewise V. Requires n >= 1.
- * scores: scratch of n floats. */
+ * scores: scratch of n_q * n floats. */
 void pam_attn_partial_f32(const float *q, int n_q, int head_dim, float scale, const float *K,
                           const float *V, size_t stride, int64_t n, float *m, float *l, float *o,
                           float *scores);
+
+/* Same over K/V rows stored as IEEE half (the default KV type). scores:
+ * scratch of n_q * n floats. Dispatches to the best ISA. */
+void pam_attn_partial_f16(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
+                          const uint16_t *V, size_t stride, int64_t n, float *m, float *l, float *o,
+                          float *scores);
+void pam_attn_partial_f16_ref(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
+                              const uint16_t *V, size_t stride, int64_t n, float *m, float *l,
+                              float *o, float *scores);
+#if defined(__x86_64__)
+void pam_attn_partial_f16_avx2(const float *q, int n_q, int head_dim, float scale,
+                               const uint16_t *K, const uint16_t *V, size_t stride, int64_t n,
+                               float *m, float *l, float *o, float *scores);
+#endif
 
 /* Folds partial b into partial a (both n_q heads). */
 void pam_attn_merge(int n_q, int head_dim, float *m_a, float *l_a, float *o_a, const float *m_b,

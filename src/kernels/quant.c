@@ -14,6 +14,12 @@
 #include "kernels/cpu.h"
 #include "kernels/quant_isa.h"
 
+/* Byte-exactness with ggml needs every multiply and add rounded separately;
+ * clang would otherwise fuse them into FMAs when the target has them. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 /* Rounds to nearest, ties to even, for |x| < 2^22: adding 1.5*2^23 pushes the
  * fraction out of the mantissa. ggml's K-quant helpers use exactly this, and
  * it differs from roundf() on ties, so it must be kept. */
@@ -602,6 +608,13 @@ static int dot_slot(pam_dtype t) {
     default: return -1;
     }
 }
+
+/* quant_avx2.c compiles to nothing off x86. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PAM_HAVE_AVX2_KERNELS 1
+#else
+#define PAM_HAVE_AVX2_KERNELS 0
+#endif
 
 /* A level without its own kernel for a type repeats the next lower one. */
 static const pam_vec_dot_fn k_dots[PAM_ISA_COUNT][N_SLOTS] = {

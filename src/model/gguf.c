@@ -135,9 +135,11 @@ static pam_status gguf_read_str(gguf_cursor *c, const char *what, pam_gguf_str *
     return PAM_OK;
 }
 
-/* NUL-terminated copy of a key or tensor name; NUL bytes inside are rejected
- * because callers compare names with strcmp. */
+/* NUL-terminated copy of a key or tensor name. NUL bytes inside are rejected
+ * because callers compare names with strcmp; empty names because the writer
+ * refuses them too, so whatever we read can be written back. */
 static pam_status gguf_copy_name(const gguf_cursor *c, pam_gguf_str s, const char *what, char **out) {
+    if (s.len == 0) return PAM_ERR(PAM_ERR_FORMAT, "%s at offset %zu is empty", what, c->pos);
     if (memchr(s.ptr, 0, (size_t)s.len))
         return PAM_ERR(PAM_ERR_FORMAT, "%s at offset %zu contains a NUL byte", what, c->pos - (size_t)s.len);
     char *p = malloc((size_t)s.len + 1);
@@ -494,7 +496,12 @@ pam_status pam_gguf_open(const char *path, pam_gguf **out) {
     pam_status st = gguf_open_mem(map, size, 1, out);
     if (st != PAM_OK) {
         munmap(map, size);
-        return PAM_ERR(st, "%s: %s", path, pam_last_error());
+        /* Prefix the path; drop the inner " (file:line)" so it is not doubled. */
+        char msg[900];
+        snprintf(msg, sizeof msg, "%s", pam_last_error());
+        char *loc = strrchr(msg, '(');
+        if (loc && loc > msg && loc[-1] == ' ' && strchr(loc, ':') && msg[strlen(msg) - 1] == ')') loc[-1] = '\0';
+        return PAM_ERR(st, "%s: %s", path, msg);
     }
     return PAM_OK;
 }

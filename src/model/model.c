@@ -14,12 +14,16 @@
 #include <string.h>
 
 #include "core/status.h"
+#include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
 #include "kv/kv_cache.h"
 
 /* Tokens per forward chunk: bounds the scratch memory of a long prefill. */
 #define PAM_MAX_BATCH 256
+/* Batches of at most this many tokens split attention over context chunks
+ * (FlashDecoding) so that all threads have work at small batch sizes. */
+#define PAM_SPLIT_MAX_TOK 4
 
 typedef struct pam_weight {
     const void *data;
@@ -55,6 +59,9 @@ struct pam_ctx {
     float *x, *h, *q, *k, *v, *att, *gate, *up; /* [PAM_MAX_BATCH][dim] each */
     float *attn_scratch;                         /* [n_threads][scratch] */
     size_t attn_scratch_floats;
+    float *partials; /* split decode: [PAM_SPLIT_MAX_TOK][n_head_kv][n_chunks][partial] */
+    size_t partial_floats;
+    int64_t max_chunks;
     double *inv_freq; /* [n_rot/2] */
 };
 
@@ -274,16 +281,26 @@ uint64_t pam_model_weight_bytes(const pam_model *m) { return m->weight_bytes; }
 
 /* ---- context ------------------------------------------------------------ */
 
+void pam_ctx_params_default(pam_ctx_params *p) {
+    p->n_ctx = 0;
+    p->kv_type = PAM_DT_F16;
+}
+
 pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam_ctx **out) {
+    pam_ctx_params p = {n_ctx, PAM_DT_F32};
+    return pam_ctx_create_ex(m, &p, pool, out);
+}
+
+pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_pool *pool, pam_ctx **out) {
     *out = NULL;
     const pam_model_hparams *hp = &m->hp;
-    if (n_ctx <= 0) n_ctx = hp->n_ctx_train;
+    int32_t n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
     pam_ctx *c = calloc(1, sizeof *c);
     if (!c) return PAM_ERR(PAM_ERR_NOMEM, "context");
     c->m = m;
     c->pool = pool;
     c->n_ctx = n_ctx;
-    pam_status st = pam_kv_create(hp->n_layer, hp->n_head_kv, hp->head_dim, n_ctx, &c->kv);
+    pam_status st = pam_kv_create(hp->n_layer, hp->n_head_kv, hp->head_dim, n_ctx, p->kv_type, &c->kv);
     if (st != PAM_OK) {
         free(c);
         return st;
@@ -302,8 +319,13 @@ pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam
     c->attn_scratch_floats = pam_kv_scratch_floats(c->kv, hp->n_head / hp->n_head_kv);
     c->attn_scratch = malloc((size_t)pam_pool_n_threads(pool) * c->attn_scratch_floats * sizeof(float));
     c->inv_freq = malloc((size_t)(m->n_rot / 2) * sizeof(double));
+    int n_group = hp->n_head / hp->n_head_kv;
+    c->partial_floats = (size_t)n_group * (2 + (size_t)hp->head_dim);
+    c->max_chunks = pam_kv_n_chunks(n_ctx);
+    c->partials = malloc((size_t)PAM_SPLIT_MAX_TOK * (size_t)hp->n_head_kv * (size_t)c->max_chunks *
+                         c->partial_floats * sizeof(float));
     if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->attn_scratch ||
-        !c->inv_freq) {
+        !c->inv_freq || !c->partials) {
         pam_ctx_free(c);
         return PAM_ERR(PAM_ERR_NOMEM, "context buffers");
     }
@@ -329,6 +351,7 @@ void pam_ctx_free(pam_ctx *c) {
     free(c->up);
     free(c->attn_scratch);
     free(c->inv_freq);
+    free(c->partials);
     free(c);
 }
 
@@ -341,7 +364,7 @@ pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed) {
 }
 
 uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos) {
-    return pam_kv_bytes(c->kv) / (uint64_t)c->n_ctx * (uint64_t)(pos + 1);
+    return pam_kv_bytes_per_pos(c->kv) * (uint64_t)(pos + 1);
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -374,6 +397,7 @@ static void rope(float *x, int n_heads, int head_dim, int n_rot, int neox, int32
 typedef struct attn_job {
     pam_ctx *c;
     int32_t layer, pos0, n_tok;
+    int64_t n_chunks; /* split decode: chunks of the longest token's context */
 } attn_job;
 
 static void attn_task(void *arg, int64_t task, int thread) {
@@ -382,11 +406,62 @@ static void attn_task(void *arg, int64_t task, int thread) {
     const pam_model_hparams *hp = &c->m->hp;
     int n_group = hp->n_head / hp->n_head_kv;
     int32_t i = (int32_t)(task / hp->n_head_kv), kvh = (int32_t)(task % hp->n_head_kv);
-    size_t qd = (size_t)hp->n_head * hp->head_dim;
-    size_t off = (size_t)i * qd + (size_t)kvh * n_group * hp->head_dim;
+    size_t off = (size_t)i * hp->n_head * hp->head_dim + (size_t)kvh * n_group * hp->head_dim;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
-    pam_kv_attend(c->kv, j->layer, j->pos0 + i, kvh, c->q + off, n_group, scale, c->att + off,
+    pam_kv_attend(c->kv, j->layer, kvh, c->q + off, n_group, scale, j->pos0 + i + 1, c->att + off,
                   c->attn_scratch + (size_t)thread * c->attn_scratch_floats);
+}
+
+/* Split decode, phase 1: one task per (token, kv head, chunk). */
+static void attn_partial_task(void *arg, int64_t task, int thread) {
+    attn_job *j = arg;
+    pam_ctx *c = j->c;
+    const pam_model_hparams *hp = &c->m->hp;
+    int n_group = hp->n_head / hp->n_head_kv;
+    int64_t chunk = task % j->n_chunks, th = task / j->n_chunks;
+    int32_t i = (int32_t)(th / hp->n_head_kv), kvh = (int32_t)(th % hp->n_head_kv);
+    int32_t n_pos = j->pos0 + i + 1;
+    if (chunk >= pam_kv_n_chunks(n_pos)) return;
+    size_t off = (size_t)i * hp->n_head * hp->head_dim + (size_t)kvh * n_group * hp->head_dim;
+    float *p = c->partials + (size_t)task * c->partial_floats;
+    pam_kv_partial(c->kv, j->layer, kvh, c->q + off, n_group, 1.0f / sqrtf((float)hp->head_dim), chunk, n_pos,
+                   p, p + n_group, p + 2 * n_group, c->attn_scratch + (size_t)thread * c->attn_scratch_floats);
+}
+
+/* Phase 2: fold the chunk partials in chunk order, exactly as
+ * pam_kv_attend does, so both paths give identical bits. */
+static void attn_merge_task(void *arg, int64_t th, int thread) {
+    attn_job *j = arg;
+    pam_ctx *c = j->c;
+    const pam_model_hparams *hp = &c->m->hp;
+    int n_group = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
+    int32_t i = (int32_t)(th / hp->n_head_kv), kvh = (int32_t)(th % hp->n_head_kv);
+    int64_t n_chunks = pam_kv_n_chunks(j->pos0 + i + 1);
+    size_t off = (size_t)i * hp->n_head * hd + (size_t)kvh * n_group * hd;
+    float *out = c->att + off;
+    const float *p0 = c->partials + (size_t)th * (size_t)j->n_chunks * c->partial_floats;
+    float m_a[64], l_a[64];
+    memcpy(m_a, p0, sizeof(float) * (size_t)n_group);
+    memcpy(l_a, p0 + n_group, sizeof(float) * (size_t)n_group);
+    memcpy(out, p0 + 2 * n_group, sizeof(float) * (size_t)n_group * hd);
+    for (int64_t ch = 1; ch < n_chunks; ch++) {
+        const float *p = p0 + (size_t)ch * c->partial_floats;
+        pam_attn_merge(n_group, hd, m_a, l_a, out, p, p + n_group, p + 2 * n_group);
+    }
+    pam_attn_finish(n_group, hd, l_a, out);
+}
+
+static void run_attention(pam_ctx *c, int32_t layer, int32_t pos0, int32_t n) {
+    const pam_model_hparams *hp = &c->m->hp;
+    attn_job job = {c, layer, pos0, n, pam_kv_n_chunks(pos0 + n)};
+    int64_t n_th = (int64_t)n * hp->n_head_kv;
+    int threads = pam_pool_n_threads(c->pool);
+    if (n <= PAM_SPLIT_MAX_TOK && job.n_chunks > 1 && n_th < 4 * threads) {
+        pam_pool_run(c->pool, attn_partial_task, &job, n_th * job.n_chunks);
+        pam_pool_run(c->pool, attn_merge_task, &job, n_th);
+    } else {
+        pam_pool_run(c->pool, attn_task, &job, n_th);
+    }
 }
 
 static void add_bias(float *y, const float *b, int n_tok, int dim) {
@@ -421,8 +496,7 @@ static void forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t 
             rope(c->k + (size_t)i * kvd, hp->n_head_kv, hp->head_dim, m->n_rot, hp->rope_neox, pos0 + i, c->inv_freq);
             pam_kv_store(c->kv, l, pos0 + i, c->k + (size_t)i * kvd, c->v + (size_t)i * kvd);
         }
-        attn_job job = {c, l, pos0, n};
-        pam_pool_run(pool, attn_task, &job, (int64_t)n * hp->n_head_kv);
+        run_attention(c, l, pos0, n);
         pam_matmul(pool, L->wo.type, L->wo.data, dim, qd, c->att, n, c->h);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->h[i];
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "core/threadpool.h"
+#include "kernels/dtype.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "pam.h"
@@ -46,7 +47,15 @@ uint64_t pam_model_weight_bytes(const pam_model *m);
 
 typedef struct pam_ctx pam_ctx;
 
-/* n_ctx <= 0 uses the model's training context. */
+typedef struct pam_ctx_params {
+    int32_t n_ctx;     /* <= 0: the model's training context */
+    pam_dtype kv_type; /* PAM_DT_F16 (default) or PAM_DT_F32 */
+} pam_ctx_params;
+
+void pam_ctx_params_default(pam_ctx_params *p);
+pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_pool *pool, pam_ctx **out);
+/* A context with F32 KV: the exact reference path. n_ctx <= 0 uses the
+ * model's training context. */
 pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam_ctx **out);
 void pam_ctx_free(pam_ctx *c);
 int32_t pam_ctx_n_ctx(const pam_ctx *c);

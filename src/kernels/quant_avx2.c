@@ -1,0 +1,263 @@
+/* AVX2 + FMA + F16C dot products (see quant_isa.h). Only called after
+ * pam_cpu_detect() reported AVX2, so this file alone is built with -mavx2.
+ *
+ * Determinism: every kernel walks its row in a fixed order with a fixed set
+ * of lane accumulators and one fixed horizontal sum at the end, so a result
+ * depends only on the data and n. Integer products use the maddubs trick:
+ * |a| as unsigned bytes times b carrying a's sign, which cannot saturate for
+ * int8 in [-127, 127] (2 * 127 * 127 < 32767) or for the 4/6-bit quants. */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/quant.h"
+#include "kernels/quant_isa.h"
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float f16(pam_f16 h) { return _cvtsh_ss(h); }
+
+/* ---- float rows against f32 activations ---------------------------------
+ * 32 elements per step in four accumulators (enough FMAs in flight to cover
+ * their latency), then 8 at a time into the first, then a scalar tail. */
+
+#define FLOAT_DOT_BODY(LOAD8, SCALAR)                                                      \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                        \
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                        \
+    int64_t i = 0;                                                                         \
+    for (; i + 32 <= n; i += 32) {                                                         \
+        acc0 = _mm256_fmadd_ps(LOAD8(i + 0), _mm256_loadu_ps(x + i + 0), acc0);            \
+        acc1 = _mm256_fmadd_ps(LOAD8(i + 8), _mm256_loadu_ps(x + i + 8), acc1);            \
+        acc2 = _mm256_fmadd_ps(LOAD8(i + 16), _mm256_loadu_ps(x + i + 16), acc2);          \
+        acc3 = _mm256_fmadd_ps(LOAD8(i + 24), _mm256_loadu_ps(x + i + 24), acc3);          \
+    }                                                                                      \
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(LOAD8(i), _mm256_loadu_ps(x + i), acc0); \
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3))); \
+    for (; i < n; i++) sum += SCALAR(i) * x[i];                                            \
+    return sum;
+
+float pam_dot_f32_avx2(const void *row, const void *act, int64_t n) {
+    const float *w = row, *x = act;
+#define LOAD8(k) _mm256_loadu_ps(w + (k))
+#define SCALAR(k) w[k]
+    FLOAT_DOT_BODY(LOAD8, SCALAR)
+#undef LOAD8
+#undef SCALAR
+}
+
+float pam_dot_f16_avx2(const void *row, const void *act, int64_t n) {
+    const pam_f16 *w = row;
+    const float *x = act;
+#define LOAD8(k) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + (k))))
+#define SCALAR(k) f16(w[k])
+    FLOAT_DOT_BODY(LOAD8, SCALAR)
+#undef LOAD8
+#undef SCALAR
+}
+
+/* bf16 is the top half of an f32: widen to 32 bits and shift into place. */
+static inline __m256 load_bf16x8(const pam_bf16 *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+float pam_dot_bf16_avx2(const void *row, const void *act, int64_t n) {
+    const pam_bf16 *w = row;
+    const float *x = act;
+#define LOAD8(k) load_bf16x8(w + (k))
+#define SCALAR(k) pam_bf16_to_f32(w[k])
+    FLOAT_DOT_BODY(LOAD8, SCALAR)
+#undef LOAD8
+#undef SCALAR
+}
+
+/* ---- Q8_0 / Q4_0 against Q8_0 ------------------------------------------- */
+
+/* Sum of a*b over 32 int8 pairs, as 8 int32 partial sums in float. */
+static inline __m256 dot_i8x32(__m256i a, __m256i b) {
+    const __m256i ua = _mm256_sign_epi8(a, a);
+    const __m256i sb = _mm256_sign_epi8(b, a);
+    const __m256i p16 = _mm256_maddubs_epi16(ua, sb);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* 32 nibbles: low nibbles in bytes 0..15, high in 16..31, minus 8. */
+static inline __m256i unpack_q4_0(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
+}
+
+/* Two accumulators, even and odd blocks, so consecutive FMAs are independent. */
+float pam_dot_q8_0_avx2(const void *row, const void *act, int64_t n) {
+    const pam_block_q8_0 *w = row, *a = act;
+    const int64_t nb = n / PAM_QK8_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
+        const __m256 d1 = _mm256_set1_ps(f16(w[i + 1].d) * f16(a[i + 1].d));
+        const __m256 p0 = dot_i8x32(_mm256_loadu_si256((const __m256i *)w[i].qs),
+                                    _mm256_loadu_si256((const __m256i *)a[i].qs));
+        const __m256 p1 = dot_i8x32(_mm256_loadu_si256((const __m256i *)w[i + 1].qs),
+                                    _mm256_loadu_si256((const __m256i *)a[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, p1, acc1);
+    }
+    if (i < nb) {
+        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
+        const __m256 p0 = dot_i8x32(_mm256_loadu_si256((const __m256i *)w[i].qs),
+                                    _mm256_loadu_si256((const __m256i *)a[i].qs));
+        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n) {
+    const pam_block_q4_0 *w = row;
+    const pam_block_q8_0 *a = act;
+    const int64_t nb = n / PAM_QK4_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
+        const __m256 d1 = _mm256_set1_ps(f16(w[i + 1].d) * f16(a[i + 1].d));
+        const __m256 p0 = dot_i8x32(unpack_q4_0(w[i].qs), _mm256_loadu_si256((const __m256i *)a[i].qs));
+        const __m256 p1 =
+            dot_i8x32(unpack_q4_0(w[i + 1].qs), _mm256_loadu_si256((const __m256i *)a[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, p1, acc1);
+    }
+    if (i < nb) {
+        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
+        const __m256 p0 = dot_i8x32(unpack_q4_0(w[i].qs), _mm256_loadu_si256((const __m256i *)a[i].qs));
+        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+/* ---- Q4_K against Q8_K ----------------------------------------------------
+ * Per block: sum_j sc_j * (q4 . q8)_j in int32 lanes, times d; the mins
+ * contribute dmin * sum_j m_j * (bsum_2j + bsum_2j+1). */
+
+/* The 12 packed bytes as 8 scales then 8 mins, one byte each (ggml's utmp). */
+static inline void unpack_q4_K_scales(const uint8_t *s, uint8_t out[16]) {
+    uint32_t u[4];
+    memcpy(u, s, 12);
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+    const uint32_t m03 = u[1] & kmask1;
+    u[1] = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+    u[2] = m03;
+    u[0] &= kmask1;
+    memcpy(out, u, 16); /* bytes 0..7 scales, 8..15 mins */
+}
+
+float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n) {
+    const pam_block_q4_K *w = row;
+    const pam_block_q8_K *a = act;
+    const int64_t nb = n / PAM_QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = a[i].d * f16(w[i].d);
+        const float dmin = -a[i].d * f16(w[i].dmin);
+        uint8_t sm[16];
+        unpack_q4_K_scales(w[i].scales, sm);
+        const __m256i sm16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm));
+
+        /* mins: bsums pairwise summed to one value per 32-element sub-block */
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
+        const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m);
+
+        const uint8_t *q4 = w[i].qs;
+        const int8_t *q8 = a[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < PAM_QK_K / 64; j++, q4 += 32, q8 += 64) {
+            const __m256i scale_l = _mm256_set1_epi16(sm[2 * j]);
+            const __m256i scale_h = _mm256_set1_epi16(sm[2 * j + 1]);
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
+            const __m256i lo = _mm256_and_si256(bits, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            const __m256i pl = _mm256_madd_epi16(
+                scale_l, _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8)));
+            const __m256i ph = _mm256_madd_epi16(
+                scale_h, _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    return hsum8(acc) + _mm_cvtss_f32(acc_m);
+}
+
+/* ---- Q6_K against Q8_K ----------------------------------------------------
+ * q6 is stored offset by 32; maddubs needs the unsigned form, so the offset
+ * is taken out afterwards as 32 * sum_j sc_j * bsum_j. */
+float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n) {
+    const pam_block_q6_K *w = row;
+    const pam_block_q8_K *a = act;
+    const int64_t nb = n / PAM_QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    __m256 acc = _mm256_setzero_ps();
+
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = a[i].d * f16(w[i].d);
+        const uint8_t *ql = w[i].ql;
+        const uint8_t *qh = w[i].qh;
+        const int8_t *q8 = a[i].qs;
+        const int8_t *sc = w[i].scales;
+
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32, q8 += 128, sc += 8) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            /* values l..l+31 of each 32-group: low nibble | two high bits << 4 */
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+            const __m256i q1 = _mm256_or_si256(
+                _mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
+            const __m256i q2 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
+            const __m256i q3 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
+
+            __m256i p0 = _mm256_maddubs_epi16(q0, _mm256_loadu_si256((const __m256i *)(q8 + 0)));
+            __m256i p1 = _mm256_maddubs_epi16(q1, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            __m256i p2 = _mm256_maddubs_epi16(q2, _mm256_loadu_si256((const __m256i *)(q8 + 64)));
+            __m256i p3 = _mm256_maddubs_epi16(q3, _mm256_loadu_si256((const __m256i *)(q8 + 96)));
+
+            /* each 32-group spans two 16-element sub-blocks with own scales:
+             * int16 lanes 0..7 take the first, 8..15 the second */
+            p0 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0])), p0);
+            p1 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[3]), _mm_set1_epi16(sc[2])), p1);
+            p2 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[5]), _mm_set1_epi16(sc[4])), p2);
+            p3 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[7]), _mm_set1_epi16(sc[6])), p3);
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
+        }
+        sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+
+#endif

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# pam run end to end: a greedy generation on stories260K matches the llama2.c
+# reference text; bad inputs give a clear message and a non-zero exit.
+# usage: cli_run.sh PAM_BINARY SHARED_DIR BUILD_DIR
+set -u
+pam=$1 shared=$2 build=$3
+tmp=$build/test-tmp/cli_run
+mkdir -p "$tmp"
+fail=0
+check() { # description, condition result
+  if [ "$2" -eq 0 ]; then echo "ok: $1"; else echo "FAIL: $1"; fail=1; fi
+}
+
+model=$tmp/stories260K.gguf
+"$pam" convert "$shared/models/stories260K/stories260K.bin" "$shared/models/stories260K/tok512.bin" -o "$model" >/dev/null
+check "convert" $?
+
+"$pam" run -m "$model" -p "Once upon a time" -n 40 --temp 0 -t 2 >"$tmp/out.txt" 2>"$tmp/err.txt"
+check "greedy run exits 0" $?
+grep -q "^Once upon a time, there was a little girl named Lily. She loved to play outside in the park." "$tmp/out.txt"
+check "greedy text matches the reference" $?
+grep -Eq "prompt: [0-9]+ tokens .* tok/s \| decode: [0-9]+ tokens .* tok/s" "$tmp/err.txt"
+check "speed line printed" $?
+
+"$pam" run -m "$model" -p "The cat" -n 30 --temp 0.9 --seed 7 -t 1 >"$tmp/s1.txt" 2>/dev/null
+"$pam" run -m "$model" -p "The cat" -n 30 --temp 0.9 --seed 7 -t 2 >"$tmp/s2.txt" 2>/dev/null
+cmp -s "$tmp/s1.txt" "$tmp/s2.txt"
+check "seeded sampling reproduces across thread counts" $?
+
+"$pam" run -m "$tmp/does-not-exist.gguf" -p hi >/dev/null 2>"$tmp/e1.txt"
+rc=$?; [ $rc -ne 0 ] && grep -q "does-not-exist.gguf" "$tmp/e1.txt"
+check "missing model: non-zero exit naming the file" $?
+
+"$pam" run -m "$shared/models/stories260K/tok512.bin" -p hi >/dev/null 2>"$tmp/e2.txt"
+rc=$?; [ $rc -ne 0 ] && grep -qi "not a GGUF file" "$tmp/e2.txt"
+check "non-GGUF file: clear error" $?
+
+# Same file with every "llama" renamed: an architecture PAM does not know.
+LC_ALL=C sed 's/llama/gptjx/g' "$model" >"$tmp/gptjx.gguf"
+"$pam" run -m "$tmp/gptjx.gguf" -p hi >/dev/null 2>"$tmp/e3.txt"
+rc=$?; [ $rc -ne 0 ] && grep -qi "unsupported architecture 'gptjx'" "$tmp/e3.txt"
+check "unsupported architecture: clear error" $?
+
+"$pam" run -p hi >/dev/null 2>"$tmp/e4.txt"
+rc=$?; [ $rc -ne 0 ] && grep -q "\-m MODEL" "$tmp/e4.txt"
+check "no model: says how to pass one" $?
+
+"$pam" run -m "$model" -p hi --top-p 7 >/dev/null 2>"$tmp/e5.txt"
+rc=$?; [ $rc -ne 0 ] && grep -q "top-p" "$tmp/e5.txt"
+check "out-of-range flag rejected" $?
+
+"$pam" inspect "$model" >"$tmp/inspect.txt" 2>&1
+rc=$?; [ $rc -eq 0 ] && grep -q "general.architecture" "$tmp/inspect.txt" && grep -q "blk.0.attn_q.weight" "$tmp/inspect.txt"
+check "inspect prints metadata and tensors" $?
+
+"$pam" inspect "$shared/models/stories260K/tok512.bin" >/dev/null 2>&1
+[ $? -ne 0 ]
+check "inspect of a non-GGUF file fails" $?
+
+exit $fail
