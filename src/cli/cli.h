@@ -6,5 +6,7 @@
 int pam_cli_run(int argc, char **argv);
 int pam_cli_inspect(int argc, char **argv);
 int pam_cli_convert(int argc, char **argv);
+int pam_cli_gen_model(int argc, char **argv);
+int pam_cli_bench(int argc, char **argv);
 
 #endif

@@ -11,6 +11,8 @@ static void usage(FILE *f) {
             "  run      -m MODEL -p PROMPT [-n N] [sampling flags] [-t THREADS]  generate text\n"
             "  inspect  MODEL                                      print metadata and tensors\n"
             "  convert  CHECKPOINT.bin TOKENIZER.bin -o OUT.gguf   llama2.c -> GGUF\n"
+            "  gen-model --shape SHAPE --type TYPE -o OUT.gguf     random-weight model in a real shape\n"
+            "  bench    -m MODEL [-t THREADS] [--depth LIST]       decode/prefill speed vs memory bandwidth\n"
             "\n"
             "`pam COMMAND --help` describes a command's options.\n");
 }
@@ -24,6 +26,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "run")) return pam_cli_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return pam_cli_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "convert")) return pam_cli_convert(argc - 1, argv + 1);
+    if (!strcmp(cmd, "gen-model")) return pam_cli_gen_model(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench")) return pam_cli_bench(argc - 1, argv + 1);
     fprintf(stderr, "pam: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
