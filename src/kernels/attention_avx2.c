@@ -1,0 +1,155 @@
+/* AVX2/FMA/F16C attention over f16 K/V rows. Works in tiles of 8 tokens: a
+ * tile of K (or V) is converted to f32 once into an L1-resident buffer and
+ * then used by every query head of the group, so each K/V byte is read from
+ * memory once per step. The order of every reduction depends only on
+ * head_dim and n. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "core/fp16.h"
+#include "kernels/attention.h"
+
+#define TILE 8
+#define MAX_HD 256
+
+/* exp(x) for x <= 0 (softmax arguments), ~1 ulp: Cephes-style range
+ * reduction x = k*ln2 + r, degree-6 polynomial, 2^k through the exponent. */
+static inline __m256 exp256_nonpos(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r2 = _mm256_mul_ps(r, r);
+    p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    __m256 res = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(underflow, res);
+}
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax256(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Converts rows t0..t0+cnt-1 (cnt <= TILE) to f32, row-major [cnt][hd]. */
+static inline void load_tile(const uint16_t *X, size_t stride, int64_t t0, int cnt, int hd, float *dst) {
+    for (int j = 0; j < cnt; j++) {
+        const uint16_t *row = X + (size_t)(t0 + j) * stride;
+        for (int d = 0; d < hd; d += 8)
+            _mm256_storeu_ps(dst + j * hd + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + d))));
+    }
+}
+
+/* Dot of one query head with one f32 row: 8-lane accumulators, fixed order. */
+static inline __m256 dot_acc(const float *qg, const float *k, int hd) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + d), _mm256_loadu_ps(k + d), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + d + 8), _mm256_loadu_ps(k + d + 8), a1);
+    }
+    return _mm256_add_ps(a0, a1);
+}
+
+void pam_attn_partial_f16_avx2(const float *q, int n_q, int head_dim, float scale,
+                               const uint16_t *K, const uint16_t *V, size_t stride, int64_t n,
+                               float *m, float *l, float *o, float *scores) {
+    const int hd = head_dim;
+    float tile[TILE * MAX_HD];
+    if (hd > MAX_HD) {
+        pam_attn_partial_f16_ref(q, n_q, head_dim, scale, K, V, stride, n, m, l, o, scores);
+        return;
+    }
+    const __m256 vscale = _mm256_set1_ps(scale);
+
+    /* Scores. A full tile yields 8 scores per head through a horizontal-add
+     * tree, which transposes the 8 dot products into one vector. */
+    int64_t t0 = 0;
+    for (; t0 + TILE <= n; t0 += TILE) {
+        load_tile(K, stride, t0, TILE, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * hd;
+            __m256 a[TILE];
+            for (int j = 0; j < TILE; j++) a[j] = dot_acc(qg, tile + j * hd, hd);
+            __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+            __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+            __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+            /* lanes: [t0 t1 t2 t3 | t0 t1 t2 t3] halves of h0123, same for 4..7 */
+            __m256 lo = _mm256_permute2f128_ps(h0123, h4567, 0x20);
+            __m256 hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
+            __m256 s = _mm256_mul_ps(_mm256_add_ps(lo, hi), vscale);
+            _mm256_storeu_ps(scores + (size_t)g * n + t0, s);
+        }
+    }
+    if (t0 < n) {
+        int cnt = (int)(n - t0);
+        load_tile(K, stride, t0, cnt, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * hd;
+            for (int j = 0; j < cnt; j++)
+                scores[(size_t)g * n + t0 + j] = hsum256(dot_acc(qg, tile + j * hd, hd)) * scale;
+        }
+    }
+
+    /* Softmax numerators and their sums, per head. */
+    for (int g = 0; g < n_q; g++) {
+        float *sg = scores + (size_t)g * n;
+        __m256 vmax = _mm256_set1_ps(-INFINITY);
+        int64_t t = 0;
+        for (; t + 8 <= n; t += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(sg + t));
+        float mx = hmax256(vmax);
+        for (; t < n; t++) mx = sg[t] > mx ? sg[t] : mx;
+        __m256 vm = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+        for (t = 0; t + 8 <= n; t += 8) {
+            __m256 e = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(sg + t), vm));
+            _mm256_storeu_ps(sg + t, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum256(vsum);
+        for (; t < n; t++) {
+            sg[t] = expf(sg[t] - mx);
+            sum += sg[t];
+        }
+        m[g] = mx;
+        l[g] = sum;
+    }
+
+    /* Weighted V: each converted tile is applied to every head. */
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)hd);
+    for (t0 = 0; t0 < n; t0 += TILE) {
+        int cnt = n - t0 < TILE ? (int)(n - t0) : TILE;
+        load_tile(V, stride, t0, cnt, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *pg = scores + (size_t)g * n + t0;
+            float *og = o + (size_t)g * hd;
+            for (int d = 0; d < hd; d += 16) {
+                __m256 o0 = _mm256_loadu_ps(og + d), o1 = _mm256_loadu_ps(og + d + 8);
+                for (int j = 0; j < cnt; j++) {
+                    __m256 p = _mm256_broadcast_ss(pg + j);
+                    o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d), o0);
+                    o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d + 8), o1);
+                }
+                _mm256_storeu_ps(og + d, o0);
+                _mm256_storeu_ps(og + d + 8, o1);
+            }
+        }
+    }
+}
