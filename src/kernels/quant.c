@@ -623,8 +623,9 @@ static const pam_vec_dot_fn k_dots[PAM_ISA_COUNT][N_SLOTS] = {
 #if PAM_HAVE_AVX2_KERNELS
     [PAM_ISA_AVX2] = {pam_dot_f32_avx2, pam_dot_f16_avx2, pam_dot_bf16_avx2, pam_dot_q8_0_avx2,
                       pam_dot_q4_0_avx2, pam_dot_q4_K_avx2, pam_dot_q6_K_avx2},
-    [PAM_ISA_AVX512] = {pam_dot_f32_avx2, pam_dot_f16_avx2, pam_dot_bf16_avx2, pam_dot_q8_0_avx2,
-                        pam_dot_q4_0_avx2, pam_dot_q4_K_avx2, pam_dot_q6_K_avx2},
+    [PAM_ISA_AVX512] = {pam_dot_f32_avx512, pam_dot_f16_avx512, pam_dot_bf16_avx512,
+                        pam_dot_q8_0_avx512, pam_dot_q4_0_avx512, pam_dot_q4_K_avx512,
+                        pam_dot_q6_K_avx512},
 #else
     [PAM_ISA_AVX2] = {pam_dot_f32_ref, pam_dot_f16_ref, pam_dot_bf16_ref, pam_dot_q8_0_ref,
                       pam_dot_q4_0_ref, pam_dot_q4_K_ref, pam_dot_q6_K_ref},

@@ -23,4 +23,12 @@ float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n);
 
+float pam_dot_f32_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_f16_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_bf16_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q8_0_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q4_0_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n);
+
 #endif
