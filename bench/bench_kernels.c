@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/threadpool.h"
 #include "core/timing.h"
@@ -53,6 +54,14 @@ static void read_task(void *ctx, int64_t t, int thread) {
 
 static double now_s(void) { return (double)pam_time_ns() * 1e-9; }
 
+/* CPU time of this thread: the hot-cache runs are single-threaded, and this
+ * leaves out time the thread spent descheduled on a busy machine. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 /* Mean seconds per call over a run of at least `secs`. */
 static double time_read(pam_pool *pool, read_job *j, double secs) {
     int n_tasks = pam_pool_n_threads(pool) * 4;
@@ -77,6 +86,36 @@ static double time_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t
         pam_matvec(pool, type, W, rows, cols, x, y);
         iters++;
         t = now_s();
+    } while (t - t0 < secs);
+    return (t - t0) / iters;
+}
+
+/* Kernel speed with the weights hot in cache (the first 512 KiB of W,
+ * activations quantised once): what the dot costs in arithmetic alone. If
+ * this is far above the DRAM read rate, the matvec is bandwidth-bound. */
+static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t cols, const void *act,
+                       double secs, int64_t *n_rows_out) {
+    int64_t n_rows = (int64_t)((512 << 10) / row_bytes);
+    if (n_rows < 1) n_rows = 1;
+    *n_rows_out = n_rows;
+    pam_vec_dot_fn dot = pam_vec_dot_select(type);
+    pam_vec_dot4_fn dot4 = pam_vec_dot4_select(type); /* as pam_matvec uses them */
+    volatile float sink = 0;
+    float out[4];
+    int iters = 0;
+    double t0 = cpu_s(), t;
+    do {
+        float s = 0;
+        int64_t r = 0;
+        if (dot4)
+            for (; r + 4 <= n_rows; r += 4) {
+                dot4((const uint8_t *)W + (size_t)r * row_bytes, row_bytes, act, cols, out);
+                s += out[0] + out[1] + out[2] + out[3];
+            }
+        for (; r < n_rows; r++) s += dot((const uint8_t *)W + (size_t)r * row_bytes, act, cols);
+        sink += s;
+        iters++;
+        t = cpu_s();
     } while (t - t0 < secs);
     return (t - t0) / iters;
 }
@@ -172,6 +211,21 @@ int main(int argc, char **argv) {
             printf("\n");
             fflush(stdout);
         }
+        /* hot-cache kernel rate, 1 thread */
+        double hot[PAM_ISA_COUNT];
+        int64_t hot_rows = 1;
+        for (int isa = 0; isa <= best; isa++) hot[isa] = 1e30;
+        for (int round = 0; round < 3; round++)
+            for (int isa = best; isa >= 0; isa--) {
+                pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+                hot[isa] = fmin(hot[isa], time_hot(type, W, row_bytes, cols, act, secs / 2, &hot_rows));
+            }
+        printf("%-5s %7.1f %3s %9s", pam_dtype_name(type), (double)(row_bytes * (size_t)hot_rows) / (1 << 20),
+               "hot", "-");
+        for (int isa = 0; isa <= best; isa++)
+            printf(" %9.1f", (double)(row_bytes * (size_t)hot_rows) * 1e-9 / hot[isa]);
+        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %11.2f", hot[PAM_ISA_AVX2] / hot[isa]);
+        printf("\n");
     }
     pam_cpu_set_isa(NULL);
     for (int t = 1; t <= max_threads; t++) pam_pool_destroy(pools[t]);

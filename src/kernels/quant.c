@@ -642,6 +642,16 @@ pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type) {
     return k_dots[pam_cpu_isa_level()][slot];
 }
 
+pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type) {
+#if PAM_HAVE_AVX2_KERNELS
+    if (pam_cpu_isa_level() == PAM_ISA_AVX512) {
+        if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx512;
+        if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx512;
+    }
+#endif
+    return NULL;
+}
+
 float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n) {
     return pam_vec_dot_select(weight_type)(row, act, n);
 }

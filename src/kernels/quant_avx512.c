@@ -122,13 +122,6 @@ static inline __m512 gather_scales(const void *base, int stride, __mmask16 k) {
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
 }
 
-/* int32 lane sums of w . a for two blocks of 32 (lanes 0..7, 8..15), w
- * given as unsigned bytes w + c with the offset c in every byte of off. */
-static inline __m512i dot2_offset(__m512i wu, __m512i a, __m512i off) {
-    return _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, a),
-                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, a));
-}
-
 static inline __m512i load_pair_i8(const int8_t *p0, const int8_t *p1) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0)),
                               _mm256_loadu_si256((const __m256i *)p1), 1);
@@ -149,74 +142,131 @@ static inline __m512i unpack_pair_q4(const uint8_t *q0, const uint8_t *q1) {
     return _mm512_and_si512(s, _mm512_set1_epi8(0x0f));
 }
 
-/* One group of cnt <= 16 blocks folded into acc. Inlined with cnt == GROUP
- * for the main loop; the last partial group loads only blocks < cnt. */
-static inline __m512 group_q8_0(const pam_block_q8_0 *w, const pam_block_q8_0 *a, int cnt, __m512 acc) {
+/* Activations of one group of cnt <= 16 blocks, two blocks per vector
+ * (blocks >= cnt read as zero), the int32 sums dot(off, a) per block that
+ * take out the weights' offset, and the activation scales. Computed once
+ * per group and shared by every row of a multi-row call. */
+typedef struct {
+    __m512i a[GROUP / 2];
+    __m512i corr; /* lane b: sum over block b of off * a */
+    __m512 d;     /* lane b: activation scale of block b, 0 for b >= cnt */
+} act_group;
+
+static inline void act_group_load(act_group *g, const pam_block_q8_0 *a, int cnt, __m512i off) {
+    __m512i c[GROUP / 2];
+    for (int k = 0; k < GROUP / 2; k++) {
+        const int b = 2 * k;
+        if (b + 1 < cnt)
+            g->a[k] = load_pair_i8(a[b].qs, a[b + 1].qs);
+        else if (b < cnt)
+            g->a[k] = load_one_i8(a[b].qs);
+        else
+            g->a[k] = _mm512_setzero_si512();
+        c[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, g->a[k]);
+    }
+    g->corr = reduce_group(c);
+    g->d = gather_scales(a, sizeof *a, mask16(cnt));
+}
+
+/* Folds one row's group into acc: the exact int32 block sums
+ * dot(w + off, a) - dot(off, a), times w_d * a_d, by one FMA. */
+static inline __m512 group_q8_0(const pam_block_q8_0 *w, const act_group *g, int cnt, __m512 acc) {
     const __m512i off = _mm512_set1_epi8((char)0x80);
     __m512i p[GROUP / 2];
     for (int k = 0; k < GROUP / 2; k++) {
         const int b = 2 * k;
-        if (b + 1 < cnt) {
-            const __m512i wv = load_pair_i8(w[b].qs, w[b + 1].qs);
-            const __m512i av = load_pair_i8(a[b].qs, a[b + 1].qs);
-            p[k] = dot2_offset(_mm512_xor_si512(wv, off), av, off);
-        } else if (b < cnt) {
-            p[k] = dot2_offset(_mm512_xor_si512(load_one_i8(w[b].qs), off), load_one_i8(a[b].qs), off);
-        } else {
+        if (b + 1 < cnt)
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                       _mm512_xor_si512(load_pair_i8(w[b].qs, w[b + 1].qs), off), g->a[k]);
+        else if (b < cnt)
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(load_one_i8(w[b].qs), off),
+                                       g->a[k]);
+        else
             p[k] = _mm512_setzero_si512();
-        }
     }
-    const __mmask16 m = mask16(cnt);
-    const __m512 d = _mm512_mul_ps(gather_scales(w, sizeof *w, m), gather_scales(a, sizeof *a, m));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce_group(p)), d, acc);
+    const __m512i s = _mm512_sub_epi32(reduce_group(p), g->corr);
+    const __m512 d = _mm512_mul_ps(gather_scales(w, sizeof *w, mask16(cnt)), g->d);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
 }
 
-float pam_dot_q8_0_avx512(const void *row, const void *act, int64_t n) {
-    const pam_block_q8_0 *w = row, *a = act;
-    const int64_t nb = n / PAM_QK8_0;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {
-        acc0 = group_q8_0(w + i, a + i, GROUP, acc0);
-        acc1 = group_q8_0(w + i + GROUP, a + i + GROUP, GROUP, acc1);
-    }
-    for (; i + GROUP <= nb; i += GROUP) acc0 = group_q8_0(w + i, a + i, GROUP, acc0);
-    if (i < nb) acc1 = group_q8_0(w + i, a + i, (int)(nb - i), acc1);
-    return hsum16(_mm512_add_ps(acc0, acc1));
-}
-
-static inline __m512 group_q4_0(const pam_block_q4_0 *w, const pam_block_q8_0 *a, int cnt, __m512 acc) {
-    const __m512i eight = _mm512_set1_epi8(8);
+static inline __m512 group_q4_0(const pam_block_q4_0 *w, const act_group *g, int cnt, __m512 acc) {
     __m512i p[GROUP / 2];
     for (int k = 0; k < GROUP / 2; k++) {
         const int b = 2 * k;
-        if (b + 1 < cnt) {
-            p[k] = dot2_offset(unpack_pair_q4(w[b].qs, w[b + 1].qs), load_pair_i8(a[b].qs, a[b + 1].qs), eight);
-        } else if (b < cnt) {
-            /* the second half reads block b's bytes again; its activations are zero */
-            p[k] = dot2_offset(unpack_pair_q4(w[b].qs, w[b].qs), load_one_i8(a[b].qs), eight);
-        } else {
+        if (b + 1 < cnt) /* the partial pair reads block b twice; its activations are zero */
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_pair_q4(w[b].qs, w[b + 1].qs), g->a[k]);
+        else if (b < cnt)
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_pair_q4(w[b].qs, w[b].qs), g->a[k]);
+        else
             p[k] = _mm512_setzero_si512();
-        }
     }
-    const __mmask16 m = mask16(cnt);
-    const __m512 d = _mm512_mul_ps(gather_scales(w, sizeof *w, m), gather_scales(a, sizeof *a, m));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce_group(p)), d, acc);
+    const __m512i s = _mm512_sub_epi32(reduce_group(p), g->corr);
+    const __m512 d = _mm512_mul_ps(gather_scales(w, sizeof *w, mask16(cnt)), g->d);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
+}
+
+/* R rows against one activation vector. Per row the group order, the two
+ * accumulators (even groups, odd groups, the last full group into the
+ * first, a partial group into the second) and the final sum are the same
+ * for every R, so a row's result is bit-identical to the R = 1 call. */
+#define DOT_ROWS_BODY(WTYPE, GROUP_FN, OFF)                                               \
+    const pam_block_q8_0 *a = act;                                                         \
+    const int64_t nb = n / PAM_QK8_0;                                                      \
+    const __m512i off = OFF;                                                               \
+    __m512 acc0[R], acc1[R];                                                               \
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                   \
+    act_group g;                                                                           \
+    int64_t i = 0;                                                                         \
+    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {                                          \
+        act_group_load(&g, a + i, GROUP, off);                                             \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+        act_group_load(&g, a + i + GROUP, GROUP, off);                                     \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i + GROUP, &g, GROUP, \
+                               acc1[r]);                                                   \
+    }                                                                                      \
+    for (; i + GROUP <= nb; i += GROUP) {                                                  \
+        act_group_load(&g, a + i, GROUP, off);                                             \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+    }                                                                                      \
+    if (i < nb) {                                                                          \
+        const int cnt = (int)(nb - i);                                                     \
+        act_group_load(&g, a + i, cnt, off);                                               \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, cnt, acc1[r]); \
+    }                                                                                      \
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(acc0[r], acc1[r]));
+
+static inline void dot_rows_q8_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
+                                 const int R) {
+    DOT_ROWS_BODY(pam_block_q8_0, group_q8_0, _mm512_set1_epi8((char)0x80))
+}
+
+static inline void dot_rows_q4_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
+                                 const int R) {
+    DOT_ROWS_BODY(pam_block_q4_0, group_q4_0, _mm512_set1_epi8(8))
+}
+
+float pam_dot_q8_0_avx512(const void *row, const void *act, int64_t n) {
+    float out;
+    dot_rows_q8_0(row, 0, act, n, &out, 1);
+    return out;
 }
 
 float pam_dot_q4_0_avx512(const void *row, const void *act, int64_t n) {
-    const pam_block_q4_0 *w = row;
-    const pam_block_q8_0 *a = act;
-    const int64_t nb = n / PAM_QK4_0;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {
-        acc0 = group_q4_0(w + i, a + i, GROUP, acc0);
-        acc1 = group_q4_0(w + i + GROUP, a + i + GROUP, GROUP, acc1);
-    }
-    for (; i + GROUP <= nb; i += GROUP) acc0 = group_q4_0(w + i, a + i, GROUP, acc0);
-    if (i < nb) acc1 = group_q4_0(w + i, a + i, (int)(nb - i), acc1);
-    return hsum16(_mm512_add_ps(acc0, acc1));
+    float out;
+    dot_rows_q4_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+void pam_dot4_q8_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_q8_0(row, row_bytes, act, n, out, 4);
+}
+
+void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_q4_0(row, row_bytes, act, n, out, 4);
 }
 
 /* ---- Q4_K against Q8_K ----------------------------------------------------
