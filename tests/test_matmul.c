@@ -132,7 +132,7 @@ static void test_matmul_each_isa(void **state) {
         assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
         for (int ti = 0; ti < N_TYPES; ti++) {
             pam_dtype t = k_types[ti];
-            /* 50 blocks of 32: two groups of 16 twice, one more, and a partial
+            /* 50 blocks of 32: a pair of 16-block groups, one more group and a partial
              * group, so every branch of the multi-row kernels runs */
             for (int wide = 0; wide < 2; wide++) {
                 int64_t rows = 33, cols = wide && pam_dtype_get(t)->block_elems == 32 ? 1600 : cols_for(t, 1), n = 5;
