@@ -132,20 +132,33 @@ static void test_matmul_each_isa(void **state) {
         assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
         for (int ti = 0; ti < N_TYPES; ti++) {
             pam_dtype t = k_types[ti];
-            int64_t rows = 33, cols = cols_for(t, 1), n = 5;
-            mat m;
-            mat_make(&m, t, rows, cols, &r);
-            float *X = malloc(sizeof(float) * (size_t)(n * cols));
-            for (int64_t i = 0; i < n * cols; i++) X[i] = (float)pam_test_rng_uniform(&r, -1, 1);
-            float *Y = malloc(sizeof(float) * (size_t)(n * rows)), y[33];
-            pam_matmul(pool, t, m.W, rows, cols, X, n, Y);
-            for (int64_t i = 0; i < n; i++) {
-                pam_matvec(NULL, t, m.W, rows, cols, X + i * cols, y);
-                assert_memory_equal(y, Y + i * rows, sizeof y);
+            /* 50 blocks of 32: a pair of 16-block groups, one more group and a partial
+             * group, so every branch of the multi-row kernels runs */
+            for (int wide = 0; wide < 2; wide++) {
+                int64_t rows = 33, cols = wide && pam_dtype_get(t)->block_elems == 32 ? 1600 : cols_for(t, 1), n = 5;
+                mat m;
+                mat_make(&m, t, rows, cols, &r);
+                float *X = malloc(sizeof(float) * (size_t)(n * cols));
+                for (int64_t i = 0; i < n * cols; i++) X[i] = (float)pam_test_rng_uniform(&r, -1, 1);
+                float *Y = malloc(sizeof(float) * (size_t)(n * rows)), y[33];
+                uint8_t *act = malloc(pam_activation_bytes(t, cols));
+                size_t rb = 0;
+                assert_int_equal(pam_dtype_row_bytes(t, cols, &rb), PAM_OK);
+                pam_matmul(pool, t, m.W, rows, cols, X, n, Y);
+                for (int64_t i = 0; i < n; i++) {
+                    pam_matvec(NULL, t, m.W, rows, cols, X + i * cols, y);
+                    assert_memory_equal(y, Y + i * rows, sizeof y);
+                    pam_quantize_activations(t, X + i * cols, act, cols);
+                    for (int64_t rr = 0; rr < rows; rr++) {
+                        float d = pam_vec_dot(t, (uint8_t *)m.W + rb * (size_t)rr, act, cols);
+                        assert_memory_equal(&d, &y[rr], sizeof d);
+                    }
             }
+            free(act);
             free(X);
             free(Y);
             mat_free(&m);
+            }
         }
     }
     assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);

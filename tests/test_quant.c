@@ -482,7 +482,7 @@ static int n_isas(void) { return (int)pam_cpu_detect() + 1; }
 
 static void test_vec_dot_vs_f64(void **state) {
     const int64_t fsizes[] = {1, 7, 32, 33, 96, 256, 1001, 4352};
-    const int64_t qsizes[] = {32, 96, 256, 768, 4352};
+    const int64_t qsizes[] = {32, 96, 256, 544, 768, 1056, 1600, 4352};
     const int64_t ksizes[] = {256, 768, 4352};
     pam_test_rng r = {7};
     double worst[N_TYPES] = {0};
@@ -492,7 +492,7 @@ static void test_vec_dot_vs_f64(void **state) {
         for (int ti = 0; ti < N_TYPES; ti++) {
             pam_dtype t = k_types[ti];
             const int64_t *sizes = block_elems(t) == 1 ? fsizes : block_elems(t) == 32 ? qsizes : ksizes;
-            int ns = block_elems(t) == 1 ? 8 : block_elems(t) == 32 ? 5 : 3;
+            int ns = block_elems(t) == 1 ? 8 : block_elems(t) == 32 ? 8 : 3;
             for (int kind = 0; kind < D_KINDS; kind++)
                 for (int s = 0; s < ns; s++) {
                     dot_case c;

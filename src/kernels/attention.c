@@ -78,6 +78,10 @@ void pam_attn_partial_f16(const float *q, int n_q, int head_dim, float scale, co
                           const uint16_t *V, size_t stride, int64_t n, float *m, float *l, float *o,
                           float *scores) {
 #if defined(__x86_64__)
+    if (pam_cpu_isa_level() >= PAM_ISA_AVX512 && head_dim % 16 == 0) {
+        pam_attn_partial_f16_avx512(q, n_q, head_dim, scale, K, V, stride, n, m, l, o, scores);
+        return;
+    }
     if (pam_cpu_isa_level() >= PAM_ISA_AVX2 && head_dim % 16 == 0) {
         pam_attn_partial_f16_avx2(q, n_q, head_dim, scale, K, V, stride, n, m, l, o, scores);
         return;

@@ -31,6 +31,10 @@ void pam_attn_partial_f16_ref(const float *q, int n_q, int head_dim, float scale
 void pam_attn_partial_f16_avx2(const float *q, int n_q, int head_dim, float scale,
                                const uint16_t *K, const uint16_t *V, size_t stride, int64_t n,
                                float *m, float *l, float *o, float *scores);
+/* Requires PAM_ISA_AVX512 and head_dim % 16 == 0 (falls back to _ref otherwise). */
+void pam_attn_partial_f16_avx512(const float *q, int n_q, int head_dim, float scale,
+                                 const uint16_t *K, const uint16_t *V, size_t stride, int64_t n,
+                                 float *m, float *l, float *o, float *scores);
 #endif
 
 /* Folds partial b into partial a (both n_q heads). */

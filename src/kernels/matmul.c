@@ -25,6 +25,7 @@
 
 typedef struct {
     pam_vec_dot_fn dot;
+    pam_vec_dot4_fn dot4; /* NULL if none */
     const uint8_t *W;
     size_t row_bytes;
     const uint8_t *act; /* n tokens, act_bytes apart */
@@ -52,8 +53,10 @@ static void rows_task(void *ctx, int64_t task, int thread) {
         for (int64_t i = 0; i < j->n; i++) {
             const uint8_t *a = j->act + (size_t)i * j->act_bytes;
             float *y = j->Y + i * j->rows;
-            for (int64_t r = rb; r < re; r++)
-                y[r] = j->dot(j->W + (size_t)r * j->row_bytes, a, j->cols);
+            int64_t r = rb;
+            if (j->dot4) /* bit-identical to dot row by row, so n and chunking still do not matter */
+                for (; r + 4 <= re; r += 4) j->dot4(j->W + (size_t)r * j->row_bytes, j->row_bytes, a, j->cols, y + r);
+            for (; r < re; r++) y[r] = j->dot(j->W + (size_t)r * j->row_bytes, a, j->cols);
         }
     }
 }
@@ -72,6 +75,7 @@ void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int
 
     mm_job j = {
         .dot = pam_vec_dot_select(type),
+        .dot4 = pam_vec_dot4_select(type),
         .W = W,
         .row_bytes = row_bytes,
         .act_bytes = pam_activation_bytes(type, cols),

@@ -623,8 +623,9 @@ static const pam_vec_dot_fn k_dots[PAM_ISA_COUNT][N_SLOTS] = {
 #if PAM_HAVE_AVX2_KERNELS
     [PAM_ISA_AVX2] = {pam_dot_f32_avx2, pam_dot_f16_avx2, pam_dot_bf16_avx2, pam_dot_q8_0_avx2,
                       pam_dot_q4_0_avx2, pam_dot_q4_K_avx2, pam_dot_q6_K_avx2},
-    [PAM_ISA_AVX512] = {pam_dot_f32_avx2, pam_dot_f16_avx2, pam_dot_bf16_avx2, pam_dot_q8_0_avx2,
-                        pam_dot_q4_0_avx2, pam_dot_q4_K_avx2, pam_dot_q6_K_avx2},
+    [PAM_ISA_AVX512] = {pam_dot_f32_avx512, pam_dot_f16_avx512, pam_dot_bf16_avx512,
+                        pam_dot_q8_0_avx512, pam_dot_q4_0_avx512, pam_dot_q4_K_avx512,
+                        pam_dot_q6_K_avx512},
 #else
     [PAM_ISA_AVX2] = {pam_dot_f32_ref, pam_dot_f16_ref, pam_dot_bf16_ref, pam_dot_q8_0_ref,
                       pam_dot_q4_0_ref, pam_dot_q4_K_ref, pam_dot_q6_K_ref},
@@ -639,6 +640,16 @@ pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type) {
     int slot = dot_slot(weight_type);
     if (slot < 0) return dot_unsupported;
     return k_dots[pam_cpu_isa_level()][slot];
+}
+
+pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type) {
+#if PAM_HAVE_AVX2_KERNELS
+    if (pam_cpu_isa_level() == PAM_ISA_AVX512) {
+        if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx512;
+        if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx512;
+    }
+#endif
+    return NULL;
 }
 
 float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n) {

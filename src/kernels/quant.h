@@ -70,6 +70,13 @@ float pam_vec_dot_ref(pam_dtype weight_type, const void *row, const void *act, i
  * (kernels/cpu.h), for loops over many rows. Never NULL for a supported type. */
 typedef float (*pam_vec_dot_fn)(const void *row, const void *act, int64_t n);
 pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type);
+/* Four consecutive rows (row_bytes apart) against the same activations in
+ * one pass, sharing the activation loads: out[r] is bit-identical to what
+ * pam_vec_dot_select(weight_type) gives for row r. NULL when the current ISA
+ * level has no such kernel for weight_type (then loop the single-row one). */
+typedef void (*pam_vec_dot4_fn)(const void *row, size_t row_bytes, const void *act, int64_t n,
+                                float out[4]);
+pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type);
 /* Bytes of n activations in the vec-dot type of weight_type (n as for
  * pam_quantize_activations). */
 size_t pam_activation_bytes(pam_dtype weight_type, int64_t n);

@@ -5,6 +5,7 @@
 #ifndef PAM_KERNELS_QUANT_ISA_H
 #define PAM_KERNELS_QUANT_ISA_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 float pam_dot_f32_ref(const void *row, const void *act, int64_t n);
@@ -22,5 +23,17 @@ float pam_dot_q8_0_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n);
+
+float pam_dot_f32_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_f16_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_bf16_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q8_0_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q4_0_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n);
+float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n);
+/* Four rows row, row + row_bytes, ... against the same activations; out[r]
+ * is bit-identical to the single-row kernel of the same ISA on row r. */
+void pam_dot4_q8_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 
 #endif

@@ -1,0 +1,239 @@
+/* Decode kernel throughput: matvec of a rows x cols matrix (default
+ * 4096 x 4096, 16-64 MB, far beyond the caches, so it streams from DRAM) for
+ * every weight type, ISA level and 1..max threads, as GB/s of weight bytes
+ * read, beside a plain read of an equally large buffer (the bandwidth
+ * ceiling) and the ratio to the AVX2 path measured in the same run.
+ *
+ * Usage: bench_kernels [rows cols [max_threads [seconds_per_point]]]
+ * Every level's output is checked against pam_vec_dot_ref before timing. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/threadpool.h"
+#include "core/timing.h"
+#include "kernels/cpu.h"
+#include "kernels/matmul.h"
+#include "kernels/quant.h"
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+static float rnd(void) { /* roughly N(0,1): sum of 4 uniforms, scaled */
+    float s = 0;
+    for (int i = 0; i < 4; i++) {
+        g_rng ^= g_rng << 13;
+        g_rng ^= g_rng >> 7;
+        g_rng ^= g_rng << 17;
+        s += (float)(g_rng >> 40) / (float)(1 << 24) - 0.5f;
+    }
+    return s * 1.7f;
+}
+
+/* The bandwidth ceiling: sum of 64-bit words, split like the matvec. */
+typedef struct {
+    const uint64_t *p;
+    int64_t n_words, chunk;
+    uint64_t sums[64];
+} read_job;
+
+static void read_task(void *ctx, int64_t t, int thread) {
+    read_job *j = ctx;
+    int64_t a = t * j->chunk, b = a + j->chunk < j->n_words ? a + j->chunk : j->n_words;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = a; i + 4 <= b; i += 4) {
+        s0 += j->p[i];
+        s1 += j->p[i + 1];
+        s2 += j->p[i + 2];
+        s3 += j->p[i + 3];
+    }
+    j->sums[t & 63] += s0 ^ s1 ^ s2 ^ s3;
+}
+
+static double now_s(void) { return (double)pam_time_ns() * 1e-9; }
+
+/* CPU time of this thread: the hot-cache runs are single-threaded, and this
+ * leaves out time the thread spent descheduled on a busy machine. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Mean seconds per call over a run of at least `secs`. */
+static double time_read(pam_pool *pool, read_job *j, double secs) {
+    int n_tasks = pam_pool_n_threads(pool) * 4;
+    j->chunk = (j->n_words + n_tasks - 1) / n_tasks;
+    pam_pool_run(pool, read_task, j, n_tasks);
+    int iters = 0;
+    double t0 = now_s(), t;
+    do {
+        pam_pool_run(pool, read_task, j, n_tasks);
+        iters++;
+        t = now_s();
+    } while (t - t0 < secs);
+    return (t - t0) / iters;
+}
+
+static double time_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
+                          const float *x, float *y, double secs) {
+    pam_matvec(pool, type, W, rows, cols, x, y);
+    int iters = 0;
+    double t0 = now_s(), t;
+    do {
+        pam_matvec(pool, type, W, rows, cols, x, y);
+        iters++;
+        t = now_s();
+    } while (t - t0 < secs);
+    return (t - t0) / iters;
+}
+
+/* Kernel speed with the weights hot in cache (the first 512 KiB of W,
+ * activations quantised once): what the dot costs in arithmetic alone. If
+ * this is far above the DRAM read rate, the matvec is bandwidth-bound. */
+static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t cols, const void *act,
+                       double secs, int64_t *n_rows_out) {
+    int64_t n_rows = (int64_t)((512 << 10) / row_bytes);
+    if (n_rows < 1) n_rows = 1;
+    *n_rows_out = n_rows;
+    pam_vec_dot_fn dot = pam_vec_dot_select(type);
+    pam_vec_dot4_fn dot4 = pam_vec_dot4_select(type); /* as pam_matvec uses them */
+    volatile float sink = 0;
+    float out[4];
+    int iters = 0;
+    double t0 = cpu_s(), t;
+    do {
+        float s = 0;
+        int64_t r = 0;
+        if (dot4)
+            for (; r + 4 <= n_rows; r += 4) {
+                dot4((const uint8_t *)W + (size_t)r * row_bytes, row_bytes, act, cols, out);
+                s += out[0] + out[1] + out[2] + out[3];
+            }
+        for (; r < n_rows; r++) s += dot((const uint8_t *)W + (size_t)r * row_bytes, act, cols);
+        sink += s;
+        iters++;
+        t = cpu_s();
+    } while (t - t0 < secs);
+    return (t - t0) / iters;
+}
+
+int main(int argc, char **argv) {
+    int64_t rows = argc > 2 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
+    int max_threads = argc > 3 ? atoi(argv[3]) : 2;
+    double secs = argc > 4 ? atof(argv[4]) : 0.3;
+    if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16) {
+        fprintf(stderr, "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs]]]\n");
+        return 2;
+    }
+    const pam_dtype types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
+                               PAM_DT_Q4_0, PAM_DT_Q4_K, PAM_DT_Q6_K};
+    const int n_types = (int)(sizeof types / sizeof types[0]);
+    const int best = (int)pam_cpu_detect();
+    printf("# matvec %lld x %lld, detected ISA %s, mean of >= %.2f s per point, best of 2 rounds\n",
+           (long long)rows, (long long)cols, pam_cpu_isa_name((pam_isa)best), secs);
+
+    float *src = malloc((size_t)rows * (size_t)cols * sizeof *src);
+    float *x = malloc((size_t)cols * sizeof *x), *y = malloc((size_t)rows * sizeof *y);
+    float *want = malloc((size_t)rows * sizeof *want);
+    size_t max_bytes = (size_t)rows * (size_t)cols * 4;
+    void *W = malloc(max_bytes);
+    void *act = malloc(pam_activation_bytes(PAM_DT_F32, cols));
+    if (!src || !x || !y || !want || !W || !act) return 1;
+    for (int64_t i = 0; i < rows * cols; i++) src[i] = rnd();
+    for (int64_t i = 0; i < cols; i++) x[i] = rnd();
+
+    pam_pool *pools[17] = {0};
+    for (int t = 1; t <= max_threads; t++)
+        if (pam_pool_create(t, &pools[t]) != PAM_OK) return 1;
+
+    printf("%-5s %7s %3s %9s", "type", "MB", "thr", "read");
+    for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
+    for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
+    for (int isa = PAM_ISA_AVX2; isa <= best; isa++) printf(" %6s/read", pam_cpu_isa_name((pam_isa)isa));
+    printf("\n");
+
+    int failed = 0;
+    for (int ti = 0; ti < n_types; ti++) {
+        pam_dtype type = types[ti];
+        size_t row_bytes = 0;
+        pam_dtype_row_bytes(type, cols, &row_bytes);
+        size_t bytes = row_bytes * (size_t)rows;
+        for (int64_t r = 0; r < rows; r++)
+            pam_quantize_row(type, src + r * cols, (uint8_t *)W + (size_t)r * row_bytes, cols);
+
+        /* check every level against the reference before timing it */
+        pam_quantize_activations(type, x, act, cols);
+        double amax = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            want[r] = pam_vec_dot_ref(type, (uint8_t *)W + (size_t)r * row_bytes, act, cols);
+            amax = fmax(amax, fabs(want[r]));
+        }
+        for (int isa = 0; isa <= best; isa++) {
+            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+            pam_matvec(pools[max_threads], type, W, rows, cols, x, y);
+            for (int64_t r = 0; r < rows; r++)
+                if (!(fabs(y[r] - want[r]) <= 1e-5 * amax + 1e-6)) {
+                    fprintf(stderr, "%s %s row %lld: %g vs ref %g\n", pam_dtype_name(type),
+                            pam_cpu_isa(), (long long)r, y[r], want[r]);
+                    failed = 1;
+                    break;
+                }
+        }
+
+        read_job rj = {.p = W, .n_words = (int64_t)(bytes / 8)};
+        for (int t = 1; t <= max_threads; t++) {
+            double best_s[PAM_ISA_COUNT + 1];
+            for (int k = 0; k <= PAM_ISA_COUNT; k++) best_s[k] = 1e30;
+            /* scalar is timed once at 1 thread only: it is far from bandwidth */
+            for (int round = 0; round < 2; round++) {
+                best_s[PAM_ISA_COUNT] = fmin(best_s[PAM_ISA_COUNT], time_read(pools[t], &rj, secs));
+                for (int isa = best; isa >= 0; isa--) {
+                    if (isa == 0 && (t > 1 || round > 0)) continue;
+                    pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+                    best_s[isa] = fmin(best_s[isa], time_matvec(pools[t], type, W, rows, cols, x, y, secs));
+                }
+            }
+            double gb = (double)bytes * 1e-9;
+            printf("%-5s %7.1f %3d %9.1f", pam_dtype_name(type), (double)bytes / (1 << 20), t,
+                   gb / best_s[PAM_ISA_COUNT]);
+            for (int isa = 0; isa <= best; isa++)
+                if (best_s[isa] < 1e30)
+                    printf(" %9.1f", gb / best_s[isa]);
+                else
+                    printf(" %9s", "-");
+            for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++)
+                printf(" %11.2f", best_s[PAM_ISA_AVX2] / best_s[isa]);
+            for (int isa = PAM_ISA_AVX2; isa <= best; isa++)
+                printf(" %10.0f%%", 100.0 * best_s[PAM_ISA_COUNT] / best_s[isa]);
+            printf("\n");
+            fflush(stdout);
+        }
+        /* hot-cache kernel rate, 1 thread */
+        double hot[PAM_ISA_COUNT];
+        int64_t hot_rows = 1;
+        for (int isa = 0; isa <= best; isa++) hot[isa] = 1e30;
+        for (int round = 0; round < 3; round++)
+            for (int isa = best; isa >= 0; isa--) {
+                pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+                hot[isa] = fmin(hot[isa], time_hot(type, W, row_bytes, cols, act, secs / 2, &hot_rows));
+            }
+        printf("%-5s %7.1f %3s %9s", pam_dtype_name(type), (double)(row_bytes * (size_t)hot_rows) / (1 << 20),
+               "hot", "-");
+        for (int isa = 0; isa <= best; isa++)
+            printf(" %9.1f", (double)(row_bytes * (size_t)hot_rows) * 1e-9 / hot[isa]);
+        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %11.2f", hot[PAM_ISA_AVX2] / hot[isa]);
+        printf("\n");
+    }
+    pam_cpu_set_isa(NULL);
+    for (int t = 1; t <= max_threads; t++) pam_pool_destroy(pools[t]);
+    free(src);
+    free(x);
+    free(y);
+    free(want);
+    free(W);
+    free(act);
+    return failed;
+}

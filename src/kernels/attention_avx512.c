@@ -1,0 +1,150 @@
+/* AVX-512 attention over f16 K/V rows, the 16-lane twin of
+ * attention_avx2.c: tiles of 16 tokens are converted to f32 once into an
+ * L1-resident buffer and used by every query head of the group, so each K/V
+ * byte is read from memory once per step. The order of every reduction
+ * depends only on head_dim and n. Requires head_dim % 16 == 0. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "core/fp16.h"
+#include "kernels/attention.h"
+
+#define TILE 16
+#define MAX_HD 256
+
+/* exp(x) for x <= 0 (softmax arguments), ~1 ulp: the same range reduction
+ * and polynomial as the AVX2 kernel, 2^k through the exponent. */
+static inline __m512 exp512_nonpos(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.3f);
+    const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i e =
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps((__mmask16)~underflow, p, _mm512_castsi512_ps(e));
+}
+
+static inline float hsum512(__m512 v) {
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Adjacent lanes of the 32-lane concatenation (a, b) summed. Four levels turn
+ * 16 per-token accumulators into one vector with token j's score in lane j. */
+static inline __m512 pair_sum_ps(__m512 a, __m512 b) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_add_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+}
+
+/* Converts rows t0..t0+cnt-1 (cnt <= TILE) to f32, row-major [cnt][hd]. */
+static inline void load_tile(const uint16_t *X, size_t stride, int64_t t0, int cnt, int hd, float *dst) {
+    for (int j = 0; j < cnt; j++) {
+        const uint16_t *row = X + (size_t)(t0 + j) * stride;
+        for (int d = 0; d < hd; d += 16)
+            _mm512_storeu_ps(dst + j * hd + d,
+                             _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + d))));
+    }
+}
+
+/* Dot of one query head with one f32 row: 16-lane accumulator, fixed order. */
+static inline __m512 dot_acc(const float *qg, const float *k, int hd) {
+    __m512 a0 = _mm512_mul_ps(_mm512_loadu_ps(qg), _mm512_loadu_ps(k));
+    for (int d = 16; d < hd; d += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + d), _mm512_loadu_ps(k + d), a0);
+    return a0;
+}
+
+void pam_attn_partial_f16_avx512(const float *q, int n_q, int head_dim, float scale,
+                                 const uint16_t *K, const uint16_t *V, size_t stride, int64_t n,
+                                 float *m, float *l, float *o, float *scores) {
+    const int hd = head_dim;
+    float tile[TILE * MAX_HD];
+    if (hd > MAX_HD || hd % 16) {
+        pam_attn_partial_f16_ref(q, n_q, head_dim, scale, K, V, stride, n, m, l, o, scores);
+        return;
+    }
+    const __m512 vscale = _mm512_set1_ps(scale);
+
+    /* Scores: a full tile yields 16 scores per head through a permute tree. */
+    int64_t t0 = 0;
+    for (; t0 + TILE <= n; t0 += TILE) {
+        load_tile(K, stride, t0, TILE, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * hd;
+            __m512 a[TILE];
+            for (int j = 0; j < TILE; j++) a[j] = dot_acc(qg, tile + j * hd, hd);
+            __m512 b[TILE / 2], c[TILE / 4], e[TILE / 8];
+            for (int j = 0; j < TILE / 2; j++) b[j] = pair_sum_ps(a[2 * j], a[2 * j + 1]);
+            for (int j = 0; j < TILE / 4; j++) c[j] = pair_sum_ps(b[2 * j], b[2 * j + 1]);
+            for (int j = 0; j < TILE / 8; j++) e[j] = pair_sum_ps(c[2 * j], c[2 * j + 1]);
+            _mm512_storeu_ps(scores + (size_t)g * n + t0, _mm512_mul_ps(pair_sum_ps(e[0], e[1]), vscale));
+        }
+    }
+    if (t0 < n) {
+        const int cnt = (int)(n - t0);
+        load_tile(K, stride, t0, cnt, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * hd;
+            for (int j = 0; j < cnt; j++)
+                scores[(size_t)g * n + t0 + j] = hsum512(dot_acc(qg, tile + j * hd, hd)) * scale;
+        }
+    }
+
+    /* Softmax numerators and their sums, per head; the tail is a masked step. */
+    for (int g = 0; g < n_q; g++) {
+        float *sg = scores + (size_t)g * n;
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+        int64_t t = 0;
+        for (; t + 16 <= n; t += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(sg + t));
+        const __mmask16 tail = (__mmask16)((1u << (n - t)) - 1u);
+        if (tail) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, sg + t));
+        const float mx = _mm512_reduce_max_ps(vmax);
+        const __m512 vm = _mm512_set1_ps(mx);
+        __m512 vsum = _mm512_setzero_ps();
+        for (t = 0; t + 16 <= n; t += 16) {
+            const __m512 ev = exp512_nonpos(_mm512_sub_ps(_mm512_loadu_ps(sg + t), vm));
+            _mm512_storeu_ps(sg + t, ev);
+            vsum = _mm512_add_ps(vsum, ev);
+        }
+        if (tail) {
+            const __m512 ev = _mm512_maskz_mov_ps(
+                tail, exp512_nonpos(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, sg + t), vm)));
+            _mm512_mask_storeu_ps(sg + t, tail, ev);
+            vsum = _mm512_add_ps(vsum, ev);
+        }
+        m[g] = mx;
+        l[g] = hsum512(vsum);
+    }
+
+    /* Weighted V: each converted tile is applied to every head. */
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)hd);
+    for (t0 = 0; t0 < n; t0 += TILE) {
+        const int cnt = n - t0 < TILE ? (int)(n - t0) : TILE;
+        load_tile(V, stride, t0, cnt, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *pg = scores + (size_t)g * n + t0;
+            float *og = o + (size_t)g * hd;
+            for (int d = 0; d < hd; d += 16) {
+                __m512 o0 = _mm512_loadu_ps(og + d);
+                for (int j = 0; j < cnt; j++)
+                    o0 = _mm512_fmadd_ps(_mm512_set1_ps(pg[j]), _mm512_loadu_ps(tile + j * hd + d), o0);
+                _mm512_storeu_ps(og + d, o0);
+            }
+        }
+    }
+}

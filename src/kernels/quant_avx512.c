@@ -1,0 +1,393 @@
+/* AVX-512 (F/BW/VL/DQ) + VNNI dot products (see quant_isa.h). Only called
+ * after pam_cpu_detect() reported PAM_ISA_AVX512, so this file alone is built
+ * with the AVX-512 flags.
+ *
+ * Decode streams every weight byte once per token, so these kernels aim at
+ * memory bandwidth rather than arithmetic:
+ *  - Q8_0/Q4_0 work on groups of 16 blocks. Two blocks share a zmm; VNNI
+ *    (vpdpbusd) forms their int32 lane sums; a permute tree reduces the 16
+ *    blocks to one int32 per block in one vector, and the 16 block scales are
+ *    fetched with one gather each for weights and activations. One convert
+ *    and one FMA then cover 16 blocks instead of one each. The integer block
+ *    sums are exact, so the only roundings are w_d * a_d, the FMA and the
+ *    final 16-lane sum.
+ *  - vpdpbusd multiplies unsigned by signed bytes. Weights are made unsigned
+ *    by an offset (q8 ^ 0x80 = q8 + 128, q4 nibbles are already 0..15) and
+ *    the offset is taken out with a second vpdpbusd of the constant against
+ *    the activations: dot(w, a) = dot(w + c, a) - dot(c, a), exact in int32.
+ *
+ * Determinism: every kernel walks its row in a fixed order with fixed lane
+ * accumulators and one fixed horizontal sum, so a result depends only on the
+ * data and n (never on alignment, threads or the caller). */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/quant.h"
+#include "kernels/quant_isa.h"
+
+static inline float hsum16(__m512 v) {
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __mmask16 mask16(int64_t k) { return (__mmask16)((1u << k) - 1u); }
+
+/* ---- float rows against f32 activations ---------------------------------
+ * 64 elements per step in four accumulators, then 16 at a time into the
+ * first, then one masked step for the last n % 16 into the second. */
+
+#define FLOAT_DOT512(LOAD16, MLOAD16)                                                       \
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                         \
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();                         \
+    int64_t i = 0;                                                                          \
+    for (; i + 64 <= n; i += 64) {                                                          \
+        acc0 = _mm512_fmadd_ps(LOAD16(i + 0), _mm512_loadu_ps(x + i + 0), acc0);           \
+        acc1 = _mm512_fmadd_ps(LOAD16(i + 16), _mm512_loadu_ps(x + i + 16), acc1);         \
+        acc2 = _mm512_fmadd_ps(LOAD16(i + 32), _mm512_loadu_ps(x + i + 32), acc2);         \
+        acc3 = _mm512_fmadd_ps(LOAD16(i + 48), _mm512_loadu_ps(x + i + 48), acc3);         \
+    }                                                                                       \
+    for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(LOAD16(i), _mm512_loadu_ps(x + i), acc0); \
+    if (i < n) {                                                                            \
+        const __mmask16 k = mask16(n - i);                                                  \
+        acc1 = _mm512_fmadd_ps(MLOAD16(k, i), _mm512_maskz_loadu_ps(k, x + i), acc1);       \
+    }                                                                                       \
+    return hsum16(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+
+float pam_dot_f32_avx512(const void *row, const void *act, int64_t n) {
+    const float *w = row, *x = act;
+#define LOAD16(j) _mm512_loadu_ps(w + (j))
+#define MLOAD16(k, j) _mm512_maskz_loadu_ps(k, w + (j))
+    FLOAT_DOT512(LOAD16, MLOAD16)
+#undef LOAD16
+#undef MLOAD16
+}
+
+float pam_dot_f16_avx512(const void *row, const void *act, int64_t n) {
+    const pam_f16 *w = row;
+    const float *x = act;
+#define LOAD16(j) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + (j))))
+#define MLOAD16(k, j) _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, w + (j)))
+    FLOAT_DOT512(LOAD16, MLOAD16)
+#undef LOAD16
+#undef MLOAD16
+}
+
+/* bf16 is the top half of an f32: widen to 32 bits and shift into place, so
+ * activations stay f32 (vdpbf16ps would round them to bf16). */
+static inline __m512 bf16x16_to_ps(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+float pam_dot_bf16_avx512(const void *row, const void *act, int64_t n) {
+    const pam_bf16 *w = row;
+    const float *x = act;
+#define LOAD16(j) bf16x16_to_ps(_mm256_loadu_si256((const __m256i *)(w + (j))))
+#define MLOAD16(k, j) bf16x16_to_ps(_mm256_maskz_loadu_epi16(k, w + (j)))
+    FLOAT_DOT512(LOAD16, MLOAD16)
+#undef LOAD16
+#undef MLOAD16
+}
+
+/* ---- Q8_0 / Q4_0 against Q8_0: groups of 16 blocks ---------------------- */
+
+#define GROUP 16
+
+/* Adjacent int32 lanes of the 32-lane concatenation (a, b) summed: lane i is
+ * c[2i] + c[2i+1]. Three levels turn 8 vectors of [block 2k | block 2k+1]
+ * lane sums into one vector with block b's sum in lane b. */
+static inline __m512i pair_sum(__m512i a, __m512i b) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b), _mm512_permutex2var_epi32(a, odd, b));
+}
+
+static inline __m512i reduce_group(const __m512i p[GROUP / 2]) {
+    const __m512i q0 = pair_sum(p[0], p[1]), q1 = pair_sum(p[2], p[3]);
+    const __m512i q2 = pair_sum(p[4], p[5]), q3 = pair_sum(p[6], p[7]);
+    return pair_sum(pair_sum(q0, q1), pair_sum(q2, q3));
+}
+
+/* The f16 scale at the start of each of the first k blocks `stride` bytes
+ * apart, as floats (0 in masked-off lanes). Reads 4 bytes per block: the
+ * scale and the first two quant bytes, all inside the block. */
+static inline __m512 gather_scales(const void *base, int stride, __mmask16 k) {
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(stride));
+    const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, base, 1);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+static inline __m512i load_pair_i8(const int8_t *p0, const int8_t *p1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0)),
+                              _mm256_loadu_si256((const __m256i *)p1), 1);
+}
+
+static inline __m512i load_one_i8(const int8_t *p0) {
+    return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)p0));
+}
+
+/* 32 nibbles of each of two Q4_0 blocks as bytes 0..15, in element order:
+ * [low nibbles b0 | high nibbles b0 | low b1 | high b1]. */
+static inline __m512i unpack_pair_q4(const uint8_t *q0, const uint8_t *q1) {
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)q0)),
+                                              _mm_loadu_si128((const __m128i *)q1), 1);
+    const __m512i z = _mm512_shuffle_i64x2(_mm512_castsi256_si512(v), _mm512_castsi256_si512(v),
+                                           _MM_SHUFFLE(1, 1, 0, 0));
+    const __m512i s = _mm512_srlv_epi64(z, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+    return _mm512_and_si512(s, _mm512_set1_epi8(0x0f));
+}
+
+/* Activations of one group of cnt <= 16 blocks, two blocks per vector
+ * (blocks >= cnt read as zero), the int32 sums dot(off, a) per block that
+ * take out the weights' offset, and the activation scales. Computed once
+ * per group and shared by every row of a multi-row call. */
+typedef struct {
+    __m512i a[GROUP / 2];
+    __m512i corr; /* lane b: sum over block b of off * a */
+    __m512 d;     /* lane b: activation scale of block b, 0 for b >= cnt */
+} act_group;
+
+static inline void act_group_load(act_group *g, const pam_block_q8_0 *a, int cnt, __m512i off) {
+    __m512i c[GROUP / 2];
+    for (int k = 0; k < GROUP / 2; k++) {
+        const int b = 2 * k;
+        if (b + 1 < cnt)
+            g->a[k] = load_pair_i8(a[b].qs, a[b + 1].qs);
+        else if (b < cnt)
+            g->a[k] = load_one_i8(a[b].qs);
+        else
+            g->a[k] = _mm512_setzero_si512();
+        c[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, g->a[k]);
+    }
+    g->corr = reduce_group(c);
+    g->d = gather_scales(a, sizeof *a, mask16(cnt));
+}
+
+/* Folds one row's group into acc: the exact int32 block sums
+ * dot(w + off, a) - dot(off, a), times w_d * a_d, by one FMA. */
+static inline __m512 group_q8_0(const pam_block_q8_0 *w, const act_group *g, int cnt, __m512 acc) {
+    const __m512i off = _mm512_set1_epi8((char)0x80);
+    __m512i p[GROUP / 2];
+    for (int k = 0; k < GROUP / 2; k++) {
+        const int b = 2 * k;
+        if (b + 1 < cnt)
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                       _mm512_xor_si512(load_pair_i8(w[b].qs, w[b + 1].qs), off), g->a[k]);
+        else if (b < cnt)
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(load_one_i8(w[b].qs), off),
+                                       g->a[k]);
+        else
+            p[k] = _mm512_setzero_si512();
+    }
+    const __m512i s = _mm512_sub_epi32(reduce_group(p), g->corr);
+    const __m512 d = _mm512_mul_ps(gather_scales(w, sizeof *w, mask16(cnt)), g->d);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
+}
+
+static inline __m512 group_q4_0(const pam_block_q4_0 *w, const act_group *g, int cnt, __m512 acc) {
+    __m512i p[GROUP / 2];
+    for (int k = 0; k < GROUP / 2; k++) {
+        const int b = 2 * k;
+        if (b + 1 < cnt) /* the partial pair reads block b twice; its activations are zero */
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_pair_q4(w[b].qs, w[b + 1].qs), g->a[k]);
+        else if (b < cnt)
+            p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_pair_q4(w[b].qs, w[b].qs), g->a[k]);
+        else
+            p[k] = _mm512_setzero_si512();
+    }
+    const __m512i s = _mm512_sub_epi32(reduce_group(p), g->corr);
+    const __m512 d = _mm512_mul_ps(gather_scales(w, sizeof *w, mask16(cnt)), g->d);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
+}
+
+/* R rows against one activation vector. Per row the group order, the two
+ * accumulators (even groups, odd groups, the last full group into the
+ * first, a partial group into the second) and the final sum are the same
+ * for every R, so a row's result is bit-identical to the R = 1 call. */
+#define DOT_ROWS_BODY(WTYPE, GROUP_FN, OFF)                                               \
+    const pam_block_q8_0 *a = act;                                                         \
+    const int64_t nb = n / PAM_QK8_0;                                                      \
+    const __m512i off = OFF;                                                               \
+    __m512 acc0[R], acc1[R];                                                               \
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                   \
+    act_group g;                                                                           \
+    int64_t i = 0;                                                                         \
+    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {                                          \
+        act_group_load(&g, a + i, GROUP, off);                                             \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+        act_group_load(&g, a + i + GROUP, GROUP, off);                                     \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i + GROUP, &g, GROUP, \
+                               acc1[r]);                                                   \
+    }                                                                                      \
+    for (; i + GROUP <= nb; i += GROUP) {                                                  \
+        act_group_load(&g, a + i, GROUP, off);                                             \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+    }                                                                                      \
+    if (i < nb) {                                                                          \
+        const int cnt = (int)(nb - i);                                                     \
+        act_group_load(&g, a + i, cnt, off);                                               \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, cnt, acc1[r]); \
+    }                                                                                      \
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(acc0[r], acc1[r]));
+
+static inline void dot_rows_q8_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
+                                 const int R) {
+    DOT_ROWS_BODY(pam_block_q8_0, group_q8_0, _mm512_set1_epi8((char)0x80))
+}
+
+static inline void dot_rows_q4_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
+                                 const int R) {
+    DOT_ROWS_BODY(pam_block_q4_0, group_q4_0, _mm512_set1_epi8(8))
+}
+
+float pam_dot_q8_0_avx512(const void *row, const void *act, int64_t n) {
+    float out;
+    dot_rows_q8_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+float pam_dot_q4_0_avx512(const void *row, const void *act, int64_t n) {
+    float out;
+    dot_rows_q4_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+void pam_dot4_q8_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_q8_0(row, row_bytes, act, n, out, 4);
+}
+
+void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_q4_0(row, row_bytes, act, n, out, 4);
+}
+
+/* ---- Q4_K against Q8_K ----------------------------------------------------
+ * As the AVX2 kernel, but 64 elements (two 32-element sub-blocks) per zmm:
+ * low and high nibbles of 32 bytes line up with 64 consecutive activations. */
+
+static inline void unpack_q4_K_scales(const uint8_t *s, uint8_t out[16]) {
+    uint32_t u[4];
+    memcpy(u, s, 12);
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+    const uint32_t m03 = u[1] & kmask1;
+    u[1] = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+    u[2] = m03;
+    u[0] &= kmask1;
+    memcpy(out, u, 16); /* bytes 0..7 scales, 8..15 mins */
+}
+
+/* int16 lanes 0..15 = v[lo], 16..31 = v[lo + 1] (for a 32-lane int16 vector). */
+static inline __m512i spread_pair16(__m512i v, int lo) {
+    const __m512i idx = _mm512_add_epi16(
+        _mm512_set1_epi16((short)lo),
+        _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(1), 1));
+    return _mm512_permutexvar_epi16(idx, v);
+}
+
+float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n) {
+    const pam_block_q4_K *w = row;
+    const pam_block_q8_K *a = act;
+    const int64_t nb = n / PAM_QK_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512 acc = _mm512_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = a[i].d * _cvtsh_ss(w[i].d);
+        const float dmin = -a[i].d * _cvtsh_ss(w[i].dmin);
+        uint8_t sm[16];
+        unpack_q4_K_scales(w[i].scales, sm);
+        const __m256i sm16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm));
+        const __m512i sc = _mm512_castsi256_si512(sm16);
+
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
+        const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m);
+
+        const uint8_t *q4 = w[i].qs;
+        const int8_t *q8 = a[i].qs;
+        __m512i sumi = _mm512_setzero_si512();
+        for (int j = 0; j < PAM_QK_K / 64; j++, q4 += 32, q8 += 64) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
+            const __m512i q = _mm512_and_si512(
+                _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1), m4);
+            const __m512i p16 = _mm512_maddubs_epi16(q, _mm512_loadu_si512(q8));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_pair16(sc, 2 * j), p16));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    return hsum16(acc) + _mm_cvtss_f32(acc_m);
+}
+
+/* ---- Q6_K against Q8_K ----------------------------------------------------
+ * 64 values per zmm: [q0 | q1] from ql[0..63] low nibbles and qh bits 0..3,
+ * [q2 | q3] from the high nibbles and qh bits 4..7; the offset 32 is taken
+ * out with the activation block sums as in the AVX2 kernel. */
+
+/* int16 lanes 8k..8k+7 = v[lo + k] for k < 4. */
+static inline __m512i spread_quad16(__m512i v, int lo) {
+    const __m512i idx = _mm512_add_epi16(
+        _mm512_set1_epi16((short)lo),
+        _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+                         0, 0, 0));
+    return _mm512_permutexvar_epi16(idx, v);
+}
+
+float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
+    const pam_block_q6_K *w = row;
+    const pam_block_q8_K *a = act;
+    const int64_t nb = n / PAM_QK_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m2 = _mm512_set1_epi8(0x03);
+    __m256 acc = _mm256_setzero_ps();
+
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = a[i].d * _cvtsh_ss(w[i].d);
+        const uint8_t *ql = w[i].ql;
+        const uint8_t *qh = w[i].qh;
+        const int8_t *q8 = a[i].qs;
+
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
+        const __m512i sc = _mm512_castsi256_si512(sc16);
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+
+        __m512i sumi = _mm512_setzero_si512();
+        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32, q8 += 128) {
+            const __m512i l = _mm512_loadu_si512(ql);
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            const __m512i h2 = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 2), 1);
+            const __m512i qa = _mm512_or_si512(_mm512_and_si512(l, m4),
+                                               _mm512_slli_epi16(_mm512_and_si512(h2, m2), 4));
+            const __m512i qb = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h2, 4), m2), 4));
+            const __m512i pa = _mm512_maddubs_epi16(qa, _mm512_loadu_si512(q8));
+            const __m512i pb = _mm512_maddubs_epi16(qb, _mm512_loadu_si512(q8 + 64));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_quad16(sc, 8 * j), pa));
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_quad16(sc, 8 * j + 4), pb));
+        }
+        /* 16 lanes to 8, then the offset, in the AVX2 kernel's lane layout */
+        __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+        s8 = _mm256_sub_epi32(s8, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#endif
