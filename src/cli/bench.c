@@ -47,6 +47,7 @@ typedef struct bench_opts {
     int n_depths;
     long n_decode, n_prompt, reps;
     int json;
+    pam_dtype kv_type;
 } bench_opts;
 
 static void bench_usage(FILE *f) {
@@ -63,6 +64,7 @@ static void bench_usage(FILE *f) {
             "  -p, --prompt N        prefill prompt length, 0 = skip (default 512)\n"
             "  -r, --reps R          repetitions of each measurement, mean reported (default 1)\n"
             "      --bw-mib N        buffer for the bandwidth measurement in MiB (default %zu)\n"
+            "      --kv-type T       KV cache element type: f16 (default) or f32\n"
             "      --json            print a JSON array of records instead of a table\n",
             PAM_MEMBW_DEFAULT_BYTES >> 20);
 }
@@ -107,7 +109,7 @@ static pam_status bench_decode(const pam_model *m, pam_pool *pool, const bench_o
     const pam_model_hparams *hp = pam_model_get_hparams(m);
     int32_t n = (int32_t)o->n_decode;
     pam_ctx *ctx = NULL;
-    PAM_TRY(pam_ctx_create(m, depth + n + 1, pool, &ctx));
+    PAM_TRY(pam_ctx_create_ex(m, &(pam_ctx_params){depth + n + 1, o->kv_type}, pool, &ctx));
     pam_status st = pam_ctx_fill_synthetic(ctx, depth, BENCH_SEED + (uint64_t)depth);
     uint64_t rng = BENCH_SEED ^ (uint64_t)depth;
     for (int w = 0; st == PAM_OK && w < BENCH_WARMUP_STEPS; w++) {
@@ -147,7 +149,7 @@ static pam_status bench_prefill(const pam_model *m, pam_pool *pool, const bench_
     uint64_t rng = BENCH_SEED;
     for (int32_t i = 0; i < n; i++) toks[i] = (int32_t)(bench_rng(&rng) % (uint64_t)hp->n_vocab);
     pam_ctx *ctx = NULL;
-    pam_status st = pam_ctx_create(m, n, pool, &ctx);
+    pam_status st = pam_ctx_create_ex(m, &(pam_ctx_params){n, o->kv_type}, pool, &ctx);
     int64_t total_ns = 0;
     for (long r = 0; st == PAM_OK && r < o->reps; r++) {
         int64_t t0 = pam_time_ns();
@@ -186,7 +188,8 @@ static void bench_print(const bench_record *r, int threads, double bw, int json,
 int pam_cli_bench(int argc, char **argv) {
     const char *model_path = NULL;
     long n_threads = 0, bw_mib = (long)(PAM_MEMBW_DEFAULT_BYTES >> 20);
-    bench_opts o = {.depths = {0, 1024, 4096, 16384, 32768}, .n_depths = 5, .n_decode = 32, .n_prompt = 512, .reps = 1};
+    bench_opts o = {.depths = {0, 1024, 4096, 16384, 32768}, .n_depths = 5, .n_decode = 32, .n_prompt = 512, .reps = 1,
+                   .kv_type = PAM_DT_F16};
     pam_args a;
     pam_args_init(&a, argc, argv, "pam bench");
     while (pam_args_next(&a)) {
@@ -197,6 +200,16 @@ int pam_cli_bench(int argc, char **argv) {
             model_path = pam_args_value(&a);
         } else if (pam_args_is(&a, "-t", "--threads")) {
             pam_args_long(&a, 1, 1024, &n_threads);
+        } else if (pam_args_is(&a, NULL, "--kv-type")) {
+            const char *t = pam_args_value(&a);
+            if (t && !strcmp(t, "f16"))
+                o.kv_type = PAM_DT_F16;
+            else if (t && !strcmp(t, "f32"))
+                o.kv_type = PAM_DT_F32;
+            else if (t) {
+                fprintf(stderr, "pam bench: --kv-type must be f16 or f32, got '%s'\n", t);
+                a.failed = 1;
+            }
         } else if (pam_args_is(&a, "-d", "--depth")) {
             const char *v = pam_args_value(&a);
             if (v && !bench_parse_depths(v, &o)) {
