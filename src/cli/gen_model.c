@@ -16,7 +16,7 @@ static void gen_model_usage(FILE *f) {
             "SentencePiece one of the real size, which does not change speed.\n"
             "\n"
             "  -s, --shape SHAPE   %s\n"
-            "      --type TYPE     f16, q8_0 or q4_0 (norms and biases stay F32)\n"
+            "      --type TYPE     f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (norms and biases stay F32)\n"
             "  -o, --output FILE   output GGUF\n"
             "      --seed N        random seed (default 1)\n"
             "      --layers N      override the number of layers (quick tests)\n"
@@ -28,7 +28,8 @@ static int gen_model_parse_type(const char *s, pam_dtype *out) {
     static const struct {
         const char *name;
         pam_dtype type;
-    } types[] = {{"f16", PAM_DT_F16}, {"q8_0", PAM_DT_Q8_0}, {"q4_0", PAM_DT_Q4_0}};
+    } types[] = {{"f32", PAM_DT_F32},   {"f16", PAM_DT_F16},   {"bf16", PAM_DT_BF16}, {"q8_0", PAM_DT_Q8_0},
+                 {"q4_0", PAM_DT_Q4_0}, {"q4_k", PAM_DT_Q4_K}, {"q6_k", PAM_DT_Q6_K}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         if (!strcmp(s, types[i].name)) {
             *out = types[i].type;
@@ -77,10 +78,10 @@ int pam_cli_gen_model(int argc, char **argv) {
     }
     pam_dtype type = PAM_DT_Q8_0;
     if (!a.failed && !type_name) {
-        fprintf(stderr, "pam gen-model: no weight type given: pass --type f16, q8_0 or q4_0\n");
+        fprintf(stderr, "pam gen-model: no weight type given: pass --type f16, q8_0 or q4_0 (or f32, bf16, q4_k, q6_k)\n");
         a.failed = 1;
     } else if (type_name && !gen_model_parse_type(type_name, &type)) {
-        fprintf(stderr, "pam gen-model: unknown type '%s' (types: f16, q8_0, q4_0)\n", type_name);
+        fprintf(stderr, "pam gen-model: unknown type '%s' (types: f32, f16, bf16, q8_0, q4_0, q4_k, q6_k)\n", type_name);
         a.failed = 1;
     }
     if (!a.failed && !out_path) {

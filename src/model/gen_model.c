@@ -38,6 +38,10 @@ static const pam_gen_model_shape gen_shapes[] = {
     {.name = "tiny", .arch = "llama", .model_name = "tiny (random weights)", .n_embd = 64,
      .n_layer = 2, .n_head = 4, .n_head_kv = 2, .head_dim = 16, .n_ff = 192, .n_vocab = 300,
      .n_ctx_train = 1024, .rope_theta = 10000.0f, .rms_eps = 1e-5f},
+    /* Rows of 256 and 512: every type, K-quants included, applies to every matrix. */
+    {.name = "tiny-k", .arch = "llama", .model_name = "tiny-k (random weights)", .n_embd = 256,
+     .n_layer = 2, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_ff = 512, .n_vocab = 300,
+     .n_ctx_train = 1024, .rope_theta = 10000.0f, .rms_eps = 1e-5f},
 };
 #define GEN_N_SHAPES ((int)(sizeof gen_shapes / sizeof gen_shapes[0]))
 
@@ -50,7 +54,7 @@ const pam_gen_model_shape *pam_gen_model_shape_find(const char *name) {
     return NULL;
 }
 
-const char *pam_gen_model_shape_names(void) { return "llama-3.2-1b, tinyllama-1.1b, qwen2.5-0.5b, tiny"; }
+const char *pam_gen_model_shape_names(void) { return "llama-3.2-1b, tinyllama-1.1b, qwen2.5-0.5b, tiny, tiny-k"; }
 
 int pam_gen_model_file_type(pam_dtype type) {
     switch (type) {
@@ -58,6 +62,9 @@ int pam_gen_model_file_type(pam_dtype type) {
     case PAM_DT_F16: return 1;
     case PAM_DT_Q4_0: return 2;
     case PAM_DT_Q8_0: return 7;
+    case PAM_DT_Q4_K: return 14; /* Q4_K_S: every matrix Q4_K */
+    case PAM_DT_Q6_K: return 18;
+    case PAM_DT_BF16: return 32;
     default: return -1;
     }
 }
@@ -77,7 +84,7 @@ static pam_status gen_check_shape(const pam_gen_model_shape *s, pam_dtype type) 
         return PAM_ERR(PAM_ERR_INVALID, "gen-model: vocabulary %d is below the %d fixed tokens + 1", s->n_vocab,
                        GEN_N_FIXED_TOKENS);
     if (pam_gen_model_file_type(type) < 0)
-        return PAM_ERR(PAM_ERR_UNSUPPORTED, "gen-model: weight type %s is not offered (use f16, q8_0 or q4_0)",
+        return PAM_ERR(PAM_ERR_UNSUPPORTED, "gen-model: weight type %s is not offered (use f32, f16, bf16, q8_0, q4_0, q4_k or q6_k)",
                        pam_dtype_name(type));
     const pam_dtype_info *ti = pam_dtype_get(type);
     int64_t qd = (int64_t)s->n_head * s->head_dim;
