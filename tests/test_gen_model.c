@@ -260,9 +260,12 @@ static void test_bad_inputs(void **state) {
     const pam_gen_model_shape *tiny = pam_gen_model_shape_find("tiny");
     pam_gen_model_tensor *t = NULL;
     int64_t n = -1;
-    assert_int_equal(pam_gen_model_tensors(tiny, PAM_DT_Q4_K, &t, &n), PAM_ERR_UNSUPPORTED);
+    assert_int_equal(pam_gen_model_tensors(tiny, PAM_DT_Q5_0, &t, &n), PAM_ERR_UNSUPPORTED);
     assert_null(t);
     assert_int_equal(n, 0);
+    /* Q4_K is offered, but tiny's 64-wide rows are not whole 256-element blocks */
+    assert_int_equal(pam_gen_model_tensors(tiny, PAM_DT_Q4_K, &t, &n), PAM_ERR_INVALID);
+    assert_null(t);
     pam_gen_model_shape s = *tiny;
     s.n_embd = 48; /* not a multiple of the 32-element blocks */
     assert_int_equal(pam_gen_model_tensors(&s, PAM_DT_Q8_0, &t, &n), PAM_ERR_INVALID);

@@ -62,6 +62,8 @@ struct pam_ctx {
     float *partials; /* split decode: [PAM_SPLIT_MAX_TOK][n_head_kv][n_chunks][partial] */
     size_t partial_floats;
     int64_t max_chunks;
+    pam_ctx *tok_ctx[PAM_MAX_BATCH]; /* pam_forward: every token is this context's */
+    int32_t tok_pos[PAM_MAX_BATCH];
     double *inv_freq; /* [n_rot/2] */
 };
 
@@ -395,8 +397,10 @@ static void rope(float *x, int n_heads, int head_dim, int n_rot, int neox, int32
 }
 
 typedef struct attn_job {
-    pam_ctx *c;
-    int32_t layer, pos0, n_tok;
+    pam_ctx *c;             /* owns the scratch (q, att, partials) */
+    pam_ctx *const *tctx;   /* per token: the context whose KV it attends */
+    const int32_t *pos;     /* per token: its position */
+    int32_t layer, n_tok;
     int64_t n_chunks; /* split decode: chunks of the longest token's context */
 } attn_job;
 
@@ -408,7 +412,7 @@ static void attn_task(void *arg, int64_t task, int thread) {
     int32_t i = (int32_t)(task / hp->n_head_kv), kvh = (int32_t)(task % hp->n_head_kv);
     size_t off = (size_t)i * hp->n_head * hp->head_dim + (size_t)kvh * n_group * hp->head_dim;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
-    pam_kv_attend(c->kv, j->layer, kvh, c->q + off, n_group, scale, j->pos0 + i + 1, c->att + off,
+    pam_kv_attend(j->tctx[i]->kv, j->layer, kvh, c->q + off, n_group, scale, j->pos[i] + 1, c->att + off,
                   c->attn_scratch + (size_t)thread * c->attn_scratch_floats);
 }
 
@@ -420,11 +424,11 @@ static void attn_partial_task(void *arg, int64_t task, int thread) {
     int n_group = hp->n_head / hp->n_head_kv;
     int64_t chunk = task % j->n_chunks, th = task / j->n_chunks;
     int32_t i = (int32_t)(th / hp->n_head_kv), kvh = (int32_t)(th % hp->n_head_kv);
-    int32_t n_pos = j->pos0 + i + 1;
+    int32_t n_pos = j->pos[i] + 1;
     if (chunk >= pam_kv_n_chunks(n_pos)) return;
     size_t off = (size_t)i * hp->n_head * hp->head_dim + (size_t)kvh * n_group * hp->head_dim;
     float *p = c->partials + (size_t)task * c->partial_floats;
-    pam_kv_partial(c->kv, j->layer, kvh, c->q + off, n_group, 1.0f / sqrtf((float)hp->head_dim), chunk, n_pos,
+    pam_kv_partial(j->tctx[i]->kv, j->layer, kvh, c->q + off, n_group, 1.0f / sqrtf((float)hp->head_dim), chunk, n_pos,
                    p, p + n_group, p + 2 * n_group, c->attn_scratch + (size_t)thread * c->attn_scratch_floats);
 }
 
@@ -436,7 +440,7 @@ static void attn_merge_task(void *arg, int64_t th, int thread) {
     const pam_model_hparams *hp = &c->m->hp;
     int n_group = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
     int32_t i = (int32_t)(th / hp->n_head_kv), kvh = (int32_t)(th % hp->n_head_kv);
-    int64_t n_chunks = pam_kv_n_chunks(j->pos0 + i + 1);
+    int64_t n_chunks = pam_kv_n_chunks(j->pos[i] + 1);
     size_t off = (size_t)i * hp->n_head * hd + (size_t)kvh * n_group * hd;
     float *out = c->att + off;
     const float *p0 = c->partials + (size_t)th * (size_t)j->n_chunks * c->partial_floats;
@@ -451,9 +455,11 @@ static void attn_merge_task(void *arg, int64_t th, int thread) {
     pam_attn_finish(n_group, hd, l_a, out);
 }
 
-static void run_attention(pam_ctx *c, int32_t layer, int32_t pos0, int32_t n) {
+static void run_attention(pam_ctx *c, pam_ctx *const *tctx, const int32_t *pos, int32_t layer, int32_t n) {
     const pam_model_hparams *hp = &c->m->hp;
-    attn_job job = {c, layer, pos0, n, pam_kv_n_chunks(pos0 + n)};
+    int32_t max_pos = 0;
+    for (int32_t i = 0; i < n; i++) max_pos = pos[i] > max_pos ? pos[i] : max_pos;
+    attn_job job = {c, tctx, pos, layer, n, pam_kv_n_chunks(max_pos + 1)};
     int64_t n_th = (int64_t)n * hp->n_head_kv;
     int threads = pam_pool_n_threads(c->pool);
     if (n <= PAM_SPLIT_MAX_TOK && job.n_chunks > 1 && n_th < 4 * threads) {
@@ -470,7 +476,9 @@ static void add_bias(float *y, const float *b, int n_tok, int dim) {
         for (int d = 0; d < dim; d++) y[(size_t)i * dim + d] += b[d];
 }
 
-static void forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos0) {
+/* Runs n tokens through the layers using c's scratch; token i belongs to
+ * the sequence of tctx[i] (its KV) at position pos[i]. */
+static void forward_chunk(pam_ctx *c, pam_ctx *const *tctx, const int32_t *tokens, const int32_t *pos, int32_t n) {
     const pam_model *m = c->m;
     const pam_model_hparams *hp = &m->hp;
     int dim = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
@@ -492,11 +500,11 @@ static void forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t 
         add_bias(c->k, L->bk, n, kvd);
         add_bias(c->v, L->bv, n, kvd);
         for (int i = 0; i < n; i++) {
-            rope(c->q + (size_t)i * qd, hp->n_head, hp->head_dim, m->n_rot, hp->rope_neox, pos0 + i, c->inv_freq);
-            rope(c->k + (size_t)i * kvd, hp->n_head_kv, hp->head_dim, m->n_rot, hp->rope_neox, pos0 + i, c->inv_freq);
-            pam_kv_store(c->kv, l, pos0 + i, c->k + (size_t)i * kvd, c->v + (size_t)i * kvd);
+            rope(c->q + (size_t)i * qd, hp->n_head, hp->head_dim, m->n_rot, hp->rope_neox, pos[i], c->inv_freq);
+            rope(c->k + (size_t)i * kvd, hp->n_head_kv, hp->head_dim, m->n_rot, hp->rope_neox, pos[i], c->inv_freq);
+            pam_kv_store(tctx[i]->kv, l, pos[i], c->k + (size_t)i * kvd, c->v + (size_t)i * kvd);
         }
-        run_attention(c, l, pos0, n);
+        run_attention(c, tctx, pos, l, n);
         pam_matmul(pool, L->wo.type, L->wo.data, dim, qd, c->att, n, c->h);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->h[i];
 
@@ -512,6 +520,22 @@ static void forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t 
     }
 }
 
+/* Final norm and output projection of the rows `first`.. of the last chunk. */
+static void forward_logits(pam_ctx *c, int32_t first, int32_t nb, float *dst) {
+    const pam_model_hparams *hp = &c->m->hp;
+    int dim = hp->n_embd;
+    for (int32_t i = first; i < nb; i++)
+        rmsnorm(c->h + (size_t)(i - first) * dim, c->x + (size_t)i * dim, c->m->output_norm, dim, hp->rms_eps);
+    pam_matmul(c->pool, c->m->output.type, c->m->output.data, hp->n_vocab, dim, c->h, nb - first, dst);
+}
+
+static pam_status check_tokens(const pam_model_hparams *hp, const int32_t *tokens, int32_t n) {
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+            return PAM_ERR(PAM_ERR_RANGE, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, hp->n_vocab);
+    return PAM_OK;
+}
+
 pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
                        int all_logits) {
     const pam_model_hparams *hp = &c->m->hp;
@@ -519,22 +543,39 @@ pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos
     if (pos < 0 || (int64_t)pos + n > c->n_ctx)
         return PAM_ERR(PAM_ERR_RANGE, "context overflow: positions %d..%d do not fit a context of %d",
                        pos, pos + n - 1, c->n_ctx);
-    for (int32_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
-            return PAM_ERR(PAM_ERR_RANGE, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, hp->n_vocab);
-    int dim = hp->n_embd;
+    PAM_TRY(check_tokens(hp, tokens, n));
     for (int32_t done = 0; done < n; done += PAM_MAX_BATCH) {
         int32_t nb = n - done < PAM_MAX_BATCH ? n - done : PAM_MAX_BATCH;
-        forward_chunk(c, tokens + done, nb, pos + done);
+        for (int32_t i = 0; i < nb; i++) {
+            c->tok_ctx[i] = c;
+            c->tok_pos[i] = pos + done + i;
+        }
+        forward_chunk(c, c->tok_ctx, tokens + done, c->tok_pos, nb);
         if (!logits) continue;
         int last_chunk = done + nb == n;
         if (!all_logits && !last_chunk) continue;
         int32_t first = all_logits ? 0 : nb - 1;
-        int32_t cnt = nb - first;
-        for (int32_t i = first; i < nb; i++)
-            rmsnorm(c->h + (size_t)(i - first) * dim, c->x + (size_t)i * dim, c->m->output_norm, dim, hp->rms_eps);
-        float *dst = all_logits ? logits + (size_t)done * hp->n_vocab : logits;
-        pam_matmul(c->pool, c->m->output.type, c->m->output.data, hp->n_vocab, dim, c->h, cnt, dst);
+        forward_logits(c, first, nb, all_logits ? logits + (size_t)done * hp->n_vocab : logits);
+    }
+    return PAM_OK;
+}
+
+pam_status pam_forward_batch(pam_ctx *const *ctxs, const int32_t *tokens, const int32_t *pos, int32_t n,
+                             float *logits) {
+    if (n <= 0) return PAM_ERR(PAM_ERR_INVALID, "forward: no tokens");
+    pam_ctx *c = ctxs[0];
+    const pam_model_hparams *hp = &c->m->hp;
+    for (int32_t i = 0; i < n; i++) {
+        if (ctxs[i]->m != c->m) return PAM_ERR(PAM_ERR_INVALID, "forward batch: contexts of different models");
+        if (pos[i] < 0 || pos[i] >= ctxs[i]->n_ctx)
+            return PAM_ERR(PAM_ERR_RANGE, "context overflow: position %d does not fit a context of %d", pos[i],
+                           ctxs[i]->n_ctx);
+    }
+    PAM_TRY(check_tokens(hp, tokens, n));
+    for (int32_t done = 0; done < n; done += PAM_MAX_BATCH) {
+        int32_t nb = n - done < PAM_MAX_BATCH ? n - done : PAM_MAX_BATCH;
+        forward_chunk(c, ctxs + done, tokens + done, pos + done, nb);
+        if (logits) forward_logits(c, 0, nb, logits + (size_t)done * hp->n_vocab);
     }
     return PAM_OK;
 }

@@ -68,6 +68,16 @@ int32_t pam_ctx_n_ctx(const pam_ctx *c);
 pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
                        int all_logits);
 
+/* One step over several sequences (continuous batching): token i is fed to
+ * ctxs[i] at position pos[i]; each context's cache must already hold its
+ * positions below pos[i], and tokens of one context appear in increasing
+ * position order (a prefill chunk may sit beside other sequences' decode
+ * tokens). Weights are read once for the whole batch, and every token's
+ * logits (n * n_vocab, one row per token) equal what it would get alone.
+ * Scratch memory of ctxs[0] is used. */
+pam_status pam_forward_batch(pam_ctx *const *ctxs, const int32_t *tokens, const int32_t *pos, int32_t n,
+                             float *logits);
+
 /* Benchmarks: fills the KV cache positions 0..n-1 with synthetic values so a
  * decode step at position n does the work of a real one at that depth. */
 pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed);
