@@ -262,10 +262,10 @@ int pam_cli_run(int argc, char **argv) {
             if (st != PAM_OK) break;
         }
         if (st == PAM_OK && n_specs == 0) {
-            /* default: one dram tier holding the whole context */
+            /* default: one dram tier holding the whole context (within available memory) */
             uint64_t blocks = (uint64_t)hp->n_layer * (uint64_t)((want + kv_block - 1) / kv_block);
             uint64_t block_bytes = 2ull * 2ull * (uint64_t)kv_block * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
-            st = pam_tier_dram_open(&kc.shape, blocks * block_bytes, &tiers[0]);
+            st = pam_tier_open_default(&kc.shape, blocks * block_bytes, &tiers[0]);
             if (st == PAM_OK) n_open = 1;
         }
         if (st == PAM_OK) {

@@ -582,8 +582,9 @@ pam_status pam_kvm_migrate(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t blo
         return PAM_ERR(PAM_ERR_INVALID, "kv manager: no block %d of layer %d in sequence %d", block, layer, seq);
     if (to < 0 || to >= usable_tiers(kvm)) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no tier %d", to);
     uint32_t id = s->table[layer][block];
-    uint64_t bytes = kvm->tiers[kvm->blocks[id].tier]->block_bytes;
     int from = kvm->blocks[id].tier;
+    /* traffic as the scheduler counts it: read at the source, written at the destination */
+    uint64_t bytes = kvm->tiers[from]->block_bytes + kvm->tiers[to]->block_bytes;
     pam_status st = migrate_block(kvm, id, to);
     if (st != PAM_OK) {
         kvm->migr_fail++;
@@ -824,7 +825,7 @@ static void schedule(pam_kvm *kvm) {
         const pam_sched_move *mv = &kvm->sched_moves[i];
         if (mv->id >= kvm->n_ids || kvm->blocks[mv->id].tier != mv->from || mv->to < 0 || mv->to >= kvm->n_tiers)
             continue;
-        uint64_t bytes = kvm->tiers[mv->from]->block_bytes;
+        uint64_t bytes = pam_sched_move_bytes(st, mv->from, mv->to);
         if (moved + bytes > kvm->budget) break;
         if (migrate_block(kvm, mv->id, mv->to) == PAM_OK) {
             moved += bytes;
