@@ -21,7 +21,7 @@ typedef struct {
 static void run_alone(pam_model *m, pam_pool *pool, pam_dtype kv, const seq_tokens *s, float *out) {
     int nv = pam_model_get_hparams(m)->n_vocab;
     pam_ctx *c;
-    pam_ctx_params p = {64, kv};
+    pam_ctx_params p = {.n_ctx = 64, .kv_type = kv, .kv_seq = -1};
     assert_int_equal(pam_ctx_create_ex(m, &p, pool, &c), PAM_OK);
     for (int pos = 0; pos < PROMPT + STEPS; pos++)
         assert_int_equal(pam_forward(c, &s->tok[pos], 1, pos, out + (size_t)pos * nv, 0), PAM_OK);
@@ -45,7 +45,7 @@ static void check_model(pam_model *m, pam_dtype kv, int n_threads) {
      * step beside the others. */
     pam_ctx *ctx[N_SEQ];
     int32_t next[N_SEQ] = {0};
-    pam_ctx_params p = {64, kv};
+    pam_ctx_params p = {.n_ctx = 64, .kv_type = kv, .kv_seq = -1};
     for (int s = 0; s < N_SEQ; s++) assert_int_equal(pam_ctx_create_ex(m, &p, pool, &ctx[s]), PAM_OK);
     pam_ctx *bctx[N_SEQ * PROMPT];
     int32_t btok[N_SEQ * PROMPT], bpos[N_SEQ * PROMPT], bseq[N_SEQ * PROMPT];

@@ -109,7 +109,7 @@ static pam_status bench_decode(const pam_model *m, pam_pool *pool, const bench_o
     const pam_model_hparams *hp = pam_model_get_hparams(m);
     int32_t n = (int32_t)o->n_decode;
     pam_ctx *ctx = NULL;
-    PAM_TRY(pam_ctx_create_ex(m, &(pam_ctx_params){depth + n + 1, o->kv_type}, pool, &ctx));
+    PAM_TRY(pam_ctx_create_ex(m, &(pam_ctx_params){.n_ctx = depth + n + 1, .kv_type = o->kv_type, .kv_seq = -1}, pool, &ctx));
     pam_status st = pam_ctx_fill_synthetic(ctx, depth, BENCH_SEED + (uint64_t)depth);
     uint64_t rng = BENCH_SEED ^ (uint64_t)depth;
     for (int w = 0; st == PAM_OK && w < BENCH_WARMUP_STEPS; w++) {
@@ -149,7 +149,7 @@ static pam_status bench_prefill(const pam_model *m, pam_pool *pool, const bench_
     uint64_t rng = BENCH_SEED;
     for (int32_t i = 0; i < n; i++) toks[i] = (int32_t)(bench_rng(&rng) % (uint64_t)hp->n_vocab);
     pam_ctx *ctx = NULL;
-    pam_status st = pam_ctx_create_ex(m, &(pam_ctx_params){n, o->kv_type}, pool, &ctx);
+    pam_status st = pam_ctx_create_ex(m, &(pam_ctx_params){.n_ctx = n, .kv_type = o->kv_type, .kv_seq = -1}, pool, &ctx);
     int64_t total_ns = 0;
     for (long r = 0; st == PAM_OK && r < o->reps; r++) {
         int64_t t0 = pam_time_ns();

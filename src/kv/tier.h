@@ -130,4 +130,41 @@ pam_status pam_tier_fault_wrap(pam_tier *inner, const pam_fault_plan *plan, pam_
  * and plain bytes. Clear PAM_ERR_INVALID messages for malformed specs. */
 pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_tier **out);
 
+/* ---- Additions (kv/tier_ssd.c, tier_spec.c) ---- */
+
+/* ssd open flags: force the fallbacks the tier otherwise picks only when the
+ * platform refuses (tests use them to cover those paths everywhere). */
+#define PAM_SSD_BUFFERED 1u /* no O_DIRECT: buffered I/O + posix_fadvise(DONTNEED) */
+#define PAM_SSD_NO_URING 2u /* no io_uring: synchronous pread, no overlap */
+pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint64_t capacity_bytes,
+                                unsigned flags, pam_tier **out);
+
+/* Test hook at the ssd tier's I/O layer: from the nth I/O of that kind on
+ * (0-based; every later one too when persistent), EIO_READ completes a read
+ * with EIO, EIO_WRITE fails a write with EIO, SHORT_READ completes a read with
+ * fewer bytes than asked (the tier must resubmit the rest), ENOSPC fails the
+ * growth of the file, CORRUPT flips a byte of a block after it was read.
+ * PAM_ERR_INVALID if t is not an ssd tier. */
+typedef enum pam_ssd_fault {
+    PAM_SSD_FAULT_NONE = 0,
+    PAM_SSD_FAULT_EIO_READ,
+    PAM_SSD_FAULT_EIO_WRITE,
+    PAM_SSD_FAULT_SHORT_READ,
+    PAM_SSD_FAULT_ENOSPC,
+    PAM_SSD_FAULT_CORRUPT,
+} pam_ssd_fault;
+pam_status pam_tier_ssd_inject(pam_tier *t, pam_ssd_fault kind, uint64_t nth, int persistent);
+/* Where a slot's bytes live on disk (tests flip bytes there): a path that
+ * opens the tier's file and the byte offset of the slot's header. */
+pam_status pam_tier_ssd_locate(pam_tier *t, uint32_t slot, char *path, size_t path_cap,
+                               uint64_t *offset);
+
+/* "2GiB", "512MiB", "64K", "1.5GiB", "4096": KiB/MiB/GiB/TiB (or K/M/G/T,
+ * binary) and plain bytes. PAM_ERR_INVALID with a message for anything else,
+ * zero, or overflow. */
+pam_status pam_parse_size(const char *s, uint64_t *out);
+/* The default KV tier: dram sized from available memory (half of what the
+ * OS reports available), capped to want_bytes when want_bytes > 0. */
+pam_status pam_tier_open_default(const pam_kv_shape *shape, uint64_t want_bytes, pam_tier **out);
+
 #endif
