@@ -98,7 +98,22 @@ typedef struct pam_kvm_report {
     pam_kvm_tier_report tiers[8];
     uint64_t migrations_step, migration_bytes_step, migration_failures;
     uint64_t n_blocks;
+    uint64_t staged_bytes_step; /* offload policy: bytes copied into the staging area */
 } pam_kvm_report;
+/* The report of the last pam_kvm_step_end (zeros before the first). */
 void pam_kvm_report_get(const pam_kvm *kvm, pam_kvm_report *out);
+
+/* Sharing ------------------------------------------------------------------- */
+/* A new sequence referencing every block of src (refcounts + 1); a later
+ * store into a shared block copies it first (copy-on-write). */
+pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst);
+
+/* Introspection ------------------------------------------------------------- */
+const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm);
+int pam_kvm_n_tiers(const pam_kvm *kvm);
+/* Tier i (0 = fastest), still owned by the kvm; NULL when out of range. */
+pam_tier *pam_kvm_tier(pam_kvm *kvm, int i);
+/* Importance (EMA of attention mass) of a logical block; -1 if none. */
+float pam_kvm_block_importance(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block);
 
 #endif

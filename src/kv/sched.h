@@ -6,13 +6,17 @@
  *      tiers, which run concurrently, finish together,
  *  (c) keeps the hottest blocks in the fastest tier,
  *  (d) bounds migration traffic per step by a byte budget.
- * No I/O and no allocation beyond the caller's arrays: easy to test and to
- * replay from traces. */
+ * No I/O and no state: easy to test and to replay from traces. The only
+ * allocation is O(n_blocks) scratch freed before returning; if it fails the
+ * plan is empty, which is always safe. kv/sched.c documents the phases and
+ * the invariants every plan keeps. */
 #ifndef PAM_KV_SCHED_H
 #define PAM_KV_SCHED_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#define PAM_SCHED_MAX_TIERS 16
 
 typedef struct pam_sched_tier {
     uint64_t capacity_blocks;
@@ -35,8 +39,19 @@ typedef struct pam_sched_move {
 
 /* Writes at most cap moves; returns how many. Moves must be applied in order
  * (earlier ones make room for later ones). Deterministic: ties are broken by
- * block id. */
+ * block id. The moves' summed pam_sched_move_bytes stays within budget_bytes
+ * (0 plans nothing). Blocks whose tier is outside [0, n_tiers) are ignored;
+ * a NaN importance counts as 0. n_tiers above PAM_SCHED_MAX_TIERS plans
+ * nothing. */
 size_t pam_sched_plan(const pam_sched_tier *tiers, int n_tiers, const pam_sched_block *blocks,
                       size_t n_blocks, uint64_t budget_bytes, pam_sched_move *moves, size_t cap);
+
+/* Migration traffic a move costs against the budget: the block is read in
+ * the source tier's encoding and written in the destination's. */
+uint64_t pam_sched_move_bytes(const pam_sched_tier *tiers, int from, int to);
+/* Estimated attention time of a tier holding used_blocks blocks, in seconds:
+ * used_blocks * block_bytes / read_gbps (read_gbps <= 0 counts as very slow).
+ * Tiers run concurrently, so a step's estimate is the maximum over tiers. */
+double pam_sched_tier_time(const pam_sched_tier *t, uint64_t used_blocks);
 
 #endif

@@ -54,7 +54,10 @@ struct pam_model {
 struct pam_ctx {
     const pam_model *m;
     pam_pool *pool;
-    pam_kv *kv;
+    pam_kv *kv;       /* contiguous cache, or NULL with a kvm */
+    pam_kvm *kvm;     /* borrowed */
+    int32_t kv_seq;
+    int owns_seq;
     int32_t n_ctx;
     float *x, *h, *q, *k, *v, *att, *gate, *up; /* [PAM_MAX_BATCH][dim] each */
     float *attn_scratch;                         /* [n_threads][scratch] */
@@ -284,10 +287,12 @@ uint64_t pam_model_weight_bytes(const pam_model *m) { return m->weight_bytes; }
 void pam_ctx_params_default(pam_ctx_params *p) {
     p->n_ctx = 0;
     p->kv_type = PAM_DT_F16;
+    p->kvm = NULL;
+    p->kv_seq = -1;
 }
 
 pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam_ctx **out) {
-    pam_ctx_params p = {n_ctx, PAM_DT_F32};
+    pam_ctx_params p = {.n_ctx = n_ctx, .kv_type = PAM_DT_F32, .kvm = NULL, .kv_seq = -1};
     return pam_ctx_create_ex(m, &p, pool, out);
 }
 
@@ -300,10 +305,30 @@ pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_po
     c->m = m;
     c->pool = pool;
     c->n_ctx = n_ctx;
-    pam_status st = pam_kv_create(hp->n_layer, hp->n_head_kv, hp->head_dim, n_ctx, p->kv_type, &c->kv);
-    if (st != PAM_OK) {
-        free(c);
-        return st;
+    pam_status st;
+    if (p->kvm) {
+        const pam_kv_shape *ks = pam_kvm_shape(p->kvm);
+        if (ks->n_layer != hp->n_layer || ks->n_head_kv != hp->n_head_kv || ks->head_dim != hp->head_dim) {
+            free(c);
+            return PAM_ERR(PAM_ERR_INVALID, "KV manager shape (%d layers, %d KV heads, head dim %d) does not match the model (%d, %d, %d)",
+                           ks->n_layer, ks->n_head_kv, ks->head_dim, hp->n_layer, hp->n_head_kv, hp->head_dim);
+        }
+        c->kvm = p->kvm;
+        c->kv_seq = p->kv_seq;
+        if (c->kv_seq < 0) {
+            st = pam_kvm_seq_create(c->kvm, &c->kv_seq);
+            if (st != PAM_OK) {
+                free(c);
+                return st;
+            }
+            c->owns_seq = 1;
+        }
+    } else {
+        st = pam_kv_create(hp->n_layer, hp->n_head_kv, hp->head_dim, n_ctx, p->kv_type, &c->kv);
+        if (st != PAM_OK) {
+            free(c);
+            return st;
+        }
     }
     size_t B = PAM_MAX_BATCH;
     size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
@@ -316,16 +341,19 @@ pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_po
     c->att = malloc(B * qd * sizeof(float));
     c->gate = malloc(B * (size_t)hp->n_ff * sizeof(float));
     c->up = malloc(B * (size_t)hp->n_ff * sizeof(float));
-    c->attn_scratch_floats = pam_kv_scratch_floats(c->kv, hp->n_head / hp->n_head_kv);
-    c->attn_scratch = malloc((size_t)pam_pool_n_threads(pool) * c->attn_scratch_floats * sizeof(float));
     c->inv_freq = malloc((size_t)(m->n_rot / 2) * sizeof(double));
-    int n_group = hp->n_head / hp->n_head_kv;
-    c->partial_floats = (size_t)n_group * (2 + (size_t)hp->head_dim);
-    c->max_chunks = pam_kv_n_chunks(n_ctx);
-    c->partials = malloc((size_t)PAM_SPLIT_MAX_TOK * (size_t)hp->n_head_kv * (size_t)c->max_chunks *
-                         c->partial_floats * sizeof(float));
-    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->attn_scratch ||
-        !c->inv_freq || !c->partials) {
+    if (c->kv) {
+        /* the kvm path keeps its attention scratch in the kvm */
+        c->attn_scratch_floats = pam_kv_scratch_floats(c->kv, hp->n_head / hp->n_head_kv);
+        c->attn_scratch = malloc((size_t)pam_pool_n_threads(pool) * c->attn_scratch_floats * sizeof(float));
+        int n_group = hp->n_head / hp->n_head_kv;
+        c->partial_floats = (size_t)n_group * (2 + (size_t)hp->head_dim);
+        c->max_chunks = pam_kv_n_chunks(n_ctx);
+        c->partials = malloc((size_t)PAM_SPLIT_MAX_TOK * (size_t)hp->n_head_kv * (size_t)c->max_chunks *
+                             c->partial_floats * sizeof(float));
+    }
+    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->inv_freq ||
+        (c->kv && (!c->attn_scratch || !c->partials))) {
         pam_ctx_free(c);
         return PAM_ERR(PAM_ERR_NOMEM, "context buffers");
     }
@@ -341,6 +369,7 @@ pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_po
 void pam_ctx_free(pam_ctx *c) {
     if (!c) return;
     pam_kv_free(c->kv);
+    if (c->owns_seq) pam_kvm_seq_free(c->kvm, c->kv_seq);
     free(c->x);
     free(c->h);
     free(c->q);
@@ -359,13 +388,22 @@ int32_t pam_ctx_n_ctx(const pam_ctx *c) { return c->n_ctx; }
 
 pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed) {
     if (n < 0 || n > c->n_ctx) return PAM_ERR(PAM_ERR_RANGE, "synthetic KV of %d positions exceeds the context of %d", n, c->n_ctx);
+    if (c->kvm) return pam_kvm_fill_synthetic(c->kvm, c->kv_seq, n, seed ? seed : 1);
     pam_kv_fill_random(c->kv, n, seed ? seed : 1);
     return PAM_OK;
 }
 
 uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos) {
+    if (c->kvm) {
+        /* f16 K and V of every layer (quantised tiers read fewer) */
+        const pam_model_hparams *hp = &c->m->hp;
+        return 2ull * 2ull * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * (uint64_t)(pos + 1);
+    }
     return pam_kv_bytes_per_pos(c->kv) * (uint64_t)(pos + 1);
 }
+
+pam_kvm *pam_ctx_kvm(const pam_ctx *c) { return c->kvm; }
+int32_t pam_ctx_kv_seq(const pam_ctx *c) { return c->kv_seq; }
 
 /* ---- forward ------------------------------------------------------------ */
 
@@ -451,6 +489,18 @@ static void attn_merge_task(void *arg, int64_t th, int thread) {
     pam_attn_finish(n_group, hd, l_a, out);
 }
 
+/* Paged KV: one PAMattention call per token (each runs its tier pieces on
+ * the pool), token i over positions 0..pos0+i. */
+static pam_status run_attention_kvm(pam_ctx *c, int32_t layer, int32_t pos0, int32_t n) {
+    const pam_model_hparams *hp = &c->m->hp;
+    size_t qd = (size_t)hp->n_head * hp->head_dim;
+    float scale = 1.0f / sqrtf((float)hp->head_dim);
+    for (int32_t i = 0; i < n; i++)
+        PAM_TRY(pam_kvm_attend(c->kvm, c->kv_seq, layer, pos0 + i + 1, c->q + (size_t)i * qd, hp->n_head, scale,
+                               c->att + (size_t)i * qd));
+    return PAM_OK;
+}
+
 static void run_attention(pam_ctx *c, int32_t layer, int32_t pos0, int32_t n) {
     const pam_model_hparams *hp = &c->m->hp;
     attn_job job = {c, layer, pos0, n, pam_kv_n_chunks(pos0 + n)};
@@ -470,7 +520,7 @@ static void add_bias(float *y, const float *b, int n_tok, int dim) {
         for (int d = 0; d < dim; d++) y[(size_t)i * dim + d] += b[d];
 }
 
-static void forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos0) {
+static pam_status forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos0) {
     const pam_model *m = c->m;
     const pam_model_hparams *hp = &m->hp;
     int dim = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
@@ -494,9 +544,15 @@ static void forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t 
         for (int i = 0; i < n; i++) {
             rope(c->q + (size_t)i * qd, hp->n_head, hp->head_dim, m->n_rot, hp->rope_neox, pos0 + i, c->inv_freq);
             rope(c->k + (size_t)i * kvd, hp->n_head_kv, hp->head_dim, m->n_rot, hp->rope_neox, pos0 + i, c->inv_freq);
-            pam_kv_store(c->kv, l, pos0 + i, c->k + (size_t)i * kvd, c->v + (size_t)i * kvd);
+            if (c->kvm)
+                PAM_TRY(pam_kvm_store(c->kvm, c->kv_seq, l, pos0 + i, c->k + (size_t)i * kvd, c->v + (size_t)i * kvd));
+            else
+                pam_kv_store(c->kv, l, pos0 + i, c->k + (size_t)i * kvd, c->v + (size_t)i * kvd);
         }
-        run_attention(c, l, pos0, n);
+        if (c->kvm)
+            PAM_TRY(run_attention_kvm(c, l, pos0, n));
+        else
+            run_attention(c, l, pos0, n);
         pam_matmul(pool, L->wo.type, L->wo.data, dim, qd, c->att, n, c->h);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->h[i];
 
@@ -510,6 +566,7 @@ static void forward_chunk(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t 
         pam_matmul(pool, L->w_down.type, L->w_down.data, dim, hp->n_ff, c->gate, n, c->h);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->h[i];
     }
+    return PAM_OK;
 }
 
 pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
@@ -522,10 +579,17 @@ pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
             return PAM_ERR(PAM_ERR_RANGE, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, hp->n_vocab);
+    if (c->kvm) {
+        /* Admission: every block the pass will need, or nothing changes. */
+        int32_t len = pam_kvm_seq_len(c->kvm, c->kv_seq);
+        if (pos > len)
+            return PAM_ERR(PAM_ERR_RANGE, "forward at position %d, but the KV cache holds only %d positions", pos, len);
+        if (pos + n > len) PAM_TRY(pam_kvm_reserve(c->kvm, c->kv_seq, pos + n - len));
+    }
     int dim = hp->n_embd;
     for (int32_t done = 0; done < n; done += PAM_MAX_BATCH) {
         int32_t nb = n - done < PAM_MAX_BATCH ? n - done : PAM_MAX_BATCH;
-        forward_chunk(c, tokens + done, nb, pos + done);
+        PAM_TRY(forward_chunk(c, tokens + done, nb, pos + done));
         if (!logits) continue;
         int last_chunk = done + nb == n;
         if (!all_logits && !last_chunk) continue;

@@ -11,6 +11,7 @@
 
 #include "core/threadpool.h"
 #include "kernels/dtype.h"
+#include "kv/kvm.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "pam.h"
@@ -49,7 +50,14 @@ typedef struct pam_ctx pam_ctx;
 
 typedef struct pam_ctx_params {
     int32_t n_ctx;     /* <= 0: the model's training context */
-    pam_dtype kv_type; /* PAM_DT_F16 (default) or PAM_DT_F32 */
+    pam_dtype kv_type; /* PAM_DT_F16 (default) or PAM_DT_F32; ignored with a kvm */
+    /* Paged, tiered KV (kv/kvm.h) instead of the contiguous cache: the
+     * context borrows kvm (which must outlive it and use the same pool or
+     * none) and keeps its KV in sequence kv_seq, or in a sequence of its own
+     * (created now, freed with the context) when kv_seq < 0. NULL: the
+     * contiguous cache of kv_type, the reference path. */
+    pam_kvm *kvm;
+    int32_t kv_seq;
 } pam_ctx_params;
 
 void pam_ctx_params_default(pam_ctx_params *p);
@@ -64,7 +72,10 @@ int32_t pam_ctx_n_ctx(const pam_ctx *c);
  * positions 0 .. pos-1 (entries beyond pos are overwritten). If logits is not
  * NULL it receives n_vocab floats for the last token, or n*n_vocab floats (one
  * row per token) when all_logits is set. PAM_ERR_RANGE if the context would
- * overflow or a token id is out of range; the cache is then unchanged. */
+ * overflow or a token id is out of range; the cache is then unchanged. With
+ * a kvm: PAM_ERR_FULL (cache unchanged) when the tiers cannot hold the new
+ * tokens, and a tier's error (PAM_ERR_IO, PAM_ERR_CORRUPT, ...) if one fails
+ * during the pass; positions pos.. of the sequence are then undefined. */
 pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
                        int all_logits);
 
@@ -73,5 +84,8 @@ pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos
 pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed);
 /* Bytes of KV a decode step at position pos reads. */
 uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos);
+/* The borrowed KV manager (NULL on the contiguous path) and the sequence. */
+pam_kvm *pam_ctx_kvm(const pam_ctx *c);
+int32_t pam_ctx_kv_seq(const pam_ctx *c);
 
 #endif

@@ -1,0 +1,912 @@
+/* KV manager: block pool, block tables, PAMattention across tiers,
+ * importance, scheduling and migration (DESIGN.md §2.2–2.5).
+ *
+ * State and invariants:
+ *  - A block id names one block of one layer; a live block (refcnt > 0)
+ *    lives in exactly one (tier, slot), and n_used[t] counts the live blocks
+ *    of tier t. Free ids are chained through next_free.
+ *  - A sequence's table for layer l lists len[l] tokens' blocks in logical
+ *    order; block i holds positions i*bt .. i*bt+bt-1. A block referenced by
+ *    several sequences (refcnt > 1) is never written: a store into it copies
+ *    it first (copy-on-write).
+ *  - Reservations: kvm->reserved = sum of the sequences' reserved blocks, and
+ *    free slots (over the tiers the policy may use) >= kvm->reserved, so a
+ *    reserved store never finds the cache full.
+ *  - Migration never overwrites the only valid copy: copy into a new slot,
+ *    read it back and compare, then switch the block's (tier, slot) and free
+ *    the old slot. A failure frees the new slot and leaves the block as it was.
+ *
+ * PAMattention: the blocks of (seq, layer, n_pos) are cut into pieces: the
+ * logical blocks are grouped in fixed chunks of PIECE_TOKENS tokens, and
+ * within a chunk the blocks of each tier (in logical order) form one piece.
+ * Pieces run as tasks of one pool job, so the tiers compute concurrently;
+ * each writes a partial (m, l, o for all heads) and the caller merges them in
+ * piece order (chunk, then first logical block). The grouping depends on the
+ * data only, never on the thread count; placement changes the result only
+ * through rounding (exact merge, DESIGN.md §2.3).
+ *
+ * Importance: the tiers also return each block's (max score, sum of exp);
+ * after the merge, the block's attention mass is
+ * sum_h blk_l[h] exp(blk_m[h] - m[h]) / l[h] / n_head, accumulated over a
+ * step and folded into an EMA by pam_kvm_step_end.
+ *
+ * Trace (one JSON object per line, written by pam_kvm_step_end):
+ *   {"step":N,"policy":"pam","tiers":[{"name":..,"blocks":..,"capacity":..,
+ *    "bytes_read":..,"attend_ms":..,"bound_ms":..}],"migrations":..,
+ *    "migration_bytes":..,"migration_failures":..,"staged_bytes":..,
+ *    "importance_hist":[h0..h9]}
+ *   importance_hist[i] counts blocks with importance in [10^-(i+1), 10^-i)
+ *   (i = 0..8; 0 includes 1), and h9 those below 1e-9. */
+#include "kv/kvm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/status.h"
+#include "kernels/attention.h"
+#include "kv/sched.h"
+
+#define KVM_MAX_TIERS 8
+#define KVM_PIECE_TOKENS 256
+#define KVM_DEFAULT_BUDGET (64ull << 20)
+#define KVM_DEFAULT_DECAY 0.9f
+#define KVM_NO_ID UINT32_MAX
+
+typedef struct kvm_block {
+    int32_t tier; /* -1 while the id is free */
+    uint32_t slot;
+    int32_t refcnt;
+    int32_t layer;
+    int32_t n_tokens; /* tokens written (max over the sharing sequences) */
+    float importance;
+    float mass_step; /* attention mass accumulated since the last step_end */
+    uint32_t next_free;
+} kvm_block;
+
+typedef struct kvm_seq {
+    int used;
+    int32_t *len;      /* [n_layer] tokens stored */
+    uint32_t **table;  /* [n_layer][cap] block ids */
+    int32_t *n_blocks; /* [n_layer] */
+    int32_t *cap;      /* [n_layer] */
+    uint64_t reserved; /* blocks reserved for later stores */
+} kvm_seq;
+
+typedef struct kvm_piece {
+    pam_tier *t;
+    int64_t first, count; /* range in the request arrays */
+    pam_status st;
+    char msg[256];
+} kvm_piece;
+
+struct pam_kvm {
+    pam_kv_shape shape;
+    size_t row; /* floats per token of one layer: n_head_kv * head_dim */
+    pam_tier *tiers[KVM_MAX_TIERS];
+    int n_tiers;
+    uint64_t n_used[KVM_MAX_TIERS];
+    pam_kv_policy policy;
+    uint64_t budget;
+    float decay;
+    FILE *trace;
+    pam_pool *pool;
+
+    kvm_block *blocks;
+    uint32_t n_ids, cap_ids, free_id;
+    uint64_t n_live;
+
+    kvm_seq *seqs;
+    int32_t n_seqs;
+    uint64_t reserved;
+
+    /* attention scratch, grown on demand (caller thread only) */
+    kvm_piece *pieces;
+    int64_t cap_pieces;
+    pam_tier_block *req_blocks;
+    uint32_t *req_ids;
+    float *blk_m, *blk_l;
+    int64_t cap_req;
+    float *piece_out; /* [cap_pieces][n_head * (2 + head_dim)] */
+    float *acc_ml;    /* merged m and l: [2][n_head] */
+    int32_t piece_heads;
+    const float *att_q;
+    int32_t att_n_head;
+    float att_scale;
+
+    /* migration and copy scratch: bt * row floats each */
+    float *mk, *mv, *mk2, *mv2;
+
+    /* offload staging (a private dram tier) */
+    pam_tier *staging;
+    uint32_t *staged_slots;
+    int64_t cap_staged;
+    float *stage_buf; /* [KVM_MAX_TIERS][2][bt*row] */
+    uint64_t staged_bytes_step;
+
+    /* step accounting */
+    uint64_t step;
+    pam_tier_stats prev[KVM_MAX_TIERS];
+    pam_kvm_report report;
+    uint64_t migr_n, migr_bytes, migr_fail;
+    pam_sched_block *sched_blocks;
+    pam_sched_move *sched_moves;
+    uint64_t cap_sched;
+};
+
+static const char *policy_name(pam_kv_policy p) {
+    return p == PAM_KV_POLICY_OFFLOAD ? "offload" : p == PAM_KV_POLICY_SINGLE ? "single" : "pam";
+}
+
+/* Tiers new blocks may use under the policy: all, or the first only. */
+static int usable_tiers(const pam_kvm *kvm) { return kvm->policy == PAM_KV_POLICY_SINGLE ? 1 : kvm->n_tiers; }
+
+static uint64_t free_slots(const pam_kvm *kvm) {
+    uint64_t f = 0;
+    for (int t = 0; t < usable_tiers(kvm); t++) f += kvm->tiers[t]->capacity_blocks - kvm->n_used[t];
+    return f;
+}
+
+static int32_t blocks_for(const pam_kvm *kvm, int64_t n_tokens) {
+    return (int32_t)((n_tokens + kvm->shape.block_tokens - 1) / kvm->shape.block_tokens);
+}
+
+static kvm_seq *get_seq(const pam_kvm *kvm, int32_t seq) {
+    if (seq < 0 || seq >= kvm->n_seqs || !kvm->seqs[seq].used) return NULL;
+    return &kvm->seqs[seq];
+}
+
+/* ---- create / destroy --------------------------------------------------- */
+
+static void *grow(void *p, int64_t *cap, int64_t need, size_t elem) {
+    if (need <= *cap) return p;
+    int64_t nc = *cap ? *cap : 16;
+    while (nc < need) nc *= 2;
+    void *np = realloc(p, (size_t)nc * elem);
+    if (np) *cap = nc;
+    return np;
+}
+
+pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **out) {
+    *out = NULL;
+    const pam_kv_shape *s = &cfg->shape;
+    if (cfg->n_tiers < 1 || cfg->n_tiers > KVM_MAX_TIERS || !cfg->tiers)
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: %d tiers (1..%d supported)", cfg->n_tiers, KVM_MAX_TIERS);
+    if (s->n_layer <= 0 || s->n_head_kv <= 0 || s->head_dim <= 0 || s->block_tokens <= 0)
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: bad KV shape");
+    if (cfg->policy != PAM_KV_POLICY_PAM && cfg->policy != PAM_KV_POLICY_OFFLOAD && cfg->policy != PAM_KV_POLICY_SINGLE)
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: unknown policy %d", (int)cfg->policy);
+    if (cfg->importance_decay < 0.0f || cfg->importance_decay > 1.0f)
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: importance decay %g outside (0, 1]", (double)cfg->importance_decay);
+    for (int t = 0; t < cfg->n_tiers; t++)
+        if (!cfg->tiers[t]) return PAM_ERR(PAM_ERR_INVALID, "kv manager: tier %d is NULL", t);
+    pam_kvm *kvm = calloc(1, sizeof *kvm);
+    if (!kvm) return PAM_ERR(PAM_ERR_NOMEM, "kv manager");
+    kvm->shape = *s;
+    kvm->row = (size_t)s->n_head_kv * (size_t)s->head_dim;
+    kvm->n_tiers = cfg->n_tiers;
+    for (int t = 0; t < cfg->n_tiers; t++) {
+        kvm->tiers[t] = cfg->tiers[t];
+        pam_tier_stats_get(kvm->tiers[t], &kvm->prev[t]);
+    }
+    kvm->policy = cfg->policy;
+    kvm->budget = cfg->migrate_bytes_per_step ? cfg->migrate_bytes_per_step : KVM_DEFAULT_BUDGET;
+    kvm->decay = cfg->importance_decay > 0.0f ? cfg->importance_decay : KVM_DEFAULT_DECAY;
+    kvm->trace = cfg->trace;
+    kvm->pool = pool;
+    kvm->free_id = KVM_NO_ID;
+    size_t blk = (size_t)s->block_tokens * kvm->row;
+    kvm->mk = malloc(4 * blk * sizeof(float));
+    kvm->stage_buf = malloc((size_t)KVM_MAX_TIERS * 2 * blk * sizeof(float));
+    if (!kvm->mk || !kvm->stage_buf) {
+        free(kvm->mk);
+        free(kvm->stage_buf);
+        free(kvm);
+        return PAM_ERR(PAM_ERR_NOMEM, "kv manager scratch");
+    }
+    kvm->mv = kvm->mk + blk;
+    kvm->mk2 = kvm->mv + blk;
+    kvm->mv2 = kvm->mk2 + blk;
+    *out = kvm;
+    return PAM_OK;
+}
+
+void pam_kvm_destroy(pam_kvm *kvm) {
+    if (!kvm) return;
+    for (int32_t i = 0; i < kvm->n_seqs; i++)
+        if (kvm->seqs[i].used) pam_kvm_seq_free(kvm, i);
+    free(kvm->seqs);
+    free(kvm->blocks);
+    for (int t = 0; t < kvm->n_tiers; t++) pam_tier_close(kvm->tiers[t]);
+    pam_tier_close(kvm->staging);
+    free(kvm->staged_slots);
+    free(kvm->pieces);
+    free(kvm->req_blocks);
+    free(kvm->req_ids);
+    free(kvm->blk_m);
+    free(kvm->blk_l);
+    free(kvm->piece_out);
+    free(kvm->acc_ml);
+    free(kvm->mk);
+    free(kvm->stage_buf);
+    free(kvm->sched_blocks);
+    free(kvm->sched_moves);
+    free(kvm);
+}
+
+const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm) { return &kvm->shape; }
+int pam_kvm_n_tiers(const pam_kvm *kvm) { return kvm->n_tiers; }
+pam_tier *pam_kvm_tier(pam_kvm *kvm, int i) { return i >= 0 && i < kvm->n_tiers ? kvm->tiers[i] : NULL; }
+
+/* ---- blocks ------------------------------------------------------------- */
+
+static pam_status new_block_id(pam_kvm *kvm, uint32_t *id) {
+    if (kvm->free_id != KVM_NO_ID) {
+        *id = kvm->free_id;
+        kvm->free_id = kvm->blocks[*id].next_free;
+        return PAM_OK;
+    }
+    if (kvm->n_ids == kvm->cap_ids) {
+        if (kvm->cap_ids >= UINT32_MAX / 2) return PAM_ERR(PAM_ERR_FULL, "kv manager: too many blocks");
+        uint32_t nc = kvm->cap_ids ? kvm->cap_ids * 2 : 256;
+        kvm_block *nb = realloc(kvm->blocks, (size_t)nc * sizeof *nb);
+        if (!nb) return PAM_ERR(PAM_ERR_NOMEM, "kv manager: block table");
+        kvm->blocks = nb;
+        kvm->cap_ids = nc;
+    }
+    *id = kvm->n_ids++;
+    return PAM_OK;
+}
+
+static void release_block_id(pam_kvm *kvm, uint32_t id) {
+    kvm->blocks[id].tier = -1;
+    kvm->blocks[id].next_free = kvm->free_id;
+    kvm->free_id = id;
+}
+
+/* A slot in the fastest usable tier with room (skipping tiers that refuse). */
+static pam_status alloc_slot(pam_kvm *kvm, int *tier, uint32_t *slot) {
+    pam_status st = PAM_ERR_FULL;
+    for (int t = 0; t < usable_tiers(kvm); t++) {
+        if (kvm->n_used[t] >= kvm->tiers[t]->capacity_blocks) continue;
+        st = pam_tier_alloc(kvm->tiers[t], slot);
+        if (st == PAM_OK) {
+            *tier = t;
+            kvm->n_used[t]++;
+            return PAM_OK;
+        }
+    }
+    if (st == PAM_ERR_FULL)
+        return PAM_ERR(PAM_ERR_FULL, "KV cache full: no free block in %d tier(s)", usable_tiers(kvm));
+    return st;
+}
+
+static void free_slot(pam_kvm *kvm, int tier, uint32_t slot) {
+    pam_tier_free(kvm->tiers[tier], slot);
+    kvm->n_used[tier]--;
+}
+
+/* A new block with one reference, charged to seq's reservation if it has one. */
+static pam_status new_block(pam_kvm *kvm, kvm_seq *s, int32_t layer, uint32_t *out) {
+    if (s->reserved == 0 && free_slots(kvm) <= kvm->reserved)
+        return PAM_ERR(PAM_ERR_FULL, "KV cache full: every free block is reserved by other sequences");
+    uint32_t id = KVM_NO_ID, slot = 0;
+    int tier = 0;
+    PAM_TRY(new_block_id(kvm, &id));
+    pam_status st = alloc_slot(kvm, &tier, &slot);
+    if (st != PAM_OK) {
+        release_block_id(kvm, id);
+        return st;
+    }
+    kvm_block *b = &kvm->blocks[id];
+    memset(b, 0, sizeof *b);
+    b->tier = tier;
+    b->slot = slot;
+    b->refcnt = 1;
+    b->layer = layer;
+    b->next_free = KVM_NO_ID;
+    kvm->n_live++;
+    if (s->reserved > 0) {
+        s->reserved--;
+        kvm->reserved--;
+    }
+    *out = id;
+    return PAM_OK;
+}
+
+static void unref_block(pam_kvm *kvm, uint32_t id) {
+    kvm_block *b = &kvm->blocks[id];
+    if (--b->refcnt > 0) return;
+    free_slot(kvm, b->tier, b->slot);
+    kvm->n_live--;
+    release_block_id(kvm, id);
+}
+
+/* The block's first n_tokens decoded from its tier into mk/mv. */
+static pam_status read_block(pam_kvm *kvm, uint32_t id, float *k, float *v) {
+    kvm_block *b = &kvm->blocks[id];
+    return pam_tier_read(kvm->tiers[b->tier], b->slot, b->n_tokens, k, v);
+}
+
+/* Copy, verify, switch, free (module header). */
+static pam_status migrate_block(pam_kvm *kvm, uint32_t id, int to) {
+    kvm_block *b = &kvm->blocks[id];
+    if (b->tier == to) return PAM_OK;
+    pam_tier *src = kvm->tiers[b->tier], *dst = kvm->tiers[to];
+    if (kvm->n_used[to] >= dst->capacity_blocks)
+        return PAM_ERR(PAM_ERR_FULL, "migration: tier %s is full", dst->name);
+    uint32_t slot;
+    PAM_TRY(pam_tier_alloc(dst, &slot));
+    kvm->n_used[to]++;
+    int32_t n = b->n_tokens;
+    size_t cnt = (size_t)n * kvm->row;
+    pam_status st = pam_tier_read(src, b->slot, n, kvm->mk, kvm->mv);
+    if (st == PAM_OK) st = pam_tier_write(dst, slot, 0, n, kvm->mk, kvm->mv);
+    if (st == PAM_OK) st = pam_tier_read(dst, slot, n, kvm->mk2, kvm->mv2);
+    if (st == PAM_OK) {
+        if (src->exact && dst->exact) {
+            /* f16 in, f16 out: the copy must be bit-identical */
+            if (memcmp(kvm->mk, kvm->mk2, cnt * sizeof(float)) || memcmp(kvm->mv, kvm->mv2, cnt * sizeof(float)))
+                st = PAM_ERR(PAM_ERR_CORRUPT, "migration %s -> %s: the copy differs from the source", src->name, dst->name);
+        } else {
+            /* A lossy encoding: finite, and within a bound far above any
+             * quantisation error (int4 groups err by at most range/30). */
+            float amax = 0.0f;
+            for (size_t i = 0; i < cnt; i++) {
+                amax = fmaxf(amax, fabsf(kvm->mk[i]));
+                amax = fmaxf(amax, fabsf(kvm->mv[i]));
+            }
+            float tol = 0.2f * amax + 1e-6f;
+            for (size_t i = 0; i < cnt && st == PAM_OK; i++)
+                if (!(fabsf(kvm->mk[i] - kvm->mk2[i]) <= tol) || !(fabsf(kvm->mv[i] - kvm->mv2[i]) <= tol))
+                    st = PAM_ERR(PAM_ERR_CORRUPT, "migration %s -> %s: the copy does not verify", src->name, dst->name);
+        }
+    }
+    if (st != PAM_OK) {
+        pam_tier_free(dst, slot);
+        kvm->n_used[to]--;
+        return st;
+    }
+    int from = b->tier;
+    uint32_t old = b->slot;
+    b->tier = to;
+    b->slot = slot;
+    free_slot(kvm, from, old);
+    return PAM_OK;
+}
+
+/* ---- sequences ---------------------------------------------------------- */
+
+pam_status pam_kvm_seq_create(pam_kvm *kvm, int32_t *seq) {
+    int32_t i = 0;
+    while (i < kvm->n_seqs && kvm->seqs[i].used) i++;
+    if (i == kvm->n_seqs) {
+        kvm_seq *ns = realloc(kvm->seqs, (size_t)(kvm->n_seqs + 1) * sizeof *ns);
+        if (!ns) return PAM_ERR(PAM_ERR_NOMEM, "kv manager: sequence");
+        kvm->seqs = ns;
+        memset(&ns[i], 0, sizeof ns[i]);
+        kvm->n_seqs++;
+    }
+    kvm_seq *s = &kvm->seqs[i];
+    int32_t L = kvm->shape.n_layer;
+    s->len = calloc((size_t)L, sizeof *s->len);
+    s->table = calloc((size_t)L, sizeof *s->table);
+    s->n_blocks = calloc((size_t)L, sizeof *s->n_blocks);
+    s->cap = calloc((size_t)L, sizeof *s->cap);
+    if (!s->len || !s->table || !s->n_blocks || !s->cap) {
+        free(s->len);
+        free(s->table);
+        free(s->n_blocks);
+        free(s->cap);
+        memset(s, 0, sizeof *s);
+        return PAM_ERR(PAM_ERR_NOMEM, "kv manager: sequence");
+    }
+    s->reserved = 0;
+    s->used = 1;
+    *seq = i;
+    return PAM_OK;
+}
+
+void pam_kvm_seq_free(pam_kvm *kvm, int32_t seq) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return;
+    for (int32_t l = 0; l < kvm->shape.n_layer; l++) {
+        for (int32_t i = 0; i < s->n_blocks[l]; i++) unref_block(kvm, s->table[l][i]);
+        free(s->table[l]);
+    }
+    kvm->reserved -= s->reserved;
+    free(s->len);
+    free(s->table);
+    free(s->n_blocks);
+    free(s->cap);
+    memset(s, 0, sizeof *s);
+}
+
+static pam_status table_push(kvm_seq *s, int32_t layer, uint32_t id) {
+    if (s->n_blocks[layer] == s->cap[layer]) {
+        int32_t nc = s->cap[layer] ? s->cap[layer] * 2 : 16;
+        uint32_t *nt = realloc(s->table[layer], (size_t)nc * sizeof *nt);
+        if (!nt) return PAM_ERR(PAM_ERR_NOMEM, "kv manager: block table");
+        s->table[layer] = nt;
+        s->cap[layer] = nc;
+    }
+    s->table[layer][s->n_blocks[layer]++] = id;
+    return PAM_OK;
+}
+
+pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst) {
+    if (!get_seq(kvm, src)) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", src);
+    int32_t d;
+    PAM_TRY(pam_kvm_seq_create(kvm, &d));
+    kvm_seq *s = &kvm->seqs[src], *t = &kvm->seqs[d]; /* after create: seqs may have moved */
+    for (int32_t l = 0; l < kvm->shape.n_layer; l++) {
+        for (int32_t i = 0; i < s->n_blocks[l]; i++) {
+            if (table_push(t, l, s->table[l][i]) != PAM_OK) {
+                pam_kvm_seq_free(kvm, d);
+                return PAM_ERR(PAM_ERR_NOMEM, "kv manager: block table");
+            }
+            kvm->blocks[s->table[l][i]].refcnt++;
+        }
+        t->len[l] = s->len[l];
+    }
+    *dst = d;
+    return PAM_OK;
+}
+
+int32_t pam_kvm_seq_len(const pam_kvm *kvm, int32_t seq) {
+    const kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return 0;
+    int32_t n = s->len[0];
+    for (int32_t l = 1; l < kvm->shape.n_layer; l++)
+        if (s->len[l] < n) n = s->len[l];
+    return n;
+}
+
+pam_status pam_kvm_reserve(pam_kvm *kvm, int32_t seq, int32_t n_tokens) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", seq);
+    if (n_tokens < 0) return PAM_ERR(PAM_ERR_INVALID, "kv manager: reserve %d tokens", n_tokens);
+    uint64_t need = 0;
+    for (int32_t l = 0; l < kvm->shape.n_layer; l++) {
+        int32_t want = blocks_for(kvm, (int64_t)s->len[l] + n_tokens);
+        if (want > s->n_blocks[l]) need += (uint64_t)(want - s->n_blocks[l]);
+    }
+    if (need <= s->reserved) return PAM_OK;
+    uint64_t extra = need - s->reserved, avail = free_slots(kvm) - kvm->reserved;
+    if (extra > avail) {
+        uint64_t cap = 0;
+        for (int t = 0; t < usable_tiers(kvm); t++) cap += kvm->tiers[t]->capacity_blocks;
+        return PAM_ERR(PAM_ERR_FULL,
+                       "KV cache full: %d more tokens need %llu blocks of %d tokens, but only %llu of %llu are free "
+                       "in %d tier(s) (policy %s); add or enlarge a --kv-tier",
+                       n_tokens, (unsigned long long)extra, kvm->shape.block_tokens, (unsigned long long)avail,
+                       (unsigned long long)cap, usable_tiers(kvm), policy_name(kvm->policy));
+    }
+    s->reserved = need;
+    kvm->reserved += extra;
+    return PAM_OK;
+}
+
+/* A private copy of a shared block, so a store does not change the others'. */
+static pam_status cow_block(pam_kvm *kvm, kvm_seq *s, int32_t layer, int32_t bi) {
+    uint32_t old = s->table[layer][bi], id = KVM_NO_ID;
+    PAM_TRY(read_block(kvm, old, kvm->mk, kvm->mv));
+    PAM_TRY(new_block(kvm, s, layer, &id));
+    kvm_block *nb = &kvm->blocks[id], *ob = &kvm->blocks[old];
+    pam_status st = pam_tier_write(kvm->tiers[nb->tier], nb->slot, 0, ob->n_tokens, kvm->mk, kvm->mv);
+    if (st != PAM_OK) {
+        unref_block(kvm, id);
+        return st;
+    }
+    nb->n_tokens = ob->n_tokens;
+    nb->importance = ob->importance;
+    ob->refcnt--;
+    s->table[layer][bi] = id;
+    return PAM_OK;
+}
+
+/* Stores rows of positions pos..pos+n-1 (pos <= len) of one layer. */
+static pam_status store_rows(pam_kvm *kvm, kvm_seq *s, int32_t layer, int32_t pos, int32_t n, const float *k,
+                             const float *v) {
+    int32_t bt = kvm->shape.block_tokens;
+    while (n > 0) {
+        int32_t bi = pos / bt, off = pos % bt, cnt = bt - off < n ? bt - off : n;
+        int fresh = bi == s->n_blocks[layer];
+        uint32_t id = KVM_NO_ID;
+        if (fresh) {
+            PAM_TRY(new_block(kvm, s, layer, &id));
+            pam_status st = table_push(s, layer, id);
+            if (st != PAM_OK) {
+                unref_block(kvm, id);
+                return st;
+            }
+        } else {
+            if (kvm->blocks[s->table[layer][bi]].refcnt > 1) PAM_TRY(cow_block(kvm, s, layer, bi));
+            id = s->table[layer][bi];
+        }
+        kvm_block *b = &kvm->blocks[id];
+        pam_status st = pam_tier_write(kvm->tiers[b->tier], b->slot, off, cnt, k, v);
+        if (st != PAM_OK) {
+            if (fresh) {
+                s->n_blocks[layer]--;
+                unref_block(kvm, id);
+            }
+            return st;
+        }
+        if (b->n_tokens < off + cnt) b->n_tokens = off + cnt;
+        if (s->len[layer] < pos + cnt) s->len[layer] = pos + cnt;
+        pos += cnt;
+        n -= cnt;
+        k += (size_t)cnt * kvm->row;
+        v += (size_t)cnt * kvm->row;
+    }
+    return PAM_OK;
+}
+
+pam_status pam_kvm_store(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t pos, const float *k, const float *v) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", seq);
+    if (layer < 0 || layer >= kvm->shape.n_layer) return PAM_ERR(PAM_ERR_INVALID, "kv manager: layer %d", layer);
+    if (pos < 0 || pos > s->len[layer])
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: store at position %d of a layer holding %d", pos, s->len[layer]);
+    return store_rows(kvm, s, layer, pos, 1, k, v);
+}
+
+pam_status pam_kvm_fill_synthetic(pam_kvm *kvm, int32_t seq, int32_t n, uint64_t seed) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", seq);
+    if (n < 0) return PAM_ERR(PAM_ERR_INVALID, "kv manager: fill %d positions", n);
+    int32_t have = pam_kvm_seq_len(kvm, seq);
+    if (n > have) PAM_TRY(pam_kvm_reserve(kvm, seq, n - have));
+    uint64_t r = seed ? seed : 1;
+    int32_t bt = kvm->shape.block_tokens;
+    for (int32_t l = 0; l < kvm->shape.n_layer; l++) {
+        for (int32_t p = 0; p < n; p += bt) {
+            int32_t cnt = n - p < bt ? n - p : bt;
+            for (size_t i = 0; i < (size_t)cnt * kvm->row; i++) {
+                /* xorshift64*: values in [-1, 1) like normalised K/V */
+                r ^= r >> 12, r ^= r << 25, r ^= r >> 27;
+                uint64_t x = r * 0x2545F4914F6CDD1DULL;
+                kvm->mk2[i] = (float)((int32_t)(x >> 32)) * (1.0f / 2147483648.0f);
+                kvm->mv2[i] = (float)((int32_t)x) * (1.0f / 2147483648.0f);
+            }
+            PAM_TRY(store_rows(kvm, s, l, p, cnt, kvm->mk2, kvm->mv2));
+        }
+    }
+    return PAM_OK;
+}
+
+pam_status pam_kvm_migrate(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block, int to) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s || layer < 0 || layer >= kvm->shape.n_layer || block < 0 || block >= s->n_blocks[layer])
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: no block %d of layer %d in sequence %d", block, layer, seq);
+    if (to < 0 || to >= usable_tiers(kvm)) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no tier %d", to);
+    uint32_t id = s->table[layer][block];
+    int from = kvm->blocks[id].tier;
+    /* traffic as the scheduler counts it: read at the source, written at the destination */
+    uint64_t bytes = kvm->tiers[from]->block_bytes + kvm->tiers[to]->block_bytes;
+    pam_status st = migrate_block(kvm, id, to);
+    if (st != PAM_OK) {
+        kvm->migr_fail++;
+        return st;
+    }
+    if (from != to) {
+        kvm->migr_n++;
+        kvm->migr_bytes += bytes;
+    }
+    return PAM_OK;
+}
+
+int pam_kvm_block_tier(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block) {
+    const kvm_seq *s = get_seq(kvm, seq);
+    if (!s || layer < 0 || layer >= kvm->shape.n_layer || block < 0 || block >= s->n_blocks[layer]) return -1;
+    return kvm->blocks[s->table[layer][block]].tier;
+}
+
+/* ---- PAMattention ------------------------------------------------------- */
+
+static void piece_task(void *arg, int64_t task, int thread) {
+    (void)thread;
+    pam_kvm *kvm = arg;
+    kvm_piece *p = &kvm->pieces[task];
+    int32_t H = kvm->att_n_head;
+    float *po = kvm->piece_out + (size_t)task * (size_t)H * (2 + (size_t)kvm->shape.head_dim);
+    pam_tier_attn req = {
+        .q = kvm->att_q,
+        .n_head = H,
+        .scale = kvm->att_scale,
+        .blocks = kvm->req_blocks + p->first,
+        .n_blocks = p->count,
+        .m = po,
+        .l = po + H,
+        .o = po + 2 * H,
+        .blk_m = kvm->blk_m + (size_t)p->first * H,
+        .blk_l = kvm->blk_l + (size_t)p->first * H,
+    };
+    p->st = pam_tier_attend(p->t, &req);
+    if (p->st != PAM_OK) snprintf(p->msg, sizeof p->msg, "%s", pam_last_error());
+}
+
+typedef struct stage_job {
+    pam_kvm *kvm;
+    int64_t nb;
+    const uint32_t *ids; /* logical order */
+    pam_status st[KVM_MAX_TIERS];
+    char msg[KVM_MAX_TIERS][256];
+} stage_job;
+
+/* Offload: one task per slow tier copies its blocks into the staging tier
+ * (each tier is read by one thread; staging slots are disjoint). */
+static void stage_task(void *arg, int64_t task, int thread) {
+    (void)thread;
+    stage_job *j = arg;
+    pam_kvm *kvm = j->kvm;
+    int t = (int)task + 1;
+    size_t blk = (size_t)kvm->shape.block_tokens * kvm->row;
+    float *k = kvm->stage_buf + (size_t)t * 2 * blk, *v = k + blk;
+    j->st[t] = PAM_OK;
+    for (int64_t i = 0; i < j->nb; i++) {
+        const kvm_block *b = &kvm->blocks[j->ids[i]];
+        if (b->tier != t) continue;
+        int32_t n = b->n_tokens;
+        pam_status st = pam_tier_read(kvm->tiers[t], b->slot, n, k, v);
+        if (st == PAM_OK) st = pam_tier_write(kvm->staging, kvm->staged_slots[i], 0, n, k, v);
+        if (st != PAM_OK) {
+            j->st[t] = st;
+            snprintf(j->msg[t], sizeof j->msg[t], "%s", pam_last_error());
+            return;
+        }
+    }
+}
+
+static pam_status stage_blocks(pam_kvm *kvm, const uint32_t *ids, int64_t nb) {
+    int64_t need = 0;
+    for (int64_t i = 0; i < nb; i++) need += kvm->blocks[ids[i]].tier != 0;
+    if (need == 0) return PAM_OK;
+    if (!kvm->staging || kvm->staging->capacity_blocks < (uint64_t)nb) {
+        uint64_t cap = kvm->staging ? kvm->staging->capacity_blocks : 64;
+        while (cap < (uint64_t)nb) cap *= 2;
+        pam_tier *nt;
+        PAM_TRY(pam_tier_dram_open(&kvm->shape, cap * kvm->tiers[0]->block_bytes, &nt));
+        pam_tier_close(kvm->staging);
+        kvm->staging = nt;
+    }
+    int64_t cap_staged = kvm->cap_staged;
+    uint32_t *ns = grow(kvm->staged_slots, &cap_staged, nb, sizeof *ns);
+    if (!ns) return PAM_ERR(PAM_ERR_NOMEM, "offload staging");
+    kvm->staged_slots = ns;
+    kvm->cap_staged = cap_staged;
+    /* staging slot i for logical block i: the staging tier is private */
+    for (int64_t i = 0; i < nb; i++) kvm->staged_slots[i] = (uint32_t)i;
+    stage_job j = {.kvm = kvm, .nb = nb, .ids = ids};
+    pam_pool_run(kvm->pool, stage_task, &j, kvm->n_tiers - 1);
+    for (int t = 1; t < kvm->n_tiers; t++)
+        if (j.st[t] != PAM_OK) return PAM_ERR(j.st[t], "offload staging from tier %s: %s", kvm->tiers[t]->name, j.msg[t]);
+    kvm->staged_bytes_step += (uint64_t)need * kvm->staging->block_bytes;
+    return PAM_OK;
+}
+
+static pam_status ensure_attend_scratch(pam_kvm *kvm, int64_t nb, int32_t n_head) {
+    if (nb <= kvm->cap_req && n_head <= kvm->piece_heads) return PAM_OK;
+    int64_t nc = kvm->cap_req > 16 ? kvm->cap_req : 16;
+    while (nc < nb) nc *= 2;
+    int32_t H = n_head > kvm->piece_heads ? n_head : kvm->piece_heads;
+    size_t n = (size_t)nc;
+    pam_tier_block *rb = realloc(kvm->req_blocks, n * sizeof *rb);
+    if (rb) kvm->req_blocks = rb;
+    uint32_t *ri = realloc(kvm->req_ids, n * sizeof *ri);
+    if (ri) kvm->req_ids = ri;
+    float *bm = realloc(kvm->blk_m, n * (size_t)H * sizeof(float));
+    if (bm) kvm->blk_m = bm;
+    float *bl = realloc(kvm->blk_l, n * (size_t)H * sizeof(float));
+    if (bl) kvm->blk_l = bl;
+    kvm_piece *pc = realloc(kvm->pieces, n * sizeof *pc); /* pieces <= blocks */
+    if (pc) kvm->pieces = pc;
+    float *po = realloc(kvm->piece_out, n * (size_t)H * (2 + (size_t)kvm->shape.head_dim) * sizeof(float));
+    if (po) kvm->piece_out = po;
+    float *ml = realloc(kvm->acc_ml, 2 * (size_t)H * sizeof(float));
+    if (ml) kvm->acc_ml = ml;
+    if (!rb || !ri || !bm || !bl || !pc || !po || !ml) return PAM_ERR(PAM_ERR_NOMEM, "attention scratch");
+    kvm->cap_req = nc;
+    kvm->cap_pieces = nc;
+    kvm->piece_heads = H;
+    return PAM_OK;
+}
+
+pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_pos, const float *q, int32_t n_head,
+                          float scale, float *out) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", seq);
+    if (layer < 0 || layer >= kvm->shape.n_layer) return PAM_ERR(PAM_ERR_INVALID, "kv manager: layer %d", layer);
+    if (n_pos < 1 || n_pos > s->len[layer])
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: attention over %d positions of a layer holding %d", n_pos,
+                       s->len[layer]);
+    if (n_head <= 0 || n_head % kvm->shape.n_head_kv != 0 || n_head / kvm->shape.n_head_kv > 64)
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: %d query heads for %d KV heads", n_head, kvm->shape.n_head_kv);
+    int32_t bt = kvm->shape.block_tokens, hd = kvm->shape.head_dim;
+    int64_t nb = blocks_for(kvm, n_pos);
+    PAM_TRY(ensure_attend_scratch(kvm, nb, n_head));
+    const uint32_t *tab = s->table[layer];
+    int staged = kvm->policy == PAM_KV_POLICY_OFFLOAD && kvm->n_tiers > 1;
+    if (staged) PAM_TRY(stage_blocks(kvm, tab, nb));
+
+    /* Pieces: fixed chunks of logical blocks; within a chunk, one piece per
+     * tier in order of its first block. Tier index n_tiers = staging. */
+    int64_t per_chunk = KVM_PIECE_TOKENS / bt > 0 ? KVM_PIECE_TOKENS / bt : 1;
+    int64_t np = 0, pos = 0;
+    for (int64_t c0 = 0; c0 < nb; c0 += per_chunk) {
+        int64_t c1 = c0 + per_chunk < nb ? c0 + per_chunk : nb;
+        int done[KVM_MAX_TIERS + 1] = {0};
+        for (int64_t i = c0; i < c1; i++) {
+            int ti = kvm->blocks[tab[i]].tier;
+            if (staged && ti != 0) ti = kvm->n_tiers;
+            if (done[ti]) continue;
+            done[ti] = 1;
+            kvm_piece *p = &kvm->pieces[np++];
+            p->t = ti == kvm->n_tiers ? kvm->staging : kvm->tiers[ti];
+            p->first = pos;
+            for (int64_t j = i; j < c1; j++) {
+                const kvm_block *b = &kvm->blocks[tab[j]];
+                int tj = staged && b->tier != 0 ? kvm->n_tiers : b->tier;
+                if (tj != ti) continue;
+                int64_t left = (int64_t)n_pos - j * bt;
+                kvm->req_blocks[pos].slot = tj == kvm->n_tiers ? kvm->staged_slots[j] : b->slot;
+                kvm->req_blocks[pos].n_tokens = (int32_t)(left < bt ? left : bt);
+                kvm->req_ids[pos] = tab[j];
+                pos++;
+            }
+            p->count = pos - p->first;
+        }
+    }
+    kvm->att_q = q;
+    kvm->att_n_head = n_head;
+    kvm->att_scale = scale;
+    pam_pool_run(kvm->pool, piece_task, kvm, np);
+    for (int64_t i = 0; i < np; i++)
+        if (kvm->pieces[i].st != PAM_OK)
+            return PAM_ERR(kvm->pieces[i].st, "attention in tier %s: %s", kvm->pieces[i].t->name, kvm->pieces[i].msg);
+
+    /* Merge in piece order. */
+    size_t pf = (size_t)n_head * (2 + (size_t)hd);
+    float *m = kvm->acc_ml, *l = m + n_head;
+    memcpy(m, kvm->piece_out, sizeof(float) * (size_t)n_head);
+    memcpy(l, kvm->piece_out + n_head, sizeof(float) * (size_t)n_head);
+    memcpy(out, kvm->piece_out + 2 * n_head, sizeof(float) * (size_t)n_head * hd);
+    for (int64_t i = 1; i < np; i++) {
+        const float *p = kvm->piece_out + (size_t)i * pf;
+        pam_attn_merge(n_head, hd, m, l, out, p, p + n_head, p + 2 * n_head);
+    }
+    /* Importance by-product: each block's share of the attention mass. */
+    float inv = 1.0f / (float)n_head;
+    for (int64_t j = 0; j < pos; j++) {
+        const float *bm = kvm->blk_m + (size_t)j * n_head, *bl = kvm->blk_l + (size_t)j * n_head;
+        float mass = 0.0f;
+        for (int32_t h = 0; h < n_head; h++) mass += bl[h] * expf(bm[h] - m[h]) / l[h];
+        kvm->blocks[kvm->req_ids[j]].mass_step += mass * inv;
+    }
+    pam_attn_finish(n_head, hd, l, out);
+    return PAM_OK;
+}
+
+/* ---- between steps ------------------------------------------------------ */
+
+static pam_status ensure_sched_scratch(pam_kvm *kvm) {
+    if (kvm->cap_sched >= kvm->n_live) return PAM_OK;
+    uint64_t nc = kvm->cap_sched ? kvm->cap_sched : 256;
+    while (nc < kvm->n_live) nc *= 2;
+    pam_sched_block *nb = realloc(kvm->sched_blocks, (size_t)nc * sizeof *nb);
+    if (nb) kvm->sched_blocks = nb;
+    pam_sched_move *nm = realloc(kvm->sched_moves, (size_t)nc * sizeof *nm);
+    if (nm) kvm->sched_moves = nm;
+    if (!nb || !nm) return PAM_ERR(PAM_ERR_NOMEM, "scheduler scratch");
+    kvm->cap_sched = nc;
+    return PAM_OK;
+}
+
+static void schedule(pam_kvm *kvm) {
+    if (ensure_sched_scratch(kvm) != PAM_OK) return; /* no moves this step: placement stays valid */
+    pam_sched_tier st[KVM_MAX_TIERS];
+    for (int t = 0; t < kvm->n_tiers; t++) {
+        st[t].capacity_blocks = kvm->tiers[t]->capacity_blocks;
+        st[t].used_blocks = kvm->n_used[t];
+        st[t].block_bytes = kvm->tiers[t]->block_bytes;
+        st[t].read_gbps = kvm->tiers[t]->read_gbps;
+    }
+    size_t n = 0;
+    for (uint32_t id = 0; id < kvm->n_ids; id++) {
+        const kvm_block *b = &kvm->blocks[id];
+        if (b->tier < 0) continue;
+        kvm->sched_blocks[n++] = (pam_sched_block){
+            .id = id, .tier = b->tier, .importance = b->importance, .pinned = b->n_tokens < kvm->shape.block_tokens};
+    }
+    size_t nm = pam_sched_plan(st, kvm->n_tiers, kvm->sched_blocks, n, kvm->budget, kvm->sched_moves, kvm->cap_sched);
+    uint64_t moved = 0;
+    for (size_t i = 0; i < nm; i++) {
+        const pam_sched_move *mv = &kvm->sched_moves[i];
+        if (mv->id >= kvm->n_ids || kvm->blocks[mv->id].tier != mv->from || mv->to < 0 || mv->to >= kvm->n_tiers)
+            continue;
+        uint64_t bytes = pam_sched_move_bytes(st, mv->from, mv->to);
+        if (moved + bytes > kvm->budget) break;
+        if (migrate_block(kvm, mv->id, mv->to) == PAM_OK) {
+            moved += bytes;
+            kvm->migr_n++;
+            kvm->migr_bytes += bytes;
+        } else {
+            kvm->migr_fail++;
+        }
+    }
+}
+
+pam_status pam_kvm_step_end(pam_kvm *kvm) {
+    float d = kvm->decay;
+    unsigned long long hist[10] = {0};
+    for (uint32_t id = 0; id < kvm->n_ids; id++) {
+        kvm_block *b = &kvm->blocks[id];
+        if (b->tier < 0) continue;
+        b->importance = d * b->importance + (1.0f - d) * b->mass_step;
+        b->mass_step = 0.0f;
+        int bin = 0;
+        float x = b->importance;
+        while (bin < 9 && x < powf(10.0f, -(float)(bin + 1))) bin++;
+        hist[bin]++;
+    }
+    if (kvm->policy == PAM_KV_POLICY_PAM && kvm->n_tiers > 1) schedule(kvm);
+
+    pam_kvm_report *r = &kvm->report;
+    memset(r, 0, sizeof *r);
+    r->n_tiers = kvm->n_tiers;
+    for (int t = 0; t < kvm->n_tiers; t++) {
+        pam_tier_stats now;
+        pam_tier_stats_get(kvm->tiers[t], &now);
+        pam_kvm_tier_report *tr = &r->tiers[t];
+        tr->name = kvm->tiers[t]->name;
+        tr->blocks_used = kvm->n_used[t];
+        tr->blocks_capacity = kvm->tiers[t]->capacity_blocks;
+        tr->bytes_read_step = now.bytes_read - kvm->prev[t].bytes_read;
+        tr->attend_ms_step = (double)(now.attend_ns - kvm->prev[t].attend_ns) / 1e6;
+        double gbps = kvm->tiers[t]->read_gbps > 0 ? kvm->tiers[t]->read_gbps : 1.0;
+        tr->bound_ms_step = (double)tr->bytes_read_step / (gbps * 1e9) * 1e3;
+        kvm->prev[t] = now;
+    }
+    r->migrations_step = kvm->migr_n;
+    r->migration_bytes_step = kvm->migr_bytes;
+    r->migration_failures = kvm->migr_fail;
+    r->n_blocks = kvm->n_live;
+    r->staged_bytes_step = kvm->staged_bytes_step;
+
+    if (kvm->trace) {
+        FILE *f = kvm->trace;
+        fprintf(f, "{\"step\":%llu,\"policy\":\"%s\",\"tiers\":[", (unsigned long long)kvm->step, policy_name(kvm->policy));
+        for (int t = 0; t < r->n_tiers; t++) {
+            const pam_kvm_tier_report *tr = &r->tiers[t];
+            fprintf(f, "%s{\"name\":\"", t ? "," : "");
+            for (const char *c = tr->name; *c; c++) {
+                if (*c == '"' || *c == '\\') fputc('\\', f);
+                if ((unsigned char)*c >= 0x20) fputc(*c, f);
+            }
+            fprintf(f, "\",\"blocks\":%llu,\"capacity\":%llu,\"bytes_read\":%llu,\"attend_ms\":%.4f,\"bound_ms\":%.4f}",
+                    (unsigned long long)tr->blocks_used, (unsigned long long)tr->blocks_capacity,
+                    (unsigned long long)tr->bytes_read_step, tr->attend_ms_step, tr->bound_ms_step);
+        }
+        fprintf(f, "],\"migrations\":%llu,\"migration_bytes\":%llu,\"migration_failures\":%llu,\"staged_bytes\":%llu,"
+                   "\"importance_hist\":[",
+                (unsigned long long)r->migrations_step, (unsigned long long)r->migration_bytes_step,
+                (unsigned long long)r->migration_failures, (unsigned long long)r->staged_bytes_step);
+        for (int i = 0; i < 10; i++) fprintf(f, "%s%llu", i ? "," : "", hist[i]);
+        fprintf(f, "]}\n");
+        fflush(f);
+    }
+    kvm->step++;
+    kvm->migr_n = 0;
+    kvm->migr_bytes = 0;
+    kvm->staged_bytes_step = 0;
+    return PAM_OK;
+}
+
+void pam_kvm_report_get(const pam_kvm *kvm, pam_kvm_report *out) { *out = kvm->report; }
+
+float pam_kvm_block_importance(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block) {
+    const kvm_seq *s = get_seq(kvm, seq);
+    if (!s || layer < 0 || layer >= kvm->shape.n_layer || block < 0 || block >= s->n_blocks[layer]) return -1.0f;
+    return kvm->blocks[s->table[layer][block]].importance;
+}

@@ -1,0 +1,222 @@
+/* dram tier: f16 K/V in host memory.
+ *
+ * Layout: one arena of capacity_blocks slots. A slot holds one block of one
+ * layer; within it, for each KV head, the K rows [block_tokens][head_dim]
+ * and then the V rows, so attention over a block streams two contiguous
+ * runs per head (stride = head_dim) and the head group shares each load.
+ *
+ * Invariants: free slots are exactly the ones on the free stack; a slot's
+ * tokens beyond what was written are undefined and never read (callers pass
+ * n_tokens). alloc/free/write/read run on one thread at a time; attend may
+ * run concurrently on disjoint block lists, so the counters it updates are
+ * atomic and it writes nothing else.
+ *
+ * Bandwidth: read_gbps is a configured estimate (PAM_TIER_DRAM_GBPS), not a
+ * measurement; a benchmark that measures the machine may overwrite it. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fp16.h"
+#include "core/status.h"
+#include "core/timing.h"
+#include "kernels/attention.h"
+#include "kv/tier.h"
+
+#define PAM_TIER_DRAM_GBPS 10.0
+
+typedef struct dram_tier {
+    pam_kv_shape shape;
+    size_t head_elems;  /* block_tokens * head_dim: one K (or V) run */
+    size_t block_elems; /* n_head_kv * 2 * head_elems */
+    uint64_t capacity;
+    uint16_t *arena;
+    uint32_t *free_stack;
+    uint64_t n_free;
+    uint64_t bytes_read, bytes_written, n_errors; /* read, written: atomic */
+    int64_t attend_ns;                             /* atomic */
+} dram_tier;
+
+static uint16_t *slot_ptr(dram_tier *d, uint32_t slot) { return d->arena + (size_t)slot * d->block_elems; }
+
+static pam_status dram_alloc(void *impl, uint32_t *slot) {
+    dram_tier *d = impl;
+    if (d->n_free == 0) return PAM_ERR(PAM_ERR_FULL, "dram tier full (%llu blocks)", (unsigned long long)d->capacity);
+    *slot = d->free_stack[--d->n_free];
+    return PAM_OK;
+}
+
+static void dram_free(void *impl, uint32_t slot) {
+    dram_tier *d = impl;
+    if (slot < d->capacity && d->n_free < d->capacity) d->free_stack[d->n_free++] = slot;
+}
+
+static pam_status check_range(const dram_tier *d, uint32_t slot, int32_t off, int32_t n) {
+    if (slot >= d->capacity) return PAM_ERR(PAM_ERR_INVALID, "dram tier: slot %u out of range", slot);
+    if (off < 0 || n < 0 || off + n > d->shape.block_tokens)
+        return PAM_ERR(PAM_ERR_INVALID, "dram tier: tokens %d..%d outside a block of %d", off, off + n - 1,
+                       d->shape.block_tokens);
+    return PAM_OK;
+}
+
+static pam_status dram_write(void *impl, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v) {
+    dram_tier *d = impl;
+    PAM_TRY(check_range(d, slot, off, n));
+    int hd = d->shape.head_dim, nkv = d->shape.n_head_kv;
+    size_t row = (size_t)nkv * hd;
+    uint16_t *b = slot_ptr(d, slot);
+    for (int h = 0; h < nkv; h++) {
+        uint16_t *K = b + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
+        for (int32_t t = 0; t < n; t++) {
+            const float *kt = k + (size_t)t * row + (size_t)h * hd, *vt = v + (size_t)t * row + (size_t)h * hd;
+            uint16_t *kd = K + (size_t)(off + t) * hd, *vd = V + (size_t)(off + t) * hd;
+            for (int i = 0; i < hd; i++) {
+                kd[i] = pam_f32_to_f16(kt[i]);
+                vd[i] = pam_f32_to_f16(vt[i]);
+            }
+        }
+    }
+    /* atomic: the offload staging area is written from several threads (disjoint slots) */
+    __atomic_fetch_add(&d->bytes_written, (uint64_t)n * row * 2 * sizeof(uint16_t), __ATOMIC_RELAXED);
+    return PAM_OK;
+}
+
+static pam_status dram_read(void *impl, uint32_t slot, int32_t n, float *k, float *v) {
+    dram_tier *d = impl;
+    PAM_TRY(check_range(d, slot, 0, n));
+    int hd = d->shape.head_dim, nkv = d->shape.n_head_kv;
+    size_t row = (size_t)nkv * hd;
+    const uint16_t *b = slot_ptr(d, slot);
+    for (int h = 0; h < nkv; h++) {
+        const uint16_t *K = b + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
+        for (int32_t t = 0; t < n; t++) {
+            float *kt = k + (size_t)t * row + (size_t)h * hd, *vt = v + (size_t)t * row + (size_t)h * hd;
+            for (int i = 0; i < hd; i++) {
+                kt[i] = pam_f16_to_f32(K[(size_t)t * hd + i]);
+                vt[i] = pam_f16_to_f32(V[(size_t)t * hd + i]);
+            }
+        }
+    }
+    __atomic_fetch_add(&d->bytes_read, (uint64_t)n * row * 2 * sizeof(uint16_t), __ATOMIC_RELAXED);
+    return PAM_OK;
+}
+
+/* Per KV head: the listed blocks folded in list order, the first block's
+ * partial straight into the output, later ones through pam_attn_merge. */
+static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
+    dram_tier *d = impl;
+    int64_t t0 = pam_time_ns();
+    int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
+    if (r->n_head <= 0 || r->n_head % nkv != 0)
+        return PAM_ERR(PAM_ERR_INVALID, "dram tier: %d query heads for %d KV heads", r->n_head, nkv);
+    int ng = r->n_head / nkv;
+    for (int64_t b = 0; b < r->n_blocks; b++)
+        if (r->blocks[b].slot >= d->capacity || r->blocks[b].n_tokens < 1 || r->blocks[b].n_tokens > bt)
+            return PAM_ERR(PAM_ERR_INVALID, "dram tier: bad block %lld in attention request", (long long)b);
+    for (int g = 0; g < r->n_head; g++) {
+        r->m[g] = -INFINITY;
+        r->l[g] = 0.0f;
+    }
+    memset(r->o, 0, sizeof(float) * (size_t)r->n_head * (size_t)hd);
+    if (r->n_blocks == 0) return PAM_OK;
+    /* scores of one block for the group, then one partial (m, l, o) */
+    float *scratch = malloc(sizeof(float) * ((size_t)ng * bt + (size_t)ng * (2 + (size_t)hd)));
+    if (!scratch) return PAM_ERR(PAM_ERR_NOMEM, "dram tier: attention scratch");
+    float *pm = scratch + (size_t)ng * bt, *pl = pm + ng, *po = pl + ng;
+    uint64_t bytes = 0;
+    for (int h = 0; h < nkv; h++) {
+        const float *q = r->q + (size_t)h * ng * hd;
+        float *m = r->m + (size_t)h * ng, *l = r->l + (size_t)h * ng, *o = r->o + (size_t)h * ng * hd;
+        for (int64_t b = 0; b < r->n_blocks; b++) {
+            const pam_tier_block *blk = &r->blocks[b];
+            const uint16_t *K = slot_ptr(d, blk->slot) + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
+            int first = b == 0;
+            pam_attn_partial_f16(q, ng, hd, r->scale, K, V, (size_t)hd, blk->n_tokens, first ? m : pm,
+                                 first ? l : pl, first ? o : po, scratch);
+            if (r->blk_m) {
+                memcpy(r->blk_m + (size_t)b * r->n_head + (size_t)h * ng, first ? m : pm, sizeof(float) * (size_t)ng);
+                memcpy(r->blk_l + (size_t)b * r->n_head + (size_t)h * ng, first ? l : pl, sizeof(float) * (size_t)ng);
+            }
+            if (!first) pam_attn_merge(ng, hd, m, l, o, pm, pl, po);
+            bytes += (uint64_t)blk->n_tokens * (uint64_t)hd * 2 * sizeof(uint16_t);
+        }
+    }
+    free(scratch);
+    __atomic_fetch_add(&d->bytes_read, bytes, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&d->attend_ns, pam_time_ns() - t0, __ATOMIC_RELAXED);
+    return PAM_OK;
+}
+
+static void dram_stats(void *impl, pam_tier_stats *out) {
+    dram_tier *d = impl;
+    memset(out, 0, sizeof *out);
+    out->blocks_used = d->capacity - d->n_free;
+    out->blocks_capacity = d->capacity;
+    out->bytes_read = __atomic_load_n(&d->bytes_read, __ATOMIC_RELAXED);
+    out->bytes_written = __atomic_load_n(&d->bytes_written, __ATOMIC_RELAXED);
+    out->n_errors = d->n_errors;
+    out->attend_ns = __atomic_load_n(&d->attend_ns, __ATOMIC_RELAXED);
+}
+
+static void dram_close(void *impl) {
+    dram_tier *d = impl;
+    if (!d) return;
+    free(d->arena);
+    free(d->free_stack);
+    free(d);
+}
+
+static const pam_tier_ops k_dram_ops = {
+    .kind = "dram",
+    .alloc = dram_alloc,
+    .free = dram_free,
+    .write = dram_write,
+    .read = dram_read,
+    .attend = dram_attend,
+    .stats = dram_stats,
+    .close = dram_close,
+};
+
+pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes, pam_tier **out) {
+    *out = NULL;
+    if (shape->n_head_kv <= 0 || shape->head_dim <= 0 || shape->block_tokens <= 0 || shape->block_tokens > 4096)
+        return PAM_ERR(PAM_ERR_INVALID, "dram tier: bad KV shape (%d KV heads, head dim %d, block %d tokens)",
+                       shape->n_head_kv, shape->head_dim, shape->block_tokens);
+    size_t head_elems = (size_t)shape->block_tokens * (size_t)shape->head_dim;
+    size_t block_elems = (size_t)shape->n_head_kv * 2 * head_elems;
+    uint64_t block_bytes = (uint64_t)block_elems * sizeof(uint16_t);
+    uint64_t cap = capacity_bytes / block_bytes;
+    if (cap == 0)
+        return PAM_ERR(PAM_ERR_INVALID, "dram tier: %llu bytes hold no block of %llu bytes",
+                       (unsigned long long)capacity_bytes, (unsigned long long)block_bytes);
+    if (cap > UINT32_MAX) return PAM_ERR(PAM_ERR_RANGE, "dram tier: more than 2^32 blocks");
+    if (cap > SIZE_MAX / block_bytes) return PAM_ERR(PAM_ERR_RANGE, "dram tier: capacity exceeds the address space");
+    dram_tier *d = calloc(1, sizeof *d);
+    pam_tier *t = calloc(1, sizeof *t);
+    if (d) {
+        d->shape = *shape;
+        d->head_elems = head_elems;
+        d->block_elems = block_elems;
+        d->capacity = cap;
+        /* Pages are committed on first write, so a large tier costs only what it holds. */
+        d->arena = malloc((size_t)(cap * block_bytes));
+        d->free_stack = malloc((size_t)cap * sizeof(uint32_t));
+    }
+    if (!d || !t || !d->arena || !d->free_stack) {
+        dram_close(d);
+        free(t);
+        return PAM_ERR(PAM_ERR_NOMEM, "dram tier: %llu bytes", (unsigned long long)(cap * block_bytes));
+    }
+    /* Pop order: slot 0 first, so blocks fill the arena from its start. */
+    for (uint64_t i = 0; i < cap; i++) d->free_stack[i] = (uint32_t)(cap - 1 - i);
+    d->n_free = cap;
+    t->ops = &k_dram_ops;
+    t->impl = d;
+    strcpy(t->name, "dram");
+    t->capacity_blocks = cap;
+    t->block_bytes = block_bytes;
+    t->read_gbps = PAM_TIER_DRAM_GBPS;
+    t->exact = 1;
+    *out = t;
+    return PAM_OK;
+}
