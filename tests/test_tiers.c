@@ -769,6 +769,7 @@ static void test_open_spec(void **state) {
     assert_int_equal(pam_tier_open_spec(&k_shape, spec, &t), PAM_OK);
     assert_string_equal(t->ops->kind, "ssd");
     assert_true(strncmp(t->name, "ssd:", 4) == 0);
+    printf("  ssd tier in the build dir: %s (no '+buffered': O_DIRECT)\n", t->name);
     assert_int_equal(t->block_bytes % 4096, 0);
     assert_true(t->capacity_blocks * t->block_bytes <= 2 << 20);
     pam_tier_close(t);
