@@ -561,7 +561,9 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
     float *bm = sc + (size_t)nq * B, *bl = bm + nq, *bo = bl + nq;
     int64_t n_batches = (r->n_blocks + SSD_BATCH - 1) / SSD_BATCH;
     pam_status st = PAM_OK;
-    ssd_submit(s, io, 0, r->blocks, 0, (int)(r->n_blocks < SSD_BATCH ? r->n_blocks : SSD_BATCH));
+    /* With a ring, batch 0 starts now and batch i+1 while batch i computes;
+     * without one, each batch is read synchronously when its turn comes. */
+    if (io->ring_ok) ssd_submit(s, io, 0, r->blocks, 0, (int)(r->n_blocks < SSD_BATCH ? r->n_blocks : SSD_BATCH));
     for (int64_t bi = 0; bi < n_batches; bi++) {
         int set = (int)(bi & 1);
         int64_t b0 = bi * SSD_BATCH;
