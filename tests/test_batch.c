@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/status.h"
+#include "kv/kvm.h"
 #include "model/model.h"
 #include "util/ref_model.h"
 #include "util/test_util.h"
@@ -17,15 +18,35 @@ typedef struct {
     int32_t tok[PROMPT + STEPS];
 } seq_tokens;
 
+/* Paged KV: one dram tier large enough that placement is the same whether a
+ * sequence runs alone or beside others. kv == PAM_DT_COUNT selects it. */
+static pam_kvm *make_kvm(pam_model *m, pam_pool *pool) {
+    const pam_model_hparams *hp = pam_model_get_hparams(m);
+    pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, 16};
+    pam_tier *t;
+    assert_int_equal(pam_tier_dram_open(&shape, 64ull << 20, &t), PAM_OK);
+    pam_kvm_config cfg = {.shape = shape, .tiers = &t, .n_tiers = 1, .policy = PAM_KV_POLICY_PAM};
+    pam_kvm *kvm;
+    assert_int_equal(pam_kvm_create(&cfg, pool, &kvm), PAM_OK);
+    return kvm;
+}
+
+static pam_ctx_params ctx_params(pam_dtype kv, pam_kvm *kvm) {
+    pam_ctx_params p = {.n_ctx = 64, .kv_type = kv == PAM_DT_COUNT ? PAM_DT_F16 : kv, .kvm = kvm, .kv_seq = -1};
+    return p;
+}
+
 /* Reference: each sequence alone, token by token; logits of every position. */
 static void run_alone(pam_model *m, pam_pool *pool, pam_dtype kv, const seq_tokens *s, float *out) {
     int nv = pam_model_get_hparams(m)->n_vocab;
     pam_ctx *c;
-    pam_ctx_params p = {.n_ctx = 64, .kv_type = kv, .kv_seq = -1};
+    pam_kvm *kvm = kv == PAM_DT_COUNT ? make_kvm(m, pool) : NULL;
+    pam_ctx_params p = ctx_params(kv, kvm);
     assert_int_equal(pam_ctx_create_ex(m, &p, pool, &c), PAM_OK);
     for (int pos = 0; pos < PROMPT + STEPS; pos++)
         assert_int_equal(pam_forward(c, &s->tok[pos], 1, pos, out + (size_t)pos * nv, 0), PAM_OK);
     pam_ctx_free(c);
+    pam_kvm_destroy(kvm);
 }
 
 static void check_model(pam_model *m, pam_dtype kv, int n_threads) {
@@ -45,7 +66,8 @@ static void check_model(pam_model *m, pam_dtype kv, int n_threads) {
      * step beside the others. */
     pam_ctx *ctx[N_SEQ];
     int32_t next[N_SEQ] = {0};
-    pam_ctx_params p = {.n_ctx = 64, .kv_type = kv, .kv_seq = -1};
+    pam_kvm *kvm = kv == PAM_DT_COUNT ? make_kvm(m, pool) : NULL;
+    pam_ctx_params p = ctx_params(kv, kvm);
     for (int s = 0; s < N_SEQ; s++) assert_int_equal(pam_ctx_create_ex(m, &p, pool, &ctx[s]), PAM_OK);
     pam_ctx *bctx[N_SEQ * PROMPT];
     int32_t btok[N_SEQ * PROMPT], bpos[N_SEQ * PROMPT], bseq[N_SEQ * PROMPT];
@@ -76,6 +98,7 @@ static void check_model(pam_model *m, pam_dtype kv, int n_threads) {
         assert_int_equal(next[s], PROMPT + STEPS);
         pam_ctx_free(ctx[s]);
     }
+    pam_kvm_destroy(kvm);
     free(logits);
     free(ref);
     pam_pool_destroy(pool);
@@ -95,6 +118,7 @@ static void test_batch_equals_alone(void **state) {
     for (int t = 1; t <= 3; t++) {
         check_model(m, PAM_DT_F16, t);
         check_model(m, PAM_DT_F32, t);
+        check_model(m, PAM_DT_COUNT, t); /* paged KV */
     }
     pam_model_free(m);
 }
