@@ -420,6 +420,7 @@ static void test_random_capacity_restored(void **state) {
         free(c.blocks);
     }
     assert_true(exercised > 50);
+    free(moves);
 }
 
 /* Over several steps with a small budget, the hottest blocks end up in tier

@@ -186,6 +186,7 @@ static void bench_print(const bench_record *r, int threads, double bw, int json,
 }
 
 int pam_cli_bench(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "kv")) return pam_cli_bench_kv(argc - 1, argv + 1);
     const char *model_path = NULL;
     long n_threads = 0, bw_mib = (long)(PAM_MEMBW_DEFAULT_BYTES >> 20);
     bench_opts o = {.depths = {0, 1024, 4096, 16384, 32768}, .n_depths = 5, .n_decode = 32, .n_prompt = 512, .reps = 1,

@@ -8,5 +8,7 @@ int pam_cli_inspect(int argc, char **argv);
 int pam_cli_convert(int argc, char **argv);
 int pam_cli_gen_model(int argc, char **argv);
 int pam_cli_bench(int argc, char **argv);
+/* `pam bench kv`: argv[0] is "kv". */
+int pam_cli_bench_kv(int argc, char **argv);
 
 #endif

@@ -1,0 +1,621 @@
+/* pam bench kv: decode speed with a tiered KV cache whose contents are
+ * several times the fastest tier, for the policies side by side (DESIGN.md
+ * §2.8, §5).
+ *
+ * For each policy: the tiers are opened from the --kv-tier specs (single:
+ * one dram tier big enough for everything, or --single-tier), a KV manager is
+ * made over them, and one inference context per sequence is backed by it.
+ * Every sequence gets D (--depth) synthetic KV positions
+ * (pam_kvm_fill_synthetic), then W untimed warmup steps and N timed steps
+ * run; a step decodes one token of every sequence in turn (positions D, D+1,
+ * ...) and ends with pam_kvm_step_end (importance, scheduling, migration:
+ * part of the policy's cost, so it is timed). The logits are checked finite
+ * after every token, outside the timed region.
+ *
+ * Per step, the manager's report gives each tier's bytes read and attention
+ * time. The bound a step cannot beat: the weights once per sequence from host
+ * memory, then the KV, where tiers on different devices read concurrently
+ * and tiers in host memory (dram, dramq) share its bandwidth:
+ *   bound = n_seqs * weight_bytes / bw + max(host_kv_bytes / bw,
+ *                                            max over other tiers of bytes / read_gbps)
+ * with bw measured at the start (pam_membw_read_gbps). The host-memory tiers'
+ * read_gbps are set to bw for the scheduler. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "core/status.h"
+#include "core/timing.h"
+#include "kernels/cpu.h"
+#include "kernels/membw.h"
+#include "kv/kvm.h"
+#include "kv/tier.h"
+#include "model/model.h"
+
+#define BKV_MAX_SPECS 8
+#define BKV_MAX_POLICIES 3
+#define BKV_MAX_SEQS 256
+#define BKV_SEED 4321
+#define BKV_WARMUP 2
+
+typedef struct bkv_opts {
+    const char *specs[BKV_MAX_SPECS];
+    int n_specs;
+    const char *single_spec;
+    pam_kv_policy policies[BKV_MAX_POLICIES];
+    int n_policies;
+    long block_tokens, n_seqs, depth, n_steps, bw_mib, budget_mib;
+    const char *trace_path, *svg_path;
+    int json;
+} bkv_opts;
+
+/* What one policy's run measured; per-step series feed the plot. */
+typedef struct bkv_result {
+    pam_kv_policy policy;
+    int ran;           /* 0: did not fit (single) or failed; see note */
+    char note[256];
+    int n_tiers;
+    char tier_name[8][64];
+    int tier_host[8];  /* tier in host memory: shares bw */
+    double tier_gbps[8];
+    double tokens_per_second, step_ms, bound_ms;
+    double bytes_step[8], attend_ms_step[8], blocks[8]; /* means over the timed steps */
+    double migrations_step, migration_bytes_step, staged_bytes_step;
+    uint64_t migration_failures;
+    /* series over all steps (warmup included), [step * 8 + tier] */
+    int n_series;
+    double *s_blocks, *s_bytes;
+} bkv_result;
+
+static const char *bkv_policy_name(pam_kv_policy p) {
+    return p == PAM_KV_POLICY_OFFLOAD ? "offload" : p == PAM_KV_POLICY_SINGLE ? "single" : "pam";
+}
+
+static void bkv_usage(FILE *f) {
+    fprintf(f,
+            "usage: pam bench kv -m MODEL [options]\n"
+            "\n"
+            "Decode tokens/s of several long sequences whose KV spans several tiers, for each\n"
+            "KV policy, with per-tier traffic and the bound set by the tiers' bandwidths.\n"
+            "\n"
+            "  -m, --model FILE      GGUF model (`pam gen-model` writes random-weight ones)\n"
+            "  -t, --threads N       threads (default: number of CPUs)\n"
+            "      --kv-tier SPEC    a tier, fastest first; repeat for more (dram:SIZE,\n"
+            "                        dramq:int8|int4:SIZE, ssd:DIR:SIZE). Default: dram holding a\n"
+            "                        quarter of the KV, then dramq:int8 for the rest\n"
+            "      --kv-block N      tokens per block (default 16)\n"
+            "      --policy LIST     comma-separated: pam,offload,single (default all three)\n"
+            "      --single-tier SPEC  the one tier of `single` (default: dram holding all the KV)\n"
+            "      --seqs N          sequences decoded together (default 4)\n"
+            "      --depth D         synthetic KV positions per sequence (default 16384)\n"
+            "  -n, --steps N         timed steps, one token per sequence each (default 16)\n"
+            "      --budget-mib N    migration budget per step (default: the KV manager's)\n"
+            "      --trace FILE      one JSON line per step and policy (the --kv-trace format)\n"
+            "      --svg FILE        plot of blocks and bytes read per tier over the steps\n"
+            "      --bw-mib N        buffer for the bandwidth measurement in MiB (default %zu)\n"
+            "      --json            print a JSON array of records instead of a table\n",
+            PAM_MEMBW_DEFAULT_BYTES >> 20);
+}
+
+static int bkv_parse_policies(const char *s, bkv_opts *o) {
+    o->n_policies = 0;
+    while (*s) {
+        size_t n = strcspn(s, ",");
+        pam_kv_policy p;
+        if (n == 3 && !strncmp(s, "pam", 3))
+            p = PAM_KV_POLICY_PAM;
+        else if (n == 7 && !strncmp(s, "offload", 7))
+            p = PAM_KV_POLICY_OFFLOAD;
+        else if (n == 6 && !strncmp(s, "single", 6))
+            p = PAM_KV_POLICY_SINGLE;
+        else
+            return 0;
+        for (int i = 0; i < o->n_policies; i++)
+            if (o->policies[i] == p) return 0;
+        if (o->n_policies == BKV_MAX_POLICIES) return 0;
+        o->policies[o->n_policies++] = p;
+        s += n;
+        if (*s == ',') s++;
+    }
+    return o->n_policies > 0;
+}
+
+static uint64_t bkv_rng(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int bkv_is_host(const pam_tier *t) {
+    return !strcmp(t->ops->kind, "dram") || !strcmp(t->ops->kind, "dramq");
+}
+
+/* Opens the policy's tiers into tiers[] (caller closes them on failure). */
+static pam_status bkv_open_tiers(const bkv_opts *o, const pam_kv_shape *shape, pam_kv_policy policy,
+                                 uint64_t kv_bytes, double bw, pam_tier **tiers, int *n_tiers) {
+    char spec[128];
+    *n_tiers = 0;
+    if (policy == PAM_KV_POLICY_SINGLE) {
+        const char *s = o->single_spec;
+        if (!s) {
+            /* everything plus a block per sequence and layer of slack */
+            uint64_t slack = (uint64_t)o->n_seqs * (uint64_t)shape->n_layer * 2 * (uint64_t)shape->block_tokens *
+                             (uint64_t)shape->n_head_kv * (uint64_t)shape->head_dim * 4;
+            snprintf(spec, sizeof spec, "dram:%llu", (unsigned long long)(kv_bytes + slack));
+            s = spec;
+        }
+        PAM_TRY(pam_tier_open_spec(shape, s, &tiers[(*n_tiers)++]));
+    } else if (o->n_specs == 0) {
+        snprintf(spec, sizeof spec, "dram:%llu", (unsigned long long)(kv_bytes / 4));
+        PAM_TRY(pam_tier_open_spec(shape, spec, &tiers[(*n_tiers)++]));
+        snprintf(spec, sizeof spec, "dramq:int8:%llu", (unsigned long long)kv_bytes);
+        PAM_TRY(pam_tier_open_spec(shape, spec, &tiers[(*n_tiers)++]));
+    } else {
+        for (int i = 0; i < o->n_specs; i++) PAM_TRY(pam_tier_open_spec(shape, o->specs[i], &tiers[(*n_tiers)++]));
+    }
+    for (int i = 0; i < *n_tiers; i++)
+        if (bkv_is_host(tiers[i])) tiers[i]->read_gbps = bw;
+    return PAM_OK;
+}
+
+static pam_status bkv_check_logits(const float *logits, int32_t n_vocab, int32_t seq, int32_t pos) {
+    for (int32_t i = 0; i < n_vocab; i++)
+        if (!isfinite(logits[i]))
+            return PAM_ERR(PAM_ERR_CORRUPT, "sequence %d at position %d: logit %d is not finite", seq, pos, i);
+    return PAM_OK;
+}
+
+typedef struct bkv_run {
+    pam_kvm *kvm;
+    pam_ctx *ctx[BKV_MAX_SEQS];
+    int32_t seq[BKV_MAX_SEQS];
+    int n_ctx;
+} bkv_run;
+
+static void bkv_run_free(bkv_run *r) {
+    for (int i = 0; i < r->n_ctx; i++) pam_ctx_free(r->ctx[i]);
+    pam_kvm_destroy(r->kvm);
+}
+
+static void bkv_record_step(bkv_result *res, const pam_kvm_report *rep) {
+    int s = res->n_series++;
+    for (int t = 0; t < res->n_tiers && t < 8; t++) {
+        res->s_blocks[s * 8 + t] = (double)rep->tiers[t].blocks_used;
+        res->s_bytes[s * 8 + t] = (double)rep->tiers[t].bytes_read_step;
+    }
+}
+
+static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts *o, pam_kv_policy policy,
+                             double bw, FILE *trace, float *logits, bkv_result *res) {
+    const pam_model_hparams *hp = pam_model_get_hparams(m);
+    pam_kv_shape shape = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+                          .block_tokens = (int32_t)o->block_tokens};
+    int32_t n_seqs = (int32_t)o->n_seqs, depth = (int32_t)o->depth, n_steps = (int32_t)o->n_steps;
+    int32_t n_total = depth + BKV_WARMUP + n_steps;
+    uint64_t kv_bytes = (uint64_t)n_seqs * (uint64_t)n_total * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
+                        (uint64_t)hp->head_dim * 4; /* f16 K and V */
+    memset(res, 0, sizeof *res);
+    res->policy = policy;
+    res->s_blocks = calloc((size_t)(BKV_WARMUP + n_steps) * 8, sizeof(double));
+    res->s_bytes = calloc((size_t)(BKV_WARMUP + n_steps) * 8, sizeof(double));
+    if (!res->s_blocks || !res->s_bytes) return PAM_ERR(PAM_ERR_NOMEM, "bench kv: step series");
+
+    pam_tier *tiers[BKV_MAX_SPECS] = {0};
+    int n_tiers = 0;
+    pam_status st = bkv_open_tiers(o, &shape, policy, kv_bytes, bw, tiers, &n_tiers);
+    if (st != PAM_OK) {
+        for (int i = 0; i < n_tiers; i++)
+            if (tiers[i]) pam_tier_close(tiers[i]);
+        return st;
+    }
+    res->n_tiers = n_tiers;
+    for (int i = 0; i < n_tiers; i++) {
+        snprintf(res->tier_name[i], sizeof res->tier_name[i], "%s", tiers[i]->name);
+        res->tier_host[i] = bkv_is_host(tiers[i]);
+        res->tier_gbps[i] = tiers[i]->read_gbps;
+    }
+    pam_kvm_config cfg = {.shape = shape, .tiers = tiers, .n_tiers = n_tiers, .policy = policy,
+                          .migrate_bytes_per_step = (uint64_t)o->budget_mib << 20, .trace = trace};
+    bkv_run r = {0};
+    PAM_TRY(pam_kvm_create(&cfg, pool, &r.kvm));
+
+    /* Admission: every sequence reserves all it will need; a cache too small
+     * for them (single with a small tier) fails here, cleanly. */
+    for (int32_t s = 0; st == PAM_OK && s < n_seqs; s++) {
+        st = pam_kvm_seq_create(r.kvm, &r.seq[s]);
+        if (st == PAM_OK) st = pam_kvm_reserve(r.kvm, r.seq[s], n_total);
+        if (st == PAM_OK) st = pam_kvm_fill_synthetic(r.kvm, r.seq[s], depth, BKV_SEED + (uint64_t)s);
+        if (st == PAM_OK) {
+            pam_ctx_params p;
+            pam_ctx_params_default(&p);
+            p.n_ctx = n_total;
+            p.kvm = r.kvm;
+            p.kv_seq = r.seq[s];
+            st = pam_ctx_create_ex(m, &p, pool, &r.ctx[s]);
+            if (st == PAM_OK) r.n_ctx++;
+        }
+    }
+    if (st == PAM_ERR_FULL) {
+        /* does not fit: a result of this configuration, not a failure */
+        snprintf(res->note, sizeof res->note, "does not fit: %s", pam_last_error());
+        bkv_run_free(&r);
+        return PAM_OK;
+    }
+    uint64_t rng = BKV_SEED;
+    int64_t total_ns = 0;
+    double sum_bytes[8] = {0}, sum_ms[8] = {0}, sum_blocks[8] = {0}, sum_mig = 0, sum_mig_bytes = 0, sum_staged = 0,
+           sum_bound = 0;
+    for (int32_t step = 0; st == PAM_OK && step < BKV_WARMUP + n_steps; step++) {
+        int timed = step >= BKV_WARMUP;
+        int32_t pos = depth + step;
+        int64_t step_ns = 0;
+        for (int32_t s = 0; st == PAM_OK && s < n_seqs; s++) {
+            int32_t tok = (int32_t)(bkv_rng(&rng) % (uint64_t)hp->n_vocab);
+            int64_t t0 = pam_time_ns();
+            st = pam_forward(r.ctx[s], &tok, 1, pos, logits, 0);
+            step_ns += pam_time_ns() - t0;
+            if (st == PAM_OK) st = bkv_check_logits(logits, hp->n_vocab, s, pos);
+        }
+        if (st != PAM_OK) break;
+        int64_t t0 = pam_time_ns();
+        st = pam_kvm_step_end(r.kvm);
+        step_ns += pam_time_ns() - t0;
+        if (st != PAM_OK) break;
+        pam_kvm_report rep;
+        pam_kvm_report_get(r.kvm, &rep);
+        bkv_record_step(res, &rep);
+        if (!timed) continue;
+        total_ns += step_ns;
+        double host_s = 0, other_s = 0;
+        for (int t = 0; t < n_tiers; t++) {
+            sum_bytes[t] += (double)rep.tiers[t].bytes_read_step;
+            sum_ms[t] += rep.tiers[t].attend_ms_step;
+            sum_blocks[t] += (double)rep.tiers[t].blocks_used;
+            double secs = (double)rep.tiers[t].bytes_read_step / (res->tier_gbps[t] * 1e9);
+            if (res->tier_host[t])
+                host_s += (double)rep.tiers[t].bytes_read_step / (bw * 1e9);
+            else if (secs > other_s)
+                other_s = secs;
+        }
+        /* offload's staging copy: read from the slow tiers (counted above)
+         * and written into host memory */
+        host_s += (double)rep.staged_bytes_step / (bw * 1e9);
+        double weights_s = (double)n_seqs * (double)pam_model_weight_bytes(m) / (bw * 1e9);
+        sum_bound += (weights_s + (host_s > other_s ? host_s : other_s)) * 1e3;
+        sum_mig += (double)rep.migrations_step;
+        sum_mig_bytes += (double)rep.migration_bytes_step;
+        sum_staged += (double)rep.staged_bytes_step;
+        res->migration_failures = rep.migration_failures;
+    }
+    bkv_run_free(&r);
+    if (st != PAM_OK) return st;
+    res->ran = 1;
+    double n = (double)n_steps;
+    res->step_ms = (double)total_ns / 1e6 / n;
+    res->tokens_per_second = (double)n_seqs * n * 1e9 / (double)(total_ns > 0 ? total_ns : 1);
+    res->bound_ms = sum_bound / n;
+    for (int t = 0; t < n_tiers; t++) {
+        res->bytes_step[t] = sum_bytes[t] / n;
+        res->attend_ms_step[t] = sum_ms[t] / n;
+        res->blocks[t] = sum_blocks[t] / n;
+    }
+    res->migrations_step = sum_mig / n;
+    res->migration_bytes_step = sum_mig_bytes / n;
+    res->staged_bytes_step = sum_staged / n;
+    return PAM_OK;
+}
+
+/* ---- plot --------------------------------------------------------------- */
+
+static const char *const bkv_colors[8] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                                          "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+
+/* One panel: a line per tier of series[step * 8 + tier] over the steps. */
+static void bkv_svg_panel(FILE *f, double x0, double y0, double w, double h, const char *title, const double *series,
+                          const bkv_result *r, double scale) {
+    double ymax = 0;
+    for (int s = 0; s < r->n_series; s++)
+        for (int t = 0; t < r->n_tiers; t++)
+            if (series[s * 8 + t] * scale > ymax) ymax = series[s * 8 + t] * scale;
+    if (ymax <= 0) ymax = 1;
+    double pl = 60, pr = 10, pt = 24, pb = 30; /* padding: axis labels and title */
+    double px = x0 + pl, py = y0 + pt, pw = w - pl - pr, ph = h - pt - pb;
+    int n = r->n_series;
+    double dx = n > 1 ? pw / (n - 1) : 0;
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"13\">%s</text>\n", px, y0 + 15, title);
+    /* warmup steps, untimed */
+    if (n > 1)
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#eeeeee\"/>\n", px, py,
+                dx * (BKV_WARMUP - 0.5 < n - 1 ? BKV_WARMUP - 0.5 : n - 1), ph);
+    for (int g = 0; g <= 4; g++) {
+        double y = py + ph - ph * g / 4.0;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#cccccc\"/>\n", px, y, px + pw, y);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%.4g</text>\n", px - 4, y + 3,
+                ymax * g / 4.0);
+    }
+    for (int s = 0; s < n; s += (n > 20 ? n / 10 : 1))
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\">%d</text>\n", px + dx * s,
+                py + ph + 14, s);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\">step</text>\n", px + pw / 2,
+            py + ph + 27);
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#000000\"/>\n", px,
+            py, pw, ph);
+    for (int t = 0; t < r->n_tiers; t++) {
+        fprintf(f, "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"%s\" points=\"", bkv_colors[t]);
+        for (int s = 0; s < n; s++)
+            fprintf(f, "%s%.1f,%.1f", s ? " " : "", px + dx * s, py + ph - ph * series[s * 8 + t] * scale / ymax);
+        fprintf(f, "\"/>\n");
+    }
+}
+
+static void bkv_xml_text(FILE *f, const char *s) {
+    for (; *s; s++) {
+        if (*s == '<') fputs("&lt;", f);
+        else if (*s == '>') fputs("&gt;", f);
+        else if (*s == '&') fputs("&amp;", f);
+        else if ((unsigned char)*s >= 0x20) fputc(*s, f);
+    }
+}
+
+/* Tier occupancy and bytes read per step, one row of two panels per policy. */
+static pam_status bkv_write_svg(const char *path, const bkv_result *res, int n_res) {
+    int rows = 0;
+    for (int i = 0; i < n_res; i++) rows += res[i].ran;
+    double W = 980, rowh = 270, head = 30;
+    FILE *f = fopen(path, "w");
+    if (!f) return PAM_ERR(PAM_ERR_IO, "cannot write the plot '%s'", path);
+    fprintf(f,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\">\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"#ffffff\"/>\n"
+            "<text x=\"10\" y=\"20\" font-size=\"15\">pam bench kv: tier occupancy and traffic per step "
+            "(grey: untimed warmup)</text>\n",
+            W, head + rowh * (rows > 0 ? rows : 1));
+    int row = 0;
+    for (int i = 0; i < n_res; i++) {
+        const bkv_result *r = &res[i];
+        if (!r->ran) continue;
+        double y0 = head + rowh * row++;
+        char title[96];
+        snprintf(title, sizeof title, "%s: blocks per tier", bkv_policy_name(r->policy));
+        bkv_svg_panel(f, 0, y0, 440, 230, title, r->s_blocks, r, 1.0);
+        snprintf(title, sizeof title, "%s: MB read per tier per step", bkv_policy_name(r->policy));
+        bkv_svg_panel(f, 440, y0, 440, 230, title, r->s_bytes, r, 1e-6);
+        for (int t = 0; t < r->n_tiers; t++) {
+            double ly = y0 + 40 + 16 * t;
+            fprintf(f, "<rect x=\"890\" y=\"%.1f\" width=\"12\" height=\"4\" fill=\"%s\"/>\n", ly - 4, bkv_colors[t]);
+            fprintf(f, "<text x=\"906\" y=\"%.1f\" font-size=\"10\">", ly);
+            bkv_xml_text(f, r->tier_name[t]);
+            fprintf(f, "</text>\n");
+        }
+    }
+    fprintf(f, "</svg>\n");
+    if (fclose(f) != 0) return PAM_ERR(PAM_ERR_IO, "cannot write the plot '%s'", path);
+    return PAM_OK;
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+static void bkv_json_string(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') putchar('\\');
+        if ((unsigned char)*s >= 0x20) putchar(*s);
+    }
+    putchar('"');
+}
+
+static void bkv_print_json(const bkv_opts *o, const bkv_result *res, int n_res, int threads, double bw,
+                           double ratio) {
+    printf("[");
+    for (int i = 0; i < n_res; i++) {
+        const bkv_result *r = &res[i];
+        printf("%s\n  {\"policy\": \"%s\", \"ran\": %s, \"seqs\": %ld, \"depth\": %ld, \"steps\": %ld, "
+               "\"threads\": %d, \"bandwidth_gbps\": %.4f",
+               i ? "," : "", bkv_policy_name(r->policy), r->ran ? "true" : "false", o->n_seqs, o->depth,
+               o->n_steps, threads, bw);
+        if (!r->ran) {
+            printf(", \"note\": ");
+            bkv_json_string(r->note);
+            printf("}");
+            continue;
+        }
+        printf(", \"tokens_per_second\": %.4f, \"step_ms\": %.4f, \"bound_ms\": %.4f, \"fraction_of_bound\": %.4f, "
+               "\"migrations_per_step\": %.2f, \"migration_bytes_per_step\": %.0f, \"migration_failures\": %llu, "
+               "\"staged_bytes_per_step\": %.0f",
+               r->tokens_per_second, r->step_ms, r->bound_ms, r->bound_ms / r->step_ms, r->migrations_step,
+               r->migration_bytes_step, (unsigned long long)r->migration_failures, r->staged_bytes_step);
+        if (r->policy == PAM_KV_POLICY_PAM && ratio > 0) printf(", \"speedup_vs_offload\": %.4f", ratio);
+        printf(", \"tiers\": [");
+        for (int t = 0; t < r->n_tiers; t++) {
+            printf("%s{\"name\": ", t ? ", " : "");
+            bkv_json_string(r->tier_name[t]);
+            printf(", \"read_gbps\": %.4f, \"blocks\": %.1f, \"bytes_read_per_step\": %.0f, \"attend_ms_per_step\": "
+                   "%.4f}",
+                   r->tier_gbps[t], r->blocks[t], r->bytes_step[t], r->attend_ms_step[t]);
+        }
+        printf("]}");
+    }
+    printf("\n]\n");
+}
+
+static void bkv_print_table(const bkv_result *res, int n_res, double ratio) {
+    printf("| policy  |    tok/s | ms / step | bound ms | of bound | migr / step | MB migr / step | MB staged / step |\n"
+           "|---------|----------|-----------|----------|----------|-------------|----------------|------------------|\n");
+    for (int i = 0; i < n_res; i++) {
+        const bkv_result *r = &res[i];
+        if (!r->ran) {
+            printf("| %-7s | %s |\n", bkv_policy_name(r->policy), r->note);
+            continue;
+        }
+        printf("| %-7s | %8.2f | %9.2f | %8.2f | %7.1f%% | %11.1f | %14.2f | %16.2f |\n", bkv_policy_name(r->policy),
+               r->tokens_per_second, r->step_ms, r->bound_ms, 100.0 * r->bound_ms / r->step_ms, r->migrations_step,
+               r->migration_bytes_step / 1e6, r->staged_bytes_step / 1e6);
+    }
+    printf("\n| policy  | tier                 |   GB/s |   blocks | MB read / step | attend ms / step | "
+           "bytes/bw ms |\n"
+           "|---------|----------------------|--------|----------|----------------|------------------|------------"
+           "-|\n");
+    for (int i = 0; i < n_res; i++) {
+        const bkv_result *r = &res[i];
+        for (int t = 0; r->ran && t < r->n_tiers; t++)
+            printf("| %-7s | %-20.20s | %6.2f | %8.0f | %14.2f | %16.2f | %11.2f |\n", bkv_policy_name(r->policy),
+                   r->tier_name[t], r->tier_gbps[t], r->blocks[t], r->bytes_step[t] / 1e6, r->attend_ms_step[t],
+                   r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3);
+    }
+    if (ratio > 0) printf("\npam / offload: %.2fx\n", ratio);
+    fflush(stdout);
+}
+
+int pam_cli_bench_kv(int argc, char **argv) {
+    const char *model_path = NULL;
+    long n_threads = 0;
+    bkv_opts o = {.block_tokens = 16, .n_seqs = 4, .depth = 16384, .n_steps = 16,
+                  .bw_mib = (long)(PAM_MEMBW_DEFAULT_BYTES >> 20), .budget_mib = 0};
+    bkv_parse_policies("pam,offload,single", &o);
+    pam_args a;
+    pam_args_init(&a, argc, argv, "pam bench kv");
+    while (pam_args_next(&a)) {
+        if (pam_args_is(&a, "-h", "--help")) {
+            bkv_usage(stdout);
+            return 0;
+        } else if (pam_args_is(&a, "-m", "--model")) {
+            model_path = pam_args_value(&a);
+        } else if (pam_args_is(&a, "-t", "--threads")) {
+            pam_args_long(&a, 1, 1024, &n_threads);
+        } else if (pam_args_is(&a, NULL, "--kv-tier")) {
+            const char *v = pam_args_value(&a);
+            if (v && o.n_specs == BKV_MAX_SPECS) {
+                fprintf(stderr, "pam bench kv: at most %d --kv-tier flags\n", BKV_MAX_SPECS);
+                a.failed = 1;
+            } else if (v) {
+                o.specs[o.n_specs++] = v;
+            }
+        } else if (pam_args_is(&a, NULL, "--single-tier")) {
+            o.single_spec = pam_args_value(&a);
+        } else if (pam_args_is(&a, NULL, "--kv-block")) {
+            pam_args_long(&a, 1, 4096, &o.block_tokens);
+        } else if (pam_args_is(&a, NULL, "--policy")) {
+            const char *v = pam_args_value(&a);
+            if (v && !bkv_parse_policies(v, &o)) {
+                fprintf(stderr, "pam bench kv: --policy expects a comma-separated list of pam, offload, single "
+                                "(each once), got '%s'\n", v);
+                a.failed = 1;
+            }
+        } else if (pam_args_is(&a, NULL, "--seqs")) {
+            pam_args_long(&a, 1, BKV_MAX_SEQS, &o.n_seqs);
+        } else if (pam_args_is(&a, NULL, "--depth")) {
+            pam_args_long(&a, 0, 1L << 24, &o.depth);
+        } else if (pam_args_is(&a, "-n", "--steps")) {
+            pam_args_long(&a, 1, 1L << 20, &o.n_steps);
+        } else if (pam_args_is(&a, NULL, "--budget-mib")) {
+            pam_args_long(&a, 1, 1L << 30, &o.budget_mib);
+        } else if (pam_args_is(&a, NULL, "--trace")) {
+            o.trace_path = pam_args_value(&a);
+        } else if (pam_args_is(&a, NULL, "--svg")) {
+            o.svg_path = pam_args_value(&a);
+        } else if (pam_args_is(&a, NULL, "--bw-mib")) {
+            pam_args_long(&a, 1, 1L << 20, &o.bw_mib);
+        } else if (pam_args_is(&a, NULL, "--json")) {
+            o.json = 1;
+        } else {
+            pam_args_unknown(&a);
+        }
+    }
+    if (a.n_positional > 0) {
+        fprintf(stderr, "pam bench kv: unexpected argument '%s' (the model goes after -m)\n", a.positional[0]);
+        a.failed = 1;
+    }
+    if (!a.failed && !model_path) {
+        fprintf(stderr, "pam bench kv: no model given: pass a GGUF file with -m MODEL.gguf\n"
+                        "(`pam gen-model --shape llama-3.2-1b --type q8_0 -o MODEL.gguf` writes one)\n");
+        a.failed = 1;
+    }
+    if (a.failed) {
+        fprintf(stderr, "run `pam bench kv --help` for the options\n");
+        return 2;
+    }
+
+    int rc = 1;
+    pam_model *model = NULL;
+    pam_pool *pool = NULL;
+    float *logits = NULL;
+    FILE *trace = NULL;
+    bkv_result res[BKV_MAX_POLICIES];
+    memset(res, 0, sizeof res);
+    int n_res = 0;
+    FILE *info = o.json ? stderr : stdout;
+    if (pam_model_load(model_path, &model) != PAM_OK) {
+        fprintf(stderr, "pam bench kv: cannot load '%s': %s\n", model_path, pam_last_error());
+        goto done;
+    }
+    if (pam_pool_create((int)n_threads, &pool) != PAM_OK) {
+        fprintf(stderr, "pam bench kv: %s\n", pam_last_error());
+        goto done;
+    }
+    const pam_model_hparams *hp = pam_model_get_hparams(model);
+    logits = malloc((size_t)hp->n_vocab * sizeof(float));
+    if (!logits) {
+        fprintf(stderr, "pam bench kv: out of memory\n");
+        goto done;
+    }
+    if (o.trace_path && !(trace = fopen(o.trace_path, "w"))) {
+        fprintf(stderr, "pam bench kv: cannot write the trace '%s'\n", o.trace_path);
+        goto done;
+    }
+    double bw = 0;
+    if (pam_membw_read_gbps(pool, (size_t)o.bw_mib << 20, 5, &bw) != PAM_OK) {
+        fprintf(stderr, "pam bench kv: bandwidth measurement failed: %s\n", pam_last_error());
+        goto done;
+    }
+    int threads = pam_pool_n_threads(pool);
+    double kv_gb = (double)o.n_seqs * (double)(o.depth + BKV_WARMUP + o.n_steps) * hp->n_layer * hp->n_head_kv *
+                   hp->head_dim * 4 / 1e9;
+    fprintf(info, "model: %s (%d layers, %d/%d heads, head dim %d), weights %.1f MB per token\n", model_path,
+            hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim, (double)pam_model_weight_bytes(model) / 1e6);
+    fprintf(info, "sequences: %ld at depth %ld, %.2f GB of f16 KV; block %ld tokens; %ld timed steps after %d warmup\n",
+            o.n_seqs, o.depth, kv_gb, o.block_tokens, o.n_steps, BKV_WARMUP);
+    fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n\n", threads,
+            pam_cpu_isa(), bw, o.bw_mib);
+    fflush(info);
+    for (int i = 0; i < o.n_policies; i++) {
+        if (bkv_policy(model, pool, &o, o.policies[i], bw, trace, logits, &res[n_res]) != PAM_OK) {
+            fprintf(stderr, "pam bench kv: policy %s: %s\n", bkv_policy_name(o.policies[i]), pam_last_error());
+            n_res++;
+            goto done;
+        }
+        n_res++;
+    }
+    double ratio = 0;
+    const bkv_result *rp = NULL, *ro = NULL;
+    for (int i = 0; i < n_res; i++) {
+        if (res[i].ran && res[i].policy == PAM_KV_POLICY_PAM) rp = &res[i];
+        if (res[i].ran && res[i].policy == PAM_KV_POLICY_OFFLOAD) ro = &res[i];
+    }
+    if (rp && ro) ratio = rp->tokens_per_second / ro->tokens_per_second;
+    if (o.json)
+        bkv_print_json(&o, res, n_res, threads, bw, ratio);
+    else
+        bkv_print_table(res, n_res, ratio);
+    if (o.svg_path && bkv_write_svg(o.svg_path, res, n_res) != PAM_OK) {
+        fprintf(stderr, "pam bench kv: %s\n", pam_last_error());
+        goto done;
+    }
+    rc = 0;
+done:
+    if (trace && fclose(trace) != 0 && rc == 0) {
+        fprintf(stderr, "pam bench kv: cannot write the trace '%s'\n", o.trace_path);
+        rc = 1;
+    }
+    for (int i = 0; i < BKV_MAX_POLICIES; i++) {
+        free(res[i].s_blocks);
+        free(res[i].s_bytes);
+    }
+    free(logits);
+    pam_pool_destroy(pool);
+    pam_model_free(model);
+    return rc;
+}
