@@ -811,6 +811,21 @@ static void test_open_spec(void **state) {
         cmocka_unit_test_prestate(fn, (void *)&k_kinds[4]), cmocka_unit_test_prestate(fn, (void *)&k_kinds[5]), \
         cmocka_unit_test_prestate(fn, (void *)&k_kinds[6])
 
+/* Calibration measures a positive rate through attend and leaves the tier
+ * as it found it (no slot kept). */
+static void test_calibrate(void **state) {
+    const tier_kind *k = *state;
+    pam_tier *t = open_kind(k, 1u << 20);
+    pam_tier_stats st;
+    double gbps = 0;
+    assert_int_equal(pam_tier_calibrate(t, &k_shape, 256u << 10, &gbps), PAM_OK);
+    assert_true(gbps > 0 && isfinite(gbps));
+    assert_true(t->read_gbps == gbps);
+    pam_tier_stats_get(t, &st);
+    assert_int_equal(st.blocks_used, 0);
+    pam_tier_close(t);
+}
+
 int main(void) {
     _Static_assert(N_KINDS == 7, "KIND_TESTS lists every kind");
     const struct CMUnitTest tests[] = {
@@ -827,6 +842,9 @@ int main(void) {
         cmocka_unit_test(test_ssd_tmpfs),
         cmocka_unit_test(test_ssd_inject_wrong_tier),
         cmocka_unit_test(test_fault_wrapper),
+        cmocka_unit_test_prestate(test_calibrate, (void *)&k_kinds[0]),
+        cmocka_unit_test_prestate(test_calibrate, (void *)&k_kinds[1]),
+        cmocka_unit_test_prestate(test_calibrate, (void *)&k_kinds[3]),
         cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_open_spec),
     };

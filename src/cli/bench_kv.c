@@ -157,8 +157,16 @@ static pam_status bkv_open_tiers(const bkv_opts *o, const pam_kv_shape *shape, p
     } else {
         for (int i = 0; i < o->n_specs; i++) PAM_TRY(pam_tier_open_spec(shape, o->specs[i], &tiers[(*n_tiers)++]));
     }
-    for (int i = 0; i < *n_tiers; i++)
-        if (bkv_is_host(tiers[i])) tiers[i]->read_gbps = bw;
+    for (int i = 0; i < *n_tiers; i++) {
+        if (bkv_is_host(tiers[i])) {
+            tiers[i]->read_gbps = bw;
+        } else {
+            /* a device tier's rate is measured through its own attend path */
+            double gbps;
+            PAM_TRY(pam_tier_calibrate(tiers[i], shape, 256ull << 20, &gbps));
+            fprintf(stderr, "tier %s: measured %.2f GB/s through its attend path\n", tiers[i]->name, gbps);
+        }
+    }
     return PAM_OK;
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "core/status.h"
+#include "core/timing.h"
 
 pam_status pam_tier_alloc(pam_tier *t, uint32_t *slot) { return t->ops->alloc(t->impl, slot); }
 
@@ -26,4 +27,67 @@ void pam_tier_close(pam_tier *t) {
     if (!t) return;
     if (t->ops && t->ops->close) t->ops->close(t->impl);
     free(t);
+}
+
+pam_status pam_tier_calibrate(pam_tier *t, const pam_kv_shape *shape, uint64_t max_bytes, double *gbps) {
+    uint64_t n = max_bytes / (t->block_bytes ? t->block_bytes : 1);
+    if (n > t->capacity_blocks) n = t->capacity_blocks;
+    if (n > 4096) n = 4096;
+    if (n < 1) return PAM_ERR(PAM_ERR_INVALID, "tier %s: calibration needs at least one block", t->name);
+    size_t row = (size_t)shape->n_head_kv * (size_t)shape->head_dim;
+    size_t bt = (size_t)shape->block_tokens;
+    int32_t n_head = shape->n_head_kv;
+    pam_tier_block *blocks = calloc(n, sizeof *blocks);
+    float *kv = malloc(2 * bt * row * sizeof(float));
+    float *q = malloc(row * sizeof(float));
+    float *m = malloc(sizeof(float) * (size_t)n_head), *l = malloc(sizeof(float) * (size_t)n_head);
+    float *o = malloc(row * sizeof(float));
+    pam_status st = (blocks && kv && q && m && l && o) ? PAM_OK : PAM_ERR(PAM_ERR_NOMEM, "tier calibration");
+    uint64_t got = 0;
+    uint64_t r = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; st == PAM_OK && i < 2 * bt * row; i++) {
+        r ^= r >> 12, r ^= r << 25, r ^= r >> 27;
+        kv[i] = (float)((int32_t)((r * 0x2545F4914F6CDD1Dull) >> 32)) * (1.0f / 2147483648.0f);
+    }
+    for (size_t i = 0; st == PAM_OK && i < row; i++) q[i] = kv[i] * 0.5f;
+    for (; st == PAM_OK && got < n; got++) {
+        pam_status a = pam_tier_alloc(t, &blocks[got].slot);
+        if (a == PAM_ERR_FULL) break;
+        if (a != PAM_OK) st = a;
+        else if ((st = pam_tier_write(t, blocks[got].slot, 0, (int32_t)bt, kv, kv + bt * row)) != PAM_OK)
+            pam_tier_free(t, blocks[got].slot);
+        blocks[got].n_tokens = (int32_t)bt;
+    }
+    if (st == PAM_OK && got == 0) st = PAM_ERR(PAM_ERR_FULL, "tier %s: no free block to calibrate with", t->name);
+    if (st == PAM_OK) {
+        pam_tier_attn req = {.q = q, .n_head = n_head, .scale = 0.125f, .blocks = blocks, .n_blocks = (int64_t)got,
+                             .m = m, .l = l, .o = o};
+        st = pam_tier_attend(t, &req); /* warm-up: first touches, queue setup */
+        pam_tier_stats s0, s1;
+        pam_tier_stats_get(t, &s0);
+        int64_t t0 = pam_time_ns(), el = 0;
+        int reps = 0;
+        /* at least 3 passes and 100 ms, so timer resolution and one slow
+         * request do not dominate */
+        while (st == PAM_OK && (reps < 3 || el < 100000000) && reps < 1000) {
+            st = pam_tier_attend(t, &req);
+            reps++;
+            el = pam_time_ns() - t0;
+        }
+        pam_tier_stats_get(t, &s1);
+        if (st == PAM_OK) {
+            double bytes = (double)(s1.bytes_read - s0.bytes_read);
+            if (bytes <= 0) bytes = (double)reps * (double)got * (double)t->block_bytes;
+            *gbps = bytes / ((double)el > 0 ? (double)el : 1.0);
+            t->read_gbps = *gbps;
+        }
+    }
+    for (uint64_t i = 0; i < got; i++) pam_tier_free(t, blocks[i].slot);
+    free(blocks);
+    free(kv);
+    free(q);
+    free(m);
+    free(l);
+    free(o);
+    return st;
 }

@@ -96,6 +96,12 @@ pam_status pam_tier_write(pam_tier *t, uint32_t slot, int32_t off, int32_t n, co
 pam_status pam_tier_read(pam_tier *t, uint32_t slot, int32_t n, float *k, float *v);
 pam_status pam_tier_attend(pam_tier *t, const pam_tier_attn *req);
 void pam_tier_stats_get(pam_tier *t, pam_tier_stats *out);
+/* Measures the rate (GB/s of block bytes) at which the tier's own attend
+ * streams up to max_bytes of its blocks (written with synthetic K/V, freed
+ * afterwards), sets t->read_gbps and returns it in *gbps. This is the
+ * bandwidth the scheduler and the bound of `pam bench kv` use: it includes
+ * the tier's I/O pattern (ssd: O_DIRECT batches) and its decode work. */
+pam_status pam_tier_calibrate(pam_tier *t, const pam_kv_shape *shape, uint64_t max_bytes, double *gbps);
 /* Closes and frees the tier (t itself is freed too). */
 void pam_tier_close(pam_tier *t);
 
