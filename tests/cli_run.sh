@@ -22,6 +22,22 @@ check "greedy text matches the reference" $?
 grep -Eq "prompt: [0-9]+ tokens .* tok/s \| decode: [0-9]+ tokens .* tok/s" "$tmp/err.txt"
 check "speed line printed" $?
 
+# Paged KV over several tiers (dram, int8 dram, ssd) with the pam policy:
+# the f16 tiers give the same greedy text.
+"$pam" run -m "$model" -p "Once upon a time" -n 40 --temp 0 -t 2 --kv-tier dram:8KiB --kv-tier "ssd:$tmp:64MiB" \
+  --kv-block 16 --kv-trace "$tmp/trace.jsonl" >"$tmp/paged.txt" 2>"$tmp/paged-err.txt"
+check "paged KV run exits 0" $?
+cmp -s "$tmp/out.txt" "$tmp/paged.txt"
+check "paged KV (dram + ssd) greedy text equals the contiguous cache" $?
+grep -Eq "ssd:[^ ]* [1-9][0-9]*/[0-9]+" "$tmp/paged-err.txt"
+check "blocks really live on the ssd tier" $?
+[ "$(wc -l <"$tmp/trace.jsonl")" -ge 40 ] && grep -q '"importance_hist"' "$tmp/trace.jsonl"
+check "KV trace has a JSON line per step" $?
+"$pam" run -m "$model" -p "Once upon a time" -n 40 --temp 0 -t 2 --kv-tier dram:16KiB --kv-policy single \
+  >/dev/null 2>"$tmp/single-err.txt"
+rc=$?; [ $rc -ne 0 ] && grep -qi "full" "$tmp/single-err.txt"
+check "single policy on a too-small tier fails cleanly" $?
+
 "$pam" run -m "$model" -p "The cat" -n 30 --temp 0.9 --seed 7 -t 1 >"$tmp/s1.txt" 2>/dev/null
 "$pam" run -m "$model" -p "The cat" -n 30 --temp 0.9 --seed 7 -t 2 >"$tmp/s2.txt" 2>/dev/null
 cmp -s "$tmp/s1.txt" "$tmp/s2.txt"
