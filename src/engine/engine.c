@@ -66,7 +66,8 @@ struct pam_request {
 typedef struct slot {
     pam_ctx *ctx;
     int32_t *cache_tok;
-    int32_t n_cache;
+    int32_t n_cache;     /* engine thread only */
+    int32_t n_cache_pub; /* n_cache as of the last step, for stats (under mu) */
     pam_request *req;
     uint64_t last_used;
 } slot;
@@ -414,7 +415,7 @@ void pam_engine_get_stats(pam_engine *e, pam_engine_stats *s) {
     s->n_running = e->n_running;
     uint64_t tokens = 0, blocks = 0, bytes = 0;
     for (int32_t i = 0; i < e->p.n_slots; i++) {
-        int32_t n = e->slots[i].n_cache;
+        int32_t n = e->slots[i].n_cache_pub;
         tokens += (uint64_t)n;
         blocks += (uint64_t)((n + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS);
         bytes += pam_ctx_kv_bytes_at(e->slots[i].ctx, n);
@@ -659,6 +660,7 @@ static void *engine_main(void *arg) {
         e->st.n_steps++;
         e->st.n_prefilled_tokens += (uint64_t)n_prefilled;
         e->st.n_generated_tokens += (uint64_t)n_new;
+        for (int32_t i = 0; i < e->p.n_slots; i++) e->slots[i].n_cache_pub = e->slots[i].n_cache;
         for (int32_t i = 0; i < e->p.n_slots; i++) {
             pam_request *r = e->slots[i].req;
             if (!r) continue;
