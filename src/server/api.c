@@ -65,7 +65,8 @@ static int get_number(json_t *root, const char *key, double lo, double hi, int l
     if (!v || json_is_null(v)) return 0;
     if (!json_is_number(v)) return BAD(key, "'%s' must be a number", key);
     double d = json_number_value(v);
-    if (!isfinite(d) || d < lo || d > hi || (lo_open && d == lo))
+    /* The engine keeps floats: a value that rounds to the open bound is out. */
+    if (!isfinite(d) || d < lo || d > hi || (lo_open && (float)d <= (float)lo))
         return BAD(key, "'%s' must be in %s%g, %g], got %g", key, lo_open ? "(" : "[", lo, hi, d);
     *out = d;
     if (given) *given = 1;
