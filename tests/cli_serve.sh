@@ -34,9 +34,9 @@ req() {
   curl "${args[@]}"
 }
 metric() { curl -s -m 10 "http://127.0.0.1:$PORT/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
-# wait_metric NAME OP VALUE: polls /metrics for up to 10 s.
+# wait_metric NAME OP VALUE: polls /metrics for up to 30 s (sanitizer builds are slow).
 wait_metric() {
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     v=$(metric "$1"); [ -n "$v" ] && awk -v a="$v" -v b="$3" "BEGIN{exit !(a $2 b)}" && return 0; sleep 0.1
   done; echo "  $1 = $v"; return 1
 }
@@ -138,11 +138,15 @@ check "gen-model (slow model)" $?
 start_server "$tmp/s2.log" -m "$slow" -np 1 -c 2048 -t 2 --queue 1 --alias slow || exit 1
 longreq='{"prompt":"hello world","max_tokens":1500,"ignore_eos":true,"temperature":0,"stream":true}'
 
-curl -sN -m 1 "http://127.0.0.1:$PORT/v1/completions" -d "$longreq" >"$tmp/cut.sse"
+# Clients killed while their request is generating (tokens already out).
+curl -sN -m 300 "http://127.0.0.1:$PORT/v1/completions" -d "$longreq" >"$tmp/cut.sse" & c0=$!
+wait_metric pam_generation_tokens_total '>=' 2; kill "$c0"; wait "$c0" 2>/dev/null
 wait_metric pam_client_disconnects_total '>=' 1 && wait_metric pam_requests_running '==' 0 &&
   wait_metric 'pam_requests_total{finish_reason="cancelled"}' '>=' 1 && grep -q '^data: {' "$tmp/cut.sse"
 check "streaming client disconnects mid-stream: request cancelled, slot free" $?
-curl -s -m 1 "http://127.0.0.1:$PORT/v1/completions" -d '{"prompt":"hello","max_tokens":1500,"ignore_eos":true}' >/dev/null
+g0=$(metric pam_generation_tokens_total)
+curl -s -m 300 "http://127.0.0.1:$PORT/v1/completions" -d '{"prompt":"hello","max_tokens":1500,"ignore_eos":true}' >/dev/null & c0=$!
+wait_metric pam_generation_tokens_total '>=' $((g0 + 2)); kill "$c0"; wait "$c0" 2>/dev/null
 wait_metric pam_client_disconnects_total '>=' 2 && wait_metric pam_requests_running '==' 0 &&
   wait_metric 'pam_requests_total{finish_reason="cancelled"}' '>=' 2
 check "non-streaming client disconnects: request cancelled, slot free" $?
@@ -161,11 +165,11 @@ kill "$c1" "$c2" 2>/dev/null; wait "$c1" "$c2" 2>/dev/null
 wait_metric pam_requests_running '==' 0 && wait_metric pam_queue_length '==' 0
 check "killed clients (running and queued) free the slot and the queue" $?
 
-curl -sN -m 60 "http://127.0.0.1:$PORT/v1/completions" \
+curl -sN -m 600 "http://127.0.0.1:$PORT/v1/completions" \
   -d '{"prompt":"hello","max_tokens":150,"ignore_eos":true,"stream":true}' >"$tmp/drain.sse" & c3=$!
 wait_metric pam_requests_running '==' 1
 kill -TERM "$SPID"
-sleep 0.2
+for _ in $(seq 50); do [ "$(req GET /health)" = 503 ] && break; sleep 0.1; done
 code=$(req GET /health); code2=$(req POST /v1/completions '{"prompt":"hello","max_tokens":5}')
 [ "$code" = 503 ] && [ "$code2" = 503 ]
 check "while draining: /health and new requests -> 503 ($code, $code2)" $?
@@ -173,7 +177,7 @@ wait "$c3"
 grep -q '"finish_reason":"length"' "$tmp/drain.sse" && [ "$(tail -n 2 "$tmp/drain.sse" | head -n 1)" = "data: [DONE]" ] &&
   grep -q '"completion_tokens":150' "$tmp/drain.sse"
 check "SIGTERM drains: the running stream completes all 150 tokens" $?
-for _ in $(seq 300); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+for _ in $(seq 600); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
 wait "$SPID"; check "SIGTERM: exit 0 after the drain" $?
 grep -q "drained" "$tmp/s2.log"; check "drain logged" $?
 exit $fail
