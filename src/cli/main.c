@@ -9,6 +9,7 @@ static void usage(FILE *f) {
             "\n"
             "commands:\n"
             "  run      -m MODEL -p PROMPT [-n N] [sampling flags] [-t THREADS]  generate text\n"
+            "  serve    -m MODEL [--port N] [--parallel N]              OpenAI-compatible HTTP server\n"
             "  inspect  MODEL                                      print metadata and tensors\n"
             "  convert  CHECKPOINT.bin TOKENIZER.bin -o OUT.gguf   llama2.c -> GGUF\n"
             "  gen-model --shape SHAPE --type TYPE -o OUT.gguf     random-weight model in a real shape\n"
@@ -24,6 +25,7 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "run")) return pam_cli_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return pam_cli_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return pam_cli_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "convert")) return pam_cli_convert(argc - 1, argv + 1);
     if (!strcmp(cmd, "gen-model")) return pam_cli_gen_model(argc - 1, argv + 1);

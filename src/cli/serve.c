@@ -1,0 +1,168 @@
+/* pam serve: the engine behind an OpenAI-compatible HTTP server. SIGTERM or
+ * SIGINT drains (new requests get 503, running ones finish) and exits 0. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "core/status.h"
+#include "engine/engine.h"
+#include "model/model.h"
+#include "server/chat.h"
+#include "server/server.h"
+
+static void serve_usage(FILE *f) {
+    fprintf(f,
+            "usage: pam serve -m MODEL [--host ADDR] [--port N] [--parallel N] [options]\n"
+            "\n"
+            "  -m, --model FILE        GGUF model\n"
+            "      --host ADDR         address to listen on (default 127.0.0.1)\n"
+            "      --port N            port (default 8080; 0 = any free port, printed)\n"
+            "  -np, --parallel N       sequences decoded together, one slot each (default 4)\n"
+            "  -c, --ctx-size N        context per slot (default: the model's, at most 4096)\n"
+            "  -t, --threads N         compute threads (default: number of CPUs)\n"
+            "      --alias NAME        model id in the API (default: the model's file name)\n"
+            "      --kv-type T         KV cache element type: f16 (default) or f32\n"
+            "      --queue N           requests waiting for a slot before 503 (default 256)\n"
+            "      --prefill-chunk N   prompt tokens per batched step (default 256)\n"
+            "      --no-prefix-cache   do not reuse cached prompt prefixes\n"
+            "      --chat-template F   llama3, chatml, llama2, mistral, zephyr or fallback\n"
+            "                          (default: detected from tokenizer.chat_template)\n"
+            "      --max-body BYTES    largest request body (default 1048576)\n"
+            "\n"
+            "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,\n"
+            "GET /health, GET /metrics. See docs/SERVING.md.\n");
+}
+
+int pam_cli_serve(int argc, char **argv) {
+    const char *model_path = NULL, *alias = NULL, *host = "127.0.0.1";
+    long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, max_body = 1 << 20;
+    int prefix_cache = 1, chat_family = -1;
+    pam_dtype kv_type = PAM_DT_F16;
+    pam_args a;
+    pam_args_init(&a, argc, argv, "pam serve");
+    while (pam_args_next(&a)) {
+        if (pam_args_is(&a, "-h", "--help")) {
+            serve_usage(stdout);
+            return 0;
+        } else if (pam_args_is(&a, "-m", "--model")) {
+            model_path = pam_args_value(&a);
+        } else if (pam_args_is(&a, NULL, "--host")) {
+            host = pam_args_value(&a);
+        } else if (pam_args_is(&a, NULL, "--port")) {
+            pam_args_long(&a, 0, 65535, &port);
+        } else if (pam_args_is(&a, "-np", "--parallel")) {
+            pam_args_long(&a, 1, 1024, &n_par);
+        } else if (pam_args_is(&a, "-c", "--ctx-size")) {
+            pam_args_long(&a, 0, 1L << 24, &n_ctx);
+        } else if (pam_args_is(&a, "-t", "--threads")) {
+            pam_args_long(&a, 1, 1024, &n_threads);
+        } else if (pam_args_is(&a, NULL, "--alias")) {
+            alias = pam_args_value(&a);
+        } else if (pam_args_is(&a, NULL, "--queue")) {
+            pam_args_long(&a, 0, 1L << 20, &n_queue);
+        } else if (pam_args_is(&a, NULL, "--prefill-chunk")) {
+            pam_args_long(&a, 1, 1L << 16, &chunk);
+        } else if (pam_args_is(&a, NULL, "--max-body")) {
+            pam_args_long(&a, 64, 1L << 30, &max_body);
+        } else if (pam_args_is(&a, NULL, "--no-prefix-cache")) {
+            prefix_cache = 0;
+        } else if (pam_args_is(&a, NULL, "--chat-template")) {
+            const char *t = pam_args_value(&a);
+            if (t && (chat_family = pam_chat_family_from_name(t)) < 0) {
+                fprintf(stderr, "pam serve: unknown --chat-template '%s'\n", t);
+                a.failed = 1;
+            }
+        } else if (pam_args_is(&a, NULL, "--kv-type")) {
+            const char *t = pam_args_value(&a);
+            if (t && !strcmp(t, "f16"))
+                kv_type = PAM_DT_F16;
+            else if (t && !strcmp(t, "f32"))
+                kv_type = PAM_DT_F32;
+            else if (t) {
+                fprintf(stderr, "pam serve: --kv-type must be f16 or f32, got '%s'\n", t);
+                a.failed = 1;
+            }
+        } else {
+            pam_args_unknown(&a);
+        }
+    }
+    if (a.n_positional > 0) {
+        fprintf(stderr, "pam serve: unexpected argument '%s'\n", a.positional[0]);
+        a.failed = 1;
+    }
+    if (a.failed) {
+        fprintf(stderr, "run `pam serve --help` for the options\n");
+        return 2;
+    }
+    if (!model_path) {
+        fprintf(stderr, "pam serve: no model given: pass a GGUF file with -m MODEL.gguf\n");
+        return 2;
+    }
+
+    /* Signals go to this thread only (sigwait below): block them before any
+     * thread starts so every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1;
+    pam_model *model = NULL;
+    pam_pool *pool = NULL;
+    pam_engine *engine = NULL;
+    pam_server *server = NULL;
+    if (pam_model_load(model_path, &model) != PAM_OK) {
+        fprintf(stderr, "pam serve: cannot load '%s': %s\n", model_path, pam_last_error());
+        goto done;
+    }
+    const pam_model_hparams *hp = pam_model_get_hparams(model);
+    if (n_ctx == 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    pam_engine_params ep;
+    pam_engine_params_default(&ep);
+    ep.n_slots = (int32_t)n_par;
+    ep.n_ctx = (int32_t)n_ctx;
+    ep.kv_type = kv_type;
+    ep.n_queue = (int32_t)n_queue;
+    ep.prefill_chunk = (int32_t)chunk;
+    ep.prefix_cache = prefix_cache;
+    if (pam_pool_create((int)n_threads, &pool) != PAM_OK || pam_engine_create(model, pool, &ep, &engine) != PAM_OK) {
+        fprintf(stderr, "pam serve: %s\n", pam_last_error());
+        goto done;
+    }
+    const char *base = strrchr(model_path, '/');
+    base = base ? base + 1 : model_path;
+    pam_server_params sp;
+    pam_server_params_default(&sp);
+    sp.host = host;
+    sp.port = (int)port;
+    sp.alias = alias ? alias : base;
+    sp.max_body_bytes = (size_t)max_body;
+    sp.chat_family = chat_family;
+    if (pam_server_start(engine, model, &sp, &server) != PAM_OK) {
+        fprintf(stderr, "pam serve: %s\n", pam_last_error());
+        goto done;
+    }
+    fprintf(stderr, "pam serve: model '%s' (%s, %d layers, vocab %d), %ld slots x %ld tokens, %d threads, chat template %s\n",
+            sp.alias, hp->arch, hp->n_layer, hp->n_vocab, n_par, n_ctx, pam_pool_n_threads(pool),
+            pam_chat_family_name(pam_server_chat_family(server)));
+    fprintf(stderr, "pam serve: listening on http://%s%s%s:%d\n", strchr(host, ':') ? "[" : "", host,
+            strchr(host, ':') ? "]" : "", pam_server_port(server));
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "pam serve: %s: draining running requests\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    pam_server_drain(server);
+    fprintf(stderr, "pam serve: drained, exiting\n");
+    rc = 0;
+done:
+    pam_server_stop(server);
+    pam_engine_destroy(engine);
+    pam_pool_destroy(pool);
+    pam_model_free(model);
+    return rc;
+}

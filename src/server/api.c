@@ -1,0 +1,325 @@
+/* OpenAI request parsing and validation (see api.h). */
+#include "server/api.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void pam_api_error_set(pam_api_error *err, int http_status, const char *type, const char *code, const char *param,
+                       const char *fmt, ...) {
+    err->http_status = http_status;
+    err->type = type;
+    err->code = code;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
+/* A 400 invalid_request_error; returns -1 for `return BAD(...)`. */
+static int bad(pam_api_error *err, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int bad(pam_api_error *err, const char *param, const char *fmt, ...) {
+    err->http_status = 400;
+    err->type = "invalid_request_error";
+    err->code = NULL;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+#define BAD(...) bad(err, __VA_ARGS__)
+
+char *pam_api_error_json(const pam_api_error *err) {
+    json_t *e = json_object();
+    /* The message may quote input bytes: keep it valid UTF-8 for JSON. */
+    json_t *msg = json_string(err->message);
+    if (!msg) msg = json_string("invalid request");
+    json_object_set_new(e, "message", msg);
+    json_object_set_new(e, "type", json_string(err->type ? err->type : "invalid_request_error"));
+    json_object_set_new(e, "param", err->param[0] ? json_string(err->param) : json_null());
+    json_object_set_new(e, "code", err->code ? json_string(err->code) : json_null());
+    json_t *root = json_pack("{s:o}", "error", e);
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return s;
+}
+
+void pam_api_request_free(pam_api_request *r) {
+    free(r->prompt);
+    free(r->prompt_ids);
+    free(r->model);
+    for (int i = 0; i < PAM_ENGINE_MAX_STOP; i++) free(r->stop_store[i]);
+    memset(r, 0, sizeof *r);
+}
+
+/* A number field: absent or null leaves *out alone. */
+static int get_number(json_t *root, const char *key, double lo, double hi, int lo_open, double *out, int *given,
+                      pam_api_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_number(v)) return BAD(key, "'%s' must be a number", key);
+    double d = json_number_value(v);
+    /* The engine keeps floats: a value that rounds to the open bound is out. */
+    if (!isfinite(d) || d < lo || d > hi || (lo_open && (float)d <= (float)lo))
+        return BAD(key, "'%s' must be in %s%g, %g], got %g", key, lo_open ? "(" : "[", lo, hi, d);
+    *out = d;
+    if (given) *given = 1;
+    return 0;
+}
+
+static int get_int(json_t *root, const char *key, long long lo, long long hi, long long *out, int *given,
+                   pam_api_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_integer(v)) return BAD(key, "'%s' must be an integer", key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) return BAD(key, "'%s' must be in [%lld, %lld], got %lld", key, lo, hi, x);
+    *out = x;
+    if (given) *given = 1;
+    return 0;
+}
+
+static int get_bool(json_t *root, const char *key, int *out, pam_api_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v)) return BAD(key, "'%s' must be a boolean", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int parse_stop(json_t *root, pam_api_request *r, pam_api_error *err) {
+    json_t *v = json_object_get(root, "stop");
+    if (!v || json_is_null(v)) return 0;
+    if (json_is_string(v)) {
+        if (!(r->stop_store[0] = strdup(json_string_value(v)))) return BAD("stop", "out of memory");
+        r->params.n_stop = 1;
+    } else if (json_is_array(v)) {
+        size_t n = json_array_size(v);
+        if (n > PAM_ENGINE_MAX_STOP - 1) return BAD("stop", "at most %d stop strings", PAM_ENGINE_MAX_STOP - 1);
+        for (size_t i = 0; i < n; i++) {
+            json_t *s = json_array_get(v, i);
+            if (!json_is_string(s)) return BAD("stop", "'stop' must be a string or an array of strings");
+            if (!(r->stop_store[i] = strdup(json_string_value(s)))) return BAD("stop", "out of memory");
+            r->params.n_stop++;
+        }
+    } else {
+        return BAD("stop", "'stop' must be a string or an array of strings");
+    }
+    for (int i = 0; i < r->params.n_stop; i++)
+        if (strlen(r->stop_store[i]) > 1024) return BAD("stop", "stop strings must be at most 1024 bytes");
+    return 0;
+}
+
+/* Message content: a string, or an array of {"type":"text","text":...}
+ * parts (joined), or null for an assistant turn. Returns malloc'd text. */
+static char *message_text(json_t *content, int i, pam_api_error *err) {
+    if (!content || json_is_null(content)) return strdup("");
+    if (json_is_string(content)) return strdup(json_string_value(content));
+    if (!json_is_array(content)) {
+        BAD("messages", "messages[%d].content must be a string or an array of content parts", i);
+        return NULL;
+    }
+    size_t total = 1;
+    for (size_t k = 0; k < json_array_size(content); k++) {
+        json_t *part = json_array_get(content, k);
+        json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+        if (!json_is_object(part) || !json_is_string(type) || strcmp(json_string_value(type), "text") != 0 ||
+            !json_is_string(text)) {
+            BAD("messages", "messages[%d].content[%zu]: only parts of type \"text\" with a string \"text\" are supported",
+                i, k);
+            return NULL;
+        }
+        total += json_string_length(text);
+    }
+    char *s = malloc(total), *p = s;
+    if (!s) return NULL;
+    for (size_t k = 0; k < json_array_size(content); k++) {
+        json_t *text = json_object_get(json_array_get(content, k), "text");
+        memcpy(p, json_string_value(text), json_string_length(text));
+        p += json_string_length(text);
+    }
+    *p = '\0';
+    return s;
+}
+
+static int parse_messages(json_t *root, pam_chat_family fam, pam_api_request *r, pam_api_error *err) {
+    json_t *msgs = json_object_get(root, "messages");
+    if (!msgs) return BAD("messages", "'messages' is required");
+    if (!json_is_array(msgs)) return BAD("messages", "'messages' must be an array");
+    size_t n = json_array_size(msgs);
+    if (n == 0) return BAD("messages", "'messages' must not be empty");
+    if (n > PAM_API_MAX_MESSAGES) return BAD("messages", "at most %d messages", PAM_API_MAX_MESSAGES);
+    pam_chat_msg *m = calloc(n, sizeof *m);
+    char **texts = calloc(n, sizeof *texts);
+    int rc = 0;
+    if (!m || !texts) {
+        rc = BAD(NULL, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *msg = json_array_get(msgs, i);
+        if (!json_is_object(msg)) {
+            rc = BAD("messages", "messages[%zu] must be an object", i);
+            goto done;
+        }
+        json_t *role = json_object_get(msg, "role");
+        if (!json_is_string(role)) {
+            rc = BAD("messages", "messages[%zu].role must be a string", i);
+            goto done;
+        }
+        const char *rs = json_string_value(role);
+        if (strcmp(rs, "system") && strcmp(rs, "developer") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
+            rc = BAD("messages", "messages[%zu].role must be system, developer, user or assistant", i);
+            goto done;
+        }
+        json_t *content = json_object_get(msg, "content");
+        if ((!content || json_is_null(content)) && strcmp(rs, "assistant") != 0) {
+            rc = BAD("messages", "messages[%zu].content is required", i);
+            goto done;
+        }
+        if (!(texts[i] = message_text(content, (int)i, err))) {
+            rc = -1;
+            if (err->http_status == 0) BAD(NULL, "out of memory");
+            goto done;
+        }
+        m[i].role = rs;
+        m[i].content = texts[i];
+    }
+    r->prompt = pam_chat_render(fam, m, (int)n);
+    if (!r->prompt) rc = BAD(NULL, "out of memory");
+done:
+    for (size_t i = 0; texts && i < n; i++) free(texts[i]);
+    free(texts);
+    free(m);
+    return rc;
+}
+
+static int parse_prompt(json_t *root, pam_api_request *r, pam_api_error *err) {
+    json_t *p = json_object_get(root, "prompt");
+    if (!p) return BAD("prompt", "'prompt' is required");
+    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0))) p = json_array_get(p, 0);
+    if (json_is_string(p)) {
+        if (!(r->prompt = strdup(json_string_value(p)))) return BAD(NULL, "out of memory");
+        return 0;
+    }
+    if (json_is_array(p) && json_array_size(p) > 0) {
+        size_t n = json_array_size(p);
+        if (n > PAM_API_MAX_TOKENS_LIMIT) return BAD("prompt", "prompt too long");
+        r->prompt_ids = malloc(n * sizeof *r->prompt_ids);
+        if (!r->prompt_ids) return BAD(NULL, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_array_get(p, i);
+            if (!json_is_integer(t)) {
+                if (json_is_string(t)) return BAD("prompt", "only one prompt per request is supported");
+                return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
+            }
+            long long v = json_integer_value(t);
+            if (v < 0 || v > INT32_MAX) return BAD("prompt", "token id %lld out of range", v);
+            r->prompt_ids[i] = (int32_t)v;
+        }
+        r->n_prompt_ids = (int32_t)n;
+        return 0;
+    }
+    return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
+}
+
+int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family fam, pam_api_request *out,
+                  pam_api_error *err) {
+    memset(out, 0, sizeof *out);
+    memset(err, 0, sizeof *err);
+    out->kind = kind;
+    pam_request_params_default(&out->params);
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        pam_api_error_set(err, 400, "invalid_request_error", NULL, NULL, "malformed JSON at line %d column %d: %s",
+                          jerr.line, jerr.column, jerr.text);
+        return -1;
+    }
+    int rc = -1;
+    if (!json_is_object(root)) {
+        BAD(NULL, "the request body must be a JSON object");
+        goto done;
+    }
+    json_t *model = json_object_get(root, "model");
+    if (model && !json_is_null(model)) {
+        if (!json_is_string(model)) {
+            BAD("model", "'model' must be a string");
+            goto done;
+        }
+        if (!(out->model = strdup(json_string_value(model)))) goto done;
+    }
+    if (kind == PAM_API_CHAT ? parse_messages(root, fam, out, err) : parse_prompt(root, out, err)) goto done;
+
+    pam_request_params *p = &out->params;
+    double d;
+    long long v;
+    int given = 0;
+    /* OpenAI's defaults: 16 tokens for completions, none (context) for chat. */
+    p->max_tokens = kind == PAM_API_COMPLETION ? 16 : 0;
+    if (get_int(root, "max_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
+    if (given) p->max_tokens = (int32_t)v;
+    given = 0;
+    if (get_int(root, "max_completion_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
+    if (given) p->max_tokens = (int32_t)v;
+    d = p->sampling.temp;
+    if (get_number(root, "temperature", 0, 2, 0, &d, NULL, err)) goto done;
+    p->sampling.temp = (float)d;
+    d = p->sampling.top_p;
+    if (get_number(root, "top_p", 0, 1, 1, &d, NULL, err)) goto done;
+    p->sampling.top_p = (float)d;
+    d = p->sampling.min_p;
+    if (get_number(root, "min_p", 0, 1, 0, &d, NULL, err)) goto done;
+    p->sampling.min_p = (float)d;
+    d = p->sampling.repeat_penalty;
+    if (get_number(root, "repeat_penalty", 0, 100, 1, &d, NULL, err)) goto done;
+    p->sampling.repeat_penalty = (float)d;
+    v = p->sampling.top_k;
+    if (get_int(root, "top_k", 0, 1 << 30, &v, NULL, err)) goto done;
+    p->sampling.top_k = (int32_t)v;
+    d = 0;
+    if (get_number(root, "frequency_penalty", -2, 2, 0, &d, NULL, err)) goto done;
+    if (get_number(root, "presence_penalty", -2, 2, 0, &d, NULL, err)) goto done;
+    if (get_int(root, "seed", INT64_MIN, INT64_MAX, &v, &out->seed_given, err)) goto done;
+    if (out->seed_given) p->sampling.seed = (uint64_t)v;
+    v = 1;
+    if (get_int(root, "n", 1, 1, &v, NULL, err)) goto done;
+    if (get_int(root, "best_of", 1, 1, &v, NULL, err)) goto done;
+    int flag = 0;
+    if (get_bool(root, "echo", &flag, err)) goto done;
+    if (flag) {
+        BAD("echo", "'echo' is not supported");
+        goto done;
+    }
+    if (get_bool(root, "stream", &out->stream, err)) goto done;
+    if (get_bool(root, "ignore_eos", &p->ignore_eos, err)) goto done;
+    json_t *so = json_object_get(root, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!json_is_object(so)) {
+            BAD("stream_options", "'stream_options' must be an object");
+            goto done;
+        }
+        if (get_bool(so, "include_usage", &out->include_usage, err)) goto done;
+    }
+    if (parse_stop(root, out, err)) goto done;
+    const char *extra = kind == PAM_API_CHAT ? pam_chat_stop(fam) : NULL;
+    if (extra) { /* parse_stop leaves room for it */
+        if (!(out->stop_store[p->n_stop] = strdup(extra))) goto done;
+        p->n_stop++;
+    }
+    for (int i = 0; i < p->n_stop; i++) p->stop[i] = out->stop_store[i];
+    rc = 0;
+done:
+    json_decref(root);
+    if (rc != 0) {
+        if (err->http_status == 0) BAD(NULL, "out of memory");
+        pam_api_request_free(out);
+    }
+    return rc;
+}

@@ -1,0 +1,57 @@
+/* OpenAI request bodies -> engine requests. Parsing is pure (no model, no
+ * engine) so the fuzzer can drive it: JSON via jansson, then every field is
+ * checked for type and range; the first problem becomes an OpenAI-style
+ * error (HTTP 400, message, param). Unknown fields are ignored, as OpenAI
+ * clients send fields a server may not use. */
+#ifndef PAM_SERVER_API_H
+#define PAM_SERVER_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "server/chat.h"
+
+typedef enum pam_api_kind { PAM_API_COMPLETION, PAM_API_CHAT } pam_api_kind;
+
+typedef struct pam_api_error {
+    int http_status;
+    const char *type; /* "invalid_request_error", ... */
+    const char *code; /* NULL or e.g. "context_length_exceeded" */
+    char param[64];   /* "" if none */
+    char message[512];
+} pam_api_error;
+
+typedef struct pam_api_request {
+    pam_api_kind kind;
+    char *prompt;          /* text to tokenize (chat: the rendered template); NULL if prompt_ids */
+    int32_t *prompt_ids;   /* completions with a prompt of token ids */
+    int32_t n_prompt_ids;
+    char *model;           /* NULL if not given */
+    int stream;
+    int include_usage;     /* stream_options.include_usage */
+    int seed_given;
+    pam_request_params params; /* stop[] point into stop_store */
+    char *stop_store[PAM_ENGINE_MAX_STOP];
+} pam_api_request;
+
+/* Limits on what a request may ask for. */
+#define PAM_API_MAX_MESSAGES 4096
+#define PAM_API_MAX_TOKENS_LIMIT (1 << 24)
+
+/* Returns 0 and fills *out, or -1 and fills *err. On failure *out holds
+ * nothing to free. chat_family picks the chat template. */
+int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family chat_family, pam_api_request *out,
+                  pam_api_error *err);
+void pam_api_request_free(pam_api_request *r);
+
+/* {"error":{"message":..,"type":..,"param":..,"code":..}} (malloc'd). */
+char *pam_api_error_json(const pam_api_error *err);
+void pam_api_error_set(pam_api_error *err, int http_status, const char *type, const char *code, const char *param,
+                       const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 6, 7)))
+#endif
+    ;
+
+#endif

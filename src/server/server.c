@@ -1,0 +1,650 @@
+/* HTTP front end (see server.h). libmicrohttpd runs one thread per
+ * connection: a handler may block on its request (non-streaming waits for
+ * the end, a streaming reader waits for the next text), which keeps the
+ * code straight-line; the engine thread does the batching.
+ *
+ * Per connection, state lives in conn_state (body bytes, size checks) and,
+ * for a stream, in stream (the request and the bytes not yet written). The
+ * engine request is released exactly once: by the handler for a
+ * non-streaming response, by the response's free callback for a stream
+ * (which MHD calls on completion and on a broken connection alike, so a
+ * client that goes away cancels its request and frees its slot). */
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <utf8proc.h>
+
+#include "core/status.h"
+#include "core/timing.h"
+#include "server/api.h"
+#include "server/metrics.h"
+
+struct pam_server {
+    pam_engine *e;
+    const pam_model *m;
+    const pam_tokenizer *tk;
+    pam_server_params p;
+    char alias[256];
+    pam_chat_family fam;
+    struct MHD_Daemon *d;
+    int port;
+    int64_t created;
+
+    pthread_mutex_t mu; /* guards everything below */
+    pthread_cond_t idle_cv;
+    pam_http_counters hc;
+    int draining;
+    int n_active; /* requests between first call and completion */
+    uint64_t next_id;
+};
+
+typedef struct conn_state {
+    char *body;
+    size_t len, cap;
+    int too_large;
+    size_t discarded;
+} conn_state;
+
+void pam_server_params_default(pam_server_params *p) {
+    memset(p, 0, sizeof *p);
+    p->host = "127.0.0.1";
+    p->port = 8080;
+    p->max_body_bytes = 1 << 20;
+    p->max_connections = 512;
+    p->chat_family = -1;
+}
+
+int pam_server_port(const pam_server *s) { return s->port; }
+pam_chat_family pam_server_chat_family(const pam_server *s) { return s->fam; }
+
+static void count_status(pam_server *s, unsigned status) {
+    pthread_mutex_lock(&s->mu);
+    if (status / 100 < 6) s->hc.by_status[status / 100]++;
+    if (status == 400) s->hc.bad_request++;
+    if (status == 413) s->hc.too_large++;
+    if (status == 503) s->hc.queue_full++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Takes body (malloc'd). */
+static enum MHD_Result send_body(pam_server *s, struct MHD_Connection *c, unsigned status, const char *ctype,
+                                 char *body, const char *retry_after) {
+    if (!body) return MHD_NO;
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (retry_after) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    count_status(s, status);
+    return ret;
+}
+
+static enum MHD_Result send_json(pam_server *s, struct MHD_Connection *c, unsigned status, json_t *root) {
+    char *body = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return send_body(s, c, status, "application/json", body, NULL);
+}
+
+static enum MHD_Result send_error(pam_server *s, struct MHD_Connection *c, const pam_api_error *err) {
+    const char *retry = err->http_status == 503 || err->http_status == 429 ? "1" : NULL;
+    return send_body(s, c, (unsigned)err->http_status, "application/json", pam_api_error_json(err), retry);
+}
+
+static enum MHD_Result send_error_msg(pam_server *s, struct MHD_Connection *c, int status, const char *type,
+                                      const char *code, const char *param, const char *msg) {
+    pam_api_error err;
+    pam_api_error_set(&err, status, type, code, param, "%s", msg);
+    return send_error(s, c, &err);
+}
+
+/* Generated text as a JSON string; bytes that are not UTF-8 become U+FFFD
+ * (the detokenizer only emits whole characters, so this is a safety net). */
+static json_t *json_text(const char *p, size_t n) {
+    json_t *j = json_stringn(p ? p : "", p ? n : 0);
+    if (j) return j;
+    char *clean = malloc(3 * n + 1);
+    if (!clean) return json_string("");
+    size_t o = 0;
+    for (size_t k = 0; k < n;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t *)p + k, (utf8proc_ssize_t)(n - k), &cp);
+        if (r > 0 && cp != 0) {
+            memcpy(clean + o, p + k, (size_t)r);
+            o += (size_t)r;
+            k += (size_t)r;
+        } else {
+            memcpy(clean + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            k++;
+        }
+    }
+    j = json_stringn(clean, o);
+    free(clean);
+    return j ? j : json_string("");
+}
+
+/* The client closed its side (or the socket failed): nothing will read what
+ * we produce. */
+static int peer_closed(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 0;
+    char b;
+    ssize_t r = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static json_t *usage_json(const pam_request_update *u) {
+    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", u->n_prompt_tokens, "completion_tokens",
+                     u->n_completion_tokens, "total_tokens", u->n_prompt_tokens + u->n_completion_tokens,
+                     "prompt_tokens_details", "cached_tokens", u->n_cached_tokens);
+}
+
+static const char *finish_reason(pam_finish f) { return f == PAM_FINISH_LENGTH ? "length" : "stop"; }
+
+/* ---- streaming ---- */
+
+typedef struct stream {
+    pam_server *s;
+    pam_request *r;
+    struct MHD_Connection *c;
+    pam_api_kind kind;
+    char id[64];
+    int64_t created;
+    int include_usage;
+    char *buf;
+    size_t len, off, cap;
+    int sent_role, finished, got_done;
+    int64_t last_write_ns;
+} stream;
+
+static int st_append(stream *st, const char *p, size_t n) {
+    if (st->len + n > st->cap) {
+        size_t cap = st->cap ? st->cap : 1024;
+        while (cap < st->len + n) cap *= 2;
+        char *b = realloc(st->buf, cap);
+        if (!b) return 0;
+        st->buf = b;
+        st->cap = cap;
+    }
+    memcpy(st->buf + st->len, p, n);
+    st->len += n;
+    return 1;
+}
+
+static void st_event(stream *st, json_t *root) {
+    char *js = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    if (!js) return;
+    st_append(st, "data: ", 6);
+    st_append(st, js, strlen(js));
+    st_append(st, "\n\n", 2);
+    free(js);
+}
+
+/* One chunk: text (may be NULL), finish reason (NULL while running). */
+static void st_chunk(stream *st, const char *text, size_t len, const char *finish, int role, json_t *usage) {
+    json_t *choice;
+    if (st->kind == PAM_API_CHAT) {
+        json_t *delta = json_object();
+        if (role) json_object_set_new(delta, "role", json_string("assistant"));
+        if (text || role) json_object_set_new(delta, "content", json_text(text, len));
+        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason",
+                           finish ? json_string(finish) : json_null());
+    } else {
+        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", json_text(text, len), "logprobs",
+                           "finish_reason", finish ? json_string(finish) : json_null());
+    }
+    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", st->id, "object",
+                             st->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion", "created",
+                             (json_int_t)st->created, "model", st->s->alias, "choices", choice);
+    if (usage) json_object_set_new(root, "usage", usage);
+    st_event(st, root);
+}
+
+static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream *st = cls;
+    int64_t deadline = pam_time_ns() + (int64_t)2000000000;
+    for (;;) {
+        if (st->off < st->len) {
+            size_t n = st->len - st->off < max ? st->len - st->off : max;
+            memcpy(buf, st->buf + st->off, n);
+            st->off += n;
+            if (st->off == st->len) st->off = st->len = 0;
+            st->last_write_ns = pam_time_ns();
+            return (ssize_t)n;
+        }
+        if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (st->kind == PAM_API_CHAT && !st->sent_role) {
+            st->sent_role = 1;
+            st_chunk(st, "", 0, NULL, 1, NULL);
+            continue;
+        }
+        pam_request_update u;
+        pam_request_next(st->r, 100, &u);
+        if (u.text) {
+            st_chunk(st, u.text, u.len, NULL, 0, NULL);
+            free(u.text);
+        }
+        if (u.done) {
+            st->got_done = 1;
+            if (u.finish == PAM_FINISH_ERROR || u.finish == PAM_FINISH_CANCELLED) {
+                pam_api_error err;
+                pam_api_error_set(&err, 500, "server_error", NULL, NULL, "generation %s",
+                                  u.finish == PAM_FINISH_ERROR ? "failed" : "was cancelled");
+                char *js = pam_api_error_json(&err);
+                if (js) {
+                    st_append(st, "data: ", 6);
+                    st_append(st, js, strlen(js));
+                    st_append(st, "\n\n", 2);
+                    free(js);
+                }
+            } else {
+                st_chunk(st, NULL, 0, finish_reason(u.finish), 0, usage_json(&u));
+                if (st->include_usage) {
+                    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", st->id, "object",
+                                             st->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion",
+                                             "created", (json_int_t)st->created, "model", st->s->alias, "choices",
+                                             "usage", usage_json(&u));
+                    st_event(st, root);
+                }
+            }
+            st_append(st, "data: [DONE]\n\n", 14);
+            st->finished = 1;
+            continue;
+        }
+        if (u.text) continue;
+        if (peer_closed(st->c)) return MHD_CONTENT_READER_END_WITH_ERROR;
+        /* A comment line now and then: a gone client shows up as a failed write. */
+        if (pam_time_ns() > deadline) {
+            st_append(st, ": keep-alive\n\n", 14);
+            deadline = pam_time_ns() + (int64_t)2000000000;
+        }
+    }
+}
+
+static void st_free(void *cls) {
+    stream *st = cls;
+    if (!st->got_done) {
+        pthread_mutex_lock(&st->s->mu);
+        st->s->hc.disconnects++;
+        pthread_mutex_unlock(&st->s->mu);
+    }
+    pam_request_release(st->r); /* cancels it if still running: the slot is freed */
+    free(st->buf);
+    free(st);
+}
+
+/* ---- endpoints ---- */
+
+static void make_id(pam_server *s, pam_api_kind kind, char *out, size_t cap) {
+    pthread_mutex_lock(&s->mu);
+    uint64_t n = ++s->next_id;
+    pthread_mutex_unlock(&s->mu);
+    snprintf(out, cap, "%s-%llx%06llx", kind == PAM_API_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)s->created,
+             (unsigned long long)n);
+}
+
+static uint64_t random_seed(pam_server *s) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    pthread_mutex_lock(&s->mu);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (++s->next_id * 0x9E3779B97F4A7C15ull);
+    pthread_mutex_unlock(&s->mu);
+    x ^= x >> 31;
+    x *= 0xBF58476D1CE4E5B9ull;
+    return x ^ (x >> 29);
+}
+
+static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs, pam_api_kind kind) {
+    pthread_mutex_lock(&s->mu);
+    int draining = s->draining;
+    pthread_mutex_unlock(&s->mu);
+    if (draining) return send_error_msg(s, c, 503, "server_error", "shutting_down", NULL, "the server is shutting down");
+
+    pam_api_request ar;
+    pam_api_error err;
+    if (pam_api_parse(cs->body ? cs->body : "", cs->len, kind, s->fam, &ar, &err) != 0) return send_error(s, c, &err);
+    if (ar.model && strcmp(ar.model, s->alias) != 0) {
+        pam_api_error_set(&err, 404, "invalid_request_error", "model_not_found", "model",
+                          "The model '%.200s' does not exist (this server serves '%.200s')", ar.model, s->alias);
+        pam_api_request_free(&ar);
+        return send_error(s, c, &err);
+    }
+    int32_t *ids = ar.prompt_ids;
+    size_t n_ids = (size_t)ar.n_prompt_ids;
+    int32_t n_ctx = pam_engine_n_ctx(s->e);
+    if (!ids) {
+        size_t len = strlen(ar.prompt), cap = len + 8;
+        ids = malloc(cap * sizeof *ids);
+        pam_status st = ids ? pam_tokenizer_encode(s->tk, ar.prompt, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap,
+                                                   &n_ids)
+                            : PAM_ERR_NOMEM;
+        if (st == PAM_ERR_RANGE) {
+            free(ids);
+            cap = n_ids;
+            ids = malloc(cap * sizeof *ids);
+            st = ids ? pam_tokenizer_encode(s->tk, ar.prompt, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap, &n_ids)
+                     : PAM_ERR_NOMEM;
+        }
+        if (st != PAM_OK) {
+            free(ids);
+            pam_api_request_free(&ar);
+            return send_error_msg(s, c, 500, "server_error", NULL, NULL, "cannot tokenize the prompt");
+        }
+        ar.prompt_ids = ids;
+        ar.n_prompt_ids = (int32_t)n_ids;
+    }
+    if (n_ids == 0) {
+        pam_api_request_free(&ar);
+        return send_error_msg(s, c, 400, "invalid_request_error", NULL, "prompt", "the prompt is empty");
+    }
+    if ((int64_t)n_ids >= n_ctx) {
+        pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded",
+                          kind == PAM_API_CHAT ? "messages" : "prompt",
+                          "This model's maximum context length is %d tokens, but the prompt has %zu tokens", n_ctx,
+                          n_ids);
+        pam_api_request_free(&ar);
+        return send_error(s, c, &err);
+    }
+    if (!ar.seed_given) ar.params.sampling.seed = random_seed(s);
+    pam_request *r = NULL;
+    pam_status st = pam_engine_submit(s->e, ids, (int32_t)n_ids, &ar.params, &r);
+    int stream_mode = ar.stream, include_usage = ar.include_usage;
+    if (st != PAM_OK) {
+        if (st == PAM_ERR_FULL)
+            pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later", pam_last_error());
+        else
+            pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error());
+        pam_api_request_free(&ar);
+        return send_error(s, c, &err);
+    }
+    pam_api_request_free(&ar);
+    char id[64];
+    make_id(s, kind, id, sizeof id);
+    int64_t created = (int64_t)time(NULL);
+
+    if (stream_mode) {
+        stream *stm = calloc(1, sizeof *stm);
+        struct MHD_Response *resp =
+            stm ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, st_reader, stm, st_free) : NULL;
+        if (!resp) {
+            free(stm);
+            pam_request_release(r);
+            return MHD_NO;
+        }
+        stm->s = s, stm->r = r, stm->c = c, stm->kind = kind, stm->created = created;
+        stm->include_usage = include_usage;
+        snprintf(stm->id, sizeof stm->id, "%s", id);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        enum MHD_Result ret = MHD_queue_response(c, 200, resp);
+        MHD_destroy_response(resp); /* st_free runs when MHD is done with it */
+        count_status(s, 200);
+        pthread_mutex_lock(&s->mu);
+        s->hc.streams++;
+        pthread_mutex_unlock(&s->mu);
+        return ret;
+    }
+
+    /* Non-streaming: wait for the end; a client that goes away cancels. */
+    char *text = NULL;
+    size_t len = 0;
+    pam_request_update u;
+    for (;;) {
+        pam_request_next(r, 50, &u);
+        if (u.text) {
+            char *t = realloc(text, len + u.len + 1);
+            if (t) {
+                memcpy(t + len, u.text, u.len);
+                len += u.len;
+                text = t;
+            }
+            free(u.text);
+        }
+        if (u.done) break;
+        if (peer_closed(c)) {
+            pam_request_release(r);
+            free(text);
+            pthread_mutex_lock(&s->mu);
+            s->hc.disconnects++;
+            pthread_mutex_unlock(&s->mu);
+            return MHD_NO;
+        }
+    }
+    pam_request_release(r);
+    if (u.finish == PAM_FINISH_ERROR || u.finish == PAM_FINISH_CANCELLED) {
+        free(text);
+        return send_error_msg(s, c, 500, "server_error", NULL, NULL,
+                              u.finish == PAM_FINISH_ERROR ? "generation failed" : "generation was cancelled");
+    }
+    json_t *choice;
+    if (kind == PAM_API_CHAT)
+        choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant", "content",
+                           json_text(text, len), "logprobs", "finish_reason", finish_reason(u.finish));
+    else
+        choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", json_text(text, len), "logprobs", "finish_reason",
+                           finish_reason(u.finish));
+    free(text);
+    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", id, "object",
+                             kind == PAM_API_CHAT ? "chat.completion" : "text_completion", "created",
+                             (json_int_t)created, "model", s->alias, "choices", choice, "usage", usage_json(&u));
+    return send_json(s, c, 200, root);
+}
+
+static enum MHD_Result handle_models(pam_server *s, struct MHD_Connection *c) {
+    const pam_model_hparams *hp = pam_model_get_hparams(s->m);
+    json_t *root = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:{s:s,s:i,s:i,s:i}}]}", "object", "list", "data", "id",
+                             s->alias, "object", "model", "created", (json_int_t)s->created, "owned_by", "pam", "meta",
+                             "arch", hp->arch, "n_vocab", hp->n_vocab, "n_ctx", pam_engine_n_ctx(s->e), "n_slots",
+                             pam_engine_n_slots(s->e));
+    return send_json(s, c, 200, root);
+}
+
+static enum MHD_Result handle_metrics(pam_server *s, struct MHD_Connection *c) {
+    pam_engine_stats st;
+    pam_engine_get_stats(s->e, &st);
+    pam_http_counters hc;
+    pthread_mutex_lock(&s->mu);
+    hc = s->hc;
+    pthread_mutex_unlock(&s->mu);
+    return send_body(s, c, 200, "text/plain; version=0.0.4", pam_metrics_render(&st, &hc), NULL);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls) {
+    pam_server *s = cls;
+    conn_state *cs = *con_cls;
+    if (!cs) {
+        cs = calloc(1, sizeof *cs);
+        if (!cs) return MHD_NO;
+        *con_cls = cs;
+        pthread_mutex_lock(&s->mu);
+        s->n_active++;
+        pthread_mutex_unlock(&s->mu);
+        if (!strcmp(method, "POST")) {
+            /* Refuse an oversized body before reading any of it. */
+            const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+            if (cl) {
+                char *end;
+                errno = 0;
+                unsigned long long n = strtoull(cl, &end, 10);
+                if (errno || end == cl || n > s->p.max_body_bytes) {
+                    cs->too_large = 1;
+                    char msg[128];
+                    snprintf(msg, sizeof msg, "the request body exceeds %zu bytes", s->p.max_body_bytes);
+                    return send_error_msg(s, c, 413, "invalid_request_error", "body_too_large", NULL, msg);
+                }
+            }
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (!cs->too_large && cs->len + n > s->p.max_body_bytes) {
+            cs->too_large = 1;
+            free(cs->body);
+            cs->body = NULL;
+            cs->len = cs->cap = 0;
+        }
+        if (cs->too_large) {
+            /* Chunked bodies have no length up front: drop what comes; give
+             * up on the connection if it keeps coming. */
+            cs->discarded += n;
+            return cs->discarded > 4 * s->p.max_body_bytes ? MHD_NO : MHD_YES;
+        }
+        if (cs->len + n + 1 > cs->cap) {
+            size_t cap = cs->cap ? cs->cap : 4096;
+            while (cap < cs->len + n + 1) cap *= 2;
+            char *b = realloc(cs->body, cap);
+            if (!b) return MHD_NO;
+            cs->body = b;
+            cs->cap = cap;
+        }
+        memcpy(cs->body + cs->len, upload_data, n);
+        cs->len += n;
+        cs->body[cs->len] = '\0';
+        return MHD_YES;
+    }
+    if (cs->too_large) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "the request body exceeds %zu bytes", s->p.max_body_bytes);
+        return send_error_msg(s, c, 413, "invalid_request_error", "body_too_large", NULL, msg);
+    }
+    int is_get = !strcmp(method, "GET"), is_post = !strcmp(method, "POST");
+    if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions") || !strcmp(url, "/v1/chat/completions") ||
+        !strcmp(url, "/chat/completions")) {
+        if (!is_post)
+            return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
+        return handle_generate(s, c, cs, strstr(url, "chat") ? PAM_API_CHAT : PAM_API_COMPLETION);
+    }
+    if (!strcmp(url, "/v1/models") || !strcmp(url, "/models") || !strcmp(url, "/health") || !strcmp(url, "/metrics")) {
+        if (!is_get) return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use GET for this endpoint");
+        if (!strcmp(url, "/health")) {
+            pthread_mutex_lock(&s->mu);
+            int draining = s->draining;
+            pthread_mutex_unlock(&s->mu);
+            return send_json(s, c, draining ? 503 : 200, json_pack("{s:s}", "status", draining ? "draining" : "ok"));
+        }
+        if (!strcmp(url, "/metrics")) return handle_metrics(s, c);
+        return handle_models(s, c);
+    }
+    char msg[300];
+    snprintf(msg, sizeof msg, "no endpoint %.200s %.60s", method, url);
+    return send_error_msg(s, c, 404, "invalid_request_error", "not_found", NULL, msg);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    pam_server *s = cls;
+    conn_state *cs = *con_cls;
+    if (!cs) return;
+    free(cs->body);
+    free(cs);
+    *con_cls = NULL;
+    pthread_mutex_lock(&s->mu);
+    s->n_active--;
+    pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_params *p, pam_server **out) {
+    pam_server *s = calloc(1, sizeof *s);
+    if (!s) return PAM_ERR(PAM_ERR_NOMEM, "server");
+    s->e = e;
+    s->m = m;
+    s->tk = pam_model_tokenizer(m);
+    s->p = *p;
+    if (!s->p.host) s->p.host = "127.0.0.1";
+    if (s->p.max_body_bytes == 0) s->p.max_body_bytes = 1 << 20;
+    if (s->p.max_connections <= 0) s->p.max_connections = 512;
+    snprintf(s->alias, sizeof s->alias, "%s", p->alias && p->alias[0] ? p->alias : "model");
+    s->created = (int64_t)time(NULL);
+    if (p->chat_family >= 0) {
+        s->fam = (pam_chat_family)p->chat_family;
+    } else {
+        pam_gguf_str tmpl = {0};
+        if (pam_gguf_get_str(pam_model_gguf(m), "tokenizer.chat_template", &tmpl) == PAM_OK)
+            s->fam = pam_chat_detect(tmpl.ptr, (size_t)tmpl.len);
+        else
+            s->fam = PAM_CHAT_FALLBACK;
+        pam_error_clear();
+    }
+
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, s->p.host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)s->p.port);
+    } else if (inet_pton(AF_INET6, s->p.host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)s->p.port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        free(s);
+        return PAM_ERR(PAM_ERR_INVALID, "--host must be an IPv4 or IPv6 address, got '%s'", p->host);
+    }
+    if (p->port < 0 || p->port > 65535) {
+        free(s);
+        return PAM_ERR(PAM_ERR_INVALID, "--port must be in 0..65535, got %d", p->port);
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->idle_cv, NULL);
+    s->d = MHD_start_daemon(flags, (uint16_t)s->p.port, NULL, NULL, on_access, s, MHD_OPTION_SOCK_ADDR,
+                            (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_END);
+    if (!s->d) {
+        int err = errno;
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->idle_cv);
+        free(s);
+        return PAM_ERR(PAM_ERR_IO, "cannot listen on %s:%d: %s", p->host, p->port, strerror(err));
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : p->port;
+    *out = s;
+    return PAM_OK;
+}
+
+void pam_server_drain(pam_server *s) {
+    pthread_mutex_lock(&s->mu);
+    s->draining = 1;
+    pthread_mutex_unlock(&s->mu);
+    pam_engine_drain(s->e);
+    /* The engine is idle; let responses still being written finish (bounded:
+     * a client that stops reading must not hold the exit forever). */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 30;
+    pthread_mutex_lock(&s->mu);
+    while (s->n_active > 0)
+        if (pthread_cond_timedwait(&s->idle_cv, &s->mu, &ts) != 0) break;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void pam_server_stop(pam_server *s) {
+    if (!s) return;
+    MHD_stop_daemon(s->d);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->idle_cv);
+    free(s);
+}

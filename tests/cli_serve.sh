@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# pam serve end to end over loopback HTTP: endpoints, streaming, 32
+# concurrent clients equal to each alone, prefix-cache reuse in /metrics,
+# every bad-input case, a full queue, client disconnects freeing the slot,
+# SIGTERM drain, and the official openai npm client.
+# usage: cli_serve.sh PAM_BINARY SHARED_DIR BUILD_DIR
+set -u
+pam=$1 shared=$2 build=$3
+tmp=$build/test-tmp/cli_serve
+rm -rf "$tmp"; mkdir -p "$tmp"
+fail=0
+check() { if [ "$2" -eq 0 ]; then echo "ok: $1"; else echo "FAIL: $1"; fail=1; fi; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+
+# start_server LOG ARGS...: sets PORT and SPID (waits at most 30 s).
+start_server() {
+  local log=$1; shift
+  "$pam" serve --port 0 "$@" 2>"$log" &
+  SPID=$!; pids+=("$SPID"); PORT=
+  for _ in $(seq 300); do
+    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")
+    [ -n "$PORT" ] && return 0
+    kill -0 "$SPID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "server did not start:"; cat "$log"; return 1
+}
+# req METHOD PATH [BODY]: prints the status; body in $tmp/body, headers in $tmp/hdr.
+req() {
+  local args=(-s -m 60 -o "$tmp/body" -D "$tmp/hdr" -w '%{http_code}' -X "$1" "http://127.0.0.1:$PORT$2")
+  [ $# -ge 3 ] && args+=(-H 'Content-Type: application/json' --data-binary "$3")
+  curl "${args[@]}"
+}
+metric() { curl -s -m 10 "http://127.0.0.1:$PORT/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+# wait_metric NAME OP VALUE: polls /metrics for up to 30 s (sanitizer builds are slow).
+wait_metric() {
+  for _ in $(seq 300); do
+    v=$(metric "$1"); [ -n "$v" ] && awk -v a="$v" -v b="$3" "BEGIN{exit !(a $2 b)}" && return 0; sleep 0.1
+  done; echo "  $1 = $v"; return 1
+}
+# stop_server: SIGTERM, expect exit 0 within 30 s.
+stop_server() {
+  kill -TERM "$SPID"
+  for _ in $(seq 300); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+  wait "$SPID"
+}
+
+model=$tmp/stories260K.gguf
+"$pam" convert "$shared/models/stories260K/stories260K.bin" "$shared/models/stories260K/tok512.bin" -o "$model" >/dev/null
+check "convert" $?
+
+start_server "$tmp/s1.log" -m "$model" -np 4 -c 256 -t 2 --queue 64 --max-body 65536 || exit 1
+check "server starts on a free loopback port" 0
+
+[ "$(req GET /health)" = 200 ] && grep -q '"ok"' "$tmp/body"
+check "GET /health" $?
+[ "$(req GET /v1/models)" = 200 ] && grep -q '"id":"stories260K.gguf"' "$tmp/body" && grep -q '"object":"list"' "$tmp/body"
+check "GET /v1/models names the model by its file name" $?
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":12,"temperature":0}')" = 200 ] &&
+  grep -q '"text":", there was a little girl named Lily' "$tmp/body" && grep -q '"finish_reason":"length"' "$tmp/body" &&
+  grep -q '"completion_tokens":12' "$tmp/body"
+check "POST /v1/completions (curl)" $?
+[ "$(req POST /v1/chat/completions '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":8}')" = 200 ] &&
+  grep -q '"role":"assistant"' "$tmp/body" && grep -q '"usage"' "$tmp/body"
+check "POST /v1/chat/completions (curl)" $?
+curl -sN -m 60 "http://127.0.0.1:$PORT/v1/completions" -d '{"prompt":"The cat","max_tokens":10,"stream":true}' >"$tmp/sse"
+[ "$(tail -n 2 "$tmp/sse" | head -n 1)" = "data: [DONE]" ] && [ "$(grep -c '^data: {' "$tmp/sse")" -ge 2 ] &&
+  grep -q '"finish_reason":"length"' "$tmp/sse" && grep -q '"completion_tokens":10' "$tmp/sse"
+check "streaming: text events, finish_reason, usage, data: [DONE]" $?
+
+# Bad input: 400 with an OpenAI-style error object.
+bad() { # description, expected status, path, body, pattern
+  local got; got=$(req POST "$3" "$4")
+  [ "$got" = "$2" ] && grep -q '"error":{"message":' "$tmp/body" && grep -q "$5" "$tmp/body"
+  check "$1 -> $2" $?
+}
+bad "malformed JSON" 400 /v1/completions '{"prompt": "hi",' 'malformed JSON'
+bad "not an object" 400 /v1/completions '[1,2]' 'JSON object'
+bad "missing prompt" 400 /v1/completions '{"max_tokens":3}' '"param":"prompt"'
+bad "prompt of the wrong type" 400 /v1/completions '{"prompt":{"a":1}}' '"param":"prompt"'
+bad "max_tokens of the wrong type" 400 /v1/completions '{"prompt":"hi","max_tokens":"5"}' '"param":"max_tokens"'
+bad "max_tokens out of range" 400 /v1/completions '{"prompt":"hi","max_tokens":0}' '"param":"max_tokens"'
+bad "temperature out of range" 400 /v1/completions '{"prompt":"hi","temperature":5}' '"param":"temperature"'
+bad "top_p out of range" 400 /v1/completions '{"prompt":"hi","top_p":0}' '"param":"top_p"'
+bad "stream of the wrong type" 400 /v1/completions '{"prompt":"hi","stream":"yes"}' '"param":"stream"'
+bad "stop of the wrong type" 400 /v1/completions '{"prompt":"hi","stop":[1]}' '"param":"stop"'
+bad "n > 1" 400 /v1/completions '{"prompt":"hi","n":2}' '"param":"n"'
+bad "token id out of range" 400 /v1/completions '{"prompt":[1, 99999]}' 'out of range'
+bad "missing messages" 400 /v1/chat/completions '{"prompt":"hi"}' '"param":"messages"'
+bad "empty messages" 400 /v1/chat/completions '{"messages":[]}' '"param":"messages"'
+bad "unknown role" 400 /v1/chat/completions '{"messages":[{"role":"wizard","content":"x"}]}' '"param":"messages"'
+long=$(printf 'the cat sat on the mat %.0s' $(seq 60))
+bad "prompt longer than the context" 400 /v1/completions "{\"prompt\":\"$long\"}" 'context_length_exceeded'
+bad "another model" 404 /v1/completions '{"model":"gpt-4","prompt":"hi"}' 'model_not_found'
+[ "$(req GET /v1/completions)" = 405 ]; check "GET on a POST endpoint -> 405" $?
+[ "$(req GET /nope)" = 404 ] && grep -q '"error"' "$tmp/body"; check "unknown path -> 404 error object" $?
+head -c 100000 /dev/zero | tr '\0' 'a' >"$tmp/big.txt"
+printf '{"prompt":"%s"}' "$(cat "$tmp/big.txt")" >"$tmp/big.json"
+code=$(curl -s -m 30 -o "$tmp/body" -w '%{http_code}' -H 'Content-Type: application/json' \
+  --data-binary @"$tmp/big.json" "http://127.0.0.1:$PORT/v1/completions")
+[ "$code" = 413 ] && grep -q body_too_large "$tmp/body"
+check "oversized body (Content-Length) -> 413 before reading it" $?
+code=$(curl -s -m 30 -o "$tmp/body" -w '%{http_code}' -H 'Content-Type: application/json' -H 'Transfer-Encoding: chunked' \
+  --data-binary @"$tmp/big.json" "http://127.0.0.1:$PORT/v1/completions")
+[ "$code" = 413 ] || [ "$code" = 000 ]
+check "oversized chunked body -> 413 (or connection closed) while reading ($code)" $?
+[ "$(req GET /health)" = 200 ]; check "server healthy after bad input" $?
+
+# Node: concurrency, streaming equality, prefix cache (fetch), openai client.
+if ! command -v node >/dev/null; then
+  echo "FAIL: node is not installed (scripts/setup.sh installs nodejs and npm); the HTTP client tests need it"; fail=1
+else
+  here=$(dirname "$0")
+  node "$here/serve_client.mjs" "http://127.0.0.1:$PORT" stories260K.gguf
+  check "node client checks" $?
+  nm=$build/node
+  if [ ! -d "$nm/node_modules/openai" ]; then
+    mkdir -p "$nm"
+    npm install --prefix "$nm" --no-audit --no-fund --silent openai >"$tmp/npm.log" 2>&1 ||
+      { echo "npm install openai failed (is the npm registry reachable?):"; tail -5 "$tmp/npm.log"; }
+  fi
+  if [ -d "$nm/node_modules/openai" ]; then
+    node "$here/serve_openai.mjs" "$nm" "http://127.0.0.1:$PORT" stories260K.gguf
+    check "official openai npm client: chat, streaming and not" $?
+  else
+    echo "FAIL: the openai npm package is not installed in $nm; cannot run the openai client test"; fail=1
+  fi
+fi
+stop_server; check "SIGTERM on an idle server: exit 0" $?
+
+# A slower model (one tinyllama layer, ~10 ms a token) and one slot: a full
+# queue, disconnects and drain happen while a request is really running.
+slow=$tmp/tl1.gguf
+"$pam" gen-model --shape tinyllama-1.1b --layers 1 --type q4_0 -o "$slow" -t 2 >/dev/null 2>&1
+check "gen-model (slow model)" $?
+start_server "$tmp/s2.log" -m "$slow" -np 1 -c 2048 -t 2 --queue 1 --alias slow || exit 1
+longreq='{"prompt":"hello world","max_tokens":1500,"ignore_eos":true,"temperature":0,"stream":true}'
+
+# Clients killed while their request is generating (tokens already out).
+curl -sN -m 300 "http://127.0.0.1:$PORT/v1/completions" -d "$longreq" >"$tmp/cut.sse" & c0=$!
+wait_metric pam_generation_tokens_total '>=' 2; kill "$c0"; wait "$c0" 2>/dev/null
+wait_metric pam_client_disconnects_total '>=' 1 && wait_metric pam_requests_running '==' 0 &&
+  wait_metric 'pam_requests_total{finish_reason="cancelled"}' '>=' 1 && grep -q '^data: {' "$tmp/cut.sse"
+check "streaming client disconnects mid-stream: request cancelled, slot free" $?
+g0=$(metric pam_generation_tokens_total)
+curl -s -m 300 "http://127.0.0.1:$PORT/v1/completions" -d '{"prompt":"hello","max_tokens":1500,"ignore_eos":true}' >/dev/null & c0=$!
+wait_metric pam_generation_tokens_total '>=' $((g0 + 2)); kill "$c0"; wait "$c0" 2>/dev/null
+wait_metric pam_client_disconnects_total '>=' 2 && wait_metric pam_requests_running '==' 0 &&
+  wait_metric 'pam_requests_total{finish_reason="cancelled"}' '>=' 2
+check "non-streaming client disconnects: request cancelled, slot free" $?
+t0=$(date +%s%N)
+[ "$(req POST /v1/completions '{"prompt":"hello","max_tokens":5}')" = 200 ] && grep -q '"completion_tokens":5' "$tmp/body"
+check "after disconnects the slot serves the next request ($(( ($(date +%s%N) - t0) / 1000000 )) ms)" $?
+
+curl -sN -m 30 "http://127.0.0.1:$PORT/v1/completions" -d "$longreq" >/dev/null & c1=$!
+wait_metric pam_requests_running '==' 1
+curl -sN -m 30 "http://127.0.0.1:$PORT/v1/completions" -d "$longreq" >/dev/null & c2=$!
+wait_metric pam_queue_length '==' 1
+code=$(req POST /v1/completions '{"prompt":"hello","max_tokens":5}')
+[ "$code" = 503 ] && grep -qi '^Retry-After: 1' "$tmp/hdr" && grep -q queue_full "$tmp/body"
+check "queue full -> 503 with Retry-After ($code)" $?
+kill "$c1" "$c2" 2>/dev/null; wait "$c1" "$c2" 2>/dev/null
+wait_metric pam_requests_running '==' 0 && wait_metric pam_queue_length '==' 0
+check "killed clients (running and queued) free the slot and the queue" $?
+
+curl -sN -m 600 "http://127.0.0.1:$PORT/v1/completions" \
+  -d '{"prompt":"hello","max_tokens":150,"ignore_eos":true,"stream":true}' >"$tmp/drain.sse" & c3=$!
+wait_metric pam_requests_running '==' 1
+kill -TERM "$SPID"
+for _ in $(seq 50); do [ "$(req GET /health)" = 503 ] && break; sleep 0.1; done
+code=$(req GET /health); code2=$(req POST /v1/completions '{"prompt":"hello","max_tokens":5}')
+[ "$code" = 503 ] && [ "$code2" = 503 ]
+check "while draining: /health and new requests -> 503 ($code, $code2)" $?
+wait "$c3"
+grep -q '"finish_reason":"length"' "$tmp/drain.sse" && [ "$(tail -n 2 "$tmp/drain.sse" | head -n 1)" = "data: [DONE]" ] &&
+  grep -q '"completion_tokens":150' "$tmp/drain.sse"
+check "SIGTERM drains: the running stream completes all 150 tokens" $?
+for _ in $(seq 600); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+wait "$SPID"; check "SIGTERM: exit 0 after the drain" $?
+grep -q "drained" "$tmp/s2.log"; check "drain logged" $?
+exit $fail
