@@ -151,10 +151,55 @@ static void test_batch_errors(void **state) {
     pam_model_free(m);
 }
 
+/* pam_forward_batch_ex with a mask returns exactly the wanted rows of the
+ * full batch, compacted, and leaves the caches in the same state. */
+static void test_batch_want_mask(void **state) {
+    ref_model_desc d = {.arch = "llama", .n_vocab = 290, .n_embd = 32, .n_layer = 1, .n_head = 2, .n_head_kv = 1,
+                        .n_ff = 64, .n_ctx = 64, .rms_eps = 1e-5f, .rope_theta = 10000.0f,
+                        .wtype = PAM_DT_Q8_0, .seed = 5};
+    ref_weights *w;
+    assert_int_equal(ref_model_generate(&d, &w), PAM_OK);
+    const char *path = pam_test_tmp("batch-mask.gguf");
+    assert_int_equal(ref_model_write_gguf(&d, w, path), PAM_OK);
+    ref_model_free(w);
+    pam_model *m;
+    assert_int_equal(pam_model_load(path, &m), PAM_OK);
+    enum { N = 7 };
+    pam_ctx *a[2], *b[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pam_ctx_create(m, 16, NULL, &a[i]), PAM_OK);
+        assert_int_equal(pam_ctx_create(m, 16, NULL, &b[i]), PAM_OK);
+    }
+    /* sequence 0 prefills 5 tokens, sequence 1 two */
+    pam_ctx *ca[N] = {a[0], a[0], a[0], a[0], a[0], a[1], a[1]}, *cb[N] = {b[0], b[0], b[0], b[0], b[0], b[1], b[1]};
+    int32_t tok[N] = {3, 9, 27, 81, 243, 11, 12}, pos[N] = {0, 1, 2, 3, 4, 0, 1};
+    uint8_t want[N] = {0, 0, 1, 0, 1, 0, 1};
+    float *full = malloc(sizeof(float) * N * 290), *part = malloc(sizeof(float) * N * 290);
+    assert_int_equal(pam_forward_batch(ca, tok, pos, N, full), PAM_OK);
+    assert_int_equal(pam_forward_batch_ex(cb, tok, pos, N, want, part), PAM_OK);
+    int k = 0;
+    for (int i = 0; i < N; i++)
+        if (want[i]) assert_memory_equal(part + (size_t)(k++) * 290, full + (size_t)i * 290, sizeof(float) * 290);
+    /* the next step agrees too: both sets of caches hold the same KV */
+    int32_t t2[2] = {5, 6}, p2[2] = {5, 2};
+    pam_ctx *na[2] = {a[0], a[1]}, *nb[2] = {b[0], b[1]};
+    assert_int_equal(pam_forward_batch(na, t2, p2, 2, full), PAM_OK);
+    assert_int_equal(pam_forward_batch(nb, t2, p2, 2, part), PAM_OK);
+    assert_memory_equal(full, part, sizeof(float) * 2 * 290);
+    for (int i = 0; i < 2; i++) {
+        pam_ctx_free(a[i]);
+        pam_ctx_free(b[i]);
+    }
+    free(full);
+    free(part);
+    pam_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_equals_alone),
         cmocka_unit_test(test_batch_errors),
+        cmocka_unit_test(test_batch_want_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

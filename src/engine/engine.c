@@ -84,6 +84,7 @@ struct pam_engine {
     int32_t *b_tok, *b_pos;
     pam_request **b_req;
     int32_t *b_slot;
+    uint8_t *b_want; /* logits wanted for this batch entry */
     uint64_t use_clock;
 
     pthread_t thread;
@@ -161,12 +162,13 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
     e->b_pos = malloc((size_t)e->batch_cap * sizeof *e->b_pos);
     e->b_req = malloc((size_t)e->batch_cap * sizeof *e->b_req);
     e->b_slot = malloc((size_t)e->batch_cap * sizeof *e->b_slot);
+    e->b_want = malloc((size_t)e->batch_cap * sizeof *e->b_want);
     pam_status st = PAM_OK;
-    if (!e->slots || !e->logits || !e->b_ctx || !e->b_tok || !e->b_pos || !e->b_req || !e->b_slot) {
+    if (!e->slots || !e->logits || !e->b_ctx || !e->b_tok || !e->b_pos || !e->b_req || !e->b_slot || !e->b_want) {
         st = PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
         goto fail;
     }
-    pam_ctx_params cp = {e->p.n_ctx, e->p.kv_type};
+    pam_ctx_params cp = {.n_ctx = e->p.n_ctx, .kv_type = e->p.kv_type, .kv_seq = -1};
     for (int32_t i = 0; i < e->p.n_slots; i++) {
         slot *s = &e->slots[i];
         if ((st = pam_ctx_create_ex(m, &cp, pool, &s->ctx)) != PAM_OK) goto fail;
@@ -204,6 +206,7 @@ fail:
     free(e->b_pos);
     free(e->b_req);
     free(e->b_slot);
+    free(e->b_want);
     free(e);
     return st;
 }
@@ -259,6 +262,7 @@ void pam_engine_destroy(pam_engine *e) {
     free(e->b_pos);
     free(e->b_req);
     free(e->b_slot);
+    free(e->b_want);
     free(e);
 }
 
@@ -634,10 +638,14 @@ static void *engine_main(void *arg) {
         }
         pthread_mutex_unlock(&e->mu);
 
-        pam_status st = pam_forward_batch(e->b_ctx, e->b_tok, e->b_pos, n, e->logits);
+        /* Logits only where a token is sampled: decode tokens and the last
+         * token of a prompt chunk; rows come back compacted. */
+        for (int32_t i = 0; i < n; i++) e->b_want[i] = e->b_req[i] != NULL;
+        pam_status st = pam_forward_batch_ex(e->b_ctx, e->b_tok, e->b_pos, n, e->b_want, e->logits);
         int64_t now = pam_time_ns();
-        int32_t n_new = 0, n_prefilled = 0;
+        int32_t n_new = 0, n_prefilled = 0, row = 0;
         for (int32_t i = 0; i < n; i++) {
+            int32_t my_row = e->b_want[i] ? row++ : -1;
             slot *s = &e->slots[e->b_slot[i]];
             pam_request *owner = s->req;
             if (st != PAM_OK) {
@@ -652,7 +660,7 @@ static void *engine_main(void *arg) {
             pam_request *r = e->b_req[i];
             if (!r || r->n_past < r->n_prompt) continue;
             if (r->finishing != PAM_FINISH_NONE) continue;
-            int32_t tok = pam_sampler_sample(r->sampler, e->logits + (size_t)i * e->n_vocab);
+            int32_t tok = pam_sampler_sample(r->sampler, e->logits + (size_t)my_row * e->n_vocab);
             n_new += on_token(e, r, tok, now);
         }
 

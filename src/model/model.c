@@ -629,6 +629,11 @@ pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos
 
 pam_status pam_forward_batch(pam_ctx *const *ctxs, const int32_t *tokens, const int32_t *pos, int32_t n,
                              float *logits) {
+    return pam_forward_batch_ex(ctxs, tokens, pos, n, NULL, logits);
+}
+
+pam_status pam_forward_batch_ex(pam_ctx *const *ctxs, const int32_t *tokens, const int32_t *pos, int32_t n,
+                                const uint8_t *want, float *logits) {
     if (n <= 0) return PAM_ERR(PAM_ERR_INVALID, "forward: no tokens");
     pam_ctx *c = ctxs[0];
     const pam_model_hparams *hp = &c->m->hp;
@@ -661,7 +666,22 @@ pam_status pam_forward_batch(pam_ctx *const *ctxs, const int32_t *tokens, const 
     for (int32_t done = 0; done < n; done += PAM_MAX_BATCH) {
         int32_t nb = n - done < PAM_MAX_BATCH ? n - done : PAM_MAX_BATCH;
         PAM_TRY(forward_chunk(c, ctxs + done, tokens + done, pos + done, nb));
-        if (logits) forward_logits(c, 0, nb, logits + (size_t)done * hp->n_vocab);
+        if (!logits) continue;
+        if (!want) {
+            forward_logits(c, 0, nb, logits + (size_t)done * hp->n_vocab);
+            continue;
+        }
+        /* Only the wanted rows, compacted: prefill tokens whose logits
+         * nobody reads skip the output matrix entirely. */
+        int32_t k = 0;
+        int dim = hp->n_embd;
+        for (int32_t i = 0; i < nb; i++) {
+            if (!want[done + i]) continue;
+            rmsnorm(c->h + (size_t)k * dim, c->x + (size_t)i * dim, c->m->output_norm, dim, hp->rms_eps);
+            k++;
+        }
+        if (k > 0) pam_matmul(c->pool, c->m->output.type, c->m->output.data, hp->n_vocab, dim, c->h, k, logits);
+        logits += (size_t)k * hp->n_vocab;
     }
     return PAM_OK;
 }

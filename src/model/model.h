@@ -89,6 +89,11 @@ pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos
 pam_status pam_forward_batch(pam_ctx *const *ctxs, const int32_t *tokens, const int32_t *pos, int32_t n,
                              float *logits);
 
+/* The same, computing logits only for tokens with want[i] != 0 (want NULL:
+ * all); logits receives one row per wanted token, in batch order. */
+pam_status pam_forward_batch_ex(pam_ctx *const *ctxs, const int32_t *tokens, const int32_t *pos, int32_t n,
+                                const uint8_t *want, float *logits);
+
 /* Benchmarks: fills the KV cache positions 0..n-1 with synthetic values so a
  * decode step at position n does the work of a real one at that depth. */
 pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed);
