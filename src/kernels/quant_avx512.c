@@ -390,4 +390,173 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
     return _mm_cvtss_f32(s);
 }
 
+/* ---- Q8_0 / Q4_0: many rows x many tokens (prefill) ----------------------
+ * The single-row kernel above sees, per row and 16-block group g, a vector
+ * whose lane b is the exact int32 sum of block 16g + b; it multiplies it by
+ * w_d * a_d in the same lane and adds it into accumulator g % 2 (a trailing
+ * partial group into accumulator 1, its empty lanes adding 0), and ends with
+ * hsum16(acc0 + acc1). Here the same float operations run with the layout
+ * transposed: one vector holds 16 rows of one block lane b, so the state is
+ * A[token][g % 2][b] (16 rows each) and the final hsum16 becomes the same
+ * tree of vertical adds over b. Every element sees the identical sequence of
+ * roundings, so results are bit-identical to the single-row kernel.
+ *
+ * The integer sums come from a register tile in the classic GEMM shape:
+ * a panel of PANEL rows is repacked so that one zmm holds 4 bytes of the
+ * same block for 16 rows; vpdpbusd with 4 broadcast activation bytes then
+ * adds into a per-row lane, and 8 steps finish a block with no horizontal
+ * work at all. vpdpbusd wants one unsigned operand: activations come in
+ * offset by +128 (pam_vec_tile_prep_act), the weights stay signed, and the
+ * accumulator starts at -128 * sum(w) over the block (from the repack).
+ * Each weight vector feeds TILE_T tokens and each activation broadcast 2
+ * row vectors. */
+
+#define PANEL PAM_TILE_ROWS
+#define RV (PANEL / 16)
+#define TILE_T 4
+
+typedef struct {
+    int8_t w[RV][8][64]; /* [row vector][4-byte step k][row lane l][byte] */
+    int32_t corr[RV][16]; /* -128 * sum of the block's weights, per row */
+    float d[RV][16];      /* weight scale, per row (0 for padding rows) */
+} panel_block;
+
+size_t pam_tile_scratch_avx512(int64_t cols) {
+    return (size_t)(cols / PAM_QK8_0) * sizeof(panel_block) + 64;
+}
+
+/* Row r's block values (already as signed int8 in element order) into the
+ * panel. */
+static inline void panel_put(panel_block *pb, int r, const int8_t q[32], float d) {
+    const int rv = r / 16, l = r % 16;
+    int32_t sum = 0;
+    for (int e = 0; e < 32; e++) sum += q[e];
+    for (int k = 0; k < 8; k++) memcpy(&pb->w[rv][k][4 * l], q + 4 * k, 4);
+    pb->corr[rv][l] = -128 * sum;
+    pb->d[rv][l] = d;
+}
+
+static void repack_q8_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
+    memset(P, 0, (size_t)nb * sizeof *P);
+    for (int r = 0; r < rows; r++) {
+        const pam_block_q8_0 *w = (const pam_block_q8_0 *)((const uint8_t *)W + (size_t)r * row_bytes);
+        for (int64_t i = 0; i < nb; i++) panel_put(&P[i], r, w[i].qs, _cvtsh_ss(w[i].d));
+    }
+}
+
+static void repack_q4_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
+    memset(P, 0, (size_t)nb * sizeof *P);
+    for (int r = 0; r < rows; r++) {
+        const pam_block_q4_0 *w = (const pam_block_q4_0 *)((const uint8_t *)W + (size_t)r * row_bytes);
+        for (int64_t i = 0; i < nb; i++) {
+            int8_t q[32];
+            for (int e = 0; e < 16; e++) {
+                q[e] = (int8_t)((w[i].qs[e] & 0x0f) - 8);
+                q[e + 16] = (int8_t)((w[i].qs[e] >> 4) - 8);
+            }
+            panel_put(&P[i], r, q, _cvtsh_ss(w[i].d));
+        }
+    }
+}
+
+/* Float state of one token tile: [token][accumulator][block lane][row vector]. */
+typedef struct {
+    __m512 a[TILE_T][2][GROUP][RV];
+} tile_acc;
+
+static inline __attribute__((always_inline)) void tile_tokens(const panel_block *P, int64_t nb, const uint8_t *act,
+                                                              size_t act_bytes, float *Y, int64_t ldy,
+                                                              __mmask16 km[RV], tile_acc *A, const int T) {
+    const pam_block_q8_0 *a[TILE_T];
+    for (int t = 0; t < T; t++) a[t] = (const pam_block_q8_0 *)(act + (size_t)t * act_bytes);
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < 2; c++)
+            for (int b = 0; b < GROUP; b++)
+                for (int v = 0; v < RV; v++) A->a[t][c][b][v] = _mm512_setzero_ps();
+
+    const int64_t nfull = nb / GROUP;
+    for (int64_t i = 0; i < nb; i++) {
+        const int64_t g = i / GROUP;
+        const int b = (int)(i % GROUP), c = g < nfull ? (int)(g & 1) : 1;
+        const panel_block *pb = &P[i];
+        __m512i s[TILE_T][RV];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+            for (int v = 0; v < RV; v++) s[t][v] = _mm512_load_si512(pb->corr[v]);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            __m512i w[RV];
+#pragma GCC unroll 4
+            for (int v = 0; v < RV; v++) w[v] = _mm512_load_si512(pb->w[v][k]);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                int32_t q;
+                memcpy(&q, a[t][i].qs + 4 * k, 4);
+                const __m512i ab = _mm512_set1_epi32(q);
+#pragma GCC unroll 4
+                for (int v = 0; v < RV; v++) s[t][v] = _mm512_dpbusd_epi32(s[t][v], ab, w[v]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const __m512 ad = _mm512_set1_ps(_cvtsh_ss(a[t][i].d));
+#pragma GCC unroll 4
+            for (int v = 0; v < RV; v++)
+                A->a[t][c][b][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t][v]),
+                                                   _mm512_mul_ps(_mm512_load_ps(pb->d[v]), ad), A->a[t][c][b][v]);
+        }
+    }
+    /* the partial group's empty lanes: acc + 0 * 0, as the single-row kernel */
+    if (nb % GROUP)
+        for (int b = (int)(nb % GROUP); b < GROUP; b++)
+            for (int t = 0; t < T; t++)
+                for (int v = 0; v < RV; v++) A->a[t][1][b][v] = _mm512_add_ps(A->a[t][1][b][v], _mm512_setzero_ps());
+
+    /* hsum16(acc0 + acc1), lane by lane */
+    for (int t = 0; t < T; t++)
+        for (int v = 0; v < RV; v++) {
+            __m512 x[GROUP];
+            for (int b = 0; b < GROUP; b++) x[b] = _mm512_add_ps(A->a[t][0][b][v], A->a[t][1][b][v]);
+            for (int h = GROUP / 2; h >= 1; h /= 2)
+                for (int b = 0; b < h; b++) x[b] = _mm512_add_ps(x[b], x[b + h]);
+            _mm512_mask_storeu_ps(Y + t * ldy + 16 * v, km[v], x[0]);
+        }
+}
+
+static void tile_run(const panel_block *P, int rows, const void *act, size_t act_bytes, int64_t n_tok,
+                     int64_t nb, float *Y, int64_t ldy) {
+    __mmask16 km[RV];
+    for (int v = 0; v < RV; v++) {
+        const int left = rows - 16 * v;
+        km[v] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : mask16(left);
+    }
+    tile_acc A;
+    const uint8_t *a = act;
+    int64_t t = 0;
+    for (; t + TILE_T <= n_tok; t += TILE_T)
+        tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, &A, TILE_T);
+    for (; t < n_tok; t++) tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, &A, 1);
+}
+
+static inline panel_block *panel_of(void *scratch) {
+    return (panel_block *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+}
+
+void pam_tile_q8_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                          int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {
+    const int64_t nb = cols / PAM_QK8_0;
+    panel_block *P = panel_of(scratch);
+    repack_q8_0(P, W, row_bytes, (int)rows, nb);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy);
+}
+
+void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                          int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {
+    const int64_t nb = cols / PAM_QK4_0;
+    panel_block *P = panel_of(scratch);
+    repack_q4_0(P, W, row_bytes, (int)rows, nb);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy);
+}
+
 #endif
