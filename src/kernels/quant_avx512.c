@@ -425,36 +425,60 @@ size_t pam_tile_scratch_avx512(int64_t cols) {
     return (size_t)(cols / PAM_QK8_0) * sizeof(panel_block) + 64;
 }
 
-/* Row r's block values (already as signed int8 in element order) into the
- * panel. */
-static inline void panel_put(panel_block *pb, int r, const int8_t q[32], float d) {
-    const int rv = r / 16, l = r % 16;
-    int32_t sum = 0;
-    for (int e = 0; e < 32; e++) sum += q[e];
-    for (int k = 0; k < 8; k++) memcpy(&pb->w[rv][k][4 * l], q + 4 * k, 4);
-    pb->corr[rv][l] = -128 * sum;
-    pb->d[rv][l] = d;
+/* Repacking gathers 4 bytes of one block from each of 16 rows per vector
+ * (rows >= `rows` masked off to 0). off: byte offsets of the 16 rows. */
+static inline __m512i gather_rows(const uint8_t *base, __m512i off, __mmask16 k) {
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, off, base, 1);
+}
+
+static inline void panel_finish(panel_block *pb, int v, const uint8_t *blk, __m512i off, __mmask16 k) {
+    __m512i sum = _mm512_setzero_si512();
+    for (int s = 0; s < 8; s++)
+        sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), _mm512_load_si512(pb->w[v][s]));
+    _mm512_store_si512(pb->corr[v], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
+    /* the f16 scale is the block's first two bytes */
+    _mm512_store_ps(pb->d[v], _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gather_rows(blk, off, k))));
+}
+
+static inline __m512i row_offsets(size_t row_bytes, int v) {
+    return _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(16 * v),
+                                               _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)),
+                              _mm512_set1_epi32((int)row_bytes));
+}
+
+static inline __mmask16 rows_mask(int rows, int v) {
+    const int left = rows - 16 * v;
+    return left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : mask16(left);
 }
 
 static void repack_q8_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
-    memset(P, 0, (size_t)nb * sizeof *P);
-    for (int r = 0; r < rows; r++) {
-        const pam_block_q8_0 *w = (const pam_block_q8_0 *)((const uint8_t *)W + (size_t)r * row_bytes);
-        for (int64_t i = 0; i < nb; i++) panel_put(&P[i], r, w[i].qs, _cvtsh_ss(w[i].d));
+    for (int v = 0; v < RV; v++) {
+        const __m512i off = row_offsets(row_bytes, v);
+        const __mmask16 k = rows_mask(rows, v);
+        for (int64_t i = 0; i < nb; i++) {
+            const uint8_t *blk = (const uint8_t *)W + (size_t)i * sizeof(pam_block_q8_0);
+            for (int s = 0; s < 8; s++)
+                _mm512_store_si512(P[i].w[v][s], gather_rows(blk + 2 + 4 * s, off, k));
+            panel_finish(&P[i], v, blk, off, k);
+        }
     }
 }
 
 static void repack_q4_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
-    memset(P, 0, (size_t)nb * sizeof *P);
-    for (int r = 0; r < rows; r++) {
-        const pam_block_q4_0 *w = (const pam_block_q4_0 *)((const uint8_t *)W + (size_t)r * row_bytes);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
+    for (int v = 0; v < RV; v++) {
+        const __m512i off = row_offsets(row_bytes, v);
+        const __mmask16 k = rows_mask(rows, v);
         for (int64_t i = 0; i < nb; i++) {
-            int8_t q[32];
-            for (int e = 0; e < 16; e++) {
-                q[e] = (int8_t)((w[i].qs[e] & 0x0f) - 8);
-                q[e + 16] = (int8_t)((w[i].qs[e] >> 4) - 8);
+            const uint8_t *blk = (const uint8_t *)W + (size_t)i * sizeof(pam_block_q4_0);
+            for (int s = 0; s < 4; s++) {
+                /* low nibbles: elements 4s..4s+3; high: 16 + 4s.. (step s + 4) */
+                const __m512i g = gather_rows(blk + 2 + 4 * s, off, k);
+                _mm512_store_si512(P[i].w[v][s], _mm512_sub_epi8(_mm512_and_si512(g, m4), eight));
+                _mm512_store_si512(P[i].w[v][s + 4],
+                                   _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(g, 4), m4), eight));
             }
-            panel_put(&P[i], r, q, _cvtsh_ss(w[i].d));
+            panel_finish(&P[i], v, blk, off, k);
         }
     }
 }
@@ -527,10 +551,7 @@ static inline __attribute__((always_inline)) void tile_tokens(const panel_block 
 static void tile_run(const panel_block *P, int rows, const void *act, size_t act_bytes, int64_t n_tok,
                      int64_t nb, float *Y, int64_t ldy) {
     __mmask16 km[RV];
-    for (int v = 0; v < RV; v++) {
-        const int left = rows - 16 * v;
-        km[v] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : mask16(left);
-    }
+    for (int v = 0; v < RV; v++) km[v] = rows_mask(rows, v);
     tile_acc A;
     const uint8_t *a = act;
     int64_t t = 0;
