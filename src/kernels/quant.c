@@ -14,6 +14,13 @@
 #include "kernels/cpu.h"
 #include "kernels/quant_isa.h"
 
+/* quant_avx2.c and quant_avx512.c compile to nothing off x86. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PAM_HAVE_AVX2_KERNELS 1
+#else
+#define PAM_HAVE_AVX2_KERNELS 0
+#endif
+
 /* Byte-exactness with ggml needs every multiply and add rounded separately;
  * clang would otherwise fuse them into FMAs when the target has them. */
 #if defined(__clang__)
@@ -485,7 +492,18 @@ size_t pam_activation_bytes(pam_dtype weight_type, int64_t n) {
 }
 
 void pam_quantize_activations(pam_dtype weight_type, const float *x, void *dst, int64_t n) {
-    pam_quantize_row(pam_vec_dot_type(weight_type), x, dst, n);
+    pam_dtype t = pam_vec_dot_type(weight_type);
+#if PAM_HAVE_AVX2_KERNELS
+    if (t == PAM_DT_Q8_0 && pam_cpu_isa_level() == PAM_ISA_AVX512) {
+        pam_quantize_q8_0_avx512(x, dst, n);
+        return;
+    }
+    if (t == PAM_DT_Q8_0 && pam_cpu_isa_level() == PAM_ISA_AVX2) {
+        pam_quantize_q8_0_avx2(x, dst, n);
+        return;
+    }
+#endif
+    pam_quantize_row(t, x, dst, n);
 }
 
 /* ---- Scalar dot products ------------------------------------------------ */
@@ -609,12 +627,6 @@ static int dot_slot(pam_dtype t) {
     }
 }
 
-/* quant_avx2.c compiles to nothing off x86. */
-#if defined(__x86_64__) || defined(__i386__)
-#define PAM_HAVE_AVX2_KERNELS 1
-#else
-#define PAM_HAVE_AVX2_KERNELS 0
-#endif
 
 /* A level without its own kernel for a type repeats the next lower one. */
 static const pam_vec_dot_fn k_dots[PAM_ISA_COUNT][N_SLOTS] = {

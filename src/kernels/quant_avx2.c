@@ -142,6 +142,44 @@ float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n) {
     return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
+/* ---- Q8_0 activations ----------------------------------------------------
+ * Byte-identical to the reference quantiser (see quant_avx512.c). */
+
+static inline __m256i round_away_i32(__m256 v) {
+    const __m256i i = _mm256_cvttps_epi32(v);
+    const __m256 f = _mm256_sub_ps(v, _mm256_cvtepi32_ps(i)); /* exact: |v| < 2^23 */
+    /* compare masks are -1 where true: subtracting adds one, adding subtracts */
+    const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(f, _mm256_set1_ps(0.5f), _CMP_GE_OQ));
+    const __m256i down = _mm256_castps_si256(_mm256_cmp_ps(f, _mm256_set1_ps(-0.5f), _CMP_LE_OQ));
+    return _mm256_add_epi32(_mm256_sub_epi32(i, up), down);
+}
+
+void pam_quantize_q8_0_avx2(const float *x, void *dst, int64_t n) {
+    pam_block_q8_0 *y = dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / PAM_QK8_0; i++, x += PAM_QK8_0) {
+        __m256 v[4];
+        for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        const float d = amax / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = pam_f32_to_f16(d);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) q[k] = round_away_i32(_mm256_mul_ps(v[k], vid));
+        /* int32 -> int8 in order: packs interleave 128-bit lanes, a permute undoes it */
+        const __m256i p16 = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+        const __m256i p8 = _mm256_packs_epi16(p16, p16b);
+        _mm256_storeu_si256((__m256i *)y[i].qs,
+                            _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+}
+
 /* ---- Q4_K against Q8_K ----------------------------------------------------
  * Per block: sum_j sc_j * (q4 . q8)_j in int32 lanes, times d; the mins
  * contribute dmin * sum_j m_j * (bsum_2j + bsum_2j+1). */

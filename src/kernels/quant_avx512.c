@@ -390,6 +390,32 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
     return _mm_cvtss_f32(s);
 }
 
+/* ---- Q8_0 activations ----------------------------------------------------
+ * Byte-identical to the reference quantiser: the same amax, d = amax / 127,
+ * id = 1 / d, and roundf (half away from zero) done exactly as truncation
+ * plus a correction when the dropped fraction is at least one half. */
+
+static inline __m128i round_away_i8(__m512 v) {
+    __m512i i = _mm512_cvttps_epi32(v);
+    const __m512 f = _mm512_sub_ps(v, _mm512_cvtepi32_ps(i)); /* exact: |v| < 2^23 */
+    i = _mm512_mask_add_epi32(i, _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ), i, _mm512_set1_epi32(1));
+    i = _mm512_mask_sub_epi32(i, _mm512_cmp_ps_mask(f, _mm512_set1_ps(-0.5f), _CMP_LE_OQ), i, _mm512_set1_epi32(1));
+    return _mm512_cvtepi32_epi8(i);
+}
+
+void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n) {
+    pam_block_q8_0 *y = dst;
+    for (int64_t i = 0; i < n / PAM_QK8_0; i++, x += PAM_QK8_0) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float d = amax / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = pam_f32_to_f16(d);
+        _mm_storeu_si128((__m128i *)y[i].qs, round_away_i8(_mm512_mul_ps(v0, _mm512_set1_ps(id))));
+        _mm_storeu_si128((__m128i *)(y[i].qs + 16), round_away_i8(_mm512_mul_ps(v1, _mm512_set1_ps(id))));
+    }
+}
+
 /* ---- Q8_0 / Q4_0: many rows x many tokens (prefill) ----------------------
  * The single-row kernel above sees, per row and 16-block group g, a vector
  * whose lane b is the exact int32 sum of block 16g + b; it multiplies it by

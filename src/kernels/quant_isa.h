@@ -36,6 +36,10 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n);
 void pam_dot4_q8_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 
+/* Q8_0 quantisers byte-identical to the reference one (for activations). */
+void pam_quantize_q8_0_avx2(const float *x, void *dst, int64_t n);
+void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n);
+
 /* Tiled kernels behind pam_vec_tile_select (see quant.h), and their scratch. */
 size_t pam_tile_scratch_avx512(int64_t cols);
 void pam_tile_q8_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
