@@ -660,6 +660,10 @@ pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type) {
         if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx512;
         if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx512;
     }
+    if (pam_cpu_isa_level() == PAM_ISA_AVX2) {
+        if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx2;
+        if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx2;
+    }
 #endif
     return NULL;
 }

@@ -77,15 +77,14 @@ float pam_dot_bf16_avx2(const void *row, const void *act, int64_t n) {
 #undef SCALAR
 }
 
-/* ---- Q8_0 / Q4_0 against Q8_0 ------------------------------------------- */
+/* ---- Q8_0 / Q4_0 against Q8_0: groups of 8 blocks -----------------------
+ * Per block the integer dot is exact (maddubs on |w| and a * sign(w), then
+ * pairs to int32), eight int32 lanes per block. A hadd tree turns 8 blocks
+ * into one vector with block b's sum in lane b; one gather each fetches the
+ * 8 weight and activation scales. One convert and one FMA then cover 8
+ * blocks: the roundings are w_d * a_d, the FMA and the final 8-lane sum. */
 
-/* Sum of a*b over 32 int8 pairs, as 8 int32 partial sums in float. */
-static inline __m256 dot_i8x32(__m256i a, __m256i b) {
-    const __m256i ua = _mm256_sign_epi8(a, a);
-    const __m256i sb = _mm256_sign_epi8(b, a);
-    const __m256i p16 = _mm256_maddubs_epi16(ua, sb);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
+#define GROUP8 8
 
 /* 32 nibbles: low nibbles in bytes 0..15, high in 16..31, minus 8. */
 static inline __m256i unpack_q4_0(const uint8_t *qs) {
@@ -94,52 +93,113 @@ static inline __m256i unpack_q4_0(const uint8_t *qs) {
     return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
 }
 
-/* Two accumulators, even and odd blocks, so consecutive FMAs are independent. */
+/* Exact int32 partial sums of w * a over 32 int8 pairs (|w|, |a| <= 127). */
+static inline __m256i dot_i8x32(__m256i w, __m256i a) {
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+/* Lane b = sum of the 8 lanes of p[b]. */
+static inline __m256i reduce8(const __m256i p[GROUP8]) {
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i lo = _mm256_hadd_epi32(h01, h23), hi = _mm256_hadd_epi32(h45, h67);
+    /* lo = [b0..b3 from low halves | b0..b3 from high halves], hi likewise */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+/* The f16 scales at the start of the first cnt blocks `stride` bytes apart,
+ * as floats (0 beyond cnt). Reads 4 bytes inside each block. */
+static inline __m256 gather_scales8(const void *base, int stride, int cnt) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i g = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)base, idx, k, 1);
+    g = _mm256_and_si256(g, _mm256_set1_epi32(0xffff));
+    const __m256i h = _mm256_permute4x64_epi64(_mm256_packus_epi32(g, g), 0x08);
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+}
+
+typedef struct {
+    __m256i a[GROUP8];
+    __m256 d;
+} act_group8;
+
+static inline void act_group8_load(act_group8 *g, const pam_block_q8_0 *a, int cnt) {
+    for (int b = 0; b < GROUP8; b++)
+        g->a[b] = b < cnt ? _mm256_loadu_si256((const __m256i *)a[b].qs) : _mm256_setzero_si256();
+    g->d = gather_scales8(a, sizeof *a, cnt);
+}
+
+static inline __m256i load_q8_0(const pam_block_q8_0 *w) { return _mm256_loadu_si256((const __m256i *)w->qs); }
+static inline __m256i load_q4_0(const pam_block_q4_0 *w) { return unpack_q4_0(w->qs); }
+
+#define GROUP8_FN(NAME, WTYPE, LOAD)                                                                  \
+    static inline __m256 NAME(const WTYPE *w, const act_group8 *g, int cnt, __m256 acc) {             \
+        __m256i p[GROUP8];                                                                            \
+        for (int b = 0; b < GROUP8; b++) p[b] = b < cnt ? dot_i8x32(LOAD(&w[b]), g->a[b]) : _mm256_setzero_si256(); \
+        const __m256 d = _mm256_mul_ps(gather_scales8(w, sizeof *w, cnt), g->d);                      \
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(p)), d, acc);                               \
+    }
+GROUP8_FN(group8_q8_0, pam_block_q8_0, load_q8_0)
+GROUP8_FN(group8_q4_0, pam_block_q4_0, load_q4_0)
+
+/* R rows against one activation vector; per row the group order, the two
+ * accumulators (even groups, odd groups, a partial group into the second)
+ * and the final sum do not depend on R. */
+#define DOT8_ROWS_BODY(WTYPE, GROUP_FN)                                                               \
+    const pam_block_q8_0 *a = act;                                                                    \
+    const int64_t nb = n / PAM_QK8_0;                                                                 \
+    __m256 acc0[R], acc1[R];                                                                          \
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();                              \
+    act_group8 g;                                                                                     \
+    int64_t i = 0;                                                                                    \
+    for (; i + GROUP8 <= nb; i += GROUP8) {                                                           \
+        act_group8_load(&g, a + i, GROUP8);                                                           \
+        const int odd = (int)((i / GROUP8) & 1);                                                      \
+        for (int r = 0; r < R; r++) {                                                                 \
+            const WTYPE *w = (const WTYPE *)((const uint8_t *)row + r * row_bytes) + i;               \
+            if (odd)                                                                                  \
+                acc1[r] = GROUP_FN(w, &g, GROUP8, acc1[r]);                                           \
+            else                                                                                      \
+                acc0[r] = GROUP_FN(w, &g, GROUP8, acc0[r]);                                           \
+        }                                                                                             \
+    }                                                                                                 \
+    if (i < nb) {                                                                                     \
+        const int cnt = (int)(nb - i);                                                                \
+        act_group8_load(&g, a + i, cnt);                                                              \
+        for (int r = 0; r < R; r++)                                                                   \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, cnt, acc1[r]); \
+    }                                                                                                 \
+    for (int r = 0; r < R; r++) out[r] = hsum8(_mm256_add_ps(acc0[r], acc1[r]));
+
+static inline void dot8_rows_q8_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
+                                  const int R) {
+    DOT8_ROWS_BODY(pam_block_q8_0, group8_q8_0)
+}
+
+static inline void dot8_rows_q4_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
+                                  const int R) {
+    DOT8_ROWS_BODY(pam_block_q4_0, group8_q4_0)
+}
+
 float pam_dot_q8_0_avx2(const void *row, const void *act, int64_t n) {
-    const pam_block_q8_0 *w = row, *a = act;
-    const int64_t nb = n / PAM_QK8_0;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
-        const __m256 d1 = _mm256_set1_ps(f16(w[i + 1].d) * f16(a[i + 1].d));
-        const __m256 p0 = dot_i8x32(_mm256_loadu_si256((const __m256i *)w[i].qs),
-                                    _mm256_loadu_si256((const __m256i *)a[i].qs));
-        const __m256 p1 = dot_i8x32(_mm256_loadu_si256((const __m256i *)w[i + 1].qs),
-                                    _mm256_loadu_si256((const __m256i *)a[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
-        acc1 = _mm256_fmadd_ps(d1, p1, acc1);
-    }
-    if (i < nb) {
-        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
-        const __m256 p0 = dot_i8x32(_mm256_loadu_si256((const __m256i *)w[i].qs),
-                                    _mm256_loadu_si256((const __m256i *)a[i].qs));
-        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
-    }
-    return hsum8(_mm256_add_ps(acc0, acc1));
+    float out;
+    dot8_rows_q8_0(row, 0, act, n, &out, 1);
+    return out;
 }
 
 float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n) {
-    const pam_block_q4_0 *w = row;
-    const pam_block_q8_0 *a = act;
-    const int64_t nb = n / PAM_QK4_0;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
-        const __m256 d1 = _mm256_set1_ps(f16(w[i + 1].d) * f16(a[i + 1].d));
-        const __m256 p0 = dot_i8x32(unpack_q4_0(w[i].qs), _mm256_loadu_si256((const __m256i *)a[i].qs));
-        const __m256 p1 =
-            dot_i8x32(unpack_q4_0(w[i + 1].qs), _mm256_loadu_si256((const __m256i *)a[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
-        acc1 = _mm256_fmadd_ps(d1, p1, acc1);
-    }
-    if (i < nb) {
-        const __m256 d0 = _mm256_set1_ps(f16(w[i].d) * f16(a[i].d));
-        const __m256 p0 = dot_i8x32(unpack_q4_0(w[i].qs), _mm256_loadu_si256((const __m256i *)a[i].qs));
-        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
-    }
-    return hsum8(_mm256_add_ps(acc0, acc1));
+    float out;
+    dot8_rows_q4_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+void pam_dot4_q8_0_avx2(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot8_rows_q8_0(row, row_bytes, act, n, out, 4);
+}
+
+void pam_dot4_q4_0_avx2(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot8_rows_q4_0(row, row_bytes, act, n, out, 4);
 }
 
 /* ---- Q8_0 activations ----------------------------------------------------

@@ -24,6 +24,10 @@ float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n);
 
+/* Four rows, as the AVX-512 ones below. */
+void pam_dot4_q8_0_avx2(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+void pam_dot4_q4_0_avx2(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+
 float pam_dot_f32_avx512(const void *row, const void *act, int64_t n);
 float pam_dot_f16_avx512(const void *row, const void *act, int64_t n);
 float pam_dot_bf16_avx512(const void *row, const void *act, int64_t n);
