@@ -674,6 +674,10 @@ pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type) {
         if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx512;
         if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx512;
     }
+    if (pam_cpu_isa_level() == PAM_ISA_AVX2) {
+        if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx2;
+        if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx2;
+    }
 #endif
     return NULL;
 }
@@ -682,14 +686,18 @@ size_t pam_vec_tile_scratch_bytes(pam_dtype weight_type, int64_t cols) {
 #if PAM_HAVE_AVX2_KERNELS
     if (pam_cpu_isa_level() == PAM_ISA_AVX512 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
         return pam_tile_scratch_avx512(cols);
+    if (pam_cpu_isa_level() == PAM_ISA_AVX2 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
+        return pam_tile_scratch_avx2(cols);
 #endif
     return 0;
 }
 
 /* The AVX-512 tiles multiply unsigned activations by signed weights: the
- * activation bytes go up by 128 (the kernel takes 128 * sum(w) back out). */
+ * activation bytes go up by 128 (the kernel takes 128 * sum(w) back out).
+ * The AVX2 ones read activations as they are. */
 void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols) {
-    if (weight_type != PAM_DT_Q8_0 && weight_type != PAM_DT_Q4_0) return;
+    if (pam_cpu_isa_level() != PAM_ISA_AVX512 || (weight_type != PAM_DT_Q8_0 && weight_type != PAM_DT_Q4_0))
+        return;
     pam_block_q8_0 *a = act;
     for (int64_t i = 0; i < cols / PAM_QK8_0; i++)
         for (int e = 0; e < PAM_QK8_0; e++) a[i].qs[e] = (int8_t)((uint8_t)a[i].qs[e] ^ 0x80u);

@@ -202,6 +202,172 @@ void pam_dot4_q4_0_avx2(const void *row, size_t row_bytes, const void *act, int6
     dot8_rows_q4_0(row, row_bytes, act, n, out, 4);
 }
 
+/* ---- Q8_0 / Q4_0: many rows x many tokens (prefill) ----------------------
+ * Same scheme as the AVX-512 tile (see quant_avx512.c): the float state is
+ * the single-row kernel's, transposed to one vector per block lane holding
+ * 8 rows, A[token][g % 2][b], so every output sees the same roundings as
+ * pam_dot_q8_0_avx2 / pam_dot_q4_0_avx2. The integer sums come from
+ * weights repacked 4 bytes x 8 rows per vector against 4 broadcast
+ * activation bytes: maddubs(|w|, a * sign(w)), pairs to int32, 8 steps a
+ * block. Panels of 16 rows (two vectors) x TILE8_T tokens. */
+
+#define RV8 2
+#define TILE8_T 4
+
+typedef struct {
+    int8_t uw[RV8][8][32]; /* |w|: [row vector][4-byte step][row lane][byte] */
+    int8_t sw[RV8][8][32]; /* w, for its signs */
+    float d[RV8][8];
+} panel8_block;
+
+size_t pam_tile_scratch_avx2(int64_t cols) { return (size_t)(cols / PAM_QK8_0) * sizeof(panel8_block) + 32; }
+
+/* 8 rows x 8 dwords transposed: out[k] lane l = in[l] dword k. */
+static inline void transpose8x8(__m256i v[8]) {
+    const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+/* Rows >= rows read as zero weights with scale 0; their outputs are never stored. */
+#define REPACK8(NAME, WTYPE, LOAD)                                                                    \
+    static void NAME(panel8_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {        \
+        for (int v = 0; v < RV8; v++)                                                                 \
+            for (int64_t i = 0; i < nb; i++) {                                                        \
+                __m256i q[8];                                                                         \
+                for (int l = 0; l < 8; l++) {                                                         \
+                    const int r = 8 * v + l;                                                          \
+                    const WTYPE *w = (const WTYPE *)((const uint8_t *)W + (size_t)r * row_bytes) + i; \
+                    q[l] = r < rows ? LOAD(w) : _mm256_setzero_si256();                               \
+                    P[i].d[v][l] = r < rows ? _cvtsh_ss(w->d) : 0.0f;                                 \
+                }                                                                                     \
+                transpose8x8(q);                                                                      \
+                for (int k = 0; k < 8; k++) {                                                         \
+                    _mm256_store_si256((__m256i *)P[i].sw[v][k], q[k]);                               \
+                    _mm256_store_si256((__m256i *)P[i].uw[v][k], _mm256_sign_epi8(q[k], q[k]));       \
+                }                                                                                     \
+            }                                                                                         \
+    }
+REPACK8(repack8_q8_0, pam_block_q8_0, load_q8_0)
+REPACK8(repack8_q4_0, pam_block_q4_0, load_q4_0)
+
+typedef struct {
+    __m256 a[TILE8_T][2][GROUP8][RV8];
+} tile8_acc;
+
+static inline __attribute__((always_inline)) void tile8_tokens(const panel8_block *P, int64_t nb,
+                                                               const uint8_t *act, size_t act_bytes, float *Y,
+                                                               int64_t ldy, const int nrows[RV8], tile8_acc *A,
+                                                               const int T) {
+    const pam_block_q8_0 *a[TILE8_T];
+    for (int t = 0; t < T; t++) a[t] = (const pam_block_q8_0 *)(act + (size_t)t * act_bytes);
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < 2; c++)
+            for (int b = 0; b < GROUP8; b++)
+                for (int v = 0; v < RV8; v++) A->a[t][c][b][v] = _mm256_setzero_ps();
+
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t nfull = nb / GROUP8;
+    for (int64_t i = 0; i < nb; i++) {
+        const int64_t g = i / GROUP8;
+        const int b = (int)(i % GROUP8), c = g < nfull ? (int)(g & 1) : 1;
+        const panel8_block *pb = &P[i];
+        __m256i s[TILE8_T][RV8];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+            for (int v = 0; v < RV8; v++) s[t][v] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                int32_t q;
+                memcpy(&q, a[t][i].qs + 4 * k, 4);
+                const __m256i ab = _mm256_set1_epi32(q);
+#pragma GCC unroll 4
+                for (int v = 0; v < RV8; v++) {
+                    const __m256i p16 =
+                        _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)pb->uw[v][k]),
+                                             _mm256_sign_epi8(ab, _mm256_load_si256((const __m256i *)pb->sw[v][k])));
+                    s[t][v] = _mm256_add_epi32(s[t][v], _mm256_madd_epi16(p16, ones));
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const __m256 ad = _mm256_set1_ps(_cvtsh_ss(a[t][i].d));
+#pragma GCC unroll 4
+            for (int v = 0; v < RV8; v++)
+                A->a[t][c][b][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t][v]),
+                                                   _mm256_mul_ps(_mm256_load_ps(pb->d[v]), ad), A->a[t][c][b][v]);
+        }
+    }
+    /* the partial group's empty lanes: acc + 0 * 0, as the single-row kernel */
+    if (nb % GROUP8)
+        for (int b = (int)(nb % GROUP8); b < GROUP8; b++)
+            for (int t = 0; t < T; t++)
+                for (int v = 0; v < RV8; v++) A->a[t][1][b][v] = _mm256_add_ps(A->a[t][1][b][v], _mm256_setzero_ps());
+
+    /* hsum8(acc0 + acc1), lane by lane */
+    for (int t = 0; t < T; t++)
+        for (int v = 0; v < RV8; v++) {
+            __m256 x[GROUP8];
+            for (int b = 0; b < GROUP8; b++) x[b] = _mm256_add_ps(A->a[t][0][b][v], A->a[t][1][b][v]);
+            for (int h = GROUP8 / 2; h >= 1; h /= 2)
+                for (int b = 0; b < h; b++) x[b] = _mm256_add_ps(x[b], x[b + h]);
+            float *y = Y + t * ldy + 8 * v;
+            if (nrows[v] == 8) {
+                _mm256_storeu_ps(y, x[0]);
+            } else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, x[0]);
+                for (int l = 0; l < nrows[v]; l++) y[l] = tmp[l];
+            }
+        }
+}
+
+static void tile8_run(const panel8_block *P, int rows, const void *act, size_t act_bytes, int64_t n_tok,
+                      int64_t nb, float *Y, int64_t ldy) {
+    int nrows[RV8];
+    for (int v = 0; v < RV8; v++) {
+        const int left = rows - 8 * v;
+        nrows[v] = left >= 8 ? 8 : left <= 0 ? 0 : left;
+    }
+    tile8_acc A;
+    const uint8_t *a = act;
+    int64_t t = 0;
+    for (; t + TILE8_T <= n_tok; t += TILE8_T)
+        tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, TILE8_T);
+    for (; t < n_tok; t++) tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, 1);
+}
+
+#define TILE8_FN(NAME, REPACK, QK)                                                                     \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
+        const int64_t nb = cols / (QK);                                                               \
+        panel8_block *P = (panel8_block *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31);              \
+        for (int64_t r = 0; r < rows; r += 8 * RV8) {                                                 \
+            const int nr = rows - r < 8 * RV8 ? (int)(rows - r) : 8 * RV8;                            \
+            REPACK(P, (const uint8_t *)W + (size_t)r * row_bytes, row_bytes, nr, nb);                 \
+            tile8_run(P, nr, act, act_bytes, n_tok, nb, Y + r, ldy);                                  \
+        }                                                                                             \
+    }
+TILE8_FN(pam_tile_q8_0_avx2, repack8_q8_0, PAM_QK8_0)
+TILE8_FN(pam_tile_q4_0_avx2, repack8_q4_0, PAM_QK4_0)
+
 /* ---- Q8_0 activations ----------------------------------------------------
  * Byte-identical to the reference quantiser (see quant_avx512.c). */
 
