@@ -174,6 +174,9 @@ static void test_tile_kernels(void **state) {
     const int64_t rows_list[] = {1, 5, 16, 17, 31, 32};
     const int64_t n_list[] = {1, 3, 4, 5, 8, 9, 13};
     const int64_t blocks_list[] = {1, 15, 16, 17, 32, 50, 64};
+    /* float rows: the 64-wide steps, 16/8-wide steps and the tails */
+    const int64_t float_cols[] = {1, 7, 16, 31, 64, 100, 257};
+    _Static_assert(sizeof float_cols == sizeof blocks_list, "one float width per block count");
     int ran = 0;
     for (int isa = 0; isa <= (int)pam_cpu_detect(); isa++) {
         assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
@@ -183,7 +186,7 @@ static void test_tile_kernels(void **state) {
             if (!tile) continue;
             int32_t be = pam_dtype_get(t)->block_elems;
             for (size_t bi = 0; bi < sizeof blocks_list / sizeof blocks_list[0]; bi++) {
-                int64_t cols = be * blocks_list[bi], rows = PAM_TILE_ROWS, n = 13;
+                int64_t cols = be == 1 ? float_cols[bi] : be * blocks_list[bi], rows = PAM_TILE_ROWS, n = 13;
                 mat m;
                 mat_make(&m, t, rows, cols, &r);
                 size_t rb = 0, ab = pam_activation_bytes(t, cols);
@@ -192,7 +195,7 @@ static void test_tile_kernels(void **state) {
                 float *x = malloc(sizeof(float) * (size_t)cols);
                 float *want = malloc(sizeof(float) * (size_t)(n * rows));
                 float *Y = malloc(sizeof(float) * (size_t)(n * rows));
-                void *scratch = malloc(pam_vec_tile_scratch_bytes(t, cols));
+                void *scratch = malloc(pam_vec_tile_scratch_bytes(t, cols) + 1);
                 for (int64_t i = 0; i < n; i++) {
                     for (int64_t c = 0; c < cols; c++) x[c] = (float)pam_test_rng_normal(&r);
                     if (i == 2) /* an all-zero token: zero block sums everywhere */

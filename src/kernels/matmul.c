@@ -113,8 +113,10 @@ void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int
     int n_threads = pool ? pam_pool_n_threads(pool) : 1;
     if (n >= TILE_MIN_N && (j.tile = pam_vec_tile_select(type)) != NULL) {
         j.scratch_bytes = (pam_vec_tile_scratch_bytes(type, cols) + 63) & ~(size_t)63;
-        j.scratch = malloc(j.scratch_bytes * (size_t)n_threads);
-        if (!j.scratch) j.tile = NULL; /* the row-by-row path needs no scratch */
+        if (j.scratch_bytes) {
+            j.scratch = malloc(j.scratch_bytes * (size_t)n_threads);
+            if (!j.scratch) j.tile = NULL; /* the row-by-row path needs no scratch */
+        }
     }
 
     alignas(64) uint8_t stack_act[STACK_ACT_BYTES];

@@ -673,10 +673,16 @@ pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type) {
     if (pam_cpu_isa_level() == PAM_ISA_AVX512) {
         if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx512;
         if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx512;
+        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx512;
+        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx512;
+        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx512;
     }
     if (pam_cpu_isa_level() == PAM_ISA_AVX2) {
         if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx2;
         if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx2;
+        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx2;
+        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx2;
+        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx2;
     }
 #endif
     return NULL;

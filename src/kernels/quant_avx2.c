@@ -77,6 +77,73 @@ float pam_dot_bf16_avx2(const void *row, const void *act, int64_t n) {
 #undef SCALAR
 }
 
+/* ---- float rows: one row x T tokens --------------------------------------
+ * Every (row, token) pair keeps the single-row kernel's four accumulators,
+ * its steps (32, then 8 at a time), its final sums and its scalar tail, so
+ * each output is bit-identical to pam_dot_*_avx2; a converted weight vector
+ * serves FT8 tokens (16 registers: 4 accumulators x 3 tokens + loads). */
+
+enum { FT8_F32, FT8_F16, FT8_BF16 };
+#define FT8 3
+
+static inline __m256 fload8(const void *w, int64_t j, const int type) {
+    if (type == FT8_F32) return _mm256_loadu_ps((const float *)w + j);
+    if (type == FT8_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const pam_f16 *)w + j)));
+    return load_bf16x8((const pam_bf16 *)w + j);
+}
+
+static inline float fscalar(const void *w, int64_t j, const int type) {
+    if (type == FT8_F32) return ((const float *)w)[j];
+    if (type == FT8_F16) return f16(((const pam_f16 *)w)[j]);
+    return pam_bf16_to_f32(((const pam_bf16 *)w)[j]);
+}
+
+static inline __attribute__((always_inline)) void ftile8(const void *w, const float *X, int64_t ldx, int64_t n,
+                                                         float *Y, int64_t ldy, const int T, const int type) {
+    __m256 acc[FT8][4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) acc[t][c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m256 wv = fload8(w, i + 8 * c, type);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[t][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + t * ldx + i + 8 * c), acc[t][c]);
+        }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 wv = fload8(w, i, type);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) acc[t][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + t * ldx + i), acc[t][0]);
+    }
+    for (int t = 0; t < T; t++) {
+        float sum = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+        for (int64_t j = i; j < n; j++) sum += fscalar(w, j, type) * X[t * ldx + j];
+        Y[t * ldy] = sum;
+    }
+}
+
+#define FTILE8_FN(NAME, TYPE)                                                                          \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
+        const float *X = act;                                                                         \
+        const int64_t ldx = (int64_t)(act_bytes / sizeof(float));                                     \
+        for (int64_t t = 0; t < n_tok; t += FT8)                                                      \
+            for (int64_t r = 0; r < rows; r++) {                                                      \
+                const uint8_t *w = (const uint8_t *)W + (size_t)r * row_bytes;                        \
+                const int64_t nt = n_tok - t;                                                         \
+                if (nt >= 3) ftile8(w, X + t * ldx, ldx, cols, Y + t * ldy + r, ldy, 3, TYPE);        \
+                else if (nt == 2) ftile8(w, X + t * ldx, ldx, cols, Y + t * ldy + r, ldy, 2, TYPE);   \
+                else ftile8(w, X + t * ldx, ldx, cols, Y + t * ldy + r, ldy, 1, TYPE);                \
+            }                                                                                         \
+    }
+FTILE8_FN(pam_tile_f32_avx2, FT8_F32)
+FTILE8_FN(pam_tile_f16_avx2, FT8_F16)
+FTILE8_FN(pam_tile_bf16_avx2, FT8_BF16)
+
 /* ---- Q8_0 / Q4_0 against Q8_0: groups of 8 blocks -----------------------
  * Per block the integer dot is exact (maddubs on |w| and a * sign(w), then
  * pairs to int32), eight int32 lanes per block. A hadd tree turns 8 blocks

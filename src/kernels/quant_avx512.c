@@ -93,6 +93,105 @@ float pam_dot_bf16_avx512(const void *row, const void *act, int64_t n) {
 #undef MLOAD16
 }
 
+/* ---- float rows: R rows x T tokens --------------------------------------
+ * Every (row, token) pair keeps the single-row kernel's own four
+ * accumulators and walks the same steps (64 at a time, then 16, then one
+ * masked step, then the same final sums), so each output is bit-identical
+ * to pam_dot_*_avx512; a converted weight vector serves T tokens and an
+ * activation vector R rows. */
+
+enum { FT_F32, FT_F16, FT_BF16 };
+#define FR 2 /* rows per register tile */
+#define FT 3 /* tokens per register tile */
+
+static inline __m512 fload16(const void *w, int64_t j, const int type) {
+    if (type == FT_F32) return _mm512_loadu_ps((const float *)w + j);
+    if (type == FT_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const pam_f16 *)w + j)));
+    return bf16x16_to_ps(_mm256_loadu_si256((const __m256i *)((const pam_bf16 *)w + j)));
+}
+
+static inline __m512 fmload16(const void *w, int64_t j, __mmask16 k, const int type) {
+    if (type == FT_F32) return _mm512_maskz_loadu_ps(k, (const float *)w + j);
+    if (type == FT_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, (const pam_f16 *)w + j));
+    return bf16x16_to_ps(_mm256_maskz_loadu_epi16(k, (const pam_bf16 *)w + j));
+}
+
+static inline __attribute__((always_inline)) void ftile512(const uint8_t *W, size_t row_bytes, const float *X,
+                                                           int64_t ldx, int64_t n, float *Y, int64_t ldy,
+                                                           const int R, const int T, const int type) {
+    __m512 acc[FR][FT][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[r][t][c] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m512 w[FR];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) w[r] = fload16(W + (size_t)r * row_bytes, i + 16 * c, type);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m512 x = _mm512_loadu_ps(X + t * ldx + i + 16 * c);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) acc[r][t][c] = _mm512_fmadd_ps(w[r], x, acc[r][t][c]);
+            }
+        }
+    for (; i + 16 <= n; i += 16)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 w = fload16(W + (size_t)r * row_bytes, i, type);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) acc[r][t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + t * ldx + i), acc[r][t][0]);
+        }
+    if (i < n) {
+        const __mmask16 k = mask16(n - i);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 w = fmload16(W + (size_t)r * row_bytes, i, k, type);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[r][t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(k, X + t * ldx + i), acc[r][t][1]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            Y[t * ldy + r] = hsum16(_mm512_add_ps(_mm512_add_ps(acc[r][t][0], acc[r][t][1]),
+                                                  _mm512_add_ps(acc[r][t][2], acc[r][t][3])));
+}
+
+/* Token tiles outside, row pairs inside: the rows (one panel) stay in cache
+ * while every token passes. */
+#define FTILE512_FN(NAME, TYPE)                                                                        \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
+        const float *X = act;                                                                         \
+        const int64_t ldx = (int64_t)(act_bytes / sizeof(float));                                     \
+        for (int64_t t = 0; t < n_tok; t += FT) {                                                     \
+            const int64_t nt = n_tok - t;                                                             \
+            for (int64_t r = 0; r < rows; r += FR) {                                                  \
+                const uint8_t *w = (const uint8_t *)W + (size_t)r * row_bytes;                        \
+                const float *x = X + t * ldx;                                                         \
+                float *y = Y + t * ldy + r;                                                           \
+                if (rows - r >= 2) {                                                                  \
+                    if (nt >= 3) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 2, 3, TYPE);            \
+                    else if (nt == 2) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 2, 2, TYPE);       \
+                    else ftile512(w, row_bytes, x, ldx, cols, y, ldy, 2, 1, TYPE);                    \
+                } else {                                                                              \
+                    if (nt >= 3) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 1, 3, TYPE);            \
+                    else if (nt == 2) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 1, 2, TYPE);       \
+                    else ftile512(w, row_bytes, x, ldx, cols, y, ldy, 1, 1, TYPE);                    \
+                }                                                                                     \
+            }                                                                                         \
+        }                                                                                             \
+    }
+FTILE512_FN(pam_tile_f32_avx512, FT_F32)
+FTILE512_FN(pam_tile_f16_avx512, FT_F16)
+FTILE512_FN(pam_tile_bf16_avx512, FT_BF16)
+
 /* ---- Q8_0 / Q4_0 against Q8_0: groups of 16 blocks ---------------------- */
 
 #define GROUP 16

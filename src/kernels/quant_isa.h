@@ -46,6 +46,16 @@ void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n);
 
 /* Tiled kernels behind pam_vec_tile_select (see quant.h), and their scratch. */
 size_t pam_tile_scratch_avx2(int64_t cols);
+#define PAM_TILE_DECL(NAME)                                                                          \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,     \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
+PAM_TILE_DECL(pam_tile_f32_avx2)
+PAM_TILE_DECL(pam_tile_f16_avx2)
+PAM_TILE_DECL(pam_tile_bf16_avx2)
+PAM_TILE_DECL(pam_tile_f32_avx512)
+PAM_TILE_DECL(pam_tile_f16_avx512)
+PAM_TILE_DECL(pam_tile_bf16_avx512)
+#undef PAM_TILE_DECL
 void pam_tile_q8_0_avx2(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
                         int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
 void pam_tile_q4_0_avx2(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
