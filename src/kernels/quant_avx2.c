@@ -188,32 +188,43 @@ static inline __m256 gather_scales8(const void *base, int stride, int cnt) {
 
 typedef struct {
     __m256i a[GROUP8];
+    __m256i c8[GROUP8]; /* Q4_0 only: int16 pair sums of 8 * a, the nibbles' offset */
     __m256 d;
 } act_group8;
 
-static inline void act_group8_load(act_group8 *g, const pam_block_q8_0 *a, int cnt) {
-    for (int b = 0; b < GROUP8; b++)
+static inline void act_group8_load(act_group8 *g, const pam_block_q8_0 *a, int cnt, const int q4) {
+    for (int b = 0; b < GROUP8; b++) {
         g->a[b] = b < cnt ? _mm256_loadu_si256((const __m256i *)a[b].qs) : _mm256_setzero_si256();
+        if (q4) g->c8[b] = _mm256_maddubs_epi16(_mm256_set1_epi8(8), g->a[b]);
+    }
     g->d = gather_scales8(a, sizeof *a, cnt);
+}
+
+/* Q4_0 block: nibbles as unsigned bytes times a, minus 8 * a, all exact in
+ * int16 (|pair| <= 2 * 15 * 127 + 2 * 8 * 127), then pairs to int32. */
+static inline __m256i dot_q4_0(const pam_block_q4_0 *w, __m256i a, __m256i c8) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)w->qs);
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0f));
+    return _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(q, a), c8), _mm256_set1_epi16(1));
 }
 
 static inline __m256i load_q8_0(const pam_block_q8_0 *w) { return _mm256_loadu_si256((const __m256i *)w->qs); }
 static inline __m256i load_q4_0(const pam_block_q4_0 *w) { return unpack_q4_0(w->qs); }
 
-#define GROUP8_FN(NAME, WTYPE, LOAD)                                                                  \
+#define GROUP8_FN(NAME, WTYPE, DOT)                                                                   \
     static inline __m256 NAME(const WTYPE *w, const act_group8 *g, int cnt, __m256 acc) {             \
         __m256i p[GROUP8];                                                                            \
-        for (int b = 0; b < GROUP8; b++) p[b] = b < cnt ? dot_i8x32(LOAD(&w[b]), g->a[b]) : _mm256_setzero_si256(); \
+        for (int b = 0; b < GROUP8; b++) p[b] = b < cnt ? DOT : _mm256_setzero_si256();               \
         const __m256 d = _mm256_mul_ps(gather_scales8(w, sizeof *w, cnt), g->d);                      \
         return _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(p)), d, acc);                               \
     }
-GROUP8_FN(group8_q8_0, pam_block_q8_0, load_q8_0)
-GROUP8_FN(group8_q4_0, pam_block_q4_0, load_q4_0)
+GROUP8_FN(group8_q8_0, pam_block_q8_0, dot_i8x32(load_q8_0(&w[b]), g->a[b]))
+GROUP8_FN(group8_q4_0, pam_block_q4_0, dot_q4_0(&w[b], g->a[b], g->c8[b]))
 
 /* R rows against one activation vector; per row the group order, the two
  * accumulators (even groups, odd groups, a partial group into the second)
  * and the final sum do not depend on R. */
-#define DOT8_ROWS_BODY(WTYPE, GROUP_FN)                                                               \
+#define DOT8_ROWS_BODY(WTYPE, GROUP_FN, Q4)                                                             \
     const pam_block_q8_0 *a = act;                                                                    \
     const int64_t nb = n / PAM_QK8_0;                                                                 \
     __m256 acc0[R], acc1[R];                                                                          \
@@ -221,7 +232,7 @@ GROUP8_FN(group8_q4_0, pam_block_q4_0, load_q4_0)
     act_group8 g;                                                                                     \
     int64_t i = 0;                                                                                    \
     for (; i + GROUP8 <= nb; i += GROUP8) {                                                           \
-        act_group8_load(&g, a + i, GROUP8);                                                           \
+        act_group8_load(&g, a + i, GROUP8, Q4);                                                         \
         const int odd = (int)((i / GROUP8) & 1);                                                      \
         for (int r = 0; r < R; r++) {                                                                 \
             const WTYPE *w = (const WTYPE *)((const uint8_t *)row + r * row_bytes) + i;               \
@@ -233,7 +244,7 @@ GROUP8_FN(group8_q4_0, pam_block_q4_0, load_q4_0)
     }                                                                                                 \
     if (i < nb) {                                                                                     \
         const int cnt = (int)(nb - i);                                                                \
-        act_group8_load(&g, a + i, cnt);                                                              \
+        act_group8_load(&g, a + i, cnt, Q4);                                                            \
         for (int r = 0; r < R; r++)                                                                   \
             acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, cnt, acc1[r]); \
     }                                                                                                 \
@@ -241,12 +252,12 @@ GROUP8_FN(group8_q4_0, pam_block_q4_0, load_q4_0)
 
 static inline void dot8_rows_q8_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
                                   const int R) {
-    DOT8_ROWS_BODY(pam_block_q8_0, group8_q8_0)
+    DOT8_ROWS_BODY(pam_block_q8_0, group8_q8_0, 0)
 }
 
 static inline void dot8_rows_q4_0(const void *row, size_t row_bytes, const void *act, int64_t n, float *out,
                                   const int R) {
-    DOT8_ROWS_BODY(pam_block_q4_0, group8_q4_0)
+    DOT8_ROWS_BODY(pam_block_q4_0, group8_q4_0, 1)
 }
 
 float pam_dot_q8_0_avx2(const void *row, const void *act, int64_t n) {
@@ -338,7 +349,7 @@ typedef struct {
 static inline __attribute__((always_inline)) void tile8_tokens(const panel8_block *P, int64_t nb,
                                                                const uint8_t *act, size_t act_bytes, float *Y,
                                                                int64_t ldy, const int nrows[RV8], tile8_acc *A,
-                                                               const int T) {
+                                                               const int T, const int q4) {
     const pam_block_q8_0 *a[TILE8_T];
     for (int t = 0; t < T; t++) a[t] = (const pam_block_q8_0 *)(act + (size_t)t * act_bytes);
     for (int t = 0; t < T; t++)
@@ -369,10 +380,16 @@ static inline __attribute__((always_inline)) void tile8_tokens(const panel8_bloc
                     const __m256i p16 =
                         _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)pb->uw[v][k]),
                                              _mm256_sign_epi8(ab, _mm256_load_si256((const __m256i *)pb->sw[v][k])));
-                    s[t][v] = _mm256_add_epi32(s[t][v], _mm256_madd_epi16(p16, ones));
+                    /* Q4_0 (|w| <= 8): 8 steps of int16 pairs stay below 8 * 2 * 8 * 127 */
+                    s[t][v] = q4 ? _mm256_add_epi16(s[t][v], p16) : _mm256_add_epi32(s[t][v], _mm256_madd_epi16(p16, ones));
                 }
             }
         }
+        if (q4)
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+                for (int v = 0; v < RV8; v++) s[t][v] = _mm256_madd_epi16(s[t][v], ones);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const __m256 ad = _mm256_set1_ps(_cvtsh_ss(a[t][i].d));
@@ -406,8 +423,9 @@ static inline __attribute__((always_inline)) void tile8_tokens(const panel8_bloc
         }
 }
 
-static void tile8_run(const panel8_block *P, int rows, const void *act, size_t act_bytes, int64_t n_tok,
-                      int64_t nb, float *Y, int64_t ldy) {
+static inline __attribute__((always_inline)) void tile8_run(const panel8_block *P, int rows, const void *act,
+                                                            size_t act_bytes, int64_t n_tok, int64_t nb, float *Y,
+                                                            int64_t ldy, const int q4) {
     int nrows[RV8];
     for (int v = 0; v < RV8; v++) {
         const int left = rows - 8 * v;
@@ -417,11 +435,11 @@ static void tile8_run(const panel8_block *P, int rows, const void *act, size_t a
     const uint8_t *a = act;
     int64_t t = 0;
     for (; t + TILE8_T <= n_tok; t += TILE8_T)
-        tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, TILE8_T);
-    for (; t < n_tok; t++) tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, 1);
+        tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, TILE8_T, q4);
+    for (; t < n_tok; t++) tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, 1, q4);
 }
 
-#define TILE8_FN(NAME, REPACK, QK)                                                                     \
+#define TILE8_FN(NAME, REPACK, QK, Q4)                                                                     \
     void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
               int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
         const int64_t nb = cols / (QK);                                                               \
@@ -429,11 +447,11 @@ static void tile8_run(const panel8_block *P, int rows, const void *act, size_t a
         for (int64_t r = 0; r < rows; r += 8 * RV8) {                                                 \
             const int nr = rows - r < 8 * RV8 ? (int)(rows - r) : 8 * RV8;                            \
             REPACK(P, (const uint8_t *)W + (size_t)r * row_bytes, row_bytes, nr, nb);                 \
-            tile8_run(P, nr, act, act_bytes, n_tok, nb, Y + r, ldy);                                  \
+            tile8_run(P, nr, act, act_bytes, n_tok, nb, Y + r, ldy, Q4);                                \
         }                                                                                             \
     }
-TILE8_FN(pam_tile_q8_0_avx2, repack8_q8_0, PAM_QK8_0)
-TILE8_FN(pam_tile_q4_0_avx2, repack8_q4_0, PAM_QK4_0)
+TILE8_FN(pam_tile_q8_0_avx2, repack8_q8_0, PAM_QK8_0, 0)
+TILE8_FN(pam_tile_q4_0_avx2, repack8_q4_0, PAM_QK4_0, 1)
 
 /* ---- Q8_0 activations ----------------------------------------------------
  * Byte-identical to the reference quantiser (see quant_avx512.c). */
