@@ -175,11 +175,13 @@ int main(int argc, char **argv) {
     for (int t = 1; t <= max_threads; t++)
         if (pam_pool_create(t, &pools[t]) != PAM_OK) return 1;
 
-    printf("%-5s %7s %3s %9s", "type", "MB", "thr", "read");
-    for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
-    for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
-    for (int isa = PAM_ISA_AVX2; isa <= best; isa++) printf(" %6s/read", pam_cpu_isa_name((pam_isa)isa));
-    printf("\n");
+    if (do_decode) {
+        printf("%-5s %7s %3s %9s", "type", "MB", "thr", "read");
+        for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
+        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
+        for (int isa = PAM_ISA_AVX2; isa <= best; isa++) printf(" %6s/read", pam_cpu_isa_name((pam_isa)isa));
+        printf("\n");
+    }
 
     int failed = 0;
     for (int ti = 0; ti < n_types && do_decode; ti++) {
@@ -271,6 +273,20 @@ int main(int argc, char **argv) {
         pam_dtype_row_bytes(type, cols, &row_bytes);
         for (int64_t r = 0; r < rows; r++)
             pam_quantize_row(type, src + r * cols, (uint8_t *)W + (size_t)r * row_bytes, cols);
+        /* check first: every token of the matmul equals its own matvec, bit for bit */
+        for (int isa = 0; isa <= best; isa++) {
+            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+            pam_matmul(pools[max_threads], type, W, rows, cols, X, PREFILL_N, Y);
+            for (int64_t i = 0; i < PREFILL_N; i += 7) {
+                pam_matvec(NULL, type, W, rows, cols, X + i * cols, y);
+                if (memcmp(y, Y + i * rows, sizeof(float) * (size_t)rows) != 0) {
+                    fprintf(stderr, "%s %s: matmul token %lld differs from its matvec\n", pam_dtype_name(type),
+                            pam_cpu_isa(), (long long)i);
+                    failed = 1;
+                    break;
+                }
+            }
+        }
         for (int t = 1; t <= max_threads; t++) {
             printf("%-5s %3d", pam_dtype_name(type), t);
             for (int isa = 0; isa <= best; isa++) {
