@@ -392,42 +392,63 @@ static inline __m512i spread_pair16(__m512i v, int lo) {
     return _mm512_permutexvar_epi16(idx, v);
 }
 
-float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n) {
+/* One row against T token activations (T = 1: the plain dot). The weight
+ * side (scales, nibbles) is unpacked once per block for all T tokens; each
+ * token's arithmetic is the same whatever T, so the results are too. */
+#define KT 4 /* tokens per call in the tiled K-quant kernels */
+
+static inline __attribute__((always_inline)) void q4_K_tokens(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
     const pam_block_q4_K *w = row;
-    const pam_block_q8_K *a = act;
     const int64_t nb = n / PAM_QK_K;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    __m512 acc = _mm512_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();
+    __m512 acc[KT];
+    __m128 acc_m[KT];
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm512_setzero_ps();
+        acc_m[t] = _mm_setzero_ps();
+    }
 
     for (int64_t i = 0; i < nb; i++) {
-        const float d = a[i].d * _cvtsh_ss(w[i].d);
-        const float dmin = -a[i].d * _cvtsh_ss(w[i].dmin);
         uint8_t sm[16];
         unpack_q4_K_scales(w[i].scales, sm);
         const __m256i sm16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm));
         const __m512i sc = _mm512_castsi256_si512(sm16);
-
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
-        const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m);
-
-        const uint8_t *q4 = w[i].qs;
-        const int8_t *q8 = a[i].qs;
-        __m512i sumi = _mm512_setzero_si512();
-        for (int j = 0; j < PAM_QK_K / 64; j++, q4 += 32, q8 += 64) {
-            const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
-            const __m512i q = _mm512_and_si512(
-                _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1), m4);
-            const __m512i p16 = _mm512_maddubs_epi16(q, _mm512_loadu_si512(q8));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_pair16(sc, 2 * j), p16));
+        __m512i q[PAM_QK_K / 64], scj[PAM_QK_K / 64];
+        for (int j = 0; j < PAM_QK_K / 64; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * j));
+            q[j] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1),
+                                    m4);
+            scj[j] = spread_pair16(sc, 2 * j);
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const float dmin = -a->d * _cvtsh_ss(w[i].dmin);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m[t]);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 64; j++) {
+                const __m512i p16 = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(a->qs + 64 * j));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scj[j], p16));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    return hsum16(acc) + _mm_cvtss_f32(acc_m);
+    for (int t = 0; t < T; t++) {
+        __m128 m = acc_m[t];
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[t * out_stride] = hsum16(acc[t]) + _mm_cvtss_f32(m);
+    }
+}
+
+float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n) {
+    float out;
+    q4_K_tokens(row, &act, n, &out, 1, 1);
+    return out;
 }
 
 /* ---- Q6_K against Q8_K ----------------------------------------------------
@@ -444,50 +465,84 @@ static inline __m512i spread_quad16(__m512i v, int lo) {
     return _mm512_permutexvar_epi16(idx, v);
 }
 
-float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
+static inline __attribute__((always_inline)) void q6_K_tokens(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
     const pam_block_q6_K *w = row;
-    const pam_block_q8_K *a = act;
     const int64_t nb = n / PAM_QK_K;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i m2 = _mm512_set1_epi8(0x03);
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[KT];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
 
     for (int64_t i = 0; i < nb; i++) {
-        const float d = a[i].d * _cvtsh_ss(w[i].d);
         const uint8_t *ql = w[i].ql;
         const uint8_t *qh = w[i].qh;
-        const int8_t *q8 = a[i].qs;
-
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
         const __m512i sc = _mm512_castsi256_si512(sc16);
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
-        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
-
-        __m512i sumi = _mm512_setzero_si512();
-        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32, q8 += 128) {
+        __m512i qa[PAM_QK_K / 128], qb[PAM_QK_K / 128], sa[PAM_QK_K / 128], sb[PAM_QK_K / 128];
+        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32) {
             const __m512i l = _mm512_loadu_si512(ql);
             const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
             const __m512i h2 = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 2), 1);
-            const __m512i qa = _mm512_or_si512(_mm512_and_si512(l, m4),
-                                               _mm512_slli_epi16(_mm512_and_si512(h2, m2), 4));
-            const __m512i qb = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h2, 4), m2), 4));
-            const __m512i pa = _mm512_maddubs_epi16(qa, _mm512_loadu_si512(q8));
-            const __m512i pb = _mm512_maddubs_epi16(qb, _mm512_loadu_si512(q8 + 64));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_quad16(sc, 8 * j), pa));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_quad16(sc, 8 * j + 4), pb));
+            qa[j] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(h2, m2), 4));
+            qb[j] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h2, 4), m2), 4));
+            sa[j] = spread_quad16(sc, 8 * j);
+            sb[j] = spread_quad16(sc, 8 * j + 4);
         }
-        /* 16 lanes to 8, then the offset, in the AVX2 kernel's lane layout */
-        __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
-        s8 = _mm256_sub_epi32(s8, offset);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc);
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 128; j++) {
+                const __m512i pa = _mm512_maddubs_epi16(qa[j], _mm512_loadu_si512(a->qs + 128 * j));
+                const __m512i pb = _mm512_maddubs_epi16(qb[j], _mm512_loadu_si512(a->qs + 128 * j + 64));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(sa[j], pa));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(sb[j], pb));
+            }
+            /* 16 lanes to 8, then the offset, in the AVX2 kernel's lane layout */
+            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+            s8 = _mm256_sub_epi32(s8, offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc[t]);
+        }
     }
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    for (int t = 0; t < T; t++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[t * out_stride] = _mm_cvtss_f32(s);
+    }
 }
+
+float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
+    float out;
+    q6_K_tokens(row, &act, n, &out, 1, 1);
+    return out;
+}
+
+/* Tiled K-quants: each row against KT tokens at a time, the panel's rows
+ * staying in cache while the tokens pass. */
+#define KTILE_FN(NAME, TOKENS)                                                                         \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
+        for (int64_t t = 0; t < n_tok; t += KT) {                                                     \
+            const void *acts[KT];                                                                     \
+            const int64_t nt = n_tok - t < KT ? n_tok - t : KT;                                       \
+            for (int k = 0; k < nt; k++) acts[k] = (const uint8_t *)act + (size_t)(t + k) * act_bytes; \
+            for (int64_t r = 0; r < rows; r++) {                                                      \
+                const void *w = (const uint8_t *)W + (size_t)r * row_bytes;                           \
+                float *y = Y + t * ldy + r;                                                           \
+                if (nt == KT)                                                                         \
+                    TOKENS(w, acts, cols, y, ldy, KT);                                                \
+                else                                                                                  \
+                    for (int k = 0; k < nt; k++) TOKENS(w, acts + k, cols, y + k * ldy, ldy, 1);      \
+            }                                                                                         \
+        }                                                                                             \
+    }
+KTILE_FN(pam_tile_q4_K_avx512, q4_K_tokens)
+KTILE_FN(pam_tile_q6_K_avx512, q6_K_tokens)
 
 /* ---- Q8_0 activations ----------------------------------------------------
  * Byte-identical to the reference quantiser: the same amax, d = amax / 127,

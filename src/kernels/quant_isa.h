@@ -55,6 +55,8 @@ PAM_TILE_DECL(pam_tile_bf16_avx2)
 PAM_TILE_DECL(pam_tile_f32_avx512)
 PAM_TILE_DECL(pam_tile_f16_avx512)
 PAM_TILE_DECL(pam_tile_bf16_avx512)
+PAM_TILE_DECL(pam_tile_q4_K_avx512)
+PAM_TILE_DECL(pam_tile_q6_K_avx512)
 #undef PAM_TILE_DECL
 void pam_tile_q8_0_avx2(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
                         int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
