@@ -685,6 +685,8 @@ pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type) {
         if (weight_type == PAM_DT_F32) return pam_tile_f32_avx2;
         if (weight_type == PAM_DT_F16) return pam_tile_f16_avx2;
         if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx2;
+        if (weight_type == PAM_DT_Q4_K) return pam_tile_q4_K_avx2;
+        if (weight_type == PAM_DT_Q6_K) return pam_tile_q6_K_avx2;
     }
 #endif
     return NULL;

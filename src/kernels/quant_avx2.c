@@ -508,105 +508,153 @@ static inline void unpack_q4_K_scales(const uint8_t *s, uint8_t out[16]) {
     memcpy(out, u, 16); /* bytes 0..7 scales, 8..15 mins */
 }
 
-float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n) {
+/* One row against T token activations (T = 1: the plain dot): the weight
+ * side is unpacked once per block for all T tokens, and each token's
+ * arithmetic is the same whatever T. */
+#define KT8 4 /* tokens per call in the tiled K-quant kernels */
+
+static inline __attribute__((always_inline)) void q4_K_tokens(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
     const pam_block_q4_K *w = row;
-    const pam_block_q8_K *a = act;
     const int64_t nb = n / PAM_QK_K;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc = _mm256_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();
+    __m256 acc[KT8];
+    __m128 acc_m[KT8];
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        acc_m[t] = _mm_setzero_ps();
+    }
 
     for (int64_t i = 0; i < nb; i++) {
-        const float d = a[i].d * f16(w[i].d);
-        const float dmin = -a[i].d * f16(w[i].dmin);
         uint8_t sm[16];
         unpack_q4_K_scales(w[i].scales, sm);
         const __m256i sm16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm));
-
-        /* mins: bsums pairwise summed to one value per 32-element sub-block */
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
-        const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m);
-
-        const uint8_t *q4 = w[i].qs;
-        const int8_t *q8 = a[i].qs;
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < PAM_QK_K / 64; j++, q4 += 32, q8 += 64) {
-            const __m256i scale_l = _mm256_set1_epi16(sm[2 * j]);
-            const __m256i scale_h = _mm256_set1_epi16(sm[2 * j + 1]);
-            const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
-            const __m256i lo = _mm256_and_si256(bits, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-            const __m256i pl = _mm256_madd_epi16(
-                scale_l, _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8)));
-            const __m256i ph = _mm256_madd_epi16(
-                scale_h, _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        __m256i lo[PAM_QK_K / 64], hi[PAM_QK_K / 64], scale_l[PAM_QK_K / 64], scale_h[PAM_QK_K / 64];
+        for (int j = 0; j < PAM_QK_K / 64; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * j));
+            lo[j] = _mm256_and_si256(bits, m4);
+            hi[j] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            scale_l[j] = _mm256_set1_epi16(sm[2 * j]);
+            scale_h[j] = _mm256_set1_epi16(sm[2 * j + 1]);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * f16(w[i].d);
+            const float dmin = -a->d * f16(w[i].dmin);
+            /* mins: bsums pairwise summed to one value per 32-element sub-block */
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m[t]);
+
+            const int8_t *q8 = a->qs;
+            __m256i sumi = _mm256_setzero_si256();
+            for (int j = 0; j < PAM_QK_K / 64; j++, q8 += 64) {
+                const __m256i pl =
+                    _mm256_madd_epi16(scale_l[j], _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)q8)));
+                const __m256i ph = _mm256_madd_epi16(
+                    scale_h[j], _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    return hsum8(acc) + _mm_cvtss_f32(acc_m);
+    for (int t = 0; t < T; t++) {
+        __m128 m = acc_m[t];
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[t * out_stride] = hsum8(acc[t]) + _mm_cvtss_f32(m);
+    }
+}
+
+float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n) {
+    float out;
+    q4_K_tokens(row, &act, n, &out, 1, 1);
+    return out;
 }
 
 /* ---- Q6_K against Q8_K ----------------------------------------------------
  * q6 is stored offset by 32; maddubs needs the unsigned form, so the offset
  * is taken out afterwards as 32 * sum_j sc_j * bsum_j. */
-float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n) {
+static inline __attribute__((always_inline)) void q6_K_tokens(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
     const pam_block_q6_K *w = row;
-    const pam_block_q8_K *a = act;
     const int64_t nb = n / PAM_QK_K;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i m2 = _mm256_set1_epi8(0x03);
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[KT8];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
 
     for (int64_t i = 0; i < nb; i++) {
-        const float d = a[i].d * f16(w[i].d);
         const uint8_t *ql = w[i].ql;
         const uint8_t *qh = w[i].qh;
-        const int8_t *q8 = a[i].qs;
         const int8_t *sc = w[i].scales;
-
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
-        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
-
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32, q8 += 128, sc += 8) {
+        __m256i q[PAM_QK_K / 128][4], s[PAM_QK_K / 128][4];
+        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32, sc += 8) {
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
             const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
             const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
             /* values l..l+31 of each 32-group: low nibble | two high bits << 4 */
-            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
-            const __m256i q1 = _mm256_or_si256(
-                _mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
-            const __m256i q2 = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
-            const __m256i q3 = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
-
-            __m256i p0 = _mm256_maddubs_epi16(q0, _mm256_loadu_si256((const __m256i *)(q8 + 0)));
-            __m256i p1 = _mm256_maddubs_epi16(q1, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
-            __m256i p2 = _mm256_maddubs_epi16(q2, _mm256_loadu_si256((const __m256i *)(q8 + 64)));
-            __m256i p3 = _mm256_maddubs_epi16(q3, _mm256_loadu_si256((const __m256i *)(q8 + 96)));
-
+            q[j][0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+            q[j][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                      _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
+            q[j][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                      _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
+            q[j][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                      _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
             /* each 32-group spans two 16-element sub-blocks with own scales:
              * int16 lanes 0..7 take the first, 8..15 the second */
-            p0 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0])), p0);
-            p1 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[3]), _mm_set1_epi16(sc[2])), p1);
-            p2 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[5]), _mm_set1_epi16(sc[4])), p2);
-            p3 = _mm256_madd_epi16(_mm256_set_m128i(_mm_set1_epi16(sc[7]), _mm_set1_epi16(sc[6])), p3);
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
+            for (int k = 0; k < 4; k++)
+                s[j][k] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
         }
-        sumi = _mm256_sub_epi32(sumi, offset);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * f16(w[i].d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            const int8_t *q8 = a->qs;
+            __m256i sumi = _mm256_setzero_si256();
+            for (int j = 0; j < PAM_QK_K / 128; j++, q8 += 128) {
+                __m256i p[4];
+                for (int k = 0; k < 4; k++)
+                    p[k] = _mm256_madd_epi16(
+                        s[j][k], _mm256_maddubs_epi16(q[j][k], _mm256_loadu_si256((const __m256i *)(q8 + 32 * k))));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3])));
+            }
+            sumi = _mm256_sub_epi32(sumi, offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    return hsum8(acc);
+    for (int t = 0; t < T; t++) out[t * out_stride] = hsum8(acc[t]);
 }
+
+float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n) {
+    float out;
+    q6_K_tokens(row, &act, n, &out, 1, 1);
+    return out;
+}
+
+/* Tiled K-quants: each row against KT8 tokens at a time, the panel's rows
+ * staying in cache while the tokens pass. */
+#define KTILE8_FN(NAME, TOKENS)                                                                        \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
+        for (int64_t t = 0; t < n_tok; t += KT8) {                                                    \
+            const void *acts[KT8];                                                                    \
+            const int64_t nt = n_tok - t < KT8 ? n_tok - t : KT8;                                     \
+            for (int k = 0; k < nt; k++) acts[k] = (const uint8_t *)act + (size_t)(t + k) * act_bytes; \
+            for (int64_t r = 0; r < rows; r++) {                                                      \
+                const void *w = (const uint8_t *)W + (size_t)r * row_bytes;                           \
+                float *y = Y + t * ldy + r;                                                           \
+                if (nt == KT8)                                                                        \
+                    TOKENS(w, acts, cols, y, ldy, KT8);                                               \
+                else                                                                                  \
+                    for (int k = 0; k < nt; k++) TOKENS(w, acts + k, cols, y + k * ldy, ldy, 1);      \
+            }                                                                                         \
+        }                                                                                             \
+    }
+KTILE8_FN(pam_tile_q4_K_avx2, q4_K_tokens)
+KTILE8_FN(pam_tile_q6_K_avx2, q6_K_tokens)
 
 #endif

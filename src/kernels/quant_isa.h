@@ -52,6 +52,8 @@ size_t pam_tile_scratch_avx2(int64_t cols);
 PAM_TILE_DECL(pam_tile_f32_avx2)
 PAM_TILE_DECL(pam_tile_f16_avx2)
 PAM_TILE_DECL(pam_tile_bf16_avx2)
+PAM_TILE_DECL(pam_tile_q4_K_avx2)
+PAM_TILE_DECL(pam_tile_q6_K_avx2)
 PAM_TILE_DECL(pam_tile_f32_avx512)
 PAM_TILE_DECL(pam_tile_f16_avx512)
 PAM_TILE_DECL(pam_tile_bf16_avx512)
