@@ -262,11 +262,14 @@ int main(int argc, char **argv) {
     float *Y = malloc((size_t)PREFILL_N * (size_t)rows * sizeof *Y);
     if (!X || !Y) return 1;
     for (int64_t i = 0; i < PREFILL_N * cols; i++) X[i] = rnd();
-    printf("\n# prefill: matmul %lld x %lld with %d tokens, GMAC/s (best of 3 x %.2f s)\n", (long long)rows,
-           (long long)cols, PREFILL_N, secs);
-    printf("%-5s %3s", "type", "thr");
-    for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
-    printf("\n");
+    if (do_prefill) {
+        printf("\n# prefill: matmul %lld x %lld with %d tokens, GMAC/s (best of 3 x %.2f s)\n", (long long)rows,
+               (long long)cols, PREFILL_N, secs);
+        printf("%-5s %3s", "type", "thr");
+        for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
+        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
+        printf("\n");
+    }
     for (int ti = 0; ti < n_types && do_prefill; ti++) {
         pam_dtype type = types[ti];
         size_t row_bytes = 0;
@@ -289,14 +292,18 @@ int main(int argc, char **argv) {
         }
         for (int t = 1; t <= max_threads; t++) {
             printf("%-5s %3d", pam_dtype_name(type), t);
+            double rate[PAM_ISA_COUNT] = {0};
             for (int isa = 0; isa <= best; isa++) {
                 pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
-                if (isa == 0 && t > 1)
+                if (isa == 0 && t > 1) {
                     printf(" %9s", "-");
-                else
-                    printf(" %9.2f", time_matmul(pools[t], type, W, rows, cols, X, PREFILL_N, Y, secs / 3));
+                } else {
+                    rate[isa] = time_matmul(pools[t], type, W, rows, cols, X, PREFILL_N, Y, secs / 3);
+                    printf(" %9.2f", rate[isa]);
+                }
                 fflush(stdout);
             }
+            for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %11.2f", rate[isa] / rate[PAM_ISA_AVX2]);
             printf("\n");
         }
     }
