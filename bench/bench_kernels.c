@@ -151,7 +151,8 @@ int main(int argc, char **argv) {
     const char *what = argc > 5 ? argv[5] : "all";
     const int do_decode = strcmp(what, "prefill") != 0, do_prefill = strcmp(what, "decode") != 0;
     if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16) {
-        fprintf(stderr, "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs [all|decode|prefill]]]]\n");
+        fprintf(stderr,
+                "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs [all|decode|prefill]]]]\n");
         return 2;
     }
     const pam_dtype types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,

@@ -202,7 +202,8 @@ static void test_tile_kernels(void **state) {
                         memset(x, 0, sizeof(float) * (size_t)cols);
                     pam_quantize_activations(t, x, act + (size_t)i * ab, cols);
                     for (int64_t rr = 0; rr < rows; rr++)
-                        want[i * rows + rr] = pam_vec_dot(t, (uint8_t *)m.W + rb * (size_t)rr, act + (size_t)i * ab, cols);
+                        want[i * rows + rr] =
+                            pam_vec_dot(t, (uint8_t *)m.W + rb * (size_t)rr, act + (size_t)i * ab, cols);
                 }
                 memcpy(prep, act, ab * (size_t)n);
                 for (int64_t i = 0; i < n; i++) pam_vec_tile_prep_act(t, prep + (size_t)i * ab, cols);

@@ -3,7 +3,8 @@
  *
  * Determinism: every kernel walks its row in a fixed order with a fixed set
  * of lane accumulators and one fixed horizontal sum at the end, so a result
- * depends only on the data and n. Integer products use the maddubs trick:
+ * depends only on the data and n; the tiled (prefill) kernels reproduce it
+ * bit for bit. Integer products use the maddubs trick:
  * |a| as unsigned bytes times b carrying a's sign, which cannot saturate for
  * int8 in [-127, 127] (2 * 127 * 127 < 32767) or for the 4/6-bit quants. */
 #if defined(__x86_64__) || defined(__i386__)
@@ -381,7 +382,8 @@ static inline __attribute__((always_inline)) void tile8_tokens(const panel8_bloc
                         _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)pb->uw[v][k]),
                                              _mm256_sign_epi8(ab, _mm256_load_si256((const __m256i *)pb->sw[v][k])));
                     /* Q4_0 (|w| <= 8): 8 steps of int16 pairs stay below 8 * 2 * 8 * 127 */
-                    s[t][v] = q4 ? _mm256_add_epi16(s[t][v], p16) : _mm256_add_epi32(s[t][v], _mm256_madd_epi16(p16, ones));
+                    s[t][v] = q4 ? _mm256_add_epi16(s[t][v], p16)
+                                 : _mm256_add_epi32(s[t][v], _mm256_madd_epi16(p16, ones));
                 }
             }
         }
@@ -436,7 +438,8 @@ static inline __attribute__((always_inline)) void tile8_run(const panel8_block *
     int64_t t = 0;
     for (; t + TILE8_T <= n_tok; t += TILE8_T)
         tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, TILE8_T, q4);
-    for (; t < n_tok; t++) tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, 1, q4);
+    for (; t < n_tok; t++)
+        tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, 1, q4);
 }
 
 #define TILE8_FN(NAME, REPACK, QK, Q4)                                                                     \
@@ -550,8 +553,8 @@ static inline __attribute__((always_inline)) void q4_K_tokens(const void *row, c
             const int8_t *q8 = a->qs;
             __m256i sumi = _mm256_setzero_si256();
             for (int j = 0; j < PAM_QK_K / 64; j++, q8 += 64) {
-                const __m256i pl =
-                    _mm256_madd_epi16(scale_l[j], _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)q8)));
+                const __m256i pl = _mm256_madd_epi16(
+                    scale_l[j], _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)q8)));
                 const __m256i ph = _mm256_madd_epi16(
                     scale_h[j], _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(q8 + 32))));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
@@ -620,7 +623,8 @@ static inline __attribute__((always_inline)) void q6_K_tokens(const void *row, c
                 for (int k = 0; k < 4; k++)
                     p[k] = _mm256_madd_epi16(
                         s[j][k], _mm256_maddubs_epi16(q[j][k], _mm256_loadu_si256((const __m256i *)(q8 + 32 * k))));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3])));
+                sumi = _mm256_add_epi32(
+                    sumi, _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3])));
             }
             sumi = _mm256_sub_epi32(sumi, offset);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);

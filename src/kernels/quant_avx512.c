@@ -16,6 +16,10 @@
  *    the offset is taken out with a second vpdpbusd of the constant against
  *    the activations: dot(w, a) = dot(w + c, a) - dot(c, a), exact in int32.
  *
+ * Prefill (many tokens) goes through the tiled kernels further down, which
+ * reuse each weight load for several tokens and reproduce the single-row
+ * arithmetic exactly.
+ *
  * Determinism: every kernel walks its row in a fixed order with fixed lane
  * accumulators and one fixed horizontal sum, so a result depends only on the
  * data and n (never on alignment, threads or the caller). */
@@ -145,7 +149,8 @@ static inline __attribute__((always_inline)) void ftile512(const uint8_t *W, siz
         for (int r = 0; r < R; r++) {
             const __m512 w = fload16(W + (size_t)r * row_bytes, i, type);
 #pragma GCC unroll 4
-            for (int t = 0; t < T; t++) acc[r][t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + t * ldx + i), acc[r][t][0]);
+            for (int t = 0; t < T; t++)
+                acc[r][t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + t * ldx + i), acc[r][t][0]);
         }
     if (i < n) {
         const __mmask16 k = mask16(n - i);

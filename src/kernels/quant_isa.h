@@ -1,7 +1,12 @@
 /* Per-ISA dot kernels behind pam_vec_dot (private to kernels/). Each has the
  * pam_vec_dot_fn shape: (row of weights, activations in the vec-dot type, n).
  * The *_avx2 ones may only be called when pam_cpu_detect() >= PAM_ISA_AVX2,
- * the *_avx512 ones when it is PAM_ISA_AVX512. */
+ * the *_avx512 ones when it is PAM_ISA_AVX512.
+ *
+ * The multi-row (dot4) and tiled (pam_tile_*) kernels of a level must give,
+ * for every output, the bits of that level's single-row kernel: they repeat
+ * its floating-point operations in its order and only share loads, integer
+ * work and unpacking between rows and tokens (test_matmul checks it). */
 #ifndef PAM_KERNELS_QUANT_ISA_H
 #define PAM_KERNELS_QUANT_ISA_H
 
