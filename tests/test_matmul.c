@@ -172,7 +172,7 @@ static void test_matmul_each_isa(void **state) {
 static void test_tile_kernels(void **state) {
     pam_test_rng r = {13};
     const int64_t rows_list[] = {1, 5, 16, 17, 31, 32};
-    const int64_t n_list[] = {1, 3, 4, 5, 8, 9, 13};
+    const int64_t n_list[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13};
     const int64_t blocks_list[] = {1, 15, 16, 17, 32, 50, 64};
     /* float rows: the 64-wide steps, 16/8-wide steps and the tails */
     const int64_t float_cols[] = {1, 7, 16, 31, 64, 100, 257};

@@ -292,6 +292,7 @@ void pam_dot4_q4_0_avx2(const void *row, size_t row_bytes, const void *act, int6
 
 #define RV8 2
 #define TILE8_T 4
+_Static_assert(TILE8_T == 4, "tile8_run finishes the last 1..3 tokens by hand");
 
 typedef struct {
     int8_t uw[RV8][8][32]; /* |w|: [row vector][4-byte step][row lane][byte] */
@@ -438,8 +439,13 @@ static inline __attribute__((always_inline)) void tile8_run(const panel8_block *
     int64_t t = 0;
     for (; t + TILE8_T <= n_tok; t += TILE8_T)
         tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, TILE8_T, q4);
-    for (; t < n_tok; t++)
-        tile8_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, nrows, &A, 1, q4);
+    const uint8_t *at = a + (size_t)t * act_bytes;
+    switch (n_tok - t) { /* the last few tokens together too */
+    case 3: tile8_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, nrows, &A, 3, q4); break;
+    case 2: tile8_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, nrows, &A, 2, q4); break;
+    case 1: tile8_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, nrows, &A, 1, q4); break;
+    default: break;
+    }
 }
 
 #define TILE8_FN(NAME, REPACK, QK, Q4)                                                                     \

@@ -599,6 +599,7 @@ void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n) {
 #define PANEL PAM_TILE_ROWS
 #define RV (PANEL / 16)
 #define TILE_T 4
+_Static_assert(TILE_T == 4, "tile_run finishes the last 1..3 tokens by hand");
 
 typedef struct {
     int8_t w[RV][8][64]; /* [row vector][4-byte step k][row lane l][byte] */
@@ -742,7 +743,13 @@ static void tile_run(const panel_block *P, int rows, const void *act, size_t act
     int64_t t = 0;
     for (; t + TILE_T <= n_tok; t += TILE_T)
         tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, &A, TILE_T);
-    for (; t < n_tok; t++) tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, &A, 1);
+    const uint8_t *at = a + (size_t)t * act_bytes;
+    switch (n_tok - t) { /* the last few tokens together too */
+    case 3: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 3); break;
+    case 2: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 2); break;
+    case 1: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 1); break;
+    default: break;
+    }
 }
 
 static inline panel_block *panel_of(void *scratch) {
