@@ -7,9 +7,9 @@
  * cache: weights, the dominant traffic, are read from memory once per call.
  *
  * With several tokens and a tiled kernel for the type (pam_vec_tile_select),
- * tasks are whole panels of PAM_TILE_ROWS rows instead: each panel is
- * repacked once into per-thread scratch small enough for L2, and every token
- * passes over it there, several tokens per weight load.
+ * tasks are whole panels of PAM_TILE_ROWS rows instead: a panel stays in L2
+ * (Q8_0/Q4_0: repacked once into per-thread scratch) while every token
+ * passes over it, several tokens per weight load.
  *
  * Invariant: Y[i*rows + r] is exactly one pam_vec_dot over row r and token i
  * (the tiled kernels reproduce its arithmetic bit for bit), so it is
@@ -62,8 +62,9 @@ static void tile_task(void *ctx, int64_t task, int thread) {
     int64_t r1 = r0 + j->chunk_rows < j->rows ? r0 + j->chunk_rows : j->rows;
     for (int64_t r = r0; r < r1; r += PAM_TILE_ROWS) {
         int64_t nr = r1 - r < PAM_TILE_ROWS ? r1 - r : PAM_TILE_ROWS;
+        uint8_t *scratch = j->scratch ? j->scratch + (size_t)thread * j->scratch_bytes : NULL;
         j->tile(j->W + (size_t)r * j->row_bytes, j->row_bytes, nr, j->act, j->act_bytes, j->n, j->cols, j->Y + r,
-                j->rows, j->scratch + (size_t)thread * j->scratch_bytes);
+                j->rows, scratch);
     }
 }
 

@@ -83,8 +83,8 @@ pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type);
  * weight load shared by several tokens. act holds n_tok tokens act_bytes
  * apart, first passed through pam_vec_tile_prep_act (the tile kernels only
  * accept that form). scratch: pam_vec_tile_scratch_bytes(weight_type, cols)
- * bytes, any alignment, private to the call. NULL when the current ISA level
- * has no tiled kernel for weight_type. */
+ * bytes, any alignment, private to the call (may be NULL when that is 0).
+ * NULL when the current ISA level has no tiled kernel for weight_type. */
 #define PAM_TILE_ROWS 32
 typedef void (*pam_vec_tile_fn)(const void *W, size_t row_bytes, int64_t rows, const void *act,
                                 size_t act_bytes, int64_t n_tok, int64_t cols, float *Y, int64_t ldy,
