@@ -97,6 +97,8 @@ static double time_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t
 /* Kernel speed with the weights hot in cache (the first 512 KiB of W,
  * activations quantised once): what the dot costs in arithmetic alone. If
  * this is far above the DRAM read rate, the matvec is bandwidth-bound. */
+static volatile float g_sink; /* keeps the hot-cache dots from being optimised away */
+
 static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t cols, const void *act,
                        double secs, int64_t *n_rows_out) {
     int64_t n_rows = (int64_t)((512 << 10) / row_bytes);
@@ -104,7 +106,6 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
     *n_rows_out = n_rows;
     pam_vec_dot_fn dot = pam_vec_dot_select(type);
     pam_vec_dot4_fn dot4 = pam_vec_dot4_select(type); /* as pam_matvec uses them */
-    volatile float sink = 0;
     float out[4];
     int iters = 0;
     double t0 = cpu_s(), t;
@@ -117,7 +118,7 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
                 s += out[0] + out[1] + out[2] + out[3];
             }
         for (; r < n_rows; r++) s += dot((const uint8_t *)W + (size_t)r * row_bytes, act, cols);
-        sink += s;
+        g_sink += s;
         iters++;
         t = cpu_s();
     } while (t - t0 < secs);
