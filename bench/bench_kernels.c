@@ -4,7 +4,11 @@
  * read, beside a plain read of an equally large buffer (the bandwidth
  * ceiling) and the ratio to the AVX2 path measured in the same run.
  *
- * Usage: bench_kernels [rows cols [max_threads [seconds_per_point]]]
+ * Then prefill: pam_matmul over 64 tokens, as GMAC/s per level and thread
+ * count (compute-bound: each weight panel is reused by all tokens).
+ *
+ * Usage: bench_kernels [rows cols [max_threads [seconds_per_point [what]]]]
+ * with what = all (default), decode or prefill.
  * Every level's output is checked against pam_vec_dot_ref before timing. */
 #include <math.h>
 #include <stdint.h>
@@ -93,6 +97,8 @@ static double time_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t
 /* Kernel speed with the weights hot in cache (the first 512 KiB of W,
  * activations quantised once): what the dot costs in arithmetic alone. If
  * this is far above the DRAM read rate, the matvec is bandwidth-bound. */
+static volatile float g_sink; /* keeps the hot-cache dots from being optimised away */
+
 static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t cols, const void *act,
                        double secs, int64_t *n_rows_out) {
     int64_t n_rows = (int64_t)((512 << 10) / row_bytes);
@@ -100,7 +106,6 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
     *n_rows_out = n_rows;
     pam_vec_dot_fn dot = pam_vec_dot_select(type);
     pam_vec_dot4_fn dot4 = pam_vec_dot4_select(type); /* as pam_matvec uses them */
-    volatile float sink = 0;
     float out[4];
     int iters = 0;
     double t0 = cpu_s(), t;
@@ -113,19 +118,42 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
                 s += out[0] + out[1] + out[2] + out[3];
             }
         for (; r < n_rows; r++) s += dot((const uint8_t *)W + (size_t)r * row_bytes, act, cols);
-        sink += s;
+        g_sink += s;
         iters++;
         t = cpu_s();
     } while (t - t0 < secs);
     return (t - t0) / iters;
 }
 
+/* Prefill: pam_matmul over n_tok tokens (weights stay in cache across the
+ * tokens of a panel, so this measures arithmetic), as GMAC/s; best of 3.
+ * One thread is timed in CPU time (all work runs on the calling thread). */
+static double time_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
+                          const float *X, int64_t n_tok, float *Y, double secs) {
+    double best = 1e30;
+    for (int round = 0; round < 3; round++) {
+        double (*clock)(void) = pam_pool_n_threads(pool) == 1 ? cpu_s : now_s;
+        int iters = 0;
+        double t0 = clock(), t;
+        do {
+            pam_matmul(pool, type, W, rows, cols, X, n_tok, Y);
+            iters++;
+            t = clock();
+        } while (t - t0 < secs);
+        best = fmin(best, (t - t0) / iters);
+    }
+    return (double)rows * (double)cols * (double)n_tok * 1e-9 / best;
+}
+
 int main(int argc, char **argv) {
     int64_t rows = argc > 2 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
     int max_threads = argc > 3 ? atoi(argv[3]) : 2;
     double secs = argc > 4 ? atof(argv[4]) : 0.3;
+    const char *what = argc > 5 ? argv[5] : "all";
+    const int do_decode = strcmp(what, "prefill") != 0, do_prefill = strcmp(what, "decode") != 0;
     if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16) {
-        fprintf(stderr, "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs]]]\n");
+        fprintf(stderr,
+                "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs [all|decode|prefill]]]]\n");
         return 2;
     }
     const pam_dtype types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
@@ -149,14 +177,16 @@ int main(int argc, char **argv) {
     for (int t = 1; t <= max_threads; t++)
         if (pam_pool_create(t, &pools[t]) != PAM_OK) return 1;
 
-    printf("%-5s %7s %3s %9s", "type", "MB", "thr", "read");
-    for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
-    for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
-    for (int isa = PAM_ISA_AVX2; isa <= best; isa++) printf(" %6s/read", pam_cpu_isa_name((pam_isa)isa));
-    printf("\n");
+    if (do_decode) {
+        printf("%-5s %7s %3s %9s", "type", "MB", "thr", "read");
+        for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
+        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
+        for (int isa = PAM_ISA_AVX2; isa <= best; isa++) printf(" %6s/read", pam_cpu_isa_name((pam_isa)isa));
+        printf("\n");
+    }
 
     int failed = 0;
-    for (int ti = 0; ti < n_types; ti++) {
+    for (int ti = 0; ti < n_types && do_decode; ti++) {
         pam_dtype type = types[ti];
         size_t row_bytes = 0;
         pam_dtype_row_bytes(type, cols, &row_bytes);
@@ -227,6 +257,60 @@ int main(int argc, char **argv) {
         for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %11.2f", hot[PAM_ISA_AVX2] / hot[isa]);
         printf("\n");
     }
+
+    /* prefill: matmul with PREFILL_N tokens, every level, 1..max threads */
+    enum { PREFILL_N = 64 };
+    float *X = malloc((size_t)PREFILL_N * (size_t)cols * sizeof *X);
+    float *Y = malloc((size_t)PREFILL_N * (size_t)rows * sizeof *Y);
+    if (!X || !Y) return 1;
+    for (int64_t i = 0; i < PREFILL_N * cols; i++) X[i] = rnd();
+    if (do_prefill) {
+        printf("\n# prefill: matmul %lld x %lld with %d tokens, GMAC/s (best of 3 x %.2f s)\n", (long long)rows,
+               (long long)cols, PREFILL_N, secs);
+        printf("%-5s %3s", "type", "thr");
+        for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
+        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
+        printf("\n");
+    }
+    for (int ti = 0; ti < n_types && do_prefill; ti++) {
+        pam_dtype type = types[ti];
+        size_t row_bytes = 0;
+        pam_dtype_row_bytes(type, cols, &row_bytes);
+        for (int64_t r = 0; r < rows; r++)
+            pam_quantize_row(type, src + r * cols, (uint8_t *)W + (size_t)r * row_bytes, cols);
+        /* check first: every token of the matmul equals its own matvec, bit for bit */
+        for (int isa = 0; isa <= best; isa++) {
+            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+            pam_matmul(pools[max_threads], type, W, rows, cols, X, PREFILL_N, Y);
+            for (int64_t i = 0; i < PREFILL_N; i += 7) {
+                pam_matvec(NULL, type, W, rows, cols, X + i * cols, y);
+                if (memcmp(y, Y + i * rows, sizeof(float) * (size_t)rows) != 0) {
+                    fprintf(stderr, "%s %s: matmul token %lld differs from its matvec\n", pam_dtype_name(type),
+                            pam_cpu_isa(), (long long)i);
+                    failed = 1;
+                    break;
+                }
+            }
+        }
+        for (int t = 1; t <= max_threads; t++) {
+            printf("%-5s %3d", pam_dtype_name(type), t);
+            double rate[PAM_ISA_COUNT] = {0};
+            for (int isa = 0; isa <= best; isa++) {
+                pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+                if (isa == 0 && t > 1) {
+                    printf(" %9s", "-");
+                } else {
+                    rate[isa] = time_matmul(pools[t], type, W, rows, cols, X, PREFILL_N, Y, secs / 3);
+                    printf(" %9.2f", rate[isa]);
+                }
+                fflush(stdout);
+            }
+            for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %11.2f", rate[isa] / rate[PAM_ISA_AVX2]);
+            printf("\n");
+        }
+    }
+    free(X);
+    free(Y);
     pam_cpu_set_isa(NULL);
     for (int t = 1; t <= max_threads; t++) pam_pool_destroy(pools[t]);
     free(src);

@@ -165,10 +165,90 @@ static void test_matmul_each_isa(void **state) {
     pam_pool_destroy(pool);
 }
 
+/* The tiled kernels directly, at every level that has them: every row count
+ * of a partial panel, token counts around the tile width, and columns with
+ * no full group, one group, a pair plus a partial group; each output must
+ * be bit-identical to pam_vec_dot on the unprepared activations. */
+static void test_tile_kernels(void **state) {
+    pam_test_rng r = {13};
+    const int64_t rows_list[] = {1, 5, 16, 17, 31, 32};
+    const int64_t n_list[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13};
+    const int64_t blocks_list[] = {1, 15, 16, 17, 32, 50, 64};
+    /* float rows: the 64-wide steps, 16/8-wide steps and the tails */
+    const int64_t float_cols[] = {1, 7, 16, 31, 64, 100, 257};
+    _Static_assert(sizeof float_cols == sizeof blocks_list, "one float width per block count");
+    int ran = 0;
+    for (int isa = 0; isa <= (int)pam_cpu_detect(); isa++) {
+        assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            pam_dtype t = k_types[ti];
+            pam_vec_tile_fn tile = pam_vec_tile_select(t);
+            if (!tile) continue;
+            int32_t be = pam_dtype_get(t)->block_elems;
+            for (size_t bi = 0; bi < sizeof blocks_list / sizeof blocks_list[0]; bi++) {
+                int64_t cols = be == 1 ? float_cols[bi] : be * blocks_list[bi], rows = PAM_TILE_ROWS, n = 13;
+                mat m;
+                mat_make(&m, t, rows, cols, &r);
+                size_t rb = 0, ab = pam_activation_bytes(t, cols);
+                assert_int_equal(pam_dtype_row_bytes(t, cols, &rb), PAM_OK);
+                uint8_t *act = malloc(ab * (size_t)n), *prep = malloc(ab * (size_t)n);
+                float *x = malloc(sizeof(float) * (size_t)cols);
+                float *want = malloc(sizeof(float) * (size_t)(n * rows));
+                float *Y = malloc(sizeof(float) * (size_t)(n * rows));
+                void *scratch = malloc(pam_vec_tile_scratch_bytes(t, cols) + 1);
+                for (int64_t i = 0; i < n; i++) {
+                    for (int64_t c = 0; c < cols; c++) x[c] = (float)pam_test_rng_normal(&r);
+                    if (i == 2) /* an all-zero token: zero block sums everywhere */
+                        memset(x, 0, sizeof(float) * (size_t)cols);
+                    pam_quantize_activations(t, x, act + (size_t)i * ab, cols);
+                    for (int64_t rr = 0; rr < rows; rr++)
+                        want[i * rows + rr] =
+                            pam_vec_dot(t, (uint8_t *)m.W + rb * (size_t)rr, act + (size_t)i * ab, cols);
+                }
+                memcpy(prep, act, ab * (size_t)n);
+                for (int64_t i = 0; i < n; i++) pam_vec_tile_prep_act(t, prep + (size_t)i * ab, cols);
+                for (size_t ri = 0; ri < sizeof rows_list / sizeof rows_list[0]; ri++)
+                    for (size_t ni = 0; ni < sizeof n_list / sizeof n_list[0]; ni++) {
+                        int64_t nr = rows_list[ri], nt = n_list[ni];
+                        for (int64_t i = 0; i < n * rows; i++) Y[i] = -1.0f;
+                        /* ldy = rows: outputs of rows >= nr must be left alone */
+                        tile(m.W, rb, nr, prep, ab, nt, cols, Y, rows, scratch);
+                        for (int64_t i = 0; i < n; i++)
+                            for (int64_t rr = 0; rr < rows; rr++) {
+                                float got = Y[i * rows + rr];
+                                if (i < nt && rr < nr) {
+                                    if (memcmp(&got, &want[i * rows + rr], sizeof got) != 0) {
+                                        fprintf(stderr, "%s %s blocks=%lld rows=%lld n=%lld: [%lld,%lld] %a vs %a\n",
+                                                pam_cpu_isa(), pam_dtype_name(t), (long long)blocks_list[bi],
+                                                (long long)nr, (long long)nt, (long long)i, (long long)rr,
+                                                (double)got, (double)want[i * rows + rr]);
+                                        fail();
+                                    }
+                                } else {
+                                    assert_true(got == -1.0f);
+                                }
+                            }
+                        ran++;
+                    }
+                free(scratch);
+                free(Y);
+                free(want);
+                free(x);
+                free(prep);
+                free(act);
+                mat_free(&m);
+            }
+        }
+    }
+    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+    if (pam_cpu_detect() >= PAM_ISA_AVX512) assert_true(ran > 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_invariance),
         cmocka_unit_test(test_matmul_each_isa),
+        cmocka_unit_test(test_tile_kernels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -571,6 +571,43 @@ static void test_dot_catches_errors(void **state) {
     }
 }
 
+/* Q8_0 activations at every level are byte-identical to the reference
+ * quantiser, including exact halves (round half away from zero), values
+ * just below a half, zero and tiny blocks. */
+static void test_q8_0_activations_each_isa(void **state) {
+    enum { N = 32 * 64 };
+    float *x = malloc(sizeof(float) * N);
+    pam_block_q8_0 want[N / 32], got[N / 32];
+    pam_test_rng r = {10};
+    for (int kind = 0; kind < D_KINDS + 1; kind++) {
+        if (kind < D_KINDS) {
+            fill(&r, kind, x, N);
+        } else {
+            /* blocks with amax 127, so id = 1 and x * id = x: ties and near-ties */
+            const float near_half = nextafterf(0.5f, 0.0f);
+            for (int i = 0; i < N; i++) {
+                int j = i % 32;
+                float v = (float)(i % 7) + (j % 4 == 0 ? 0.5f : j % 4 == 1 ? near_half : j % 4 == 2 ? 0.25f : 0.0f);
+                x[i] = (j % 2 ? -v : v);
+                if (j == 31) x[i] = (i / 32) % 2 ? 127.0f : -127.0f;
+                if ((i / 32) % 5 == 3) x[i] *= 0.7f; /* and some with id != 1 */
+            }
+        }
+        pam_quantize_row(PAM_DT_Q8_0, x, want, N);
+        for (int isa = 0; isa < n_isas(); isa++) {
+            assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+            memset(got, 0x5a, sizeof got);
+            pam_quantize_activations(PAM_DT_Q4_0, x, got, N);
+            if (memcmp(got, want, sizeof got) != 0) {
+                fprintf(stderr, "q8_0 activations differ at %s, data kind %d\n", pam_cpu_isa(), kind);
+                fail();
+            }
+        }
+    }
+    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+    free(x);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_float_rows),
@@ -583,6 +620,7 @@ int main(void) {
         cmocka_unit_test(test_vec_dot_vs_f64),
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_dot_catches_errors),
+        cmocka_unit_test(test_q8_0_activations_each_isa),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

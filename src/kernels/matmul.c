@@ -6,8 +6,14 @@
  * each 16-row block of W is walked once for all n tokens while it is hot in
  * cache: weights, the dominant traffic, are read from memory once per call.
  *
- * Invariant: Y[i*rows + r] is exactly one pam_vec_dot over row r and token i,
- * so it is bit-identical whatever n, the thread count or the chunking. */
+ * With several tokens and a tiled kernel for the type (pam_vec_tile_select),
+ * tasks are whole panels of PAM_TILE_ROWS rows instead: a panel stays in L2
+ * (Q8_0/Q4_0: repacked once into per-thread scratch) while every token
+ * passes over it, several tokens per weight load.
+ *
+ * Invariant: Y[i*rows + r] is exactly one pam_vec_dot over row r and token i
+ * (the tiled kernels reproduce its arithmetic bit for bit), so it is
+ * bit-identical whatever n, the thread count or the chunking. */
 #include "kernels/matmul.h"
 
 #include <math.h>
@@ -22,10 +28,15 @@
 #define TASKS_PER_THREAD 4
 /* Activations up to this size live on the stack (decode: n = 1). */
 #define STACK_ACT_BYTES 16384
+/* Fewest tokens for which the tiled kernels (and their repacking) pay. */
+#define TILE_MIN_N 4
 
 typedef struct {
     pam_vec_dot_fn dot;
     pam_vec_dot4_fn dot4; /* NULL if none */
+    pam_vec_tile_fn tile; /* NULL unless used for this call */
+    uint8_t *scratch;     /* tile: scratch_bytes per thread */
+    size_t scratch_bytes;
     const uint8_t *W;
     size_t row_bytes;
     const uint8_t *act; /* n tokens, act_bytes apart */
@@ -42,6 +53,19 @@ static void quantize_task(void *ctx, int64_t i, int thread) {
     mm_job *j = ctx;
     pam_quantize_activations(j->type, j->X + i * j->cols, j->act_out + (size_t)i * j->act_bytes,
                              j->cols);
+    if (j->tile) pam_vec_tile_prep_act(j->type, j->act_out + (size_t)i * j->act_bytes, j->cols);
+}
+
+static void tile_task(void *ctx, int64_t task, int thread) {
+    const mm_job *j = ctx;
+    int64_t r0 = task * j->chunk_rows;
+    int64_t r1 = r0 + j->chunk_rows < j->rows ? r0 + j->chunk_rows : j->rows;
+    for (int64_t r = r0; r < r1; r += PAM_TILE_ROWS) {
+        int64_t nr = r1 - r < PAM_TILE_ROWS ? r1 - r : PAM_TILE_ROWS;
+        uint8_t *scratch = j->scratch ? j->scratch + (size_t)thread * j->scratch_bytes : NULL;
+        j->tile(j->W + (size_t)r * j->row_bytes, j->row_bytes, nr, j->act, j->act_bytes, j->n, j->cols, j->Y + r,
+                j->rows, scratch);
+    }
 }
 
 static void rows_task(void *ctx, int64_t task, int thread) {
@@ -87,6 +111,15 @@ void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int
         .X = X,
     };
 
+    int n_threads = pool ? pam_pool_n_threads(pool) : 1;
+    if (n >= TILE_MIN_N && (j.tile = pam_vec_tile_select(type)) != NULL) {
+        j.scratch_bytes = (pam_vec_tile_scratch_bytes(type, cols) + 63) & ~(size_t)63;
+        if (j.scratch_bytes) {
+            j.scratch = malloc(j.scratch_bytes * (size_t)n_threads);
+            if (!j.scratch) j.tile = NULL; /* the row-by-row path needs no scratch */
+        }
+    }
+
     alignas(64) uint8_t stack_act[STACK_ACT_BYTES];
     uint8_t *heap_act = NULL;
     if (pam_vec_dot_type(type) == PAM_DT_F32) {
@@ -98,6 +131,7 @@ void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int
         } else {
             heap_act = malloc(total);
             if (!heap_act) {
+                free(j.scratch);
                 for (int64_t i = 0; i < rows * n; i++) Y[i] = NAN;
                 return;
             }
@@ -110,18 +144,20 @@ void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int
         j.act = j.act_out;
     }
 
-    int n_threads = pool ? pam_pool_n_threads(pool) : 1;
-    int64_t n_blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
+    int64_t block = j.tile ? PAM_TILE_ROWS : ROW_BLOCK;
+    int64_t n_blocks = (rows + block - 1) / block;
     int64_t want_tasks = (int64_t)n_threads * TASKS_PER_THREAD;
     int64_t blocks_per_task = (n_blocks + want_tasks - 1) / want_tasks;
     if (blocks_per_task < 1) blocks_per_task = 1;
-    j.chunk_rows = blocks_per_task * ROW_BLOCK;
+    j.chunk_rows = blocks_per_task * block;
     int64_t n_tasks = (rows + j.chunk_rows - 1) / j.chunk_rows;
+    pam_task_fn task = j.tile ? tile_task : rows_task;
     if (n_threads == 1 || n_tasks == 1)
-        for (int64_t t = 0; t < n_tasks; t++) rows_task(&j, t, 0);
+        for (int64_t t = 0; t < n_tasks; t++) task(&j, t, 0);
     else
-        pam_pool_run(pool, rows_task, &j, n_tasks);
+        pam_pool_run(pool, task, &j, n_tasks);
     free(heap_act);
+    free(j.scratch);
 }
 
 void pam_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,

@@ -14,6 +14,13 @@
 #include "kernels/cpu.h"
 #include "kernels/quant_isa.h"
 
+/* quant_avx2.c and quant_avx512.c compile to nothing off x86. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PAM_HAVE_AVX2_KERNELS 1
+#else
+#define PAM_HAVE_AVX2_KERNELS 0
+#endif
+
 /* Byte-exactness with ggml needs every multiply and add rounded separately;
  * clang would otherwise fuse them into FMAs when the target has them. */
 #if defined(__clang__)
@@ -485,7 +492,18 @@ size_t pam_activation_bytes(pam_dtype weight_type, int64_t n) {
 }
 
 void pam_quantize_activations(pam_dtype weight_type, const float *x, void *dst, int64_t n) {
-    pam_quantize_row(pam_vec_dot_type(weight_type), x, dst, n);
+    pam_dtype t = pam_vec_dot_type(weight_type);
+#if PAM_HAVE_AVX2_KERNELS
+    if (t == PAM_DT_Q8_0 && pam_cpu_isa_level() == PAM_ISA_AVX512) {
+        pam_quantize_q8_0_avx512(x, dst, n);
+        return;
+    }
+    if (t == PAM_DT_Q8_0 && pam_cpu_isa_level() == PAM_ISA_AVX2) {
+        pam_quantize_q8_0_avx2(x, dst, n);
+        return;
+    }
+#endif
+    pam_quantize_row(t, x, dst, n);
 }
 
 /* ---- Scalar dot products ------------------------------------------------ */
@@ -609,12 +627,6 @@ static int dot_slot(pam_dtype t) {
     }
 }
 
-/* quant_avx2.c compiles to nothing off x86. */
-#if defined(__x86_64__) || defined(__i386__)
-#define PAM_HAVE_AVX2_KERNELS 1
-#else
-#define PAM_HAVE_AVX2_KERNELS 0
-#endif
 
 /* A level without its own kernel for a type repeats the next lower one. */
 static const pam_vec_dot_fn k_dots[PAM_ISA_COUNT][N_SLOTS] = {
@@ -648,8 +660,57 @@ pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type) {
         if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx512;
         if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx512;
     }
+    if (pam_cpu_isa_level() == PAM_ISA_AVX2) {
+        if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx2;
+        if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx2;
+    }
 #endif
     return NULL;
+}
+
+pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type) {
+#if PAM_HAVE_AVX2_KERNELS
+    if (pam_cpu_isa_level() == PAM_ISA_AVX512) {
+        if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx512;
+        if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx512;
+        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx512;
+        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx512;
+        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx512;
+        if (weight_type == PAM_DT_Q4_K) return pam_tile_q4_K_avx512;
+        if (weight_type == PAM_DT_Q6_K) return pam_tile_q6_K_avx512;
+    }
+    if (pam_cpu_isa_level() == PAM_ISA_AVX2) {
+        if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx2;
+        if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx2;
+        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx2;
+        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx2;
+        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx2;
+        if (weight_type == PAM_DT_Q4_K) return pam_tile_q4_K_avx2;
+        if (weight_type == PAM_DT_Q6_K) return pam_tile_q6_K_avx2;
+    }
+#endif
+    return NULL;
+}
+
+size_t pam_vec_tile_scratch_bytes(pam_dtype weight_type, int64_t cols) {
+#if PAM_HAVE_AVX2_KERNELS
+    if (pam_cpu_isa_level() == PAM_ISA_AVX512 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
+        return pam_tile_scratch_avx512(cols);
+    if (pam_cpu_isa_level() == PAM_ISA_AVX2 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
+        return pam_tile_scratch_avx2(cols);
+#endif
+    return 0;
+}
+
+/* The AVX-512 tiles multiply unsigned activations by signed weights: the
+ * activation bytes go up by 128 (the kernel takes 128 * sum(w) back out).
+ * The AVX2 ones read activations as they are. */
+void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols) {
+    if (pam_cpu_isa_level() != PAM_ISA_AVX512 || (weight_type != PAM_DT_Q8_0 && weight_type != PAM_DT_Q4_0))
+        return;
+    pam_block_q8_0 *a = act;
+    for (int64_t i = 0; i < cols / PAM_QK8_0; i++)
+        for (int e = 0; e < PAM_QK8_0; e++) a[i].qs[e] = (int8_t)((uint8_t)a[i].qs[e] ^ 0x80u);
 }
 
 float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n) {

@@ -77,6 +77,23 @@ pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type);
 typedef void (*pam_vec_dot4_fn)(const void *row, size_t row_bytes, const void *act, int64_t n,
                                 float out[4]);
 pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type);
+/* Many rows against many tokens (prefill). For r < rows <= PAM_TILE_ROWS
+ * and t < n_tok, Y[t * ldy + r] = dot(row r of W, token t of act) bit-
+ * identical to what pam_vec_dot_select(weight_type) gives, but with each
+ * weight load shared by several tokens. act holds n_tok tokens act_bytes
+ * apart, first passed through pam_vec_tile_prep_act (the tile kernels only
+ * accept that form). scratch: pam_vec_tile_scratch_bytes(weight_type, cols)
+ * bytes, any alignment, private to the call (may be NULL when that is 0).
+ * NULL when the current ISA level has no tiled kernel for weight_type. */
+#define PAM_TILE_ROWS 32
+typedef void (*pam_vec_tile_fn)(const void *W, size_t row_bytes, int64_t rows, const void *act,
+                                size_t act_bytes, int64_t n_tok, int64_t cols, float *Y, int64_t ldy,
+                                void *scratch);
+pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type);
+size_t pam_vec_tile_scratch_bytes(pam_dtype weight_type, int64_t cols);
+/* Brings one token's activations (cols elements, as pam_quantize_activations
+ * wrote them) into the form the tile kernel of weight_type reads, in place. */
+void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols);
 /* Bytes of n activations in the vec-dot type of weight_type (n as for
  * pam_quantize_activations). */
 size_t pam_activation_bytes(pam_dtype weight_type, int64_t n);

@@ -16,6 +16,10 @@
  *    the offset is taken out with a second vpdpbusd of the constant against
  *    the activations: dot(w, a) = dot(w + c, a) - dot(c, a), exact in int32.
  *
+ * Prefill (many tokens) goes through the tiled kernels further down, which
+ * reuse each weight load for several tokens and reproduce the single-row
+ * arithmetic exactly.
+ *
  * Determinism: every kernel walks its row in a fixed order with fixed lane
  * accumulators and one fixed horizontal sum, so a result depends only on the
  * data and n (never on alignment, threads or the caller). */
@@ -92,6 +96,106 @@ float pam_dot_bf16_avx512(const void *row, const void *act, int64_t n) {
 #undef LOAD16
 #undef MLOAD16
 }
+
+/* ---- float rows: R rows x T tokens --------------------------------------
+ * Every (row, token) pair keeps the single-row kernel's own four
+ * accumulators and walks the same steps (64 at a time, then 16, then one
+ * masked step, then the same final sums), so each output is bit-identical
+ * to pam_dot_*_avx512; a converted weight vector serves T tokens and an
+ * activation vector R rows. */
+
+enum { FT_F32, FT_F16, FT_BF16 };
+#define FR 2 /* rows per register tile */
+#define FT 3 /* tokens per register tile */
+
+static inline __m512 fload16(const void *w, int64_t j, const int type) {
+    if (type == FT_F32) return _mm512_loadu_ps((const float *)w + j);
+    if (type == FT_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const pam_f16 *)w + j)));
+    return bf16x16_to_ps(_mm256_loadu_si256((const __m256i *)((const pam_bf16 *)w + j)));
+}
+
+static inline __m512 fmload16(const void *w, int64_t j, __mmask16 k, const int type) {
+    if (type == FT_F32) return _mm512_maskz_loadu_ps(k, (const float *)w + j);
+    if (type == FT_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, (const pam_f16 *)w + j));
+    return bf16x16_to_ps(_mm256_maskz_loadu_epi16(k, (const pam_bf16 *)w + j));
+}
+
+static inline __attribute__((always_inline)) void ftile512(const uint8_t *W, size_t row_bytes, const float *X,
+                                                           int64_t ldx, int64_t n, float *Y, int64_t ldy,
+                                                           const int R, const int T, const int type) {
+    __m512 acc[FR][FT][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[r][t][c] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m512 w[FR];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) w[r] = fload16(W + (size_t)r * row_bytes, i + 16 * c, type);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m512 x = _mm512_loadu_ps(X + t * ldx + i + 16 * c);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) acc[r][t][c] = _mm512_fmadd_ps(w[r], x, acc[r][t][c]);
+            }
+        }
+    for (; i + 16 <= n; i += 16)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 w = fload16(W + (size_t)r * row_bytes, i, type);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[r][t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + t * ldx + i), acc[r][t][0]);
+        }
+    if (i < n) {
+        const __mmask16 k = mask16(n - i);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 w = fmload16(W + (size_t)r * row_bytes, i, k, type);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[r][t][1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(k, X + t * ldx + i), acc[r][t][1]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            Y[t * ldy + r] = hsum16(_mm512_add_ps(_mm512_add_ps(acc[r][t][0], acc[r][t][1]),
+                                                  _mm512_add_ps(acc[r][t][2], acc[r][t][3])));
+}
+
+/* Token tiles outside, row pairs inside: the rows (one panel) stay in cache
+ * while every token passes. */
+#define FTILE512_FN(NAME, TYPE)                                                                        \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
+        const float *X = act;                                                                         \
+        const int64_t ldx = (int64_t)(act_bytes / sizeof(float));                                     \
+        for (int64_t t = 0; t < n_tok; t += FT) {                                                     \
+            const int64_t nt = n_tok - t;                                                             \
+            for (int64_t r = 0; r < rows; r += FR) {                                                  \
+                const uint8_t *w = (const uint8_t *)W + (size_t)r * row_bytes;                        \
+                const float *x = X + t * ldx;                                                         \
+                float *y = Y + t * ldy + r;                                                           \
+                if (rows - r >= 2) {                                                                  \
+                    if (nt >= 3) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 2, 3, TYPE);            \
+                    else if (nt == 2) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 2, 2, TYPE);       \
+                    else ftile512(w, row_bytes, x, ldx, cols, y, ldy, 2, 1, TYPE);                    \
+                } else {                                                                              \
+                    if (nt >= 3) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 1, 3, TYPE);            \
+                    else if (nt == 2) ftile512(w, row_bytes, x, ldx, cols, y, ldy, 1, 2, TYPE);       \
+                    else ftile512(w, row_bytes, x, ldx, cols, y, ldy, 1, 1, TYPE);                    \
+                }                                                                                     \
+            }                                                                                         \
+        }                                                                                             \
+    }
+FTILE512_FN(pam_tile_f32_avx512, FT_F32)
+FTILE512_FN(pam_tile_f16_avx512, FT_F16)
+FTILE512_FN(pam_tile_bf16_avx512, FT_BF16)
 
 /* ---- Q8_0 / Q4_0 against Q8_0: groups of 16 blocks ---------------------- */
 
@@ -293,42 +397,63 @@ static inline __m512i spread_pair16(__m512i v, int lo) {
     return _mm512_permutexvar_epi16(idx, v);
 }
 
-float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n) {
+/* One row against T token activations (T = 1: the plain dot). The weight
+ * side (scales, nibbles) is unpacked once per block for all T tokens; each
+ * token's arithmetic is the same whatever T, so the results are too. */
+#define KT 4 /* tokens per call in the tiled K-quant kernels */
+
+static inline __attribute__((always_inline)) void q4_K_tokens(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
     const pam_block_q4_K *w = row;
-    const pam_block_q8_K *a = act;
     const int64_t nb = n / PAM_QK_K;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    __m512 acc = _mm512_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();
+    __m512 acc[KT];
+    __m128 acc_m[KT];
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm512_setzero_ps();
+        acc_m[t] = _mm_setzero_ps();
+    }
 
     for (int64_t i = 0; i < nb; i++) {
-        const float d = a[i].d * _cvtsh_ss(w[i].d);
-        const float dmin = -a[i].d * _cvtsh_ss(w[i].dmin);
         uint8_t sm[16];
         unpack_q4_K_scales(w[i].scales, sm);
         const __m256i sm16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm));
         const __m512i sc = _mm512_castsi256_si512(sm16);
-
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
-        const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m);
-
-        const uint8_t *q4 = w[i].qs;
-        const int8_t *q8 = a[i].qs;
-        __m512i sumi = _mm512_setzero_si512();
-        for (int j = 0; j < PAM_QK_K / 64; j++, q4 += 32, q8 += 64) {
-            const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
-            const __m512i q = _mm512_and_si512(
-                _mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1), m4);
-            const __m512i p16 = _mm512_maddubs_epi16(q, _mm512_loadu_si512(q8));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_pair16(sc, 2 * j), p16));
+        __m512i q[PAM_QK_K / 64], scj[PAM_QK_K / 64];
+        for (int j = 0; j < PAM_QK_K / 64; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * j));
+            q[j] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4), 1),
+                                    m4);
+            scj[j] = spread_pair16(sc, 2 * j);
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const float dmin = -a->d * _cvtsh_ss(w[i].dmin);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m128i bs8 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const __m128i mprod = _mm_madd_epi16(_mm256_extracti128_si256(sm16, 1), bs8);
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mprod), acc_m[t]);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 64; j++) {
+                const __m512i p16 = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(a->qs + 64 * j));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scj[j], p16));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    return hsum16(acc) + _mm_cvtss_f32(acc_m);
+    for (int t = 0; t < T; t++) {
+        __m128 m = acc_m[t];
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[t * out_stride] = hsum16(acc[t]) + _mm_cvtss_f32(m);
+    }
+}
+
+float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n) {
+    float out;
+    q4_K_tokens(row, &act, n, &out, 1, 1);
+    return out;
 }
 
 /* ---- Q6_K against Q8_K ----------------------------------------------------
@@ -345,49 +470,306 @@ static inline __m512i spread_quad16(__m512i v, int lo) {
     return _mm512_permutexvar_epi16(idx, v);
 }
 
-float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
+static inline __attribute__((always_inline)) void q6_K_tokens(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
     const pam_block_q6_K *w = row;
-    const pam_block_q8_K *a = act;
     const int64_t nb = n / PAM_QK_K;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i m2 = _mm512_set1_epi8(0x03);
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[KT];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
 
     for (int64_t i = 0; i < nb; i++) {
-        const float d = a[i].d * _cvtsh_ss(w[i].d);
         const uint8_t *ql = w[i].ql;
         const uint8_t *qh = w[i].qh;
-        const int8_t *q8 = a[i].qs;
-
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
         const __m512i sc = _mm512_castsi256_si512(sc16);
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)a[i].bsums);
-        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
-
-        __m512i sumi = _mm512_setzero_si512();
-        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32, q8 += 128) {
+        __m512i qa[PAM_QK_K / 128], qb[PAM_QK_K / 128], sa[PAM_QK_K / 128], sb[PAM_QK_K / 128];
+        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32) {
             const __m512i l = _mm512_loadu_si512(ql);
             const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
             const __m512i h2 = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 2), 1);
-            const __m512i qa = _mm512_or_si512(_mm512_and_si512(l, m4),
-                                               _mm512_slli_epi16(_mm512_and_si512(h2, m2), 4));
-            const __m512i qb = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h2, 4), m2), 4));
-            const __m512i pa = _mm512_maddubs_epi16(qa, _mm512_loadu_si512(q8));
-            const __m512i pb = _mm512_maddubs_epi16(qb, _mm512_loadu_si512(q8 + 64));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_quad16(sc, 8 * j), pa));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(spread_quad16(sc, 8 * j + 4), pb));
+            qa[j] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(h2, m2), 4));
+            qb[j] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h2, 4), m2), 4));
+            sa[j] = spread_quad16(sc, 8 * j);
+            sb[j] = spread_quad16(sc, 8 * j + 4);
         }
-        /* 16 lanes to 8, then the offset, in the AVX2 kernel's lane layout */
-        __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
-        s8 = _mm256_sub_epi32(s8, offset);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc);
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 128; j++) {
+                const __m512i pa = _mm512_maddubs_epi16(qa[j], _mm512_loadu_si512(a->qs + 128 * j));
+                const __m512i pb = _mm512_maddubs_epi16(qb[j], _mm512_loadu_si512(a->qs + 128 * j + 64));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(sa[j], pa));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(sb[j], pb));
+            }
+            /* 16 lanes to 8, then the offset, in the AVX2 kernel's lane layout */
+            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+            s8 = _mm256_sub_epi32(s8, offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc[t]);
+        }
     }
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    for (int t = 0; t < T; t++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[t * out_stride] = _mm_cvtss_f32(s);
+    }
+}
+
+float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
+    float out;
+    q6_K_tokens(row, &act, n, &out, 1, 1);
+    return out;
+}
+
+/* Tiled K-quants: each row against KT tokens at a time, the panel's rows
+ * staying in cache while the tokens pass. */
+#define KTILE_FN(NAME, TOKENS)                                                                         \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,       \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {                    \
+        for (int64_t t = 0; t < n_tok; t += KT) {                                                     \
+            const void *acts[KT];                                                                     \
+            const int64_t nt = n_tok - t < KT ? n_tok - t : KT;                                       \
+            for (int k = 0; k < nt; k++) acts[k] = (const uint8_t *)act + (size_t)(t + k) * act_bytes; \
+            for (int64_t r = 0; r < rows; r++) {                                                      \
+                const void *w = (const uint8_t *)W + (size_t)r * row_bytes;                           \
+                float *y = Y + t * ldy + r;                                                           \
+                if (nt == KT)                                                                         \
+                    TOKENS(w, acts, cols, y, ldy, KT);                                                \
+                else                                                                                  \
+                    for (int k = 0; k < nt; k++) TOKENS(w, acts + k, cols, y + k * ldy, ldy, 1);      \
+            }                                                                                         \
+        }                                                                                             \
+    }
+KTILE_FN(pam_tile_q4_K_avx512, q4_K_tokens)
+KTILE_FN(pam_tile_q6_K_avx512, q6_K_tokens)
+
+/* ---- Q8_0 activations ----------------------------------------------------
+ * Byte-identical to the reference quantiser: the same amax, d = amax / 127,
+ * id = 1 / d, and roundf (half away from zero) done exactly as truncation
+ * plus a correction when the dropped fraction is at least one half. */
+
+static inline __m128i round_away_i8(__m512 v) {
+    __m512i i = _mm512_cvttps_epi32(v);
+    const __m512 f = _mm512_sub_ps(v, _mm512_cvtepi32_ps(i)); /* exact: |v| < 2^23 */
+    i = _mm512_mask_add_epi32(i, _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ), i, _mm512_set1_epi32(1));
+    i = _mm512_mask_sub_epi32(i, _mm512_cmp_ps_mask(f, _mm512_set1_ps(-0.5f), _CMP_LE_OQ), i, _mm512_set1_epi32(1));
+    return _mm512_cvtepi32_epi8(i);
+}
+
+void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n) {
+    pam_block_q8_0 *y = dst;
+    for (int64_t i = 0; i < n / PAM_QK8_0; i++, x += PAM_QK8_0) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float d = amax / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = pam_f32_to_f16(d);
+        _mm_storeu_si128((__m128i *)y[i].qs, round_away_i8(_mm512_mul_ps(v0, _mm512_set1_ps(id))));
+        _mm_storeu_si128((__m128i *)(y[i].qs + 16), round_away_i8(_mm512_mul_ps(v1, _mm512_set1_ps(id))));
+    }
+}
+
+/* ---- Q8_0 / Q4_0: many rows x many tokens (prefill) ----------------------
+ * The single-row kernel above sees, per row and 16-block group g, a vector
+ * whose lane b is the exact int32 sum of block 16g + b; it multiplies it by
+ * w_d * a_d in the same lane and adds it into accumulator g % 2 (a trailing
+ * partial group into accumulator 1, its empty lanes adding 0), and ends with
+ * hsum16(acc0 + acc1). Here the same float operations run with the layout
+ * transposed: one vector holds 16 rows of one block lane b, so the state is
+ * A[token][g % 2][b] (16 rows each) and the final hsum16 becomes the same
+ * tree of vertical adds over b. Every element sees the identical sequence of
+ * roundings, so results are bit-identical to the single-row kernel.
+ *
+ * The integer sums come from a register tile in the classic GEMM shape:
+ * a panel of PANEL rows is repacked so that one zmm holds 4 bytes of the
+ * same block for 16 rows; vpdpbusd with 4 broadcast activation bytes then
+ * adds into a per-row lane, and 8 steps finish a block with no horizontal
+ * work at all. vpdpbusd wants one unsigned operand: activations come in
+ * offset by +128 (pam_vec_tile_prep_act), the weights stay signed, and the
+ * accumulator starts at -128 * sum(w) over the block (from the repack).
+ * Each weight vector feeds TILE_T tokens and each activation broadcast 2
+ * row vectors. */
+
+#define PANEL PAM_TILE_ROWS
+#define RV (PANEL / 16)
+#define TILE_T 4
+_Static_assert(TILE_T == 4, "tile_run finishes the last 1..3 tokens by hand");
+
+typedef struct {
+    int8_t w[RV][8][64]; /* [row vector][4-byte step k][row lane l][byte] */
+    int32_t corr[RV][16]; /* -128 * sum of the block's weights, per row */
+    float d[RV][16];      /* weight scale, per row (0 for padding rows) */
+} panel_block;
+
+size_t pam_tile_scratch_avx512(int64_t cols) {
+    return (size_t)(cols / PAM_QK8_0) * sizeof(panel_block) + 64;
+}
+
+/* Repacking gathers 4 bytes of one block from each of 16 rows per vector
+ * (rows >= `rows` masked off to 0). off: byte offsets of the 16 rows. */
+static inline __m512i gather_rows(const uint8_t *base, __m512i off, __mmask16 k) {
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, off, base, 1);
+}
+
+static inline void panel_finish(panel_block *pb, int v, const uint8_t *blk, __m512i off, __mmask16 k) {
+    __m512i sum = _mm512_setzero_si512();
+    for (int s = 0; s < 8; s++)
+        sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), _mm512_load_si512(pb->w[v][s]));
+    _mm512_store_si512(pb->corr[v], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
+    /* the f16 scale is the block's first two bytes */
+    _mm512_store_ps(pb->d[v], _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gather_rows(blk, off, k))));
+}
+
+static inline __m512i row_offsets(size_t row_bytes, int v) {
+    return _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(16 * v),
+                                               _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)),
+                              _mm512_set1_epi32((int)row_bytes));
+}
+
+static inline __mmask16 rows_mask(int rows, int v) {
+    const int left = rows - 16 * v;
+    return left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : mask16(left);
+}
+
+static void repack_q8_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
+    for (int v = 0; v < RV; v++) {
+        const __m512i off = row_offsets(row_bytes, v);
+        const __mmask16 k = rows_mask(rows, v);
+        for (int64_t i = 0; i < nb; i++) {
+            const uint8_t *blk = (const uint8_t *)W + (size_t)i * sizeof(pam_block_q8_0);
+            for (int s = 0; s < 8; s++)
+                _mm512_store_si512(P[i].w[v][s], gather_rows(blk + 2 + 4 * s, off, k));
+            panel_finish(&P[i], v, blk, off, k);
+        }
+    }
+}
+
+static void repack_q4_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
+    for (int v = 0; v < RV; v++) {
+        const __m512i off = row_offsets(row_bytes, v);
+        const __mmask16 k = rows_mask(rows, v);
+        for (int64_t i = 0; i < nb; i++) {
+            const uint8_t *blk = (const uint8_t *)W + (size_t)i * sizeof(pam_block_q4_0);
+            for (int s = 0; s < 4; s++) {
+                /* low nibbles: elements 4s..4s+3; high: 16 + 4s.. (step s + 4) */
+                const __m512i g = gather_rows(blk + 2 + 4 * s, off, k);
+                _mm512_store_si512(P[i].w[v][s], _mm512_sub_epi8(_mm512_and_si512(g, m4), eight));
+                _mm512_store_si512(P[i].w[v][s + 4],
+                                   _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(g, 4), m4), eight));
+            }
+            panel_finish(&P[i], v, blk, off, k);
+        }
+    }
+}
+
+/* Float state of one token tile: [token][accumulator][block lane][row vector]. */
+typedef struct {
+    __m512 a[TILE_T][2][GROUP][RV];
+} tile_acc;
+
+static inline __attribute__((always_inline)) void tile_tokens(const panel_block *P, int64_t nb, const uint8_t *act,
+                                                              size_t act_bytes, float *Y, int64_t ldy,
+                                                              __mmask16 km[RV], tile_acc *A, const int T) {
+    const pam_block_q8_0 *a[TILE_T];
+    for (int t = 0; t < T; t++) a[t] = (const pam_block_q8_0 *)(act + (size_t)t * act_bytes);
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < 2; c++)
+            for (int b = 0; b < GROUP; b++)
+                for (int v = 0; v < RV; v++) A->a[t][c][b][v] = _mm512_setzero_ps();
+
+    const int64_t nfull = nb / GROUP;
+    for (int64_t i = 0; i < nb; i++) {
+        const int64_t g = i / GROUP;
+        const int b = (int)(i % GROUP), c = g < nfull ? (int)(g & 1) : 1;
+        const panel_block *pb = &P[i];
+        __m512i s[TILE_T][RV];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+            for (int v = 0; v < RV; v++) s[t][v] = _mm512_load_si512(pb->corr[v]);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            __m512i w[RV];
+#pragma GCC unroll 4
+            for (int v = 0; v < RV; v++) w[v] = _mm512_load_si512(pb->w[v][k]);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                int32_t q;
+                memcpy(&q, a[t][i].qs + 4 * k, 4);
+                const __m512i ab = _mm512_set1_epi32(q);
+#pragma GCC unroll 4
+                for (int v = 0; v < RV; v++) s[t][v] = _mm512_dpbusd_epi32(s[t][v], ab, w[v]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const __m512 ad = _mm512_set1_ps(_cvtsh_ss(a[t][i].d));
+#pragma GCC unroll 4
+            for (int v = 0; v < RV; v++)
+                A->a[t][c][b][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t][v]),
+                                                   _mm512_mul_ps(_mm512_load_ps(pb->d[v]), ad), A->a[t][c][b][v]);
+        }
+    }
+    /* the partial group's empty lanes: acc + 0 * 0, as the single-row kernel */
+    if (nb % GROUP)
+        for (int b = (int)(nb % GROUP); b < GROUP; b++)
+            for (int t = 0; t < T; t++)
+                for (int v = 0; v < RV; v++) A->a[t][1][b][v] = _mm512_add_ps(A->a[t][1][b][v], _mm512_setzero_ps());
+
+    /* hsum16(acc0 + acc1), lane by lane */
+    for (int t = 0; t < T; t++)
+        for (int v = 0; v < RV; v++) {
+            __m512 x[GROUP];
+            for (int b = 0; b < GROUP; b++) x[b] = _mm512_add_ps(A->a[t][0][b][v], A->a[t][1][b][v]);
+            for (int h = GROUP / 2; h >= 1; h /= 2)
+                for (int b = 0; b < h; b++) x[b] = _mm512_add_ps(x[b], x[b + h]);
+            _mm512_mask_storeu_ps(Y + t * ldy + 16 * v, km[v], x[0]);
+        }
+}
+
+static void tile_run(const panel_block *P, int rows, const void *act, size_t act_bytes, int64_t n_tok,
+                     int64_t nb, float *Y, int64_t ldy) {
+    __mmask16 km[RV];
+    for (int v = 0; v < RV; v++) km[v] = rows_mask(rows, v);
+    tile_acc A;
+    const uint8_t *a = act;
+    int64_t t = 0;
+    for (; t + TILE_T <= n_tok; t += TILE_T)
+        tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, &A, TILE_T);
+    const uint8_t *at = a + (size_t)t * act_bytes;
+    switch (n_tok - t) { /* the last few tokens together too */
+    case 3: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 3); break;
+    case 2: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 2); break;
+    case 1: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 1); break;
+    default: break;
+    }
+}
+
+static inline panel_block *panel_of(void *scratch) {
+    return (panel_block *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+}
+
+void pam_tile_q8_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                          int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {
+    const int64_t nb = cols / PAM_QK8_0;
+    panel_block *P = panel_of(scratch);
+    repack_q8_0(P, W, row_bytes, (int)rows, nb);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy);
+}
+
+void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                          int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch) {
+    const int64_t nb = cols / PAM_QK4_0;
+    panel_block *P = panel_of(scratch);
+    repack_q4_0(P, W, row_bytes, (int)rows, nb);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy);
 }
 
 #endif

@@ -1,7 +1,12 @@
 /* Per-ISA dot kernels behind pam_vec_dot (private to kernels/). Each has the
  * pam_vec_dot_fn shape: (row of weights, activations in the vec-dot type, n).
  * The *_avx2 ones may only be called when pam_cpu_detect() >= PAM_ISA_AVX2,
- * the *_avx512 ones when it is PAM_ISA_AVX512. */
+ * the *_avx512 ones when it is PAM_ISA_AVX512.
+ *
+ * The multi-row (dot4) and tiled (pam_tile_*) kernels of a level must give,
+ * for every output, the bits of that level's single-row kernel: they repeat
+ * its floating-point operations in its order and only share loads, integer
+ * work and unpacking between rows and tokens (test_matmul checks it). */
 #ifndef PAM_KERNELS_QUANT_ISA_H
 #define PAM_KERNELS_QUANT_ISA_H
 
@@ -24,6 +29,10 @@ float pam_dot_q4_0_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q4_K_avx2(const void *row, const void *act, int64_t n);
 float pam_dot_q6_K_avx2(const void *row, const void *act, int64_t n);
 
+/* Four rows, as the AVX-512 ones below. */
+void pam_dot4_q8_0_avx2(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+void pam_dot4_q4_0_avx2(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+
 float pam_dot_f32_avx512(const void *row, const void *act, int64_t n);
 float pam_dot_f16_avx512(const void *row, const void *act, int64_t n);
 float pam_dot_bf16_avx512(const void *row, const void *act, int64_t n);
@@ -35,5 +44,35 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n);
  * is bit-identical to the single-row kernel of the same ISA on row r. */
 void pam_dot4_q8_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+
+/* Q8_0 quantisers byte-identical to the reference one (for activations). */
+void pam_quantize_q8_0_avx2(const float *x, void *dst, int64_t n);
+void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n);
+
+/* Tiled kernels behind pam_vec_tile_select (see quant.h), and their scratch. */
+size_t pam_tile_scratch_avx2(int64_t cols);
+#define PAM_TILE_DECL(NAME)                                                                          \
+    void NAME(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,     \
+              int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
+PAM_TILE_DECL(pam_tile_f32_avx2)
+PAM_TILE_DECL(pam_tile_f16_avx2)
+PAM_TILE_DECL(pam_tile_bf16_avx2)
+PAM_TILE_DECL(pam_tile_q4_K_avx2)
+PAM_TILE_DECL(pam_tile_q6_K_avx2)
+PAM_TILE_DECL(pam_tile_f32_avx512)
+PAM_TILE_DECL(pam_tile_f16_avx512)
+PAM_TILE_DECL(pam_tile_bf16_avx512)
+PAM_TILE_DECL(pam_tile_q4_K_avx512)
+PAM_TILE_DECL(pam_tile_q6_K_avx512)
+#undef PAM_TILE_DECL
+void pam_tile_q8_0_avx2(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                        int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
+void pam_tile_q4_0_avx2(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                        int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
+size_t pam_tile_scratch_avx512(int64_t cols);
+void pam_tile_q8_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                          int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
+void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                          int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
 
 #endif
