@@ -41,5 +41,9 @@ echo "== ASan+UBSan tests"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs")
 echo "== TSan tests (thread pool, threaded kernels and forward pass)"
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j"$jobs" -R "$TSAN_TESTS")
+echo "== Forward pass on the portable scalar and AVX2 kernel paths"
+for isa in scalar avx2; do
+  (cd build && PAM_ISA=$isa ctest --output-on-failure -j"$jobs" -R "test_golden|test_forward_ref|test_batch|test_llama_compat")
+done
 echo "== Release tests"
 (cd build && ctest --output-on-failure -j"$jobs")
