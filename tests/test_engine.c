@@ -617,7 +617,11 @@ static void test_preempt_resume(void **state) {
     hi.priority = 5;
     static result ref_lo, ref_hi, got_lo, got_hi;
     uint64_t caps[2] = {(uint64_t)layers() * 40, (uint64_t)layers() * 40};
-    for (int pass = 0; pass < 2; pass++) {
+    int done = 0;
+    /* pass 0: each alone; then up to 3 tries of the preemption (a try where
+     * the low-priority request ends before the other arrives, possible on
+     * a loaded machine, does not count) */
+    for (int pass = 0; pass < 4 && !done; pass++) {
         pam_kvm *kvm = make_kvm(16, caps, 2);
         pam_engine *e = make_engine_kvm(1, kvm, 0, 512);
         if (pass == 0) {
@@ -642,20 +646,26 @@ static void test_preempt_resume(void **state) {
             collect(b, &got_hi);
             pam_engine_stats st;
             pam_engine_get_stats(e, &st);
-            assert_int_equal(st.n_preempted, 1);
-            assert_true(st.n_demoted_blocks > 0);
+            int preempted = st.n_preempted == 1;
+            if (preempted) assert_true(st.n_demoted_blocks > 0);
             collect(a, &got_lo);
             pam_request_release(a);
             pam_request_release(b);
             pam_engine_get_stats(e, &st);
-            assert_int_equal(st.n_resumed, 1);
-            assert_int_equal(st.n_paused, 0);
-            assert_true(st.n_migrations >= st.n_demoted_blocks);
-            assert_int_equal(st.kv_n_tiers, 2);
+            if (preempted) {
+                assert_int_equal(st.n_resumed, 1);
+                assert_int_equal(st.n_paused, 0);
+                assert_true(st.n_migrations >= st.n_demoted_blocks);
+                assert_int_equal(st.kv_n_tiers, 2);
+                done = 1;
+            } else {
+                assert_int_equal(st.n_preempted, 0);
+            }
         }
         pam_engine_destroy(e);
         pam_kvm_destroy(kvm);
     }
+    assert_true(done);
     /* a's text was read partly above: compare tokens, the complete record */
     assert_int_equal(got_lo.finish, PAM_FINISH_LENGTH);
     assert_int_equal(got_lo.n_tok, ref_lo.n_tok);
