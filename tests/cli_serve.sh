@@ -2,7 +2,9 @@
 # pam serve end to end over loopback HTTP: endpoints, streaming, 32
 # concurrent clients equal to each alone, prefix-cache reuse in /metrics,
 # every bad-input case, a full queue, client disconnects freeing the slot,
-# SIGTERM drain, and the official openai npm client.
+# SIGTERM drain, the official openai npm client, and the tiered KV flags:
+# same greedy text over two tiers, per-tier metrics, a trace, preemption of
+# a running request by a higher-priority one (KV demoted, then resumed).
 # usage: cli_serve.sh PAM_BINARY SHARED_DIR BUILD_DIR
 set -u
 pam=$1 shared=$2 build=$3
@@ -180,4 +182,37 @@ check "SIGTERM drains: the running stream completes all 150 tokens" $?
 for _ in $(seq 600); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
 wait "$SPID"; check "SIGTERM: exit 0 after the drain" $?
 grep -q "drained" "$tmp/s2.log"; check "drain logged" $?
+# Tiered KV: two dram tiers (the first small), 4-token blocks, a trace.
+start_server "$tmp/s3.log" -m "$model" -np 2 -c 256 -t 2 --kv-tier dram:256KiB --kv-tier dram:4MiB --kv-block 4 \
+  --kv-policy pam --kv-trace "$tmp/trace.jsonl" || exit 1
+grep -q "KV cache: 2 tier(s), blocks of 4 tokens, policy pam" "$tmp/s3.log"; check "serve --kv-tier: the tiers are logged" $?
+ok=0
+for _ in 1 2; do
+  [ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":12,"temperature":0}')" = 200 ] &&
+    grep -q '"text":", there was a little girl named Lily' "$tmp/body" && grep -q '"completion_tokens":12' "$tmp/body" || ok=1
+done
+check "two tiers: the same greedy text, fresh and from the prefix cache" $ok
+[ "$(metric 'pam_kv_blocks_capacity{tier="dram"}')" -gt 0 ] && [ "$(metric 'pam_kv_blocks_capacity{tier="dram#1"}')" -gt 0 ] &&
+  [ "$(metric 'pam_kv_blocks{tier="dram"}')" -gt 0 ] && [ "$(metric pam_kv_block_tokens)" = 4 ] &&
+  [ "$(metric pam_prefix_cache_hits_total)" -ge 1 ] && [ "$(metric pam_prefix_cache_entries)" -ge 1 ]
+check "/metrics: blocks per tier, prefix-cache hits" $?
+[ "$(wc -l <"$tmp/trace.jsonl")" -ge 12 ] && grep -q '"tiers":\[{"name":"dram"' "$tmp/trace.jsonl"
+check "--kv-trace: a JSON line per engine step" $?
+stop_server; check "tiered server: SIGTERM exit 0" $?
+
+# Preemption on the slow model with one slot: a priority request demotes
+# the running one's KV to the slowest tier; it resumes afterwards.
+start_server "$tmp/s4.log" -m "$slow" -np 1 -c 2048 -t 2 --kv-tier dram:4MiB --kv-tier dram:16MiB --alias slow || exit 1
+curl -sN -m 300 "http://127.0.0.1:$PORT/v1/completions" -d "$longreq" >"$tmp/low.sse" & c4=$!
+wait_metric pam_generation_tokens_total '>=' 2
+[ "$(req POST /v1/completions '{"prompt":"hello","max_tokens":5,"priority":10,"temperature":0}')" = 200 ] &&
+  grep -q '"completion_tokens":5' "$tmp/body" && [ "$(metric pam_preemptions_total)" = 1 ] &&
+  [ "$(metric pam_kv_demoted_blocks_total)" -gt 0 ] && wait_metric pam_resumptions_total '>=' 1 &&
+  wait_metric pam_requests_running '==' 1
+check "a priority request preempts the running one (KV demoted), which resumes" $?
+g1=$(metric pam_generation_tokens_total)
+wait_metric pam_generation_tokens_total '>=' $((g1 + 2)); check "the resumed request keeps generating" $?
+kill "$c4"; wait "$c4" 2>/dev/null
+[ "$(req POST /v1/completions '{"prompt":"hello","priority":"high"}')" = 400 ]; check "priority must be an integer" $?
+stop_server; check "preemption server: SIGTERM exit 0" $?
 exit $fail

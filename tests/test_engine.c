@@ -2,7 +2,11 @@
  * each request run alone (greedy and seeded sampling), the greedy reference
  * text comes out, prefix reuse does not change outputs, cancellation frees
  * the slot, stop strings (across token boundaries) and max_tokens end a
- * request, a full queue and bad requests are refused, drain waits. */
+ * request, a full queue and bad requests are refused, drain waits. Over the
+ * paged KV cache: block-level prefix caching (shared prefixes with divergent
+ * continuations, LRU eviction when space runs out) leaves outputs unchanged,
+ * admission waits for KV capacity, and a preempted request (KV demoted to
+ * the slowest tier, then resumed) gives the same tokens as alone. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +16,8 @@
 #include "core/status.h"
 #include "core/timing.h"
 #include "engine/engine.h"
+#include "kv/kvm.h"
+#include "kv/tier.h"
 #include "model/convert.h"
 #include "model/model.h"
 #include "util/test_util.h"
@@ -411,6 +417,265 @@ static void test_drain(void **state) {
     pam_engine_destroy(e);
 }
 
+/* n dram tiers of caps[i] blocks each (bt tokens per block), policy pam. */
+static pam_kvm *make_kvm(int32_t bt, const uint64_t *caps, int n) {
+    const pam_model_hparams *hp = pam_model_get_hparams(g_model);
+    pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, bt};
+    uint64_t bb = 2ull * 2ull * (uint64_t)bt * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+    pam_tier *t[4];
+    for (int i = 0; i < n; i++)
+        if (pam_tier_dram_open(&shape, caps[i] * bb, &t[i]) != PAM_OK) fail_msg("dram: %s", pam_last_error());
+    pam_kvm_config kc = {.shape = shape, .tiers = t, .n_tiers = n, .policy = PAM_KV_POLICY_PAM};
+    pam_kvm *kvm;
+    if (pam_kvm_create(&kc, g_pool, &kvm) != PAM_OK) fail_msg("kvm: %s", pam_last_error());
+    return kvm;
+}
+
+static pam_engine *make_engine_kvm(int slots, pam_kvm *kvm, int prefix_cache, int32_t n_ctx) {
+    pam_engine_params p;
+    pam_engine_params_default(&p);
+    p.n_slots = slots;
+    p.n_ctx = n_ctx;
+    p.n_queue = 64;
+    p.prefill_chunk = 7;
+    p.prefix_cache = prefix_cache;
+    p.kvm = kvm;
+    pam_engine *e;
+    if (pam_engine_create(g_model, g_pool, &p, &e) != PAM_OK) fail_msg("engine: %s", pam_last_error());
+    return e;
+}
+
+static int32_t layers(void) { return pam_model_get_hparams(g_model)->n_layer; }
+
+/* Prompts sharing a long prefix, diverging at different points (inside a
+ * block and at a block boundary), plus exact repeats: with the block-level
+ * prefix cache every output equals the output without it, and the reused
+ * counts follow the shared prefix. */
+#define N_PFX 8
+static void test_prefix_blocks_divergent(void **state) {
+    static const char *const prompts[N_PFX] = {
+        "Once upon a time, there was a little girl named Lily. She loved to play",
+        "Once upon a time, there was a little girl named Lily. She loved to eat",
+        "Once upon a time, there was a little girl named Lily. She loved to play",
+        "Once upon a time, there was a little boy named Tom. He",
+        "Once upon a time, there was a little girl named Lily. She loved to play outside",
+        "Once upon a time, there was a big dog",
+        "The cat sat on the mat",
+        "Once upon a time, there was a little boy named Tom. He",
+    };
+    static result ref[N_PFX], got[N_PFX];
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 24;
+    rp.ignore_eos = 1;
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0: no prefix cache; pass 1: cache, 4-token blocks */
+        uint64_t cap = 4096;
+        pam_kvm *kvm = make_kvm(4, &cap, 1);
+        pam_engine *e = make_engine_kvm(2, kvm, pass, 256);
+        for (int i = 0; i < N_PFX; i++) {
+            pam_request *r = submit_text(e, prompts[i], &rp);
+            collect(r, pass ? &got[i] : &ref[i]);
+            pam_request_release(r);
+        }
+        pam_engine_stats st;
+        pam_engine_get_stats(e, &st);
+        pam_engine_destroy(e);
+        pam_kvm_destroy(kvm);
+        if (pass == 0) {
+            assert_int_equal(st.prefix_hits, 0);
+            continue;
+        }
+        assert_int_equal(st.prefix_lookups, N_PFX);
+        assert_true(st.prefix_hits >= 5);
+        assert_true(st.prefix_entries > 0);
+        assert_int_equal(st.kv_block_tokens, 4);
+        assert_true(st.kv_blocks_used > 0); /* the cached prefixes */
+    }
+    for (int i = 0; i < N_PFX; i++) {
+        assert_int_equal(ref[i].n_cached, 0);
+        assert_int_equal(got[i].n_tok, ref[i].n_tok);
+        if (memcmp(got[i].tok, ref[i].tok, sizeof(int32_t) * (size_t)ref[i].n_tok) != 0)
+            fail_msg("prompt %d: tokens differ with the prefix cache", i);
+        assert_string_equal(got[i].text, ref[i].text);
+    }
+    assert_int_equal(got[0].n_cached, 0);
+    assert_true(got[1].n_cached >= got[1].n_prompt - 3 && got[1].n_cached < got[1].n_prompt - 1); /* diverges at the end */
+    assert_int_equal(got[2].n_cached, got[2].n_prompt - 1); /* a repeat */
+    assert_true(got[3].n_cached > 5 && got[3].n_cached < got[3].n_prompt - 1);
+    assert_true(got[4].n_cached >= got[0].n_prompt); /* prompt 0 and its output are cached */
+    assert_int_equal(got[6].n_cached, 1); /* BOS only */
+    assert_int_equal(got[7].n_cached, got[7].n_prompt - 1);
+}
+
+/* A cache too small for everything: cached prefixes are evicted (LRU) so new
+ * requests fit, and outputs do not change. Two slots share room for about
+ * two sequences. */
+static void test_prefix_eviction(void **state) {
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 40;
+    rp.ignore_eos = 1;
+    static result ref[N_CONC], got[N_CONC];
+    pam_engine *e1 = make_engine(1, 64, 256);
+    for (int i = 0; i < 8; i++) {
+        pam_request *r = submit_text(e1, k_prompts[i], &rp);
+        collect(r, &ref[i]);
+        pam_request_release(r);
+    }
+    pam_engine_destroy(e1);
+    /* 16-token blocks: a request needs at most 4 blocks per layer (+1 spare) */
+    uint64_t cap = (uint64_t)layers() * 10;
+    pam_kvm *kvm = make_kvm(16, &cap, 1);
+    pam_engine *e = make_engine_kvm(2, kvm, 1, 256);
+    pam_request *rs[16];
+    for (int i = 0; i < 16; i++) rs[i] = submit_text(e, k_prompts[i % 8], &rp);
+    for (int i = 0; i < 16; i++) {
+        collect(rs[i], &got[i]);
+        pam_request_release(rs[i]);
+    }
+    pam_engine_stats st;
+    pam_engine_get_stats(e, &st);
+    pam_engine_destroy(e);
+    pam_kvm_destroy(kvm);
+    for (int i = 0; i < 16; i++) {
+        assert_int_equal(got[i].finish, PAM_FINISH_LENGTH);
+        assert_int_equal(got[i].n_tok, ref[i % 8].n_tok);
+        if (memcmp(got[i].tok, ref[i % 8].tok, sizeof(int32_t) * (size_t)ref[i % 8].n_tok) != 0)
+            fail_msg("request %d: tokens differ under eviction", i);
+    }
+    assert_true(st.prefix_evictions > 0);
+    assert_true(st.kv_blocks_used <= cap);
+}
+
+/* Admission by KV capacity: room for one sequence only, two slots: the
+ * second request waits for the first, both equal alone; a prompt the cache
+ * can never hold fails instead of waiting forever. */
+static void test_admission_by_capacity(void **state) {
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 30;
+    rp.ignore_eos = 1;
+    static result ref[2], got[2];
+    pam_engine *e1 = make_engine(1, 64, 256);
+    for (int i = 0; i < 2; i++) {
+        pam_request *r = submit_text(e1, k_prompts[i], &rp);
+        collect(r, &ref[i]);
+        pam_request_release(r);
+    }
+    pam_engine_destroy(e1);
+    uint64_t cap = (uint64_t)layers() * 4; /* 4 blocks of 16 per layer: 64 tokens */
+    pam_kvm *kvm = make_kvm(16, &cap, 1);
+    pam_engine *e = make_engine_kvm(2, kvm, 0, 256);
+    pam_request *r0 = submit_text(e, k_prompts[0], &rp), *r1 = submit_text(e, k_prompts[1], &rp);
+    pam_engine_stats st;
+    pam_engine_get_stats(e, &st);
+    assert_true(st.n_running <= 1);
+    collect(r0, &got[0]);
+    collect(r1, &got[1]);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(got[i].finish, PAM_FINISH_LENGTH);
+        assert_int_equal(got[i].n_tok, ref[i].n_tok);
+        assert_memory_equal(got[i].tok, ref[i].tok, sizeof(int32_t) * (size_t)ref[i].n_tok);
+    }
+    pam_request_release(r0);
+    pam_request_release(r1);
+    /* 100 prompt tokens never fit in 64 */
+    static int32_t big[100];
+    for (int i = 0; i < 100; i++) big[i] = 300 + i;
+    pam_request *r;
+    assert_int_equal(pam_engine_submit(e, big, 100, &rp, &r), PAM_OK);
+    static result res;
+    collect(r, &res);
+    pam_request_release(r);
+    assert_int_equal(res.finish, PAM_FINISH_ERROR);
+    /* ... and the engine still serves */
+    r = submit_text(e, k_prompts[0], &rp);
+    collect(r, &res);
+    pam_request_release(r);
+    assert_memory_equal(res.tok, ref[0].tok, sizeof(int32_t) * (size_t)ref[0].n_tok);
+    pam_engine_get_stats(e, &st);
+    pam_engine_destroy(e);
+    pam_kvm_destroy(kvm);
+    assert_int_equal(st.n_finished[PAM_FINISH_ERROR], 1);
+}
+
+/* One slot, two dram tiers: a low-priority request is preempted by a
+ * high-priority one (its blocks demoted to the slowest tier, not
+ * recomputed), resumes after it, and both give the tokens they give alone. */
+static void test_preempt_resume(void **state) {
+    pam_request_params lo, hi;
+    pam_request_params_default(&lo);
+    lo.sampling.temp = 0;
+    lo.ignore_eos = 1;
+    lo.max_tokens = 0; /* to the end of the context: long enough to be caught running */
+    hi = lo;
+    hi.max_tokens = 20;
+    hi.priority = 5;
+    static result ref_lo, ref_hi, got_lo, got_hi;
+    uint64_t caps[2] = {(uint64_t)layers() * 40, (uint64_t)layers() * 40};
+    int done = 0;
+    /* pass 0: each alone; then up to 3 tries of the preemption (a try where
+     * the low-priority request ends before the other arrives, possible on
+     * a loaded machine, does not count) */
+    for (int pass = 0; pass < 4 && !done; pass++) {
+        pam_kvm *kvm = make_kvm(16, caps, 2);
+        pam_engine *e = make_engine_kvm(1, kvm, 0, 512);
+        if (pass == 0) {
+            pam_request *r = submit_text(e, "Once upon a time", &lo);
+            collect(r, &ref_lo);
+            pam_request_release(r);
+            r = submit_text(e, "The cat", &hi);
+            collect(r, &ref_hi);
+            pam_request_release(r);
+        } else {
+            pam_request *a = submit_text(e, "Once upon a time", &lo);
+            pam_request_update u;
+            size_t n = 0;
+            int64_t deadline = pam_time_ns() + 30 * (int64_t)1000000000;
+            while (n == 0 && pam_time_ns() < deadline) { /* a is decoding */
+                pam_request_next(a, 100, &u);
+                n += u.len;
+                free(u.text);
+                assert_false(u.done);
+            }
+            pam_request *b = submit_text(e, "The cat", &hi);
+            collect(b, &got_hi);
+            pam_engine_stats st;
+            pam_engine_get_stats(e, &st);
+            int preempted = st.n_preempted == 1;
+            if (preempted) assert_true(st.n_demoted_blocks > 0);
+            collect(a, &got_lo);
+            pam_request_release(a);
+            pam_request_release(b);
+            pam_engine_get_stats(e, &st);
+            if (preempted) {
+                assert_int_equal(st.n_resumed, 1);
+                assert_int_equal(st.n_paused, 0);
+                assert_true(st.n_migrations >= st.n_demoted_blocks);
+                assert_int_equal(st.kv_n_tiers, 2);
+                done = 1;
+            } else {
+                assert_int_equal(st.n_preempted, 0);
+            }
+        }
+        pam_engine_destroy(e);
+        pam_kvm_destroy(kvm);
+    }
+    assert_true(done);
+    /* a's text was read partly above: compare tokens, the complete record */
+    assert_int_equal(got_lo.finish, PAM_FINISH_LENGTH);
+    assert_int_equal(got_lo.n_tok, ref_lo.n_tok);
+    if (memcmp(got_lo.tok, ref_lo.tok, sizeof(int32_t) * (size_t)ref_lo.n_tok) != 0)
+        fail_msg("the preempted request's tokens differ from alone");
+    assert_int_equal(got_hi.n_tok, ref_hi.n_tok);
+    assert_memory_equal(got_hi.tok, ref_hi.tok, sizeof(int32_t) * (size_t)ref_hi.n_tok);
+    assert_string_equal(got_hi.text, ref_hi.text);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_equals_alone),
@@ -420,6 +685,10 @@ int main(void) {
         cmocka_unit_test(test_stop_and_max_tokens),
         cmocka_unit_test(test_queue_full_and_bad_requests),
         cmocka_unit_test(test_drain),
+        cmocka_unit_test(test_prefix_blocks_divergent),
+        cmocka_unit_test(test_prefix_eviction),
+        cmocka_unit_test(test_admission_by_capacity),
+        cmocka_unit_test(test_preempt_resume),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

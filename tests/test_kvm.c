@@ -269,6 +269,56 @@ static void test_refcounts_fork_cow(void **state) {
     pam_kvm_destroy(kvm);
 }
 
+/* Truncate after fork: blocks past the kept length are dropped (freed when
+ * unshared), a partially kept shared block is copied on the next store, the
+ * source keeps its data, and the reservation is given back. */
+static void test_truncate(void **state) {
+    pam_kv_shape s = {.n_layer = 2, .n_head_kv = 1, .head_dim = 16, .block_tokens = 4};
+    uint64_t caps[1] = {12};
+    pam_kvm *kvm = make_kvm(&s, caps, 1, PAM_KV_POLICY_PAM, NULL);
+    pam_kvm_report r;
+    int32_t a, b;
+    assert_int_equal(pam_kvm_seq_create(kvm, &a), PAM_OK);
+    assert_int_equal(pam_kvm_fill_synthetic(kvm, a, 10, 3), PAM_OK); /* 3 blocks per layer */
+    float q[16], oa[16], ob[16], k[16], v[16];
+    for (int i = 0; i < 16; i++) q[i] = (float)i / 16, k[i] = -2.0f, v[i] = 7.0f;
+    assert_int_equal(pam_kvm_attend(kvm, a, 1, 10, q, 1, 0.25f, oa), PAM_OK);
+    assert_int_equal(pam_kvm_seq_fork(kvm, a, &b), PAM_OK);
+    assert_int_equal(pam_kvm_seq_truncate(kvm, b, 6), PAM_OK); /* keeps block 0 and half of block 1 */
+    assert_int_equal(pam_kvm_seq_len(kvm, b), 6);
+    assert_int_equal(pam_kvm_block_tier(kvm, b, 0, 2), -1);
+    assert_int_equal(pam_kvm_step_end(kvm), PAM_OK);
+    pam_kvm_report_get(kvm, &r);
+    assert_int_equal(r.n_blocks, 6); /* all still a's */
+    /* 6 free blocks: reserve 2 more positions of b (copy of block 1 + ...) */
+    assert_int_equal(pam_kvm_reserve(kvm, b, 6), PAM_OK); /* 12 tokens: 1 more block per layer */
+    assert_int_equal(pam_kvm_reserve(kvm, a, 20), PAM_ERR_FULL);
+    for (int l = 0; l < 2; l++) assert_int_equal(pam_kvm_store(kvm, b, l, 6, k, v), PAM_OK);
+    assert_int_equal(pam_kvm_step_end(kvm), PAM_OK);
+    pam_kvm_report_get(kvm, &r);
+    assert_int_equal(r.n_blocks, 8); /* block 1 copied for b in each layer */
+    assert_int_equal(pam_kvm_attend(kvm, a, 1, 10, q, 1, 0.25f, ob), PAM_OK);
+    assert_memory_equal(oa, ob, sizeof oa); /* a unchanged by b's store */
+    assert_int_equal(pam_kvm_attend(kvm, a, 1, 6, q, 1, 0.25f, oa), PAM_OK);
+    assert_int_equal(pam_kvm_attend(kvm, b, 1, 6, q, 1, 0.25f, ob), PAM_OK);
+    assert_memory_equal(oa, ob, sizeof oa); /* b's first 6 positions are a's */
+    /* truncating gives the reservation back */
+    assert_int_equal(pam_kvm_reserve(kvm, b, 6), PAM_OK); /* 13 tokens: the 4 free blocks */
+    assert_int_equal(pam_kvm_reserve(kvm, a, 10), PAM_ERR_FULL);
+    assert_int_equal(pam_kvm_seq_truncate(kvm, b, 7), PAM_OK);
+    assert_int_equal(pam_kvm_reserve(kvm, a, 10), PAM_OK); /* 20 tokens: 2 more blocks per layer, 4 free */
+    assert_int_equal(pam_kvm_seq_truncate(kvm, b, 0), PAM_OK);
+    assert_int_equal(pam_kvm_seq_len(kvm, b), 0);
+    assert_int_equal(pam_kvm_step_end(kvm), PAM_OK);
+    pam_kvm_report_get(kvm, &r);
+    assert_int_equal(r.n_blocks, 6);
+    assert_int_equal(pam_kvm_seq_truncate(kvm, b, -1), PAM_ERR_INVALID);
+    assert_int_equal(pam_kvm_seq_truncate(kvm, 99, 0), PAM_ERR_INVALID);
+    pam_kvm_seq_free(kvm, b);
+    pam_kvm_seq_free(kvm, a);
+    pam_kvm_destroy(kvm);
+}
+
 static void test_admission_full(void **state) {
     pam_kv_shape s = {.n_layer = 2, .n_head_kv = 1, .head_dim = 16, .block_tokens = 4};
     uint64_t caps[2] = {3, 5}; /* 8 blocks: 4 per layer = 16 tokens */
@@ -613,6 +663,7 @@ int main(void) {
         cmocka_unit_test(test_exact_offload),
         cmocka_unit_test(test_attend_vs_f64),
         cmocka_unit_test(test_refcounts_fork_cow),
+        cmocka_unit_test(test_truncate),
         cmocka_unit_test(test_admission_full),
         cmocka_unit_test(test_forward_full),
         cmocka_unit_test(test_failed_migration_write),

@@ -8,13 +8,12 @@
 
 #include "cli/cli.h"
 #include "cli/args.h"
+#include "cli/kv_flags.h"
 #include "core/timing.h"
 #include "engine/sampler.h"
 #include "kv/kvm.h"
 #include "kv/tier.h"
 #include "model/model.h"
-
-#define RUN_MAX_TIERS 8
 
 static void run_usage(FILE *f) {
     fprintf(f,
@@ -34,17 +33,12 @@ static void run_usage(FILE *f) {
             "      --repeat-last-n N   tokens the penalty looks back (default 64)\n"
             "  -s, --seed N            sampling seed (default: random, printed)\n"
             "      --kv-type T         KV cache element type: f16 (default) or f32\n"
-            "      --kv-tier SPEC      paged, tiered KV: add a tier, fastest first (repeatable, up to 8):\n"
-            "                          dram:SIZE, dramq:int8:SIZE, dramq:int4:SIZE, ssd:DIR:SIZE (SIZE e.g. 2GiB)\n"
+            "%s"
             "                          (any --kv-* option selects the paged cache; default one dram tier\n"
             "                          holding the whole context)\n"
-            "      --kv-block N        tokens per KV block (default 16)\n"
-            "      --kv-policy P       pam (default: attention in every tier, blocks migrate by importance),\n"
-            "                          offload (copy slow-tier blocks to the fastest tier before attention),\n"
-            "                          single (everything in the first tier)\n"
-            "      --kv-trace FILE     write one JSON line per step (per-tier blocks, bytes, time, migrations)\n"
             "      --no-bos            do not prepend BOS\n"
-            "      --ignore-eos        keep generating past end-of-text tokens\n");
+            "      --ignore-eos        keep generating past end-of-text tokens\n",
+            pam_kv_flags_usage);
 }
 
 static char *read_prompt_file(const char *path) {
@@ -77,10 +71,9 @@ int pam_cli_run(int argc, char **argv) {
     long n_predict = 128, n_ctx = 0, n_threads = 0;
     int no_bos = 0, ignore_eos = 0, seed_given = 0;
     pam_dtype kv_type = PAM_DT_F16;
-    int kv_type_given = 0, use_kvm = 0, n_specs = 0;
-    const char *kv_specs[RUN_MAX_TIERS], *kv_trace = NULL;
-    long kv_block = 16;
-    pam_kv_policy kv_policy = PAM_KV_POLICY_PAM;
+    int kv_type_given = 0;
+    pam_kv_flags kvf;
+    pam_kv_flags_init(&kvf);
     pam_sampler_params sp;
     pam_sampler_params_default(&sp);
 
@@ -132,34 +125,8 @@ int pam_cli_run(int argc, char **argv) {
                 a.failed = 1;
             }
             kv_type_given = 1;
-        } else if (pam_args_is(&a, NULL, "--kv-tier")) {
-            const char *t = pam_args_value(&a);
-            use_kvm = 1;
-            if (t && n_specs == RUN_MAX_TIERS) {
-                fprintf(stderr, "pam run: at most %d --kv-tier options\n", RUN_MAX_TIERS);
-                a.failed = 1;
-            } else if (t) {
-                kv_specs[n_specs++] = t;
-            }
-        } else if (pam_args_is(&a, NULL, "--kv-block")) {
-            pam_args_long(&a, 1, 4096, &kv_block);
-            use_kvm = 1;
-        } else if (pam_args_is(&a, NULL, "--kv-policy")) {
-            const char *t = pam_args_value(&a);
-            use_kvm = 1;
-            if (t && !strcmp(t, "pam"))
-                kv_policy = PAM_KV_POLICY_PAM;
-            else if (t && !strcmp(t, "offload"))
-                kv_policy = PAM_KV_POLICY_OFFLOAD;
-            else if (t && !strcmp(t, "single"))
-                kv_policy = PAM_KV_POLICY_SINGLE;
-            else if (t) {
-                fprintf(stderr, "pam run: --kv-policy must be pam, offload or single, got '%s'\n", t);
-                a.failed = 1;
-            }
-        } else if (pam_args_is(&a, NULL, "--kv-trace")) {
-            kv_trace = pam_args_value(&a);
-            use_kvm = 1;
+        } else if (pam_kv_flags_parse(&kvf, &a)) {
+            /* consumed */
         } else if (pam_args_is(&a, NULL, "--no-bos")) {
             no_bos = 1;
         } else if (pam_args_is(&a, NULL, "--ignore-eos")) {
@@ -172,7 +139,7 @@ int pam_cli_run(int argc, char **argv) {
         fprintf(stderr, "pam run: unexpected argument '%s' (the prompt goes after -p)\n", a.positional[0]);
         a.failed = 1;
     }
-    if (use_kvm && kv_type_given && kv_type != PAM_DT_F16) {
+    if (kvf.given && kv_type_given && kv_type != PAM_DT_F16) {
         fprintf(stderr, "pam run: the paged KV cache (--kv-* options) stores f16 or quantised KV; --kv-type f32 applies to the contiguous cache only\n");
         a.failed = 1;
     }
@@ -246,35 +213,10 @@ int pam_cli_run(int argc, char **argv) {
         fprintf(stderr, "pam run: %s\n", pam_last_error());
         goto done;
     }
-    if (use_kvm) {
-        if (kv_trace && !(trace = fopen(kv_trace, "w"))) {
-            fprintf(stderr, "pam run: cannot write the KV trace '%s': %s\n", kv_trace, strerror(errno));
-            goto done;
-        }
-        pam_kvm_config kc = {.shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, (int32_t)kv_block},
-                             .policy = kv_policy,
-                             .trace = trace};
-        pam_tier *tiers[RUN_MAX_TIERS];
-        int n_open = 0;
-        pam_status st = PAM_OK;
-        for (; n_open < n_specs && st == PAM_OK; n_open++) {
-            st = pam_tier_open_spec(&kc.shape, kv_specs[n_open], &tiers[n_open]);
-            if (st != PAM_OK) break;
-        }
-        if (st == PAM_OK && n_specs == 0) {
-            /* default: one dram tier holding the whole context (within available memory) */
-            uint64_t blocks = (uint64_t)hp->n_layer * (uint64_t)((want + kv_block - 1) / kv_block);
-            uint64_t block_bytes = 2ull * 2ull * (uint64_t)kv_block * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
-            st = pam_tier_open_default(&kc.shape, blocks * block_bytes, &tiers[0]);
-            if (st == PAM_OK) n_open = 1;
-        }
-        if (st == PAM_OK) {
-            kc.tiers = tiers;
-            kc.n_tiers = n_open;
-            st = pam_kvm_create(&kc, pool, &kvm);
-        }
-        if (st != PAM_OK) {
-            for (int i = 0; i < n_open; i++) pam_tier_close(tiers[i]);
+    if (kvf.given) {
+        /* default: one dram tier holding the whole context (within available memory) */
+        uint64_t blocks = (uint64_t)((want + kvf.block_tokens - 1) / kvf.block_tokens);
+        if (pam_kv_flags_build(&kvf, hp, blocks, pool, &trace, &kvm) != PAM_OK) {
             fprintf(stderr, "pam run: KV cache: %s\n", pam_last_error());
             goto done;
         }
@@ -349,7 +291,7 @@ int pam_cli_run(int argc, char **argv) {
         pam_kvm_report r;
         pam_kvm_report_get(kvm, &r);
         fprintf(stderr, "kv: %llu blocks of %ld tokens, policy %s, %llu failed migrations |", (unsigned long long)r.n_blocks,
-                kv_block, kv_policy == PAM_KV_POLICY_OFFLOAD ? "offload" : kv_policy == PAM_KV_POLICY_SINGLE ? "single" : "pam",
+                kvf.block_tokens, pam_kv_policy_name(kvf.policy),
                 (unsigned long long)r.migration_failures);
         for (int i = 0; i < r.n_tiers; i++)
             fprintf(stderr, " %s %llu/%llu", r.tiers[i].name, (unsigned long long)r.tiers[i].blocks_used,

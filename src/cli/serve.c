@@ -7,6 +7,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/kv_flags.h"
 #include "core/status.h"
 #include "engine/engine.h"
 #include "model/model.h"
@@ -20,11 +21,12 @@ static void serve_usage(FILE *f) {
             "  -m, --model FILE        GGUF model\n"
             "      --host ADDR         address to listen on (default 127.0.0.1)\n"
             "      --port N            port (default 8080; 0 = any free port, printed)\n"
-            "  -np, --parallel N       sequences decoded together, one slot each (default 4)\n"
-            "  -c, --ctx-size N        context per slot (default: the model's, at most 4096)\n"
+            "  -np, --parallel N       sequences decoded together (default 4)\n"
+            "  -c, --ctx-size N        longest sequence, prompt + output (default: the model's, at most 4096)\n"
             "  -t, --threads N         compute threads (default: number of CPUs)\n"
             "      --alias NAME        model id in the API (default: the model's file name)\n"
-            "      --kv-type T         KV cache element type: f16 (default) or f32\n"
+            "%s"
+            "                          (default: one dram tier of --parallel x --ctx-size tokens)\n"
             "      --queue N           requests waiting for a slot before 503 (default 256)\n"
             "      --prefill-chunk N   prompt tokens per batched step (default 256)\n"
             "      --no-prefix-cache   do not reuse cached prompt prefixes\n"
@@ -33,14 +35,16 @@ static void serve_usage(FILE *f) {
             "      --max-body BYTES    largest request body (default 1048576)\n"
             "\n"
             "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,\n"
-            "GET /health, GET /metrics. See docs/SERVING.md.\n");
+            "GET /health, GET /metrics. See docs/SERVING.md.\n",
+            pam_kv_flags_usage);
 }
 
 int pam_cli_serve(int argc, char **argv) {
     const char *model_path = NULL, *alias = NULL, *host = "127.0.0.1";
     long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, max_body = 1 << 20;
     int prefix_cache = 1, chat_family = -1;
-    pam_dtype kv_type = PAM_DT_F16;
+    pam_kv_flags kvf;
+    pam_kv_flags_init(&kvf);
     pam_args a;
     pam_args_init(&a, argc, argv, "pam serve");
     while (pam_args_next(&a)) {
@@ -76,15 +80,14 @@ int pam_cli_serve(int argc, char **argv) {
                 a.failed = 1;
             }
         } else if (pam_args_is(&a, NULL, "--kv-type")) {
+            /* kept for old command lines: the paged cache stores f16 (or a tier's own encoding) */
             const char *t = pam_args_value(&a);
-            if (t && !strcmp(t, "f16"))
-                kv_type = PAM_DT_F16;
-            else if (t && !strcmp(t, "f32"))
-                kv_type = PAM_DT_F32;
-            else if (t) {
-                fprintf(stderr, "pam serve: --kv-type must be f16 or f32, got '%s'\n", t);
+            if (t && strcmp(t, "f16") != 0) {
+                fprintf(stderr, "pam serve: the paged KV cache stores f16 or quantised KV (--kv-tier dramq:...); --kv-type %s is not supported\n", t);
                 a.failed = 1;
             }
+        } else if (pam_kv_flags_parse(&kvf, &a)) {
+            /* consumed */
         } else {
             pam_args_unknown(&a);
         }
@@ -116,6 +119,8 @@ int pam_cli_serve(int argc, char **argv) {
     pam_pool *pool = NULL;
     pam_engine *engine = NULL;
     pam_server *server = NULL;
+    pam_kvm *kvm = NULL;
+    FILE *trace = NULL;
     if (pam_model_load(model_path, &model) != PAM_OK) {
         fprintf(stderr, "pam serve: cannot load '%s': %s\n", model_path, pam_last_error());
         goto done;
@@ -126,11 +131,22 @@ int pam_cli_serve(int argc, char **argv) {
     pam_engine_params_default(&ep);
     ep.n_slots = (int32_t)n_par;
     ep.n_ctx = (int32_t)n_ctx;
-    ep.kv_type = kv_type;
     ep.n_queue = (int32_t)n_queue;
     ep.prefill_chunk = (int32_t)chunk;
     ep.prefix_cache = prefix_cache;
-    if (pam_pool_create((int)n_threads, &pool) != PAM_OK || pam_engine_create(model, pool, &ep, &engine) != PAM_OK) {
+    if (pam_pool_create((int)n_threads, &pool) != PAM_OK) {
+        fprintf(stderr, "pam serve: %s\n", pam_last_error());
+        goto done;
+    }
+    /* default: one dram tier for every slot's whole context, plus one block
+     * per slot for the copy-on-write of a partially reused prefix block */
+    uint64_t per_slot = (uint64_t)((n_ctx + kvf.block_tokens - 1) / kvf.block_tokens) + 1;
+    if (pam_kv_flags_build(&kvf, hp, (uint64_t)n_par * per_slot, pool, &trace, &kvm) != PAM_OK) {
+        fprintf(stderr, "pam serve: KV cache: %s\n", pam_last_error());
+        goto done;
+    }
+    ep.kvm = kvm;
+    if (pam_engine_create(model, pool, &ep, &engine) != PAM_OK) {
         fprintf(stderr, "pam serve: %s\n", pam_last_error());
         goto done;
     }
@@ -147,9 +163,16 @@ int pam_cli_serve(int argc, char **argv) {
         fprintf(stderr, "pam serve: %s\n", pam_last_error());
         goto done;
     }
-    fprintf(stderr, "pam serve: model '%s' (%s, %d layers, vocab %d), %ld slots x %ld tokens, %d threads, chat template %s\n",
+    fprintf(stderr, "pam serve: model '%s' (%s, %d layers, vocab %d), %ld slots, context %ld, %d threads, chat template %s\n",
             sp.alias, hp->arch, hp->n_layer, hp->n_vocab, n_par, n_ctx, pam_pool_n_threads(pool),
             pam_chat_family_name(pam_server_chat_family(server)));
+    fprintf(stderr, "pam serve: KV cache: %d tier(s), blocks of %ld tokens, policy %s:", pam_kvm_n_tiers(kvm),
+            kvf.block_tokens, pam_kv_policy_name(kvf.policy));
+    for (int i = 0; i < pam_kvm_n_tiers(kvm); i++) {
+        const pam_tier *t = pam_kvm_tier(kvm, i);
+        fprintf(stderr, " %s %.1f MiB", t->name, (double)(t->capacity_blocks * t->block_bytes) / (1024.0 * 1024.0));
+    }
+    fprintf(stderr, "\n");
     fprintf(stderr, "pam serve: listening on http://%s%s%s:%d\n", strchr(host, ':') ? "[" : "", host,
             strchr(host, ':') ? "]" : "", pam_server_port(server));
 
@@ -162,6 +185,8 @@ int pam_cli_serve(int argc, char **argv) {
 done:
     pam_server_stop(server);
     pam_engine_destroy(engine);
+    pam_kvm_destroy(kvm);
+    if (trace) fclose(trace);
     pam_pool_destroy(pool);
     pam_model_free(model);
     return rc;

@@ -1,15 +1,22 @@
-/* Continuous-batching engine (see engine.h for the scheduling loop).
+/* Continuous-batching engine over the paged KV cache (see engine.h for the
+ * scheduling loop, the prefix cache and preemption).
  *
- * States of a request: QUEUED (in the FIFO, no slot) -> RUNNING (owns a
- * slot; prefilling while n_past < n_prompt, then decoding) -> DONE. A queued
- * request that is cancelled goes straight to DONE. Invariants:
- *   - only the engine thread touches slots, contexts and the engine-side
- *     fields of a running request (n_past, sampler, detok, gen text);
- *   - everything a client reads (out text, done, counts) and the queue are
- *     guarded by e->mu;
- *   - a slot's cache_tok[0 .. n_cache) are exactly the tokens whose KV sits
- *     at those positions of the slot's context, which is what makes prefix
- *     reuse exact;
+ * States of a request: QUEUED (in the FIFO, no KV) -> RUNNING (owns a kvm
+ * sequence and a context; in a batch slot, or paused: in the paused list,
+ * out of the batch, its blocks demoted) -> DONE. A queued request that is
+ * cancelled goes straight to DONE. Invariants:
+ *   - only the engine thread touches the KV manager, contexts, the prefix
+ *     cache and the engine-side fields of a running request (n_past,
+ *     sampler, detok, gen text, seq, ctx);
+ *   - everything a client reads (out text, done, counts, stats) and the
+ *     queue are guarded by e->mu;
+ *   - positions 0 .. n_past-1 of a running request's sequence hold the KV of
+ *     its prompt followed by its generated tokens; a prefix-cache entry's
+ *     sequence holds exactly the KV of its tok[0 .. n_tok), and is never
+ *     written (requests fork it), which is what makes prefix reuse exact;
+ *   - a running request's sequence has reserved blocks for what the next
+ *     step stores (admission and the pre-step check), so a forward pass
+ *     never finds the cache full;
  *   - a request is freed when both the client (release) and the engine
  *     (DONE) have let go of it (refs). */
 #include "engine/engine.h"
@@ -21,9 +28,12 @@
 
 #include "core/status.h"
 #include "core/timing.h"
+#include "kv/tier.h"
 #include "model/tokenizer.h"
 
-#define KV_BLOCK_TOKENS 16
+#define DEFAULT_BLOCK_TOKENS 16
+/* Decode positions reserved at admission when max_tokens is unbounded. */
+#define DECODE_RESERVE_BLOCKS 2
 
 enum { REQ_QUEUED, REQ_RUNNING, REQ_DONE };
 
@@ -33,6 +43,7 @@ struct pam_request {
     int32_t *prompt;
     int32_t n_prompt;
     int32_t max_tokens;
+    int32_t priority;
     int ignore_eos;
     int n_stop;
     char *stop[PAM_ENGINE_MAX_STOP];
@@ -40,8 +51,12 @@ struct pam_request {
 
     /* engine thread only */
     pam_sampler *sampler;
-    int slot;
-    int32_t n_past;   /* tokens in the slot's KV */
+    int slot;         /* batch slot, or -1 (queued or paused) */
+    int paused;
+    int32_t seq;      /* kvm sequence, or -1 */
+    pam_ctx *ctx;     /* backed by seq */
+    uint64_t admit_order;
+    int32_t n_past;   /* tokens in the sequence's KV */
     int32_t last_tok; /* sampled, not yet fed */
     int32_t *gen_tok; /* generated ids (n_gen of them) */
     pam_detok dt;
@@ -49,7 +64,7 @@ struct pam_request {
     size_t gen_len, gen_cap, gen_emitted;
     int64_t t_first_ns, t_last_ns;
     pam_finish finishing; /* set by the step; published under the lock */
-    struct pam_request *next_q; /* FIFO link */
+    struct pam_request *next_q; /* FIFO link, or paused-list link */
 
     /* guarded by e->mu */
     int state;
@@ -63,36 +78,51 @@ struct pam_request {
     pthread_cond_t cv;
 };
 
-typedef struct slot {
-    pam_ctx *ctx;
-    int32_t *cache_tok;
-    int32_t n_cache;     /* engine thread only */
-    int32_t n_cache_pub; /* n_cache as of the last step, for stats (under mu) */
-    pam_request *req;
+/* A cached prefix: a kvm sequence nobody writes, its tokens, and the hash
+ * chain over its full blocks. */
+typedef struct cache_entry {
+    int32_t seq;
+    int32_t *tok;
+    int32_t n_tok;
+    uint64_t *keys; /* n_tok / block_tokens */
     uint64_t last_used;
-} slot;
+} cache_entry;
 
 struct pam_engine {
     const pam_model *m;
     const pam_tokenizer *tk;
     pam_engine_params p;
     int32_t n_vocab;
-    slot *slots;
+    pam_pool *pool;
+    pam_kvm *kvm;
+    int own_kvm;
+    int32_t bt; /* tokens per KV block */
+    int32_t n_layer;
+    int n_tiers;
+
+    pam_request **run; /* [n_slots]: the batch; NULL = free slot */
+    pam_request *paused; /* by priority (high first), then admission order */
+    pam_request **demote; /* [n_slots]: preempted this iteration, to demote */
+    int n_demote;
+    cache_entry *cache;
+    int32_t n_cache, cap_cache;
+    uint64_t *pkeys; /* prompt hash chain scratch */
+    uint64_t clock, admit_clock;
+
     float *logits;
     int32_t batch_cap;
     pam_ctx **b_ctx;
     int32_t *b_tok, *b_pos;
-    pam_request **b_req;
-    int32_t *b_slot;
-    uint8_t *b_want; /* logits wanted for this batch entry */
-    uint64_t use_clock;
+    pam_request **b_req; /* sampled after this token, or NULL */
+    pam_request **b_own; /* the token's request */
+    uint8_t *b_want;     /* logits wanted for this batch entry */
 
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* engine thread waits for work */
     pthread_cond_t idle_cv; /* drain waits for an empty engine */
     pam_request *q_head, *q_tail;
-    int32_t n_queued, n_running;
+    int32_t n_queued, n_running, n_paused;
     int stop, draining;
     pam_engine_stats st;
 };
@@ -105,6 +135,8 @@ void pam_engine_params_default(pam_engine_params *p) {
     p->n_queue = 64;
     p->prefill_chunk = 256;
     p->prefix_cache = 1;
+    p->n_prefix_entries = 0;
+    p->kvm = NULL;
 }
 
 void pam_request_params_default(pam_request_params *p) {
@@ -142,46 +174,102 @@ static void *engine_main(void *arg);
 int32_t pam_engine_n_ctx(const pam_engine *e) { return e->p.n_ctx; }
 int32_t pam_engine_n_slots(const pam_engine *e) { return e->p.n_slots; }
 
+static void engine_free(pam_engine *e) {
+    for (int32_t i = 0; i < e->n_cache; i++) {
+        pam_kvm_seq_free(e->kvm, e->cache[i].seq);
+        free(e->cache[i].tok);
+        free(e->cache[i].keys);
+    }
+    if (e->own_kvm) pam_kvm_destroy(e->kvm);
+    free(e->cache);
+    free(e->pkeys);
+    free(e->run);
+    free(e->demote);
+    free(e->logits);
+    free(e->b_ctx);
+    free(e->b_tok);
+    free(e->b_pos);
+    free(e->b_req);
+    free(e->b_own);
+    free(e->b_want);
+    free(e);
+}
+
 pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engine_params *p, pam_engine **out) {
     const pam_model_hparams *hp = pam_model_get_hparams(m);
     if (p->n_slots < 1 || p->n_slots > 1024) return PAM_ERR(PAM_ERR_INVALID, "engine: slots must be in 1..1024, got %d", p->n_slots);
     if (p->n_queue < 0) return PAM_ERR(PAM_ERR_INVALID, "engine: negative queue size");
     if (p->prefill_chunk < 1) return PAM_ERR(PAM_ERR_INVALID, "engine: prefill chunk must be >= 1");
+    if (p->kvm) {
+        const pam_kv_shape *ks = pam_kvm_shape(p->kvm);
+        if (ks->n_layer != hp->n_layer || ks->n_head_kv != hp->n_head_kv || ks->head_dim != hp->head_dim)
+            return PAM_ERR(PAM_ERR_INVALID, "engine: the KV manager's shape does not match the model");
+    }
     pam_engine *e = calloc(1, sizeof *e);
     if (!e) return PAM_ERR(PAM_ERR_NOMEM, "engine");
     e->m = m;
+    e->pool = pool;
     e->tk = pam_model_tokenizer(m);
     e->p = *p;
     if (e->p.n_ctx <= 0) e->p.n_ctx = hp->n_ctx_train;
+    if (e->p.n_prefix_entries <= 0) e->p.n_prefix_entries = 4 * e->p.n_slots + 4;
     e->n_vocab = hp->n_vocab;
+    e->n_layer = hp->n_layer;
+    pam_status st = PAM_OK;
+    if (p->kvm) {
+        e->kvm = p->kvm;
+    } else {
+        pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, DEFAULT_BLOCK_TOKENS};
+        uint64_t per_slot = (uint64_t)((e->p.n_ctx + DEFAULT_BLOCK_TOKENS - 1) / DEFAULT_BLOCK_TOKENS) + 1;
+        uint64_t block_bytes = 2ull * 2ull * DEFAULT_BLOCK_TOKENS * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+        pam_tier *t = NULL;
+        st = pam_tier_dram_open(&shape, (uint64_t)e->p.n_slots * per_slot * (uint64_t)hp->n_layer * block_bytes, &t);
+        if (st == PAM_OK) {
+            pam_kvm_config kc = {.shape = shape, .tiers = &t, .n_tiers = 1, .policy = PAM_KV_POLICY_PAM};
+            st = pam_kvm_create(&kc, pool, &e->kvm);
+            if (st != PAM_OK) pam_tier_close(t);
+        }
+        if (st != PAM_OK) {
+            free(e);
+            return st;
+        }
+        e->own_kvm = 1;
+    }
+    e->bt = pam_kvm_shape(e->kvm)->block_tokens;
+    e->n_tiers = pam_kvm_n_tiers(e->kvm);
     e->batch_cap = e->p.n_slots + e->p.prefill_chunk;
-    e->slots = calloc((size_t)e->p.n_slots, sizeof *e->slots);
+    e->cap_cache = e->p.n_prefix_entries;
+    e->cache = calloc((size_t)e->cap_cache, sizeof *e->cache);
+    e->pkeys = malloc(((size_t)e->p.n_ctx / (size_t)e->bt + 1) * sizeof *e->pkeys);
+    e->run = calloc((size_t)e->p.n_slots, sizeof *e->run);
+    e->demote = calloc((size_t)e->p.n_slots, sizeof *e->demote);
     e->logits = malloc((size_t)e->batch_cap * (size_t)e->n_vocab * sizeof(float));
     e->b_ctx = malloc((size_t)e->batch_cap * sizeof *e->b_ctx);
     e->b_tok = malloc((size_t)e->batch_cap * sizeof *e->b_tok);
     e->b_pos = malloc((size_t)e->batch_cap * sizeof *e->b_pos);
     e->b_req = malloc((size_t)e->batch_cap * sizeof *e->b_req);
-    e->b_slot = malloc((size_t)e->batch_cap * sizeof *e->b_slot);
+    e->b_own = malloc((size_t)e->batch_cap * sizeof *e->b_own);
     e->b_want = malloc((size_t)e->batch_cap * sizeof *e->b_want);
-    pam_status st = PAM_OK;
-    if (!e->slots || !e->logits || !e->b_ctx || !e->b_tok || !e->b_pos || !e->b_req || !e->b_slot || !e->b_want) {
-        st = PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
-        goto fail;
-    }
-    pam_ctx_params cp = {.n_ctx = e->p.n_ctx, .kv_type = e->p.kv_type, .kv_seq = -1};
-    for (int32_t i = 0; i < e->p.n_slots; i++) {
-        slot *s = &e->slots[i];
-        if ((st = pam_ctx_create_ex(m, &cp, pool, &s->ctx)) != PAM_OK) goto fail;
-        s->cache_tok = malloc((size_t)e->p.n_ctx * sizeof(int32_t));
-        if (!s->cache_tok) {
-            st = PAM_ERR(PAM_ERR_NOMEM, "engine slot");
-            goto fail;
-        }
+    if (!e->cache || !e->pkeys || !e->run || !e->demote || !e->logits || !e->b_ctx || !e->b_tok || !e->b_pos ||
+        !e->b_req || !e->b_own || !e->b_want) {
+        engine_free(e);
+        return PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
     }
     static const double ttft_le[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
     static const double tpot_le[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
     hist_init(&e->st.ttft, ttft_le, (int)(sizeof ttft_le / sizeof *ttft_le));
     hist_init(&e->st.tpot, tpot_le, (int)(sizeof tpot_le / sizeof *tpot_le));
+    e->st.kv_block_tokens = (uint64_t)e->bt;
+    e->st.kv_n_tiers = e->n_tiers < PAM_ENGINE_MAX_TIERS ? e->n_tiers : PAM_ENGINE_MAX_TIERS;
+    for (int i = 0; i < e->st.kv_n_tiers; i++) {
+        const pam_tier *t = pam_kvm_tier(e->kvm, i);
+        pam_engine_tier_stats *ts = &e->st.kv_tiers[i];
+        snprintf(ts->name, sizeof ts->name, "%s", t->name);
+        ts->blocks_capacity = t->capacity_blocks;
+        ts->block_bytes = t->block_bytes;
+        e->st.kv_blocks_capacity += t->capacity_blocks;
+        e->st.kv_bytes_capacity += t->capacity_blocks * t->block_bytes;
+    }
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->work_cv, NULL);
     pthread_cond_init(&e->idle_cv, NULL);
@@ -189,26 +277,11 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
         pthread_mutex_destroy(&e->mu);
         pthread_cond_destroy(&e->work_cv);
         pthread_cond_destroy(&e->idle_cv);
-        st = PAM_ERR(PAM_ERR_NOMEM, "engine: cannot start its thread");
-        goto fail;
+        engine_free(e);
+        return PAM_ERR(PAM_ERR_NOMEM, "engine: cannot start its thread");
     }
     *out = e;
     return PAM_OK;
-fail:
-    for (int32_t i = 0; e->slots && i < e->p.n_slots; i++) {
-        pam_ctx_free(e->slots[i].ctx);
-        free(e->slots[i].cache_tok);
-    }
-    free(e->slots);
-    free(e->logits);
-    free(e->b_ctx);
-    free(e->b_tok);
-    free(e->b_pos);
-    free(e->b_req);
-    free(e->b_slot);
-    free(e->b_want);
-    free(e);
-    return st;
 }
 
 static void request_free(pam_request *r) {
@@ -235,6 +308,8 @@ static void request_done(pam_engine *e, pam_request *r, pam_finish f) {
     if (--r->refs == 0) request_free(r);
 }
 
+static int engine_idle(const pam_engine *e) { return e->n_queued == 0 && e->n_running == 0 && e->n_paused == 0; }
+
 void pam_engine_destroy(pam_engine *e) {
     if (!e) return;
     pthread_mutex_lock(&e->mu);
@@ -242,28 +317,16 @@ void pam_engine_destroy(pam_engine *e) {
     pthread_cond_signal(&e->work_cv);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->thread, NULL);
-    /* The thread retired every running request; queued ones are left. */
+    /* The thread retired every running and paused request; queued ones are left. */
     while (e->q_head) {
         pam_request *r = e->q_head;
         e->q_head = r->next_q;
         request_done(e, r, PAM_FINISH_CANCELLED);
     }
-    for (int32_t i = 0; i < e->p.n_slots; i++) {
-        pam_ctx_free(e->slots[i].ctx);
-        free(e->slots[i].cache_tok);
-    }
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->work_cv);
     pthread_cond_destroy(&e->idle_cv);
-    free(e->slots);
-    free(e->logits);
-    free(e->b_ctx);
-    free(e->b_tok);
-    free(e->b_pos);
-    free(e->b_req);
-    free(e->b_slot);
-    free(e->b_want);
-    free(e);
+    engine_free(e);
 }
 
 pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
@@ -281,6 +344,8 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
     if (!r) return PAM_ERR(PAM_ERR_NOMEM, "request");
     r->e = e;
     r->slot = -1;
+    r->seq = -1;
+    r->priority = p->priority;
     r->refs = 2;
     r->max_tokens = p->max_tokens;
     r->ignore_eos = p->ignore_eos;
@@ -332,7 +397,7 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
 void pam_engine_drain(pam_engine *e) {
     pthread_mutex_lock(&e->mu);
     e->draining = 1;
-    while (e->n_queued > 0 || e->n_running > 0) pthread_cond_wait(&e->idle_cv, &e->mu);
+    while (!engine_idle(e)) pthread_cond_wait(&e->idle_cv, &e->mu);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -385,7 +450,7 @@ static void request_cancel_locked(pam_engine *e, pam_request *r) {
             *pp = r->next_q;
             if (e->q_tail == r) e->q_tail = prev;
             e->n_queued--;
-            if (e->n_queued == 0 && e->n_running == 0) pthread_cond_broadcast(&e->idle_cv);
+            if (engine_idle(e)) pthread_cond_broadcast(&e->idle_cv);
             request_done(e, r, PAM_FINISH_CANCELLED);
         }
     } else if (r->state == REQ_RUNNING) {
@@ -417,78 +482,337 @@ void pam_engine_get_stats(pam_engine *e, pam_engine_stats *s) {
     s->n_ctx = e->p.n_ctx;
     s->n_queued = e->n_queued;
     s->n_running = e->n_running;
-    uint64_t tokens = 0, blocks = 0, bytes = 0;
-    for (int32_t i = 0; i < e->p.n_slots; i++) {
-        int32_t n = e->slots[i].n_cache_pub;
-        tokens += (uint64_t)n;
-        blocks += (uint64_t)((n + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS);
-        bytes += pam_ctx_kv_bytes_at(e->slots[i].ctx, n);
-    }
-    s->kv_tokens = tokens;
-    s->kv_bytes_used = bytes;
-    s->kv_bytes_capacity = (uint64_t)e->p.n_slots * pam_ctx_kv_bytes_at(e->slots[0].ctx, e->p.n_ctx);
-    s->kv_block_tokens = KV_BLOCK_TOKENS;
-    s->kv_blocks_used = blocks;
-    s->kv_blocks_capacity = (uint64_t)e->p.n_slots * (uint64_t)((e->p.n_ctx + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS);
+    s->n_paused = e->n_paused;
     pthread_mutex_unlock(&e->mu);
 }
 
-/* ---- engine thread ---- */
+/* ---- engine thread: KV bookkeeping ---- */
 
-/* e->mu held. Retires a running request and frees its slot; the slot keeps
- * its cached tokens for prefix reuse. */
+/* e->mu held (engine thread): refreshes the KV numbers of the stats. Tier
+ * stats are read here only, by the thread that drives the KV manager. */
+static void snapshot_kv(pam_engine *e) {
+    pam_engine_stats *s = &e->st;
+    s->kv_blocks_used = s->kv_bytes_used = 0;
+    for (int i = 0; i < s->kv_n_tiers; i++) {
+        pam_tier_stats ts;
+        pam_tier_stats_get(pam_kvm_tier(e->kvm, i), &ts);
+        s->kv_tiers[i].blocks_used = ts.blocks_used;
+        s->kv_blocks_used += ts.blocks_used;
+        s->kv_bytes_used += ts.blocks_used * s->kv_tiers[i].block_bytes;
+    }
+    uint64_t tokens = 0;
+    for (int32_t i = 0; i < e->p.n_slots; i++)
+        if (e->run[i]) tokens += (uint64_t)e->run[i]->n_past;
+    for (pam_request *r = e->paused; r; r = r->next_q) tokens += (uint64_t)r->n_past;
+    for (int32_t i = 0; i < e->n_cache; i++) tokens += (uint64_t)e->cache[i].n_tok;
+    s->kv_tokens = tokens;
+    s->prefix_entries = e->n_cache;
+}
+
+/* Key of a full block given the previous block's key: a hash chain, so
+ * equal keys at index i mean (up to collisions, which the token comparison
+ * rules out) equal tokens in blocks 0..i. */
+static uint64_t block_key(uint64_t prev, const int32_t *tok, int32_t n) {
+    uint64_t h = prev ^ 0x9E3779B97F4A7C15ull;
+    for (int32_t i = 0; i < n; i++) {
+        h ^= (uint32_t)tok[i];
+        h *= 0x100000001B3ull;
+        h ^= h >> 29;
+    }
+    return h;
+}
+
+static void key_chain(const pam_engine *e, const int32_t *tok, int32_t n_tok, uint64_t *keys) {
+    uint64_t prev = 0;
+    for (int32_t i = 0; i < n_tok / e->bt; i++) keys[i] = prev = block_key(prev, tok + (size_t)i * e->bt, e->bt);
+}
+
+static void cache_drop(pam_engine *e, int32_t i) {
+    cache_entry *c = &e->cache[i];
+    pam_kvm_seq_free(e->kvm, c->seq);
+    free(c->tok);
+    free(c->keys);
+    e->cache[i] = e->cache[--e->n_cache];
+}
+
+/* Frees the least recently used cached prefix; 0 if there is none. */
+static int cache_evict_lru(pam_engine *e) {
+    if (e->n_cache == 0) return 0;
+    int32_t lru = 0;
+    for (int32_t i = 1; i < e->n_cache; i++)
+        if (e->cache[i].last_used < e->cache[lru].last_used) lru = i;
+    cache_drop(e, lru);
+    e->st.prefix_evictions++;
+    return 1;
+}
+
+/* The entry sharing the longest prefix with prompt (full blocks by the hash
+ * chain, then tokens of the next block); *match gets the length, at most
+ * n_prompt - 1 so the last prompt token runs for its logits. -1 if none. */
+static int32_t cache_lookup(pam_engine *e, const int32_t *prompt, int32_t n_prompt, int32_t *match) {
+    int32_t nk = n_prompt / e->bt, best = -1, best_len = 0;
+    key_chain(e, prompt, n_prompt, e->pkeys);
+    for (int32_t i = 0; i < e->n_cache; i++) {
+        const cache_entry *c = &e->cache[i];
+        int32_t ck = c->n_tok / e->bt, j = 0;
+        while (j < nk && j < ck && c->keys[j] == e->pkeys[j]) j++;
+        int32_t t = j * e->bt;
+        if (memcmp(c->tok, prompt, (size_t)t * sizeof *prompt) != 0) t = 0; /* a hash collision */
+        int32_t lim = c->n_tok < n_prompt - 1 ? c->n_tok : n_prompt - 1;
+        if (t > lim) t = lim;
+        while (t < lim && c->tok[t] == prompt[t]) t++;
+        if (t > best_len || (t == best_len && t > 0 && c->last_used > e->cache[best].last_used)) {
+            best = i;
+            best_len = t;
+        }
+    }
+    *match = best_len;
+    return best_len > 0 ? best : -1;
+}
+
+/* Keeps r's sequence (positions 0..n_past-1) as a cached prefix, or frees
+ * it. Entries whose tokens are a prefix of r's become redundant and go. */
+static void cache_insert(pam_engine *e, pam_request *r) {
+    int32_t n = r->n_past, seq = r->seq;
+    r->seq = -1;
+    int32_t *tok = n > 0 ? malloc((size_t)n * sizeof *tok) : NULL;
+    uint64_t *keys = tok ? malloc(((size_t)n / (size_t)e->bt + 1) * sizeof *keys) : NULL;
+    if (!keys || pam_kvm_seq_truncate(e->kvm, seq, n) != PAM_OK) {
+        free(tok);
+        free(keys);
+        pam_kvm_seq_free(e->kvm, seq);
+        return;
+    }
+    int32_t np = n < r->n_prompt ? n : r->n_prompt;
+    memcpy(tok, r->prompt, (size_t)np * sizeof *tok);
+    if (n > np) memcpy(tok + np, r->gen_tok, (size_t)(n - np) * sizeof *tok);
+    key_chain(e, tok, n, keys);
+    for (int32_t i = e->n_cache - 1; i >= 0; i--) {
+        const cache_entry *c = &e->cache[i];
+        if (c->n_tok <= n && memcmp(c->tok, tok, (size_t)c->n_tok * sizeof *tok) == 0) cache_drop(e, i);
+    }
+    if (e->n_cache == e->cap_cache) cache_evict_lru(e);
+    e->cache[e->n_cache++] = (cache_entry){.seq = seq, .tok = tok, .n_tok = n, .keys = keys, .last_used = ++e->clock};
+}
+
+/* Reserves n_tokens more positions of seq, evicting cached prefixes while
+ * the cache is full. */
+static pam_status reserve_evicting(pam_engine *e, int32_t seq, int32_t n_tokens) {
+    for (;;) {
+        pam_status st = pam_kvm_reserve(e->kvm, seq, n_tokens);
+        if (st != PAM_ERR_FULL || !cache_evict_lru(e)) return st;
+    }
+}
+
+/* The request's KV goes: into the prefix cache, or freed. */
+static void release_kv(pam_engine *e, pam_request *r, pam_finish f) {
+    pam_ctx_free(r->ctx);
+    r->ctx = NULL;
+    if (r->seq < 0) return;
+    if (e->p.prefix_cache && f != PAM_FINISH_ERROR && r->n_past > 0) {
+        cache_insert(e, r);
+    } else {
+        pam_kvm_seq_free(e->kvm, r->seq);
+        r->seq = -1;
+    }
+}
+
+/* Moves every block of seq to the slowest tier (best effort: a block that
+ * cannot move stays where it is; placement never changes results). */
+static void demote_seq(pam_engine *e, int32_t seq) {
+    int slow = e->n_tiers - 1;
+    if (slow == 0) return;
+    uint64_t moved = 0;
+    for (int32_t l = 0; l < e->n_layer; l++) {
+        for (int32_t b = 0;; b++) {
+            int t = pam_kvm_block_tier(e->kvm, seq, l, b);
+            if (t < 0) break;
+            if (t != slow && pam_kvm_migrate(e->kvm, seq, l, b, slow) == PAM_OK) moved++;
+        }
+    }
+    pthread_mutex_lock(&e->mu);
+    e->st.n_demoted_blocks += moved;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- engine thread: admission ---- */
+
+/* e->mu held. Retires a running or paused request. */
 static void retire(pam_engine *e, pam_request *r, pam_finish f) {
-    e->slots[r->slot].req = NULL;
-    e->slots[r->slot].last_used = ++e->use_clock;
-    r->slot = -1;
-    e->n_running--;
+    if (r->slot >= 0) {
+        e->run[r->slot] = NULL;
+        r->slot = -1;
+        e->n_running--;
+    } else if (r->paused) {
+        pam_request **pp = &e->paused;
+        while (*pp && *pp != r) pp = &(*pp)->next_q;
+        if (*pp) *pp = r->next_q;
+        r->next_q = NULL;
+        r->paused = 0;
+        e->n_paused--;
+    }
+    release_kv(e, r, f);
     request_done(e, r, f);
-    if (e->n_queued == 0 && e->n_running == 0) pthread_cond_broadcast(&e->idle_cv);
+    if (engine_idle(e)) pthread_cond_broadcast(&e->idle_cv);
+}
+
+static int free_slot(const pam_engine *e) {
+    for (int32_t i = 0; i < e->p.n_slots; i++)
+        if (!e->run[i]) return i;
+    return -1;
+}
+
+/* The running request a queued one of priority prio may preempt: the lowest
+ * priority below prio, the most recently admitted among equals. */
+static pam_request *pick_victim(const pam_engine *e, int32_t prio) {
+    pam_request *v = NULL;
+    for (int32_t i = 0; i < e->p.n_slots; i++) {
+        pam_request *r = e->run[i];
+        if (!r || r->priority >= prio || r->finishing != PAM_FINISH_NONE) continue;
+        if (!v || r->priority < v->priority || (r->priority == v->priority && r->admit_order > v->admit_order)) v = r;
+    }
+    return v;
+}
+
+/* e->mu held: the victim leaves the batch for the paused list; its blocks
+ * are demoted after the lock is dropped. Returns its slot. */
+static int preempt(pam_engine *e, pam_request *v) {
+    int slot = v->slot;
+    e->run[slot] = NULL;
+    v->slot = -1;
+    v->paused = 1;
+    e->n_running--;
+    e->n_paused++;
+    pam_request **pp = &e->paused;
+    while (*pp && ((*pp)->priority > v->priority ||
+                   ((*pp)->priority == v->priority && (*pp)->admit_order < v->admit_order)))
+        pp = &(*pp)->next_q;
+    v->next_q = *pp;
+    *pp = v;
+    e->demote[e->n_demote++] = v;
+    e->st.n_preempted++;
+    return slot;
+}
+
+static void resume(pam_engine *e, pam_request *r, int slot) {
+    e->paused = r->next_q;
+    r->next_q = NULL;
+    r->paused = 0;
+    r->slot = slot;
+    e->run[slot] = r;
+    e->n_paused--;
+    e->n_running++;
+    e->st.n_resumed++;
+}
+
+/* e->mu held: gives the queue head a KV sequence (a fork of the best cached
+ * prefix, truncated to the match, or a new one) with room reserved for the
+ * rest of its prompt and a decode reserve. 1: ready; 0: it does not fit
+ * now (nothing changed, it waits); -1: it can never fit (finished). */
+static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
+    int32_t match = 0, hit = e->p.prefix_cache ? cache_lookup(e, r->prompt, r->n_prompt, &match) : -1;
+    int32_t seq = -1;
+    pam_status st = PAM_OK;
+    if (hit >= 0) {
+        st = pam_kvm_seq_fork(e->kvm, e->cache[hit].seq, &seq);
+        if (st == PAM_OK) st = pam_kvm_seq_truncate(e->kvm, seq, match);
+        if (st != PAM_OK && seq >= 0) pam_kvm_seq_free(e->kvm, seq);
+        if (st != PAM_OK) match = 0, seq = -1; /* fall back to a fresh sequence */
+        else e->cache[hit].last_used = ++e->clock; /* most recent: evicted last below */
+    }
+    if (seq < 0) {
+        match = 0;
+        if (pam_kvm_seq_create(e->kvm, &seq) != PAM_OK) return 0;
+    }
+    int32_t room = e->p.n_ctx - r->n_prompt;
+    int32_t decode = r->max_tokens > 0 ? r->max_tokens : DECODE_RESERVE_BLOCKS * e->bt;
+    if (decode > room) decode = room;
+    /* a partially matched block is shared: its first store copies it */
+    int32_t cow = match % e->bt ? e->bt : 0;
+    st = reserve_evicting(e, seq, r->n_prompt - match + decode + cow);
+    if (st == PAM_ERR_FULL && e->n_running == 0 && e->n_paused == 0) {
+        /* Nothing else holds KV: the minimum (prompt and one token) or never. */
+        st = reserve_evicting(e, seq, r->n_prompt - match + 1 + cow);
+        if (st == PAM_ERR_FULL) {
+            pam_kvm_seq_free(e->kvm, seq);
+            return -1;
+        }
+    }
+    if (st != PAM_OK) {
+        pam_kvm_seq_free(e->kvm, seq);
+        return 0;
+    }
+    r->seq = seq;
+    *reuse = match;
+    return 1;
+}
+
+/* e->mu held: the queue head, with its KV ready, takes slot. */
+static void start(pam_engine *e, pam_request *r, int slot, int32_t reuse) {
+    e->q_head = r->next_q;
+    if (!e->q_head) e->q_tail = NULL;
+    r->next_q = NULL;
+    e->n_queued--;
+    pam_ctx_params cp;
+    pam_ctx_params_default(&cp);
+    cp.n_ctx = e->p.n_ctx;
+    cp.kvm = e->kvm;
+    cp.kv_seq = r->seq;
+    if (pam_ctx_create_ex(e->m, &cp, e->pool, &r->ctx) != PAM_OK) {
+        pam_kvm_seq_free(e->kvm, r->seq);
+        r->seq = -1;
+        r->ctx = NULL;
+        request_done(e, r, PAM_FINISH_ERROR);
+        if (engine_idle(e)) pthread_cond_broadcast(&e->idle_cv);
+        return;
+    }
+    e->run[slot] = r;
+    e->n_running++;
+    r->slot = slot;
+    r->admit_order = ++e->admit_clock;
+    r->n_past = reuse;
+    r->n_cached = reuse;
+    r->state = REQ_RUNNING;
+    e->st.n_prompt_tokens += (uint64_t)r->n_prompt;
+    if (e->p.prefix_cache) {
+        e->st.prefix_lookups++;
+        if (reuse > 0) e->st.prefix_hits++;
+        e->st.prefix_tokens_reused += (uint64_t)reuse;
+    }
 }
 
 /* e->mu held. */
 static void admit(pam_engine *e) {
-    while (e->q_head) {
-        int best = -1;
-        int32_t best_lcp = -1;
-        for (int32_t i = 0; i < e->p.n_slots; i++) {
-            slot *s = &e->slots[i];
-            if (s->req) continue;
-            pam_request *r = e->q_head;
-            int32_t lcp = 0;
-            if (e->p.prefix_cache) {
-                int32_t lim = s->n_cache < r->n_prompt ? s->n_cache : r->n_prompt;
-                while (lcp < lim && s->cache_tok[lcp] == r->prompt[lcp]) lcp++;
-            }
-            /* Longest shared prefix; among equals the least recently used
-             * slot, so recently finished prefixes survive longest. */
-            if (best < 0 || lcp > best_lcp || (lcp == best_lcp && s->last_used < e->slots[best].last_used)) {
-                best = i;
-                best_lcp = lcp;
-            }
+    for (;;) {
+        pam_request *h = e->q_head, *p = e->paused;
+        int slot = free_slot(e);
+        if (p && slot >= 0 && (!h || p->priority >= h->priority)) {
+            resume(e, p, slot);
+            continue;
         }
-        if (best < 0) return;
-        pam_request *r = e->q_head;
-        e->q_head = r->next_q;
-        if (!e->q_head) e->q_tail = NULL;
-        r->next_q = NULL;
-        e->n_queued--;
-        e->n_running++;
-        slot *s = &e->slots[best];
-        /* At least the last prompt token runs, for its logits. */
-        int32_t reuse = best_lcp < r->n_prompt ? best_lcp : r->n_prompt - 1;
-        s->req = r;
-        s->n_cache = reuse;
-        r->slot = best;
-        r->n_past = reuse;
-        r->n_cached = reuse;
-        r->state = REQ_RUNNING;
-        e->st.n_prompt_tokens += (uint64_t)r->n_prompt;
-        if (e->p.prefix_cache) {
-            e->st.prefix_lookups++;
-            if (reuse > 0) e->st.prefix_hits++;
-            e->st.prefix_tokens_reused += (uint64_t)reuse;
+        if (!h) return;
+        pam_request *victim = NULL;
+        if (slot < 0 && !(victim = pick_victim(e, h->priority))) return;
+        int32_t reuse = 0;
+        int rc = prepare_kv(e, h, &reuse);
+        if (rc < 0) {
+            e->q_head = h->next_q;
+            if (!e->q_head) e->q_tail = NULL;
+            e->n_queued--;
+            request_done(e, h, PAM_FINISH_ERROR);
+            if (engine_idle(e)) pthread_cond_broadcast(&e->idle_cv);
+            continue;
         }
+        if (rc == 0) {
+            /* The head waits for KV; a paused request needs none. */
+            if (p && slot >= 0) {
+                resume(e, p, slot);
+                continue;
+            }
+            return;
+        }
+        if (victim) slot = preempt(e, victim);
+        start(e, h, slot, reuse);
     }
 }
 
@@ -597,80 +921,121 @@ static void publish(pam_request *r, size_t upto) {
     pthread_cond_broadcast(&r->cv);
 }
 
+/* Engine thread: r ends now, without a new token. */
+static void finish_now(pam_request *r, pam_finish f) {
+    char buf[4096];
+    size_t safe;
+    r->finishing = f;
+    size_t w = pam_detok_flush(&r->dt, buf, sizeof buf);
+    if (gen_append(r, buf, w) && stop_check(r, &safe) && f != PAM_FINISH_ERROR) r->finishing = PAM_FINISH_STOP;
+}
+
+/* e->mu held: makes sure r's sequence can store k more positions this step
+ * (evicting cached prefixes if needed). When the cache cannot hold them the
+ * request ends ("length": its context is as long as the KV cache allows). */
+static int room_for(pam_engine *e, pam_request *r, int32_t k) {
+    int32_t len = pam_kvm_seq_len(e->kvm, r->seq);
+    if (r->n_past + k <= len) return 1;
+    pam_status st = reserve_evicting(e, r->seq, r->n_past + k - len);
+    if (st == PAM_OK) return 1;
+    finish_now(r, st == PAM_ERR_FULL ? PAM_FINISH_LENGTH : PAM_FINISH_ERROR);
+    return 0;
+}
+
 static void *engine_main(void *arg) {
     pam_engine *e = arg;
     pthread_mutex_lock(&e->mu);
     for (;;) {
         for (int32_t i = 0; i < e->p.n_slots; i++) {
-            pam_request *r = e->slots[i].req;
+            pam_request *r = e->run[i];
             if (r && (r->cancel || e->stop)) retire(e, r, PAM_FINISH_CANCELLED);
+        }
+        for (pam_request *r = e->paused, *next; r; r = next) {
+            next = r->next_q;
+            if (r->cancel || e->stop) retire(e, r, PAM_FINISH_CANCELLED);
         }
         if (e->stop) break;
         admit(e);
+        if (e->n_demote > 0) {
+            /* Preempted: blocks to the slowest tier, without the lock (I/O).
+             * Only this thread retires requests, so they stay valid. */
+            int nd = e->n_demote;
+            e->n_demote = 0;
+            pthread_mutex_unlock(&e->mu);
+            for (int i = 0; i < nd; i++)
+                if (e->demote[i]->paused) demote_seq(e, e->demote[i]->seq);
+            pthread_mutex_lock(&e->mu);
+        }
+        snapshot_kv(e);
         if (e->n_running == 0) {
             pthread_cond_wait(&e->work_cv, &e->mu);
             continue;
         }
-        /* Batch: decode tokens first, then prefill chunks, oldest first
-         * (slot order is admission order only roughly; that is fine, every
-         * prefilling sequence progresses each step while budget lasts). */
+        /* Batch: decode tokens first, then prefill chunks in slot order
+         * (every prefilling sequence progresses each step while budget
+         * lasts). Each sequence has room reserved for what it stores. */
         int32_t n = 0, budget = e->p.prefill_chunk;
         for (int32_t i = 0; i < e->p.n_slots; i++) {
-            slot *s = &e->slots[i];
-            pam_request *r = s->req;
-            if (!r || r->n_past < r->n_prompt) continue;
-            e->b_ctx[n] = s->ctx, e->b_tok[n] = r->last_tok, e->b_pos[n] = r->n_past, e->b_req[n] = r;
-            e->b_slot[n] = i;
+            pam_request *r = e->run[i];
+            if (!r || r->n_past < r->n_prompt || r->finishing != PAM_FINISH_NONE || !room_for(e, r, 1)) continue;
+            e->b_ctx[n] = r->ctx, e->b_tok[n] = r->last_tok, e->b_pos[n] = r->n_past, e->b_req[n] = r;
+            e->b_own[n] = r;
             n++;
         }
         for (int32_t i = 0; i < e->p.n_slots && budget > 0; i++) {
-            slot *s = &e->slots[i];
-            pam_request *r = s->req;
-            if (!r || r->n_past >= r->n_prompt) continue;
+            pam_request *r = e->run[i];
+            if (!r || r->n_past >= r->n_prompt || r->finishing != PAM_FINISH_NONE) continue;
             int32_t take = r->n_prompt - r->n_past < budget ? r->n_prompt - r->n_past : budget;
+            if (!room_for(e, r, take)) continue;
             for (int32_t k = 0; k < take; k++) {
-                e->b_ctx[n] = s->ctx, e->b_tok[n] = r->prompt[r->n_past + k], e->b_pos[n] = r->n_past + k;
+                e->b_ctx[n] = r->ctx, e->b_tok[n] = r->prompt[r->n_past + k], e->b_pos[n] = r->n_past + k;
                 e->b_req[n] = k == take - 1 ? r : NULL; /* logits of interest: the chunk's last token */
-                e->b_slot[n] = i;
+                e->b_own[n] = r;
                 n++;
             }
             budget -= take;
         }
         pthread_mutex_unlock(&e->mu);
 
-        /* Logits only where a token is sampled: decode tokens and the last
-         * token of a prompt chunk; rows come back compacted. */
-        for (int32_t i = 0; i < n; i++) e->b_want[i] = e->b_req[i] != NULL;
-        pam_status st = pam_forward_batch_ex(e->b_ctx, e->b_tok, e->b_pos, n, e->b_want, e->logits);
-        int64_t now = pam_time_ns();
-        int32_t n_new = 0, n_prefilled = 0, row = 0;
-        for (int32_t i = 0; i < n; i++) {
-            int32_t my_row = e->b_want[i] ? row++ : -1;
-            slot *s = &e->slots[e->b_slot[i]];
-            pam_request *owner = s->req;
-            if (st != PAM_OK) {
-                owner->finishing = PAM_FINISH_ERROR;
-                continue;
+        int32_t n_new = 0, n_prefilled = 0;
+        pam_kvm_report rep = {0};
+        if (n > 0) {
+            /* Logits only where a token is sampled: decode tokens and the
+             * last token of a prompt chunk; rows come back compacted. */
+            for (int32_t i = 0; i < n; i++) e->b_want[i] = e->b_req[i] != NULL;
+            pam_status st = pam_forward_batch_ex(e->b_ctx, e->b_tok, e->b_pos, n, e->b_want, e->logits);
+            int64_t now = pam_time_ns();
+            int32_t row = 0;
+            for (int32_t i = 0; i < n; i++) {
+                int32_t my_row = e->b_want[i] ? row++ : -1;
+                pam_request *owner = e->b_own[i];
+                if (st != PAM_OK) {
+                    owner->finishing = PAM_FINISH_ERROR;
+                    continue;
+                }
+                owner->n_past = e->b_pos[i] + 1; /* the token is in the KV now */
+                if (owner->n_past <= owner->n_prompt) n_prefilled++;
+                pam_request *r = e->b_req[i];
+                if (!r || r->n_past < r->n_prompt) continue;
+                if (r->finishing != PAM_FINISH_NONE) continue;
+                int32_t tok = pam_sampler_sample(r->sampler, e->logits + (size_t)my_row * e->n_vocab);
+                n_new += on_token(e, r, tok, now);
             }
-            /* The token is in the KV now. */
-            s->cache_tok[e->b_pos[i]] = e->b_tok[i];
-            s->n_cache = e->b_pos[i] + 1;
-            owner->n_past = e->b_pos[i] + 1;
-            if (owner->n_past <= owner->n_prompt) n_prefilled++;
-            pam_request *r = e->b_req[i];
-            if (!r || r->n_past < r->n_prompt) continue;
-            if (r->finishing != PAM_FINISH_NONE) continue;
-            int32_t tok = pam_sampler_sample(r->sampler, e->logits + (size_t)my_row * e->n_vocab);
-            n_new += on_token(e, r, tok, now);
+            /* Between steps: importance, scheduling, migrations. */
+            pam_kvm_step_end(e->kvm);
+            pam_kvm_report_get(e->kvm, &rep);
         }
 
         pthread_mutex_lock(&e->mu);
-        e->st.n_steps++;
+        if (n > 0) {
+            e->st.n_steps++;
+            e->st.n_migrations += rep.migrations_step;
+            e->st.n_migration_failures = rep.migration_failures;
+        }
         e->st.n_prefilled_tokens += (uint64_t)n_prefilled;
         e->st.n_generated_tokens += (uint64_t)n_new;
-        for (int32_t i = 0; i < e->p.n_slots; i++) e->slots[i].n_cache_pub = e->slots[i].n_cache;
         for (int32_t i = 0; i < e->p.n_slots; i++) {
-            pam_request *r = e->slots[i].req;
+            pam_request *r = e->run[i];
             if (!r) continue;
             if (r->finishing != PAM_FINISH_NONE) {
                 publish(r, r->gen_len);
@@ -682,6 +1047,7 @@ static void *engine_main(void *arg) {
             }
         }
     }
+    snapshot_kv(e);
     pthread_mutex_unlock(&e->mu);
     return NULL;
 }

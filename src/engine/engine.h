@@ -1,26 +1,41 @@
 /* Serving engine: a request queue and an iteration-level scheduler
- * (continuous batching) over one model.
+ * (continuous batching) over one model and one paged, tiered KV cache.
  *
- * One engine thread owns every context. Each iteration it
- *   1. retires cancelled requests (their slot is free for the next admission),
- *   2. admits queued requests while a slot is free (FIFO), choosing the free
- *      slot whose cached tokens share the longest prefix with the prompt,
- *   3. runs ONE pam_forward_batch over the decode token of every running
+ * One engine thread owns every context and the KV manager. Each iteration it
+ *   1. retires cancelled requests (running or paused),
+ *   2. admits: resumes paused requests and starts queued ones (FIFO, higher
+ *      priority first among the paused) while a batch slot is free and the
+ *      KV cache can reserve the prompt plus a decode reserve (evicting cached
+ *      prefixes, least recently used first, when it cannot); when every slot
+ *      is busy and the queue head has a higher priority than a running
+ *      request, that request is preempted (below),
+ *   3. runs ONE pam_forward_batch_ex over the decode token of every running
  *      sequence plus up to prefill_chunk prompt tokens of the sequences still
- *      prefilling (oldest first), so weights are read once per step,
+ *      prefilling, so weights are read once per step, then pam_kvm_step_end
+ *      (importance, scheduling, migrations between steps),
  *   4. samples, detokenizes, applies stop strings and publishes new text.
  *
- * KV backend: today a slot is a per-sequence context (pam_ctx_create_ex,
- * n_ctx tokens each), so "free KV capacity" is "a free slot" and prefix
- * caching works at slot granularity (a finished request's tokens stay in its
- * slot until the slot is reused; a new prompt sharing a prefix with them only
- * prefills the rest). The paged, tiered cache will replace the slot with a
- * block table; the API below does not expose slots, so callers do not change.
+ * KV: every request's context is backed by a sequence of one pam_kvm
+ * (kv/kvm.h) shared by all requests. Admission is by free KV capacity across
+ * all tiers (pam_kvm_reserve), not by a fixed per-slot context.
+ *
+ * Prefix cache: a finished request's sequence stays cached (its blocks keep
+ * their references) with its tokens and a hash chain over its full blocks
+ * (key_i = hash(key_{i-1}, tokens of block i)). A new prompt takes the entry
+ * with the longest matching chain of full blocks (plus matching tokens of the
+ * next, partial block), forks that sequence (pam_kvm_seq_fork), truncates it
+ * to the match and prefills only the rest; the first store into a shared
+ * block copies it (copy-on-write in the KV manager). Entries are evicted LRU.
+ *
+ * Preemption by demotion: a preempted request leaves the batch and its
+ * blocks migrate to the slowest tier (pam_kvm_migrate: no recomputation); it
+ * resumes when a slot frees and its blocks move back through the normal
+ * scheduler. Placement never changes results beyond rounding (exact merge).
  *
  * Determinism (DESIGN.md §2.9): pam_forward_batch gives every token the
  * logits it would get alone, and sampling uses a per-request seeded sampler,
  * so a request's output does not depend on what runs beside it, on prefill
- * chunking, or on prefix reuse.
+ * chunking, on prefix reuse or on preemption (with exact tiers).
  *
  * Threads: every function here may be called from any thread. A pam_request
  * belongs to the caller until pam_request_release(); all requests must be
@@ -42,11 +57,17 @@
 
 typedef struct pam_engine_params {
     int32_t n_slots;       /* sequences decoded together (--parallel) */
-    int32_t n_ctx;         /* context per slot; <= 0: the model's training context */
-    pam_dtype kv_type;     /* PAM_DT_F16 (default) or PAM_DT_F32 */
+    int32_t n_ctx;         /* longest sequence (prompt + output); <= 0: the model's training context */
+    pam_dtype kv_type;     /* unused: the paged cache stores what its tiers encode (f16, int8, int4) */
     int32_t n_queue;       /* waiting requests beyond the running ones; submit fails with PAM_ERR_FULL past it */
     int32_t prefill_chunk; /* prompt tokens per step, over all prefilling sequences */
-    int prefix_cache;      /* reuse a free slot's cached prefix */
+    int prefix_cache;      /* keep finished sequences as cached prefixes and reuse them */
+    int32_t n_prefix_entries; /* cached prefixes kept at most; <= 0: 4 * n_slots + 4 */
+    /* The KV manager (borrowed; must use the same pool and outlive the
+     * engine; its block size and tiers are the caller's). NULL: the engine
+     * builds and owns one dram tier of n_slots * n_ctx tokens (16-token
+     * blocks, one spare block per slot for copy-on-write). */
+    pam_kvm *kvm;
 } pam_engine_params;
 
 void pam_engine_params_default(pam_engine_params *p);
@@ -67,6 +88,7 @@ typedef struct pam_request_params {
     int32_t n_stop;
     const char *stop[PAM_ENGINE_MAX_STOP]; /* copied at submit; not emitted */
     int ignore_eos;
+    int32_t priority; /* higher preempts lower when every slot is busy; default 0 */
 } pam_request_params;
 
 void pam_request_params_default(pam_request_params *p);
@@ -121,20 +143,34 @@ typedef struct pam_histogram {
     uint64_t n;
 } pam_histogram;
 
+#define PAM_ENGINE_MAX_TIERS 8
+
+typedef struct pam_engine_tier_stats {
+    char name[64];
+    uint64_t blocks_used, blocks_capacity; /* blocks of one layer each */
+    uint64_t block_bytes;
+} pam_engine_tier_stats;
+
 typedef struct pam_engine_stats {
     int32_t n_slots, n_ctx;
-    int32_t n_queued, n_running;
+    int32_t n_queued, n_running, n_paused;
     uint64_t n_submitted, n_rejected_full;
     uint64_t n_finished[PAM_FINISH_ERROR + 1]; /* by pam_finish */
     uint64_t n_prompt_tokens, n_prefilled_tokens, n_generated_tokens;
     uint64_t n_steps;
     uint64_t prefix_lookups, prefix_hits, prefix_tokens_reused;
-    uint64_t kv_tokens;          /* tokens held in all slots (running and cached) */
-    uint64_t kv_bytes_used;      /* their KV bytes */
-    uint64_t kv_bytes_capacity;  /* KV bytes of all slots */
-    uint64_t kv_block_tokens;    /* accounting block size (tokens) for kv_blocks_* */
-    uint64_t kv_blocks_used, kv_blocks_capacity;
-    uint64_t n_migrations;       /* always 0 until the tiered cache lands */
+    uint64_t prefix_evictions; /* cached prefixes dropped (LRU, for space or over the entry limit) */
+    int32_t prefix_entries;    /* cached prefixes now */
+    uint64_t kv_tokens;          /* token positions held by running, paused and cached sequences (shared ones counted per sequence) */
+    uint64_t kv_bytes_used;      /* bytes of the live blocks, all tiers */
+    uint64_t kv_bytes_capacity;  /* all tiers */
+    uint64_t kv_block_tokens;    /* tokens per block */
+    uint64_t kv_blocks_used, kv_blocks_capacity; /* all tiers */
+    int kv_n_tiers;
+    pam_engine_tier_stats kv_tiers[PAM_ENGINE_MAX_TIERS]; /* fastest first */
+    uint64_t n_migrations;         /* blocks moved between tiers (scheduler and demotion) */
+    uint64_t n_migration_failures; /* moves that failed and left the block where it was */
+    uint64_t n_preempted, n_resumed, n_demoted_blocks;
     pam_histogram ttft;          /* submit -> first token */
     pam_histogram tpot;          /* mean time per output token after the first, per request */
 } pam_engine_stats;

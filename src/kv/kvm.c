@@ -453,6 +453,20 @@ pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst) {
     return PAM_OK;
 }
 
+pam_status pam_kvm_seq_truncate(pam_kvm *kvm, int32_t seq, int32_t n_tokens) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", seq);
+    if (n_tokens < 0) return PAM_ERR(PAM_ERR_INVALID, "kv manager: truncate to %d tokens", n_tokens);
+    int32_t keep = blocks_for(kvm, n_tokens);
+    for (int32_t l = 0; l < kvm->shape.n_layer; l++) {
+        while (s->n_blocks[l] > keep) unref_block(kvm, s->table[l][--s->n_blocks[l]]);
+        if (s->len[l] > n_tokens) s->len[l] = n_tokens;
+    }
+    kvm->reserved -= s->reserved;
+    s->reserved = 0;
+    return PAM_OK;
+}
+
 int32_t pam_kvm_seq_len(const pam_kvm *kvm, int32_t seq) {
     const kvm_seq *s = get_seq(kvm, seq);
     if (!s) return 0;

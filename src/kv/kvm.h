@@ -107,6 +107,12 @@ void pam_kvm_report_get(const pam_kvm *kvm, pam_kvm_report *out);
 /* A new sequence referencing every block of src (refcounts + 1); a later
  * store into a shared block copies it first (copy-on-write). */
 pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst);
+/* Keeps the first n_tokens positions of every layer: blocks past them lose
+ * this sequence's reference (freed if no one else holds them), a partially
+ * kept block stays (shared ones are copied on the next store), and the
+ * sequence's reservation is given back. n_tokens >= the length only drops
+ * the reservation. PAM_ERR_INVALID for a bad sequence or n_tokens < 0. */
+pam_status pam_kvm_seq_truncate(pam_kvm *kvm, int32_t seq, int32_t n_tokens);
 
 /* Introspection ------------------------------------------------------------- */
 const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm);

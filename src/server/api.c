@@ -299,6 +299,9 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     }
     if (get_bool(root, "stream", &out->stream, err)) goto done;
     if (get_bool(root, "ignore_eos", &p->ignore_eos, err)) goto done;
+    /* extension: a higher priority may preempt a running lower one when every slot is busy */
+    if (get_int(root, "priority", -1000000, 1000000, &v, &given, err)) goto done;
+    if (given) p->priority = (int32_t)v;
     json_t *so = json_object_get(root, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) {

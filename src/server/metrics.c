@@ -1,7 +1,7 @@
 /* Prometheus metrics text. Names follow the exposition conventions: counters
- * end in _total, units in the name (_seconds, _bytes). KV "blocks" are
- * 16-token accounting units until the paged cache lands; the one tier today
- * is dram. */
+ * end in _total, units in the name (_seconds, _bytes). KV numbers are the
+ * paged cache's own: a block holds --kv-block tokens of one layer, and
+ * per-tier series are labelled with the tier's name, fastest first. */
 #include "server/metrics.h"
 
 #include <stdarg.h>
@@ -41,6 +41,28 @@ static void put(out *o, const char *fmt, ...) {
         o->p = np;
         o->cap = cap;
     }
+}
+
+/* The tier label of tier i: its name (backslash, quote and newline
+ * escaped: ssd names carry paths), with "#i" appended when an earlier tier
+ * has the same name, so series stay distinct. */
+static const char *tier_label(const pam_engine_stats *st, int i, char *buf, size_t cap) {
+    const char *s = st->kv_tiers[i].name;
+    int dup = 0;
+    for (int j = 0; j < i; j++) dup |= strcmp(st->kv_tiers[j].name, s) == 0;
+    size_t n = 0;
+    for (; *s && n + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"') buf[n++] = '\\';
+        if (*s == '\n') {
+            buf[n++] = '\\';
+            buf[n++] = 'n';
+            continue;
+        }
+        buf[n++] = *s;
+    }
+    buf[n] = '\0';
+    if (dup) snprintf(buf + n, cap - n, "#%d", i);
+    return buf;
 }
 
 static void metric(out *o, const char *name, const char *type, const char *help) {
@@ -86,25 +108,50 @@ char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h)
     put(&o, "pam_engine_steps_total %llu\n", (unsigned long long)st->n_steps);
     metric(&o, "pam_queue_length", "gauge", "Requests waiting for a slot.");
     put(&o, "pam_queue_length %d\n", st->n_queued);
-    metric(&o, "pam_requests_running", "gauge", "Requests holding a slot.");
+    metric(&o, "pam_requests_running", "gauge", "Requests in the batch.");
     put(&o, "pam_requests_running %d\n", st->n_running);
-    metric(&o, "pam_slots", "gauge", "Sequence slots (--parallel).");
+    metric(&o, "pam_slots", "gauge", "Batch slots (--parallel).");
     put(&o, "pam_slots %d\n", st->n_slots);
     histogram(&o, "pam_time_to_first_token_seconds", "Time from submission to the first generated token.", &st->ttft);
     histogram(&o, "pam_time_per_output_token_seconds", "Mean time per generated token after the first, per request.",
               &st->tpot);
-    metric(&o, "pam_kv_blocks", "gauge", "KV blocks (16-token units) holding tokens, per tier.");
-    put(&o, "pam_kv_blocks{tier=\"dram\"} %llu\n", (unsigned long long)st->kv_blocks_used);
-    metric(&o, "pam_kv_blocks_capacity", "gauge", "KV blocks (16-token units) available, per tier.");
-    put(&o, "pam_kv_blocks_capacity{tier=\"dram\"} %llu\n", (unsigned long long)st->kv_blocks_capacity);
-    metric(&o, "pam_kv_bytes", "gauge", "KV bytes holding tokens, per tier.");
-    put(&o, "pam_kv_bytes{tier=\"dram\"} %llu\n", (unsigned long long)st->kv_bytes_used);
+    metric(&o, "pam_requests_paused", "gauge", "Requests preempted and waiting to resume (their KV in the slowest tier).");
+    put(&o, "pam_requests_paused %d\n", st->n_paused);
+    metric(&o, "pam_preemptions_total", "counter", "Requests preempted by a higher-priority one (KV demoted, not recomputed).");
+    put(&o, "pam_preemptions_total %llu\n", (unsigned long long)st->n_preempted);
+    metric(&o, "pam_resumptions_total", "counter", "Preempted requests back in the batch.");
+    put(&o, "pam_resumptions_total %llu\n", (unsigned long long)st->n_resumed);
+    char lb[160];
+    metric(&o, "pam_kv_block_tokens", "gauge", "Tokens per KV block (of one layer).");
+    put(&o, "pam_kv_block_tokens %llu\n", (unsigned long long)st->kv_block_tokens);
+    metric(&o, "pam_kv_blocks", "gauge", "KV blocks in use, per tier.");
+    for (int i = 0; i < st->kv_n_tiers; i++)
+        put(&o, "pam_kv_blocks{tier=\"%s\"} %llu\n", tier_label(st, i, lb, sizeof lb),
+            (unsigned long long)st->kv_tiers[i].blocks_used);
+    metric(&o, "pam_kv_blocks_capacity", "gauge", "KV blocks available, per tier.");
+    for (int i = 0; i < st->kv_n_tiers; i++)
+        put(&o, "pam_kv_blocks_capacity{tier=\"%s\"} %llu\n", tier_label(st, i, lb, sizeof lb),
+            (unsigned long long)st->kv_tiers[i].blocks_capacity);
+    metric(&o, "pam_kv_bytes", "gauge", "KV bytes in use, per tier (in the tier's encoding).");
+    for (int i = 0; i < st->kv_n_tiers; i++)
+        put(&o, "pam_kv_bytes{tier=\"%s\"} %llu\n", tier_label(st, i, lb, sizeof lb),
+            (unsigned long long)(st->kv_tiers[i].blocks_used * st->kv_tiers[i].block_bytes));
     metric(&o, "pam_kv_bytes_capacity", "gauge", "KV bytes available, per tier.");
-    put(&o, "pam_kv_bytes_capacity{tier=\"dram\"} %llu\n", (unsigned long long)st->kv_bytes_capacity);
-    metric(&o, "pam_kv_tokens", "gauge", "Tokens held in the KV cache (running and cached for reuse).");
+    for (int i = 0; i < st->kv_n_tiers; i++)
+        put(&o, "pam_kv_bytes_capacity{tier=\"%s\"} %llu\n", tier_label(st, i, lb, sizeof lb),
+            (unsigned long long)(st->kv_tiers[i].blocks_capacity * st->kv_tiers[i].block_bytes));
+    metric(&o, "pam_kv_tokens", "gauge", "Token positions held by running, paused and cached sequences (shared blocks counted per sequence).");
     put(&o, "pam_kv_tokens %llu\n", (unsigned long long)st->kv_tokens);
-    metric(&o, "pam_kv_migrations_total", "counter", "KV block migrations between tiers.");
+    metric(&o, "pam_kv_migrations_total", "counter", "KV blocks moved between tiers (scheduler and preemption).");
     put(&o, "pam_kv_migrations_total %llu\n", (unsigned long long)st->n_migrations);
+    metric(&o, "pam_kv_migration_failures_total", "counter", "KV block moves that failed (the block stayed where it was).");
+    put(&o, "pam_kv_migration_failures_total %llu\n", (unsigned long long)st->n_migration_failures);
+    metric(&o, "pam_kv_demoted_blocks_total", "counter", "KV blocks moved to the slowest tier by preemption.");
+    put(&o, "pam_kv_demoted_blocks_total %llu\n", (unsigned long long)st->n_demoted_blocks);
+    metric(&o, "pam_prefix_cache_entries", "gauge", "Finished sequences kept as cached prefixes.");
+    put(&o, "pam_prefix_cache_entries %d\n", st->prefix_entries);
+    metric(&o, "pam_prefix_cache_evictions_total", "counter", "Cached prefixes dropped (least recently used first).");
+    put(&o, "pam_prefix_cache_evictions_total %llu\n", (unsigned long long)st->prefix_evictions);
     metric(&o, "pam_prefix_cache_lookups_total", "counter", "Admissions that looked up the prefix cache.");
     put(&o, "pam_prefix_cache_lookups_total %llu\n", (unsigned long long)st->prefix_lookups);
     metric(&o, "pam_prefix_cache_hits_total", "counter", "Admissions that reused cached prompt tokens.");

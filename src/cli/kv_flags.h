@@ -1,0 +1,43 @@
+/* The paged, tiered KV cache flags shared by `pam run` and `pam serve`
+ * (--kv-tier SPEC repeatable, --kv-block N, --kv-policy P, --kv-trace FILE)
+ * and building the KV manager they describe. */
+#ifndef PAM_CLI_KV_FLAGS_H
+#define PAM_CLI_KV_FLAGS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "cli/args.h"
+#include "core/threadpool.h"
+#include "kv/kvm.h"
+#include "model/model.h"
+
+#define PAM_KV_FLAGS_MAX_TIERS 8
+
+typedef struct pam_kv_flags {
+    int given; /* any --kv-* flag was on the command line */
+    int n_specs;
+    const char *specs[PAM_KV_FLAGS_MAX_TIERS]; /* fastest first */
+    long block_tokens;
+    pam_kv_policy policy;
+    const char *trace_path;
+} pam_kv_flags;
+
+/* Usage lines for the flags (ends with a newline). */
+extern const char pam_kv_flags_usage[];
+
+void pam_kv_flags_init(pam_kv_flags *f);
+/* If the current argument of a is one of the flags, consumes it (errors are
+ * printed and set a->failed) and returns 1; otherwise returns 0. */
+int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a);
+const char *pam_kv_policy_name(pam_kv_policy p);
+
+/* Opens the tiers (or, with no --kv-tier, one dram tier of
+ * default_blocks_per_layer blocks per layer, within available memory), the
+ * trace file, and the KV manager over them. *trace gets the open trace file
+ * (or NULL); the caller closes it after pam_kvm_destroy. On failure nothing
+ * stays open and the error is recorded. */
+pam_status pam_kv_flags_build(const pam_kv_flags *f, const pam_model_hparams *hp, uint64_t default_blocks_per_layer,
+                              pam_pool *pool, FILE **trace, pam_kvm **out);
+
+#endif
