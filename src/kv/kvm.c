@@ -116,9 +116,9 @@ struct pam_kvm {
     int att_hint; /* task 0 of the attention job gives the read-ahead hint */
     float att_scale;
 
-    /* read-ahead hints: the blocks of one tier of the next (seq, layer) */
-    pam_tier_block *hint;
-    int64_t cap_hint;
+    /* read-ahead hints: per tier, its blocks of the next calls */
+    pam_tier_block *hint[KVM_MAX_TIERS];
+    int64_t cap_hint[KVM_MAX_TIERS];
 
     /* migration and copy scratch: bt * row floats each */
     float *mk, *mv, *mk2, *mv2;
@@ -230,7 +230,7 @@ void pam_kvm_destroy(pam_kvm *kvm) {
     free(kvm->pieces);
     free(kvm->req_blocks);
     free(kvm->req_ids);
-    free(kvm->hint);
+    for (int t = 0; t < KVM_MAX_TIERS; t++) free(kvm->hint[t]);
     free(kvm->blk_m);
     free(kvm->blk_l);
     free(kvm->piece_out);
@@ -731,38 +731,52 @@ static pam_status ensure_attend_scratch(pam_kvm *kvm, int64_t nb, int32_t n_head
 }
 
 /* Read-ahead: while this layer computes, tell each tier which of its blocks
- * the next attention call is likely to want, so a slow tier's reads overlap
- * this call, the next layer's matrix work and other sequences. The guess is
- * the decode order of a forward pass: the next layer of this sequence, after
- * the last layer the first layer of the next live sequence (wrapping). A
- * wrong guess costs reads, never a result (tier.h, prefetch). */
+ * the next attention calls are likely to want, so a slow tier's reads
+ * overlap this call, the matrix work between calls and other sequences. The
+ * guess is the decode order of a forward pass: the next layers of this
+ * sequence, after the last layer the first layer of the next live sequence
+ * (wrapping). Each tier gets its blocks of the next KVM_HINT_UNITS (seq,
+ * layer) calls that have blocks there, nearest first, however far ahead
+ * those are: a tier is not left idle while sequences held elsewhere compute.
+ * The tier reads as far as its buffers allow. A wrong guess costs reads,
+ * never a result (tier.h, prefetch). */
+#define KVM_HINT_UNITS 2
 static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer) {
-    int32_t ns = seq, nl = layer + 1;
-    if (nl == kvm->shape.n_layer) {
-        nl = 0;
-        for (int32_t i = 1; i <= kvm->n_seqs; i++) {
-            int32_t c = (seq + i) % kvm->n_seqs;
-            if (kvm->seqs[c].used) {
-                ns = c;
-                break;
+    int32_t L = kvm->shape.n_layer;
+    int64_t n[KVM_MAX_TIERS] = {0};
+    int units[KVM_MAX_TIERS] = {0};
+    int32_t cs = seq, cl = layer;
+    for (int64_t step = 0; step < (int64_t)L * kvm->n_seqs; step++) {
+        if (++cl == L) { /* the next live sequence, layer 0 */
+            cl = 0;
+            for (int32_t i = 1; i <= kvm->n_seqs; i++) {
+                int32_t c = (cs + i) % kvm->n_seqs;
+                if (kvm->seqs[c].used) {
+                    cs = c;
+                    break;
+                }
             }
         }
-    }
-    const kvm_seq *s = &kvm->seqs[ns];
-    int64_t nb = s->n_blocks[nl];
-    if (nb == 0) return;
-    pam_tier_block *h = grow(kvm->hint, &kvm->cap_hint, nb, sizeof *h);
-    if (!h) return; /* a hint is optional */
-    kvm->hint = h;
-    const uint32_t *tab = s->table[nl];
-    for (int t = 0; t < kvm->n_tiers; t++) {
-        int64_t n = 0;
+        if (cs == seq && cl == layer) break; /* wrapped around */
+        const kvm_seq *s = &kvm->seqs[cs];
+        int64_t nb = s->n_blocks[cl];
+        const uint32_t *tab = s->table[cl];
+        int open = 0, seen[KVM_MAX_TIERS] = {0};
+        for (int t = 0; t < kvm->n_tiers; t++) open += units[t] < KVM_HINT_UNITS;
+        if (!open) break;
         for (int64_t i = 0; i < nb; i++) {
             const kvm_block *b = &kvm->blocks[tab[i]];
-            if (b->tier == t) h[n++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
+            int t = b->tier;
+            if (units[t] >= KVM_HINT_UNITS) continue;
+            pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
+            if (!h) return; /* a hint is optional */
+            kvm->hint[t] = h;
+            h[n[t]++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
+            seen[t] = 1;
         }
-        pam_tier_prefetch(kvm->tiers[t], h, n);
+        for (int t = 0; t < kvm->n_tiers; t++) units[t] += seen[t];
     }
+    for (int t = 0; t < kvm->n_tiers; t++) pam_tier_prefetch(kvm->tiers[t], kvm->hint[t], n[t]);
 }
 
 pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_pos, const float *q, int32_t n_head,

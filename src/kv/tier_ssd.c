@@ -57,7 +57,7 @@
 #define SSD_BATCH 8                /* blocks per read batch in attend */
 #define SSD_GROW_BYTES (4u << 20)  /* file growth step */
 #define SSD_DEFAULT_GBPS 2.0       /* until the KV manager measures one */
-#define SSD_PF_BYTES (96u << 20)   /* read-ahead buffers: two layers of a 16k-token llama-1b sequence */
+#define SSD_PF_BYTES (128u << 20)  /* read-ahead buffers: three layers of a 16k-token llama-1b sequence */
 #define SSD_PF_MAX 4096            /* read-ahead entries at most */
 #define SSD_NONE UINT32_MAX
 
