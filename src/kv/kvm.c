@@ -740,7 +740,7 @@ static pam_status ensure_attend_scratch(pam_kvm *kvm, int64_t nb, int32_t n_head
  * those are: a tier is not left idle while sequences held elsewhere compute.
  * The tier reads as far as its buffers allow. A wrong guess costs reads,
  * never a result (tier.h, prefetch). */
-#define KVM_HINT_UNITS 2
+#define KVM_HINT_UNITS 3
 static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer) {
     int32_t L = kvm->shape.n_layer;
     int64_t n[KVM_MAX_TIERS] = {0};
