@@ -28,9 +28,19 @@
  * posix_fadvise(DONTNEED) (and says so in its name and on stderr); if
  * io_uring is unavailable, to synchronous pread.
  *
+ * Read-ahead (prefetch hints): hinted blocks are read on a ring of their own
+ * into up to SSD_PF_BYTES of buffers (set up at the first hint). Invariant:
+ * pf_of[slot] names an entry only while that entry holds, or is reading, the
+ * slot's current physical copy: write and free drop it (an entry still in
+ * flight is marked stale and freed when its read lands), so a block is never
+ * served from an out-of-date copy even when a rewrite returns to the same
+ * physical slot. attend verifies a read-ahead buffer like its own reads,
+ * and reads a block itself when its read-ahead failed.
+ *
  * Threads: alloc/free/write/read/stats come from one thread at a time and not
- * during attend; attend may run on several threads at once (each takes its
- * own ring and buffers from a small pool under a mutex). */
+ * during attend or prefetch; attend may run on several threads at once (each
+ * takes its own ring and buffers from a small pool under a mutex), and beside
+ * one prefetch; pf_lock guards the read-ahead state and its ring. */
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
