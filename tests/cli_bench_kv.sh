@@ -70,4 +70,15 @@ echo "$table"
 echo "$table" | grep -qE '^\| pam +\| +[0-9.]+ \|' || fail "table lacks the pam row"
 echo "$table" | grep -qE '^\| offload +\| +[0-9.]+ \|' || fail "table lacks the offload row"
 echo "$table" | grep -q '^pam / offload: ' || fail "table lacks the ratio"
+
+# pam-nora: pam without read-ahead hints, beside pam (an ssd tier takes the hints).
+mkdir -p "$TMP/kv-ssd"
+table=$("$PAM" bench kv -m "$MODEL" -t 2 --seqs 2 --depth 200 -n 2 --bw-mib 64 --kv-tier dram:20KiB \
+        --kv-tier "ssd:$TMP/kv-ssd:4MiB" --policy pam-nora,pam 2>"$TMP/kv.err") \
+    || fail "pam-nora bench exited with $?: $(cat "$TMP/kv.err")"
+echo "$table"
+echo "$table" | grep -qE '^\| pam-nora +\| +[0-9.]+ \|' || fail "table lacks the pam-nora row"
+echo "$table" | grep -qE '^\| pam +\| +[0-9.]+ \|' || fail "table lacks the pam row"
+grep -q "measured .* GB/s through its attend path" "$TMP/kv.err" || fail "the ssd tier was not calibrated"
+[ "$(grep -c "through its attend path" "$TMP/kv.err")" -eq 1 ] || fail "the ssd tier should be calibrated once for both policies"
 echo "PASS"

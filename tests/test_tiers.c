@@ -624,6 +624,96 @@ static void test_ssd_corrupt(void **state) {
     }
 }
 
+/* Read-ahead hints never change a result: hinted blocks give the same bits;
+ * a slot written or freed and reused after its hint is read anew; a failed
+ * read-ahead is read again by attend (a lasting failure is still an error);
+ * hints that no attend takes are dropped; a hint may run beside attend. */
+typedef struct pf_conc {
+    pam_tier *t;
+    const float *q;
+    const pam_tier_block *blocks;
+    int n;
+    const attn_out *good;
+    int bad;
+} pf_conc;
+
+static void *pf_conc_main(void *arg) {
+    pf_conc *c = arg;
+    attn_out a;
+    for (int i = 0; i < 40; i++)
+        if (run_attend(c->t, c->q, c->blocks, c->n, &a) != PAM_OK || memcmp(a.o, c->good->o, sizeof a.o)) c->bad++;
+    return NULL;
+}
+
+static void test_ssd_prefetch(void **state) {
+    (void)state;
+    for (int f = 0; f < 3; f++) {
+        pam_tier *t = ssd_open_flags(k_ssd_flags[f], 2 << 20);
+        pam_test_rng r = {12};
+        ctx c;
+        ctx_fill(&c, t, 20, 7, &r);
+        float q[N_HEAD * HD];
+        for (int i = 0; i < N_HEAD * HD; i++) q[i] = (float)pam_test_rng_normal(&r);
+        attn_out good, a, b;
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &good), PAM_OK);
+        pam_tier_prefetch(t, c.blocks, c.n_blocks);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_OK);
+        assert_memory_equal(a.o, good.o, sizeof a.o);
+        assert_memory_equal(a.blk_l, good.blk_l, sizeof(float) * (size_t)c.n_blocks * N_HEAD);
+        /* Hinted, then rewritten with block 6's data: attend sees the new
+         * data. Written twice, so the second copy lands where the hinted
+         * one was on disk (writes alternate between two places). */
+        pam_tier_prefetch(t, c.blocks, c.n_blocks);
+        for (int w = 0; w < 2; w++)
+            assert_int_equal(pam_tier_write(t, c.blocks[5].slot, 0, BT, c.K + 6 * BT * ROW, c.V + 6 * BT * ROW),
+                             PAM_OK);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_OK);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &b), PAM_OK); /* no hint */
+        assert_memory_equal(a.o, b.o, sizeof a.o);
+        assert_true(memcmp(a.o, good.o, sizeof a.o) != 0);
+        /* Hinted, then freed and the slot reused for other data. */
+        pam_tier_prefetch(t, c.blocks, c.n_blocks);
+        uint32_t old = c.blocks[2].slot;
+        pam_tier_free(t, old);
+        assert_int_equal(pam_tier_alloc(t, &c.blocks[2].slot), PAM_OK);
+        assert_int_equal(pam_tier_write(t, c.blocks[2].slot, 0, BT, c.K + 7 * BT * ROW, c.V + 7 * BT * ROW), PAM_OK);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_OK);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &b), PAM_OK);
+        assert_memory_equal(a.o, b.o, sizeof a.o);
+        /* Back to the original data for the rest. */
+        assert_int_equal(pam_tier_write(t, c.blocks[2].slot, 0, BT, c.K + 2 * BT * ROW, c.V + 2 * BT * ROW), PAM_OK);
+        assert_int_equal(pam_tier_write(t, c.blocks[5].slot, 0, BT, c.K + 5 * BT * ROW, c.V + 5 * BT * ROW), PAM_OK);
+        /* One failed read-ahead: attend reads the block itself (without
+         * io_uring there is no read-ahead: the failure is attend's). */
+        int ahead = !(k_ssd_flags[f] & PAM_SSD_NO_URING);
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_EIO_READ, 3, 0), PAM_OK);
+        pam_tier_prefetch(t, c.blocks, c.n_blocks);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), ahead ? PAM_OK : PAM_ERR_IO);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_OK);
+        assert_memory_equal(a.o, good.o, sizeof a.o);
+        /* Every read fails: still an error of attend. */
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_EIO_READ, 0, 1), PAM_OK);
+        pam_tier_prefetch(t, c.blocks, c.n_blocks);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_ERR_IO);
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_NONE, 0, 0), PAM_OK);
+        /* Hints nobody takes (more than the buffers hold over time). */
+        for (int i = 0; i < 300; i++) pam_tier_prefetch(t, c.blocks + i % 10, 10);
+        assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_OK);
+        assert_memory_equal(a.o, good.o, sizeof a.o);
+        /* Hints beside attend on another thread. */
+        pf_conc cc = {.t = t, .q = q, .blocks = c.blocks, .n = c.n_blocks, .good = &good};
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, pf_conc_main, &cc), 0);
+        for (int i = 0; i < 200; i++) pam_tier_prefetch(t, c.blocks, c.n_blocks);
+        pthread_join(th, NULL);
+        assert_int_equal(cc.bad, 0);
+        /* Hinted and never asked for: close waits for the reads. */
+        pam_tier_prefetch(t, c.blocks, c.n_blocks);
+        ctx_free(&c);
+        pam_tier_close(t);
+    }
+}
+
 /* tmpfs: O_DIRECT is used where the kernel supports it there, otherwise the
  * tier falls back to buffered I/O; either way it works. */
 static void test_ssd_tmpfs(void **state) {
@@ -839,6 +929,7 @@ int main(void) {
         cmocka_unit_test(test_ssd_enospc_hook),
         cmocka_unit_test(test_ssd_file_size_limit),
         cmocka_unit_test(test_ssd_corrupt),
+        cmocka_unit_test(test_ssd_prefetch),
         cmocka_unit_test(test_ssd_tmpfs),
         cmocka_unit_test(test_ssd_inject_wrong_tier),
         cmocka_unit_test(test_fault_wrapper),

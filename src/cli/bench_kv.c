@@ -36,7 +36,9 @@
 #include "model/model.h"
 
 #define BKV_MAX_SPECS 8
-#define BKV_MAX_POLICIES 3
+#define BKV_MAX_POLICIES 4
+/* pam with the KV manager's read-ahead hints off: the A/B of those hints */
+#define BKV_PAM_NORA ((pam_kv_policy)3)
 #define BKV_MAX_SEQS 256
 #define BKV_SEED 4321
 #define BKV_WARMUP 2
@@ -71,7 +73,7 @@ typedef struct bkv_result {
 } bkv_result;
 
 static const char *bkv_policy_name(pam_kv_policy p) {
-    return p == PAM_KV_POLICY_OFFLOAD ? "offload" : p == PAM_KV_POLICY_SINGLE ? "single" : "pam";
+    return p == BKV_PAM_NORA ? "pam-nora" : p == PAM_KV_POLICY_OFFLOAD ? "offload" : p == PAM_KV_POLICY_SINGLE ? "single" : "pam";
 }
 
 static void bkv_usage(FILE *f) {
@@ -87,7 +89,8 @@ static void bkv_usage(FILE *f) {
             "                        dramq:int8|int4:SIZE, ssd:DIR:SIZE). Default: dram holding a\n"
             "                        quarter of the KV, then dramq:int8 for the rest\n"
             "      --kv-block N      tokens per block (default 16)\n"
-            "      --policy LIST     comma-separated: pam,offload,single (default all three)\n"
+            "      --policy LIST     comma-separated: pam,offload,single (default all three), and\n"
+            "                        pam-nora: pam without read-ahead hints to the tiers\n"
             "      --single-tier SPEC  the one tier of `single` (default: dram holding all the KV)\n"
             "      --seqs N          sequences decoded together (default 4)\n"
             "      --depth D         synthetic KV positions per sequence (default 16384)\n"
@@ -111,6 +114,8 @@ static int bkv_parse_policies(const char *s, bkv_opts *o) {
             p = PAM_KV_POLICY_OFFLOAD;
         else if (n == 6 && !strncmp(s, "single", 6))
             p = PAM_KV_POLICY_SINGLE;
+        else if (n == 8 && !strncmp(s, "pam-nora", 8))
+            p = BKV_PAM_NORA;
         else
             return 0;
         for (int i = 0; i < o->n_policies; i++)
@@ -136,9 +141,11 @@ static int bkv_is_host(const pam_tier *t) {
 
 /* Opens the policy's tiers into tiers[] (caller closes them on failure). */
 static pam_status bkv_open_tiers(const bkv_opts *o, const pam_kv_shape *shape, pam_kv_policy policy,
-                                 uint64_t kv_bytes, double bw, pam_tier **tiers, int *n_tiers) {
+                                 uint64_t kv_bytes, double bw, double *cal, pam_tier **tiers, int *n_tiers) {
     char spec[128];
+    int cal_at[BKV_MAX_SPECS]; /* tier -> its entry in cal (per spec; the single tier last) */
     *n_tiers = 0;
+    for (int i = 0; i < BKV_MAX_SPECS; i++) cal_at[i] = policy == PAM_KV_POLICY_SINGLE ? BKV_MAX_SPECS : i;
     if (policy == PAM_KV_POLICY_SINGLE) {
         const char *s = o->single_spec;
         if (!s) {
@@ -160,11 +167,20 @@ static pam_status bkv_open_tiers(const bkv_opts *o, const pam_kv_shape *shape, p
     for (int i = 0; i < *n_tiers; i++) {
         if (bkv_is_host(tiers[i])) {
             tiers[i]->read_gbps = bw;
+        } else if (cal[cal_at[i]] > 0) {
+            tiers[i]->read_gbps = cal[cal_at[i]];
         } else {
-            /* a device tier's rate is measured through its own attend path */
-            double gbps;
-            PAM_TRY(pam_tier_calibrate(tiers[i], shape, 256ull << 20, &gbps));
-            fprintf(stderr, "tier %s: measured %.2f GB/s through its attend path\n", tiers[i]->name, gbps);
+            /* a device tier's rate is measured through its own attend path,
+             * once per spec: every policy's bound uses the same figure */
+            double gbps = 0, best = 0;
+            for (int rep = 0; rep < 3; rep++) { /* best of 3: a shared machine only slows a pass */
+                PAM_TRY(pam_tier_calibrate(tiers[i], shape, 256ull << 20, &gbps));
+                if (gbps > best) best = gbps;
+            }
+            tiers[i]->read_gbps = gbps = best;
+            cal[cal_at[i]] = gbps;
+            fprintf(stderr, "tier %s: measured %.2f GB/s through its attend path (best of 3 calibrations)\n",
+                    tiers[i]->name, gbps);
         }
     }
     return PAM_OK;
@@ -198,7 +214,7 @@ static void bkv_record_step(bkv_result *res, const pam_kvm_report *rep) {
 }
 
 static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts *o, pam_kv_policy policy,
-                             double bw, FILE *trace, float *logits, bkv_result *res) {
+                             double bw, double *cal, FILE *trace, float *logits, bkv_result *res) {
     const pam_model_hparams *hp = pam_model_get_hparams(m);
     pam_kv_shape shape = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
                           .block_tokens = (int32_t)o->block_tokens};
@@ -214,7 +230,7 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
 
     pam_tier *tiers[BKV_MAX_SPECS] = {0};
     int n_tiers = 0;
-    pam_status st = bkv_open_tiers(o, &shape, policy, kv_bytes, bw, tiers, &n_tiers);
+    pam_status st = bkv_open_tiers(o, &shape, policy, kv_bytes, bw, cal, tiers, &n_tiers);
     if (st != PAM_OK) {
         for (int i = 0; i < n_tiers; i++)
             if (tiers[i]) pam_tier_close(tiers[i]);
@@ -226,8 +242,10 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
         res->tier_host[i] = bkv_is_host(tiers[i]);
         res->tier_gbps[i] = tiers[i]->read_gbps;
     }
-    pam_kvm_config cfg = {.shape = shape, .tiers = tiers, .n_tiers = n_tiers, .policy = policy,
-                          .migrate_bytes_per_step = (uint64_t)o->budget_mib << 20, .trace = trace};
+    pam_kvm_config cfg = {.shape = shape, .tiers = tiers, .n_tiers = n_tiers,
+                          .policy = policy == BKV_PAM_NORA ? PAM_KV_POLICY_PAM : policy,
+                          .migrate_bytes_per_step = (uint64_t)o->budget_mib << 20, .trace = trace,
+                          .readahead_off = policy == BKV_PAM_NORA};
     bkv_run r = {0};
     PAM_TRY(pam_kvm_create(&cfg, pool, &r.kvm));
 
@@ -451,26 +469,26 @@ static void bkv_print_json(const bkv_opts *o, const bkv_result *res, int n_res, 
 }
 
 static void bkv_print_table(const bkv_result *res, int n_res, double ratio) {
-    printf("| policy  |    tok/s | ms / step | bound ms | of bound | migr / step | MB migr / step | MB staged / step |\n"
-           "|---------|----------|-----------|----------|----------|-------------|----------------|------------------|\n");
+    printf("| policy   |    tok/s | ms / step | bound ms | of bound | migr / step | MB migr / step | MB staged / step |\n"
+           "|----------|----------|-----------|----------|----------|-------------|----------------|------------------|\n");
     for (int i = 0; i < n_res; i++) {
         const bkv_result *r = &res[i];
         if (!r->ran) {
-            printf("| %-7s | %s |\n", bkv_policy_name(r->policy), r->note);
+            printf("| %-8s | %s |\n", bkv_policy_name(r->policy), r->note);
             continue;
         }
-        printf("| %-7s | %8.2f | %9.2f | %8.2f | %7.1f%% | %11.1f | %14.2f | %16.2f |\n", bkv_policy_name(r->policy),
+        printf("| %-8s | %8.2f | %9.2f | %8.2f | %7.1f%% | %11.1f | %14.2f | %16.2f |\n", bkv_policy_name(r->policy),
                r->tokens_per_second, r->step_ms, r->bound_ms, 100.0 * r->bound_ms / r->step_ms, r->migrations_step,
                r->migration_bytes_step / 1e6, r->staged_bytes_step / 1e6);
     }
-    printf("\n| policy  | tier                 |   GB/s |   blocks | MB read / step | attend ms / step | "
+    printf("\n| policy   | tier                 |   GB/s |   blocks | MB read / step | attend ms / step | "
            "bytes/bw ms |\n"
-           "|---------|----------------------|--------|----------|----------------|------------------|------------"
+           "|----------|----------------------|--------|----------|----------------|------------------|------------"
            "-|\n");
     for (int i = 0; i < n_res; i++) {
         const bkv_result *r = &res[i];
         for (int t = 0; r->ran && t < r->n_tiers; t++)
-            printf("| %-7s | %-20.20s | %6.2f | %8.0f | %14.2f | %16.2f | %11.2f |\n", bkv_policy_name(r->policy),
+            printf("| %-8s | %-20.20s | %6.2f | %8.0f | %14.2f | %16.2f | %11.2f |\n", bkv_policy_name(r->policy),
                    r->tier_name[t], r->tier_gbps[t], r->blocks[t], r->bytes_step[t] / 1e6, r->attend_ms_step[t],
                    r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3);
     }
@@ -509,7 +527,7 @@ int pam_cli_bench_kv(int argc, char **argv) {
         } else if (pam_args_is(&a, NULL, "--policy")) {
             const char *v = pam_args_value(&a);
             if (v && !bkv_parse_policies(v, &o)) {
-                fprintf(stderr, "pam bench kv: --policy expects a comma-separated list of pam, offload, single "
+                fprintf(stderr, "pam bench kv: --policy expects a comma-separated list of pam, offload, single, pam-nora "
                                 "(each once), got '%s'\n", v);
                 a.failed = 1;
             }
@@ -589,8 +607,9 @@ int pam_cli_bench_kv(int argc, char **argv) {
     fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n\n", threads,
             pam_cpu_isa(), bw, o.bw_mib);
     fflush(info);
+    double cal[BKV_MAX_SPECS + 1] = {0}; /* device tiers' calibrated GB/s, per spec */
     for (int i = 0; i < o.n_policies; i++) {
-        if (bkv_policy(model, pool, &o, o.policies[i], bw, trace, logits, &res[n_res]) != PAM_OK) {
+        if (bkv_policy(model, pool, &o, o.policies[i], bw, cal, trace, logits, &res[n_res]) != PAM_OK) {
             fprintf(stderr, "pam bench kv: policy %s: %s\n", bkv_policy_name(o.policies[i]), pam_last_error());
             n_res++;
             goto done;

@@ -91,6 +91,7 @@ struct pam_kvm {
     float decay;
     FILE *trace;
     pam_pool *pool;
+    int readahead;
 
     kvm_block *blocks;
     uint32_t n_ids, cap_ids, free_id;
@@ -111,8 +112,13 @@ struct pam_kvm {
     float *acc_ml;    /* merged m and l: [2][n_head] */
     int32_t piece_heads;
     const float *att_q;
-    int32_t att_n_head;
+    int32_t att_n_head, att_seq, att_layer;
+    int att_hint; /* task 0 of the attention job gives the read-ahead hint */
     float att_scale;
+
+    /* read-ahead hints: per tier, its blocks of the next calls */
+    pam_tier_block *hint[KVM_MAX_TIERS];
+    int64_t cap_hint[KVM_MAX_TIERS];
 
     /* migration and copy scratch: bt * row floats each */
     float *mk, *mv, *mk2, *mv2;
@@ -194,6 +200,7 @@ pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **o
     kvm->decay = cfg->importance_decay > 0.0f ? cfg->importance_decay : KVM_DEFAULT_DECAY;
     kvm->trace = cfg->trace;
     kvm->pool = pool;
+    kvm->readahead = !cfg->readahead_off;
     kvm->free_id = KVM_NO_ID;
     size_t blk = (size_t)s->block_tokens * kvm->row;
     kvm->mk = malloc(4 * blk * sizeof(float));
@@ -223,6 +230,7 @@ void pam_kvm_destroy(pam_kvm *kvm) {
     free(kvm->pieces);
     free(kvm->req_blocks);
     free(kvm->req_ids);
+    for (int t = 0; t < KVM_MAX_TIERS; t++) free(kvm->hint[t]);
     free(kvm->blk_m);
     free(kvm->blk_l);
     free(kvm->piece_out);
@@ -619,9 +627,18 @@ int pam_kvm_block_tier(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t b
 
 /* ---- PAMattention ------------------------------------------------------- */
 
+static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer);
+
 static void piece_task(void *arg, int64_t task, int thread) {
     (void)thread;
     pam_kvm *kvm = arg;
+    if (kvm->att_hint) {
+        if (task == 0) {
+            hint_next(kvm, kvm->att_seq, kvm->att_layer);
+            return;
+        }
+        task--;
+    }
     kvm_piece *p = &kvm->pieces[task];
     int32_t H = kvm->att_n_head;
     float *po = kvm->piece_out + (size_t)task * (size_t)H * (2 + (size_t)kvm->shape.head_dim);
@@ -727,6 +744,55 @@ static pam_status ensure_attend_scratch(pam_kvm *kvm, int64_t nb, int32_t n_head
     return PAM_OK;
 }
 
+/* Read-ahead: while this layer computes, tell each tier which of its blocks
+ * the next attention calls are likely to want, so a slow tier's reads
+ * overlap this call, the matrix work between calls and other sequences. The
+ * guess is the decode order of a forward pass: the next layers of this
+ * sequence, after the last layer the first layer of the next live sequence
+ * (wrapping). Each tier gets its blocks of the next KVM_HINT_UNITS (seq,
+ * layer) calls that have blocks there, nearest first, however far ahead
+ * those are: a tier is not left idle while sequences held elsewhere compute.
+ * The tier reads as far as its buffers allow. A wrong guess costs reads,
+ * never a result (tier.h, prefetch). */
+#define KVM_HINT_UNITS 3
+static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer) {
+    int32_t L = kvm->shape.n_layer;
+    int64_t n[KVM_MAX_TIERS] = {0};
+    int units[KVM_MAX_TIERS] = {0};
+    int32_t cs = seq, cl = layer;
+    for (int64_t step = 0; step < (int64_t)L * kvm->n_seqs; step++) {
+        if (++cl == L) { /* the next live sequence, layer 0 */
+            cl = 0;
+            for (int32_t i = 1; i <= kvm->n_seqs; i++) {
+                int32_t c = (cs + i) % kvm->n_seqs;
+                if (kvm->seqs[c].used) {
+                    cs = c;
+                    break;
+                }
+            }
+        }
+        if (cs == seq && cl == layer) break; /* wrapped around */
+        const kvm_seq *s = &kvm->seqs[cs];
+        int64_t nb = s->n_blocks[cl];
+        const uint32_t *tab = s->table[cl];
+        int open = 0, seen[KVM_MAX_TIERS] = {0};
+        for (int t = 0; t < kvm->n_tiers; t++) open += units[t] < KVM_HINT_UNITS;
+        if (!open) break;
+        for (int64_t i = 0; i < nb; i++) {
+            const kvm_block *b = &kvm->blocks[tab[i]];
+            int t = b->tier;
+            if (units[t] >= KVM_HINT_UNITS) continue;
+            pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
+            if (!h) return; /* a hint is optional */
+            kvm->hint[t] = h;
+            h[n[t]++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
+            seen[t] = 1;
+        }
+        for (int t = 0; t < kvm->n_tiers; t++) units[t] += seen[t];
+    }
+    for (int t = 0; t < kvm->n_tiers; t++) pam_tier_prefetch(kvm->tiers[t], kvm->hint[t], n[t]);
+}
+
 pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_pos, const float *q, int32_t n_head,
                           float scale, float *out) {
     kvm_seq *s = get_seq(kvm, seq);
@@ -775,7 +841,11 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
     kvm->att_q = q;
     kvm->att_n_head = n_head;
     kvm->att_scale = scale;
-    pam_pool_run(kvm->pool, piece_task, kvm, np);
+    /* Task 0 gives the read-ahead hint for the next call, beside the pieces. */
+    kvm->att_seq = seq;
+    kvm->att_layer = layer;
+    kvm->att_hint = !staged && kvm->readahead;
+    pam_pool_run(kvm->pool, piece_task, kvm, np + kvm->att_hint);
     for (int64_t i = 0; i < np; i++)
         if (kvm->pieces[i].st != PAM_OK)
             return PAM_ERR(kvm->pieces[i].st, "attention in tier %s: %s", kvm->pieces[i].t->name, kvm->pieces[i].msg);

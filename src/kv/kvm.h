@@ -40,6 +40,7 @@ typedef struct pam_kvm_config {
     uint64_t migrate_bytes_per_step; /* budget; 0 = default (e.g. 64 MiB) */
     float importance_decay;          /* EMA factor in (0,1]; 0 = default 0.9 */
     FILE *trace;                     /* --kv-trace: one JSON line per step, or NULL (not owned) */
+    int readahead_off;               /* 1: no read-ahead hints to the tiers (A/B measurements) */
 } pam_kvm_config;
 
 typedef struct pam_kvm pam_kvm;

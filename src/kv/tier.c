@@ -21,6 +21,10 @@ pam_status pam_tier_read(pam_tier *t, uint32_t slot, int32_t n, float *k, float 
 
 pam_status pam_tier_attend(pam_tier *t, const pam_tier_attn *req) { return t->ops->attend(t->impl, req); }
 
+void pam_tier_prefetch(pam_tier *t, const pam_tier_block *blocks, int64_t n_blocks) {
+    if (t->ops->prefetch && n_blocks > 0) t->ops->prefetch(t->impl, blocks, n_blocks);
+}
+
 void pam_tier_stats_get(pam_tier *t, pam_tier_stats *out) { t->ops->stats(t->impl, out); }
 
 void pam_tier_close(pam_tier *t) {
@@ -63,23 +67,28 @@ pam_status pam_tier_calibrate(pam_tier *t, const pam_kv_shape *shape, uint64_t m
         pam_tier_attn req = {.q = q, .n_head = n_head, .scale = 0.125f, .blocks = blocks, .n_blocks = (int64_t)got,
                              .m = m, .l = l, .o = o};
         st = pam_tier_attend(t, &req); /* warm-up: first touches, queue setup */
-        pam_tier_stats s0, s1;
-        pam_tier_stats_get(t, &s0);
-        int64_t t0 = pam_time_ns(), el = 0;
+        /* The best pass of at least 5 and 200 ms (as the memory bandwidth is
+         * the best of 5): on a shared machine a pass can only be slowed by
+         * others, so the best one is the closest to what the tier can do. */
+        int64_t start = pam_time_ns();
+        double best = 0;
         int reps = 0;
-        /* at least 3 passes and 100 ms, so timer resolution and one slow
-         * request do not dominate */
-        while (st == PAM_OK && (reps < 3 || el < 100000000) && reps < 1000) {
+        while (st == PAM_OK && (reps < 5 || pam_time_ns() - start < 200000000) && reps < 1000) {
+            pam_tier_stats s0, s1;
+            pam_tier_stats_get(t, &s0);
+            int64_t t0 = pam_time_ns();
             st = pam_tier_attend(t, &req);
-            reps++;
-            el = pam_time_ns() - t0;
-        }
-        pam_tier_stats_get(t, &s1);
-        if (st == PAM_OK) {
+            int64_t el = pam_time_ns() - t0;
+            pam_tier_stats_get(t, &s1);
             double bytes = (double)(s1.bytes_read - s0.bytes_read);
-            if (bytes <= 0) bytes = (double)reps * (double)got * (double)t->block_bytes;
-            *gbps = bytes / ((double)el > 0 ? (double)el : 1.0);
-            t->read_gbps = *gbps;
+            if (bytes <= 0) bytes = (double)got * (double)t->block_bytes;
+            double rate = bytes / (double)(el > 0 ? el : 1);
+            if (rate > best) best = rate;
+            reps++;
+        }
+        if (st == PAM_OK) {
+            *gbps = best;
+            t->read_gbps = best;
         }
     }
     for (uint64_t i = 0; i < got; i++) pam_tier_free(t, blocks[i].slot);

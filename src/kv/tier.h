@@ -77,6 +77,16 @@ typedef struct pam_tier_ops {
     pam_status (*attend)(void *impl, const pam_tier_attn *req);
     void (*stats)(void *impl, pam_tier_stats *out);
     void (*close)(void *impl);
+    /* Optional (NULL: no-op). A hint that attend will soon be asked for these
+     * blocks: a tier whose reads are slow (ssd) may start reading them now
+     * into buffers of its own, so the I/O overlaps the caller's other work.
+     * It never changes a result: a later write or free of a slot drops what
+     * was read ahead for it, a block not read ahead (the tier's buffers were
+     * full, the read failed) is read by attend as usual, and what is read
+     * ahead but never asked for is dropped after a later hint. May run
+     * concurrently with attend calls of the tier (never with alloc, free,
+     * write, read or another prefetch). */
+    void (*prefetch)(void *impl, const pam_tier_block *blocks, int64_t n_blocks);
 } pam_tier_ops;
 
 typedef struct pam_tier {
@@ -95,10 +105,13 @@ void pam_tier_free(pam_tier *t, uint32_t slot);
 pam_status pam_tier_write(pam_tier *t, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v);
 pam_status pam_tier_read(pam_tier *t, uint32_t slot, int32_t n, float *k, float *v);
 pam_status pam_tier_attend(pam_tier *t, const pam_tier_attn *req);
+/* ops->prefetch, or nothing when the tier has none. */
+void pam_tier_prefetch(pam_tier *t, const pam_tier_block *blocks, int64_t n_blocks);
 void pam_tier_stats_get(pam_tier *t, pam_tier_stats *out);
 /* Measures the rate (GB/s of block bytes) at which the tier's own attend
  * streams up to max_bytes of its blocks (written with synthetic K/V, freed
- * afterwards), sets t->read_gbps and returns it in *gbps. This is the
+ * afterwards; the best of at least 5 passes and 200 ms), sets t->read_gbps
+ * and returns it in *gbps. This is the
  * bandwidth the scheduler and the bound of `pam bench kv` use: it includes
  * the tier's I/O pattern (ssd: O_DIRECT batches) and its decode work. */
 pam_status pam_tier_calibrate(pam_tier *t, const pam_kv_shape *shape, uint64_t max_bytes, double *gbps);

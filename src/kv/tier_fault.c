@@ -71,6 +71,12 @@ static void fault_close(void *impl) {
     free(f);
 }
 
+/* Hints are not faulted: they cannot fail. */
+static void fault_prefetch(void *impl, const pam_tier_block *blocks, int64_t n_blocks) {
+    fault_tier *f = impl;
+    pam_tier_prefetch(f->inner, blocks, n_blocks);
+}
+
 static const pam_tier_ops fault_ops = {
     .kind = "fault",
     .alloc = fault_alloc,
@@ -80,6 +86,7 @@ static const pam_tier_ops fault_ops = {
     .attend = fault_attend,
     .stats = fault_stats,
     .close = fault_close,
+    .prefetch = fault_prefetch,
 };
 
 pam_status pam_tier_fault_wrap(pam_tier *inner, const pam_fault_plan *plan, pam_tier **out) {

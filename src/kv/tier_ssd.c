@@ -28,9 +28,19 @@
  * posix_fadvise(DONTNEED) (and says so in its name and on stderr); if
  * io_uring is unavailable, to synchronous pread.
  *
+ * Read-ahead (prefetch hints): hinted blocks are read on a ring of their own
+ * into up to SSD_PF_BYTES of buffers (set up at the first hint). Invariant:
+ * pf_of[slot] names an entry only while that entry holds, or is reading, the
+ * slot's current physical copy: write and free drop it (an entry still in
+ * flight is marked stale and freed when its read lands), so a block is never
+ * served from an out-of-date copy even when a rewrite returns to the same
+ * physical slot. attend verifies a read-ahead buffer like its own reads,
+ * and reads a block itself when its read-ahead failed.
+ *
  * Threads: alloc/free/write/read/stats come from one thread at a time and not
- * during attend; attend may run on several threads at once (each takes its
- * own ring and buffers from a small pool under a mutex). */
+ * during attend or prefetch; attend may run on several threads at once (each
+ * takes its own ring and buffers from a small pool under a mutex), and beside
+ * one prefetch; pf_lock guards the read-ahead state and its ring. */
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -57,6 +67,8 @@
 #define SSD_BATCH 8                /* blocks per read batch in attend */
 #define SSD_GROW_BYTES (4u << 20)  /* file growth step */
 #define SSD_DEFAULT_GBPS 2.0       /* until the KV manager measures one */
+#define SSD_PF_BYTES (128u << 20)  /* read-ahead buffers: three layers of a 16k-token llama-1b sequence */
+#define SSD_PF_MAX 4096            /* read-ahead entries at most */
 #define SSD_NONE UINT32_MAX
 
 typedef struct ssd_hdr {
@@ -73,7 +85,8 @@ typedef struct ssd_req {
     uint64_t off;
     uint8_t *buf;
     uint32_t len, done;
-    int err; /* negative errno, or 0 */
+    int err;    /* negative errno, or 0 */
+    int32_t pf; /* read-ahead entry whose buffer this is, or -1 */
 } ssd_req;
 
 /* Per-attend I/O context: a ring and two sets of SSD_BATCH slot buffers. */
@@ -83,8 +96,23 @@ typedef struct ssd_io {
     uint8_t *buf[2];
     ssd_req req[2][SSD_BATCH];
     int pending[2];
+    int n_req[2];
     struct ssd_io *next;
 } ssd_io;
+
+/* One read-ahead buffer (prefetch). States: free (on the free stack), in
+ * flight (a read of (slot, phys) is queued on the read-ahead ring), ready
+ * (done, with err 0 or a negative errno). An entry in flight or pinned by an
+ * attend keeps its buffer; one whose slot was written or freed meanwhile is
+ * stale and goes back to the free stack when its read completes. */
+enum { SSD_PF_FREE = 0, SSD_PF_FLIGHT, SSD_PF_READY };
+typedef struct ssd_pf {
+    uint8_t *buf;
+    uint32_t slot, phys;
+    uint32_t done;
+    int state, err, pinned, stale;
+    uint64_t gen; /* the hint that asked for it last */
+} ssd_pf;
 
 typedef struct ssd {
     pam_kv_shape sh;
@@ -103,6 +131,17 @@ typedef struct ssd {
     int64_t wbuf_slot;  /* logical slot whose current image wbuf holds, or -1 */
     pthread_mutex_t io_lock;
     ssd_io *io_free;
+    /* read-ahead: set up at the first prefetch; pf_lock guards all of it
+     * (attend threads harvest completions of pf_ring under it) */
+    pthread_mutex_t pf_lock;
+    _Atomic int pf_init; /* 0: not yet, 1: ready, -1: unavailable (no ring, no memory) */
+    struct io_uring pf_ring;
+    uint8_t *pf_mem;
+    ssd_pf *pf;
+    uint32_t n_pf, n_pf_free, pf_inflight;
+    uint32_t *pf_stack;
+    int32_t *pf_of; /* logical slot -> entry holding it, or -1 */
+    uint64_t pf_gen;
     /* fault hook */
     _Atomic int inj_kind;
     uint64_t inj_nth;
@@ -113,6 +152,7 @@ typedef struct ssd {
 } ssd;
 
 static const pam_tier_ops ssd_ops;
+static void ssd_pf_forget(ssd *s, uint32_t slot);
 
 /* ---- checksum ------------------------------------------------------------- */
 
@@ -296,6 +336,7 @@ static pam_status ssd_alloc(void *impl, uint32_t *slot) {
 static void ssd_free(void *impl, uint32_t slot) {
     ssd *s = impl;
     if (slot >= s->cap || !s->used[slot]) return;
+    ssd_pf_forget(s, slot);
     if (s->phys[slot] != SSD_NONE) s->pfree[s->n_pfree++] = s->phys[slot];
     s->phys[slot] = SSD_NONE;
     s->used[slot] = 0;
@@ -388,6 +429,7 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     }
     ssd_drop_cache(s, foff, s->slot_bytes);
     /* The new copy is on disk: switch, then release the old one. */
+    ssd_pf_forget(s, slot);
     s->n_pfree--;
     if (s->phys[slot] != SSD_NONE) s->pfree[s->n_pfree++] = s->phys[slot];
     s->phys[slot] = p;
@@ -421,6 +463,262 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
     }
     free(img);
     return st;
+}
+
+/* ---- read-ahead (prefetch) ------------------------------------------------- */
+
+/* Sets up the read-ahead buffers and ring at the first hint (pf_lock held).
+ * Tiers that never get a hint (tests, migration-only use) pay nothing. */
+static void ssd_pf_setup(ssd *s) {
+    uint64_t n = SSD_PF_BYTES / s->slot_bytes;
+    if (n > SSD_PF_MAX) n = SSD_PF_MAX;
+    if (n > s->cap) n = s->cap;
+    if (n < 1) n = 1;
+    atomic_store(&s->pf_init, -1);
+    if (posix_memalign((void **)&s->pf_mem, SSD_ALIGN, (size_t)n * s->slot_bytes) != 0) s->pf_mem = NULL;
+    s->pf = calloc((size_t)n, sizeof *s->pf);
+    s->pf_stack = malloc((size_t)n * sizeof *s->pf_stack);
+    s->pf_of = malloc((size_t)s->cap * sizeof *s->pf_of);
+    if (!s->pf_mem || !s->pf || !s->pf_stack || !s->pf_of ||
+        io_uring_queue_init((unsigned)n, &s->pf_ring, 0) != 0) {
+        free(s->pf_mem);
+        free(s->pf);
+        free(s->pf_stack);
+        free(s->pf_of);
+        s->pf_mem = NULL, s->pf = NULL, s->pf_stack = NULL, s->pf_of = NULL;
+        return;
+    }
+    for (uint64_t i = 0; i < s->cap; i++) s->pf_of[i] = -1;
+    s->n_pf = (uint32_t)n;
+    for (uint32_t i = 0; i < s->n_pf; i++) {
+        s->pf[i].buf = s->pf_mem + (size_t)i * s->slot_bytes;
+        s->pf_stack[i] = s->n_pf - 1 - i;
+    }
+    s->n_pf_free = s->n_pf;
+    atomic_store(&s->pf_init, 1);
+}
+
+/* Entry i back to the free stack (pf_lock held; not in flight). */
+static void ssd_pf_release(ssd *s, uint32_t i) {
+    ssd_pf *e = &s->pf[i];
+    if (s->pf_of[e->slot] == (int32_t)i) s->pf_of[e->slot] = -1;
+    e->state = SSD_PF_FREE;
+    e->pinned = 0;
+    e->stale = 0;
+    s->pf_stack[s->n_pf_free++] = i;
+}
+
+/* Queues (the rest of) entry i's read; 0 if the ring has no room. */
+static int ssd_pf_sqe(ssd *s, uint32_t i) {
+    ssd_pf *e = &s->pf[i];
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->pf_ring);
+    if (!sqe) {
+        io_uring_submit(&s->pf_ring);
+        sqe = io_uring_get_sqe(&s->pf_ring);
+    }
+    if (!sqe) return 0;
+    io_uring_prep_read(sqe, s->fd, e->buf + e->done, (unsigned)(s->slot_bytes - e->done),
+                       ssd_off(s, e->phys) + e->done);
+    io_uring_sqe_set_data64(sqe, i);
+    return 1;
+}
+
+/* One completion of the read-ahead ring (pf_lock held). */
+static void ssd_pf_complete(ssd *s, struct io_uring_cqe *cqe) {
+    uint32_t i = (uint32_t)io_uring_cqe_get_data64(cqe);
+    int res = cqe->res;
+    io_uring_cqe_seen(&s->pf_ring, cqe);
+    ssd_pf *e = &s->pf[i];
+    if (res == -EINTR || res == -EAGAIN) {
+        if (!e->stale && ssd_pf_sqe(s, i)) {
+            io_uring_submit(&s->pf_ring);
+            return;
+        }
+    } else {
+        res = ssd_fault_read(s, res, (uint32_t)(s->slot_bytes - e->done));
+        if (res > 0) {
+            atomic_fetch_add_explicit(&s->bytes_read, (uint64_t)res, memory_order_relaxed);
+            e->done += (uint32_t)res;
+            if (e->done < s->slot_bytes && !e->stale && ssd_pf_sqe(s, i)) { /* short read: the rest */
+                io_uring_submit(&s->pf_ring);
+                return;
+            }
+        }
+    }
+    s->pf_inflight--;
+    e->state = SSD_PF_READY;
+    e->err = e->done == s->slot_bytes ? 0 : res < 0 ? res : -ENODATA;
+    if (e->err && !e->stale) atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+    if (e->stale && !e->pinned) ssd_pf_release(s, i);
+}
+
+static void ssd_pf_poll(ssd *s) {
+    struct io_uring_cqe *cqe;
+    while (s->pf_inflight > 0 && io_uring_peek_cqe(&s->pf_ring, &cqe) == 0) ssd_pf_complete(s, cqe);
+}
+
+/* Waits until entry i is no longer in flight (pf_lock held). 0 if the ring
+ * failed: the entry stays in flight, the caller reads the block itself. */
+static int ssd_pf_wait(ssd *s, uint32_t i) {
+    while (s->pf[i].state == SSD_PF_FLIGHT) {
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(&s->pf_ring, &cqe);
+        if (rc == -EINTR) continue;
+        if (rc < 0) return 0;
+        ssd_pf_complete(s, cqe);
+    }
+    return 1;
+}
+
+/* An attend is done with entry i (pf_lock held): a block is read once per
+ * hint, so the buffer is free again (or once its read lands). */
+static void ssd_pf_unpin(ssd *s, uint32_t i) {
+    ssd_pf *e = &s->pf[i];
+    if (--e->pinned > 0) return;
+    if (e->state == SSD_PF_FLIGHT) {
+        e->stale = 1;
+        if (s->pf_of[e->slot] == (int32_t)i) s->pf_of[e->slot] = -1;
+    } else {
+        ssd_pf_release(s, i);
+    }
+}
+
+/* The slot is written or freed: what was read ahead for it is out of date. */
+static void ssd_pf_forget(ssd *s, uint32_t slot) {
+    if (atomic_load(&s->pf_init) <= 0) return;
+    pthread_mutex_lock(&s->pf_lock);
+    int32_t i = s->pf_of[slot];
+    if (i >= 0) {
+        ssd_pf *e = &s->pf[i];
+        s->pf_of[slot] = -1;
+        e->stale = 1;
+        if (e->state != SSD_PF_FLIGHT && !e->pinned) ssd_pf_release(s, (uint32_t)i);
+    }
+    pthread_mutex_unlock(&s->pf_lock);
+}
+
+/* Starts reading the hinted blocks into free read-ahead buffers, in order,
+ * as far as buffers last. What an older hint (two or more back) read and no
+ * attend took is dropped first: hints that were wrong cost their reads but
+ * never hold buffers for long. The reads are queued in groups, taking the
+ * lock per group, so attend calls of other threads are never held up for
+ * long by a hint running beside them. */
+#define SSD_PF_GROUP 64
+static void ssd_prefetch(void *impl, const pam_tier_block *blocks, int64_t n_blocks) {
+    ssd *s = impl;
+    if (!s->uring) return;
+    pthread_mutex_lock(&s->pf_lock);
+    if (atomic_load(&s->pf_init) == 0) ssd_pf_setup(s);
+    if (atomic_load(&s->pf_init) < 0) {
+        pthread_mutex_unlock(&s->pf_lock);
+        return;
+    }
+    ssd_pf_poll(s);
+    uint64_t g = ++s->pf_gen;
+    for (uint32_t i = 0; i < s->n_pf; i++) {
+        ssd_pf *e = &s->pf[i];
+        if (e->state == SSD_PF_READY && !e->pinned && e->gen + 1 < g) ssd_pf_release(s, i);
+    }
+    pthread_mutex_unlock(&s->pf_lock);
+    int full = 0;
+    for (int64_t b0 = 0; b0 < n_blocks && !full; b0 += SSD_PF_GROUP) {
+        int64_t b1 = b0 + SSD_PF_GROUP < n_blocks ? b0 + SSD_PF_GROUP : n_blocks;
+        int queued = 0;
+        pthread_mutex_lock(&s->pf_lock);
+        for (int64_t b = b0; b < b1; b++) {
+            uint32_t slot = blocks[b].slot;
+            if (slot >= s->cap || !s->used[slot] || s->phys[slot] == SSD_NONE) continue;
+            if (s->pf_of[slot] >= 0) {
+                s->pf[s->pf_of[slot]].gen = g;
+                continue;
+            }
+            if (s->n_pf_free == 0) {
+                full = 1;
+                break;
+            }
+            uint32_t i = s->pf_stack[--s->n_pf_free];
+            ssd_pf *e = &s->pf[i];
+            e->slot = slot;
+            e->phys = s->phys[slot];
+            e->done = 0;
+            e->err = 0;
+            e->pinned = 0;
+            e->stale = 0;
+            e->gen = g;
+            if (!ssd_pf_sqe(s, i)) {
+                s->pf_stack[s->n_pf_free++] = i;
+                full = 1;
+                break;
+            }
+            e->state = SSD_PF_FLIGHT;
+            s->pf_of[slot] = (int32_t)i;
+            s->pf_inflight++;
+            queued++;
+        }
+        if (queued) io_uring_submit(&s->pf_ring);
+        pthread_mutex_unlock(&s->pf_lock);
+    }
+}
+
+/* Attend: the read-ahead entries of a batch's blocks, pinned (-1: none). */
+static void ssd_pf_take(ssd *s, ssd_io *io, int set, const pam_tier_block *blocks, int64_t b0, int nb) {
+    for (int i = 0; i < nb; i++) io->req[set][i].pf = -1;
+    if (atomic_load(&s->pf_init) <= 0) return;
+    pthread_mutex_lock(&s->pf_lock);
+    ssd_pf_poll(s);
+    for (int i = 0; i < nb; i++) {
+        uint32_t slot = blocks[b0 + i].slot;
+        int32_t k = s->pf_of[slot];
+        if (k < 0) continue;
+        ssd_pf *e = &s->pf[k];
+        if (e->stale || e->phys != s->phys[slot]) continue;
+        if (e->state == SSD_PF_READY && e->err) { /* failed: read it the usual way */
+            if (!e->pinned) ssd_pf_release(s, (uint32_t)k);
+            continue;
+        }
+        e->pinned++;
+        io->req[set][i].pf = k;
+    }
+    pthread_mutex_unlock(&s->pf_lock);
+}
+
+/* Attend: waits for the batch's read-ahead entries; a failed one is read
+ * synchronously into the batch's own buffer instead. */
+static void ssd_pf_wait_set(ssd *s, ssd_io *io, int set) {
+    int fallback = 0;
+    pthread_mutex_lock(&s->pf_lock);
+    for (int i = 0; i < io->n_req[set]; i++) {
+        ssd_req *r = &io->req[set][i];
+        if (r->pf < 0) continue;
+        if (ssd_pf_wait(s, (uint32_t)r->pf) && s->pf[r->pf].err == 0) {
+            continue;
+        }
+        ssd_pf_unpin(s, (uint32_t)r->pf);
+        r->pf = -2; /* read below, outside the lock */
+        fallback = 1;
+    }
+    pthread_mutex_unlock(&s->pf_lock);
+    for (int i = 0; fallback && i < io->n_req[set]; i++) {
+        ssd_req *r = &io->req[set][i];
+        if (r->pf != -2) continue;
+        r->pf = -1;
+        r->buf = io->buf[set] + (size_t)i * s->slot_bytes;
+        pam_status st = ssd_pread_slot(s, (uint32_t)(r->off / s->slot_bytes), r->buf);
+        r->err = st == PAM_OK ? 0 : -EIO;
+        if (st == PAM_OK) atomic_fetch_add_explicit(&s->bytes_read, s->slot_bytes, memory_order_relaxed);
+    }
+}
+
+/* Attend: the batch is computed (or abandoned); its entries are free. */
+static void ssd_pf_drop_set(ssd *s, ssd_io *io, int set) {
+    if (atomic_load(&s->pf_init) <= 0) return;
+    pthread_mutex_lock(&s->pf_lock);
+    for (int i = 0; i < io->n_req[set]; i++)
+        if (io->req[set][i].pf >= 0) {
+            ssd_pf_unpin(s, (uint32_t)io->req[set][i].pf);
+            io->req[set][i].pf = -1;
+        }
+    pthread_mutex_unlock(&s->pf_lock);
 }
 
 /* ---- attend: batched, double-buffered reads -------------------------------- */
@@ -472,6 +770,8 @@ static void ssd_sqe_read(ssd *s, ssd_io *io, int set, int i) {
  * ring the reads complete here, synchronously. */
 static void ssd_submit(ssd *s, ssd_io *io, int set, const pam_tier_block *blocks, int64_t b0, int nb) {
     io->pending[set] = 0;
+    io->n_req[set] = nb;
+    ssd_pf_take(s, io, set, blocks, b0, nb);
     for (int i = 0; i < nb; i++) {
         ssd_req *r = &io->req[set][i];
         uint32_t slot = blocks[b0 + i].slot;
@@ -480,7 +780,10 @@ static void ssd_submit(ssd *s, ssd_io *io, int set, const pam_tier_block *blocks
         r->len = (uint32_t)s->slot_bytes;
         r->done = 0;
         r->err = 0;
-        if (io->ring_ok) {
+        if (r->pf >= 0) { /* read ahead: its buffer, once the read lands */
+            r->buf = s->pf[r->pf].buf;
+            r->done = r->len;
+        } else if (io->ring_ok) {
             ssd_sqe_read(s, io, set, i);
             io->pending[set]++;
         } else {
@@ -559,8 +862,9 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: attention buffers");
     }
     float *bm = sc + (size_t)nq * B, *bl = bm + nq, *bo = bl + nq;
-    int64_t n_batches = (r->n_blocks + SSD_BATCH - 1) / SSD_BATCH;
+    int64_t n_batches = (r->n_blocks + SSD_BATCH - 1) / SSD_BATCH, n_from_pf = 0;
     pam_status st = PAM_OK;
+    io->n_req[0] = io->n_req[1] = 0;
     /* With a ring, batch 0 starts now and batch i+1 while batch i computes;
      * without one, each batch is read synchronously when its turn comes. */
     if (io->ring_ok) ssd_submit(s, io, 0, r->blocks, 0, (int)(r->n_blocks < SSD_BATCH ? r->n_blocks : SSD_BATCH));
@@ -575,9 +879,11 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
         }
         if (io->ring_ok) ssd_wait(s, io, set);
         else if (st == PAM_OK) ssd_submit(s, io, set, r->blocks, b0, nb);
+        ssd_pf_wait_set(s, io, set);
         for (int i = 0; i < nb && st == PAM_OK; i++) {
             ssd_req *q = &io->req[set][i];
             uint32_t slot = r->blocks[b0 + i].slot;
+            n_from_pf += q->pf >= 0;
             if (q->err) {
                 atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
                 st = PAM_ERR(PAM_ERR_IO, "ssd tier: read of slot %u at offset %llu of %s: %s", slot,
@@ -599,9 +905,11 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
                 pam_attn_merge(nq, D, r->m + h * nq, r->l + h * nq, r->o + (size_t)h * nq * D, bm, bl, bo);
             }
         }
+        ssd_pf_drop_set(s, io, set);
         if (st != PAM_OK) {
             /* Drain the other set before the buffers go back to the pool. */
             if (io->ring_ok) ssd_wait(s, io, set ^ 1);
+            ssd_pf_drop_set(s, io, set ^ 1);
             break;
         }
     }
@@ -611,7 +919,8 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
     ssd_io_put(s, io);
     free(sc);
     if (st == PAM_OK)
-        atomic_fetch_add_explicit(&s->bytes_read, (uint64_t)r->n_blocks * s->slot_bytes, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->bytes_read, (uint64_t)(r->n_blocks - n_from_pf) * s->slot_bytes,
+                                  memory_order_relaxed); /* read-ahead counted its own reads */
     atomic_fetch_add_explicit(&s->attend_ns, pam_time_ns() - t0, memory_order_relaxed);
     return st;
 }
@@ -635,6 +944,23 @@ static void ssd_close(void *impl) {
         ssd_io_destroy(io);
     }
     pthread_mutex_destroy(&s->io_lock);
+    if (atomic_load(&s->pf_init) > 0) {
+        /* reads still in flight write into pf_mem: wait for them first */
+        while (s->pf_inflight > 0) {
+            struct io_uring_cqe *cqe;
+            int rc = io_uring_wait_cqe(&s->pf_ring, &cqe);
+            if (rc == -EINTR) continue;
+            if (rc < 0) break;
+            ssd_pf_complete(s, cqe);
+        }
+        io_uring_queue_exit(&s->pf_ring);
+        if (s->pf_inflight > 0) s->pf_mem = NULL; /* the ring failed: leak rather than free a DMA target */
+    }
+    free(s->pf_mem);
+    free(s->pf);
+    free(s->pf_stack);
+    free(s->pf_of);
+    pthread_mutex_destroy(&s->pf_lock);
     if (s->fd >= 0) close(s->fd);
     free(s->phys);
     free(s->hi);
@@ -654,6 +980,7 @@ static const pam_tier_ops ssd_ops = {
     .attend = ssd_attend,
     .stats = ssd_stats,
     .close = ssd_close,
+    .prefetch = ssd_prefetch,
 };
 
 /* Creates the file (unlinked at once: nothing is left behind if the process
@@ -715,6 +1042,7 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     }
     s->fd = -1;
     pthread_mutex_init(&s->io_lock, NULL);
+    pthread_mutex_init(&s->pf_lock, NULL);
     s->sh = *shape;
     s->row = (size_t)H * (size_t)D;
     s->payload_bytes = 2 * (size_t)B * s->row * sizeof(uint16_t);
