@@ -24,6 +24,7 @@
 #include <utf8proc.h>
 
 #include "core/status.h"
+#include "core/vec.h"
 #include "model/tokenizer_pre.h"
 
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
@@ -131,15 +132,9 @@ typedef struct {
 
 static void iv_push(ivec *s, int32_t x) {
     if (s->oom) return;
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? s->cap * 2 : 64;
-        int32_t *nv = realloc(s->v, nc * sizeof *nv);
-        if (!nv) {
-            s->oom = 1;
-            return;
-        }
-        s->v = nv;
-        s->cap = nc;
+    if (pam_vec_grow((void **)&s->v, &s->cap, s->n, sizeof *s->v, 64) != 0) {
+        s->oom = 1;
+        return;
     }
     s->v[s->n++] = x;
 }
@@ -744,15 +739,9 @@ typedef struct {
 
 static void fv_push(fvec *f, fragment x) {
     if (f->oom) return;
-    if (f->n == f->cap) {
-        size_t nc = f->cap ? f->cap * 2 : 16;
-        fragment *nv = realloc(f->v, nc * sizeof *nv);
-        if (!nv) {
-            f->oom = 1;
-            return;
-        }
-        f->v = nv;
-        f->cap = nc;
+    if (pam_vec_grow((void **)&f->v, &f->cap, f->n, sizeof *f->v, 16) != 0) {
+        f->oom = 1;
+        return;
     }
     f->v[f->n++] = x;
 }

@@ -13,6 +13,7 @@
 #include <utf8proc.h>
 
 #include "core/status.h"
+#include "core/vec.h"
 
 enum { F_LETTER = 1, F_NUMBER = 2, F_WS = 4, F_PUNCT = 8 };
 
@@ -29,15 +30,9 @@ typedef struct {
 
 static void sz_push(szvec *s, size_t x) {
     if (s->oom) return;
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? s->cap * 2 : 64;
-        size_t *nv = realloc(s->v, nc * sizeof *nv);
-        if (!nv) {
-            s->oom = 1;
-            return;
-        }
-        s->v = nv;
-        s->cap = nc;
+    if (pam_vec_grow((void **)&s->v, &s->cap, s->n, sizeof *s->v, 64) != 0) {
+        s->oom = 1;
+        return;
     }
     s->v[s->n++] = x;
 }
