@@ -244,9 +244,50 @@ static void test_tile_kernels(void **state) {
     if (pam_cpu_detect() >= PAM_ISA_AVX512) assert_true(ran > 0);
 }
 
+/* pam_matmul_multi (several products over one input, one pool job) gives the
+ * same bits as separate pam_matmul calls, with mixed types, several token
+ * counts (decode and tiled prefill) and thread counts; more products than
+ * one group holds are split transparently. */
+static void test_matmul_multi(void **state) {
+    pam_test_rng r = {99};
+    const int64_t cols = 512;
+    const pam_dtype types[6] = {PAM_DT_Q8_0, PAM_DT_Q4_K, PAM_DT_F16, PAM_DT_Q6_K, PAM_DT_Q4_0, PAM_DT_BF16};
+    const int64_t rows[6] = {33, 64, 17, 128, 48, 5};
+    mat m[6];
+    for (int k = 0; k < 6; k++) mat_make(&m[k], types[k], rows[k], cols, &r);
+    const int64_t ns[3] = {1, 5, 19};
+    float *X = malloc(sizeof(float) * (size_t)(19 * cols));
+    for (int64_t i = 0; i < 19 * cols; i++) X[i] = (float)pam_test_rng_normal(&r);
+    for (int threads = 1; threads <= 3; threads++) {
+        pam_pool *pool;
+        assert_int_equal(pam_pool_create(threads, &pool), PAM_OK);
+        for (int ni = 0; ni < 3; ni++) {
+            int64_t n = ns[ni];
+            float *sep[6], *mul[6];
+            pam_mm mm[6];
+            for (int k = 0; k < 6; k++) {
+                sep[k] = malloc(sizeof(float) * (size_t)(rows[k] * n));
+                mul[k] = malloc(sizeof(float) * (size_t)(rows[k] * n));
+                pam_matmul(pool, types[k], m[k].W, rows[k], cols, X, n, sep[k]);
+                mm[k] = (pam_mm){types[k], m[k].W, rows[k], mul[k]};
+            }
+            pam_matmul_multi(pool, mm, 6, cols, X, n);
+            for (int k = 0; k < 6; k++) {
+                assert_memory_equal(sep[k], mul[k], sizeof(float) * (size_t)(rows[k] * n));
+                free(sep[k]);
+                free(mul[k]);
+            }
+        }
+        pam_pool_destroy(pool);
+    }
+    free(X);
+    for (int k = 0; k < 6; k++) mat_free(&m[k]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_invariance),
+        cmocka_unit_test(test_matmul_multi),
         cmocka_unit_test(test_matmul_each_isa),
         cmocka_unit_test(test_tile_kernels),
     };

@@ -85,19 +85,22 @@ static void rows_task(void *ctx, int64_t task, int thread) {
     }
 }
 
-void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
-                const float *X, int64_t n, float *Y) {
-    if (rows <= 0 || n <= 0) return;
+/* Prepares one product: activations quantised (into stack_act when they fit,
+ * else *heap_act), tile scratch, task split. Returns the number of tasks, or
+ * 0 when there is nothing to run (Y is then NaN on a bad shape or failed
+ * allocation, made loud rather than silently left as stale output). */
+static int64_t mm_setup(mm_job *j, pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
+                        const float *X, int64_t n, float *Y, uint8_t *stack_act, size_t stack_bytes,
+                        uint8_t **heap_act, pam_task_fn *task) {
+    *heap_act = NULL;
+    if (rows <= 0 || n <= 0) return 0;
     size_t row_bytes;
-    if (cols < 0 || pam_dtype_row_bytes(type, cols, &row_bytes) != PAM_OK ||
-        !pam_dtype_get(type)->supported) {
-        /* Shapes are validated when a model loads; a bad one here is a bug,
-         * made loud rather than silently left as stale output. */
+    if (cols < 0 || pam_dtype_row_bytes(type, cols, &row_bytes) != PAM_OK || !pam_dtype_get(type)->supported) {
+        /* Shapes are validated when a model loads; a bad one here is a bug. */
         for (int64_t i = 0; i < rows * n; i++) Y[i] = NAN;
-        return;
+        return 0;
     }
-
-    mm_job j = {
+    *j = (mm_job){
         .dot = pam_vec_dot_select(type),
         .dot4 = pam_vec_dot4_select(type),
         .W = W,
@@ -110,54 +113,97 @@ void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int
         .type = type,
         .X = X,
     };
-
     int n_threads = pool ? pam_pool_n_threads(pool) : 1;
-    if (n >= TILE_MIN_N && (j.tile = pam_vec_tile_select(type)) != NULL) {
-        j.scratch_bytes = (pam_vec_tile_scratch_bytes(type, cols) + 63) & ~(size_t)63;
-        if (j.scratch_bytes) {
-            j.scratch = malloc(j.scratch_bytes * (size_t)n_threads);
-            if (!j.scratch) j.tile = NULL; /* the row-by-row path needs no scratch */
+    if (n >= TILE_MIN_N && (j->tile = pam_vec_tile_select(type)) != NULL) {
+        j->scratch_bytes = (pam_vec_tile_scratch_bytes(type, cols) + 63) & ~(size_t)63;
+        if (j->scratch_bytes) {
+            j->scratch = malloc(j->scratch_bytes * (size_t)n_threads);
+            if (!j->scratch) j->tile = NULL; /* the row-by-row path needs no scratch */
         }
     }
-
-    alignas(64) uint8_t stack_act[STACK_ACT_BYTES];
-    uint8_t *heap_act = NULL;
     if (pam_vec_dot_type(type) == PAM_DT_F32) {
-        j.act = (const uint8_t *)X; /* the float kernels read x as it is */
+        j->act = (const uint8_t *)X; /* the float kernels read x as it is */
     } else {
-        size_t total = j.act_bytes * (size_t)n;
-        if (total <= sizeof stack_act) {
-            j.act_out = stack_act;
+        size_t total = j->act_bytes * (size_t)n;
+        if (total <= stack_bytes) {
+            j->act_out = stack_act;
         } else {
-            heap_act = malloc(total);
-            if (!heap_act) {
-                free(j.scratch);
+            *heap_act = malloc(total);
+            if (!*heap_act) {
+                free(j->scratch);
+                j->scratch = NULL;
                 for (int64_t i = 0; i < rows * n; i++) Y[i] = NAN;
-                return;
+                return 0;
             }
-            j.act_out = heap_act;
+            j->act_out = *heap_act;
         }
         if (n > 1)
-            pam_pool_run(pool, quantize_task, &j, n);
+            pam_pool_run(pool, quantize_task, j, n);
         else
-            quantize_task(&j, 0, 0);
-        j.act = j.act_out;
+            quantize_task(j, 0, 0);
+        j->act = j->act_out;
     }
-
-    int64_t block = j.tile ? PAM_TILE_ROWS : ROW_BLOCK;
+    int64_t block = j->tile ? PAM_TILE_ROWS : ROW_BLOCK;
     int64_t n_blocks = (rows + block - 1) / block;
     int64_t want_tasks = (int64_t)n_threads * TASKS_PER_THREAD;
     int64_t blocks_per_task = (n_blocks + want_tasks - 1) / want_tasks;
     if (blocks_per_task < 1) blocks_per_task = 1;
-    j.chunk_rows = blocks_per_task * block;
-    int64_t n_tasks = (rows + j.chunk_rows - 1) / j.chunk_rows;
-    pam_task_fn task = j.tile ? tile_task : rows_task;
-    if (n_threads == 1 || n_tasks == 1)
-        for (int64_t t = 0; t < n_tasks; t++) task(&j, t, 0);
-    else
-        pam_pool_run(pool, task, &j, n_tasks);
-    free(heap_act);
-    free(j.scratch);
+    j->chunk_rows = blocks_per_task * block;
+    *task = j->tile ? tile_task : rows_task;
+    return (rows + j->chunk_rows - 1) / j->chunk_rows;
+}
+
+void pam_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
+                const float *X, int64_t n, float *Y) {
+    pam_mm one = {type, W, rows, Y};
+    pam_matmul_multi(pool, &one, 1, cols, X, n);
+}
+
+#define MM_MAX 4
+
+typedef struct {
+    mm_job *jobs;
+    pam_task_fn fn[MM_MAX];
+    int64_t first[MM_MAX + 1]; /* task index where each product starts */
+    int n_mm;
+} multi_job;
+
+static void multi_task(void *ctx, int64_t task, int thread) {
+    const multi_job *mj = ctx;
+    int k = 0;
+    while (task >= mj->first[k + 1]) k++;
+    mj->fn[k](&mj->jobs[k], task - mj->first[k], thread);
+}
+
+void pam_matmul_multi(pam_pool *pool, const pam_mm *mm, int n_mm, int64_t cols, const float *X, int64_t n) {
+    if (n_mm > MM_MAX) { /* larger groups: in slices, same results */
+        for (int k = 0; k < n_mm; k += MM_MAX)
+            pam_matmul_multi(pool, mm + k, n_mm - k < MM_MAX ? n_mm - k : MM_MAX, cols, X, n);
+        return;
+    }
+    mm_job jobs[MM_MAX];
+    uint8_t *heap[MM_MAX] = {NULL};
+    alignas(64) uint8_t stack_act[MM_MAX][STACK_ACT_BYTES];
+    multi_job mj = {.jobs = jobs, .n_mm = n_mm};
+    mj.first[0] = 0;
+    for (int k = 0; k < n_mm; k++) {
+        jobs[k].scratch = NULL;
+        int64_t nt = mm_setup(&jobs[k], pool, mm[k].type, mm[k].W, mm[k].rows, cols, X, n, mm[k].Y, stack_act[k],
+                              sizeof stack_act[k], &heap[k], &mj.fn[k]);
+        mj.first[k + 1] = mj.first[k] + nt;
+    }
+    int64_t total = mj.first[n_mm];
+    int n_threads = pool ? pam_pool_n_threads(pool) : 1;
+    /* One pool job for all products: one barrier instead of n_mm. Each
+     * output is still one dot over its row, so results are unchanged. */
+    if (n_threads == 1 || total == 1)
+        for (int64_t t = 0; t < total; t++) multi_task(&mj, t, 0);
+    else if (total > 0)
+        pam_pool_run(pool, multi_task, &mj, total);
+    for (int k = 0; k < n_mm; k++) {
+        free(heap[k]);
+        free(jobs[k].scratch);
+    }
 }
 
 void pam_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,

@@ -11,6 +11,16 @@
 #include "core/threadpool.h"
 #include "kernels/dtype.h"
 
+/* Several products sharing one input X (e.g. q/k/v, or gate/up), run as one
+ * pool job: fewer barriers per token, same results as separate calls. */
+typedef struct pam_mm {
+    pam_dtype type;
+    const void *W;
+    int64_t rows;
+    float *Y;
+} pam_mm;
+void pam_matmul_multi(pam_pool *pool, const pam_mm *mm, int n_mm, int64_t cols, const float *X, int64_t n);
+
 /* y[r] = dot(W[r,:], x) for r < rows. */
 void pam_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
                 const float *x, float *y);

@@ -545,9 +545,10 @@ static pam_status forward_chunk(pam_ctx *c, pam_ctx *const *tctx, const int32_t 
     for (int l = 0; l < hp->n_layer; l++) {
         const pam_layer *L = &m->layers[l];
         for (int i = 0; i < n; i++) rmsnorm(c->h + (size_t)i * dim, c->x + (size_t)i * dim, L->attn_norm, dim, hp->rms_eps);
-        pam_matmul(pool, L->wq.type, L->wq.data, qd, dim, c->h, n, c->q);
-        pam_matmul(pool, L->wk.type, L->wk.data, kvd, dim, c->h, n, c->k);
-        pam_matmul(pool, L->wv.type, L->wv.data, kvd, dim, c->h, n, c->v);
+        pam_mm qkv[3] = {{L->wq.type, L->wq.data, qd, c->q},
+                         {L->wk.type, L->wk.data, kvd, c->k},
+                         {L->wv.type, L->wv.data, kvd, c->v}};
+        pam_matmul_multi(pool, qkv, 3, dim, c->h, n);
         add_bias(c->q, L->bq, n, qd);
         add_bias(c->k, L->bk, n, kvd);
         add_bias(c->v, L->bv, n, kvd);
@@ -568,8 +569,9 @@ static pam_status forward_chunk(pam_ctx *c, pam_ctx *const *tctx, const int32_t 
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->h[i];
 
         for (int i = 0; i < n; i++) rmsnorm(c->h + (size_t)i * dim, c->x + (size_t)i * dim, L->ffn_norm, dim, hp->rms_eps);
-        pam_matmul(pool, L->w_gate.type, L->w_gate.data, hp->n_ff, dim, c->h, n, c->gate);
-        pam_matmul(pool, L->w_up.type, L->w_up.data, hp->n_ff, dim, c->h, n, c->up);
+        pam_mm gate_up[2] = {{L->w_gate.type, L->w_gate.data, hp->n_ff, c->gate},
+                             {L->w_up.type, L->w_up.data, hp->n_ff, c->up}};
+        pam_matmul_multi(pool, gate_up, 2, dim, c->h, n);
         for (size_t i = 0; i < (size_t)n * hp->n_ff; i++) {
             float g = c->gate[i];
             c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
