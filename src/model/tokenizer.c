@@ -572,6 +572,29 @@ static size_t utf8_char_len(const char *s, size_t avail) {
     return k > 0 ? (size_t)k : 1;
 }
 
+typedef void (*try_bigram_fn)(const pam_tokenizer *tk, const char *buf, const symbol *sym, int l, int r,
+                              bheap *h);
+
+/* Repeatedly merges the best adjacent pair (the heap's order, set by `try`:
+ * SPM by score, BPE by merge rank) over the linked symbols 0..ns-1. Shared by
+ * both encoders; on allocation failure h->oom is set and the caller fails. */
+static void merge_symbols(const pam_tokenizer *tk, const char *buf, symbol *sym, int ns, bheap *h,
+                          try_bigram_fn try) {
+    for (int i = 1; i < ns; i++) try(tk, buf, sym, i - 1, i, h);
+    while (h->n > 0 && !h->oom) {
+        bigram bg = heap_pop(h);
+        symbol *l = &sym[bg.left], *r = &sym[bg.right];
+        /* Stale entries: a side was merged away or grew since. */
+        if (l->n == 0 || r->n == 0 || l->n + r->n != bg.size) continue;
+        l->n += r->n;
+        r->n = 0;
+        l->next = r->next;
+        if (r->next >= 0) sym[r->next].prev = bg.left;
+        try(tk, buf, sym, l->prev, bg.left, h);
+        try(tk, buf, sym, bg.left, l->next, h);
+    }
+}
+
 /* ---- SPM ----------------------------------------------------------------- */
 
 static void spm_try_bigram(const pam_tokenizer *tk, const char *buf, const symbol *sym, int l, int r, bheap *h) {
@@ -608,18 +631,7 @@ static pam_status spm_encode(const pam_tokenizer *tk, const char *text, size_t l
         ns++;
         off += k;
     }
-    for (int i = 1; i < ns; i++) spm_try_bigram(tk, buf, sym, i - 1, i, &h);
-    while (h.n > 0 && !h.oom) {
-        bigram bg = heap_pop(&h);
-        symbol *l = &sym[bg.left], *r = &sym[bg.right];
-        if (l->n == 0 || r->n == 0 || l->n + r->n != bg.size) continue;
-        l->n += r->n;
-        r->n = 0;
-        l->next = r->next;
-        if (r->next >= 0) sym[r->next].prev = bg.left;
-        spm_try_bigram(tk, buf, sym, l->prev, bg.left, &h);
-        spm_try_bigram(tk, buf, sym, bg.left, l->next, &h);
-    }
+    merge_symbols(tk, buf, sym, ns, &h, spm_try_bigram);
     if (h.oom) {
         st = PAM_ERR(PAM_ERR_NOMEM, "tokenizer: out of memory");
         goto done;
@@ -684,19 +696,7 @@ static pam_status bpe_encode(const pam_tokenizer *tk, const char *text, size_t l
             }
         }
         h.n = 0;
-        for (int i = 1; i < ns; i++) bpe_try_bigram(tk, buf, sym, i - 1, i, &h);
-        while (h.n > 0 && !h.oom) {
-            bigram bg = heap_pop(&h);
-            symbol *l = &sym[bg.left], *r = &sym[bg.right];
-            /* Stale entries: a side was merged away or grew since. */
-            if (l->n == 0 || r->n == 0 || l->n + r->n != bg.size) continue;
-            l->n += r->n;
-            r->n = 0;
-            l->next = r->next;
-            if (r->next >= 0) sym[r->next].prev = bg.left;
-            bpe_try_bigram(tk, buf, sym, l->prev, bg.left, &h);
-            bpe_try_bigram(tk, buf, sym, bg.left, l->next, &h);
-        }
+        merge_symbols(tk, buf, sym, ns, &h, bpe_try_bigram);
         if (h.oom) {
             st = PAM_ERR(PAM_ERR_NOMEM, "tokenizer: out of memory");
             goto done;
