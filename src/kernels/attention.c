@@ -6,18 +6,26 @@
 #include "core/fp16.h"
 #include "kernels/cpu.h"
 
-/* Scores of all n_q heads first (each K row read once for the group), then
- * one pass over V with the softmax weights. */
-void pam_attn_partial_f32(const float *q, int n_q, int head_dim, float scale, const float *K,
-                          const float *V, size_t stride, int64_t n, float *m, float *l, float *o,
-                          float *scores) {
+/* Element d of a K/V row stored as f32 or f16. */
+static inline float kv_elem(const void *row, int d, int f16) {
+    return f16 ? pam_f16_to_f32(((const uint16_t *)row)[d]) : ((const float *)row)[d];
+}
+
+/* The readable reference for both storage types. Scores of all n_q heads
+ * first (each K row read once for the group), then one pass over V with the
+ * softmax weights. Inlined with a constant f16, so each public entry point
+ * compiles to a loop of its own element type. */
+static inline __attribute__((always_inline)) void partial_ref(const float *q, int n_q, int head_dim,
+                                                              float scale, const void *K, const void *V,
+                                                              size_t esize, int f16, size_t stride, int64_t n,
+                                                              float *m, float *l, float *o, float *scores) {
     for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
     for (int64_t t = 0; t < n; t++) {
-        const float *k = K + (size_t)t * stride;
+        const void *k = (const char *)K + (size_t)t * stride * esize;
         for (int g = 0; g < n_q; g++) {
             const float *qg = q + (size_t)g * head_dim;
             float s = 0.0f;
-            for (int d = 0; d < head_dim; d++) s += qg[d] * k[d];
+            for (int d = 0; d < head_dim; d++) s += qg[d] * kv_elem(k, d, f16);
             s *= scale;
             scores[(size_t)g * n + t] = s;
             if (s > m[g]) m[g] = s;
@@ -33,45 +41,24 @@ void pam_attn_partial_f32(const float *q, int n_q, int head_dim, float scale, co
     }
     memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
     for (int64_t t = 0; t < n; t++) {
-        const float *v = V + (size_t)t * stride;
+        const void *v = (const char *)V + (size_t)t * stride * esize;
         for (int g = 0; g < n_q; g++) {
             float p = scores[(size_t)g * n + t], *og = o + (size_t)g * head_dim;
-            for (int d = 0; d < head_dim; d++) og[d] += p * v[d];
+            for (int d = 0; d < head_dim; d++) og[d] += p * kv_elem(v, d, f16);
         }
     }
+}
+
+void pam_attn_partial_f32(const float *q, int n_q, int head_dim, float scale, const float *K,
+                          const float *V, size_t stride, int64_t n, float *m, float *l, float *o,
+                          float *scores) {
+    partial_ref(q, n_q, head_dim, scale, K, V, sizeof(float), 0, stride, n, m, l, o, scores);
 }
 
 void pam_attn_partial_f16_ref(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
                               const uint16_t *V, size_t stride, int64_t n, float *m, float *l,
                               float *o, float *scores) {
-    for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        const uint16_t *k = K + (size_t)t * stride;
-        for (int g = 0; g < n_q; g++) {
-            const float *qg = q + (size_t)g * head_dim;
-            float s = 0.0f;
-            for (int d = 0; d < head_dim; d++) s += qg[d] * pam_f16_to_f32(k[d]);
-            s *= scale;
-            scores[(size_t)g * n + t] = s;
-            if (s > m[g]) m[g] = s;
-        }
-    }
-    for (int g = 0; g < n_q; g++) {
-        float sum = 0.0f, *sg = scores + (size_t)g * n;
-        for (int64_t t = 0; t < n; t++) {
-            sg[t] = expf(sg[t] - m[g]);
-            sum += sg[t];
-        }
-        l[g] = sum;
-    }
-    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
-    for (int64_t t = 0; t < n; t++) {
-        const uint16_t *v = V + (size_t)t * stride;
-        for (int g = 0; g < n_q; g++) {
-            float p = scores[(size_t)g * n + t], *og = o + (size_t)g * head_dim;
-            for (int d = 0; d < head_dim; d++) og[d] += p * pam_f16_to_f32(v[d]);
-        }
-    }
+    partial_ref(q, n_q, head_dim, scale, K, V, sizeof(uint16_t), 1, stride, n, m, l, o, scores);
 }
 
 void pam_attn_partial_f16(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
