@@ -69,6 +69,12 @@ static void metric(out *o, const char *name, const char *type, const char *help)
     put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* One unlabelled sample with its HELP and TYPE lines. */
+static void scalar(out *o, const char *name, const char *type, const char *help, unsigned long long v) {
+    metric(o, name, type, help);
+    put(o, "%s %llu\n", name, v);
+}
+
 static void histogram(out *o, const char *name, const char *help, const pam_histogram *h) {
     metric(o, name, "histogram", help);
     uint64_t cum = 0;
@@ -87,8 +93,7 @@ char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h)
     for (int f = PAM_FINISH_STOP; f <= PAM_FINISH_ERROR; f++)
         put(&o, "pam_requests_total{finish_reason=\"%s\"} %llu\n", pam_finish_str((pam_finish)f),
             (unsigned long long)st->n_finished[f]);
-    metric(&o, "pam_requests_submitted_total", "counter", "Requests accepted into the queue.");
-    put(&o, "pam_requests_submitted_total %llu\n", (unsigned long long)st->n_submitted);
+    scalar(&o, "pam_requests_submitted_total", "counter", "Requests accepted into the queue.", st->n_submitted);
     metric(&o, "pam_requests_rejected_total", "counter", "Requests refused, by reason.");
     put(&o, "pam_requests_rejected_total{reason=\"queue_full\"} %llu\n", (unsigned long long)h->queue_full);
     put(&o, "pam_requests_rejected_total{reason=\"bad_request\"} %llu\n", (unsigned long long)h->bad_request);
@@ -96,34 +101,22 @@ char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h)
     metric(&o, "pam_http_responses_total", "counter", "HTTP responses by status class.");
     for (int c = 1; c <= 5; c++)
         put(&o, "pam_http_responses_total{code=\"%dxx\"} %llu\n", c, (unsigned long long)h->by_status[c]);
-    metric(&o, "pam_client_disconnects_total", "counter", "Clients gone before their request finished.");
-    put(&o, "pam_client_disconnects_total %llu\n", (unsigned long long)h->disconnects);
-    metric(&o, "pam_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.");
-    put(&o, "pam_prompt_tokens_total %llu\n", (unsigned long long)st->n_prompt_tokens);
-    metric(&o, "pam_prefill_tokens_total", "counter", "Prompt tokens actually computed (not reused).");
-    put(&o, "pam_prefill_tokens_total %llu\n", (unsigned long long)st->n_prefilled_tokens);
-    metric(&o, "pam_generation_tokens_total", "counter", "Generated tokens.");
-    put(&o, "pam_generation_tokens_total %llu\n", (unsigned long long)st->n_generated_tokens);
-    metric(&o, "pam_engine_steps_total", "counter", "Batched forward steps.");
-    put(&o, "pam_engine_steps_total %llu\n", (unsigned long long)st->n_steps);
-    metric(&o, "pam_queue_length", "gauge", "Requests waiting for a slot.");
-    put(&o, "pam_queue_length %d\n", st->n_queued);
-    metric(&o, "pam_requests_running", "gauge", "Requests in the batch.");
-    put(&o, "pam_requests_running %d\n", st->n_running);
-    metric(&o, "pam_slots", "gauge", "Batch slots (--parallel).");
-    put(&o, "pam_slots %d\n", st->n_slots);
+    scalar(&o, "pam_client_disconnects_total", "counter", "Clients gone before their request finished.", h->disconnects);
+    scalar(&o, "pam_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", st->n_prompt_tokens);
+    scalar(&o, "pam_prefill_tokens_total", "counter", "Prompt tokens actually computed (not reused).", st->n_prefilled_tokens);
+    scalar(&o, "pam_generation_tokens_total", "counter", "Generated tokens.", st->n_generated_tokens);
+    scalar(&o, "pam_engine_steps_total", "counter", "Batched forward steps.", st->n_steps);
+    scalar(&o, "pam_queue_length", "gauge", "Requests waiting for a slot.", (unsigned long long)st->n_queued);
+    scalar(&o, "pam_requests_running", "gauge", "Requests in the batch.", (unsigned long long)st->n_running);
+    scalar(&o, "pam_slots", "gauge", "Batch slots (--parallel).", (unsigned long long)st->n_slots);
     histogram(&o, "pam_time_to_first_token_seconds", "Time from submission to the first generated token.", &st->ttft);
     histogram(&o, "pam_time_per_output_token_seconds", "Mean time per generated token after the first, per request.",
               &st->tpot);
-    metric(&o, "pam_requests_paused", "gauge", "Requests preempted and waiting to resume (their KV in the slowest tier).");
-    put(&o, "pam_requests_paused %d\n", st->n_paused);
-    metric(&o, "pam_preemptions_total", "counter", "Requests preempted by a higher-priority one (KV demoted, not recomputed).");
-    put(&o, "pam_preemptions_total %llu\n", (unsigned long long)st->n_preempted);
-    metric(&o, "pam_resumptions_total", "counter", "Preempted requests back in the batch.");
-    put(&o, "pam_resumptions_total %llu\n", (unsigned long long)st->n_resumed);
+    scalar(&o, "pam_requests_paused", "gauge", "Requests preempted and waiting to resume (their KV in the slowest tier).", (unsigned long long)st->n_paused);
+    scalar(&o, "pam_preemptions_total", "counter", "Requests preempted by a higher-priority one (KV demoted, not recomputed).", st->n_preempted);
+    scalar(&o, "pam_resumptions_total", "counter", "Preempted requests back in the batch.", st->n_resumed);
     char lb[160];
-    metric(&o, "pam_kv_block_tokens", "gauge", "Tokens per KV block (of one layer).");
-    put(&o, "pam_kv_block_tokens %llu\n", (unsigned long long)st->kv_block_tokens);
+    scalar(&o, "pam_kv_block_tokens", "gauge", "Tokens per KV block (of one layer).", st->kv_block_tokens);
     metric(&o, "pam_kv_blocks", "gauge", "KV blocks in use, per tier.");
     for (int i = 0; i < st->kv_n_tiers; i++)
         put(&o, "pam_kv_blocks{tier=\"%s\"} %llu\n", tier_label(st, i, lb, sizeof lb),
@@ -140,24 +133,15 @@ char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h)
     for (int i = 0; i < st->kv_n_tiers; i++)
         put(&o, "pam_kv_bytes_capacity{tier=\"%s\"} %llu\n", tier_label(st, i, lb, sizeof lb),
             (unsigned long long)(st->kv_tiers[i].blocks_capacity * st->kv_tiers[i].block_bytes));
-    metric(&o, "pam_kv_tokens", "gauge", "Token positions held by running, paused and cached sequences (shared blocks counted per sequence).");
-    put(&o, "pam_kv_tokens %llu\n", (unsigned long long)st->kv_tokens);
-    metric(&o, "pam_kv_migrations_total", "counter", "KV blocks moved between tiers (scheduler and preemption).");
-    put(&o, "pam_kv_migrations_total %llu\n", (unsigned long long)st->n_migrations);
-    metric(&o, "pam_kv_migration_failures_total", "counter", "KV block moves that failed (the block stayed where it was).");
-    put(&o, "pam_kv_migration_failures_total %llu\n", (unsigned long long)st->n_migration_failures);
-    metric(&o, "pam_kv_demoted_blocks_total", "counter", "KV blocks moved to the slowest tier by preemption.");
-    put(&o, "pam_kv_demoted_blocks_total %llu\n", (unsigned long long)st->n_demoted_blocks);
-    metric(&o, "pam_prefix_cache_entries", "gauge", "Finished sequences kept as cached prefixes.");
-    put(&o, "pam_prefix_cache_entries %d\n", st->prefix_entries);
-    metric(&o, "pam_prefix_cache_evictions_total", "counter", "Cached prefixes dropped (least recently used first).");
-    put(&o, "pam_prefix_cache_evictions_total %llu\n", (unsigned long long)st->prefix_evictions);
-    metric(&o, "pam_prefix_cache_lookups_total", "counter", "Admissions that looked up the prefix cache.");
-    put(&o, "pam_prefix_cache_lookups_total %llu\n", (unsigned long long)st->prefix_lookups);
-    metric(&o, "pam_prefix_cache_hits_total", "counter", "Admissions that reused cached prompt tokens.");
-    put(&o, "pam_prefix_cache_hits_total %llu\n", (unsigned long long)st->prefix_hits);
-    metric(&o, "pam_prefix_cache_tokens_reused_total", "counter", "Prompt tokens reused from the prefix cache.");
-    put(&o, "pam_prefix_cache_tokens_reused_total %llu\n", (unsigned long long)st->prefix_tokens_reused);
+    scalar(&o, "pam_kv_tokens", "gauge", "Token positions held by running, paused and cached sequences (shared blocks counted per sequence).", st->kv_tokens);
+    scalar(&o, "pam_kv_migrations_total", "counter", "KV blocks moved between tiers (scheduler and preemption).", st->n_migrations);
+    scalar(&o, "pam_kv_migration_failures_total", "counter", "KV block moves that failed (the block stayed where it was).", st->n_migration_failures);
+    scalar(&o, "pam_kv_demoted_blocks_total", "counter", "KV blocks moved to the slowest tier by preemption.", st->n_demoted_blocks);
+    scalar(&o, "pam_prefix_cache_entries", "gauge", "Finished sequences kept as cached prefixes.", (unsigned long long)st->prefix_entries);
+    scalar(&o, "pam_prefix_cache_evictions_total", "counter", "Cached prefixes dropped (least recently used first).", st->prefix_evictions);
+    scalar(&o, "pam_prefix_cache_lookups_total", "counter", "Admissions that looked up the prefix cache.", st->prefix_lookups);
+    scalar(&o, "pam_prefix_cache_hits_total", "counter", "Admissions that reused cached prompt tokens.", st->prefix_hits);
+    scalar(&o, "pam_prefix_cache_tokens_reused_total", "counter", "Prompt tokens reused from the prefix cache.", st->prefix_tokens_reused);
     metric(&o, "pam_prefix_cache_hit_rate", "gauge", "Fraction of prompt tokens reused from the prefix cache.");
     put(&o, "pam_prefix_cache_hit_rate %.6f\n",
         st->n_prompt_tokens ? (double)st->prefix_tokens_reused / (double)st->n_prompt_tokens : 0.0);
