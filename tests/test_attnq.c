@@ -37,9 +37,9 @@ static void qcase_make(qcase *c, int bits, int hd, int group, int n_q, int64_t n
     c->n_q = n_q;
     c->n = n;
     const int qmax = (1 << bits) - 1, ng = hd / group;
-    const size_t k_row_bytes = ((size_t)(n + slack) * (size_t)bits + 7) / 8;
+    const size_t k_row_bytes = (size_t)(n + slack), k_rows = bits == 8 ? (size_t)hd : (size_t)hd / 2;
     const size_t par_stride = (size_t)n + (size_t)slack;
-    c->kc = malloc((size_t)hd * k_row_bytes);
+    c->kc = malloc(k_rows * k_row_bytes);
     c->vc = malloc((size_t)n * (size_t)hd * (size_t)bits / 8);
     c->kpar = malloc(sizeof(uint16_t) * 2 * (size_t)hd);
     c->vpar = malloc(sizeof(uint16_t) * 2 * (size_t)ng * par_stride);
@@ -47,7 +47,7 @@ static void qcase_make(qcase *c, int bits, int hd, int group, int n_q, int64_t n
     c->K = malloc(sizeof(float) * (size_t)n * (size_t)hd);
     c->V = malloc(sizeof(float) * (size_t)n * (size_t)hd);
     assert_true(c->kc && c->vc && c->kpar && c->vpar && c->q && c->K && c->V);
-    for (size_t i = 0; i < (size_t)hd * k_row_bytes; i++) c->kc[i] = (uint8_t)pam_test_rng_u64(r);
+    for (size_t i = 0; i < k_rows * k_row_bytes; i++) c->kc[i] = (uint8_t)pam_test_rng_u64(r);
     for (size_t i = 0; i < (size_t)n * (size_t)hd * (size_t)bits / 8; i++) c->vc[i] = (uint8_t)pam_test_rng_u64(r);
     /* values about N(0,1): min near -range/2, range up to 3 */
     for (int d = 0; d < hd; d++) {
@@ -151,9 +151,10 @@ static int n_isas(void) { return (int)pam_cpu_detect() + 1; }
 
 static void test_partial_every_isa(void **state) {
     const int bitss[] = {8, 4};
-    /* (head_dim, group): avx512 and avx2 paths, avx2 only (group 8), the
-     * reference only (head_dim 6) */
-    const int shapes[][2] = {{128, 32}, {64, 64}, {16, 16}, {64, 8}, {8, 8}, {6, 6}};
+    /* (head_dim, group): the AVX-512 and AVX2 paths with int4 V in 32- and
+     * 16-channel steps and their 16- and 8-channel remainders, AVX2 only
+     * (group 8), the reference only (head_dim 6) */
+    const int shapes[][2] = {{128, 32}, {64, 64}, {96, 32}, {48, 48}, {16, 16}, {80, 16}, {64, 8}, {24, 24}, {8, 8}, {6, 6}};
     const int nqs[] = {1, 2, 3, 4, 5, 8, 9, 12};
     const int64_t ns[] = {1, 3, 7, 8, 9, 15, 16, 17, 33};
     pam_test_rng r = {21};

@@ -6,19 +6,26 @@
 #include "core/fp16.h"
 #include "kernels/cpu.h"
 
+/* Code i of a run packed low nibble first (int4) or one a byte. */
 static inline int code_at(const uint8_t *codes, int bits, size_t i) {
     if (bits == 8) return codes[i];
     uint8_t b = codes[i >> 1];
     return (i & 1) ? b >> 4 : b & 0x0f;
 }
 
+/* K code of channel d, token t: int8 rows hold one channel, int4 rows a
+ * channel pair (2i in the low nibbles, 2i+1 in the high ones). */
+static inline int k_code(const pam_attnq_kv *kv, int d, int64_t t) {
+    if (kv->bits == 8) return kv->k_codes[(size_t)d * kv->k_row_bytes + (size_t)t];
+    uint8_t b = kv->k_codes[(size_t)(d >> 1) * kv->k_row_bytes + (size_t)t];
+    return (d & 1) ? b >> 4 : b & 0x0f;
+}
+
 /* Token t of K decoded into row[head_dim]; kmin, ksc: the K parameters
  * already converted to f32. */
 static void k_row(const pam_attnq_kv *kv, int head_dim, const float *kmin, const float *ksc, int64_t t,
                   float *row) {
-    size_t row_codes = kv->k_row_bytes * 8 / (size_t)kv->bits;
-    for (int d = 0; d < head_dim; d++)
-        row[d] = kmin[d] + ksc[d] * (float)code_at(kv->k_codes, kv->bits, (size_t)d * row_codes + (size_t)t);
+    for (int d = 0; d < head_dim; d++) row[d] = kmin[d] + ksc[d] * (float)k_code(kv, d, t);
 }
 
 /* Token t of V decoded into row[head_dim]. */
@@ -40,20 +47,18 @@ static void k_params(const pam_attnq_kv *kv, int head_dim, float *kmin, float *k
 
 size_t pam_attnq_scratch_floats(int n_q, int head_dim, int group, int64_t n) {
     /* SIMD: scores, q*scale per channel, q.min, p*vscale per group, the
-     * per-group sums of p*vmin, the group parameters converted to f32.
+     * per-group sums of p*vmin, the V group and K parameters as f32.
      * Reference: scores, the K parameters and one decoded row. */
     size_t nq = (size_t)n_q, hd = (size_t)head_dim, ng = (size_t)(head_dim / group), nn = (size_t)n;
-    size_t simd = nq * nn + nq * hd + nq + ng * nq * nn + nq * ng + 2 * ng * nn;
+    size_t simd = nq * nn + nq * hd + nq + ng * nq * nn + nq * ng + 2 * ng * nn + 2 * hd;
     size_t ref = nq * nn + 3 * hd;
     return (simd > ref ? simd : ref) + 64;
 }
 
 void pam_attnq_decode(const pam_attnq_kv *kv, int head_dim, int64_t n, float *K, float *V) {
-    size_t row_codes = kv->k_row_bytes * 8 / (size_t)kv->bits;
     for (int d = 0; d < head_dim; d++) {
         float mn = pam_f16_to_f32(kv->k_min[d]), sc = pam_f16_to_f32(kv->k_scale[d]);
-        for (int64_t t = 0; t < n; t++)
-            K[(size_t)t * head_dim + d] = mn + sc * (float)code_at(kv->k_codes, kv->bits, (size_t)d * row_codes + (size_t)t);
+        for (int64_t t = 0; t < n; t++) K[(size_t)t * head_dim + d] = mn + sc * (float)k_code(kv, d, t);
     }
     for (int64_t t = 0; t < n; t++) v_row(kv, head_dim, t, V + (size_t)t * head_dim);
 }

@@ -5,20 +5,22 @@
  *
  * Encoding (codes are unsigned, x ~ min + scale * code, min and scale f16):
  *   K per CHANNEL: channel d of every token shares (k_min[d], k_scale[d]);
- *     codes are stored channel-major, so the scores of a run of tokens are
- *     vertical sums over channels:
+ *     codes are stored channel-major (a row of tokens per channel, or per
+ *     channel pair for int4), so the scores of a run of tokens are vertical
+ *     sums over channels:
  *       s_t = sum_d q_d (min_d + sc_d c_td) = q.min + sum_d (q_d sc_d) c_td,
  *     with q*sc and q.min computed once per block for every query head.
  *   V per TOKEN in groups of `group` channels: token t, group i has
  *     (v_min[i*v_par_stride + t], v_scale[...]); codes are token-major, and
  *       sum_t p_t v_td = sum_t (p_t vsc_ti) c_td + sum_t p_t vmin_ti,
  *     the second sum one number per (head, group).
- * int4 packs two codes a byte, low nibble first.
+ * int4 packs two codes a byte, low nibble first: two channels of one token
+ * (K: channels 2i and 2i+1; V: consecutive channels).
  *
- * pam_attnq_partial_ref decodes every element and sums as the f32
+ * pam_attnq_partial_ref decodes each token's row and sums as the f32
  * reference partial does: the readable oracle. The SIMD kernels use the
  * identities above and never build an f32 copy of K or V; they agree with
- * the reference to float rounding (tests/test_attention.c). */
+ * the reference to float rounding (tests/test_attnq.c). */
 #ifndef PAM_KERNELS_ATTNQ_H
 #define PAM_KERNELS_ATTNQ_H
 
@@ -28,8 +30,10 @@
 typedef struct pam_attnq_kv {
     int bits;  /* 8, or 4 (two codes a byte, low nibble first) */
     int group; /* V channels sharing one (min, scale); divides head_dim */
-    /* K codes, channel-major: channel d's codes of tokens 0..n-1 start at
-     * k_codes + d * k_row_bytes (byte-aligned rows). */
+    /* K codes, channel-major, one byte per token in rows of k_row_bytes >= n:
+     * int8: channel d, token t at k_codes[d * k_row_bytes + t];
+     * int4: channels 2i (low nibble) and 2i+1 (high nibble), token t at
+     * k_codes[i * k_row_bytes + t]. */
     const uint8_t *k_codes;
     size_t k_row_bytes;
     const uint16_t *k_min, *k_scale; /* [head_dim] */

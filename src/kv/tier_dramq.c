@@ -4,8 +4,9 @@
  * the layout kernels/attnq.h computes on:
  *   K codes [D][B]       keys quantised per CHANNEL: each channel d has its
  *   K min[D], scale[D]   own (min, scale) over the block's B tokens (f16);
- *                        codes channel-major, each channel's row of B codes
- *                        starting on a byte;
+ *                        codes channel-major, a row of B bytes per channel
+ *                        (int8) or per channel pair (int4: 2i in the low
+ *                        nibbles, 2i+1 in the high ones);
  *   V codes [B][D]       values quantised per TOKEN in groups of G channels
  *   V min[D/G][B] then   (G = 32, or D when D is not a multiple of 32; f16),
  *   scale[D/G][B]        per group the mins of all tokens, then the scales.
@@ -50,7 +51,7 @@ typedef struct dramq {
     pam_kv_shape sh;
     int bits, qmax, group;
     size_t row;         /* floats per token: H * D */
-    size_t k_row_bytes; /* one channel's K codes */
+    size_t k_row_bytes; /* one row of K codes: B */
     /* byte offsets within a head: K min/scale, V codes, V min/scale */
     size_t k_par_off, v_codes_off, v_par_off;
     size_t head_bytes, slot_bytes;
@@ -66,12 +67,13 @@ typedef struct dramq {
 
 /* ---- codes ---------------------------------------------------------------- */
 
-static inline void dq_put(uint8_t *codes, int bits, size_t i, int q) {
+/* Stores code q in byte i, or in its high or low nibble (int4). */
+static inline void dq_put(uint8_t *codes, int bits, size_t i, int high, int q) {
     if (bits == 8) {
         codes[i] = (uint8_t)q;
     } else {
-        uint8_t *b = codes + (i >> 1);
-        *b = (i & 1) ? (uint8_t)((*b & 0x0f) | (q << 4)) : (uint8_t)((*b & 0xf0) | q);
+        uint8_t *b = codes + i;
+        *b = high ? (uint8_t)((*b & 0x0f) | (q << 4)) : (uint8_t)((*b & 0xf0) | q);
     }
 }
 
@@ -131,7 +133,6 @@ static pam_attnq_kv dq_view(const dramq *d, uint32_t slot, int h) {
 
 static void dq_quantise(dramq *d, uint32_t slot, uint16_t *st) {
     const int B = d->sh.block_tokens, D = d->sh.head_dim, G = d->group;
-    const size_t k_row_codes = d->k_row_bytes * 8 / (size_t)d->bits;
     for (int h = 0; h < d->sh.n_head_kv; h++) {
         uint8_t *p = dq_head(d, slot, h);
         uint8_t *kc = p, *vc = p + d->v_codes_off;
@@ -143,7 +144,7 @@ static void dq_quantise(dramq *d, uint32_t slot, uint16_t *st) {
             dq_range(K + c, (size_t)D, B, d->qmax, &kmin[c], &ksc[c]);
             float mn = pam_f16_to_f32(kmin[c]), sc = pam_f16_to_f32(ksc[c]);
             for (int t = 0; t < B; t++)
-                dq_put(kc, d->bits, (size_t)c * k_row_codes + (size_t)t,
+                dq_put(kc, d->bits, (size_t)(d->bits == 8 ? c : c >> 1) * d->k_row_bytes + (size_t)t, c & 1,
                        dq_code(pam_f16_to_f32(K[(size_t)t * D + c]), mn, sc, d->qmax));
         }
         for (int t = 0; t < B; t++) {
@@ -152,7 +153,7 @@ static void dq_quantise(dramq *d, uint32_t slot, uint16_t *st) {
                 dq_range(V + (size_t)t * D + g0, 1, G, d->qmax, vmin, vsc);
                 float mn = pam_f16_to_f32(*vmin), sc = pam_f16_to_f32(*vsc);
                 for (int c = g0; c < g0 + G; c++)
-                    dq_put(vc, d->bits, (size_t)t * D + c,
+                    dq_put(vc, d->bits, d->bits == 8 ? (size_t)t * D + c : ((size_t)t * D + c) >> 1, c & 1,
                            dq_code(pam_f16_to_f32(V[(size_t)t * D + c]), mn, sc, d->qmax));
             }
         }
@@ -395,8 +396,8 @@ pam_status pam_tier_dramq_open(const pam_kv_shape *shape, int bits, uint64_t cap
     d->group = D % 32 == 0 ? 32 : D;
     d->row = (size_t)H * (size_t)D;
     /* Parameters on 2-byte boundaries, heads on 4-byte ones. */
-    d->k_row_bytes = ((size_t)B * (size_t)bits + 7) / 8;
-    d->k_par_off = ((size_t)D * d->k_row_bytes + 1) & ~(size_t)1;
+    d->k_row_bytes = (size_t)B;
+    d->k_par_off = ((size_t)D * d->k_row_bytes * (size_t)bits / 8 + 1) & ~(size_t)1;
     d->v_codes_off = d->k_par_off + 2 * (size_t)D * sizeof(uint16_t);
     d->v_par_off = (d->v_codes_off + (size_t)B * D * (size_t)bits / 8 + 1) & ~(size_t)1;
     d->head_bytes = (d->v_par_off + 2 * (size_t)B * (size_t)(D / d->group) * sizeof(uint16_t) + 3) & ~(size_t)3;
