@@ -311,8 +311,16 @@ static pam_status dq_attend(void *impl, const pam_tier_attn *r) {
             break;
         }
         const uint16_t *stage = d->slots[slot].stage;
+        /* The next block's head h is fetched while head h of this one is
+         * computed: a block's codes are a few KiB per head, too short a
+         * run for the hardware prefetcher to reach full bandwidth. */
+        const uint8_t *next = NULL;
+        if (b + 1 < r->n_blocks && r->blocks[b + 1].slot < d->cap)
+            next = d->arena + (size_t)r->blocks[b + 1].slot * d->slot_bytes;
         for (int h = 0; h < H; h++) {
             const float *q = r->q + (size_t)h * nq * D;
+            for (size_t off = 0; next && off < d->head_bytes; off += 64)
+                __builtin_prefetch(next + (size_t)h * d->head_bytes + off, 0, 2);
             if (stage) {
                 const uint16_t *sk = stage + (size_t)h * B * D;
                 const uint16_t *sv = stage + d->stage_elems / 2 + (size_t)h * B * D;
