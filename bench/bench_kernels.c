@@ -7,8 +7,12 @@
  * Then prefill: pam_matmul over 64 tokens, as GMAC/s per level and thread
  * count (compute-bound: each weight panel is reused by all tokens).
  *
+ * Then KV attention: one layer's attention of one query token through the
+ * dram tier (f16) and the dramq tier (int8, int4) side by side, as GB/s of
+ * block bytes attended and the time relative to the dram tier (below).
+ *
  * Usage: bench_kernels [rows cols [max_threads [seconds_per_point [what]]]]
- * with what = all (default), decode or prefill.
+ * with what = all (default), decode, prefill or kv.
  * Every level's output is checked against pam_vec_dot_ref before timing. */
 #include <math.h>
 #include <stdint.h>
@@ -22,6 +26,7 @@
 #include "kernels/cpu.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
+#include "kv/tier.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
@@ -145,15 +150,174 @@ static double time_matmul(pam_pool *pool, pam_dtype type, const void *W, int64_t
     return (double)rows * (double)cols * (double)n_tok * 1e-9 / best;
 }
 
+/* ---- KV attention through the tiers ---------------------------------------
+ * One layer of a Llama-3-8B-like model (8 KV heads of 128, 32 query heads,
+ * GQA 4:1, 16-token blocks), the context written once into a dram (f16) and
+ * two dramq (int8, int4) tiers, then attended by one query token: the work of
+ * one decode step per layer. A small context (hot in cache: the kernels'
+ * arithmetic) and a large one (streams from DRAM). With several threads the
+ * blocks are cut into one contiguous run per thread (as the KV manager's
+ * pieces are). Every ISA level's output is checked against the scalar level's
+ * and the quantised tiers' against the dram tier's before timing. */
+enum { KV_HEADS = 8, KV_HD = 128, KV_NQ = 32, KV_BT = 16 };
+
+typedef struct kv_job {
+    pam_tier *t;
+    const float *q;
+    const pam_tier_block *blocks;
+    int64_t n_blocks, per_task;
+    float m[16][KV_NQ], l[16][KV_NQ], o[16][KV_NQ * KV_HD];
+    pam_status st[16];
+} kv_job;
+
+static void kv_task(void *ctx, int64_t task, int thread) {
+    kv_job *j = ctx;
+    int64_t b0 = task * j->per_task, nb = j->n_blocks - b0 < j->per_task ? j->n_blocks - b0 : j->per_task;
+    pam_tier_attn req = {.q = j->q, .n_head = KV_NQ, .scale = 1.0f / sqrtf((float)KV_HD), .blocks = j->blocks + b0,
+                         .n_blocks = nb, .m = j->m[task], .l = j->l[task], .o = j->o[task]};
+    j->st[task] = nb > 0 ? pam_tier_attend(j->t, &req) : PAM_OK;
+}
+
+static double time_kv(pam_pool *pool, kv_job *j, double secs) {
+    int n_tasks = pam_pool_n_threads(pool);
+    j->per_task = (j->n_blocks + n_tasks - 1) / n_tasks;
+    pam_pool_run(pool, kv_task, j, n_tasks);
+    int iters = 0;
+    double t0 = now_s(), t;
+    do {
+        pam_pool_run(pool, kv_task, j, n_tasks);
+        iters++;
+        t = now_s();
+    } while (t - t0 < secs);
+    return (t - t0) / iters;
+}
+
+/* Normalised output of a one-task run, max |a - b| / max |b|. */
+static double kv_rel_err(const kv_job *a, const float *b) {
+    double num = 0, den = 0;
+    for (int g = 0; g < KV_NQ; g++)
+        for (int d = 0; d < KV_HD; d++) {
+            double x = a->o[0][g * KV_HD + d] / a->l[0][g], y = b[g * KV_HD + d];
+            num = fmax(num, fabs(x - y));
+            den = fmax(den, fabs(y));
+        }
+    return num / (den > 0 ? den : 1);
+}
+
+static int bench_kv(pam_pool **pools, int max_threads, double secs) {
+    const int best = (int)pam_cpu_detect();
+    const int64_t ctxs[] = {512, 32768};
+    const char *names[] = {"dram", "dramq:int8", "dramq:int4"};
+    const double tols[] = {0, 5e-2, 5e-1}; /* quantised vs f16 output (tests bound int8 2e-2, int4 3e-1) */
+    const pam_kv_shape shape = {.n_layer = 1, .n_head_kv = KV_HEADS, .head_dim = KV_HD, .block_tokens = KV_BT};
+    const size_t row = (size_t)KV_HEADS * KV_HD;
+    printf("\n# KV attention, one layer, one query token: %d KV heads x %d, %d query heads, %d-token blocks;\n"
+           "# GB/s of block bytes attended (mean of >= %.2f s, best of 2) and the time of the dram tier at\n"
+           "# the same ISA and thread count / this tier's\n",
+           KV_HEADS, KV_HD, KV_NQ, KV_BT, secs);
+    printf("%-6s %-11s %7s %3s", "ctx", "tier", "MB", "thr");
+    for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
+    for (int isa = 0; isa <= best; isa++) printf(" %6s/dram", pam_cpu_isa_name((pam_isa)isa));
+    printf("\n");
+    float *q = malloc(sizeof(float) * KV_NQ * KV_HD), *want = malloc(sizeof(float) * KV_NQ * KV_HD);
+    kv_job *job = malloc(sizeof *job);
+    if (!q || !want || !job) return 1;
+    for (int i = 0; i < KV_NQ * KV_HD; i++) q[i] = rnd();
+    int failed = 0;
+    for (size_t ci = 0; ci < sizeof ctxs / sizeof ctxs[0] && !failed; ci++) {
+        const int64_t n_tok = ctxs[ci], n_blocks = n_tok / KV_BT;
+        float *K = malloc(sizeof(float) * (size_t)n_tok * row), *V = malloc(sizeof(float) * (size_t)n_tok * row);
+        pam_tier_block *blocks = malloc(sizeof *blocks * (size_t)n_blocks);
+        if (!K || !V || !blocks) return 1;
+        for (size_t i = 0; i < (size_t)n_tok * row; i++) {
+            K[i] = rnd();
+            V[i] = rnd();
+        }
+        double dram_s[17][PAM_ISA_COUNT];
+        for (int ti = 0; ti < 3 && !failed; ti++) {
+            pam_tier *t = NULL;
+            pam_status st = PAM_OK;
+            uint64_t cap = 2 * (uint64_t)n_blocks * 2 * KV_BT * row * 2; /* twice the f16 bytes */
+            if (ti == 0) st = pam_tier_dram_open(&shape, cap, &t);
+            else st = pam_tier_dramq_open(&shape, ti == 1 ? 8 : 4, cap, &t);
+            for (int64_t b = 0; st == PAM_OK && b < n_blocks; b++) {
+                blocks[b].n_tokens = KV_BT;
+                st = pam_tier_alloc(t, &blocks[b].slot);
+                if (st == PAM_OK)
+                    st = pam_tier_write(t, blocks[b].slot, 0, KV_BT, K + (size_t)b * KV_BT * row,
+                                        V + (size_t)b * KV_BT * row);
+            }
+            if (st != PAM_OK) {
+                fprintf(stderr, "%s: %s\n", names[ti], pam_last_error());
+                return 1;
+            }
+            *job = (kv_job){.t = t, .q = q, .blocks = blocks, .n_blocks = n_blocks};
+            /* check: every level against the scalar level, and against dram */
+            float *lvl0 = malloc(sizeof(float) * KV_NQ * KV_HD);
+            for (int isa = 0; isa <= best && !failed; isa++) {
+                pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+                job->per_task = n_blocks;
+                kv_task(job, 0, 0);
+                if (job->st[0] != PAM_OK) {
+                    fprintf(stderr, "%s: %s\n", names[ti], pam_last_error());
+                    failed = 1;
+                    break;
+                }
+                if (isa == 0) {
+                    for (int i = 0; i < KV_NQ * KV_HD; i++) lvl0[i] = job->o[0][i] / job->l[0][i / KV_HD];
+                    if (ti == 0) memcpy(want, lvl0, sizeof(float) * KV_NQ * KV_HD);
+                }
+                double e0 = kv_rel_err(job, lvl0), ed = kv_rel_err(job, want);
+                if (!(e0 <= 1e-4) || !(ed <= tols[ti] + 1e-4)) {
+                    fprintf(stderr, "%s %s ctx %lld: rel error %.3g vs scalar level, %.3g vs dram\n", names[ti],
+                            pam_cpu_isa(), (long long)n_tok, e0, ed);
+                    failed = 1;
+                }
+            }
+            free(lvl0);
+            double mb = (double)n_blocks * (double)t->block_bytes / (1 << 20);
+            for (int th = 1; th <= max_threads && !failed; th++) {
+                double s[PAM_ISA_COUNT];
+                for (int isa = 0; isa <= best; isa++) s[isa] = 1e30;
+                for (int round = 0; round < 2; round++)
+                    for (int isa = best; isa >= 0; isa--) {
+                        pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+                        s[isa] = fmin(s[isa], time_kv(pools[th], job, secs));
+                    }
+                if (ti == 0) memcpy(dram_s[th], s, sizeof s);
+                printf("%-6lld %-11s %7.1f %3d", (long long)n_tok, names[ti], mb, th);
+                for (int isa = 0; isa <= best; isa++)
+                    printf(" %9.2f", (double)n_blocks * (double)t->block_bytes * 1e-9 / s[isa]);
+                for (int isa = 0; isa <= best; isa++) printf(" %11.2f", dram_s[th][isa] / s[isa]);
+                printf("\n");
+                fflush(stdout);
+            }
+            for (int64_t b = 0; b < n_blocks; b++) pam_tier_free(t, blocks[b].slot);
+            pam_tier_close(t);
+        }
+        free(K);
+        free(V);
+        free(blocks);
+    }
+    pam_cpu_set_isa(NULL);
+    free(q);
+    free(want);
+    free(job);
+    return failed;
+}
+
 int main(int argc, char **argv) {
     int64_t rows = argc > 2 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
     int max_threads = argc > 3 ? atoi(argv[3]) : 2;
     double secs = argc > 4 ? atof(argv[4]) : 0.3;
     const char *what = argc > 5 ? argv[5] : "all";
-    const int do_decode = strcmp(what, "prefill") != 0, do_prefill = strcmp(what, "decode") != 0;
-    if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16) {
+    const int all = strcmp(what, "all") == 0;
+    const int do_decode = all || strcmp(what, "decode") == 0, do_prefill = all || strcmp(what, "prefill") == 0;
+    const int do_kv = all || strcmp(what, "kv") == 0;
+    if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16 ||
+        !(do_decode || do_prefill || do_kv)) {
         fprintf(stderr,
-                "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs [all|decode|prefill]]]]\n");
+                "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs [all|decode|prefill|kv]]]]\n");
         return 2;
     }
     const pam_dtype types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
@@ -311,6 +475,7 @@ int main(int argc, char **argv) {
     }
     free(X);
     free(Y);
+    if (do_kv && !failed) failed = bench_kv(pools, max_threads, secs);
     pam_cpu_set_isa(NULL);
     for (int t = 1; t <= max_threads; t++) pam_pool_destroy(pools[t]);
     free(src);

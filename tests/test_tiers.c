@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "core/fp16.h"
+#include "kernels/cpu.h"
 #include "kv/tier.h"
 #include "util/ref_model.h"
 #include "util/test_util.h"
@@ -316,6 +317,17 @@ static void test_attend(void **state) {
         assert_true(derr <= 1e-4);
         assert_true(dblk <= 1e-4);
         assert_true(err <= k->attn_tol);
+        /* The same at every ISA level the CPU has: each kernel computes over
+         * the codes, the decoded values are the common reference. */
+        for (int isa = 0; isa <= (int)pam_cpu_detect(); isa++) {
+            assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+            attn_out ai;
+            assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &ai), PAM_OK);
+            check_attn(&c, q, Kd, Vd, &ai, &derr, &dblk);
+            if (!(derr <= 1e-4 && dblk <= 1e-4))
+                fail_msg("%s at %s: %.3g, blocks %.3g vs its decoded data", k->label, pam_cpu_isa(), derr, dblk);
+        }
+        assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
         free(Kd);
         free(Vd);
     }
@@ -393,6 +405,92 @@ static void test_concurrent_attend(void **state) {
     }
     ctx_free(&c);
     pam_tier_close(t);
+}
+
+/* dramq with other shapes: odd block sizes (int4 channel rows padded to a
+ * byte, parameters realigned), head sizes that take the reference, AVX2-only
+ * and AVX-512 paths, and MHA to GQA 8:1. Full blocks (quantised), attended
+ * over all and over fewer tokens than they hold, at every ISA level against
+ * float64 attention over what read decodes. */
+static void test_dramq_shapes(void **state) {
+    (void)state;
+    const struct {
+        int bt, hd, heads, n_q;
+    } shapes[] = {{5, 6, 3, 3}, {7, 64, 1, 8}, {4, 128, 2, 8}, {8, 40, 2, 2}, {16, 96, 1, 1}};
+    pam_test_rng r = {31};
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int bt = shapes[si].bt, hd = shapes[si].hd, H = shapes[si].heads, nq = shapes[si].n_q;
+            const size_t row = (size_t)H * hd;
+            pam_kv_shape sh = {.n_layer = 1, .n_head_kv = H, .head_dim = hd, .block_tokens = bt};
+            pam_tier *t;
+            assert_int_equal(pam_tier_dramq_open(&sh, bits, 1 << 20, &t), PAM_OK);
+            enum { NB = 3 };
+            float *K = malloc(sizeof(float) * NB * bt * row), *V = malloc(sizeof(float) * NB * bt * row);
+            float *Kd = malloc(sizeof(float) * NB * bt * row), *Vd = malloc(sizeof(float) * NB * bt * row);
+            float *q = malloc(sizeof(float) * (size_t)nq * row), *o = malloc(sizeof(float) * (size_t)nq * row);
+            float m[64], l[64];
+            assert_true(K && V && Kd && Vd && q && o);
+            for (size_t i = 0; i < NB * bt * row; i++) {
+                K[i] = (float)pam_test_rng_normal(&r);
+                V[i] = (float)pam_test_rng_normal(&r);
+            }
+            for (size_t i = 0; i < (size_t)nq * row; i++) q[i] = (float)pam_test_rng_normal(&r);
+            pam_tier_block blocks[NB];
+            for (int b = 0; b < NB; b++) {
+                assert_int_equal(pam_tier_alloc(t, &blocks[b].slot), PAM_OK);
+                assert_int_equal(pam_tier_write(t, blocks[b].slot, 0, bt, K + (size_t)b * bt * row, V + (size_t)b * bt * row),
+                                 PAM_OK);
+                assert_int_equal(pam_tier_read(t, blocks[b].slot, bt, Kd + (size_t)b * bt * row, Vd + (size_t)b * bt * row),
+                                 PAM_OK);
+                blocks[b].n_tokens = b == 1 ? bt - 1 - (bt > 4) : bt; /* fewer tokens than the block holds */
+            }
+            for (int isa = 0; isa <= (int)pam_cpu_detect(); isa++) {
+                assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+                const int n_head = nq * H;
+                pam_tier_attn req = {.q = q, .n_head = n_head, .scale = 0.3f, .blocks = blocks, .n_blocks = NB,
+                                     .m = m, .l = l, .o = o};
+                assert_int_equal(pam_tier_attend(t, &req), PAM_OK);
+                for (int g = 0; g < n_head; g++) {
+                    const int h = g / nq;
+                    double s[NB * 16], mx = -INFINITY, sum = 0, num = 0, den = 0;
+                    int n = 0;
+                    for (int b = 0; b < NB; b++)
+                        for (int j = 0; j < blocks[b].n_tokens; j++, n++) {
+                            const float *kr = Kd + ((size_t)b * bt + (size_t)j) * row + (size_t)h * hd;
+                            double acc = 0;
+                            for (int d = 0; d < hd; d++) acc += (double)q[(size_t)g * hd + d] * kr[d];
+                            s[n] = 0.3 * acc;
+                            mx = fmax(mx, s[n]);
+                        }
+                    for (int d = 0; d < hd; d++) {
+                        double od = 0;
+                        n = 0;
+                        sum = 0;
+                        for (int b = 0; b < NB; b++)
+                            for (int j = 0; j < blocks[b].n_tokens; j++, n++) {
+                                double p = exp(s[n] - mx);
+                                sum += p;
+                                od += p * Vd[((size_t)b * bt + (size_t)j) * row + (size_t)h * hd + (size_t)d];
+                            }
+                        num = fmax(num, fabs(o[(size_t)g * hd + d] / l[g] - od / sum));
+                        den = fmax(den, fabs(od / sum));
+                    }
+                    if (!(num <= 1e-5 * den + 1e-6))
+                        fail_msg("int%d block %d head_dim %d n_q %d at %s: head %d error %.3g of %.3g", bits, bt, hd,
+                                 nq, pam_cpu_isa(), g, num, den);
+                }
+            }
+            assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+            for (int b = 0; b < NB; b++) pam_tier_free(t, blocks[b].slot);
+            pam_tier_close(t);
+            free(K);
+            free(V);
+            free(Kd);
+            free(Vd);
+            free(q);
+            free(o);
+        }
 }
 
 /* ---- ssd faults ----------------------------------------------------------- */
@@ -923,6 +1021,7 @@ int main(void) {
         KIND_TESTS(test_write_read),
         KIND_TESTS(test_attend),
         KIND_TESTS(test_concurrent_attend),
+        cmocka_unit_test(test_dramq_shapes),
         cmocka_unit_test(test_ssd_eio_read),
         cmocka_unit_test(test_ssd_short_reads),
         cmocka_unit_test(test_ssd_eio_write_keeps_old),

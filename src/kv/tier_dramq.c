@@ -1,10 +1,15 @@
 /* dramq: quantised KV in host memory, KIVI-style (DESIGN.md §2.1).
  *
- * Encoding of one full block, per KV head (B = block_tokens, D = head_dim):
- *   K codes [B][D]       keys quantised per CHANNEL: each channel d has its
- *   K min[D], scale[D]   own (min, scale) over the block's B tokens (f16),
+ * Encoding of one full block, per KV head (B = block_tokens, D = head_dim),
+ * the layout kernels/attnq.h computes on:
+ *   K codes [D][B]       keys quantised per CHANNEL: each channel d has its
+ *   K min[D], scale[D]   own (min, scale) over the block's B tokens (f16);
+ *                        codes channel-major, a row of B bytes per channel
+ *                        (int8) or per channel pair (int4: 2i in the low
+ *                        nibbles, 2i+1 in the high ones);
  *   V codes [B][D]       values quantised per TOKEN in groups of G channels
- *   V min/scale [B][D/G] (G = 32, or D when D is not a multiple of 32; f16).
+ *   V min[D/G][B] then   (G = 32, or D when D is not a multiple of 32; f16),
+ *   scale[D/G][B]        per group the mins of all tokens, then the scales.
  * Codes are asymmetric unsigned: x ~ min + scale * q, q in [0, 2^bits - 1];
  * int4 packs two codes per byte, low nibble first.
  *
@@ -20,9 +25,9 @@
  * capacity_blocks * block_bytes: one per partially filled block.
  *
  * Attention over a staged block uses the f16 kernel on the staging copy;
- * over a quantised block it decodes K and V of one head to f32 scratch and
- * runs the f32 kernel, so each block is read once for all query heads of its
- * group. The tier is lossy: exact = 0. */
+ * over a quantised block the kernels of kernels/attnq.h compute scores and
+ * the weighted sum of values from the codes, each block read once for all
+ * query heads of its group. The tier is lossy: exact = 0. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -33,6 +38,7 @@
 #include "core/status.h"
 #include "core/timing.h"
 #include "kernels/attention.h"
+#include "kernels/attnq.h"
 #include "kv/tier.h"
 
 typedef struct dq_slot {
@@ -44,8 +50,10 @@ typedef struct dq_slot {
 typedef struct dramq {
     pam_kv_shape sh;
     int bits, qmax, group;
-    size_t row;                    /* floats per token: H * D */
-    size_t k_codes, k_par, v_codes, v_par; /* bytes per head */
+    size_t row;         /* floats per token: H * D */
+    size_t k_row_bytes; /* one row of K codes: B */
+    /* byte offsets within a head: K min/scale, V codes, V min/scale */
+    size_t k_par_off, v_codes_off, v_par_off;
     size_t head_bytes, slot_bytes;
     size_t stage_elems; /* f16 values in a staging copy (K and V) */
     uint64_t cap;
@@ -59,19 +67,14 @@ typedef struct dramq {
 
 /* ---- codes ---------------------------------------------------------------- */
 
-static inline void dq_put(uint8_t *codes, int bits, size_t i, int q) {
+/* Stores code q in byte i, or in its high or low nibble (int4). */
+static inline void dq_put(uint8_t *codes, int bits, size_t i, int high, int q) {
     if (bits == 8) {
         codes[i] = (uint8_t)q;
     } else {
-        uint8_t *b = codes + (i >> 1);
-        *b = (i & 1) ? (uint8_t)((*b & 0x0f) | (q << 4)) : (uint8_t)((*b & 0xf0) | q);
+        uint8_t *b = codes + i;
+        *b = high ? (uint8_t)((*b & 0x0f) | (q << 4)) : (uint8_t)((*b & 0xf0) | q);
     }
-}
-
-static inline int dq_get(const uint8_t *codes, int bits, size_t i) {
-    if (bits == 8) return codes[i];
-    uint8_t b = codes[i >> 1];
-    return (i & 1) ? b >> 4 : b & 0x0f;
 }
 
 /* (min, scale) of n values spaced by stride, rounded to f16 as stored; codes
@@ -111,31 +114,46 @@ static uint16_t *dq_stage_v(const dramq *d, uint16_t *st, int h) {
     return st + d->stage_elems / 2 + (size_t)h * d->sh.block_tokens * d->sh.head_dim;
 }
 
+/* The kernels' view of head h of a quantised slot. */
+static pam_attnq_kv dq_view(const dramq *d, uint32_t slot, int h) {
+    const uint8_t *p = d->arena + (size_t)slot * d->slot_bytes + (size_t)h * d->head_bytes;
+    const uint16_t *kpar = (const uint16_t *)(p + d->k_par_off), *vpar = (const uint16_t *)(p + d->v_par_off);
+    const size_t B = (size_t)d->sh.block_tokens;
+    return (pam_attnq_kv){.bits = d->bits,
+                          .group = d->group,
+                          .k_codes = p,
+                          .k_row_bytes = d->k_row_bytes,
+                          .k_min = kpar,
+                          .k_scale = kpar + d->sh.head_dim,
+                          .v_codes = p + d->v_codes_off,
+                          .v_min = vpar,
+                          .v_scale = vpar + B,
+                          .v_par_stride = 2 * B};
+}
+
 static void dq_quantise(dramq *d, uint32_t slot, uint16_t *st) {
     const int B = d->sh.block_tokens, D = d->sh.head_dim, G = d->group;
     for (int h = 0; h < d->sh.n_head_kv; h++) {
         uint8_t *p = dq_head(d, slot, h);
-        uint8_t *kc = p;
-        uint16_t *kmin = (uint16_t *)(p + d->k_codes), *ksc = kmin + D;
-        uint8_t *vc = p + d->k_codes + d->k_par;
-        uint16_t *vpar = (uint16_t *)(vc + d->v_codes);
+        uint8_t *kc = p, *vc = p + d->v_codes_off;
+        uint16_t *kmin = (uint16_t *)(p + d->k_par_off), *ksc = kmin + D;
+        uint16_t *vpar = (uint16_t *)(p + d->v_par_off);
         const uint16_t *K = dq_stage_k(d, st, h), *V = dq_stage_v(d, st, h);
-        memset(kc, 0, d->k_codes);
-        memset(vc, 0, d->v_codes);
+        memset(p, 0, d->head_bytes);
         for (int c = 0; c < D; c++) {
             dq_range(K + c, (size_t)D, B, d->qmax, &kmin[c], &ksc[c]);
             float mn = pam_f16_to_f32(kmin[c]), sc = pam_f16_to_f32(ksc[c]);
             for (int t = 0; t < B; t++)
-                dq_put(kc, d->bits, (size_t)t * D + c,
+                dq_put(kc, d->bits, (size_t)(d->bits == 8 ? c : c >> 1) * d->k_row_bytes + (size_t)t, c & 1,
                        dq_code(pam_f16_to_f32(K[(size_t)t * D + c]), mn, sc, d->qmax));
         }
         for (int t = 0; t < B; t++) {
             for (int g0 = 0; g0 < D; g0 += G) {
-                uint16_t *par = vpar + 2 * ((size_t)t * (D / G) + (size_t)(g0 / G));
-                dq_range(V + (size_t)t * D + g0, 1, G, d->qmax, &par[0], &par[1]);
-                float mn = pam_f16_to_f32(par[0]), sc = pam_f16_to_f32(par[1]);
+                uint16_t *vmin = vpar + (size_t)(g0 / G) * 2 * (size_t)B + (size_t)t, *vsc = vmin + B;
+                dq_range(V + (size_t)t * D + g0, 1, G, d->qmax, vmin, vsc);
+                float mn = pam_f16_to_f32(*vmin), sc = pam_f16_to_f32(*vsc);
                 for (int c = g0; c < g0 + G; c++)
-                    dq_put(vc, d->bits, (size_t)t * D + c,
+                    dq_put(vc, d->bits, d->bits == 8 ? (size_t)t * D + c : ((size_t)t * D + c) >> 1, c & 1,
                            dq_code(pam_f16_to_f32(V[(size_t)t * D + c]), mn, sc, d->qmax));
             }
         }
@@ -144,26 +162,8 @@ static void dq_quantise(dramq *d, uint32_t slot, uint16_t *st) {
 
 /* Decodes tokens 0..n-1 of head h of a quantised block to f32 [n][D]. */
 static void dq_decode_head(const dramq *d, uint32_t slot, int h, int n, float *K, float *V) {
-    const int D = d->sh.head_dim, G = d->group;
-    const uint8_t *p = d->arena + (size_t)slot * d->slot_bytes + (size_t)h * d->head_bytes;
-    const uint8_t *kc = p;
-    const uint16_t *kmin = (const uint16_t *)(p + d->k_codes), *ksc = kmin + D;
-    const uint8_t *vc = p + d->k_codes + d->k_par;
-    const uint16_t *vpar = (const uint16_t *)(vc + d->v_codes);
-    float mn[512], sc[512]; /* D <= 512, checked at open */
-    for (int c = 0; c < D; c++) {
-        mn[c] = pam_f16_to_f32(kmin[c]);
-        sc[c] = pam_f16_to_f32(ksc[c]);
-    }
-    for (int t = 0; t < n; t++) {
-        float *kr = K + (size_t)t * D, *vr = V + (size_t)t * D;
-        for (int c = 0; c < D; c++) kr[c] = mn[c] + sc[c] * (float)dq_get(kc, d->bits, (size_t)t * D + c);
-        for (int g0 = 0; g0 < D; g0 += G) {
-            const uint16_t *par = vpar + 2 * ((size_t)t * (D / G) + (size_t)(g0 / G));
-            float vm = pam_f16_to_f32(par[0]), vs = pam_f16_to_f32(par[1]);
-            for (int c = g0; c < g0 + G; c++) vr[c] = vm + vs * (float)dq_get(vc, d->bits, (size_t)t * D + c);
-        }
-    }
+    pam_attnq_kv kv = dq_view(d, slot, h);
+    pam_attnq_decode(&kv, d->sh.head_dim, n, K, V);
 }
 
 /* ---- ops ------------------------------------------------------------------ */
@@ -296,11 +296,10 @@ static pam_status dq_attend(void *impl, const pam_tier_attn *r) {
         r->l[g] = 0.0f;
     }
     memset(r->o, 0, sizeof(float) * (size_t)r->n_head * (size_t)D);
-    size_t n_scratch = 2 * (size_t)B * D + (size_t)nq * B + 2 * (size_t)nq + (size_t)nq * D;
-    float *K = malloc(sizeof(float) * n_scratch);
-    if (!K) return PAM_ERR(PAM_ERR_NOMEM, "dramq tier: attention scratch");
-    float *V = K + (size_t)B * D, *sc = V + (size_t)B * D, *bm = sc + (size_t)nq * B, *bl = bm + nq,
-          *bo = bl + nq;
+    size_t n_scratch = pam_attnq_scratch_floats(nq, D, d->group, B) + 2 * (size_t)nq + (size_t)nq * D;
+    float *sc = malloc(sizeof(float) * n_scratch);
+    if (!sc) return PAM_ERR(PAM_ERR_NOMEM, "dramq tier: attention scratch");
+    float *bm = sc + pam_attnq_scratch_floats(nq, D, d->group, B), *bl = bm + nq, *bo = bl + nq;
     uint64_t bytes = 0;
     pam_status st = PAM_OK;
     for (int64_t b = 0; b < r->n_blocks && st == PAM_OK; b++) {
@@ -312,15 +311,23 @@ static pam_status dq_attend(void *impl, const pam_tier_attn *r) {
             break;
         }
         const uint16_t *stage = d->slots[slot].stage;
+        /* The next block's head h is fetched while head h of this one is
+         * computed: a block's codes are a few KiB per head, too short a
+         * run for the hardware prefetcher to reach full bandwidth. */
+        const uint8_t *next = NULL;
+        if (b + 1 < r->n_blocks && r->blocks[b + 1].slot < d->cap)
+            next = d->arena + (size_t)r->blocks[b + 1].slot * d->slot_bytes;
         for (int h = 0; h < H; h++) {
             const float *q = r->q + (size_t)h * nq * D;
+            for (size_t off = 0; next && off < d->head_bytes; off += 64)
+                __builtin_prefetch(next + (size_t)h * d->head_bytes + off, 0, 2);
             if (stage) {
                 const uint16_t *sk = stage + (size_t)h * B * D;
                 const uint16_t *sv = stage + d->stage_elems / 2 + (size_t)h * B * D;
                 pam_attn_partial_f16(q, nq, D, r->scale, sk, sv, (size_t)D, n, bm, bl, bo, sc);
             } else {
-                dq_decode_head(d, slot, h, n, K, V);
-                pam_attn_partial_f32(q, nq, D, r->scale, K, V, (size_t)D, n, bm, bl, bo, sc);
+                pam_attnq_kv kv = dq_view(d, slot, h);
+                pam_attnq_partial(q, nq, D, r->scale, &kv, n, bm, bl, bo, sc);
             }
             if (r->blk_m && r->blk_l)
                 for (int g = 0; g < nq; g++) {
@@ -331,7 +338,7 @@ static pam_status dq_attend(void *impl, const pam_tier_attn *r) {
         }
         bytes += stage ? 2 * (size_t)n * d->row * 2 : d->slot_bytes;
     }
-    free(K);
+    free(sc);
     if (st != PAM_OK) atomic_fetch_add_explicit(&d->n_errors, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&d->bytes_read, bytes, memory_order_relaxed);
     atomic_fetch_add_explicit(&d->attend_ns, pam_time_ns() - t0, memory_order_relaxed);
@@ -396,11 +403,12 @@ pam_status pam_tier_dramq_open(const pam_kv_shape *shape, int bits, uint64_t cap
     d->qmax = (1 << bits) - 1;
     d->group = D % 32 == 0 ? 32 : D;
     d->row = (size_t)H * (size_t)D;
-    d->k_codes = (size_t)B * D * (size_t)bits / 8;
-    d->k_par = 2 * (size_t)D * sizeof(uint16_t);
-    d->v_codes = d->k_codes;
-    d->v_par = 2 * (size_t)B * (size_t)(D / d->group) * sizeof(uint16_t);
-    d->head_bytes = (d->k_codes + d->k_par + d->v_codes + d->v_par + 3) & ~(size_t)3;
+    /* Parameters on 2-byte boundaries, heads on 4-byte ones. */
+    d->k_row_bytes = (size_t)B;
+    d->k_par_off = ((size_t)D * d->k_row_bytes * (size_t)bits / 8 + 1) & ~(size_t)1;
+    d->v_codes_off = d->k_par_off + 2 * (size_t)D * sizeof(uint16_t);
+    d->v_par_off = (d->v_codes_off + (size_t)B * D * (size_t)bits / 8 + 1) & ~(size_t)1;
+    d->head_bytes = (d->v_par_off + 2 * (size_t)B * (size_t)(D / d->group) * sizeof(uint16_t) + 3) & ~(size_t)3;
     d->slot_bytes = d->head_bytes * (size_t)H;
     d->stage_elems = 2 * (size_t)B * d->row;
     d->cap = capacity_bytes / d->slot_bytes;
