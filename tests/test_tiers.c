@@ -4,8 +4,9 @@
  * partial writes, attention against a float64 oracle (f16 tiers within 1e-4;
  * quantised tiers within bounds recorded per format), the per-block
  * by-products, stats, and concurrent attend. Then the ssd tier's faults (EIO
- * on read and write, short reads, ENOSPC while growing, a flipped byte on
- * disk), the fault wrapper, and --kv-tier spec parsing. */
+ * on read and write, short reads, ENOSPC while growing, a flipped byte or a
+ * stale copy on disk), its placement and multi-block reads, read-ahead, the
+ * fault wrapper, and --kv-tier spec parsing. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -693,18 +694,28 @@ static void test_ssd_corrupt(void **state) {
         for (int i = 0; i < N_HEAD * HD; i++) q[i] = (float)pam_test_rng_normal(&r);
         attn_out good, a;
         assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &good), PAM_OK);
-        /* A flipped byte in the payload of block 9, on disk. */
-        flip_byte(t, c.blocks[9].slot, 64 + 1000);
+        /* A flipped byte in the payload of block 9, on disk. The blocks were
+         * written one after another, so they are adjacent on disk and read
+         * together: block 9 fails alone, naming its slot. */
+        char want[64];
+        snprintf(want, sizeof want, "slot %u ", c.blocks[9].slot);
+        flip_byte(t, c.blocks[9].slot, 1000);
         assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_ERR_CORRUPT);
         assert_non_null(strstr(pam_last_error(), "checksum"));
+        assert_non_null(strstr(pam_last_error(), want));
         assert_int_equal(pam_tier_read(t, c.blocks[9].slot, BT, k, v), PAM_ERR_CORRUPT);
         /* The other blocks are fine. */
         assert_int_equal(run_attend(t, q, c.blocks, 9, &a), PAM_OK);
+        assert_int_equal(run_attend(t, q, c.blocks + 10, 2, &a), PAM_OK);
         assert_int_equal(pam_tier_read(t, c.blocks[10].slot, BT, k, v), PAM_OK);
         assert_memory_equal(k, c.K + 10 * BT * ROW, sizeof k);
-        /* A flipped byte in a header field (n_tokens). */
-        flip_byte(t, c.blocks[3].slot, 20);
+        /* The first and the last byte of a payload (K of head 0, V of the
+         * last head): the checksum covers all of it. */
+        flip_byte(t, c.blocks[3].slot, 0);
         assert_int_equal(pam_tier_read(t, c.blocks[3].slot, BT, k, v), PAM_ERR_CORRUPT);
+        flip_byte(t, c.blocks[2].slot, t->block_bytes - 1);
+        assert_int_equal(pam_tier_read(t, c.blocks[2].slot, BT, k, v), PAM_ERR_CORRUPT);
+        assert_int_equal(pam_tier_write(t, c.blocks[2].slot, 0, BT, c.K + 2 * BT * ROW, c.V + 2 * BT * ROW), PAM_OK);
         /* Corruption in transit (the hook flips a byte after the read). */
         assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_CORRUPT, 1, 0), PAM_OK);
         assert_int_equal(run_attend(t, q, c.blocks + 4, 5, &a), PAM_ERR_CORRUPT);
@@ -720,6 +731,182 @@ static void test_ssd_corrupt(void **state) {
         ctx_free(&c);
         pam_tier_close(t);
     }
+}
+
+/* The disk hands back an older copy of a block (a lost write) or another
+ * block's bytes: the checksums kept in memory catch both. */
+static void copy_bytes(const char *path, uint64_t from, uint64_t to, size_t n) {
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    unsigned char *b = malloc(n);
+    assert_non_null(b);
+    assert_int_equal(pread(fd, b, n, (off_t)from), (ssize_t)n);
+    assert_int_equal(pwrite(fd, b, n, (off_t)to), (ssize_t)n);
+    assert_int_equal(fsync(fd), 0);
+    close(fd);
+    free(b);
+}
+
+static void test_ssd_stale_copy(void **state) {
+    (void)state;
+    for (int f = 0; f < 3; f++) {
+        pam_tier *t = ssd_open_flags(k_ssd_flags[f], 2 << 20);
+        pam_test_rng r = {13};
+        ctx c;
+        ctx_fill(&c, t, 4, BT, &r);
+        float k[BT * ROW], v[BT * ROW];
+        char path[128];
+        uint64_t old_off, new_off, other_off;
+        /* Block 1 rewritten with block 0's data: its new copy is elsewhere. */
+        assert_int_equal(pam_tier_ssd_locate(t, c.blocks[1].slot, path, sizeof path, &old_off), PAM_OK);
+        assert_int_equal(pam_tier_write(t, c.blocks[1].slot, 0, BT, c.K, c.V), PAM_OK);
+        assert_int_equal(pam_tier_ssd_locate(t, c.blocks[1].slot, path, sizeof path, &new_off), PAM_OK);
+        assert_true(new_off != old_off);
+        assert_int_equal(pam_tier_read(t, c.blocks[1].slot, BT, k, v), PAM_OK);
+        assert_memory_equal(k, c.K, sizeof k);
+        /* The old copy reappears where the new one is. */
+        copy_bytes(path, old_off, new_off, t->block_bytes);
+        assert_int_equal(pam_tier_read(t, c.blocks[1].slot, BT, k, v), PAM_ERR_CORRUPT);
+        /* Block 3's bytes where block 2 is. */
+        assert_int_equal(pam_tier_ssd_locate(t, c.blocks[3].slot, path, sizeof path, &other_off), PAM_OK);
+        assert_int_equal(pam_tier_ssd_locate(t, c.blocks[2].slot, path, sizeof path, &new_off), PAM_OK);
+        copy_bytes(path, other_off, new_off, t->block_bytes);
+        pam_tier_block b2 = c.blocks[2];
+        attn_out a;
+        float q[N_HEAD * HD] = {0};
+        assert_int_equal(run_attend(t, q, &b2, 1, &a), PAM_ERR_CORRUPT);
+        assert_int_equal(run_attend(t, q, c.blocks + 3, 1, &a), PAM_OK);
+        ctx_free(&c);
+        pam_tier_close(t);
+    }
+}
+
+/* Adjacent blocks are read together: blocks written one after another get
+ * ascending adjacent physical slots (again after they are freed), attend and
+ * read-ahead read each run of them with one I/O (at most 1 MiB: 32 blocks
+ * of 32 KiB here; attend batches of 64 blocks), with the same results as a
+ * dram tier, through short reads that end inside a block, and a failed read
+ * or a corrupt block in the middle of a run fails that call (a corrupt
+ * block alone, by its slot). */
+#define RUN_N 100
+static void same_attn(const float *m1, const float *l1, const float *o1, const float *m0, const float *l0,
+                      const float *o0, int nh, int hd) {
+    for (int h = 0; h < nh; h++) {
+        assert_true(fabsf(m1[h] - m0[h]) <= 1e-5f * (1.0f + fabsf(m0[h])));
+        assert_true(fabsf(l1[h] - l0[h]) <= 1e-5f * l0[h]);
+    }
+    for (int i = 0; i < nh * hd; i++) assert_true(fabsf(o1[i] - o0[i]) <= 1e-5f * (1.0f + fabsf(o0[i])));
+}
+
+static void test_ssd_runs(void **state) {
+    (void)state;
+    const pam_kv_shape sh = {.n_layer = 1, .n_head_kv = 8, .head_dim = 64, .block_tokens = 16};
+    const int row = 8 * 64, nh = 8;
+    float *K = malloc(sizeof(float) * RUN_N * 16 * row), *V = malloc(sizeof(float) * RUN_N * 16 * row);
+    assert_true(K && V);
+    pam_test_rng r = {14};
+    for (int i = 0; i < RUN_N * 16 * row; i++) {
+        K[i] = pam_f16_to_f32(pam_f32_to_f16((float)pam_test_rng_normal(&r)));
+        V[i] = pam_f16_to_f32(pam_f32_to_f16((float)pam_test_rng_normal(&r)));
+    }
+    float q[8 * 64];
+    for (int i = 0; i < nh * 64; i++) q[i] = (float)pam_test_rng_normal(&r);
+    static float m0[8], l0[8], o0[8 * 64], m1[8], l1[8], o1[8 * 64];
+    pam_tier_block blocks[RUN_N], dblocks[RUN_N];
+    pam_tier *d;
+    assert_int_equal(pam_tier_dram_open(&sh, 8 << 20, &d), PAM_OK);
+    for (int b = 0; b < RUN_N; b++) {
+        assert_int_equal(pam_tier_alloc(d, &dblocks[b].slot), PAM_OK);
+        dblocks[b].n_tokens = 16;
+        assert_int_equal(pam_tier_write(d, dblocks[b].slot, 0, 16, K + (size_t)b * 16 * row, V + (size_t)b * 16 * row),
+                         PAM_OK);
+    }
+    pam_tier_attn dref = {.q = q, .n_head = nh, .scale = 0.125f, .blocks = dblocks, .n_blocks = RUN_N,
+                          .m = m0, .l = l0, .o = o0};
+    assert_int_equal(pam_tier_attend(d, &dref), PAM_OK);
+    for (int f = 0; f < 3; f++) {
+        pam_tier *t;
+        assert_int_equal(pam_tier_ssd_open_ex(&sh, ssd_dir(), 8 << 20, k_ssd_flags[f], &t), PAM_OK);
+        assert_int_equal(t->block_bytes, 32768); /* the payload alone: no header page */
+        for (int round = 0; round < 2; round++) {
+            /* Written in two pieces each (a block that grows is rewritten). */
+            for (int b = 0; b < RUN_N; b++) {
+                const float *k = K + (size_t)b * 16 * row, *v = V + (size_t)b * 16 * row;
+                assert_int_equal(pam_tier_alloc(t, &blocks[b].slot), PAM_OK);
+                blocks[b].n_tokens = 16;
+                assert_int_equal(pam_tier_write(t, blocks[b].slot, 0, 5, k, v), PAM_OK);
+                assert_int_equal(pam_tier_write(t, blocks[b].slot, 5, 11, k + 5 * row, v + 5 * row), PAM_OK);
+            }
+            char path[128];
+            uint64_t off0, off;
+            assert_int_equal(pam_tier_ssd_locate(t, blocks[0].slot, path, sizeof path, &off0), PAM_OK);
+            for (int b = 1; b < RUN_N; b++) {
+                assert_int_equal(pam_tier_ssd_locate(t, blocks[b].slot, path, sizeof path, &off), PAM_OK);
+                assert_int_equal(off, off0 + (uint64_t)b * t->block_bytes);
+            }
+            if (round == 1) break;
+            /* Freed in logical order, then written again: ascending again. */
+            for (int b = 0; b < RUN_N; b++) pam_tier_free(t, blocks[b].slot);
+        }
+        pam_tier_attn req = {.q = q, .n_head = nh, .scale = 0.125f, .blocks = blocks, .n_blocks = RUN_N,
+                             .m = m1, .l = l1, .o = o1};
+        uint64_t n0, n1;
+        assert_int_equal(pam_tier_ssd_reads(t, &n0), PAM_OK);
+        assert_int_equal(pam_tier_attend(t, &req), PAM_OK);
+        assert_int_equal(pam_tier_ssd_reads(t, &n1), PAM_OK);
+        assert_int_equal(n1 - n0, 4); /* batches of 64 and 36 blocks: reads of 32, 32, 32, 4 */
+        same_attn(m1, l1, o1, m0, l0, o0, nh, 64);
+        /* Every read comes back short, ending inside a block. */
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_SHORT_READ, 0, 1), PAM_OK);
+        assert_int_equal(pam_tier_ssd_reads(t, &n0), PAM_OK);
+        assert_int_equal(pam_tier_attend(t, &req), PAM_OK);
+        assert_int_equal(pam_tier_ssd_reads(t, &n1), PAM_OK);
+        assert_true(n1 - n0 > 4);
+        same_attn(m1, l1, o1, m0, l0, o0, nh, 64);
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_NONE, 0, 0), PAM_OK);
+        /* A failed read in the middle of a run (block 50) fails the call once. */
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_EIO_READ, 50, 0), PAM_OK);
+        assert_int_equal(pam_tier_attend(t, &req), PAM_ERR_IO);
+        assert_int_equal(pam_tier_attend(t, &req), PAM_OK);
+        same_attn(m1, l1, o1, m0, l0, o0, nh, 64);
+        /* A corrupt block in the middle of a run fails alone, by its slot. */
+        flip_byte(t, blocks[45].slot, 12345);
+        char want[64];
+        snprintf(want, sizeof want, "slot %u ", blocks[45].slot);
+        assert_int_equal(pam_tier_attend(t, &req), PAM_ERR_CORRUPT);
+        assert_non_null(strstr(pam_last_error(), want));
+        pam_tier_attn part = req;
+        part.n_blocks = 45;
+        assert_int_equal(pam_tier_attend(t, &part), PAM_OK);
+        part.blocks = blocks + 46;
+        part.n_blocks = RUN_N - 46;
+        assert_int_equal(pam_tier_attend(t, &part), PAM_OK);
+        assert_int_equal(pam_tier_write(t, blocks[45].slot, 0, 16, K + (size_t)45 * 16 * row, V + (size_t)45 * 16 * row),
+                         PAM_OK);
+        /* Read ahead: a few reads for the whole list (block 45 moved away
+         * from its neighbours: 0-31, 32-44, 45, 46-77, 78-99), then attend
+         * reads nothing itself (without io_uring there is no read-ahead). */
+        int ahead = !(k_ssd_flags[f] & PAM_SSD_NO_URING);
+        assert_int_equal(pam_tier_ssd_reads(t, &n0), PAM_OK);
+        pam_tier_prefetch(t, blocks, RUN_N);
+        assert_int_equal(pam_tier_attend(t, &req), PAM_OK);
+        assert_int_equal(pam_tier_ssd_reads(t, &n1), PAM_OK);
+        assert_int_equal(n1 - n0, ahead ? 5 : 6); /* attend: 0-31, 32-44, 45, 46-63 | 64-95, 96-99 */
+        same_attn(m1, l1, o1, m0, l0, o0, nh, 64);
+        /* Read ahead through short reads. */
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_SHORT_READ, 0, 1), PAM_OK);
+        pam_tier_prefetch(t, blocks, RUN_N);
+        assert_int_equal(pam_tier_attend(t, &req), PAM_OK);
+        same_attn(m1, l1, o1, m0, l0, o0, nh, 64);
+        assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_NONE, 0, 0), PAM_OK);
+        pam_tier_stats s;
+        pam_tier_stats_get(t, &s);
+        assert_int_equal(s.blocks_used, RUN_N);
+        pam_tier_close(t);
+    }
+    pam_tier_close(d);
+    free(K);
+    free(V);
 }
 
 /* Read-ahead hints never change a result: hinted blocks give the same bits;
@@ -1028,6 +1215,8 @@ int main(void) {
         cmocka_unit_test(test_ssd_enospc_hook),
         cmocka_unit_test(test_ssd_file_size_limit),
         cmocka_unit_test(test_ssd_corrupt),
+        cmocka_unit_test(test_ssd_stale_copy),
+        cmocka_unit_test(test_ssd_runs),
         cmocka_unit_test(test_ssd_prefetch),
         cmocka_unit_test(test_ssd_tmpfs),
         cmocka_unit_test(test_ssd_inject_wrong_tier),

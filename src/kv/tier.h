@@ -126,7 +126,8 @@ pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes
 /* int8 (bits 8) or int4 (bits 4) KIVI-style: K quantised per channel, V per
  * token, group scales; tokens of a block not yet full stay f16. */
 pam_status pam_tier_dramq_open(const pam_kv_shape *shape, int bits, uint64_t capacity_bytes, pam_tier **out);
-/* Blocks in a preallocated file under dir, io_uring + O_DIRECT, checksummed. */
+/* Blocks in a preallocated file under dir, io_uring + O_DIRECT, checksummed
+ * (the checksums in memory), adjacent blocks read together. */
 pam_status pam_tier_ssd_open(const pam_kv_shape *shape, const char *dir, uint64_t capacity_bytes, pam_tier **out);
 
 /* Fault injection wrapper (tests): forwards to inner, failing the chosen
@@ -159,12 +160,14 @@ pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_t
 pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint64_t capacity_bytes,
                                 unsigned flags, pam_tier **out);
 
-/* Test hook at the ssd tier's I/O layer: from the nth I/O of that kind on
+/* Test hook at the ssd tier's I/O layer: from the nth event of that kind on
  * (0-based; every later one too when persistent), EIO_READ completes a read
- * with EIO, EIO_WRITE fails a write with EIO, SHORT_READ completes a read with
- * fewer bytes than asked (the tier must resubmit the rest), ENOSPC fails the
- * growth of the file, CORRUPT flips a byte of a block after it was read.
- * PAM_ERR_INVALID if t is not an ssd tier. */
+ * with EIO (events: slots read; a read of several adjacent slots counts each
+ * slot it asks for, and fails as a whole), EIO_WRITE fails a write with EIO,
+ * SHORT_READ completes a read with fewer bytes than asked, ending inside a
+ * slot where it can (the tier must resubmit the rest), ENOSPC fails the
+ * growth of the file, CORRUPT flips a byte of a block after it was read
+ * (events: blocks verified). PAM_ERR_INVALID if t is not an ssd tier. */
 typedef enum pam_ssd_fault {
     PAM_SSD_FAULT_NONE = 0,
     PAM_SSD_FAULT_EIO_READ,
@@ -175,9 +178,17 @@ typedef enum pam_ssd_fault {
 } pam_ssd_fault;
 pam_status pam_tier_ssd_inject(pam_tier *t, pam_ssd_fault kind, uint64_t nth, int persistent);
 /* Where a slot's bytes live on disk (tests flip bytes there): a path that
- * opens the tier's file and the byte offset of the slot's header. */
+ * opens the tier's file and the byte offset of the block's payload (f16 K,
+ * then V; block_bytes from there belong to it). The checksum and the other
+ * metadata are kept in memory, so any byte of the payload that changes on
+ * disk fails the block's next read with PAM_ERR_CORRUPT. */
 pam_status pam_tier_ssd_locate(pam_tier *t, uint32_t slot, char *path, size_t path_cap,
                                uint64_t *offset);
+/* Read I/Os the ssd tier has issued so far (attend, read-ahead, read and the
+ * reads of partial writes): a read of several adjacent slots counts once,
+ * the resubmitted rest of a short read once more. Tests check with it that
+ * adjacent blocks are read together. */
+pam_status pam_tier_ssd_reads(pam_tier *t, uint64_t *n_reads);
 
 /* "2GiB", "512MiB", "64K", "1.5GiB", "4096": KiB/MiB/GiB/TiB (or K/M/G/T,
  * binary) and plain bytes. PAM_ERR_INVALID with a message for anything else,

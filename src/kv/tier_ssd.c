@@ -1,41 +1,65 @@
 /* ssd: KV blocks in one file on local disk (DESIGN.md §2.1, §2.6).
  *
- * File layout: physical slots of slot_bytes (a multiple of 4 KiB, so every
- * slot is an aligned O_DIRECT extent). A slot holds a 64-byte header
- *   {magic, version, checksum, logical slot, n_tokens, shape}
- * then f16 K [H][B][D] and f16 V [H][B][D]: per KV head contiguous, so the f16
+ * File layout: physical slots of slot_bytes, the payload rounded up to 4 KiB,
+ * so every slot is an aligned O_DIRECT extent (16 tokens x 8 KV heads x 64
+ * dims: exactly the 32 KiB payload). A slot holds the payload only: f16 K
+ * [H][B][D] then f16 V [H][B][D], per KV head contiguous, so the f16
  * attention kernel streams each head's rows straight from the read buffer.
- * The checksum (64-bit, four-lane multiply-rotate hash) covers the header
- * after the checksum field and the whole payload; it is verified on every
- * read and attend (mismatch -> PAM_ERR_CORRUPT, counted in n_errors).
+ *
+ * Metadata lives in memory, per physical slot: the logical slot the copy
+ * there belongs to, its n_tokens and a 64-bit checksum (four-lane
+ * multiply-rotate hash) of the payload, seeded with (logical slot,
+ * n_tokens), so a copy written for another slot or length does not verify
+ * either. It is recorded only once the copy's write completed, and checked
+ * on every read and attend (mismatch -> PAM_ERR_CORRUPT naming the slot,
+ * counted in n_errors). The file is unlinked at open and read by nobody
+ * else, so the payload is all that needs to be on disk.
  *
  * Logical slots (what callers hold) map to physical slots. A write never
- * overwrites the only valid copy: it builds the new slot image, writes it to
- * a free physical slot and only then switches the mapping and frees the old
- * one, so a failed or torn write leaves the previous contents readable.
- * There is always one spare physical slot (n_phys = capacity + 1).
+ * overwrites the only valid copy: it writes the new image to a free physical
+ * slot and only then records its metadata, switches the mapping and frees
+ * the old one, so a failed or torn write leaves the previous contents
+ * readable. There is always one spare physical slot (n_phys = capacity + 1).
+ *
+ * Placement: free physical slots are handed out lowest first (a min-heap),
+ * so blocks written one after another land in ascending adjacent slots: a
+ * block written whole takes the next slot; one written token by token
+ * alternates between two slots, and the copy left free is again the lowest,
+ * so the next block still lands next to it; blocks written after a free fill
+ * the hole in ascending order. The KV manager writes a sequence's blocks of
+ * one layer in logical order when it fills a cache (pam_kvm_fill_synthetic:
+ * layer by layer) and in runs of 256 tokens per layer during prefill (one
+ * forward chunk), so those runs are adjacent on disk. Blocks that grow during
+ * decode, or arrive by migration, land wherever a slot is free.
  *
  * The file grows lazily in chunks with fallocate when alloc needs room, so a
  * full disk (ENOSPC, EFBIG from a file size limit) is PAM_ERR_FULL at alloc,
  * never a failed write later. Invariant after a successful alloc:
  * grown_phys >= n_used + 1.
  *
- * Reads use io_uring with O_DIRECT into 4 KiB-aligned buffers. attend splits
- * its block list into batches and double-buffers: the reads of batch i+1 are
- * in flight while batch i is verified and computed. Short reads are
- * resubmitted for the remainder; EIO is PAM_ERR_IO naming the offset. If the
- * filesystem refuses O_DIRECT the tier falls back to buffered I/O with
- * posix_fadvise(DONTNEED) (and says so in its name and on stderr); if
- * io_uring is unavailable, to synchronous pread.
+ * Reads use io_uring with O_DIRECT into 4 KiB-aligned buffers. Consecutive
+ * blocks of a request whose copies lie in ascending adjacent physical slots
+ * are read with one I/O into adjacent buffers, up to SSD_IO_MAX bytes; each
+ * block is still verified on its own, so a corrupt block fails only itself.
+ * attend splits its block list into batches of about SSD_BATCH_BYTES and
+ * double-buffers: the reads of batch i+1 are in flight while batch i is
+ * verified and computed. Short reads (which may end anywhere in a multi-slot
+ * read) are resubmitted for the remainder; EIO is PAM_ERR_IO naming the slot
+ * and offset. If the filesystem refuses O_DIRECT the tier falls back to
+ * buffered I/O with posix_fadvise(DONTNEED) (and says so in its name and on
+ * stderr); if io_uring is unavailable, to synchronous pread.
  *
  * Read-ahead (prefetch hints): hinted blocks are read on a ring of their own
- * into up to SSD_PF_BYTES of buffers (set up at the first hint). Invariant:
- * pf_of[slot] names an entry only while that entry holds, or is reading, the
- * slot's current physical copy: write and free drop it (an entry still in
- * flight is marked stale and freed when its read lands), so a block is never
- * served from an out-of-date copy even when a rewrite returns to the same
- * physical slot. attend verifies a read-ahead buffer like its own reads,
- * and reads a block itself when its read-ahead failed.
+ * into up to SSD_PF_BYTES of buffers (set up at the first hint), adjacent
+ * blocks again with one I/O: the buffers are entries of one array, and a
+ * read takes a run of free adjacent entries (next fit from a cursor, so the
+ * array is used like a ring as hints come and go). Invariant: pf_of[slot]
+ * names an entry only while that entry holds, or is reading, the slot's
+ * current physical copy: write and free drop it (an entry still in flight is
+ * marked stale and freed when its read lands), so a block is never served
+ * from an out-of-date copy even when a rewrite returns to the same physical
+ * slot. attend verifies a read-ahead buffer like its own reads, and reads a
+ * block itself when its read-ahead failed.
  *
  * Threads: alloc/free/write/read/stats come from one thread at a time and not
  * during attend or prefetch; attend may run on several threads at once (each
@@ -60,63 +84,77 @@
 #include "kernels/attention.h"
 #include "kv/tier.h"
 
-#define SSD_MAGIC 0x4b4d4150u /* "PAMK" */
-#define SSD_VERSION 1u
-#define SSD_HDR 64
+#define SSD_MAGIC 0x4b4d4150u /* "PAMK": part of the checksum seed */
+#define SSD_VERSION 2u
 #define SSD_ALIGN 4096
-#define SSD_BATCH 8                /* blocks per read batch in attend */
-#define SSD_GROW_BYTES (4u << 20)  /* file growth step */
-#define SSD_DEFAULT_GBPS 2.0       /* until the KV manager measures one */
-#define SSD_PF_BYTES (128u << 20)  /* read-ahead buffers: three layers of a 16k-token llama-1b sequence */
-#define SSD_PF_MAX 4096            /* read-ahead entries at most */
+#define SSD_IO_MAX (1u << 20)     /* bytes per read of adjacent slots (a bigger slot: one slot) */
+/* An attend batch: SSD_BATCH_BYTES of blocks (two reads of SSD_IO_MAX, so two
+ * to four are in flight while a batch computes), at most SSD_BATCH_MAX. */
+#define SSD_BATCH_BYTES (2u << 20)
+#define SSD_BATCH_MAX 64
+#define SSD_GROW_BYTES (4u << 20) /* file growth step */
+#define SSD_DEFAULT_GBPS 2.0      /* until the KV manager measures one */
+#define SSD_PF_BYTES (128u << 20) /* read-ahead buffers: three layers of a 16k-token llama-1b sequence */
+#define SSD_PF_MAX 4096           /* read-ahead entries at most */
 #define SSD_NONE UINT32_MAX
 
-typedef struct ssd_hdr {
-    uint32_t magic, version;
-    uint64_t checksum; /* over bytes 16..SSD_HDR+payload */
-    uint32_t slot, n_tokens;
-    int32_t n_head_kv, head_dim, block_tokens;
-    uint8_t pad[SSD_HDR - 36];
-} ssd_hdr;
-_Static_assert(sizeof(ssd_hdr) == SSD_HDR, "ssd header is 64 bytes");
+/* What is known about the copy in one physical slot (meaningful while a
+ * logical slot maps there). */
+typedef struct ssd_meta {
+    uint64_t checksum; /* of the payload, seeded with (slot, n_tokens) */
+    uint32_t slot;     /* logical slot, SSD_NONE when free */
+    uint32_t n_tokens;
+} ssd_meta;
 
-/* One in-flight read (possibly resubmitted after a short completion). */
-typedef struct ssd_req {
+/* One read of adjacent slots into adjacent buffers (possibly resubmitted
+ * after a short completion). */
+typedef struct ssd_run {
     uint64_t off;
     uint8_t *buf;
     uint32_t len, done;
-    int err;    /* negative errno, or 0 */
-    int32_t pf; /* read-ahead entry whose buffer this is, or -1 */
-} ssd_req;
+    int err; /* negative errno, or 0 */
+} ssd_run;
 
-/* Per-attend I/O context: a ring and two sets of SSD_BATCH slot buffers. */
+/* One block of an attend batch. */
+typedef struct ssd_blk {
+    uint8_t *buf;
+    uint32_t phys;
+    int32_t run; /* its read in the batch's runs, or -1 */
+    int32_t pf;  /* read-ahead entry whose buffer it uses, or -1 */
+    int err;     /* of a read outside the runs (a failed read-ahead read again) */
+} ssd_blk;
+
+/* Per-attend I/O context: a ring and two sets of batch buffers. */
 typedef struct ssd_io {
     struct io_uring ring;
     int ring_ok;
     uint8_t *buf[2];
-    ssd_req req[2][SSD_BATCH];
-    int pending[2];
-    int n_req[2];
+    ssd_blk blk[2][SSD_BATCH_MAX];
+    ssd_run run[2][SSD_BATCH_MAX];
+    int n_blk[2], n_run[2], pending[2];
+    uint32_t cap; /* blocks each buffer set holds */
     struct ssd_io *next;
 } ssd_io;
 
-/* One read-ahead buffer (prefetch). States: free (on the free stack), in
- * flight (a read of (slot, phys) is queued on the read-ahead ring), ready
- * (done, with err 0 or a negative errno). An entry in flight or pinned by an
- * attend keeps its buffer; one whose slot was written or freed meanwhile is
- * stale and goes back to the free stack when its read completes. */
+/* One read-ahead buffer (prefetch). States: free, in flight (part of a read
+ * queued on the read-ahead ring: entries head..head+run_n-1 read phys..
+ * phys+run_n-1 with one I/O), ready (done, with err 0 or a negative errno).
+ * An entry in flight or pinned by an attend keeps its buffer; one whose slot
+ * was written or freed meanwhile is stale and becomes free when its read
+ * completes. */
 enum { SSD_PF_FREE = 0, SSD_PF_FLIGHT, SSD_PF_READY };
 typedef struct ssd_pf {
     uint8_t *buf;
     uint32_t slot, phys;
-    uint32_t done;
     int state, err, pinned, stale;
-    uint64_t gen; /* the hint that asked for it last */
+    uint64_t gen;             /* the hint that asked for it last */
+    uint32_t run_n, run_done; /* on the first entry of a read in flight */
 } ssd_pf;
 
 typedef struct ssd {
     pam_kv_shape sh;
     size_t row, payload_bytes, slot_bytes;
+    uint32_t batch, io_slots; /* blocks per attend batch, slots per read at most */
     int fd, direct, uring;
     char path[PATH_MAX];
     uint64_t cap, n_phys, grown_phys, n_used;
@@ -125,8 +163,9 @@ typedef struct ssd {
     uint8_t *used;   /* logical: allocated */
     uint32_t *lfree; /* free logical slots */
     uint64_t n_lfree;
-    uint32_t *pfree; /* free physical slots below grown_phys */
-    uint64_t n_pfree;
+    ssd_meta *meta;  /* physical: the copy there */
+    uint32_t *pheap; /* free physical slots below grown_phys, a min-heap */
+    uint64_t n_pheap;
     uint8_t *wbuf;      /* one slot image, aligned: the write path's buffer */
     int64_t wbuf_slot;  /* logical slot whose current image wbuf holds, or -1 */
     pthread_mutex_t io_lock;
@@ -138,8 +177,7 @@ typedef struct ssd {
     struct io_uring pf_ring;
     uint8_t *pf_mem;
     ssd_pf *pf;
-    uint32_t n_pf, n_pf_free, pf_inflight;
-    uint32_t *pf_stack;
+    uint32_t n_pf, n_pf_free, pf_cursor, pf_inflight; /* pf_inflight: reads, not entries */
     int32_t *pf_of; /* logical slot -> entry holding it, or -1 */
     uint64_t pf_gen;
     /* fault hook */
@@ -147,7 +185,7 @@ typedef struct ssd {
     uint64_t inj_nth;
     int inj_persistent;
     _Atomic uint64_t inj_count;
-    _Atomic uint64_t bytes_read, bytes_written, n_errors;
+    _Atomic uint64_t bytes_read, bytes_written, n_errors, n_reads;
     _Atomic int64_t attend_ns;
 } ssd;
 
@@ -196,17 +234,25 @@ static uint64_t ssd_hash(const uint8_t *p, size_t n, uint64_t seed) {
     return h;
 }
 
-static uint64_t ssd_slot_hash(const ssd *s, const uint8_t *img) {
-    return ssd_hash(img + 16, SSD_HDR - 16 + s->payload_bytes, SSD_MAGIC ^ ((uint64_t)SSD_VERSION << 32));
+/* The checksum of a copy of logical slot `slot` holding n_tokens tokens. The
+ * seed is a bijection of (slot, n_tokens) for any 32-bit slot and n_tokens
+ * below 2^32, and every lane starts from it, so equal payloads of different
+ * slots or lengths get different checksums (up to hash collisions). */
+static uint64_t ssd_payload_hash(const ssd *s, const uint8_t *payload, uint32_t slot, uint32_t n_tokens) {
+    uint64_t seed = ((uint64_t)SSD_MAGIC << 32 | SSD_VERSION) ^ ((uint64_t)slot << 32 | n_tokens);
+    return ssd_hash(payload, s->payload_bytes, seed);
 }
 
 /* ---- fault hook ----------------------------------------------------------- */
 
-static int ssd_fault(ssd *s, pam_ssd_fault kind) {
+/* Counts n events of `kind` (n > 1: one read covering several slots); 1 if
+ * the nth (or, persistent, a later one) is among them. */
+static int ssd_fault_n(ssd *s, pam_ssd_fault kind, uint64_t n) {
     if (atomic_load_explicit(&s->inj_kind, memory_order_acquire) != (int)kind) return 0;
-    uint64_t n = atomic_fetch_add(&s->inj_count, 1);
-    return n == s->inj_nth || (s->inj_persistent && n > s->inj_nth);
+    uint64_t c = atomic_fetch_add(&s->inj_count, n);
+    return (c <= s->inj_nth && s->inj_nth < c + n) || (s->inj_persistent && c + n > s->inj_nth);
 }
+static int ssd_fault(ssd *s, pam_ssd_fault kind) { return ssd_fault_n(s, kind, 1); }
 
 pam_status pam_tier_ssd_inject(pam_tier *t, pam_ssd_fault kind, uint64_t nth, int persistent) {
     if (!t || t->ops != &ssd_ops) return PAM_ERR(PAM_ERR_INVALID, "fault hook: not an ssd tier");
@@ -230,30 +276,45 @@ pam_status pam_tier_ssd_locate(pam_tier *t, uint32_t slot, char *path, size_t pa
     return PAM_OK;
 }
 
+pam_status pam_tier_ssd_reads(pam_tier *t, uint64_t *n_reads) {
+    if (!t || t->ops != &ssd_ops) return PAM_ERR(PAM_ERR_INVALID, "read count: not an ssd tier");
+    *n_reads = atomic_load(&((ssd *)t->impl)->n_reads);
+    return PAM_OK;
+}
+
 /* ---- low-level I/O -------------------------------------------------------- */
 
 static uint64_t ssd_off(const ssd *s, uint32_t phys) { return (uint64_t)phys * s->slot_bytes; }
 
-/* Applies the read fault hook to a completion of `want` bytes. */
-static int ssd_fault_read(ssd *s, int res, uint32_t want) {
-    if (res > 0 && ssd_fault(s, PAM_SSD_FAULT_EIO_READ)) return -EIO;
+/* Applies the read fault hook to a completion of res bytes of a read that
+ * asked for bytes done..len of a run of slots. EIO_READ counts every slot the
+ * asked range touches and fails the whole read; SHORT_READ cuts a complete
+ * read, where it can inside a slot (a short read may end anywhere). */
+static int ssd_fault_read(ssd *s, int res, uint32_t done, uint32_t len) {
+    uint32_t want = len - done;
+    if (res > 0 && ssd_fault_n(s, PAM_SSD_FAULT_EIO_READ, (len - 1) / s->slot_bytes - done / s->slot_bytes + 1))
+        return -EIO;
     if (res > 0 && (uint32_t)res == want && ssd_fault(s, PAM_SSD_FAULT_SHORT_READ)) {
         /* Keep the remainder aligned, as a real short O_DIRECT read would. */
-        uint32_t part = s->direct ? (want / 2) & ~(uint32_t)(SSD_ALIGN - 1) : want / 2;
+        uint32_t step = s->direct ? SSD_ALIGN : 1;
+        uint32_t part = (want / 2) / step * step;
+        if ((done + part) % s->slot_bytes == 0 && part > step) part -= step;
         if (part > 0) return (int)part;
     }
     return res;
 }
 
-/* Synchronous read of one slot image with short-read continuation. */
-static pam_status ssd_pread_slot(ssd *s, uint32_t phys, uint8_t *buf) {
+/* Synchronous read of n adjacent slots from phys on, with short-read
+ * continuation. */
+static pam_status ssd_pread_run(ssd *s, uint32_t phys, uint32_t n, uint8_t *buf) {
     uint64_t off = ssd_off(s, phys);
-    uint32_t done = 0, len = (uint32_t)s->slot_bytes;
+    uint32_t done = 0, len = n * (uint32_t)s->slot_bytes;
     while (done < len) {
+        atomic_fetch_add_explicit(&s->n_reads, 1, memory_order_relaxed);
         ssize_t r = pread(s->fd, buf + done, len - done, (off_t)(off + done));
         int res = r < 0 ? -errno : (int)r;
         if (res == -EINTR) continue;
-        res = ssd_fault_read(s, res, len - done);
+        res = ssd_fault_read(s, res, done, len);
         if (res < 0)
             return PAM_ERR(PAM_ERR_IO, "ssd tier: read of %u bytes at offset %llu of %s: %s", len - done,
                            (unsigned long long)(off + done), s->path, strerror(-res));
@@ -269,19 +330,47 @@ static void ssd_drop_cache(ssd *s, uint64_t off, uint64_t len) {
     if (!s->direct) (void)posix_fadvise(s->fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
 }
 
-/* Verifies a slot image read from disk: header and checksum. */
-static pam_status ssd_verify(ssd *s, uint8_t *img, uint32_t slot, uint32_t phys) {
-    if (ssd_fault(s, PAM_SSD_FAULT_CORRUPT)) img[SSD_HDR + s->payload_bytes / 2] ^= 0x40;
-    ssd_hdr h;
-    memcpy(&h, img, sizeof h);
-    if (h.magic != SSD_MAGIC || h.version != SSD_VERSION || h.slot != slot ||
-        h.n_tokens > (uint32_t)s->sh.block_tokens || h.checksum != ssd_slot_hash(s, img)) {
+/* Verifies a payload read from physical slot phys as the current copy of
+ * logical slot `slot`, against the metadata recorded when it was written. */
+static pam_status ssd_verify(ssd *s, uint8_t *buf, uint32_t slot, uint32_t phys) {
+    if (ssd_fault(s, PAM_SSD_FAULT_CORRUPT)) buf[s->payload_bytes / 2] ^= 0x40;
+    const ssd_meta *m = &s->meta[phys];
+    if (m->slot != slot || m->n_tokens != (uint32_t)s->hi[slot] ||
+        m->checksum != ssd_payload_hash(s, buf, slot, m->n_tokens)) {
         atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
         return PAM_ERR(PAM_ERR_CORRUPT,
                        "ssd tier: block in slot %u (offset %llu of %s) failed its checksum", slot,
                        (unsigned long long)ssd_off(s, phys), s->path);
     }
     return PAM_OK;
+}
+
+/* ---- free physical slots: a min-heap ---------------------------------------- */
+
+static void ssd_heap_push(ssd *s, uint32_t p) {
+    uint32_t *h = s->pheap;
+    uint64_t i = s->n_pheap++;
+    while (i > 0 && h[(i - 1) / 2] > p) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = p;
+}
+
+static uint32_t ssd_heap_pop(ssd *s) {
+    uint32_t *h = s->pheap;
+    uint32_t top = h[0], last = h[--s->n_pheap];
+    uint64_t n = s->n_pheap, i = 0;
+    for (;;) {
+        uint64_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && h[c + 1] < h[c]) c++;
+        if (h[c] >= last) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (n > 0) h[i] = last;
+    return top;
 }
 
 /* ---- growth and slots ----------------------------------------------------- */
@@ -309,7 +398,7 @@ static pam_status ssd_grow(ssd *s, uint64_t need_phys) {
         if (rc != 0 && (errno == EOPNOTSUPP || errno == ENOSYS))
             rc = ftruncate(s->fd, from + len); /* sparse: the disk fills on write instead */
         if (rc == 0) {
-            for (uint64_t p = target; p > s->grown_phys; p--) s->pfree[s->n_pfree++] = (uint32_t)(p - 1);
+            for (uint64_t p = s->grown_phys; p < target; p++) ssd_heap_push(s, (uint32_t)p);
             s->grown_phys = target;
             return PAM_OK;
         }
@@ -333,11 +422,17 @@ static pam_status ssd_alloc(void *impl, uint32_t *slot) {
     return PAM_OK;
 }
 
+/* The copy in physical slot p is no longer needed. */
+static void ssd_phys_release(ssd *s, uint32_t p) {
+    s->meta[p] = (ssd_meta){.slot = SSD_NONE};
+    ssd_heap_push(s, p);
+}
+
 static void ssd_free(void *impl, uint32_t slot) {
     ssd *s = impl;
     if (slot >= s->cap || !s->used[slot]) return;
     ssd_pf_forget(s, slot);
-    if (s->phys[slot] != SSD_NONE) s->pfree[s->n_pfree++] = s->phys[slot];
+    if (s->phys[slot] != SSD_NONE) ssd_phys_release(s, s->phys[slot]);
     s->phys[slot] = SSD_NONE;
     s->used[slot] = 0;
     s->hi[slot] = 0;
@@ -353,10 +448,10 @@ static pam_status ssd_check_slot(const ssd *s, uint32_t slot) {
 }
 
 static uint16_t *ssd_k(const ssd *s, uint8_t *img, int h) {
-    return (uint16_t *)(img + SSD_HDR) + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
+    return (uint16_t *)img + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
 }
 static uint16_t *ssd_v(const ssd *s, uint8_t *img, int h) {
-    return (uint16_t *)(img + SSD_HDR) + s->payload_bytes / 4 + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
+    return (uint16_t *)img + s->payload_bytes / 4 + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
 }
 
 static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, const float *k,
@@ -371,7 +466,11 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     if (s->wbuf_slot != (int64_t)slot) {
         s->wbuf_slot = -1;
         if (s->phys[slot] != SSD_NONE && !(off == 0 && n >= s->hi[slot])) {
-            PAM_TRY(ssd_pread_slot(s, s->phys[slot], img));
+            pam_status st = ssd_pread_run(s, s->phys[slot], 1, img);
+            if (st != PAM_OK) {
+                atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+                return st;
+            }
             PAM_TRY(ssd_verify(s, img, slot, s->phys[slot]));
             ssd_drop_cache(s, ssd_off(s, s->phys[slot]), s->slot_bytes);
         } else {
@@ -392,22 +491,11 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
             }
         }
     int32_t hi = off + n > s->hi[slot] ? off + n : s->hi[slot];
-    ssd_hdr hd;
-    memset(&hd, 0, sizeof hd);
-    hd.magic = SSD_MAGIC;
-    hd.version = SSD_VERSION;
-    hd.slot = slot;
-    hd.n_tokens = (uint32_t)hi;
-    hd.n_head_kv = H;
-    hd.head_dim = D;
-    hd.block_tokens = B;
-    memcpy(img, &hd, sizeof hd);
-    hd.checksum = ssd_slot_hash(s, img);
-    memcpy(img, &hd, sizeof hd);
+    uint64_t sum = ssd_payload_hash(s, img, slot, (uint32_t)hi);
 
-    if (s->n_pfree == 0) /* cannot happen while grown_phys >= n_used + 1 */
+    if (s->n_pheap == 0) /* cannot happen while grown_phys >= n_used + 1 */
         return PAM_ERR(PAM_ERR_FULL, "ssd tier: no free physical slot");
-    uint32_t p = s->pfree[s->n_pfree - 1];
+    uint32_t p = s->pheap[0]; /* the lowest free slot; taken only once written */
     uint64_t foff = ssd_off(s, p);
     size_t done = 0;
     while (done < s->slot_bytes) {
@@ -428,10 +516,11 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
         done += (size_t)w;
     }
     ssd_drop_cache(s, foff, s->slot_bytes);
-    /* The new copy is on disk: switch, then release the old one. */
+    /* The new copy is on disk: record it, switch, then release the old one. */
     ssd_pf_forget(s, slot);
-    s->n_pfree--;
-    if (s->phys[slot] != SSD_NONE) s->pfree[s->n_pfree++] = s->phys[slot];
+    (void)ssd_heap_pop(s);
+    s->meta[p] = (ssd_meta){.checksum = sum, .slot = slot, .n_tokens = (uint32_t)hi};
+    if (s->phys[slot] != SSD_NONE) ssd_phys_release(s, s->phys[slot]);
     s->phys[slot] = p;
     s->hi[slot] = hi;
     s->wbuf_slot = slot;
@@ -448,7 +537,7 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
     uint8_t *img = NULL;
     if (posix_memalign((void **)&img, SSD_ALIGN, s->slot_bytes) != 0)
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: read buffer");
-    pam_status st = ssd_pread_slot(s, s->phys[slot], img);
+    pam_status st = ssd_pread_run(s, s->phys[slot], 1, img);
     if (st == PAM_OK) st = ssd_verify(s, img, slot, s->phys[slot]);
     else atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
     if (st == PAM_OK) {
@@ -477,79 +566,99 @@ static void ssd_pf_setup(ssd *s) {
     atomic_store(&s->pf_init, -1);
     if (posix_memalign((void **)&s->pf_mem, SSD_ALIGN, (size_t)n * s->slot_bytes) != 0) s->pf_mem = NULL;
     s->pf = calloc((size_t)n, sizeof *s->pf);
-    s->pf_stack = malloc((size_t)n * sizeof *s->pf_stack);
     s->pf_of = malloc((size_t)s->cap * sizeof *s->pf_of);
-    if (!s->pf_mem || !s->pf || !s->pf_stack || !s->pf_of ||
-        io_uring_queue_init((unsigned)n, &s->pf_ring, 0) != 0) {
+    if (!s->pf_mem || !s->pf || !s->pf_of || io_uring_queue_init((unsigned)n, &s->pf_ring, 0) != 0) {
         free(s->pf_mem);
         free(s->pf);
-        free(s->pf_stack);
         free(s->pf_of);
-        s->pf_mem = NULL, s->pf = NULL, s->pf_stack = NULL, s->pf_of = NULL;
+        s->pf_mem = NULL, s->pf = NULL, s->pf_of = NULL;
         return;
     }
     for (uint64_t i = 0; i < s->cap; i++) s->pf_of[i] = -1;
     s->n_pf = (uint32_t)n;
-    for (uint32_t i = 0; i < s->n_pf; i++) {
-        s->pf[i].buf = s->pf_mem + (size_t)i * s->slot_bytes;
-        s->pf_stack[i] = s->n_pf - 1 - i;
-    }
+    for (uint32_t i = 0; i < s->n_pf; i++) s->pf[i].buf = s->pf_mem + (size_t)i * s->slot_bytes;
     s->n_pf_free = s->n_pf;
+    s->pf_cursor = 0;
     atomic_store(&s->pf_init, 1);
 }
 
-/* Entry i back to the free stack (pf_lock held; not in flight). */
+/* Entry i becomes free (pf_lock held; not in flight). */
 static void ssd_pf_release(ssd *s, uint32_t i) {
     ssd_pf *e = &s->pf[i];
     if (s->pf_of[e->slot] == (int32_t)i) s->pf_of[e->slot] = -1;
     e->state = SSD_PF_FREE;
     e->pinned = 0;
     e->stale = 0;
-    s->pf_stack[s->n_pf_free++] = i;
+    s->n_pf_free++;
 }
 
-/* Queues (the rest of) entry i's read; 0 if the ring has no room. */
-static int ssd_pf_sqe(ssd *s, uint32_t i) {
-    ssd_pf *e = &s->pf[i];
+/* Up to `want` free adjacent entries, the first at *first (pf_lock held):
+ * the first free entry from the cursor on (wrapping), and as many free ones
+ * after it as there are; 0 when none is free. */
+static uint32_t ssd_pf_grab(ssd *s, uint32_t want, uint32_t *first) {
+    if (s->n_pf_free == 0) return 0;
+    uint32_t i = s->pf_cursor;
+    while (s->pf[i].state != SSD_PF_FREE) i = i + 1 == s->n_pf ? 0 : i + 1;
+    uint32_t n = 1;
+    while (n < want && i + n < s->n_pf && s->pf[i + n].state == SSD_PF_FREE) n++;
+    *first = i;
+    s->pf_cursor = i + n == s->n_pf ? 0 : i + n;
+    return n;
+}
+
+/* Queues (the rest of) the read of the entries from `head` on; 0 if the ring
+ * has no room. */
+static int ssd_pf_sqe(ssd *s, uint32_t head) {
+    ssd_pf *e = &s->pf[head];
     struct io_uring_sqe *sqe = io_uring_get_sqe(&s->pf_ring);
     if (!sqe) {
         io_uring_submit(&s->pf_ring);
         sqe = io_uring_get_sqe(&s->pf_ring);
     }
     if (!sqe) return 0;
-    io_uring_prep_read(sqe, s->fd, e->buf + e->done, (unsigned)(s->slot_bytes - e->done),
-                       ssd_off(s, e->phys) + e->done);
-    io_uring_sqe_set_data64(sqe, i);
+    io_uring_prep_read(sqe, s->fd, e->buf + e->run_done, (unsigned)(e->run_n * s->slot_bytes - e->run_done),
+                       ssd_off(s, e->phys) + e->run_done);
+    io_uring_sqe_set_data64(sqe, head);
+    atomic_fetch_add_explicit(&s->n_reads, 1, memory_order_relaxed);
     return 1;
 }
 
 /* One completion of the read-ahead ring (pf_lock held). */
 static void ssd_pf_complete(ssd *s, struct io_uring_cqe *cqe) {
-    uint32_t i = (uint32_t)io_uring_cqe_get_data64(cqe);
+    uint32_t head = (uint32_t)io_uring_cqe_get_data64(cqe);
     int res = cqe->res;
     io_uring_cqe_seen(&s->pf_ring, cqe);
-    ssd_pf *e = &s->pf[i];
+    ssd_pf *h = &s->pf[head];
+    uint32_t len = h->run_n * (uint32_t)s->slot_bytes;
+    int wanted = 0; /* an entry of the read is still wanted */
+    for (uint32_t k = 0; k < h->run_n; k++) wanted |= !s->pf[head + k].stale;
     if (res == -EINTR || res == -EAGAIN) {
-        if (!e->stale && ssd_pf_sqe(s, i)) {
+        if (wanted && ssd_pf_sqe(s, head)) {
             io_uring_submit(&s->pf_ring);
             return;
         }
     } else {
-        res = ssd_fault_read(s, res, (uint32_t)(s->slot_bytes - e->done));
+        res = ssd_fault_read(s, res, h->run_done, len);
         if (res > 0) {
             atomic_fetch_add_explicit(&s->bytes_read, (uint64_t)res, memory_order_relaxed);
-            e->done += (uint32_t)res;
-            if (e->done < s->slot_bytes && !e->stale && ssd_pf_sqe(s, i)) { /* short read: the rest */
+            h->run_done += (uint32_t)res;
+            if (h->run_done < len && wanted && ssd_pf_sqe(s, head)) { /* short read: the rest */
                 io_uring_submit(&s->pf_ring);
                 return;
             }
         }
     }
     s->pf_inflight--;
-    e->state = SSD_PF_READY;
-    e->err = e->done == s->slot_bytes ? 0 : res < 0 ? res : -ENODATA;
-    if (e->err && !e->stale) atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
-    if (e->stale && !e->pinned) ssd_pf_release(s, i);
+    int err = h->run_done == len ? 0 : res < 0 ? res : -ENODATA;
+    if (err && wanted) atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+    uint32_t n = h->run_n, got = h->run_done;
+    for (uint32_t k = 0; k < n; k++) {
+        ssd_pf *e = &s->pf[head + k];
+        e->state = SSD_PF_READY;
+        /* entries the read covered before it failed are good */
+        e->err = got >= (k + 1) * s->slot_bytes ? 0 : err ? err : -ENODATA;
+        if (e->stale && !e->pinned) ssd_pf_release(s, head + k);
+    }
 }
 
 static void ssd_pf_poll(ssd *s) {
@@ -597,12 +706,19 @@ static void ssd_pf_forget(ssd *s, uint32_t slot) {
     pthread_mutex_unlock(&s->pf_lock);
 }
 
+/* Hinted block b can be read ahead: it has a copy and no entry yet. */
+static int ssd_pf_wanted(const ssd *s, const pam_tier_block *blk) {
+    uint32_t slot = blk->slot;
+    return slot < s->cap && s->used[slot] && s->phys[slot] != SSD_NONE && s->pf_of[slot] < 0;
+}
+
 /* Starts reading the hinted blocks into free read-ahead buffers, in order,
- * as far as buffers last. What an older hint (two or more back) read and no
- * attend took is dropped first: hints that were wrong cost their reads but
- * never hold buffers for long. The reads are queued in groups, taking the
- * lock per group, so attend calls of other threads are never held up for
- * long by a hint running beside them. */
+ * as far as buffers last; blocks in ascending adjacent physical slots with
+ * one read each run (up to io_slots). What an older hint (two or more back)
+ * read and no attend took is dropped first: hints that were wrong cost their
+ * reads but never hold buffers for long. The reads are queued in groups,
+ * taking the lock per group, so attend calls of other threads are never
+ * held up for long by a hint running beside them. */
 #define SSD_PF_GROUP 64
 static void ssd_prefetch(void *impl, const pam_tier_block *blocks, int64_t n_blocks) {
     ssd *s = impl;
@@ -621,39 +737,56 @@ static void ssd_prefetch(void *impl, const pam_tier_block *blocks, int64_t n_blo
     }
     pthread_mutex_unlock(&s->pf_lock);
     int full = 0;
-    for (int64_t b0 = 0; b0 < n_blocks && !full; b0 += SSD_PF_GROUP) {
-        int64_t b1 = b0 + SSD_PF_GROUP < n_blocks ? b0 + SSD_PF_GROUP : n_blocks;
+    int64_t b = 0;
+    while (b < n_blocks && !full) {
+        int64_t group_end = b + SSD_PF_GROUP;
         int queued = 0;
         pthread_mutex_lock(&s->pf_lock);
-        for (int64_t b = b0; b < b1; b++) {
+        while (b < n_blocks && b < group_end) {
             uint32_t slot = blocks[b].slot;
-            if (slot >= s->cap || !s->used[slot] || s->phys[slot] == SSD_NONE) continue;
-            if (s->pf_of[slot] >= 0) {
+            if (slot < s->cap && s->used[slot] && s->pf_of[slot] >= 0) {
                 s->pf[s->pf_of[slot]].gen = g;
+                b++;
                 continue;
             }
-            if (s->n_pf_free == 0) {
+            if (!ssd_pf_wanted(s, &blocks[b])) {
+                b++;
+                continue;
+            }
+            /* The run: following blocks in the next physical slots. */
+            uint32_t p0 = s->phys[slot], want = 1;
+            while (want < s->io_slots && b + want < n_blocks && ssd_pf_wanted(s, &blocks[b + want]) &&
+                   s->phys[blocks[b + want].slot] == p0 + want)
+                want++;
+            uint32_t head;
+            uint32_t n = ssd_pf_grab(s, want, &head);
+            if (n == 0) {
                 full = 1;
                 break;
             }
-            uint32_t i = s->pf_stack[--s->n_pf_free];
-            ssd_pf *e = &s->pf[i];
-            e->slot = slot;
-            e->phys = s->phys[slot];
-            e->done = 0;
-            e->err = 0;
-            e->pinned = 0;
-            e->stale = 0;
-            e->gen = g;
-            if (!ssd_pf_sqe(s, i)) {
-                s->pf_stack[s->n_pf_free++] = i;
+            for (uint32_t k = 0; k < n; k++) {
+                ssd_pf *e = &s->pf[head + k];
+                e->slot = blocks[b + k].slot;
+                e->phys = p0 + k;
+                e->err = 0;
+                e->pinned = 0;
+                e->stale = 0;
+                e->gen = g;
+                e->state = SSD_PF_FLIGHT;
+            }
+            s->pf[head].run_n = n;
+            s->pf[head].run_done = 0;
+            if (!ssd_pf_sqe(s, head)) {
+                for (uint32_t k = 0; k < n; k++) s->pf[head + k].state = SSD_PF_FREE;
+                s->pf_cursor = head;
                 full = 1;
                 break;
             }
-            e->state = SSD_PF_FLIGHT;
-            s->pf_of[slot] = (int32_t)i;
+            s->n_pf_free -= n;
+            for (uint32_t k = 0; k < n; k++) s->pf_of[blocks[b + k].slot] = (int32_t)(head + k);
             s->pf_inflight++;
             queued++;
+            b += n;
         }
         if (queued) io_uring_submit(&s->pf_ring);
         pthread_mutex_unlock(&s->pf_lock);
@@ -662,7 +795,7 @@ static void ssd_prefetch(void *impl, const pam_tier_block *blocks, int64_t n_blo
 
 /* Attend: the read-ahead entries of a batch's blocks, pinned (-1: none). */
 static void ssd_pf_take(ssd *s, ssd_io *io, int set, const pam_tier_block *blocks, int64_t b0, int nb) {
-    for (int i = 0; i < nb; i++) io->req[set][i].pf = -1;
+    for (int i = 0; i < nb; i++) io->blk[set][i].pf = -1;
     if (atomic_load(&s->pf_init) <= 0) return;
     pthread_mutex_lock(&s->pf_lock);
     ssd_pf_poll(s);
@@ -677,7 +810,7 @@ static void ssd_pf_take(ssd *s, ssd_io *io, int set, const pam_tier_block *block
             continue;
         }
         e->pinned++;
-        io->req[set][i].pf = k;
+        io->blk[set][i].pf = k;
     }
     pthread_mutex_unlock(&s->pf_lock);
 }
@@ -686,25 +819,24 @@ static void ssd_pf_take(ssd *s, ssd_io *io, int set, const pam_tier_block *block
  * synchronously into the batch's own buffer instead. */
 static void ssd_pf_wait_set(ssd *s, ssd_io *io, int set) {
     int fallback = 0;
+    if (atomic_load(&s->pf_init) <= 0) return;
     pthread_mutex_lock(&s->pf_lock);
-    for (int i = 0; i < io->n_req[set]; i++) {
-        ssd_req *r = &io->req[set][i];
-        if (r->pf < 0) continue;
-        if (ssd_pf_wait(s, (uint32_t)r->pf) && s->pf[r->pf].err == 0) {
-            continue;
-        }
-        ssd_pf_unpin(s, (uint32_t)r->pf);
-        r->pf = -2; /* read below, outside the lock */
+    for (int i = 0; i < io->n_blk[set]; i++) {
+        ssd_blk *k = &io->blk[set][i];
+        if (k->pf < 0) continue;
+        if (ssd_pf_wait(s, (uint32_t)k->pf) && s->pf[k->pf].err == 0) continue;
+        ssd_pf_unpin(s, (uint32_t)k->pf);
+        k->pf = -2; /* read below, outside the lock */
         fallback = 1;
     }
     pthread_mutex_unlock(&s->pf_lock);
-    for (int i = 0; fallback && i < io->n_req[set]; i++) {
-        ssd_req *r = &io->req[set][i];
-        if (r->pf != -2) continue;
-        r->pf = -1;
-        r->buf = io->buf[set] + (size_t)i * s->slot_bytes;
-        pam_status st = ssd_pread_slot(s, (uint32_t)(r->off / s->slot_bytes), r->buf);
-        r->err = st == PAM_OK ? 0 : -EIO;
+    for (int i = 0; fallback && i < io->n_blk[set]; i++) {
+        ssd_blk *k = &io->blk[set][i];
+        if (k->pf != -2) continue;
+        k->pf = -1;
+        k->buf = io->buf[set] + (size_t)i * s->slot_bytes;
+        pam_status st = ssd_pread_run(s, k->phys, 1, k->buf);
+        k->err = st == PAM_OK ? 0 : -EIO;
         if (st == PAM_OK) atomic_fetch_add_explicit(&s->bytes_read, s->slot_bytes, memory_order_relaxed);
     }
 }
@@ -713,31 +845,50 @@ static void ssd_pf_wait_set(ssd *s, ssd_io *io, int set) {
 static void ssd_pf_drop_set(ssd *s, ssd_io *io, int set) {
     if (atomic_load(&s->pf_init) <= 0) return;
     pthread_mutex_lock(&s->pf_lock);
-    for (int i = 0; i < io->n_req[set]; i++)
-        if (io->req[set][i].pf >= 0) {
-            ssd_pf_unpin(s, (uint32_t)io->req[set][i].pf);
-            io->req[set][i].pf = -1;
+    for (int i = 0; i < io->n_blk[set]; i++)
+        if (io->blk[set][i].pf >= 0) {
+            ssd_pf_unpin(s, (uint32_t)io->blk[set][i].pf);
+            io->blk[set][i].pf = -1;
         }
     pthread_mutex_unlock(&s->pf_lock);
 }
 
 /* ---- attend: batched, double-buffered reads -------------------------------- */
 
-static ssd_io *ssd_io_get(ssd *s) {
+static void ssd_io_put(ssd *s, ssd_io *io) {
+    pthread_mutex_lock(&s->io_lock);
+    io->next = s->io_free;
+    s->io_free = io;
+    pthread_mutex_unlock(&s->io_lock);
+}
+
+/* An I/O context whose buffer sets hold at least `need` blocks each: the
+ * KV manager's attend calls are a few blocks, a calibration pass thousands,
+ * so the buffers grow to what a thread asks for (up to a batch). */
+static ssd_io *ssd_io_get(ssd *s, uint32_t need) {
     pthread_mutex_lock(&s->io_lock);
     ssd_io *io = s->io_free;
     if (io) s->io_free = io->next;
     pthread_mutex_unlock(&s->io_lock);
-    if (io) return io;
-    io = calloc(1, sizeof *io);
-    if (!io) return NULL;
-    for (int i = 0; i < 2; i++)
-        if (posix_memalign((void **)&io->buf[i], SSD_ALIGN, SSD_BATCH * s->slot_bytes) != 0) {
+    if (!io) {
+        io = calloc(1, sizeof *io);
+        if (!io) return NULL;
+        if (s->uring) io->ring_ok = io_uring_queue_init(2 * SSD_BATCH_MAX, &io->ring, 0) == 0;
+    }
+    if (io->cap < need) {
+        for (int i = 0; i < 2; i++) {
+            free(io->buf[i]);
+            if (posix_memalign((void **)&io->buf[i], SSD_ALIGN, need * s->slot_bytes) != 0) io->buf[i] = NULL;
+        }
+        io->cap = io->buf[0] && io->buf[1] ? need : 0;
+        if (!io->cap) { /* back to the pool without buffers */
             free(io->buf[0]);
-            free(io);
+            free(io->buf[1]);
+            io->buf[0] = io->buf[1] = NULL;
+            ssd_io_put(s, io);
             return NULL;
         }
-    if (s->uring) io->ring_ok = io_uring_queue_init(2 * SSD_BATCH, &io->ring, 0) == 0;
+    }
     return io;
 }
 
@@ -748,50 +899,61 @@ static void ssd_io_destroy(ssd_io *io) {
     free(io);
 }
 
-static void ssd_io_put(ssd *s, ssd_io *io) {
-    pthread_mutex_lock(&s->io_lock);
-    io->next = s->io_free;
-    s->io_free = io;
-    pthread_mutex_unlock(&s->io_lock);
-}
-
 static void ssd_sqe_read(ssd *s, ssd_io *io, int set, int i) {
-    ssd_req *r = &io->req[set][i];
+    ssd_run *r = &io->run[set][i];
     struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-    if (!sqe) { /* not expected: each request owns at most one of 2*SSD_BATCH entries */
+    if (!sqe) { /* not expected: each run owns at most one of 2*SSD_BATCH_MAX entries */
         io_uring_submit(&io->ring);
         sqe = io_uring_get_sqe(&io->ring);
     }
     io_uring_prep_read(sqe, s->fd, r->buf + r->done, r->len - r->done, r->off + r->done);
-    io_uring_sqe_set_data64(sqe, (uint64_t)(set * SSD_BATCH + i));
+    io_uring_sqe_set_data64(sqe, (uint64_t)(set * SSD_BATCH_MAX + i));
+    atomic_fetch_add_explicit(&s->n_reads, 1, memory_order_relaxed);
 }
 
-/* Starts the reads of blocks [b0, b0+nb) into buffer set `set`. Without a
- * ring the reads complete here, synchronously. */
+/* Starts the reads of blocks [b0, b0+nb) into buffer set `set`: blocks not
+ * read ahead, in runs of ascending adjacent physical slots (up to io_slots),
+ * each run one read into the adjacent buffers of its blocks. Without a ring
+ * the reads complete here, synchronously. */
 static void ssd_submit(ssd *s, ssd_io *io, int set, const pam_tier_block *blocks, int64_t b0, int nb) {
     io->pending[set] = 0;
-    io->n_req[set] = nb;
+    io->n_blk[set] = nb;
+    io->n_run[set] = 0;
     ssd_pf_take(s, io, set, blocks, b0, nb);
+    int cur = -1; /* the run block i-1 is in */
     for (int i = 0; i < nb; i++) {
-        ssd_req *r = &io->req[set][i];
-        uint32_t slot = blocks[b0 + i].slot;
-        r->off = ssd_off(s, s->phys[slot]);
-        r->buf = io->buf[set] + (size_t)i * s->slot_bytes;
-        r->len = (uint32_t)s->slot_bytes;
-        r->done = 0;
-        r->err = 0;
-        if (r->pf >= 0) { /* read ahead: its buffer, once the read lands */
-            r->buf = s->pf[r->pf].buf;
-            r->done = r->len;
-        } else if (io->ring_ok) {
+        ssd_blk *k = &io->blk[set][i];
+        k->phys = s->phys[blocks[b0 + i].slot];
+        k->err = 0;
+        k->run = -1;
+        if (k->pf >= 0) { /* read ahead: its buffer, once the read lands */
+            k->buf = s->pf[k->pf].buf;
+            cur = -1;
+            continue;
+        }
+        k->buf = io->buf[set] + (size_t)i * s->slot_bytes;
+        ssd_run *r = cur >= 0 ? &io->run[set][cur] : NULL;
+        if (r && r->len / s->slot_bytes < s->io_slots && ssd_off(s, k->phys) == r->off + r->len) {
+            r->len += (uint32_t)s->slot_bytes; /* the block's buffer follows the run's */
+        } else {
+            cur = io->n_run[set]++;
+            r = &io->run[set][cur];
+            *r = (ssd_run){.off = ssd_off(s, k->phys), .buf = k->buf, .len = (uint32_t)s->slot_bytes};
+        }
+        k->run = cur;
+    }
+    for (int i = 0; i < io->n_run[set]; i++) {
+        ssd_run *r = &io->run[set][i];
+        if (io->ring_ok) {
             ssd_sqe_read(s, io, set, i);
             io->pending[set]++;
         } else {
-            pam_status st = ssd_pread_slot(s, s->phys[slot], r->buf);
+            pam_status st = ssd_pread_run(s, (uint32_t)(r->off / s->slot_bytes), r->len / (uint32_t)s->slot_bytes,
+                                          r->buf);
             r->err = st == PAM_OK ? 0 : -EIO;
         }
     }
-    if (io->ring_ok && nb > 0) io_uring_submit(&io->ring);
+    if (io->ring_ok && io->n_run[set] > 0) io_uring_submit(&io->ring);
 }
 
 /* Waits until every read of `set` is complete (handling completions of the
@@ -803,23 +965,23 @@ static void ssd_wait(ssd *s, ssd_io *io, int set) {
         if (rc == -EINTR) continue;
         if (rc < 0) { /* the ring itself failed: fail everything outstanding */
             for (int st = 0; st < 2; st++)
-                for (int i = 0; i < SSD_BATCH; i++)
-                    if (io->req[st][i].done < io->req[st][i].len && !io->req[st][i].err)
-                        io->req[st][i].err = rc;
+                for (int i = 0; i < io->n_run[st]; i++)
+                    if (io->run[st][i].done < io->run[st][i].len && !io->run[st][i].err)
+                        io->run[st][i].err = rc;
             io->pending[0] = io->pending[1] = 0;
             return;
         }
         uint64_t ud = io_uring_cqe_get_data64(cqe);
         int res = cqe->res;
         io_uring_cqe_seen(&io->ring, cqe);
-        int rs = (int)(ud / SSD_BATCH), ri = (int)(ud % SSD_BATCH);
-        ssd_req *r = &io->req[rs][ri];
+        int rs = (int)(ud / SSD_BATCH_MAX), ri = (int)(ud % SSD_BATCH_MAX);
+        ssd_run *r = &io->run[rs][ri];
         if (res == -EINTR || res == -EAGAIN) {
             ssd_sqe_read(s, io, rs, ri);
             io_uring_submit(&io->ring);
             continue;
         }
-        res = ssd_fault_read(s, res, r->len - r->done);
+        res = ssd_fault_read(s, res, r->done, r->len);
         if (res <= 0) {
             r->err = res < 0 ? res : -ENODATA;
             io->pending[rs]--;
@@ -838,6 +1000,7 @@ static void ssd_wait(ssd *s, ssd_io *io, int set) {
 static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
     ssd *s = impl;
     const int B = s->sh.block_tokens, D = s->sh.head_dim, H = s->sh.n_head_kv;
+    const int64_t BS = s->batch;
     if (r->n_head <= 0 || r->n_head % H != 0)
         return PAM_ERR(PAM_ERR_INVALID, "ssd tier: %d query heads for %d KV heads", r->n_head, H);
     const int nq = r->n_head / H;
@@ -856,47 +1019,49 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
     memset(r->o, 0, sizeof(float) * (size_t)r->n_head * (size_t)D);
     if (r->n_blocks == 0) return PAM_OK;
     float *sc = malloc(sizeof(float) * ((size_t)nq * B + 2 * (size_t)nq + (size_t)nq * D));
-    ssd_io *io = sc ? ssd_io_get(s) : NULL;
+    ssd_io *io = sc ? ssd_io_get(s, (uint32_t)(r->n_blocks < BS ? r->n_blocks : BS)) : NULL;
     if (!io) {
         free(sc);
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: attention buffers");
     }
     float *bm = sc + (size_t)nq * B, *bl = bm + nq, *bo = bl + nq;
-    int64_t n_batches = (r->n_blocks + SSD_BATCH - 1) / SSD_BATCH, n_from_pf = 0;
+    int64_t n_batches = (r->n_blocks + BS - 1) / BS, n_from_pf = 0;
     pam_status st = PAM_OK;
-    io->n_req[0] = io->n_req[1] = 0;
+    io->n_blk[0] = io->n_blk[1] = 0;
+    io->n_run[0] = io->n_run[1] = 0;
     /* With a ring, batch 0 starts now and batch i+1 while batch i computes;
      * without one, each batch is read synchronously when its turn comes. */
-    if (io->ring_ok) ssd_submit(s, io, 0, r->blocks, 0, (int)(r->n_blocks < SSD_BATCH ? r->n_blocks : SSD_BATCH));
+    if (io->ring_ok) ssd_submit(s, io, 0, r->blocks, 0, (int)(r->n_blocks < BS ? r->n_blocks : BS));
     for (int64_t bi = 0; bi < n_batches; bi++) {
         int set = (int)(bi & 1);
-        int64_t b0 = bi * SSD_BATCH;
-        int nb = (int)(r->n_blocks - b0 < SSD_BATCH ? r->n_blocks - b0 : SSD_BATCH);
+        int64_t b0 = bi * BS;
+        int nb = (int)(r->n_blocks - b0 < BS ? r->n_blocks - b0 : BS);
         if (bi + 1 < n_batches && st == PAM_OK) {
-            int64_t b1 = b0 + SSD_BATCH;
-            int nb1 = (int)(r->n_blocks - b1 < SSD_BATCH ? r->n_blocks - b1 : SSD_BATCH);
+            int64_t b1 = b0 + BS;
+            int nb1 = (int)(r->n_blocks - b1 < BS ? r->n_blocks - b1 : BS);
             if (io->ring_ok) ssd_submit(s, io, set ^ 1, r->blocks, b1, nb1);
         }
         if (io->ring_ok) ssd_wait(s, io, set);
         else if (st == PAM_OK) ssd_submit(s, io, set, r->blocks, b0, nb);
         ssd_pf_wait_set(s, io, set);
         for (int i = 0; i < nb && st == PAM_OK; i++) {
-            ssd_req *q = &io->req[set][i];
+            ssd_blk *k = &io->blk[set][i];
             uint32_t slot = r->blocks[b0 + i].slot;
-            n_from_pf += q->pf >= 0;
-            if (q->err) {
+            n_from_pf += k->pf >= 0;
+            int err = k->run >= 0 ? io->run[set][k->run].err : k->err;
+            if (err) {
                 atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
                 st = PAM_ERR(PAM_ERR_IO, "ssd tier: read of slot %u at offset %llu of %s: %s", slot,
-                             (unsigned long long)q->off, s->path, strerror(-q->err));
+                             (unsigned long long)ssd_off(s, k->phys), s->path, strerror(-err));
                 break;
             }
-            st = ssd_verify(s, q->buf, slot, s->phys[slot]);
+            st = ssd_verify(s, k->buf, slot, k->phys);
             if (st != PAM_OK) break;
             int n = r->blocks[b0 + i].n_tokens;
             int64_t b = b0 + i;
             for (int h = 0; h < H; h++) {
-                pam_attn_partial_f16(r->q + (size_t)h * nq * D, nq, D, r->scale, ssd_k(s, q->buf, h),
-                                     ssd_v(s, q->buf, h), (size_t)D, n, bm, bl, bo, sc);
+                pam_attn_partial_f16(r->q + (size_t)h * nq * D, nq, D, r->scale, ssd_k(s, k->buf, h),
+                                     ssd_v(s, k->buf, h), (size_t)D, n, bm, bl, bo, sc);
                 if (r->blk_m && r->blk_l)
                     for (int g = 0; g < nq; g++) {
                         r->blk_m[b * r->n_head + h * nq + g] = bm[g];
@@ -958,7 +1123,6 @@ static void ssd_close(void *impl) {
     }
     free(s->pf_mem);
     free(s->pf);
-    free(s->pf_stack);
     free(s->pf_of);
     pthread_mutex_destroy(&s->pf_lock);
     if (s->fd >= 0) close(s->fd);
@@ -966,7 +1130,8 @@ static void ssd_close(void *impl) {
     free(s->hi);
     free(s->used);
     free(s->lfree);
-    free(s->pfree);
+    free(s->meta);
+    free(s->pheap);
     free(s->wbuf);
     free(s);
 }
@@ -1046,7 +1211,12 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     s->sh = *shape;
     s->row = (size_t)H * (size_t)D;
     s->payload_bytes = 2 * (size_t)B * s->row * sizeof(uint16_t);
-    s->slot_bytes = (SSD_HDR + s->payload_bytes + SSD_ALIGN - 1) & ~(size_t)(SSD_ALIGN - 1);
+    s->slot_bytes = (s->payload_bytes + SSD_ALIGN - 1) & ~(size_t)(SSD_ALIGN - 1);
+    s->io_slots = (uint32_t)(SSD_IO_MAX / s->slot_bytes); /* a read may be one bigger slot */
+    if (s->io_slots < 1) s->io_slots = 1;
+    s->batch = (uint32_t)(SSD_BATCH_BYTES / s->slot_bytes);
+    if (s->batch < 1) s->batch = 1;
+    if (s->batch > SSD_BATCH_MAX) s->batch = SSD_BATCH_MAX;
     s->cap = capacity_bytes / s->slot_bytes;
     if (s->cap > UINT32_MAX - 2) s->cap = UINT32_MAX - 2;
     s->wbuf_slot = -1;
@@ -1062,9 +1232,10 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     s->hi = calloc(s->cap, sizeof(int32_t));
     s->used = calloc(s->cap, 1);
     s->lfree = malloc(sizeof(uint32_t) * s->cap);
-    s->pfree = malloc(sizeof(uint32_t) * s->n_phys);
+    s->meta = malloc(sizeof(ssd_meta) * s->n_phys);
+    s->pheap = malloc(sizeof(uint32_t) * s->n_phys);
     if (posix_memalign((void **)&s->wbuf, SSD_ALIGN, s->slot_bytes) != 0) s->wbuf = NULL;
-    if (!s->phys || !s->hi || !s->used || !s->lfree || !s->pfree || !s->wbuf) {
+    if (!s->phys || !s->hi || !s->used || !s->lfree || !s->meta || !s->pheap || !s->wbuf) {
         ssd_close(s);
         free(t);
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: tables for %llu blocks", (unsigned long long)capacity_bytes);
@@ -1073,6 +1244,7 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
         s->lfree[i] = (uint32_t)(s->cap - 1 - i);
         s->phys[i] = SSD_NONE;
     }
+    for (uint64_t i = 0; i < s->n_phys; i++) s->meta[i] = (ssd_meta){.slot = SSD_NONE};
     s->n_lfree = s->cap;
     pam_status st = ssd_open_file(s, dir, flags);
     if (st != PAM_OK) {
@@ -1083,7 +1255,7 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     s->uring = 0;
     if (!(flags & PAM_SSD_NO_URING)) {
         struct io_uring ring;
-        int rc = io_uring_queue_init(2 * SSD_BATCH, &ring, 0);
+        int rc = io_uring_queue_init(2 * SSD_BATCH_MAX, &ring, 0);
         if (rc == 0) {
             io_uring_queue_exit(&ring);
             s->uring = 1;
