@@ -596,14 +596,112 @@ static void test_ssd_eio_write_keeps_old(void **state) {
     uint32_t s2;
     assert_int_equal(pam_tier_alloc(t, &s2), PAM_OK);
     assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_EIO_WRITE, 0, 0), PAM_OK);
-    assert_int_equal(pam_tier_write(t, s2, 0, 4, K2, V2), PAM_ERR_IO);
+    assert_int_equal(pam_tier_write(t, s2, 0, BT, K2, V2), PAM_ERR_IO);
     assert_int_equal(pam_tier_read(t, s2, 1, k, v), PAM_ERR_INVALID);
-    assert_int_equal(pam_tier_write(t, s2, 0, 4, K2, V2), PAM_OK);
-    assert_int_equal(pam_tier_read(t, s2, 4, k, v), PAM_OK);
-    assert_memory_equal(k, K2, sizeof(float) * 4 * ROW);
+    assert_int_equal(pam_tier_write(t, s2, 0, BT, K2, V2), PAM_OK);
+    assert_int_equal(pam_tier_read(t, s2, BT, k, v), PAM_OK);
+    assert_memory_equal(k, K2, sizeof k);
+    /* A recent-window block whose filling write fails keeps its tokens. */
+    uint32_t s3;
+    assert_int_equal(pam_tier_alloc(t, &s3), PAM_OK);
+    assert_int_equal(pam_tier_write(t, s3, 0, BT - 1, K, V), PAM_OK);
+    assert_int_equal(pam_tier_ssd_inject(t, PAM_SSD_FAULT_EIO_WRITE, 0, 0), PAM_OK);
+    assert_int_equal(pam_tier_write(t, s3, BT - 1, 1, K2, V2), PAM_ERR_IO);
+    assert_int_equal(pam_tier_read(t, s3, BT - 1, k, v), PAM_OK);
+    assert_memory_equal(k, K, sizeof(float) * (BT - 1) * ROW);
+    assert_int_equal(pam_tier_read(t, s3, BT, k, v), PAM_ERR_INVALID);
+    assert_int_equal(pam_tier_write(t, s3, BT - 1, 1, K2, V2), PAM_OK);
+    assert_int_equal(pam_tier_read(t, s3, BT, k, v), PAM_OK);
+    assert_memory_equal(k, K, sizeof(float) * (BT - 1) * ROW);
+    assert_memory_equal(k + (BT - 1) * ROW, K2, sizeof(float) * ROW);
     pam_tier_free(t, slot);
     pam_tier_free(t, s2);
+    pam_tier_free(t, s3);
     pam_tier_close(t);
+}
+
+static void flip_byte(pam_tier *t, uint32_t slot, uint64_t at) {
+    char path[128];
+    uint64_t off;
+    assert_int_equal(pam_tier_ssd_locate(t, slot, path, sizeof path, &off), PAM_OK);
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    unsigned char b;
+    assert_int_equal(pread(fd, &b, 1, (off_t)(off + at)), 1);
+    b ^= 0x10;
+    assert_int_equal(pwrite(fd, &b, 1, (off_t)(off + at)), 1);
+    assert_int_equal(fsync(fd), 0);
+    close(fd);
+}
+
+/* A block that is not full lives in memory (the recent window): appending
+ * tokens reads and writes nothing on disk, attention over it reads nothing,
+ * and the write that fills it puts it on disk, where it is read and verified
+ * like any other. Results equal a dram tier's at every stage. */
+static void test_ssd_recent_window(void **state) {
+    (void)state;
+    for (int f = 0; f < 3; f++) {
+        pam_tier *t = ssd_open_flags(k_ssd_flags[f], 2 << 20), *d = NULL;
+        assert_int_equal(pam_tier_dram_open(&k_shape, 1 << 20, &d), PAM_OK);
+        pam_test_rng r = {21};
+        float K[3 * BT * ROW], V[3 * BT * ROW], k[BT * ROW], v[BT * ROW], q[N_HEAD * HD];
+        rand_rows(&r, K, 3 * BT);
+        rand_rows(&r, V, 3 * BT);
+        for (int i = 0; i < N_HEAD * HD; i++) q[i] = (float)pam_test_rng_normal(&r);
+        pam_tier_block bs[3], bd[3];
+        for (int b = 0; b < 2; b++) { /* two full blocks on disk */
+            assert_int_equal(pam_tier_alloc(t, &bs[b].slot), PAM_OK);
+            assert_int_equal(pam_tier_alloc(d, &bd[b].slot), PAM_OK);
+            assert_int_equal(pam_tier_write(t, bs[b].slot, 0, BT, K + b * BT * ROW, V + b * BT * ROW), PAM_OK);
+            assert_int_equal(pam_tier_write(d, bd[b].slot, 0, BT, K + b * BT * ROW, V + b * BT * ROW), PAM_OK);
+            bs[b].n_tokens = bd[b].n_tokens = BT;
+        }
+        assert_int_equal(pam_tier_alloc(t, &bs[2].slot), PAM_OK);
+        assert_int_equal(pam_tier_alloc(d, &bd[2].slot), PAM_OK);
+        pam_tier_stats s0, s1;
+        uint64_t n0, n1;
+        for (int tok = 0; tok < BT; tok++) { /* the tail grows a token at a time */
+            const float *kr = K + (2 * BT + tok) * ROW, *vr = V + (2 * BT + tok) * ROW;
+            pam_tier_stats_get(t, &s0);
+            assert_int_equal(pam_tier_ssd_reads(t, &n0), PAM_OK);
+            assert_int_equal(pam_tier_write(t, bs[2].slot, tok, 1, kr, vr), PAM_OK);
+            assert_int_equal(pam_tier_write(d, bd[2].slot, tok, 1, kr, vr), PAM_OK);
+            bs[2].n_tokens = bd[2].n_tokens = tok + 1;
+            attn_out a, b;
+            assert_int_equal(run_attend(t, q, bs + 2, 1, &a), PAM_OK); /* the tail alone: no read */
+            pam_tier_stats_get(t, &s1);
+            assert_int_equal(pam_tier_ssd_reads(t, &n1), PAM_OK);
+            char path[256];
+            uint64_t off;
+            if (tok < BT - 1) {
+                assert_int_equal(n1, n0);
+                assert_int_equal(s1.bytes_written, s0.bytes_written);
+                assert_int_equal(s1.bytes_read, s0.bytes_read);
+                assert_int_equal(pam_tier_ssd_locate(t, bs[2].slot, path, sizeof path, &off), PAM_ERR_INVALID);
+            } else { /* full: written once, then read from disk */
+                assert_int_equal(s1.bytes_written, s0.bytes_written + t->block_bytes);
+                assert_int_equal(pam_tier_ssd_locate(t, bs[2].slot, path, sizeof path, &off), PAM_OK);
+            }
+            assert_int_equal(run_attend(t, q, bs, 3, &a), PAM_OK);
+            assert_int_equal(run_attend(d, q, bd, 3, &b), PAM_OK);
+            assert_memory_equal(a.m, b.m, sizeof a.m);
+            assert_memory_equal(a.l, b.l, sizeof a.l);
+            assert_memory_equal(a.o, b.o, sizeof a.o);
+            assert_memory_equal(a.blk_l, b.blk_l, sizeof(float) * 3 * N_HEAD);
+            assert_int_equal(pam_tier_read(t, bs[2].slot, tok + 1, k, v), PAM_OK);
+            assert_memory_equal(k, K + 2 * BT * ROW, sizeof(float) * (size_t)(tok + 1) * ROW);
+        }
+        /* On disk now: corruption there is caught. */
+        flip_byte(t, bs[2].slot, 5);
+        attn_out a;
+        assert_int_equal(run_attend(t, q, bs, 3, &a), PAM_ERR_CORRUPT);
+        for (int b = 0; b < 3; b++) {
+            pam_tier_free(t, bs[b].slot);
+            pam_tier_free(d, bd[b].slot);
+        }
+        pam_tier_close(d);
+        pam_tier_close(t);
+    }
 }
 
 static void test_ssd_enospc_hook(void **state) {
@@ -669,19 +767,6 @@ static void test_ssd_file_size_limit(void **state) {
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
-static void flip_byte(pam_tier *t, uint32_t slot, uint64_t at) {
-    char path[128];
-    uint64_t off;
-    assert_int_equal(pam_tier_ssd_locate(t, slot, path, sizeof path, &off), PAM_OK);
-    int fd = open(path, O_RDWR);
-    assert_true(fd >= 0);
-    unsigned char b;
-    assert_int_equal(pread(fd, &b, 1, (off_t)(off + at)), 1);
-    b ^= 0x10;
-    assert_int_equal(pwrite(fd, &b, 1, (off_t)(off + at)), 1);
-    assert_int_equal(fsync(fd), 0);
-    close(fd);
-}
 
 static void test_ssd_corrupt(void **state) {
     (void)state;
@@ -1212,6 +1297,7 @@ int main(void) {
         cmocka_unit_test(test_ssd_eio_read),
         cmocka_unit_test(test_ssd_short_reads),
         cmocka_unit_test(test_ssd_eio_write_keeps_old),
+        cmocka_unit_test(test_ssd_recent_window),
         cmocka_unit_test(test_ssd_enospc_hook),
         cmocka_unit_test(test_ssd_file_size_limit),
         cmocka_unit_test(test_ssd_corrupt),

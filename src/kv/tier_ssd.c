@@ -15,6 +15,17 @@
  * counted in n_errors). The file is unlinked at open and read by nobody
  * else, so the payload is all that needs to be on disk.
  *
+ * Recent window: a block that is not full yet (a sequence's tail, written a
+ * token at a time during decode) lives in an f16 image in host memory, not on
+ * disk, as dramq keeps its tails: each token would otherwise cost a read of
+ * the old copy and a write of the whole slot, and attention over the tail
+ * would wait for a fresh read queued behind every read-ahead in flight. The
+ * image goes to disk, through the write path below, when the write that
+ * fills the block comes. Such blocks have no physical slot (phys ==
+ * SSD_NONE) and are served from memory, not verified (they were never on
+ * disk), and not counted as bytes read. The images are host memory beyond
+ * capacity_blocks * block_bytes: one per partially filled block.
+ *
  * Logical slots (what callers hold) map to physical slots. A write never
  * overwrites the only valid copy: it writes the new image to a free physical
  * slot and only then records its metadata, switches the mapping and frees
@@ -122,6 +133,7 @@ typedef struct ssd_blk {
     int32_t run; /* its read in the batch's runs, or -1 */
     int32_t pf;  /* read-ahead entry whose buffer it uses, or -1 */
     int err;     /* of a read outside the runs (a failed read-ahead read again) */
+    int tail;    /* served from the recent-window image */
 } ssd_blk;
 
 /* Per-attend I/O context: a ring and two sets of batch buffers. */
@@ -166,6 +178,7 @@ typedef struct ssd {
     ssd_meta *meta;  /* physical: the copy there */
     uint32_t *pheap; /* free physical slots below grown_phys, a min-heap */
     uint64_t n_pheap;
+    uint8_t **tail;  /* logical: the image of a block not yet full, or NULL */
     uint8_t *wbuf;      /* one slot image, aligned: the write path's buffer */
     int64_t wbuf_slot;  /* logical slot whose current image wbuf holds, or -1 */
     pthread_mutex_t io_lock;
@@ -438,6 +451,8 @@ static void ssd_free(void *impl, uint32_t slot) {
     s->hi[slot] = 0;
     s->lfree[s->n_lfree++] = slot;
     s->n_used--;
+    free(s->tail[slot]);
+    s->tail[slot] = NULL;
     if (s->wbuf_slot == (int64_t)slot) s->wbuf_slot = -1;
 }
 
@@ -462,23 +477,38 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     if (off < 0 || n < 1 || off + n > B)
         return PAM_ERR(PAM_ERR_INVALID, "ssd tier: write of tokens %d..%d outside a %d-token block", off,
                        off + n - 1, B);
-    uint8_t *img = s->wbuf;
-    if (s->wbuf_slot != (int64_t)slot) {
+    int32_t hi = off + n > s->hi[slot] ? off + n : s->hi[slot];
+    /* Still not full: the block stays (or becomes) a recent-window image. A
+     * new image is built aside and installed only when complete. */
+    uint8_t *img = s->wbuf, *tail = s->tail[slot], *fresh = NULL;
+    if (hi < B && !tail) {
+        if (posix_memalign((void **)&fresh, SSD_ALIGN, s->slot_bytes) != 0)
+            return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: recent-window block");
+        img = fresh;
+    } else if (hi < B) {
+        img = tail;
+    } else if (tail) {
+        memcpy(img, tail, s->slot_bytes);
+    }
+    if (!(hi < B && tail) && !(hi == B && tail) && s->wbuf_slot != (int64_t)slot) {
         s->wbuf_slot = -1;
         if (s->phys[slot] != SSD_NONE && !(off == 0 && n >= s->hi[slot])) {
             pam_status st = ssd_pread_run(s, s->phys[slot], 1, img);
+            if (st == PAM_OK) st = ssd_verify(s, img, slot, s->phys[slot]);
+            else atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
             if (st != PAM_OK) {
-                atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+                free(fresh);
                 return st;
             }
-            PAM_TRY(ssd_verify(s, img, slot, s->phys[slot]));
             ssd_drop_cache(s, ssd_off(s, s->phys[slot]), s->slot_bytes);
         } else {
             memset(img, 0, s->slot_bytes);
         }
+    } else if (fresh) { /* the old image is in wbuf */
+        memcpy(img, s->wbuf, s->slot_bytes);
     }
     /* From here img differs from the stored copy until the write succeeds. */
-    s->wbuf_slot = -1;
+    if (img == s->wbuf) s->wbuf_slot = -1;
     for (int t = 0; t < n; t++)
         for (int h = 0; h < H; h++) {
             const float *kr = k + (size_t)t * s->row + (size_t)h * D;
@@ -490,7 +520,16 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
                 vd[c] = pam_f32_to_f16(vr[c]);
             }
         }
-    int32_t hi = off + n > s->hi[slot] ? off + n : s->hi[slot];
+    if (hi < B) {
+        /* The image is the block now: an older copy on disk is dropped. */
+        ssd_pf_forget(s, slot);
+        if (s->phys[slot] != SSD_NONE) ssd_phys_release(s, s->phys[slot]);
+        s->phys[slot] = SSD_NONE;
+        if (fresh) s->tail[slot] = fresh;
+        if (s->wbuf_slot == (int64_t)slot) s->wbuf_slot = -1;
+        s->hi[slot] = hi;
+        return PAM_OK;
+    }
     uint64_t sum = ssd_payload_hash(s, img, slot, (uint32_t)hi);
 
     if (s->n_pheap == 0) /* cannot happen while grown_phys >= n_used + 1 */
@@ -524,6 +563,8 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     s->phys[slot] = p;
     s->hi[slot] = hi;
     s->wbuf_slot = slot;
+    free(s->tail[slot]); /* full and on disk: the window moves on */
+    s->tail[slot] = NULL;
     atomic_fetch_add_explicit(&s->bytes_written, s->slot_bytes, memory_order_relaxed);
     return PAM_OK;
 }
@@ -534,23 +575,28 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
     PAM_TRY(ssd_check_slot(s, slot));
     if (n < 1 || n > s->hi[slot])
         return PAM_ERR(PAM_ERR_INVALID, "ssd tier: read of %d tokens from a block holding %d", n, s->hi[slot]);
-    uint8_t *img = NULL;
-    if (posix_memalign((void **)&img, SSD_ALIGN, s->slot_bytes) != 0)
-        return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: read buffer");
-    pam_status st = ssd_pread_run(s, s->phys[slot], 1, img);
-    if (st == PAM_OK) st = ssd_verify(s, img, slot, s->phys[slot]);
-    else atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+    uint8_t *img = s->tail[slot];
+    pam_status st = PAM_OK;
+    if (!img) {
+        if (posix_memalign((void **)&img, SSD_ALIGN, s->slot_bytes) != 0)
+            return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: read buffer");
+        st = ssd_pread_run(s, s->phys[slot], 1, img);
+        if (st == PAM_OK) st = ssd_verify(s, img, slot, s->phys[slot]);
+        else atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
+        if (st == PAM_OK) {
+            ssd_drop_cache(s, ssd_off(s, s->phys[slot]), s->slot_bytes);
+            atomic_fetch_add_explicit(&s->bytes_read, s->slot_bytes, memory_order_relaxed);
+        }
+    }
     if (st == PAM_OK) {
-        ssd_drop_cache(s, ssd_off(s, s->phys[slot]), s->slot_bytes);
         for (int t = 0; t < n; t++)
             for (int h = 0; h < H; h++)
                 for (int c = 0; c < D; c++) {
                     k[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_k(s, img, h)[(size_t)t * D + c]);
                     v[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_v(s, img, h)[(size_t)t * D + c]);
                 }
-        atomic_fetch_add_explicit(&s->bytes_read, s->slot_bytes, memory_order_relaxed);
     }
-    free(img);
+    if (img != s->tail[slot]) free(img);
     return st;
 }
 
@@ -926,6 +972,12 @@ static void ssd_submit(ssd *s, ssd_io *io, int set, const pam_tier_block *blocks
         k->phys = s->phys[blocks[b0 + i].slot];
         k->err = 0;
         k->run = -1;
+        k->tail = s->tail[blocks[b0 + i].slot] != NULL;
+        if (k->tail) { /* recent window: in memory, nothing to read */
+            k->buf = s->tail[blocks[b0 + i].slot];
+            cur = -1;
+            continue;
+        }
         if (k->pf >= 0) { /* read ahead: its buffer, once the read lands */
             k->buf = s->pf[k->pf].buf;
             cur = -1;
@@ -1047,7 +1099,7 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
         for (int i = 0; i < nb && st == PAM_OK; i++) {
             ssd_blk *k = &io->blk[set][i];
             uint32_t slot = r->blocks[b0 + i].slot;
-            n_from_pf += k->pf >= 0;
+            n_from_pf += k->pf >= 0 || k->tail;
             int err = k->run >= 0 ? io->run[set][k->run].err : k->err;
             if (err) {
                 atomic_fetch_add_explicit(&s->n_errors, 1, memory_order_relaxed);
@@ -1055,7 +1107,7 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
                              (unsigned long long)ssd_off(s, k->phys), s->path, strerror(-err));
                 break;
             }
-            st = ssd_verify(s, k->buf, slot, k->phys);
+            if (!k->tail) st = ssd_verify(s, k->buf, slot, k->phys);
             if (st != PAM_OK) break;
             int n = r->blocks[b0 + i].n_tokens;
             int64_t b = b0 + i;
@@ -1080,12 +1132,13 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
     }
     if (!s->direct)
         for (int64_t b = 0; b < r->n_blocks; b++)
-            ssd_drop_cache(s, ssd_off(s, s->phys[r->blocks[b].slot]), s->slot_bytes);
+            if (s->phys[r->blocks[b].slot] != SSD_NONE)
+                ssd_drop_cache(s, ssd_off(s, s->phys[r->blocks[b].slot]), s->slot_bytes);
     ssd_io_put(s, io);
     free(sc);
     if (st == PAM_OK)
         atomic_fetch_add_explicit(&s->bytes_read, (uint64_t)(r->n_blocks - n_from_pf) * s->slot_bytes,
-                                  memory_order_relaxed); /* read-ahead counted its own reads */
+                                  memory_order_relaxed); /* read-ahead counted its own reads; tails are not read */
     atomic_fetch_add_explicit(&s->attend_ns, pam_time_ns() - t0, memory_order_relaxed);
     return st;
 }
@@ -1133,6 +1186,9 @@ static void ssd_close(void *impl) {
     free(s->meta);
     free(s->pheap);
     free(s->wbuf);
+    if (s->tail)
+        for (uint64_t i = 0; i < s->cap; i++) free(s->tail[i]);
+    free(s->tail);
     free(s);
 }
 
@@ -1234,8 +1290,9 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     s->lfree = malloc(sizeof(uint32_t) * s->cap);
     s->meta = malloc(sizeof(ssd_meta) * s->n_phys);
     s->pheap = malloc(sizeof(uint32_t) * s->n_phys);
+    s->tail = calloc(s->cap, sizeof *s->tail);
     if (posix_memalign((void **)&s->wbuf, SSD_ALIGN, s->slot_bytes) != 0) s->wbuf = NULL;
-    if (!s->phys || !s->hi || !s->used || !s->lfree || !s->meta || !s->pheap || !s->wbuf) {
+    if (!s->phys || !s->hi || !s->used || !s->lfree || !s->meta || !s->pheap || !s->tail || !s->wbuf) {
         ssd_close(s);
         free(t);
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: tables for %llu blocks", (unsigned long long)capacity_bytes);
