@@ -7,17 +7,19 @@
  * made over them, and one inference context per sequence is backed by it.
  * Every sequence gets D (--depth) synthetic KV positions
  * (pam_kvm_fill_synthetic), then W untimed warmup steps and N timed steps
- * run; a step decodes one token of every sequence in turn (positions D, D+1,
- * ...) and ends with pam_kvm_step_end (importance, scheduling, migration:
+ * run; a step decodes one token of every sequence (positions D, D+1, ...)
+ * in one batched forward, as a serving engine does (--sequential: one
+ * forward per sequence in turn) and ends with pam_kvm_step_end
+ * (importance, scheduling, migration:
  * part of the policy's cost, so it is timed). The logits are checked finite
  * after every token, outside the timed region.
  *
  * Per step, the manager's report gives each tier's bytes read and attention
  * time. The bound a step cannot beat: every device streams its bytes at its
  * measured rate, all devices at once. Host memory carries the weights (once
- * per sequence), the host tiers' KV (dram, dramq) and offload's staging
+ * per step; once per sequence with --sequential), the host tiers' KV (dram, dramq) and offload's staging
  * copies; every other tier (ssd) is a device of its own:
- *   bound = max((n_seqs * weight_bytes + host_kv_bytes + staged_bytes) / bw,
+ *   bound = max((weight_bytes + host_kv_bytes + staged_bytes) / bw,
  *               max over other tiers of bytes / read_gbps)
  * with bw measured at the start (pam_membw_read_gbps) and read_gbps from
  * pam_tier_calibrate. Reaching it needs every device busy for the whole
@@ -56,6 +58,7 @@ typedef struct bkv_opts {
     long block_tokens, n_seqs, depth, n_steps, bw_mib, budget_mib;
     const char *trace_path, *svg_path;
     int json;
+    int sequential; /* one forward per sequence instead of one batch per step */
 } bkv_opts;
 
 /* What one policy's run measured; per-step series feed the plot. */
@@ -103,6 +106,8 @@ static void bkv_usage(FILE *f) {
             "      --trace FILE      one JSON line per step and policy (the --kv-trace format)\n"
             "      --svg FILE        plot of blocks and bytes read per tier over the steps\n"
             "      --bw-mib N        buffer for the bandwidth measurement in MiB (default %zu)\n"
+            "      --sequential      one forward per sequence in turn (default: one batched\n"
+            "                        forward of all sequences per step)\n"
             "      --json            print a JSON array of records instead of a table\n",
             PAM_MEMBW_DEFAULT_BYTES >> 20);
 }
@@ -282,16 +287,22 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     for (int32_t step = 0; st == PAM_OK && step < BKV_WARMUP + n_steps; step++) {
         int timed = step >= BKV_WARMUP;
         int32_t pos = depth + step;
-        int64_t step_ns = 0;
-        for (int32_t s = 0; st == PAM_OK && s < n_seqs; s++) {
-            int32_t tok = (int32_t)(bkv_rng(&rng) % (uint64_t)hp->n_vocab);
-            int64_t t0 = pam_time_ns();
-            st = pam_forward(r.ctx[s], &tok, 1, pos, logits, 0);
-            step_ns += pam_time_ns() - t0;
-            if (st == PAM_OK) st = bkv_check_logits(logits, hp->n_vocab, s, pos);
+        int32_t toks[BKV_MAX_SEQS], poss[BKV_MAX_SEQS];
+        for (int32_t s = 0; s < n_seqs; s++) {
+            toks[s] = (int32_t)(bkv_rng(&rng) % (uint64_t)hp->n_vocab);
+            poss[s] = pos;
         }
-        if (st != PAM_OK) break;
         int64_t t0 = pam_time_ns();
+        if (o->sequential)
+            for (int32_t s = 0; st == PAM_OK && s < n_seqs; s++)
+                st = pam_forward(r.ctx[s], &toks[s], 1, pos, logits + (size_t)s * hp->n_vocab, 0);
+        else
+            st = pam_forward_batch(r.ctx, toks, poss, n_seqs, logits);
+        int64_t step_ns = pam_time_ns() - t0;
+        for (int32_t s = 0; st == PAM_OK && s < n_seqs; s++)
+            st = bkv_check_logits(logits + (size_t)s * hp->n_vocab, hp->n_vocab, s, pos);
+        if (st != PAM_OK) break;
+        t0 = pam_time_ns();
         st = pam_kvm_step_end(r.kvm);
         step_ns += pam_time_ns() - t0;
         if (st != PAM_OK) break;
@@ -314,7 +325,8 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
         /* offload's staging copy: read from the slow tiers (counted above)
          * and written into host memory */
         host_s += (double)rep.staged_bytes_step / (bw * 1e9);
-        host_s += (double)n_seqs * (double)pam_model_weight_bytes(m) / (bw * 1e9);
+        /* weights: once per step batched, once per sequence one after another */
+        host_s += (double)(o->sequential ? n_seqs : 1) * (double)pam_model_weight_bytes(m) / (bw * 1e9);
         sum_bound += (host_s > other_s ? host_s : other_s) * 1e3;
         sum_mig += (double)rep.migrations_step;
         sum_mig_bytes += (double)rep.migration_bytes_step;
@@ -551,6 +563,8 @@ int pam_cli_bench_kv(int argc, char **argv) {
             pam_args_long(&a, 1, 1L << 20, &o.bw_mib);
         } else if (pam_args_is(&a, NULL, "--json")) {
             o.json = 1;
+        } else if (pam_args_is(&a, NULL, "--sequential")) {
+            o.sequential = 1;
         } else {
             pam_args_unknown(&a);
         }
@@ -587,7 +601,7 @@ int pam_cli_bench_kv(int argc, char **argv) {
         goto done;
     }
     const pam_model_hparams *hp = pam_model_get_hparams(model);
-    logits = malloc((size_t)hp->n_vocab * sizeof(float));
+    logits = malloc((size_t)o.n_seqs * (size_t)hp->n_vocab * sizeof(float));
     if (!logits) {
         fprintf(stderr, "pam bench kv: out of memory\n");
         goto done;

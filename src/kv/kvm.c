@@ -73,6 +73,10 @@ typedef struct kvm_seq {
     uint64_t reserved; /* blocks reserved for later stores */
 } kvm_seq;
 
+typedef struct kvm_call {
+    int32_t seq, layer;
+} kvm_call;
+
 typedef struct kvm_piece {
     pam_tier *t;
     int64_t first, count; /* range in the request arrays */
@@ -119,6 +123,10 @@ struct pam_kvm {
     /* read-ahead hints: per tier, its blocks of the next calls */
     pam_tier_block *hint[KVM_MAX_TIERS];
     int64_t cap_hint[KVM_MAX_TIERS];
+    /* the order of this step's attention calls (seq, layer), and of the
+     * last step's: the next step's calls are predicted to repeat it */
+    kvm_call *ord, *prev_ord;
+    int64_t n_ord, n_prev_ord, cap_ord, cap_prev_ord, prev_cursor;
 
     /* migration and copy scratch: bt * row floats each */
     float *mk, *mv, *mk2, *mv2;
@@ -231,6 +239,8 @@ void pam_kvm_destroy(pam_kvm *kvm) {
     free(kvm->req_blocks);
     free(kvm->req_ids);
     for (int t = 0; t < KVM_MAX_TIERS; t++) free(kvm->hint[t]);
+    free(kvm->ord);
+    free(kvm->prev_ord);
     free(kvm->blk_m);
     free(kvm->blk_l);
     free(kvm->piece_out);
@@ -746,51 +756,90 @@ static pam_status ensure_attend_scratch(pam_kvm *kvm, int64_t nb, int32_t n_head
 
 /* Read-ahead: while this layer computes, tell each tier which of its blocks
  * the next attention calls are likely to want, so a slow tier's reads
- * overlap this call, the matrix work between calls and other sequences. The
- * guess is the decode order of a forward pass: the next layers of this
- * sequence, after the last layer the first layer of the next live sequence
- * (wrapping). Each tier gets its blocks of the next KVM_HINT_UNITS (seq,
- * layer) calls that have blocks there, nearest first, however far ahead
- * those are: a tier is not left idle while sequences held elsewhere compute.
- * The tier reads as far as its buffers allow. A wrong guess costs reads,
- * never a result (tier.h, prefetch). */
+ * overlap this call, the matrix work between calls and other sequences.
+ * The guess is the order of the last step's calls (a decode step repeats
+ * it, whether sequences run one after another or batched layer by layer),
+ * from the position of this call in it, wrapping around. Before a step has
+ * been seen, or for a call the last step did not make, it is the order of
+ * one forward pass after another: the next layers of this sequence, then
+ * layer 0 of the next live sequence. Each tier gets its blocks of the next
+ * KVM_HINT_UNITS (seq, layer) calls that have blocks there, nearest first,
+ * however far ahead those are: a tier is not left idle while sequences held
+ * elsewhere compute. The tier reads as far as its buffers allow. A wrong
+ * guess costs reads, never a result (tier.h, prefetch). */
 #define KVM_HINT_UNITS 3
+#define KVM_ORD_MAX (1 << 16) /* calls remembered per step */
+
+/* Adds the blocks of call (seq, layer) to the hints of the tiers that still
+ * want units; 0 once no tier does (or memory ran out). */
+static int hint_unit(pam_kvm *kvm, int32_t seq, int32_t layer, int64_t *n, int *units) {
+    int open = 0, seen[KVM_MAX_TIERS] = {0};
+    for (int t = 0; t < kvm->n_tiers; t++) open += units[t] < KVM_HINT_UNITS;
+    if (!open) return 0;
+    if (seq < 0 || seq >= kvm->n_seqs || !kvm->seqs[seq].used) return 1;
+    const kvm_seq *s = &kvm->seqs[seq];
+    int64_t nb = s->n_blocks[layer];
+    const uint32_t *tab = s->table[layer];
+    for (int64_t i = 0; i < nb; i++) {
+        const kvm_block *b = &kvm->blocks[tab[i]];
+        int t = b->tier;
+        if (units[t] >= KVM_HINT_UNITS) continue;
+        pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
+        if (!h) return 0; /* a hint is optional */
+        kvm->hint[t] = h;
+        h[n[t]++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
+        seen[t] = 1;
+    }
+    for (int t = 0; t < kvm->n_tiers; t++) units[t] += seen[t];
+    return 1;
+}
+
 static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer) {
     int32_t L = kvm->shape.n_layer;
     int64_t n[KVM_MAX_TIERS] = {0};
     int units[KVM_MAX_TIERS] = {0};
-    int32_t cs = seq, cl = layer;
-    for (int64_t step = 0; step < (int64_t)L * kvm->n_seqs; step++) {
-        if (++cl == L) { /* the next live sequence, layer 0 */
-            cl = 0;
-            for (int32_t i = 1; i <= kvm->n_seqs; i++) {
-                int32_t c = (cs + i) % kvm->n_seqs;
-                if (kvm->seqs[c].used) {
-                    cs = c;
-                    break;
+    int64_t np = kvm->n_prev_ord, at = -1;
+    for (int64_t k = 0; k < np; k++) { /* usually the entry after the last match */
+        int64_t j = (kvm->prev_cursor + 1 + k) % np;
+        if (kvm->prev_ord[j].seq == seq && kvm->prev_ord[j].layer == layer) {
+            at = j;
+            break;
+        }
+    }
+    if (at >= 0) {
+        kvm->prev_cursor = at;
+        for (int64_t k = 1; k < np; k++) {
+            const kvm_call *c = &kvm->prev_ord[(at + k) % np];
+            if (!hint_unit(kvm, c->seq, c->layer, n, units)) break;
+        }
+    } else {
+        int32_t cs = seq, cl = layer;
+        for (int64_t step = 0; step < (int64_t)L * kvm->n_seqs; step++) {
+            if (++cl == L) { /* the next live sequence, layer 0 */
+                cl = 0;
+                for (int32_t i = 1; i <= kvm->n_seqs; i++) {
+                    int32_t c = (cs + i) % kvm->n_seqs;
+                    if (kvm->seqs[c].used) {
+                        cs = c;
+                        break;
+                    }
                 }
             }
+            if (cs == seq && cl == layer) break; /* wrapped around */
+            if (!hint_unit(kvm, cs, cl, n, units)) break;
         }
-        if (cs == seq && cl == layer) break; /* wrapped around */
-        const kvm_seq *s = &kvm->seqs[cs];
-        int64_t nb = s->n_blocks[cl];
-        const uint32_t *tab = s->table[cl];
-        int open = 0, seen[KVM_MAX_TIERS] = {0};
-        for (int t = 0; t < kvm->n_tiers; t++) open += units[t] < KVM_HINT_UNITS;
-        if (!open) break;
-        for (int64_t i = 0; i < nb; i++) {
-            const kvm_block *b = &kvm->blocks[tab[i]];
-            int t = b->tier;
-            if (units[t] >= KVM_HINT_UNITS) continue;
-            pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
-            if (!h) return; /* a hint is optional */
-            kvm->hint[t] = h;
-            h[n[t]++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
-            seen[t] = 1;
-        }
-        for (int t = 0; t < kvm->n_tiers; t++) units[t] += seen[t];
     }
     for (int t = 0; t < kvm->n_tiers; t++) pam_tier_prefetch(kvm->tiers[t], kvm->hint[t], n[t]);
+}
+
+/* Appends (seq, layer) to this step's call order (once per run of calls). */
+static void record_call(pam_kvm *kvm, int32_t seq, int32_t layer) {
+    if (kvm->n_ord > 0 && kvm->ord[kvm->n_ord - 1].seq == seq && kvm->ord[kvm->n_ord - 1].layer == layer) return;
+    if (kvm->n_ord >= KVM_ORD_MAX) return;
+    kvm_call *o = grow(kvm->ord, &kvm->cap_ord, kvm->n_ord + 1, sizeof *o);
+    if (!o) return; /* the order is only a guess */
+    kvm->ord = o;
+    kvm->ord[kvm->n_ord++] = (kvm_call){seq, layer};
 }
 
 pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_pos, const float *q, int32_t n_head,
@@ -845,6 +894,7 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
     kvm->att_seq = seq;
     kvm->att_layer = layer;
     kvm->att_hint = !staged && kvm->readahead;
+    if (kvm->att_hint) record_call(kvm, seq, layer);
     pam_pool_run(kvm->pool, piece_task, kvm, np + kvm->att_hint);
     for (int64_t i = 0; i < np; i++)
         if (kvm->pieces[i].st != PAM_OK)
@@ -981,6 +1031,13 @@ pam_status pam_kvm_step_end(pam_kvm *kvm) {
         fflush(f);
     }
     kvm->step++;
+    if (kvm->n_ord > 0) { /* this step's call order predicts the next one's */
+        kvm_call *o = kvm->prev_ord;
+        int64_t c = kvm->cap_prev_ord;
+        kvm->prev_ord = kvm->ord, kvm->cap_prev_ord = kvm->cap_ord, kvm->n_prev_ord = kvm->n_ord;
+        kvm->ord = o, kvm->cap_ord = c, kvm->n_ord = 0;
+        kvm->prev_cursor = -1;
+    }
     kvm->migr_n = 0;
     kvm->migr_bytes = 0;
     kvm->staged_bytes_step = 0;
