@@ -589,6 +589,86 @@ static void test_trace(void **state) {
     assert_int_equal(n, 3);
 }
 
+/* ---- read-ahead hints follow the last step's call order ------------------ */
+
+/* A dram tier that records the length of the last prefetch hint. */
+typedef struct rec_tier {
+    pam_tier *inner;
+    int64_t last_hint;
+} rec_tier;
+static pam_status rec_alloc(void *i, uint32_t *slot) { return pam_tier_alloc(((rec_tier *)i)->inner, slot); }
+static void rec_free(void *i, uint32_t slot) { pam_tier_free(((rec_tier *)i)->inner, slot); }
+static pam_status rec_write(void *i, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v) {
+    return pam_tier_write(((rec_tier *)i)->inner, slot, off, n, k, v);
+}
+static pam_status rec_read(void *i, uint32_t slot, int32_t n, float *k, float *v) {
+    return pam_tier_read(((rec_tier *)i)->inner, slot, n, k, v);
+}
+static pam_status rec_attend(void *i, const pam_tier_attn *r) { return pam_tier_attend(((rec_tier *)i)->inner, r); }
+static void rec_stats(void *i, pam_tier_stats *out) { pam_tier_stats_get(((rec_tier *)i)->inner, out); }
+static void rec_close(void *i) {
+    pam_tier_close(((rec_tier *)i)->inner);
+    free(i);
+}
+static void rec_prefetch(void *i, const pam_tier_block *blocks, int64_t n) {
+    (void)blocks;
+    ((rec_tier *)i)->last_hint = n;
+}
+static const pam_tier_ops rec_ops = {.kind = "rec", .alloc = rec_alloc, .free = rec_free, .write = rec_write,
+                                     .read = rec_read, .attend = rec_attend, .stats = rec_stats,
+                                     .close = rec_close, .prefetch = rec_prefetch};
+
+static void test_hint_order(void **state) {
+    (void)state;
+    pam_kv_shape s = {.n_layer = 3, .n_head_kv = 2, .head_dim = 8, .block_tokens = 4};
+    pam_pool *pool;
+    assert_int_equal(pam_pool_create(2, &pool), PAM_OK);
+    pam_tier *tiers[2], *inner;
+    assert_int_equal(pam_tier_dram_open(&s, block_bytes(&s), &tiers[0]), PAM_OK); /* one block */
+    assert_int_equal(pam_tier_dram_open(&s, 64 * block_bytes(&s), &inner), PAM_OK);
+    rec_tier *rec = calloc(1, sizeof *rec);
+    tiers[1] = calloc(1, sizeof(pam_tier));
+    rec->inner = inner;
+    *tiers[1] = *inner;
+    tiers[1]->ops = &rec_ops;
+    tiers[1]->impl = rec;
+    pam_kvm_config cfg = {.shape = s, .tiers = tiers, .n_tiers = 2, .policy = PAM_KV_POLICY_PAM};
+    pam_kvm *kvm;
+    assert_int_equal(pam_kvm_create(&cfg, pool, &kvm), PAM_OK);
+    /* Sequence a: 3 blocks per layer, b: 5; a's very first block fills the
+     * one-block tier 0, so a has 2 blocks in tier 1 at layer 0, else 3. */
+    int32_t a, b, len[2] = {12, 20};
+    assert_int_equal(pam_kvm_seq_create(kvm, &a), PAM_OK);
+    assert_int_equal(pam_kvm_seq_create(kvm, &b), PAM_OK);
+    assert_int_equal(pam_kvm_fill_synthetic(kvm, a, len[0], 1), PAM_OK);
+    assert_int_equal(pam_kvm_fill_synthetic(kvm, b, len[1], 2), PAM_OK);
+    assert_int_equal(pam_kvm_block_tier(kvm, a, 0, 0), 0);
+    int32_t seqs[2] = {a, b};
+    int64_t in1[2][3] = {{2, 3, 3}, {5, 5, 5}}; /* blocks in tier 1 per (seq, layer) */
+    float q[4 * 8], out[4 * 8];
+    for (int i = 0; i < 32; i++) q[i] = 0.1f * (float)(i % 7);
+    for (int step = 0; step < 3; step++) {
+        /* batched order: layer by layer, both sequences in each */
+        for (int l = 0; l < 3; l++)
+            for (int k = 0; k < 2; k++) {
+                rec->last_hint = -1;
+                assert_int_equal(pam_kvm_attend(kvm, seqs[k], l, len[k], q, 4, 0.35f, out), PAM_OK);
+                if (step == 0) continue; /* no order seen yet: a forward pass after another */
+                /* the next three calls of the batched order, wrapping */
+                int64_t want = 0;
+                for (int u = 1; u <= 3; u++) {
+                    int c = (l * 2 + k + u) % 6;
+                    want += in1[c % 2][c / 2];
+                }
+                if (rec->last_hint != want) fail_msg("step %d layer %d seq %d: hint of %lld blocks, want %lld", step, l, k,
+                                                     (long long)rec->last_hint, (long long)want);
+            }
+        assert_int_equal(pam_kvm_step_end(kvm), PAM_OK);
+    }
+    pam_kvm_destroy(kvm);
+    pam_pool_destroy(pool);
+}
+
 /* ---- golden greedy on stories260K with paged KV ------------------------------ */
 
 static int32_t argmax(const float *x, int n) {
@@ -673,6 +753,7 @@ int main(void) {
         cmocka_unit_test(test_ssd_corrupt_isolated),
         cmocka_unit_test(test_step_end_schedules),
         cmocka_unit_test(test_trace),
+        cmocka_unit_test(test_hint_order),
         cmocka_unit_test(test_golden_paged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
