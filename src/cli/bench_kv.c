@@ -69,7 +69,8 @@ typedef struct bkv_result {
     int n_tiers;
     char tier_name[8][64];
     int tier_host[8];  /* tier in host memory: shares bw */
-    double tier_gbps[8];
+    double tier_gbps[8];       /* the rate the bound uses: the faster calibration */
+    double tier_gbps_before[8], tier_gbps_after[8]; /* device tiers: before / after the steps (0: none) */
     double tokens_per_second, step_ms, bound_ms;
     double bytes_step[8], attend_ms_step[8], blocks[8]; /* means over the timed steps */
     double migrations_step, migration_bytes_step, staged_bytes_step;
@@ -148,13 +149,23 @@ static int bkv_is_host(const pam_tier *t) {
     return !strcmp(t->ops->kind, "dram") || !strcmp(t->ops->kind, "dramq");
 }
 
+/* A device tier's rate through its own attend path: the best of 3
+ * calibrations (a shared machine only slows a pass). */
+static pam_status bkv_calibrate(pam_tier *t, const pam_kv_shape *shape, double *gbps) {
+    double g = 0, best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        PAM_TRY(pam_tier_calibrate(t, shape, 256ull << 20, &g));
+        if (g > best) best = g;
+    }
+    *gbps = best;
+    return PAM_OK;
+}
+
 /* Opens the policy's tiers into tiers[] (caller closes them on failure). */
 static pam_status bkv_open_tiers(const bkv_opts *o, const pam_kv_shape *shape, pam_kv_policy policy,
-                                 uint64_t kv_bytes, double bw, double *cal, pam_tier **tiers, int *n_tiers) {
+                                 uint64_t kv_bytes, double bw, pam_tier **tiers, int *n_tiers) {
     char spec[128];
-    int cal_at[BKV_MAX_SPECS]; /* tier -> its entry in cal (per spec; the single tier last) */
     *n_tiers = 0;
-    for (int i = 0; i < BKV_MAX_SPECS; i++) cal_at[i] = policy == PAM_KV_POLICY_SINGLE ? BKV_MAX_SPECS : i;
     if (policy == PAM_KV_POLICY_SINGLE) {
         const char *s = o->single_spec;
         if (!s) {
@@ -176,20 +187,11 @@ static pam_status bkv_open_tiers(const bkv_opts *o, const pam_kv_shape *shape, p
     for (int i = 0; i < *n_tiers; i++) {
         if (bkv_is_host(tiers[i])) {
             tiers[i]->read_gbps = bw;
-        } else if (cal[cal_at[i]] > 0) {
-            tiers[i]->read_gbps = cal[cal_at[i]];
         } else {
-            /* a device tier's rate is measured through its own attend path,
-             * once per spec: every policy's bound uses the same figure */
-            double gbps = 0, best = 0;
-            for (int rep = 0; rep < 3; rep++) { /* best of 3: a shared machine only slows a pass */
-                PAM_TRY(pam_tier_calibrate(tiers[i], shape, 256ull << 20, &gbps));
-                if (gbps > best) best = gbps;
-            }
-            tiers[i]->read_gbps = gbps = best;
-            cal[cal_at[i]] = gbps;
-            fprintf(stderr, "tier %s: measured %.2f GB/s through its attend path (best of 3 calibrations)\n",
-                    tiers[i]->name, gbps);
+            /* a device tier's rate is measured through its own attend path
+             * just before the policy runs (and again after it: see
+             * bkv_policy), as a disk shared with others drifts */
+            PAM_TRY(bkv_calibrate(tiers[i], shape, &tiers[i]->read_gbps));
         }
     }
     return PAM_OK;
@@ -223,7 +225,7 @@ static void bkv_record_step(bkv_result *res, const pam_kvm_report *rep) {
 }
 
 static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts *o, pam_kv_policy policy,
-                             double bw, double *cal, FILE *trace, float *logits, bkv_result *res) {
+                             double bw, FILE *trace, float *logits, bkv_result *res) {
     const pam_model_hparams *hp = pam_model_get_hparams(m);
     pam_kv_shape shape = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
                           .block_tokens = (int32_t)o->block_tokens};
@@ -239,7 +241,7 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
 
     pam_tier *tiers[BKV_MAX_SPECS] = {0};
     int n_tiers = 0;
-    pam_status st = bkv_open_tiers(o, &shape, policy, kv_bytes, bw, cal, tiers, &n_tiers);
+    pam_status st = bkv_open_tiers(o, &shape, policy, kv_bytes, bw, tiers, &n_tiers);
     if (st != PAM_OK) {
         for (int i = 0; i < n_tiers; i++)
             if (tiers[i]) pam_tier_close(tiers[i]);
@@ -250,6 +252,7 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
         snprintf(res->tier_name[i], sizeof res->tier_name[i], "%s", tiers[i]->name);
         res->tier_host[i] = bkv_is_host(tiers[i]);
         res->tier_gbps[i] = tiers[i]->read_gbps;
+        res->tier_gbps_before[i] = res->tier_host[i] ? 0 : tiers[i]->read_gbps;
     }
     pam_kvm_config cfg = {.shape = shape, .tiers = tiers, .n_tiers = n_tiers,
                           .policy = policy == BKV_PAM_NORA ? PAM_KV_POLICY_PAM : policy,
@@ -280,6 +283,10 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
         bkv_run_free(&r);
         return PAM_OK;
     }
+    /* per timed step: host-memory seconds, and each device tier's bytes */
+    double *host_secs = calloc((size_t)n_steps, sizeof *host_secs);
+    double *dev_bytes = calloc((size_t)n_steps * 8, sizeof *dev_bytes);
+    if (!host_secs || !dev_bytes) st = PAM_ERR(PAM_ERR_NOMEM, "bench kv: per-step records");
     uint64_t rng = BKV_SEED;
     int64_t total_ns = 0;
     double sum_bytes[8] = {0}, sum_ms[8] = {0}, sum_blocks[8] = {0}, sum_mig = 0, sum_mig_bytes = 0, sum_staged = 0,
@@ -311,28 +318,49 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
         bkv_record_step(res, &rep);
         if (!timed) continue;
         total_ns += step_ns;
-        double host_s = 0, other_s = 0;
+        double host_s = 0;
+        int ts = step - BKV_WARMUP;
         for (int t = 0; t < n_tiers; t++) {
             sum_bytes[t] += (double)rep.tiers[t].bytes_read_step;
             sum_ms[t] += rep.tiers[t].attend_ms_step;
             sum_blocks[t] += (double)rep.tiers[t].blocks_used;
-            double secs = (double)rep.tiers[t].bytes_read_step / (res->tier_gbps[t] * 1e9);
             if (res->tier_host[t])
                 host_s += (double)rep.tiers[t].bytes_read_step / (bw * 1e9);
-            else if (secs > other_s)
-                other_s = secs;
+            else
+                dev_bytes[(size_t)ts * 8 + (size_t)t] = (double)rep.tiers[t].bytes_read_step;
         }
         /* offload's staging copy: read from the slow tiers (counted above)
          * and written into host memory */
         host_s += (double)rep.staged_bytes_step / (bw * 1e9);
         /* weights: once per step batched, once per sequence one after another */
         host_s += (double)(o->sequential ? n_seqs : 1) * (double)pam_model_weight_bytes(m) / (bw * 1e9);
-        sum_bound += (host_s > other_s ? host_s : other_s) * 1e3;
+        host_secs[ts] = host_s;
         sum_mig += (double)rep.migrations_step;
         sum_mig_bytes += (double)rep.migration_bytes_step;
         sum_staged += (double)rep.staged_bytes_step;
         res->migration_failures = rep.migration_failures;
     }
+    /* The device tiers again, now: the bound takes the faster of the two
+     * rates (the stricter bound). A tier with no room left to calibrate in
+     * keeps the first figure. */
+    for (int t = 0; st == PAM_OK && t < n_tiers; t++) {
+        if (res->tier_host[t]) continue;
+        double after = 0;
+        pam_status cs = bkv_calibrate(tiers[t], &shape, &after);
+        res->tier_gbps_after[t] = cs == PAM_OK ? after : 0;
+        if (cs == PAM_OK && after > res->tier_gbps[t]) res->tier_gbps[t] = after;
+    }
+    for (int ts = 0; st == PAM_OK && ts < n_steps; ts++) {
+        double other_s = 0;
+        for (int t = 0; t < n_tiers; t++) {
+            if (res->tier_host[t]) continue;
+            double secs = dev_bytes[(size_t)ts * 8 + (size_t)t] / (res->tier_gbps[t] * 1e9);
+            if (secs > other_s) other_s = secs;
+        }
+        sum_bound += (host_secs[ts] > other_s ? host_secs[ts] : other_s) * 1e3;
+    }
+    free(dev_bytes);
+    free(host_secs);
     bkv_run_free(&r);
     if (st != PAM_OK) return st;
     res->ran = 1;
@@ -476,8 +504,12 @@ static void bkv_print_json(const bkv_opts *o, const bkv_result *res, int n_res, 
             printf("%s{\"name\": ", t ? ", " : "");
             bkv_json_string(r->tier_name[t]);
             printf(", \"read_gbps\": %.4f, \"blocks\": %.1f, \"bytes_read_per_step\": %.0f, \"attend_ms_per_step\": "
-                   "%.4f}",
+                   "%.4f",
                    r->tier_gbps[t], r->blocks[t], r->bytes_step[t], r->attend_ms_step[t]);
+            if (!r->tier_host[t])
+                printf(", \"read_gbps_before\": %.4f, \"read_gbps_after\": %.4f", r->tier_gbps_before[t],
+                       r->tier_gbps_after[t]);
+            printf("}");
         }
         printf("]}");
     }
@@ -497,16 +529,19 @@ static void bkv_print_table(const bkv_result *res, int n_res, double ratio) {
                r->tokens_per_second, r->step_ms, r->bound_ms, 100.0 * r->bound_ms / r->step_ms, r->migrations_step,
                r->migration_bytes_step / 1e6, r->staged_bytes_step / 1e6);
     }
-    printf("\n| policy   | tier                 |   GB/s |   blocks | MB read / step | attend ms / step | "
-           "bytes/bw ms |\n"
-           "|----------|----------------------|--------|----------|----------------|------------------|------------"
-           "-|\n");
+    printf("\n| policy   | tier                 |   GB/s | before / after |   blocks | MB read / step | "
+           "attend ms / step | bytes/bw ms |\n"
+           "|----------|----------------------|--------|----------------|----------|----------------|----------------"
+           "--|-------------|\n");
     for (int i = 0; i < n_res; i++) {
         const bkv_result *r = &res[i];
-        for (int t = 0; r->ran && t < r->n_tiers; t++)
-            printf("| %-8s | %-20.20s | %6.2f | %8.0f | %14.2f | %16.2f | %11.2f |\n", bkv_policy_name(r->policy),
-                   r->tier_name[t], r->tier_gbps[t], r->blocks[t], r->bytes_step[t] / 1e6, r->attend_ms_step[t],
-                   r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3);
+        for (int t = 0; r->ran && t < r->n_tiers; t++) {
+            char ba[32] = "";
+            if (!r->tier_host[t]) snprintf(ba, sizeof ba, "%.2f / %.2f", r->tier_gbps_before[t], r->tier_gbps_after[t]);
+            printf("| %-8s | %-20.20s | %6.2f | %14s | %8.0f | %14.2f | %16.2f | %11.2f |\n",
+                   bkv_policy_name(r->policy), r->tier_name[t], r->tier_gbps[t], ba, r->blocks[t],
+                   r->bytes_step[t] / 1e6, r->attend_ms_step[t], r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3);
+        }
     }
     if (ratio > 0) printf("\npam / offload: %.2fx\n", ratio);
     fflush(stdout);
@@ -625,9 +660,8 @@ int pam_cli_bench_kv(int argc, char **argv) {
     fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n\n", threads,
             pam_cpu_isa(), bw, o.bw_mib);
     fflush(info);
-    double cal[BKV_MAX_SPECS + 1] = {0}; /* device tiers' calibrated GB/s, per spec */
     for (int i = 0; i < o.n_policies; i++) {
-        if (bkv_policy(model, pool, &o, o.policies[i], bw, cal, trace, logits, &res[n_res]) != PAM_OK) {
+        if (bkv_policy(model, pool, &o, o.policies[i], bw, trace, logits, &res[n_res]) != PAM_OK) {
             fprintf(stderr, "pam bench kv: policy %s: %s\n", bkv_policy_name(o.policies[i]), pam_last_error());
             n_res++;
             goto done;

@@ -686,6 +686,16 @@ static void stage_task(void *arg, int64_t task, int thread) {
     size_t blk = (size_t)kvm->shape.block_tokens * kvm->row;
     float *k = kvm->stage_buf + (size_t)t * 2 * blk, *v = k + blk;
     j->st[t] = PAM_OK;
+    /* The whole list is hinted first, so a tier with read-ahead (ssd) reads
+     * it at full queue depth, as an offloading engine's bulk copy would,
+     * instead of one synchronous read per block. */
+    pam_tier_block *h = kvm->hint[t];
+    int64_t nh = 0;
+    for (int64_t i = 0; i < j->nb && kvm->readahead; i++) {
+        const kvm_block *b = &kvm->blocks[j->ids[i]];
+        if (b->tier == t) h[nh++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
+    }
+    pam_tier_prefetch(kvm->tiers[t], h, nh);
     for (int64_t i = 0; i < j->nb; i++) {
         const kvm_block *b = &kvm->blocks[j->ids[i]];
         if (b->tier != t) continue;
@@ -719,6 +729,11 @@ static pam_status stage_blocks(pam_kvm *kvm, const uint32_t *ids, int64_t nb) {
     kvm->cap_staged = cap_staged;
     /* staging slot i for logical block i: the staging tier is private */
     for (int64_t i = 0; i < nb; i++) kvm->staged_slots[i] = (uint32_t)i;
+    for (int t = 1; t < kvm->n_tiers; t++) { /* room for each tier's hint (stage_task) */
+        pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], nb, sizeof *h);
+        if (!h) return PAM_ERR(PAM_ERR_NOMEM, "offload staging");
+        kvm->hint[t] = h;
+    }
     stage_job j = {.kvm = kvm, .nb = nb, .ids = ids};
     pam_pool_run(kvm->pool, stage_task, &j, kvm->n_tiers - 1);
     for (int t = 1; t < kvm->n_tiers; t++)

@@ -204,6 +204,8 @@ typedef struct ssd {
 
 static const pam_tier_ops ssd_ops;
 static void ssd_pf_forget(ssd *s, uint32_t slot);
+static int32_t ssd_pf_claim(ssd *s, uint32_t slot);
+static void ssd_pf_unpin(ssd *s, uint32_t i);
 
 /* ---- checksum ------------------------------------------------------------- */
 
@@ -577,7 +579,11 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
         return PAM_ERR(PAM_ERR_INVALID, "ssd tier: read of %d tokens from a block holding %d", n, s->hi[slot]);
     uint8_t *img = s->tail[slot];
     pam_status st = PAM_OK;
-    if (!img) {
+    int32_t pf = img ? -1 : ssd_pf_claim(s, slot);
+    if (pf >= 0) { /* read ahead (offload hints the blocks it copies) */
+        img = s->pf[pf].buf;
+        st = ssd_verify(s, img, slot, s->phys[slot]);
+    } else if (!img) {
         if (posix_memalign((void **)&img, SSD_ALIGN, s->slot_bytes) != 0)
             return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: read buffer");
         st = ssd_pread_run(s, s->phys[slot], 1, img);
@@ -596,7 +602,13 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
                     v[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_v(s, img, h)[(size_t)t * D + c]);
                 }
     }
-    if (img != s->tail[slot]) free(img);
+    if (pf >= 0) {
+        pthread_mutex_lock(&s->pf_lock);
+        ssd_pf_unpin(s, (uint32_t)pf);
+        pthread_mutex_unlock(&s->pf_lock);
+    } else if (img != s->tail[slot]) {
+        free(img);
+    }
     return st;
 }
 
@@ -750,6 +762,30 @@ static void ssd_pf_forget(ssd *s, uint32_t slot) {
         if (e->state != SSD_PF_FLIGHT && !e->pinned) ssd_pf_release(s, (uint32_t)i);
     }
     pthread_mutex_unlock(&s->pf_lock);
+}
+
+/* read: the slot's read-ahead entry once its read landed, pinned (unpin
+ * under pf_lock when done), or -1 (none, or its read failed: the caller
+ * reads the block itself). */
+static int32_t ssd_pf_claim(ssd *s, uint32_t slot) {
+    if (atomic_load(&s->pf_init) <= 0) return -1;
+    pthread_mutex_lock(&s->pf_lock);
+    ssd_pf_poll(s);
+    int32_t k = s->pf_of[slot];
+    if (k >= 0) {
+        ssd_pf *e = &s->pf[k];
+        if (e->stale || e->phys != s->phys[slot]) {
+            k = -1;
+        } else {
+            e->pinned++;
+            if (!ssd_pf_wait(s, (uint32_t)k) || e->err) {
+                ssd_pf_unpin(s, (uint32_t)k);
+                k = -1;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->pf_lock);
+    return k;
 }
 
 /* Hinted block b can be read ahead: it has a copy and no entry yet. */
