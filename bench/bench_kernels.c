@@ -11,8 +11,12 @@
  * dram tier (f16) and the dramq tier (int8, int4) side by side, as GB/s of
  * block bytes attended and the time relative to the dram tier (below).
  *
+ * Then the ssd tier's block checksum: pam_checksum64 per ISA level beside the
+ * hash it replaced, over 32 KiB blocks hot in cache and streamed from a
+ * buffer far larger than the caches, as GB/s on one thread.
+ *
  * Usage: bench_kernels [rows cols [max_threads [seconds_per_point [what]]]]
- * with what = all (default), decode, prefill or kv.
+ * with what = all (default), decode, prefill, kv or csum.
  * Every level's output is checked against pam_vec_dot_ref before timing. */
 #include <math.h>
 #include <stdint.h>
@@ -23,8 +27,10 @@
 
 #include "core/threadpool.h"
 #include "core/timing.h"
+#include "kernels/checksum.h"
 #include "kernels/cpu.h"
 #include "kernels/matmul.h"
+#include "kernels/membw.h"
 #include "kernels/quant.h"
 #include "kv/tier.h"
 
@@ -306,6 +312,136 @@ static int bench_kv(pam_pool **pools, int max_threads, double secs) {
     return failed;
 }
 
+/* ---- block checksum ---------------------------------------------------------
+ * The ssd tier checksums every 32 KiB payload it writes and verifies it on
+ * every read, the first touch of freshly read data. pam_checksum64 at each
+ * ISA level against the hash it replaced (old_hash below, the tier's own
+ * four-lane multiply-rotate hash, kept here only for comparison), over one
+ * block hot in L1 and over CSUM_STREAM_BYTES of blocks read once each (a
+ * seed per block, as the tier seeds with its slot), beside a plain read of
+ * the same buffer. One thread, CPU time, best of 2 rounds of >= secs. */
+#define CSUM_BLOCK ((size_t)32 << 10)
+#define CSUM_STREAM_BYTES ((size_t)512 << 20)
+
+#define OH_P1 0x9E3779B185EBCA87ull
+#define OH_P2 0xC2B2AE3D27D4EB4Full
+#define OH_P3 0x165667B19E3779F9ull
+#define OH_P4 0x85EBCA77C2B2AE63ull
+#define OH_P5 0x27D4EB2F165667C5ull
+
+static inline uint64_t oh_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t oh_round(uint64_t acc, uint64_t in) { return oh_rotl(acc + in * OH_P2, 31) * OH_P1; }
+static inline uint64_t oh_load(const uint8_t *p) {
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+
+static uint64_t old_hash(const void *data, size_t n, uint64_t seed) {
+    const uint8_t *p = data;
+    uint64_t v1 = seed + OH_P1 + OH_P2, v2 = seed + OH_P2, v3 = seed, v4 = seed - OH_P1;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        v1 = oh_round(v1, oh_load(p + i));
+        v2 = oh_round(v2, oh_load(p + i + 8));
+        v3 = oh_round(v3, oh_load(p + i + 16));
+        v4 = oh_round(v4, oh_load(p + i + 24));
+    }
+    uint64_t h = oh_rotl(v1, 1) + oh_rotl(v2, 7) + oh_rotl(v3, 12) + oh_rotl(v4, 18);
+    h += (uint64_t)n;
+    for (; i + 8 <= n; i += 8) h = oh_rotl(h ^ oh_round(0, oh_load(p + i)), 27) * OH_P1 + OH_P4;
+    for (; i < n; i++) h = oh_rotl(h ^ (p[i] * OH_P5), 11) * OH_P1;
+    h ^= h >> 33;
+    h *= OH_P2;
+    h ^= h >> 29;
+    h *= OH_P3;
+    h ^= h >> 32;
+    return h;
+}
+
+static volatile uint64_t g_csum_sink;
+
+/* Seconds per byte of hashing `bytes` at buf block by block (fn NULL: a
+ * plain read of the buffer), repeated to at least 8 MiB between clock reads. */
+static double time_csum(uint64_t (*fn)(const void *, size_t, uint64_t), const uint8_t *buf, size_t bytes,
+                        double secs) {
+    const int avx2 = pam_cpu_detect() >= PAM_ISA_AVX2;
+    const size_t reps = bytes >= ((size_t)8 << 20) ? 1 : ((size_t)8 << 20) / bytes;
+    double best = 1e30;
+    for (int round = 0; round < 2; round++) {
+        int64_t iters = 0;
+        double t0 = cpu_s(), t;
+        do {
+            uint64_t s = 0;
+            for (size_t r = 0; r < reps; r++) {
+                if (fn)
+                    for (size_t off = 0; off < bytes; off += CSUM_BLOCK) s += fn(buf + off, CSUM_BLOCK, off + r);
+                else if (avx2)
+                    s += pam_membw_sum_avx2((const uint64_t *)(const void *)buf, bytes / 8);
+                else
+                    s += pam_membw_sum_ref((const uint64_t *)(const void *)buf, bytes / 8);
+            }
+            g_csum_sink += s;
+            iters++;
+            t = cpu_s();
+        } while (t - t0 < secs);
+        best = fmin(best, (t - t0) / (double)iters / (double)(reps * bytes));
+    }
+    return best;
+}
+
+static int bench_csum(double secs) {
+    const int best = (int)pam_cpu_detect();
+    uint8_t *buf = aligned_alloc(4096, CSUM_STREAM_BYTES);
+    if (!buf) {
+        fprintf(stderr, "csum: no memory for %zu MiB\n", CSUM_STREAM_BYTES >> 20);
+        return 1;
+    }
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < CSUM_STREAM_BYTES; i += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        memcpy(buf + i, &x, 8);
+    }
+    /* every level agrees with the scalar one before timing */
+    for (size_t off = 0; off < 64 * CSUM_BLOCK; off += CSUM_BLOCK + 4093) {
+        pam_cpu_set_isa("scalar");
+        uint64_t want = pam_checksum64(buf + off, CSUM_BLOCK - off % 97, off);
+        for (int isa = 1; isa <= best; isa++) {
+            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+            if (pam_checksum64(buf + off, CSUM_BLOCK - off % 97, off) != want) {
+                fprintf(stderr, "csum: %s differs from scalar at offset %zu\n", pam_cpu_isa(), off);
+                free(buf);
+                return 1;
+            }
+        }
+    }
+    printf("\n# block checksum of %zu KiB blocks, one thread, GB/s (CPU time, best of 2 x >= %.2f s): the old\n"
+           "# ssd tier hash, pam_checksum64 per ISA level, and a plain read of the same bytes\n",
+           CSUM_BLOCK >> 10, secs);
+    printf("%-7s %7s %9s %9s", "case", "MB", "read", "old");
+    for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
+    printf(" %9s\n", "best/old");
+    for (int stream = 0; stream < 2; stream++) {
+        size_t bytes = stream ? CSUM_STREAM_BYTES : CSUM_BLOCK;
+        double rd = time_csum(NULL, buf, bytes, secs), old = time_csum(old_hash, buf, bytes, secs);
+        double lvl[PAM_ISA_COUNT];
+        for (int isa = best; isa >= 0; isa--) {
+            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+            lvl[isa] = time_csum(pam_checksum64, buf, bytes, secs);
+        }
+        printf("%-7s %7.2f %9.1f %9.1f", stream ? "stream" : "hot", (double)bytes / (1 << 20), 1e-9 / rd,
+               1e-9 / old);
+        for (int isa = 0; isa <= best; isa++) printf(" %9.1f", 1e-9 / lvl[isa]);
+        printf(" %9.2f\n", old / lvl[best]);
+        fflush(stdout);
+    }
+    pam_cpu_set_isa(NULL);
+    free(buf);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int64_t rows = argc > 2 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
     int max_threads = argc > 3 ? atoi(argv[3]) : 2;
@@ -313,11 +449,11 @@ int main(int argc, char **argv) {
     const char *what = argc > 5 ? argv[5] : "all";
     const int all = strcmp(what, "all") == 0;
     const int do_decode = all || strcmp(what, "decode") == 0, do_prefill = all || strcmp(what, "prefill") == 0;
-    const int do_kv = all || strcmp(what, "kv") == 0;
+    const int do_kv = all || strcmp(what, "kv") == 0, do_csum = all || strcmp(what, "csum") == 0;
     if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16 ||
-        !(do_decode || do_prefill || do_kv)) {
-        fprintf(stderr,
-                "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs [all|decode|prefill|kv]]]]\n");
+        !(do_decode || do_prefill || do_kv || do_csum)) {
+        fprintf(stderr, "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs "
+                        "[all|decode|prefill|kv|csum]]]]\n");
         return 2;
     }
     const pam_dtype types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
@@ -476,6 +612,7 @@ int main(int argc, char **argv) {
     free(X);
     free(Y);
     if (do_kv && !failed) failed = bench_kv(pools, max_threads, secs);
+    if (do_csum && !failed) failed = bench_csum(secs);
     pam_cpu_set_isa(NULL);
     for (int t = 1; t <= max_threads; t++) pam_pool_destroy(pools[t]);
     free(src);

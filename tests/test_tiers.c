@@ -5,8 +5,9 @@
  * quantised tiers within bounds recorded per format), the per-block
  * by-products, stats, and concurrent attend. Then the ssd tier's faults (EIO
  * on read and write, short reads, ENOSPC while growing, a flipped byte or a
- * stale copy on disk), its placement and multi-block reads, read-ahead, the
- * fault wrapper, and --kv-tier spec parsing. */
+ * stale copy on disk, checksums taken and verified at different ISA
+ * levels), its placement and multi-block reads, read-ahead, the fault
+ * wrapper, and --kv-tier spec parsing. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -866,6 +867,42 @@ static void test_ssd_stale_copy(void **state) {
     }
 }
 
+/* Checksums taken while writing at one ISA level verify at every other (the
+ * level may change between a block's write and its read), and a flipped
+ * byte fails at every level. */
+static void test_ssd_isa_switch(void **state) {
+    (void)state;
+    const int n_isa = (int)pam_cpu_detect() + 1;
+    for (int w = 0; w < n_isa; w++) {
+        assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)w)), PAM_OK);
+        pam_tier *t = ssd_open_flags(0, 2 << 20);
+        pam_test_rng r = {14 + (uint64_t)w};
+        ctx c;
+        ctx_fill(&c, t, 6, BT, &r);
+        float q[N_HEAD * HD], k[BT * ROW], v[BT * ROW];
+        for (int i = 0; i < N_HEAD * HD; i++) q[i] = (float)pam_test_rng_normal(&r);
+        attn_out a;
+        for (int rd = 0; rd < n_isa; rd++) {
+            assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)rd)), PAM_OK);
+            for (int b = 0; b < c.n_blocks; b++) {
+                assert_int_equal(pam_tier_read(t, c.blocks[b].slot, BT, k, v), PAM_OK);
+                assert_memory_equal(k, c.K + (size_t)b * BT * ROW, sizeof k);
+            }
+            assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_OK);
+        }
+        flip_byte(t, c.blocks[4].slot, 4321);
+        for (int rd = 0; rd < n_isa; rd++) {
+            assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)rd)), PAM_OK);
+            assert_int_equal(pam_tier_read(t, c.blocks[4].slot, BT, k, v), PAM_ERR_CORRUPT);
+            assert_int_equal(run_attend(t, q, c.blocks, c.n_blocks, &a), PAM_ERR_CORRUPT);
+            assert_int_equal(run_attend(t, q, c.blocks, 4, &a), PAM_OK);
+        }
+        ctx_free(&c);
+        pam_tier_close(t);
+    }
+    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+}
+
 /* Adjacent blocks are read together: blocks written one after another get
  * ascending adjacent physical slots (again after they are freed), attend and
  * read-ahead read each run of them with one I/O (at most 1 MiB: 32 blocks
@@ -1302,6 +1339,7 @@ int main(void) {
         cmocka_unit_test(test_ssd_file_size_limit),
         cmocka_unit_test(test_ssd_corrupt),
         cmocka_unit_test(test_ssd_stale_copy),
+        cmocka_unit_test(test_ssd_isa_switch),
         cmocka_unit_test(test_ssd_runs),
         cmocka_unit_test(test_ssd_prefetch),
         cmocka_unit_test(test_ssd_tmpfs),

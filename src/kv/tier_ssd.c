@@ -7,8 +7,9 @@
  * attention kernel streams each head's rows straight from the read buffer.
  *
  * Metadata lives in memory, per physical slot: the logical slot the copy
- * there belongs to, its n_tokens and a 64-bit checksum (four-lane
- * multiply-rotate hash) of the payload, seeded with (logical slot,
+ * there belongs to, its n_tokens and a 64-bit checksum of the payload
+ * (pam_checksum64: eight-lane multiply-accumulate, vectorised with AVX2 or
+ * AVX-512, the same value at every ISA level), seeded with (logical slot,
  * n_tokens), so a copy written for another slot or length does not verify
  * either. It is recorded only once the copy's write completed, and checked
  * on every read and attend (mismatch -> PAM_ERR_CORRUPT naming the slot,
@@ -93,6 +94,7 @@
 #include "core/status.h"
 #include "core/timing.h"
 #include "kernels/attention.h"
+#include "kernels/checksum.h"
 #include "kv/tier.h"
 
 #define SSD_MAGIC 0x4b4d4150u /* "PAMK": part of the checksum seed */
@@ -209,53 +211,13 @@ static void ssd_pf_unpin(ssd *s, uint32_t i);
 
 /* ---- checksum ------------------------------------------------------------- */
 
-#define H_P1 0x9E3779B185EBCA87ull
-#define H_P2 0xC2B2AE3D27D4EB4Full
-#define H_P3 0x165667B19E3779F9ull
-#define H_P4 0x85EBCA77C2B2AE63ull
-#define H_P5 0x27D4EB2F165667C5ull
-
-static inline uint64_t h_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static inline uint64_t h_round(uint64_t acc, uint64_t in) {
-    return h_rotl(acc + in * H_P2, 31) * H_P1;
-}
-static inline uint64_t h_load(const uint8_t *p) {
-    uint64_t x;
-    memcpy(&x, p, 8);
-    return x;
-}
-
-/* Each step of every lane is a bijection of that lane's state, so any change
- * to a single 32-byte stripe (a flipped byte, a torn sector) always changes
- * the result. */
-static uint64_t ssd_hash(const uint8_t *p, size_t n, uint64_t seed) {
-    uint64_t v1 = seed + H_P1 + H_P2, v2 = seed + H_P2, v3 = seed, v4 = seed - H_P1;
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        v1 = h_round(v1, h_load(p + i));
-        v2 = h_round(v2, h_load(p + i + 8));
-        v3 = h_round(v3, h_load(p + i + 16));
-        v4 = h_round(v4, h_load(p + i + 24));
-    }
-    uint64_t h = h_rotl(v1, 1) + h_rotl(v2, 7) + h_rotl(v3, 12) + h_rotl(v4, 18);
-    h += (uint64_t)n;
-    for (; i + 8 <= n; i += 8) h = h_rotl(h ^ h_round(0, h_load(p + i)), 27) * H_P1 + H_P4;
-    for (; i < n; i++) h = h_rotl(h ^ (p[i] * H_P5), 11) * H_P1;
-    h ^= h >> 33;
-    h *= H_P2;
-    h ^= h >> 29;
-    h *= H_P3;
-    h ^= h >> 32;
-    return h;
-}
-
 /* The checksum of a copy of logical slot `slot` holding n_tokens tokens. The
  * seed is a bijection of (slot, n_tokens) for any 32-bit slot and n_tokens
  * below 2^32, and every lane starts from it, so equal payloads of different
  * slots or lengths get different checksums (up to hash collisions). */
 static uint64_t ssd_payload_hash(const ssd *s, const uint8_t *payload, uint32_t slot, uint32_t n_tokens) {
     uint64_t seed = ((uint64_t)SSD_MAGIC << 32 | SSD_VERSION) ^ ((uint64_t)slot << 32 | n_tokens);
-    return ssd_hash(payload, s->payload_bytes, seed);
+    return pam_checksum64(payload, s->payload_bytes, seed);
 }
 
 /* ---- fault hook ----------------------------------------------------------- */
