@@ -111,7 +111,8 @@ void pam_tier_stats_get(pam_tier *t, pam_tier_stats *out);
 /* Measures the rate (GB/s of block bytes) at which the tier's own attend
  * streams up to max_bytes of its blocks (written with synthetic K/V, freed
  * afterwards; the best of at least 5 passes and 200 ms, and for a tier with
- * prefetch also of 5 passes that hint the whole list first), sets t->read_gbps
+ * prefetch also of 5 passes that hint the whole list first; passes so big
+ * that these take over 3 s stop there, after one of each), sets t->read_gbps
  * and returns it in *gbps. This is the
  * bandwidth the scheduler and the bound of `pam bench kv` use: it includes
  * the tier's I/O pattern (ssd: O_DIRECT batches) and its decode work. */
