@@ -30,6 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -71,6 +73,7 @@ typedef struct bkv_result {
     int tier_host[8];  /* tier in host memory: shares bw */
     double tier_gbps[8];       /* the rate the bound uses: the faster calibration */
     double tier_gbps_before[8], tier_gbps_after[8]; /* device tiers: before / after the steps (0: none) */
+    double tier_busy[8]; /* device tiers: fraction of the timed steps their disk was busy (-1: unknown) */
     double tokens_per_second, step_ms, bound_ms;
     double bytes_step[8], attend_ms_step[8], blocks[8]; /* means over the timed steps */
     double migrations_step, migration_bytes_step, staged_bytes_step;
@@ -147,6 +150,31 @@ static uint64_t bkv_rng(uint64_t *s) {
 
 static int bkv_is_host(const pam_tier *t) {
     return !strcmp(t->ops->kind, "dram") || !strcmp(t->ops->kind, "dramq");
+}
+
+/* The busy time (ms with I/O in flight, /sys/dev/block/M:m/stat field 10) of
+ * the block device holding an ssd spec's directory, or -1 where it cannot be
+ * read (not Linux, not a block device, another tier kind). It counts every
+ * process's I/O on that device. */
+static long long bkv_dev_busy_ms(const char *spec) {
+    if (!spec || strncmp(spec, "ssd:", 4) != 0) return -1;
+    char dir[512];
+    const char *end = strrchr(spec, ':');
+    size_t n = end > spec + 3 ? (size_t)(end - (spec + 4)) : 0;
+    if (n == 0 || n >= sizeof dir) return -1;
+    memcpy(dir, spec + 4, n);
+    dir[n] = 0;
+    struct stat st;
+    if (stat(dir, &st) != 0) return -1;
+    char path[128];
+    snprintf(path, sizeof path, "/sys/dev/block/%u:%u/stat", major(st.st_dev), minor(st.st_dev));
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    unsigned long long v[10];
+    int got = 0;
+    while (got < 10 && fscanf(f, "%llu", &v[got]) == 1) got++;
+    fclose(f);
+    return got == 10 ? (long long)v[9] : -1;
 }
 
 /* A device tier's rate through its own attend path, sustained: passes of
@@ -291,6 +319,11 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     double *host_secs = calloc((size_t)n_steps, sizeof *host_secs);
     double *dev_bytes = calloc((size_t)n_steps * 8, sizeof *dev_bytes);
     if (!host_secs || !dev_bytes) st = PAM_ERR(PAM_ERR_NOMEM, "bench kv: per-step records");
+    /* the spec each tier came from (device busy time), NULL: none */
+    const char *tier_spec[8] = {0};
+    for (int t = 0; policy != PAM_KV_POLICY_SINGLE && o->n_specs > 0 && t < n_tiers && t < 8; t++)
+        tier_spec[t] = o->specs[t];
+    double busy_ms[8] = {0};
     uint64_t rng = BKV_SEED;
     int64_t total_ns = 0;
     double sum_bytes[8] = {0}, sum_ms[8] = {0}, sum_blocks[8] = {0}, sum_mig = 0, sum_mig_bytes = 0, sum_staged = 0,
@@ -298,6 +331,8 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     for (int32_t step = 0; st == PAM_OK && step < BKV_WARMUP + n_steps; step++) {
         int timed = step >= BKV_WARMUP;
         int32_t pos = depth + step;
+        long long busy0[8];
+        for (int t = 0; t < n_tiers && t < 8; t++) busy0[t] = bkv_dev_busy_ms(tier_spec[t]);
         int32_t toks[BKV_MAX_SEQS], poss[BKV_MAX_SEQS];
         for (int32_t s = 0; s < n_seqs; s++) {
             toks[s] = (int32_t)(bkv_rng(&rng) % (uint64_t)hp->n_vocab);
@@ -322,6 +357,11 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
         bkv_record_step(res, &rep);
         if (!timed) continue;
         total_ns += step_ns;
+        for (int t = 0; t < n_tiers && t < 8; t++) {
+            long long b1 = bkv_dev_busy_ms(tier_spec[t]);
+            if (busy0[t] < 0 || b1 < 0) busy_ms[t] = -1e30;
+            else busy_ms[t] += (double)(b1 - busy0[t]);
+        }
         double host_s = 0;
         int ts = step - BKV_WARMUP;
         for (int t = 0; t < n_tiers; t++) {
@@ -372,6 +412,8 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     res->step_ms = (double)total_ns / 1e6 / n;
     res->tokens_per_second = (double)n_seqs * n * 1e9 / (double)(total_ns > 0 ? total_ns : 1);
     res->bound_ms = sum_bound / n;
+    for (int t = 0; t < n_tiers && t < 8; t++)
+        res->tier_busy[t] = tier_spec[t] && busy_ms[t] >= 0 ? busy_ms[t] / ((double)total_ns / 1e6) : -1;
     for (int t = 0; t < n_tiers; t++) {
         res->bytes_step[t] = sum_bytes[t] / n;
         res->attend_ms_step[t] = sum_ms[t] / n;
@@ -513,6 +555,7 @@ static void bkv_print_json(const bkv_opts *o, const bkv_result *res, int n_res, 
             if (!r->tier_host[t])
                 printf(", \"read_gbps_before\": %.4f, \"read_gbps_after\": %.4f", r->tier_gbps_before[t],
                        r->tier_gbps_after[t]);
+            if (r->tier_busy[t] >= 0) printf(", \"device_busy_fraction\": %.4f", r->tier_busy[t]);
             printf("}");
         }
         printf("]}");
@@ -534,17 +577,20 @@ static void bkv_print_table(const bkv_result *res, int n_res, double ratio) {
                r->migration_bytes_step / 1e6, r->staged_bytes_step / 1e6);
     }
     printf("\n| policy   | tier                 |   GB/s | before / after |   blocks | MB read / step | "
-           "attend ms / step | bytes/bw ms |\n"
+           "attend ms / step | bytes/bw ms | disk busy |\n"
            "|----------|----------------------|--------|----------------|----------|----------------|----------------"
-           "--|-------------|\n");
+           "--|-------------|-----------|\n");
     for (int i = 0; i < n_res; i++) {
         const bkv_result *r = &res[i];
         for (int t = 0; r->ran && t < r->n_tiers; t++) {
             char ba[32] = "";
+            char busy[16] = "";
             if (!r->tier_host[t]) snprintf(ba, sizeof ba, "%.2f / %.2f", r->tier_gbps_before[t], r->tier_gbps_after[t]);
-            printf("| %-8s | %-20.20s | %6.2f | %14s | %8.0f | %14.2f | %16.2f | %11.2f |\n",
+            if (r->tier_busy[t] >= 0) snprintf(busy, sizeof busy, "%.1f%%", 100.0 * r->tier_busy[t]);
+            printf("| %-8s | %-20.20s | %6.2f | %14s | %8.0f | %14.2f | %16.2f | %11.2f | %9s |\n",
                    bkv_policy_name(r->policy), r->tier_name[t], r->tier_gbps[t], ba, r->blocks[t],
-                   r->bytes_step[t] / 1e6, r->attend_ms_step[t], r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3);
+                   r->bytes_step[t] / 1e6, r->attend_ms_step[t], r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3,
+                   busy);
         }
     }
     if (ratio > 0) printf("\npam / offload: %.2fx\n", ratio);
