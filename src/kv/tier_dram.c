@@ -135,6 +135,12 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
             const pam_tier_block *blk = &r->blocks[b];
             const uint16_t *K = slot_ptr(d, blk->slot) + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
             int first = b == 0;
+            if (b + 1 < r->n_blocks) {
+                /* the next block's slot is anywhere in the arena: fetch its run
+                 * for this head while this one computes */
+                const char *nx = (const char *)(slot_ptr(d, r->blocks[b + 1].slot) + (size_t)h * 2 * d->head_elems);
+                for (size_t i = 0; i < 2 * d->head_elems * sizeof(uint16_t); i += 64) __builtin_prefetch(nx + i);
+            }
             pam_attn_partial_f16_kt(q, ng, hd, r->scale, K, V, bt, blk->n_tokens, first ? m : pm,
                                     first ? l : pl, first ? o : po, scratch);
             if (r->blk_m) {
