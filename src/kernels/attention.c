@@ -77,6 +77,56 @@ void pam_attn_partial_f16(const float *q, int n_q, int head_dim, float scale, co
     pam_attn_partial_f16_ref(q, n_q, head_dim, scale, K, V, stride, n, m, l, o, scores);
 }
 
+void pam_attn_partial_f16_kt_ref(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
+                                 const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
+                                 float *scores) {
+    for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * head_dim;
+            float s = 0.0f;
+            for (int d = 0; d < head_dim; d++) s += qg[d] * pam_f16_to_f32(Kt[(size_t)d * (size_t)B + (size_t)t]);
+            s *= scale;
+            scores[(size_t)g * n + t] = s;
+            if (s > m[g]) m[g] = s;
+        }
+    }
+    for (int g = 0; g < n_q; g++) {
+        float sum = 0.0f, *sg = scores + (size_t)g * n;
+        for (int64_t t = 0; t < n; t++) {
+            sg[t] = expf(sg[t] - m[g]);
+            sum += sg[t];
+        }
+        l[g] = sum;
+    }
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
+    for (int64_t t = 0; t < n; t++) {
+        const uint16_t *v = V + (size_t)t * (size_t)head_dim;
+        for (int g = 0; g < n_q; g++) {
+            float p = scores[(size_t)g * n + t], *og = o + (size_t)g * head_dim;
+            for (int d = 0; d < head_dim; d++) og[d] += p * pam_f16_to_f32(v[d]);
+        }
+    }
+}
+
+void pam_attn_partial_f16_kt(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
+                             const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
+                             float *scores) {
+#if defined(__x86_64__)
+    if (head_dim % 16 == 0 && head_dim <= 256) {
+        if (pam_cpu_isa_level() >= PAM_ISA_AVX512) {
+            pam_attn_partial_f16_kt_avx512(q, n_q, head_dim, scale, Kt, V, B, n, m, l, o, scores);
+            return;
+        }
+        if (pam_cpu_isa_level() >= PAM_ISA_AVX2) {
+            pam_attn_partial_f16_kt_avx2(q, n_q, head_dim, scale, Kt, V, B, n, m, l, o, scores);
+            return;
+        }
+    }
+#endif
+    pam_attn_partial_f16_kt_ref(q, n_q, head_dim, scale, Kt, V, B, n, m, l, o, scores);
+}
+
 void pam_attn_merge(int n_q, int head_dim, float *m_a, float *l_a, float *o_a, const float *m_b,
                     const float *l_b, const float *o_b) {
     for (int g = 0; g < n_q; g++) {

@@ -37,6 +37,29 @@ void pam_attn_partial_f16_avx512(const float *q, int n_q, int head_dim, float sc
                                  float *m, float *l, float *o, float *scores);
 #endif
 
+/* Same contract over one block of B token slots whose K is stored
+ * transposed (channel-major): element (d, t) of K at Kt[d*B + t], so the
+ * scores of 16 tokens come from broadcasting q[d] against one contiguous run
+ * of K without horizontal sums. V stays row-major [B][head_dim] (row t at
+ * V + t*head_dim). Attends to the first n tokens, 1 <= n <= B; slots n..B-1
+ * are never read. scores: scratch of n_q * n floats. Dispatches to the best
+ * ISA; shapes a SIMD kernel does not support (head_dim % 16 != 0 or > 256)
+ * go to _ref. */
+void pam_attn_partial_f16_kt(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
+                             const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
+                             float *scores);
+void pam_attn_partial_f16_kt_ref(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
+                                 const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
+                                 float *scores);
+#if defined(__x86_64__)
+void pam_attn_partial_f16_kt_avx2(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
+                                  const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
+                                  float *scores);
+void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float scale,
+                                    const uint16_t *Kt, const uint16_t *V, int64_t B, int64_t n,
+                                    float *m, float *l, float *o, float *scores);
+#endif
+
 /* Folds partial b into partial a (both n_q heads). */
 void pam_attn_merge(int n_q, int head_dim, float *m_a, float *l_a, float *o_a, const float *m_b,
                     const float *l_b, const float *o_b);

@@ -96,3 +96,115 @@ void pam_attn_partial_f16_avx2(const float *q, int n_q, int head_dim, float scal
         }
     }
 }
+
+/* ---- K transposed per block (pam_attn_partial_f16_kt) ---------------------
+ * Element (d, t) of K at Kt[d*B + t]: a tile of 16 tokens is one contiguous
+ * run per channel (two ymm of 8 after conversion), so scores come from
+ * broadcasting q[d] and FMA-ing with that run, no horizontal sums. Heads go
+ * in groups of up to 4 (two accumulators each); groups of 1-2 also split the
+ * channels into even and odd chains to hide FMA latency. */
+
+#define KT_TILE 16
+#define KT_GROUP 4
+
+/* Scores of 16 tokens at Kt + t0 (row stride B) for NG heads into
+ * sc[g*sstride + j]. NG is a constant after inlining. */
+static inline __attribute__((always_inline)) void kt_scores256(const float *q, const int NG, int hd,
+                                                               const uint16_t *Kt, int64_t B, int64_t t0,
+                                                               __m256 vscale, float *sc, size_t sstride) {
+    enum { P = 2 };
+    __m256 a[P][KT_GROUP][2];
+    const int np = NG <= 2 ? 2 : 1;
+    for (int p = 0; p < np; p++)
+        for (int g = 0; g < NG; g++) a[p][g][0] = a[p][g][1] = _mm256_setzero_ps();
+    const uint16_t *k = Kt + t0;
+    for (int d = 0; d < hd; d += np) {
+        for (int p = 0; p < np; p++) {
+            const uint16_t *kr = k + (size_t)(d + p) * (size_t)B;
+            const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)kr));
+            const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + 8)));
+            for (int g = 0; g < NG; g++) {
+                const __m256 qv = _mm256_broadcast_ss(q + (size_t)g * hd + d + p);
+                a[p][g][0] = _mm256_fmadd_ps(qv, k0, a[p][g][0]);
+                a[p][g][1] = _mm256_fmadd_ps(qv, k1, a[p][g][1]);
+            }
+        }
+    }
+    for (int g = 0; g < NG; g++) {
+        __m256 s0 = a[0][g][0], s1 = a[0][g][1];
+        if (np == 2) {
+            s0 = _mm256_add_ps(s0, a[1][g][0]);
+            s1 = _mm256_add_ps(s1, a[1][g][1]);
+        }
+        _mm256_storeu_ps(sc + (size_t)g * sstride, _mm256_mul_ps(s0, vscale));
+        _mm256_storeu_ps(sc + (size_t)g * sstride + 8, _mm256_mul_ps(s1, vscale));
+    }
+}
+
+void pam_attn_partial_f16_kt_avx2(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
+                                  const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
+                                  float *scores) {
+    const int hd = head_dim;
+    float tile[TILE * MAX_HD];
+    if (hd > MAX_HD || hd % 16 || n < 1 || n > B) {
+        pam_attn_partial_f16_kt_ref(q, n_q, head_dim, scale, Kt, V, B, n, m, l, o, scores);
+        return;
+    }
+    const __m256 vscale = _mm256_set1_ps(scale);
+
+    for (int64_t t0 = 0; t0 < n; t0 += KT_TILE) {
+        const int cnt = n - t0 < KT_TILE ? (int)(n - t0) : KT_TILE;
+        /* A partial tile is copied, zero-padded, into a [hd][16] buffer so
+         * that no slot past n is read; it runs the same code as a full one. */
+        uint16_t pad[MAX_HD * KT_TILE];
+        const uint16_t *src = Kt;
+        int64_t sB = B, st0 = t0;
+        if (cnt < KT_TILE) {
+            memset(pad, 0, sizeof(uint16_t) * (size_t)hd * KT_TILE);
+            for (int d = 0; d < hd; d++)
+                memcpy(pad + (size_t)d * KT_TILE, Kt + (size_t)d * (size_t)B + (size_t)t0, sizeof(uint16_t) * (size_t)cnt);
+            src = pad;
+            sB = KT_TILE;
+            st0 = 0;
+        }
+        for (int g0 = 0; g0 < n_q; g0 += KT_GROUP) {
+            const float *qg = q + (size_t)g0 * hd;
+            float buf[KT_GROUP * KT_TILE];
+            const int ng = n_q - g0 < KT_GROUP ? n_q - g0 : KT_GROUP;
+            float *dst = cnt == KT_TILE ? scores + (size_t)g0 * n + t0 : buf;
+            const size_t ds = cnt == KT_TILE ? (size_t)n : KT_TILE;
+            switch (ng) {
+            case 1: kt_scores256(qg, 1, hd, src, sB, st0, vscale, dst, ds); break;
+            case 2: kt_scores256(qg, 2, hd, src, sB, st0, vscale, dst, ds); break;
+            case 3: kt_scores256(qg, 3, hd, src, sB, st0, vscale, dst, ds); break;
+            default: kt_scores256(qg, 4, hd, src, sB, st0, vscale, dst, ds); break;
+            }
+            if (cnt < KT_TILE)
+                for (int g = 0; g < ng; g++)
+                    memcpy(scores + (size_t)(g0 + g) * n + t0, buf + g * KT_TILE, sizeof(float) * (size_t)cnt);
+        }
+    }
+
+    softmax_rows256(scores, n_q, n, m, l);
+
+    /* Weighted V, row-major as in pam_attn_partial_f16_avx2. */
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)hd);
+    for (int64_t t0 = 0; t0 < n; t0 += TILE) {
+        int cnt = n - t0 < TILE ? (int)(n - t0) : TILE;
+        load_tile(V, (size_t)hd, t0, cnt, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *pg = scores + (size_t)g * n + t0;
+            float *og = o + (size_t)g * hd;
+            for (int d = 0; d < hd; d += 16) {
+                __m256 o0 = _mm256_loadu_ps(og + d), o1 = _mm256_loadu_ps(og + d + 8);
+                for (int j = 0; j < cnt; j++) {
+                    __m256 p = _mm256_broadcast_ss(pg + j);
+                    o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d), o0);
+                    o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d + 8), o1);
+                }
+                _mm256_storeu_ps(og + d, o0);
+                _mm256_storeu_ps(og + d + 8, o1);
+            }
+        }
+    }
+}

@@ -94,3 +94,82 @@ void pam_attn_partial_f16_avx512(const float *q, int n_q, int head_dim, float sc
         }
     }
 }
+
+/* ---- K transposed per block (pam_attn_partial_f16_kt) ---------------------
+ * Element (d, t) of K at Kt[d*B + t]: the 16 tokens of a tile are one
+ * contiguous run per channel, so a score vector is built by broadcasting
+ * q[d] and FMA-ing with that run, one accumulator pair (even/odd channels)
+ * per query head, no horizontal sums. Heads go in groups of up to 8. */
+
+#define KT_GROUP 8
+
+/* Scores of tokens t0..t0+15 for NG heads (q: NG rows of hd), lanes outside
+ * mask neither loaded nor stored. NG is a constant after inlining, so the
+ * accumulators live in registers. */
+static inline __attribute__((always_inline)) void kt_scores512(const float *q, const int NG, int hd,
+                                                               const uint16_t *Kt, int64_t B, int64_t t0,
+                                                               __mmask16 mask, __m512 vscale, float *sc,
+                                                               int64_t n) {
+    __m512 a[KT_GROUP], b[KT_GROUP];
+    for (int g = 0; g < NG; g++) a[g] = b[g] = _mm512_setzero_ps();
+    const uint16_t *k = Kt + t0;
+    for (int d = 0; d < hd; d += 2) {
+        const __m512 k0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, k + (size_t)d * (size_t)B));
+        const __m512 k1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, k + (size_t)(d + 1) * (size_t)B));
+        for (int g = 0; g < NG; g++) {
+            a[g] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)g * hd + d]), k0, a[g]);
+            b[g] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)g * hd + d + 1]), k1, b[g]);
+        }
+    }
+    for (int g = 0; g < NG; g++)
+        _mm512_mask_storeu_ps(sc + (size_t)g * n + t0, mask, _mm512_mul_ps(_mm512_add_ps(a[g], b[g]), vscale));
+}
+
+void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float scale,
+                                    const uint16_t *Kt, const uint16_t *V, int64_t B, int64_t n,
+                                    float *m, float *l, float *o, float *scores) {
+    const int hd = head_dim;
+    float tile[TILE * MAX_HD];
+    if (hd > MAX_HD || hd % 16 || n < 1 || n > B) {
+        pam_attn_partial_f16_kt_ref(q, n_q, head_dim, scale, Kt, V, B, n, m, l, o, scores);
+        return;
+    }
+    const __m512 vscale = _mm512_set1_ps(scale);
+
+    for (int64_t t0 = 0; t0 < n; t0 += TILE) {
+        const __mmask16 mask = n - t0 >= TILE ? (__mmask16)0xFFFF : lanes16(n - t0);
+        for (int g0 = 0; g0 < n_q; g0 += KT_GROUP) {
+            const float *qg = q + (size_t)g0 * hd;
+            float *sg = scores + (size_t)g0 * n;
+            switch (n_q - g0 < KT_GROUP ? n_q - g0 : KT_GROUP) {
+            case 1: kt_scores512(qg, 1, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            case 2: kt_scores512(qg, 2, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            case 3: kt_scores512(qg, 3, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            case 4: kt_scores512(qg, 4, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            case 5: kt_scores512(qg, 5, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            case 6: kt_scores512(qg, 6, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            case 7: kt_scores512(qg, 7, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            default: kt_scores512(qg, 8, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            }
+        }
+    }
+
+    softmax_rows512(scores, n_q, n, m, l);
+
+    /* Weighted V, row-major as in pam_attn_partial_f16_avx512. */
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)hd);
+    for (int64_t t0 = 0; t0 < n; t0 += TILE) {
+        const int cnt = n - t0 < TILE ? (int)(n - t0) : TILE;
+        load_tile(V, (size_t)hd, t0, cnt, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *pg = scores + (size_t)g * n + t0;
+            float *og = o + (size_t)g * hd;
+            for (int d = 0; d < hd; d += 16) {
+                __m512 o0 = _mm512_loadu_ps(og + d);
+                for (int j = 0; j < cnt; j++)
+                    o0 = _mm512_fmadd_ps(_mm512_set1_ps(pg[j]), _mm512_loadu_ps(tile + j * hd + d), o0);
+                _mm512_storeu_ps(og + d, o0);
+            }
+        }
+    }
+}

@@ -1,9 +1,13 @@
 /* dram tier: f16 K/V in host memory.
  *
  * Layout: one arena of capacity_blocks slots. A slot holds one block of one
- * layer; within it, for each KV head, the K rows [block_tokens][head_dim]
- * and then the V rows, so attention over a block streams two contiguous
- * runs per head (stride = head_dim) and the head group shares each load.
+ * layer; within it, for each KV head, K transposed [head_dim][block_tokens]
+ * (element (d, t) at d*block_tokens + t) and then the V rows
+ * [block_tokens][head_dim], so attention over a block streams two
+ * contiguous runs per head and the head group shares each load. Channel-major
+ * K lets the scores of a tile of tokens be vector FMAs over broadcast query
+ * elements (pam_attn_partial_f16_kt) instead of one horizontal sum per token
+ * and query head.
  *
  * Invariants: free slots are exactly the ones on the free stack; a slot's
  * tokens beyond what was written are undefined and never read (callers pass
@@ -62,16 +66,16 @@ static pam_status check_range(const dram_tier *d, uint32_t slot, int32_t off, in
 static pam_status dram_write(void *impl, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v) {
     dram_tier *d = impl;
     PAM_TRY(check_range(d, slot, off, n));
-    int hd = d->shape.head_dim, nkv = d->shape.n_head_kv;
+    int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
     size_t row = (size_t)nkv * hd;
     uint16_t *b = slot_ptr(d, slot);
     for (int h = 0; h < nkv; h++) {
         uint16_t *K = b + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
         for (int32_t t = 0; t < n; t++) {
             const float *kt = k + (size_t)t * row + (size_t)h * hd, *vt = v + (size_t)t * row + (size_t)h * hd;
-            uint16_t *kd = K + (size_t)(off + t) * hd, *vd = V + (size_t)(off + t) * hd;
+            uint16_t *kd = K + (size_t)(off + t), *vd = V + (size_t)(off + t) * hd;
             for (int i = 0; i < hd; i++) {
-                kd[i] = pam_f32_to_f16(kt[i]);
+                kd[(size_t)i * (size_t)bt] = pam_f32_to_f16(kt[i]);
                 vd[i] = pam_f32_to_f16(vt[i]);
             }
         }
@@ -84,7 +88,7 @@ static pam_status dram_write(void *impl, uint32_t slot, int32_t off, int32_t n, 
 static pam_status dram_read(void *impl, uint32_t slot, int32_t n, float *k, float *v) {
     dram_tier *d = impl;
     PAM_TRY(check_range(d, slot, 0, n));
-    int hd = d->shape.head_dim, nkv = d->shape.n_head_kv;
+    int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
     size_t row = (size_t)nkv * hd;
     const uint16_t *b = slot_ptr(d, slot);
     for (int h = 0; h < nkv; h++) {
@@ -92,7 +96,7 @@ static pam_status dram_read(void *impl, uint32_t slot, int32_t n, float *k, floa
         for (int32_t t = 0; t < n; t++) {
             float *kt = k + (size_t)t * row + (size_t)h * hd, *vt = v + (size_t)t * row + (size_t)h * hd;
             for (int i = 0; i < hd; i++) {
-                kt[i] = pam_f16_to_f32(K[(size_t)t * hd + i]);
+                kt[i] = pam_f16_to_f32(K[(size_t)i * (size_t)bt + (size_t)t]);
                 vt[i] = pam_f16_to_f32(V[(size_t)t * hd + i]);
             }
         }
@@ -131,8 +135,14 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
             const pam_tier_block *blk = &r->blocks[b];
             const uint16_t *K = slot_ptr(d, blk->slot) + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
             int first = b == 0;
-            pam_attn_partial_f16(q, ng, hd, r->scale, K, V, (size_t)hd, blk->n_tokens, first ? m : pm,
-                                 first ? l : pl, first ? o : po, scratch);
+            if (b + 1 < r->n_blocks) {
+                /* the next block's slot is anywhere in the arena: fetch its run
+                 * for this head while this one computes */
+                const char *nx = (const char *)(slot_ptr(d, r->blocks[b + 1].slot) + (size_t)h * 2 * d->head_elems);
+                for (size_t i = 0; i < 2 * d->head_elems * sizeof(uint16_t); i += 64) __builtin_prefetch(nx + i);
+            }
+            pam_attn_partial_f16_kt(q, ng, hd, r->scale, K, V, bt, blk->n_tokens, first ? m : pm,
+                                    first ? l : pl, first ? o : po, scratch);
             if (r->blk_m) {
                 memcpy(r->blk_m + (size_t)b * r->n_head + (size_t)h * ng, first ? m : pm, sizeof(float) * (size_t)ng);
                 memcpy(r->blk_l + (size_t)b * r->n_head + (size_t)h * ng, first ? l : pl, sizeof(float) * (size_t)ng);

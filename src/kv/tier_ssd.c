@@ -3,8 +3,10 @@
  * File layout: physical slots of slot_bytes, the payload rounded up to 4 KiB,
  * so every slot is an aligned O_DIRECT extent (16 tokens x 8 KV heads x 64
  * dims: exactly the 32 KiB payload). A slot holds the payload only: f16 K
- * [H][B][D] then f16 V [H][B][D], per KV head contiguous, so the f16
- * attention kernel streams each head's rows straight from the read buffer.
+ * [H][D][B] (transposed per head: element (d, t) at d*B + t) then f16 V
+ * [H][B][D], per KV head contiguous, so the f16 attention kernel
+ * (pam_attn_partial_f16_kt) streams each head straight from the read buffer.
+ * ssd_k / ssd_v are the only places that know this layout.
  *
  * Metadata lives in memory, per physical slot: the logical slot the copy
  * there belongs to, its n_tokens and a 64-bit checksum of the payload
@@ -427,6 +429,7 @@ static pam_status ssd_check_slot(const ssd *s, uint32_t slot) {
     return PAM_OK;
 }
 
+/* Head h's K, transposed [D][B], and V, row-major [B][D], in a slot image. */
 static uint16_t *ssd_k(const ssd *s, uint8_t *img, int h) {
     return (uint16_t *)img + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
 }
@@ -478,10 +481,10 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
         for (int h = 0; h < H; h++) {
             const float *kr = k + (size_t)t * s->row + (size_t)h * D;
             const float *vr = v + (size_t)t * s->row + (size_t)h * D;
-            uint16_t *kd = ssd_k(s, img, h) + (size_t)(off + t) * D;
+            uint16_t *kd = ssd_k(s, img, h) + (size_t)(off + t);
             uint16_t *vd = ssd_v(s, img, h) + (size_t)(off + t) * D;
             for (int c = 0; c < D; c++) {
-                kd[c] = pam_f32_to_f16(kr[c]);
+                kd[(size_t)c * B] = pam_f32_to_f16(kr[c]);
                 vd[c] = pam_f32_to_f16(vr[c]);
             }
         }
@@ -561,7 +564,7 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
         for (int t = 0; t < n; t++)
             for (int h = 0; h < H; h++)
                 for (int c = 0; c < D; c++) {
-                    k[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_k(s, img, h)[(size_t)t * D + c]);
+                    k[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_k(s, img, h)[(size_t)c * s->sh.block_tokens + (size_t)t]);
                     v[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_v(s, img, h)[(size_t)t * D + c]);
                 }
     }
@@ -1127,8 +1130,8 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
             int n = r->blocks[b0 + i].n_tokens;
             int64_t b = b0 + i;
             for (int h = 0; h < H; h++) {
-                pam_attn_partial_f16(r->q + (size_t)h * nq * D, nq, D, r->scale, ssd_k(s, k->buf, h),
-                                     ssd_v(s, k->buf, h), (size_t)D, n, bm, bl, bo, sc);
+                pam_attn_partial_f16_kt(r->q + (size_t)h * nq * D, nq, D, r->scale, ssd_k(s, k->buf, h),
+                                        ssd_v(s, k->buf, h), B, n, bm, bl, bo, sc);
                 if (r->blk_m && r->blk_l)
                     for (int g = 0; g < nq; g++) {
                         r->blk_m[b * r->n_head + h * nq + g] = bm[g];
