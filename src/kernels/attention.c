@@ -11,26 +11,7 @@ static inline float kv_elem(const void *row, int d, int f16) {
     return f16 ? pam_f16_to_f32(((const uint16_t *)row)[d]) : ((const float *)row)[d];
 }
 
-/* The readable reference for both storage types. Scores of all n_q heads
- * first (each K row read once for the group), then one pass over V with the
- * softmax weights. Inlined with a constant f16, so each public entry point
- * compiles to a loop of its own element type. */
-static inline __attribute__((always_inline)) void partial_ref(const float *q, int n_q, int head_dim,
-                                                              float scale, const void *K, const void *V,
-                                                              size_t esize, int f16, size_t stride, int64_t n,
-                                                              float *m, float *l, float *o, float *scores) {
-    for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        const void *k = (const char *)K + (size_t)t * stride * esize;
-        for (int g = 0; g < n_q; g++) {
-            const float *qg = q + (size_t)g * head_dim;
-            float s = 0.0f;
-            for (int d = 0; d < head_dim; d++) s += qg[d] * kv_elem(k, d, f16);
-            s *= scale;
-            scores[(size_t)g * n + t] = s;
-            if (s > m[g]) m[g] = s;
-        }
-    }
+void pam_attn_softmax_ref(int n_q, int64_t n, float *scores, const float *m, float *l) {
     for (int g = 0; g < n_q; g++) {
         float sum = 0.0f, *sg = scores + (size_t)g * n;
         for (int64_t t = 0; t < n; t++) {
@@ -39,6 +20,33 @@ static inline __attribute__((always_inline)) void partial_ref(const float *q, in
         }
         l[g] = sum;
     }
+}
+
+/* The readable reference for both storage types and both K layouts: K
+ * element (t, d) at K[t * k_tok + d * k_dim] (row-major: k_tok = stride,
+ * k_dim = 1; channel-major per block: k_tok = 1, k_dim = B), V row t at
+ * V + t * stride. Scores of all n_q heads first (each K row read once for
+ * the group), then one pass over V with the softmax weights. Inlined with
+ * constant f16, so each public entry point compiles to a loop of its own
+ * element type. */
+static inline __attribute__((always_inline)) void partial_ref(const float *q, int n_q, int head_dim,
+                                                              float scale, const void *K, const void *V,
+                                                              size_t esize, int f16, size_t k_tok,
+                                                              size_t k_dim, size_t stride, int64_t n,
+                                                              float *m, float *l, float *o, float *scores) {
+    for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        const void *k = (const char *)K + (size_t)t * k_tok * esize;
+        for (int g = 0; g < n_q; g++) {
+            const float *qg = q + (size_t)g * head_dim;
+            float s = 0.0f;
+            for (int d = 0; d < head_dim; d++) s += qg[d] * kv_elem(k, (int)((size_t)d * k_dim), f16);
+            s *= scale;
+            scores[(size_t)g * n + t] = s;
+            if (s > m[g]) m[g] = s;
+        }
+    }
+    pam_attn_softmax_ref(n_q, n, scores, m, l);
     memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
     for (int64_t t = 0; t < n; t++) {
         const void *v = (const char *)V + (size_t)t * stride * esize;
@@ -52,13 +60,13 @@ static inline __attribute__((always_inline)) void partial_ref(const float *q, in
 void pam_attn_partial_f32(const float *q, int n_q, int head_dim, float scale, const float *K,
                           const float *V, size_t stride, int64_t n, float *m, float *l, float *o,
                           float *scores) {
-    partial_ref(q, n_q, head_dim, scale, K, V, sizeof(float), 0, stride, n, m, l, o, scores);
+    partial_ref(q, n_q, head_dim, scale, K, V, sizeof(float), 0, stride, 1, stride, n, m, l, o, scores);
 }
 
 void pam_attn_partial_f16_ref(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
                               const uint16_t *V, size_t stride, int64_t n, float *m, float *l,
                               float *o, float *scores) {
-    partial_ref(q, n_q, head_dim, scale, K, V, sizeof(uint16_t), 1, stride, n, m, l, o, scores);
+    partial_ref(q, n_q, head_dim, scale, K, V, sizeof(uint16_t), 1, stride, 1, stride, n, m, l, o, scores);
 }
 
 void pam_attn_partial_f16(const float *q, int n_q, int head_dim, float scale, const uint16_t *K,
@@ -80,33 +88,8 @@ void pam_attn_partial_f16(const float *q, int n_q, int head_dim, float scale, co
 void pam_attn_partial_f16_kt_ref(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
                                  const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
                                  float *scores) {
-    for (int g = 0; g < n_q; g++) m[g] = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        for (int g = 0; g < n_q; g++) {
-            const float *qg = q + (size_t)g * head_dim;
-            float s = 0.0f;
-            for (int d = 0; d < head_dim; d++) s += qg[d] * pam_f16_to_f32(Kt[(size_t)d * (size_t)B + (size_t)t]);
-            s *= scale;
-            scores[(size_t)g * n + t] = s;
-            if (s > m[g]) m[g] = s;
-        }
-    }
-    for (int g = 0; g < n_q; g++) {
-        float sum = 0.0f, *sg = scores + (size_t)g * n;
-        for (int64_t t = 0; t < n; t++) {
-            sg[t] = expf(sg[t] - m[g]);
-            sum += sg[t];
-        }
-        l[g] = sum;
-    }
-    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
-    for (int64_t t = 0; t < n; t++) {
-        const uint16_t *v = V + (size_t)t * (size_t)head_dim;
-        for (int g = 0; g < n_q; g++) {
-            float p = scores[(size_t)g * n + t], *og = o + (size_t)g * head_dim;
-            for (int d = 0; d < head_dim; d++) og[d] += p * pam_f16_to_f32(v[d]);
-        }
-    }
+    partial_ref(q, n_q, head_dim, scale, Kt, V, sizeof(uint16_t), 1, 1, (size_t)B, (size_t)head_dim, n, m, l, o,
+                scores);
 }
 
 void pam_attn_partial_f16_kt(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,

@@ -60,6 +60,10 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
                                     float *m, float *l, float *o, float *scores);
 #endif
 
+/* The softmax pass of the reference kernels: per head g, scores[g][t] <-
+ * exp(scores[g][t] - m[g]) and l[g] = their sum in token order. */
+void pam_attn_softmax_ref(int n_q, int64_t n, float *scores, const float *m, float *l);
+
 /* Folds partial b into partial a (both n_q heads). */
 void pam_attn_merge(int n_q, int head_dim, float *m_a, float *l_a, float *o_a, const float *m_b,
                     const float *l_b, const float *o_b);

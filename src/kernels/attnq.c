@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/fp16.h"
+#include "kernels/attention.h"
 #include "kernels/cpu.h"
 
 /* Code i of a run packed low nibble first (int4) or one a byte. */
@@ -81,14 +82,7 @@ void pam_attnq_partial_ref(const float *q, int n_q, int head_dim, float scale, c
             if (s > m[g]) m[g] = s;
         }
     }
-    for (int g = 0; g < n_q; g++) {
-        float sum = 0.0f, *sg = scores + (size_t)g * n;
-        for (int64_t t = 0; t < n; t++) {
-            sg[t] = expf(sg[t] - m[g]);
-            sum += sg[t];
-        }
-        l[g] = sum;
-    }
+    pam_attn_softmax_ref(n_q, n, scores, m, l);
     memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)head_dim);
     for (int64_t t = 0; t < n; t++) {
         v_row(kv, head_dim, t, row);
