@@ -33,6 +33,31 @@ static inline __m256 dot_acc(const float *qg, const float *k, int hd) {
     return _mm256_add_ps(a0, a1);
 }
 
+/* o = the softmax weights in scores applied to V rows (row t at
+ * V + t*stride): each converted tile is applied to every head. */
+static void weighted_v256(const uint16_t *V, size_t stride, const float *scores, int n_q, int64_t n, int hd,
+                          float *tile, float *o) {
+    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)hd);
+    for (int64_t t0 = 0; t0 < n; t0 += TILE) {
+        int cnt = n - t0 < TILE ? (int)(n - t0) : TILE;
+        load_tile(V, stride, t0, cnt, hd, tile);
+        for (int g = 0; g < n_q; g++) {
+            const float *pg = scores + (size_t)g * n + t0;
+            float *og = o + (size_t)g * hd;
+            for (int d = 0; d < hd; d += 16) {
+                __m256 o0 = _mm256_loadu_ps(og + d), o1 = _mm256_loadu_ps(og + d + 8);
+                for (int j = 0; j < cnt; j++) {
+                    __m256 p = _mm256_broadcast_ss(pg + j);
+                    o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d), o0);
+                    o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d + 8), o1);
+                }
+                _mm256_storeu_ps(og + d, o0);
+                _mm256_storeu_ps(og + d + 8, o1);
+            }
+        }
+    }
+}
+
 void pam_attn_partial_f16_avx2(const float *q, int n_q, int head_dim, float scale,
                                const uint16_t *K, const uint16_t *V, size_t stride, int64_t n,
                                float *m, float *l, float *o, float *scores) {
@@ -75,26 +100,7 @@ void pam_attn_partial_f16_avx2(const float *q, int n_q, int head_dim, float scal
 
     softmax_rows256(scores, n_q, n, m, l);
 
-    /* Weighted V: each converted tile is applied to every head. */
-    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)hd);
-    for (t0 = 0; t0 < n; t0 += TILE) {
-        int cnt = n - t0 < TILE ? (int)(n - t0) : TILE;
-        load_tile(V, stride, t0, cnt, hd, tile);
-        for (int g = 0; g < n_q; g++) {
-            const float *pg = scores + (size_t)g * n + t0;
-            float *og = o + (size_t)g * hd;
-            for (int d = 0; d < hd; d += 16) {
-                __m256 o0 = _mm256_loadu_ps(og + d), o1 = _mm256_loadu_ps(og + d + 8);
-                for (int j = 0; j < cnt; j++) {
-                    __m256 p = _mm256_broadcast_ss(pg + j);
-                    o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d), o0);
-                    o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d + 8), o1);
-                }
-                _mm256_storeu_ps(og + d, o0);
-                _mm256_storeu_ps(og + d + 8, o1);
-            }
-        }
-    }
+    weighted_v256(V, stride, scores, n_q, n, hd, tile, o);
 }
 
 /* ---- K transposed per block (pam_attn_partial_f16_kt) ---------------------
@@ -187,24 +193,5 @@ void pam_attn_partial_f16_kt_avx2(const float *q, int n_q, int head_dim, float s
 
     softmax_rows256(scores, n_q, n, m, l);
 
-    /* Weighted V, row-major as in pam_attn_partial_f16_avx2. */
-    memset(o, 0, sizeof(float) * (size_t)n_q * (size_t)hd);
-    for (int64_t t0 = 0; t0 < n; t0 += TILE) {
-        int cnt = n - t0 < TILE ? (int)(n - t0) : TILE;
-        load_tile(V, (size_t)hd, t0, cnt, hd, tile);
-        for (int g = 0; g < n_q; g++) {
-            const float *pg = scores + (size_t)g * n + t0;
-            float *og = o + (size_t)g * hd;
-            for (int d = 0; d < hd; d += 16) {
-                __m256 o0 = _mm256_loadu_ps(og + d), o1 = _mm256_loadu_ps(og + d + 8);
-                for (int j = 0; j < cnt; j++) {
-                    __m256 p = _mm256_broadcast_ss(pg + j);
-                    o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d), o0);
-                    o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(tile + j * hd + d + 8), o1);
-                }
-                _mm256_storeu_ps(og + d, o0);
-                _mm256_storeu_ps(og + d + 8, o1);
-            }
-        }
-    }
+    weighted_v256(V, (size_t)hd, scores, n_q, n, hd, tile, o);
 }
