@@ -458,7 +458,7 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     } else if (tail) {
         memcpy(img, tail, s->slot_bytes);
     }
-    if (!(hi < B && tail) && !(hi == B && tail) && s->wbuf_slot != (int64_t)slot) {
+    if (!tail && s->wbuf_slot != (int64_t)slot) { /* the old image: from disk, or none */
         s->wbuf_slot = -1;
         if (s->phys[slot] != SSD_NONE && !(off == 0 && n >= s->hi[slot])) {
             pam_status st = ssd_pread_run(s, s->phys[slot], 1, img);
