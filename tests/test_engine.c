@@ -18,7 +18,6 @@
 #include "engine/engine.h"
 #include "kv/kvm.h"
 #include "kv/tier.h"
-#include "model/convert.h"
 #include "model/model.h"
 #include "util/test_util.h"
 
@@ -26,13 +25,9 @@ static pam_model *g_model;
 static pam_pool *g_pool;
 
 static int setup(void **state) {
-    /* pam_test_shared and pam_test_tmp return static buffers: copy */
-    char *path = strdup(pam_test_tmp("engine-stories260K.gguf"));
-    char *ckpt = strdup(pam_test_shared("models/stories260K/stories260K.bin"));
-    int ok = pam_convert_llama2c(ckpt, pam_test_shared("models/stories260K/tok512.bin"), path, PAM_DT_F32) == PAM_OK &&
+    char path[4096];
+    int ok = pam_test_stories260k("engine-stories260K.gguf", path, sizeof path) == PAM_OK &&
              pam_model_load(path, &g_model) == PAM_OK && pam_pool_create(2, &g_pool) == PAM_OK;
-    free(ckpt);
-    free(path);
     if (!ok) {
         print_error("setup: %s\n", pam_last_error());
         return -1;

@@ -9,20 +9,14 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "model/convert.h"
 #include "model/model.h"
 #include "util/test_util.h"
 
-static const char *g_gguf;
+static char g_gguf[4096];
 static json_t *g_ref;
 
 static int setup(void **state) {
-    g_gguf = strdup(pam_test_tmp("golden-stories260K.gguf"));
-    /* pam_test_shared returns a static buffer: copy the first path */
-    char *ckpt = strdup(pam_test_shared("models/stories260K/stories260K.bin"));
-    pam_status st = pam_convert_llama2c(ckpt, pam_test_shared("models/stories260K/tok512.bin"), g_gguf, PAM_DT_F32);
-    free(ckpt);
-    if (st != PAM_OK) {
+    if (pam_test_stories260k("golden-stories260K.gguf", g_gguf, sizeof g_gguf) != PAM_OK) {
         print_error("convert failed: %s\n", pam_last_error());
         return -1;
     }
@@ -37,7 +31,6 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     json_decref(g_ref);
-    free((void *)g_gguf);
     return 0;
 }
 

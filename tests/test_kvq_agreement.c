@@ -22,7 +22,6 @@
 #include "core/status.h"
 #include "kv/kvm.h"
 #include "kv/tier.h"
-#include "model/convert.h"
 #include "model/model.h"
 #include "util/test_util.h"
 
@@ -106,11 +105,9 @@ static void run(pam_model *m, pam_pool *pool, pam_kvm *kvm, const int32_t *toks,
 }
 
 static void test_greedy_agreement(void **state) {
-    char *gguf = strdup(pam_test_tmp("kvq-stories260K.gguf"));
-    char *ckpt = strdup(pam_test_shared("models/stories260K/stories260K.bin"));
-    if (pam_convert_llama2c(ckpt, pam_test_shared("models/stories260K/tok512.bin"), gguf, PAM_DT_F32) != PAM_OK)
+    char gguf[4096];
+    if (pam_test_stories260k("kvq-stories260K.gguf", gguf, sizeof gguf) != PAM_OK)
         fail_msg("convert: %s", pam_last_error());
-    free(ckpt);
     json_error_t err;
     json_t *ref = json_load_file(pam_test_shared("models/stories260K/reference-greedy.json"), 0, &err);
     assert_non_null(ref);
@@ -179,7 +176,6 @@ static void test_greedy_agreement(void **state) {
     pam_pool_destroy(pool);
     pam_model_free(m);
     json_decref(ref);
-    free(gguf);
 }
 
 int main(void) {

@@ -3,7 +3,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
+
+#include "model/convert.h"
 
 const char *pam_test_shared(const char *rel) {
     static char buf[4096];
@@ -53,4 +56,14 @@ double pam_test_rng_uniform(pam_test_rng *r, double lo, double hi) {
 double pam_test_rng_normal(pam_test_rng *r) {
     double u1 = pam_test_rng_uniform(r, 1e-300, 1.0), u2 = pam_test_rng_uniform(r, 0.0, 1.0);
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+pam_status pam_test_stories260k(const char *name, char *path, size_t cap) {
+    snprintf(path, cap, "%s", pam_test_tmp(name));
+    /* pam_test_shared returns a static buffer: copy the first path */
+    char *ckpt = strdup(pam_test_shared("models/stories260K/stories260K.bin"));
+    if (!ckpt) return PAM_ERR_NOMEM;
+    pam_status st = pam_convert_llama2c(ckpt, pam_test_shared("models/stories260K/tok512.bin"), path, PAM_DT_F32);
+    free(ckpt);
+    return st;
 }

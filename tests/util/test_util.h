@@ -10,12 +10,19 @@
 /* cmocka needs the three headers above first */
 #include <cmocka.h>
 
+#include "pam.h"
+
 /* Path of a file under ../shared (static buffer, valid until the next call). */
 const char *pam_test_shared(const char *rel);
 /* A fresh scratch path under the build dir: build/test-tmp/<name>. */
 const char *pam_test_tmp(const char *name);
 /* Reads a whole file; returns NULL if missing. Caller frees. */
 char *pam_test_read_file(const char *path, size_t *size);
+
+/* Converts ../shared's stories260K checkpoint (llama2.c) to an F32 GGUF
+ * at pam_test_tmp(name) and copies that path into path (cap bytes). The
+ * converter's status; its message is pam_last_error(). */
+pam_status pam_test_stories260k(const char *name, char *path, size_t cap);
 
 /* Deterministic PRNG for test data (splitmix64). */
 typedef struct {
