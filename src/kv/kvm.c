@@ -208,7 +208,11 @@ pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **o
     kvm->decay = cfg->importance_decay > 0.0f ? cfg->importance_decay : KVM_DEFAULT_DECAY;
     kvm->trace = cfg->trace;
     kvm->pool = pool;
-    kvm->readahead = !cfg->readahead_off;
+    /* Hints cost a pass over the next calls' block tables: only worth it
+     * when some tier can act on them. */
+    kvm->readahead = 0;
+    for (int t = 0; t < cfg->n_tiers && !cfg->readahead_off; t++)
+        if (cfg->tiers[t]->ops->prefetch) kvm->readahead = 1;
     kvm->free_id = KVM_NO_ID;
     size_t blk = (size_t)s->block_tokens * kvm->row;
     kvm->mk = malloc(4 * blk * sizeof(float));
