@@ -1,16 +1,17 @@
-/* dram tier: f16 K/V in host memory.
+/* dram tier: K/V in host memory in one of the KV types of kernels/attnkv.h
+ * (f32, f16 (the default), bf16, q8, q4).
  *
  * Layout: one arena of capacity_blocks slots. A slot holds one block of one
- * layer; within it, for each KV head, K transposed [head_dim][block_tokens]
- * (element (d, t) at d*block_tokens + t) and then the V rows
- * [block_tokens][head_dim], so attention over a block streams two
- * contiguous runs per head and the head group shares each load. Channel-major
- * K lets the scores of a tile of tokens be vector FMAs over broadcast query
- * elements (pam_attn_partial_f16_kt) instead of one horizontal sum per token
- * and query head.
+ * layer: n_head_kv head runs, each K then V of one KV head in the type's
+ * layout (f16: K transposed [head_dim][block_tokens], V rows
+ * [block_tokens][head_dim]), so attention over a block streams one
+ * contiguous run per head and the head group shares each load. Channel-major
+ * K (f16, f32) and the channel-interleaved codes of bf16/q8/q4 let the scores
+ * of a tile of tokens be vertical dot products (pam_kvh_partial) instead of
+ * one horizontal sum per token and query head.
  *
  * Invariants: free slots are exactly the ones on the free stack; a slot's
- * tokens beyond what was written are undefined and never read (callers pass
+ * tokens beyond what was written are undefined and never used (callers pass
  * n_tokens). alloc/free/write/read run on one thread at a time; attend may
  * run concurrently on disjoint block lists, so the counters it updates are
  * atomic and it writes nothing else.
@@ -19,29 +20,32 @@
  * measurement; a benchmark that measures the machine may overwrite it. */
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/fp16.h"
 #include "core/status.h"
 #include "core/timing.h"
 #include "kernels/attention.h"
+#include "kernels/attnkv.h"
 #include "kv/tier.h"
 
 #define PAM_TIER_DRAM_GBPS 10.0
 
 typedef struct dram_tier {
     pam_kv_shape shape;
-    size_t head_elems;  /* block_tokens * head_dim: one K (or V) run */
-    size_t block_elems; /* n_head_kv * 2 * head_elems */
+    pam_kv_type type;
+    size_t run_bytes;   /* one head run: K and V of one KV head */
+    size_t block_bytes; /* n_head_kv * run_bytes */
     uint64_t capacity;
-    uint16_t *arena;
+    uint8_t *arena;
     uint32_t *free_stack;
     uint64_t n_free;
     uint64_t bytes_read, bytes_written, n_errors; /* read, written: atomic */
     int64_t attend_ns;                             /* atomic */
 } dram_tier;
 
-static uint16_t *slot_ptr(dram_tier *d, uint32_t slot) { return d->arena + (size_t)slot * d->block_elems; }
+static uint8_t *slot_ptr(dram_tier *d, uint32_t slot) { return d->arena + (size_t)slot * d->block_bytes; }
 
 static pam_status dram_alloc(void *impl, uint32_t *slot) {
     dram_tier *d = impl;
@@ -68,20 +72,12 @@ static pam_status dram_write(void *impl, uint32_t slot, int32_t off, int32_t n, 
     PAM_TRY(check_range(d, slot, off, n));
     int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
     size_t row = (size_t)nkv * hd;
-    uint16_t *b = slot_ptr(d, slot);
-    for (int h = 0; h < nkv; h++) {
-        uint16_t *K = b + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
-        for (int32_t t = 0; t < n; t++) {
-            const float *kt = k + (size_t)t * row + (size_t)h * hd, *vt = v + (size_t)t * row + (size_t)h * hd;
-            uint16_t *kd = K + (size_t)(off + t), *vd = V + (size_t)(off + t) * hd;
-            for (int i = 0; i < hd; i++) {
-                kd[(size_t)i * (size_t)bt] = pam_f32_to_f16(kt[i]);
-                vd[i] = pam_f32_to_f16(vt[i]);
-            }
-        }
-    }
+    uint8_t *b = slot_ptr(d, slot);
+    for (int h = 0; h < nkv; h++)
+        pam_kvh_write(d->type, hd, bt, b + (size_t)h * d->run_bytes, off, n, k + (size_t)h * hd, v + (size_t)h * hd,
+                      row);
     /* atomic: the offload staging area is written from several threads (disjoint slots) */
-    __atomic_fetch_add(&d->bytes_written, (uint64_t)n * row * 2 * sizeof(uint16_t), __ATOMIC_RELAXED);
+    __atomic_fetch_add(&d->bytes_written, (uint64_t)n * d->block_bytes / (uint64_t)bt, __ATOMIC_RELAXED);
     return PAM_OK;
 }
 
@@ -90,18 +86,10 @@ static pam_status dram_read(void *impl, uint32_t slot, int32_t n, float *k, floa
     PAM_TRY(check_range(d, slot, 0, n));
     int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
     size_t row = (size_t)nkv * hd;
-    const uint16_t *b = slot_ptr(d, slot);
-    for (int h = 0; h < nkv; h++) {
-        const uint16_t *K = b + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
-        for (int32_t t = 0; t < n; t++) {
-            float *kt = k + (size_t)t * row + (size_t)h * hd, *vt = v + (size_t)t * row + (size_t)h * hd;
-            for (int i = 0; i < hd; i++) {
-                kt[i] = pam_f16_to_f32(K[(size_t)i * (size_t)bt + (size_t)t]);
-                vt[i] = pam_f16_to_f32(V[(size_t)t * hd + i]);
-            }
-        }
-    }
-    __atomic_fetch_add(&d->bytes_read, (uint64_t)n * row * 2 * sizeof(uint16_t), __ATOMIC_RELAXED);
+    const uint8_t *b = slot_ptr(d, slot);
+    for (int h = 0; h < nkv; h++)
+        pam_kvh_read(d->type, hd, bt, b + (size_t)h * d->run_bytes, n, k + (size_t)h * hd, v + (size_t)h * hd, row);
+    __atomic_fetch_add(&d->bytes_read, (uint64_t)n * d->block_bytes / (uint64_t)bt, __ATOMIC_RELAXED);
     return PAM_OK;
 }
 
@@ -123,32 +111,35 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
     }
     memset(r->o, 0, sizeof(float) * (size_t)r->n_head * (size_t)hd);
     if (r->n_blocks == 0) return PAM_OK;
-    /* scores of one block for the group, then one partial (m, l, o) */
-    float *scratch = malloc(sizeof(float) * ((size_t)ng * bt + (size_t)ng * (2 + (size_t)hd)));
+    /* kernel scratch, one partial (m, l, o), the query prepared for the type */
+    const size_t sc_floats = pam_kvh_scratch_floats(d->type, ng, hd, bt);
+    const size_t qbytes = pam_kvh_query_bytes(d->type, ng, hd);
+    float *scratch = malloc(sizeof(float) * (sc_floats + (size_t)ng * (2 + (size_t)hd)) + qbytes);
     if (!scratch) return PAM_ERR(PAM_ERR_NOMEM, "dram tier: attention scratch");
-    float *pm = scratch + (size_t)ng * bt, *pl = pm + ng, *po = pl + ng;
+    float *pm = scratch + sc_floats, *pl = pm + ng, *po = pl + ng;
+    void *qbuf = po + (size_t)ng * hd;
+    pam_kvh_query qr;
     uint64_t bytes = 0;
     for (int h = 0; h < nkv; h++) {
-        const float *q = r->q + (size_t)h * ng * hd;
+        pam_kvh_query_init(&qr, d->type, r->q + (size_t)h * ng * hd, ng, hd, r->scale, qbuf);
         float *m = r->m + (size_t)h * ng, *l = r->l + (size_t)h * ng, *o = r->o + (size_t)h * ng * hd;
         for (int64_t b = 0; b < r->n_blocks; b++) {
             const pam_tier_block *blk = &r->blocks[b];
-            const uint16_t *K = slot_ptr(d, blk->slot) + (size_t)h * 2 * d->head_elems, *V = K + d->head_elems;
+            const uint8_t *run = slot_ptr(d, blk->slot) + (size_t)h * d->run_bytes;
             int first = b == 0;
             if (b + 1 < r->n_blocks) {
                 /* the next block's slot is anywhere in the arena: fetch its run
                  * for this head while this one computes */
-                const char *nx = (const char *)(slot_ptr(d, r->blocks[b + 1].slot) + (size_t)h * 2 * d->head_elems);
-                for (size_t i = 0; i < 2 * d->head_elems * sizeof(uint16_t); i += 64) __builtin_prefetch(nx + i);
+                const uint8_t *nx = slot_ptr(d, r->blocks[b + 1].slot) + (size_t)h * d->run_bytes;
+                for (size_t i = 0; i < d->run_bytes; i += 64) __builtin_prefetch(nx + i);
             }
-            pam_attn_partial_f16_kt(q, ng, hd, r->scale, K, V, bt, blk->n_tokens, first ? m : pm,
-                                    first ? l : pl, first ? o : po, scratch);
+            pam_kvh_partial(&qr, run, bt, blk->n_tokens, first ? m : pm, first ? l : pl, first ? o : po, scratch);
             if (r->blk_m) {
                 memcpy(r->blk_m + (size_t)b * r->n_head + (size_t)h * ng, first ? m : pm, sizeof(float) * (size_t)ng);
                 memcpy(r->blk_l + (size_t)b * r->n_head + (size_t)h * ng, first ? l : pl, sizeof(float) * (size_t)ng);
             }
             if (!first) pam_attn_merge(ng, hd, m, l, o, pm, pl, po);
-            bytes += (uint64_t)blk->n_tokens * (uint64_t)hd * 2 * sizeof(uint16_t);
+            bytes += (uint64_t)blk->n_tokens * d->run_bytes / (uint64_t)bt;
         }
     }
     free(scratch);
@@ -187,14 +178,16 @@ static const pam_tier_ops k_dram_ops = {
     .close = dram_close,
 };
 
-pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes, pam_tier **out) {
+pam_status pam_tier_dram_open_type(const pam_kv_shape *shape, pam_kv_type type, uint64_t capacity_bytes,
+                                  pam_tier **out) {
     *out = NULL;
     if (shape->n_head_kv <= 0 || shape->head_dim <= 0 || shape->block_tokens <= 0 || shape->block_tokens > 4096)
         return PAM_ERR(PAM_ERR_INVALID, "dram tier: bad KV shape (%d KV heads, head dim %d, block %d tokens)",
                        shape->n_head_kv, shape->head_dim, shape->block_tokens);
-    size_t head_elems = (size_t)shape->block_tokens * (size_t)shape->head_dim;
-    size_t block_elems = (size_t)shape->n_head_kv * 2 * head_elems;
-    uint64_t block_bytes = (uint64_t)block_elems * sizeof(uint16_t);
+    pam_status st = pam_kvh_check(type, shape->head_dim, shape->block_tokens);
+    if (st != PAM_OK) return PAM_ERR(st, "dram tier: %s", pam_last_error());
+    size_t run_bytes = pam_kvh_bytes(type, shape->head_dim, shape->block_tokens);
+    uint64_t block_bytes = (uint64_t)shape->n_head_kv * run_bytes;
     uint64_t cap = capacity_bytes / block_bytes;
     if (cap == 0)
         return PAM_ERR(PAM_ERR_INVALID, "dram tier: %llu bytes hold no block of %llu bytes",
@@ -205,8 +198,9 @@ pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes
     pam_tier *t = calloc(1, sizeof *t);
     if (d) {
         d->shape = *shape;
-        d->head_elems = head_elems;
-        d->block_elems = block_elems;
+        d->type = type;
+        d->run_bytes = run_bytes;
+        d->block_bytes = (size_t)block_bytes;
         d->capacity = cap;
         /* Pages are committed on first write, so a large tier costs only what it holds. */
         d->arena = malloc((size_t)(cap * block_bytes));
@@ -222,11 +216,18 @@ pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes
     d->n_free = cap;
     t->ops = &k_dram_ops;
     t->impl = d;
-    strcpy(t->name, "dram");
+    if (type == PAM_KV_F16) strcpy(t->name, "dram");
+    else snprintf(t->name, sizeof t->name, "dram:%s", pam_kv_type_name(type));
     t->capacity_blocks = cap;
     t->block_bytes = block_bytes;
     t->read_gbps = PAM_TIER_DRAM_GBPS;
-    t->exact = 1;
+    /* f32 and f16 store the rows as given (f16-rounded rows round-trip bit
+     * for bit through either); bf16, q8 and q4 are lossy. */
+    t->exact = type == PAM_KV_F16 || type == PAM_KV_F32;
     *out = t;
     return PAM_OK;
+}
+
+pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes, pam_tier **out) {
+    return pam_tier_dram_open_type(shape, PAM_KV_F16, capacity_bytes, out);
 }

@@ -2,11 +2,11 @@
  *
  * File layout: physical slots of slot_bytes, the payload rounded up to 4 KiB,
  * so every slot is an aligned O_DIRECT extent (16 tokens x 8 KV heads x 64
- * dims: exactly the 32 KiB payload). A slot holds the payload only: f16 K
- * [H][D][B] (transposed per head: element (d, t) at d*B + t) then f16 V
- * [H][B][D], per KV head contiguous, so the f16 attention kernel
- * (pam_attn_partial_f16_kt) streams each head straight from the read buffer.
- * ssd_k / ssd_v are the only places that know this layout.
+ * dims of f16: exactly the 32 KiB payload). A slot holds the payload only:
+ * H head runs of the tier's KV type (kernels/attnkv.h; f16: K transposed
+ * [D][B], element (d, t) at d*B + t, then V [B][D]), per KV head contiguous,
+ * so the attention kernel (pam_kvh_partial) streams each head straight from
+ * the read buffer. ssd_head is the only place that knows this layout.
  *
  * Metadata lives in memory, per physical slot: the logical slot the copy
  * there belongs to, its n_tokens and a 64-bit checksum of the payload
@@ -19,7 +19,7 @@
  * else, so the payload is all that needs to be on disk.
  *
  * Recent window: a block that is not full yet (a sequence's tail, written a
- * token at a time during decode) lives in an f16 image in host memory, not on
+ * token at a time during decode) lives in an image in host memory, not on
  * disk, as dramq keeps its tails: each token would otherwise cost a read of
  * the old copy and a write of the whole slot, and attention over the tail
  * would wait for a fresh read queued behind every read-ahead in flight. The
@@ -98,6 +98,7 @@
 #include "core/timing.h"
 #include "kernels/attention.h"
 #include "kernels/checksum.h"
+#include "kernels/attnkv.h"
 #include "kv/tier.h"
 
 #define SSD_MAGIC 0x4b4d4150u /* "PAMK": part of the checksum seed */
@@ -170,7 +171,8 @@ typedef struct ssd_pf {
 
 typedef struct ssd {
     pam_kv_shape sh;
-    size_t row, payload_bytes, slot_bytes;
+    pam_kv_type type;
+    size_t row, run_bytes, payload_bytes, slot_bytes; /* run: one KV head of a block */
     uint32_t batch, io_slots; /* blocks per attend batch, slots per read at most */
     int fd, direct, uring;
     char path[PATH_MAX];
@@ -429,13 +431,8 @@ static pam_status ssd_check_slot(const ssd *s, uint32_t slot) {
     return PAM_OK;
 }
 
-/* Head h's K, transposed [D][B], and V, row-major [B][D], in a slot image. */
-static uint16_t *ssd_k(const ssd *s, uint8_t *img, int h) {
-    return (uint16_t *)img + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
-}
-static uint16_t *ssd_v(const ssd *s, uint8_t *img, int h) {
-    return (uint16_t *)img + s->payload_bytes / 4 + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
-}
+/* Head h's run (K then V in the tier's KV type) in a slot image. */
+static uint8_t *ssd_head(const ssd *s, uint8_t *img, int h) { return img + (size_t)h * s->run_bytes; }
 
 static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, const float *k,
                             const float *v) {
@@ -477,17 +474,8 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     }
     /* From here img differs from the stored copy until the write succeeds. */
     if (img == s->wbuf) s->wbuf_slot = -1;
-    for (int t = 0; t < n; t++)
-        for (int h = 0; h < H; h++) {
-            const float *kr = k + (size_t)t * s->row + (size_t)h * D;
-            const float *vr = v + (size_t)t * s->row + (size_t)h * D;
-            uint16_t *kd = ssd_k(s, img, h) + (size_t)(off + t);
-            uint16_t *vd = ssd_v(s, img, h) + (size_t)(off + t) * D;
-            for (int c = 0; c < D; c++) {
-                kd[(size_t)c * B] = pam_f32_to_f16(kr[c]);
-                vd[c] = pam_f32_to_f16(vr[c]);
-            }
-        }
+    for (int h = 0; h < H; h++)
+        pam_kvh_write(s->type, D, B, ssd_head(s, img, h), off, n, k + (size_t)h * D, v + (size_t)h * D, s->row);
     if (hi < B) {
         /* The image is the block now: an older copy on disk is dropped. */
         ssd_pf_forget(s, slot);
@@ -561,12 +549,9 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
         }
     }
     if (st == PAM_OK) {
-        for (int t = 0; t < n; t++)
-            for (int h = 0; h < H; h++)
-                for (int c = 0; c < D; c++) {
-                    k[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_k(s, img, h)[(size_t)c * s->sh.block_tokens + (size_t)t]);
-                    v[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_v(s, img, h)[(size_t)t * D + c]);
-                }
+        for (int h = 0; h < H; h++)
+            pam_kvh_read(s->type, D, s->sh.block_tokens, ssd_head(s, img, h), n, k + (size_t)h * D, v + (size_t)h * D,
+                         s->row);
     }
     if (pf >= 0) {
         pthread_mutex_lock(&s->pf_lock);
@@ -1088,13 +1073,21 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
     }
     memset(r->o, 0, sizeof(float) * (size_t)r->n_head * (size_t)D);
     if (r->n_blocks == 0) return PAM_OK;
-    float *sc = malloc(sizeof(float) * ((size_t)nq * B + 2 * (size_t)nq + (size_t)nq * D));
+    /* kernel scratch, one block's partial, the query of every KV head prepared for the type */
+    const size_t sc_floats = pam_kvh_scratch_floats(s->type, nq, D, B);
+    const size_t qbytes = (pam_kvh_query_bytes(s->type, nq, D) + 15) & ~(size_t)15;
+    pam_kvh_query *qr = malloc(sizeof *qr * (size_t)H);
+    float *sc = qr ? malloc(sizeof(float) * (sc_floats + 2 * (size_t)nq + (size_t)nq * D) + qbytes * (size_t)H) : NULL;
+    if (!sc) free(qr);
     ssd_io *io = sc ? ssd_io_get(s, (uint32_t)(r->n_blocks < BS ? r->n_blocks : BS)) : NULL;
     if (!io) {
         free(sc);
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: attention buffers");
     }
-    float *bm = sc + (size_t)nq * B, *bl = bm + nq, *bo = bl + nq;
+    float *bm = sc + sc_floats, *bl = bm + nq, *bo = bl + nq;
+    for (int h = 0; h < H; h++)
+        pam_kvh_query_init(&qr[h], s->type, r->q + (size_t)h * nq * D, nq, D, r->scale,
+                           (uint8_t *)(bo + (size_t)nq * D) + (size_t)h * qbytes);
     int64_t n_batches = (r->n_blocks + BS - 1) / BS, n_from_pf = 0;
     pam_status st = PAM_OK;
     io->n_blk[0] = io->n_blk[1] = 0;
@@ -1130,8 +1123,7 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
             int n = r->blocks[b0 + i].n_tokens;
             int64_t b = b0 + i;
             for (int h = 0; h < H; h++) {
-                pam_attn_partial_f16_kt(r->q + (size_t)h * nq * D, nq, D, r->scale, ssd_k(s, k->buf, h),
-                                        ssd_v(s, k->buf, h), B, n, bm, bl, bo, sc);
+                pam_kvh_partial(&qr[h], ssd_head(s, k->buf, h), B, n, bm, bl, bo, sc);
                 if (r->blk_m && r->blk_l)
                     for (int g = 0; g < nq; g++) {
                         r->blk_m[b * r->n_head + h * nq + g] = bm[g];
@@ -1154,6 +1146,7 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
                 ssd_drop_cache(s, ssd_off(s, s->phys[r->blocks[b].slot]), s->slot_bytes);
     ssd_io_put(s, io);
     free(sc);
+    free(qr);
     if (st == PAM_OK)
         atomic_fetch_add_explicit(&s->bytes_read, (uint64_t)(r->n_blocks - n_from_pf) * s->slot_bytes,
                                   memory_order_relaxed); /* read-ahead counted its own reads; tails are not read */
@@ -1268,9 +1261,16 @@ static pam_status ssd_open_file(ssd *s, const char *dir, unsigned flags) {
 
 pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint64_t capacity_bytes,
                                 unsigned flags, pam_tier **out) {
+    return pam_tier_ssd_open_type(shape, PAM_KV_F16, dir, capacity_bytes, flags, out);
+}
+
+pam_status pam_tier_ssd_open_type(const pam_kv_shape *shape, pam_kv_type type, const char *dir,
+                                  uint64_t capacity_bytes, unsigned flags, pam_tier **out) {
     *out = NULL;
     const int B = shape->block_tokens, D = shape->head_dim, H = shape->n_head_kv;
     if (B < 1 || D < 1 || H < 1) return PAM_ERR(PAM_ERR_INVALID, "ssd tier: bad shape");
+    pam_status tst = pam_kvh_check(type, D, B);
+    if (tst != PAM_OK) return PAM_ERR(tst, "ssd tier: %s", pam_last_error());
     if (!dir || !*dir) return PAM_ERR(PAM_ERR_INVALID, "ssd tier: no directory given");
     ssd *s = calloc(1, sizeof *s);
     pam_tier *t = calloc(1, sizeof *t);
@@ -1283,8 +1283,10 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     pthread_mutex_init(&s->io_lock, NULL);
     pthread_mutex_init(&s->pf_lock, NULL);
     s->sh = *shape;
+    s->type = type;
     s->row = (size_t)H * (size_t)D;
-    s->payload_bytes = 2 * (size_t)B * s->row * sizeof(uint16_t);
+    s->run_bytes = pam_kvh_bytes(type, D, B);
+    s->payload_bytes = (size_t)H * s->run_bytes;
     s->slot_bytes = (s->payload_bytes + SSD_ALIGN - 1) & ~(size_t)(SSD_ALIGN - 1);
     s->io_slots = (uint32_t)(SSD_IO_MAX / s->slot_bytes); /* a read may be one bigger slot */
     if (s->io_slots < 1) s->io_slots = 1;
@@ -1340,12 +1342,12 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     }
     t->ops = &ssd_ops;
     t->impl = s;
-    snprintf(t->name, sizeof t->name, "ssd:%.40s%s%s", dir, s->direct ? "" : "+buffered",
-             s->uring ? "" : "+sync");
+    snprintf(t->name, sizeof t->name, "ssd:%.40s%s%s%s%s", dir, s->direct ? "" : "+buffered",
+             s->uring ? "" : "+sync", type == PAM_KV_F16 ? "" : ":", type == PAM_KV_F16 ? "" : pam_kv_type_name(type));
     t->capacity_blocks = s->cap;
     t->block_bytes = s->slot_bytes;
     t->read_gbps = SSD_DEFAULT_GBPS;
-    t->exact = 1;
+    t->exact = type == PAM_KV_F16 || type == PAM_KV_F32;
     *out = t;
     return PAM_OK;
 }
