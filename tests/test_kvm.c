@@ -103,7 +103,7 @@ static void exact_case(pam_kv_policy policy, int n_threads, int32_t bt) {
     pam_ctx_params pr, pk;
     pam_ctx_params_default(&pr);
     pr.n_ctx = n_pos;
-    pr.kv_type = PAM_DT_F16;
+    pr.kv_type = PAM_KV_F16;
     pk = pr;
     pk.kvm = kvm;
     pam_ctx *ref, *ctx;

@@ -85,7 +85,7 @@ static void run(pam_model *m, pam_pool *pool, pam_kvm *kvm, const int32_t *toks,
     pam_ctx_params p;
     pam_ctx_params_default(&p);
     p.n_ctx = n_pos;
-    p.kv_type = PAM_DT_F32;
+    p.kv_type = PAM_KV_F32;
     p.kvm = kvm;
     pam_ctx *ctx;
     assert_int_equal(pam_ctx_create_ex(m, &p, pool, &ctx), PAM_OK);

@@ -281,7 +281,7 @@ uint64_t pam_model_weight_bytes(const pam_model *m) { return m->weight_bytes; }
 
 void pam_ctx_params_default(pam_ctx_params *p) {
     p->n_ctx = 0;
-    p->kv_type = PAM_DT_F16;
+    p->kv_type = PAM_KV_F16;
     p->kv_block = 0;
     p->kvm = NULL;
     p->kv_seq = -1;
@@ -291,7 +291,7 @@ pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam
     pam_ctx_params p;
     pam_ctx_params_default(&p);
     p.n_ctx = n_ctx;
-    p.kv_type = PAM_DT_F32;
+    p.kv_type = PAM_KV_F32;
     return pam_ctx_create_ex(m, &p, pool, out);
 }
 
@@ -301,19 +301,15 @@ static pam_status own_kvm_create(const pam_model_hparams *hp, const pam_ctx_para
                                  pam_kvm **out) {
     int32_t bt = p->kv_block > 0 ? p->kv_block : PAM_CTX_BLOCK_TOKENS;
     pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, bt};
+    if (p->kv_type < 0 || p->kv_type >= PAM_KV_TYPE_COUNT)
+        return PAM_ERR(PAM_ERR_INVALID, "context: unknown KV type %d", (int)p->kv_type);
+    PAM_TRY(pam_kvh_check(p->kv_type, hp->head_dim, bt));
     uint64_t blocks = (uint64_t)hp->n_layer * (uint64_t)(((int64_t)n_ctx + bt - 1) / bt);
-    /* The tier's slots are sized by its element type; f32 is the widest, so
-     * this holds every block (untouched slots cost no memory). */
-    uint64_t bytes = blocks * 2ull * sizeof(float) * (uint64_t)bt * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+    uint64_t bytes = blocks * (uint64_t)hp->n_head_kv * (uint64_t)pam_kvh_bytes(p->kv_type, hp->head_dim, bt);
     pam_tier *t = NULL;
-    pam_status st;
-    if (p->kv_type == PAM_DT_F16)
-        st = pam_tier_dram_open(&shape, bytes, &t);
-    else
-        return PAM_ERR(PAM_ERR_UNSUPPORTED, "KV type %s is not supported", pam_dtype_name(p->kv_type));
-    if (st != PAM_OK) return st;
+    PAM_TRY(pam_tier_dram_open_type(&shape, p->kv_type, bytes, &t));
     pam_kvm_config kc = {.shape = shape, .tiers = &t, .n_tiers = 1, .policy = PAM_KV_POLICY_SINGLE};
-    st = pam_kvm_create(&kc, pool, out);
+    pam_status st = pam_kvm_create(&kc, pool, out);
     if (st != PAM_OK) pam_tier_close(t);
     return st;
 }

@@ -53,9 +53,10 @@ typedef struct pam_ctx pam_ctx;
 typedef struct pam_ctx_params {
     int32_t n_ctx; /* <= 0: the model's training context */
     /* Without a kvm: the context's own KV manager, one dram tier of n_ctx
-     * positions storing kv_type (f32 is the exact reference path) in blocks
+     * positions storing kv_type (default f16; PAM_KV_F32 is the exact
+     * reference path) in blocks
      * of kv_block tokens (<= 0: 16). Ignored with a kvm. */
-    pam_dtype kv_type;
+    pam_kv_type kv_type;
     int32_t kv_block;
     /* A borrowed KV manager (which must outlive the context and use the same
      * pool or none): the context keeps its KV in sequence kv_seq, or in a
