@@ -993,6 +993,8 @@ static void schedule(pam_kvm *kvm) {
 pam_status pam_kvm_step_end(pam_kvm *kvm) {
     float d = kvm->decay;
     unsigned long long hist[10] = {0};
+    /* bin edges 10^-(i+1); a table, not powf: this loop visits every block each step */
+    static const float edge[9] = {1e-1f, 1e-2f, 1e-3f, 1e-4f, 1e-5f, 1e-6f, 1e-7f, 1e-8f, 1e-9f};
     for (uint32_t id = 0; id < kvm->n_ids; id++) {
         kvm_block *b = &kvm->blocks[id];
         if (b->tier < 0) continue;
@@ -1000,7 +1002,7 @@ pam_status pam_kvm_step_end(pam_kvm *kvm) {
         b->mass_step = 0.0f;
         int bin = 0;
         float x = b->importance;
-        while (bin < 9 && x < powf(10.0f, -(float)(bin + 1))) bin++;
+        while (bin < 9 && x < edge[bin]) bin++;
         hist[bin]++;
     }
     if (kvm->policy == PAM_KV_POLICY_PAM && kvm->n_tiers > 1) schedule(kvm);
