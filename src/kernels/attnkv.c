@@ -51,20 +51,20 @@ size_t pam_kvh_bytes(pam_kv_type t, int head_dim, int block_tokens) {
     return kvh_layout_of(t, head_dim, block_tokens).total;
 }
 
-/* Symmetric codes of x[0..G) with |code| <= qmax; the scale is stored as f16
- * and the codes are computed with that rounded scale, so decoding gives
- * exactly scale * code. */
-static float quant_group(const float *x, int G, int qmax, int *codes) {
+/* Symmetric codes of x[0..G) with |code| <= qmax: returns the scale, stored
+ * as f16, and in *inv the factor codes are computed with (from that rounded
+ * scale, so decoding gives exactly scale * code). */
+static float quant_scale(const float *x, int G, int qmax, float *inv) {
     float amax = 0.0f;
     for (int i = 0; i < G; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
-    uint16_t s16 = pam_f32_to_f16(amax / (float)qmax);
-    float sc = pam_f16_to_f32(s16);
-    float inv = sc > 0.0f ? 1.0f / sc : 0.0f;
-    for (int i = 0; i < G; i++) {
-        long c = lrintf(x[i] * inv);
-        codes[i] = (int)(c < -qmax ? -qmax : c > qmax ? qmax : c);
-    }
+    float sc = pam_f16_to_f32(pam_f32_to_f16(amax / (float)qmax));
+    *inv = sc > 0.0f ? 1.0f / sc : 0.0f;
     return sc;
+}
+
+static int quant_code(float x, float inv, int qmax) {
+    long c = lrintf(x * inv);
+    return (int)(c < -qmax ? -qmax : c > qmax ? qmax : c);
 }
 
 static void set_nibble(uint8_t *b, int hi, int code) {
@@ -75,7 +75,6 @@ void pam_kvh_write(pam_kv_type t, int D, int B, void *run, int off, int n, const
                    size_t stride) {
     kvh_layout L = kvh_layout_of(t, D, B);
     uint8_t *r = run;
-    int codes[32];
     for (int i = 0; i < n; i++) {
         const int p = off + i;
         const float *kr = k + (size_t)i * stride, *vr = v + (size_t)i * stride;
@@ -110,19 +109,20 @@ void pam_kvh_write(pam_kv_type t, int D, int B, void *run, int off, int n, const
             uint16_t *ks = (uint16_t *)(r + L.ks), *vs = (uint16_t *)(r + L.vs);
             uint8_t *K = r + L.k, *V = r + L.v;
             for (int g = 0; g < L.NG; g++) {
-                ks[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_group(kr + g * L.G, L.G, qmax, codes));
-                for (int c = 0; c < L.G; c++) {
-                    const int d = g * L.G + c;
-                    if (!q4) K[((size_t)(d / 4) * L.B4 + p) * 4 + d % 4] = (uint8_t)(codes[c] + 128);
-                    else set_nibble(&K[((size_t)(d / 8) * L.B4 + p) * 4 + (d & 3)], (d & 7) >= 4, codes[c] + 8);
+                float inv;
+                ks[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_scale(kr + g * L.G, L.G, qmax, &inv));
+                for (int d = g * L.G; d < (g + 1) * L.G; d++) {
+                    const int code = quant_code(kr[d], inv, qmax);
+                    if (!q4) K[((size_t)(d / 4) * L.B4 + p) * 4 + d % 4] = (uint8_t)(code + 128);
+                    else set_nibble(&K[((size_t)(d / 8) * L.B4 + p) * 4 + (d & 3)], (d & 7) >= 4, code + 8);
                 }
-                vs[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_group(vr + g * L.G, L.G, qmax, codes));
-                for (int c = 0; c < L.G; c++) {
-                    const int d = g * L.G + c;
-                    if (!q4) V[((size_t)(p / 4) * D + d) * 4 + p % 4] = (uint8_t)(int8_t)codes[c];
+                vs[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_scale(vr + g * L.G, L.G, qmax, &inv));
+                for (int d = g * L.G; d < (g + 1) * L.G; d++) {
+                    const int code = quant_code(vr[d], inv, qmax);
+                    if (!q4) V[((size_t)(p / 4) * D + d) * 4 + p % 4] = (uint8_t)(int8_t)code;
                     else
                         set_nibble(&V[(((size_t)(p / 4) * (D / 8) + d / 8) * 4 + (d & 3)) * 4 + p % 4], (d & 7) >= 4,
-                                   codes[c] + 8);
+                                   code + 8);
                 }
             }
             break;
