@@ -222,7 +222,7 @@ void pam_kvh_query_init(pam_kvh_query *qr, pam_kv_type t, const float *q, int n_
 size_t pam_kvh_scratch_floats(pam_kv_type t, int n_q, int D, int B) {
     (void)t;
     const size_t B4 = (size_t)((B + 3) & ~3), NG = (size_t)(D / kvh_group(D));
-    return (size_t)n_q * (B4 + (size_t)D) + (size_t)n_q * NG * (B4 / 4 + 4) + 64;
+    return (size_t)n_q * (2 * B4 + (size_t)D) + (size_t)n_q * NG * (B4 / 4 + 4) + 64;
 }
 
 /* ---- scalar variant ---- */
