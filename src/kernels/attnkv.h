@@ -95,7 +95,8 @@ void pam_kvh_partial(const pam_kvh_query *qr, const void *run, int block_tokens,
 void pam_kvh_partial_scalar(const pam_kvh_query *qr, const void *run, int block_tokens, int n, float *m, float *l,
                             float *o, float *scratch);
 #if defined(__x86_64__)
-/* bf16, q8, q4 with head_dim % 32 == 0 (AVX2 bf16: head_dim % 16 == 0). */
+/* bf16, q8, q4 with head_dim % 32 == 0 (AVX2 bf16: head_dim % 8 == 0); f32
+ * and f16 have kernels of their own (kernels/attention.h). */
 int pam_kvh_avx2_supports(pam_kv_type t, int head_dim);
 void pam_kvh_partial_avx2(const pam_kvh_query *qr, const void *run, int block_tokens, int n, float *m, float *l,
                           float *o, float *scratch);
