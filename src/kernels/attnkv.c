@@ -264,8 +264,7 @@ static void partial_q_scalar(const pam_kvh_query *qr, const uint8_t *r, int B, i
         for (int g = 0; g < L.NG; g++) {
             for (int p = 0; p < n; p++) w[p] = scores[(size_t)h * n + p] * pam_f16_to_f32(vs[(size_t)g * L.B4 + p]);
             float wsc;
-            int32_t wsum;
-            kvh_quant_weights(w, n, L.B4, w8, &wsc, &wsum);
+            kvh_quant_weights(w, n, L.B4, w8, &wsc);
             for (int d = g * L.G; d < (g + 1) * L.G; d++) {
                 int32_t acc = 0;
                 for (int p = 0; p < n; p++) {
@@ -273,11 +272,11 @@ static void partial_q_scalar(const pam_kvh_query *qr, const uint8_t *r, int B, i
                     if (!q4) c = (int8_t)r[L.v + ((size_t)(p / 4) * D + d) * 4 + p % 4];
                     else {
                         uint8_t b = r[L.v + (((size_t)(p / 4) * (D / 8) + d / 8) * 4 + (d & 3)) * 4 + p % 4];
-                        c = (d & 7) >= 4 ? b >> 4 : b & 15;
+                        c = ((d & 7) >= 4 ? b >> 4 : b & 15) - vb;
                     }
                     acc += (int32_t)w8[p] * c;
                 }
-                o[(size_t)h * D + d] = wsc * (float)(acc - vb * wsum);
+                o[(size_t)h * D + d] = wsc * (float)acc;
             }
         }
 }

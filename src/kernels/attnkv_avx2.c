@@ -4,9 +4,9 @@
  * and the same quantisation as the AVX-512 kernels, 8 tokens (V: 8 channels)
  * per vector, register blocks of 4 query heads per K/V load.
  *
- * maddubs saturates at 2^15: q8 K and V take the sign trick (|x| against
- * sign(y, x), both |.| <= 127, pairs <= 32258); q4 codes are <= 15 and go in
- * as they are. Requires head_dim % 32 == 0 (q8, q4) or % 8 == 0 (bf16). */
+ * maddubs saturates at 2^15: q8 K takes the sign trick (|k| against
+ * sign(q, k), both |.| <= 127, pairs <= 32258); q4 K codes are <= 15 and go
+ * in as they are; V multiplies 7-bit weights (unsigned) by signed codes. Requires head_dim % 32 == 0 (q8, q4) or % 8 == 0 (bf16). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -16,6 +16,20 @@
 #include "kernels/attnkv_impl.h"
 
 #define HB 4 /* query heads per register block */
+
+/* Runs the body with hn a constant 1..HB, so the per-head accumulator
+ * arrays are fully unrolled into registers (with a variable count they
+ * live on the stack). */
+#define FOR_HN(nh, ...) \
+    do { \
+        switch (nh) { \
+        case 1: { const int hn = 1; __VA_ARGS__ } break; \
+        case 2: { const int hn = 2; __VA_ARGS__ } break; \
+        case 3: { const int hn = 3; __VA_ARGS__ } break; \
+        case 4: { const int hn = 4; __VA_ARGS__ } break; \
+        default: break; \
+        } \
+    } while (0)
 
 static inline int32_t ld32(const void *p) {
     int32_t v;
@@ -64,7 +78,8 @@ static void scores_q(const pam_kvh_query *qr, const uint8_t *r, const kvh_layout
     for (int t0 = 0; t0 < n; t0 += 8) {
         const int cnt = n - t0;
         for (int h0 = 0; h0 < nq; h0 += HB) {
-            const int hn = imin(HB, nq - h0);
+            const int nh = imin(HB, nq - h0);
+            FOR_HN(nh, 
             const int8_t *q8 = qr->q8 + (size_t)h0 * D;
             __m256 sf[HB];
             for (int h = 0; h < hn; h++) sf[h] = _mm256_setzero_ps();
@@ -107,12 +122,13 @@ static void scores_q(const pam_kvh_query *qr, const uint8_t *r, const kvh_layout
                 }
             }
             for (int h = 0; h < hn; h++) store_ps(scores + (size_t)(h0 + h) * n + t0, sf[h], cnt);
+            );
         }
     }
 }
 
-static void weights_q(const kvh_layout *L, const uint16_t *vs, const float *scores, int nq, int n, int vbias,
-                      uint8_t *w8, float *wsc, int32_t *wcorr) {
+static void weights_q(const kvh_layout *L, const uint16_t *vs, const float *scores, int nq, int n, uint8_t *w8,
+                      float *wsc) {
     const int NG = L->NG, B4 = L->B4;
     const __m256i gather_lo = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
     for (int h = 0; h < nq; h++)
@@ -127,76 +143,70 @@ static void weights_q(const kvh_layout *L, const uint16_t *vs, const float *scor
             }
             const float mx = hmax256(vmax);
             const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
-            __m256i sum = _mm256_setzero_si256();
             uint8_t *wg = w8 + (size_t)(h * NG + g) * B4;
             for (int t0 = 0; t0 < B4; t0 += 8) {
                 const int cnt = n - t0;
                 const __m256 pv = cnt >= 8   ? _mm256_loadu_ps(p + t0)
                                   : cnt > 0 ? _mm256_maskload_ps(p + t0, mask8(cnt))
                                             : _mm256_setzero_ps();
-                __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_mul_ps(pv, load_h8(sg + t0, cnt)), inv));
-                c = _mm256_min_epi32(_mm256_max_epi32(c, _mm256_setzero_si256()), _mm256_set1_epi32(127));
-                sum = _mm256_add_epi32(sum, c);
+                const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_mul_ps(pv, load_h8(sg + t0, cnt)), inv));
                 __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(c, c), _mm256_setzero_si256());
                 b = _mm256_permutevar8x32_epi32(b, gather_lo);
                 uint8_t tmp[8];
                 _mm_storel_epi64((__m128i *)tmp, _mm256_castsi256_si128(b));
                 memcpy(wg + t0, tmp, (size_t)imin(8, B4 - t0));
             }
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
             wsc[h * NG + g] = mx / 127.0f;
-            wcorr[h * NG + g] = vbias * _mm_cvtsi128_si32(s4);
         }
 }
 
+/* Weights (0..127) go in as maddubs' unsigned operand, the signed codes
+ * (q8, and q4 less its bias) as the signed one: pairs <= 127 * 127 * 2. */
 static void weighted_v_q(const kvh_layout *L, const uint8_t *r, int D, int nq, int n, int q4, const uint8_t *w8,
-                         const float *wsc, const int32_t *wcorr, float *o) {
+                         const float *wsc, float *o) {
     const int NG = L->NG, B4 = L->B4, nj = (n + 3) / 4;
     const uint8_t *V = r + L->v;
-    const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i nib = _mm256_set1_epi8(0x0F), bias = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
     const int step = q4 ? 16 : 8;
     for (int c0 = 0; c0 < D; c0 += step) {
         const int g = c0 / 32;
         for (int h0 = 0; h0 < nq; h0 += HB) {
-            const int hn = imin(HB, nq - h0);
+            const int nh = imin(HB, nq - h0);
+            FOR_HN(nh, 
             __m256i acc[HB], acc2[HB];
             for (int h = 0; h < hn; h++) acc[h] = acc2[h] = _mm256_setzero_si256();
             for (int j = 0; j < nj; j++) {
                 if (!q4) {
                     const __m256i v = _mm256_loadu_si256((const __m256i *)(V + ((size_t)j * D + c0) * 4));
-                    const __m256i av = _mm256_abs_epi8(v);
                     for (int h = 0; h < hn; h++) {
                         const __m256i wb = _mm256_set1_epi32(ld32(w8 + (size_t)((h0 + h) * NG + g) * B4 + 4 * j));
-                        const __m256i pr = _mm256_maddubs_epi16(av, _mm256_sign_epi8(wb, v));
-                        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(pr, ones));
+                        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(_mm256_maddubs_epi16(wb, v), ones));
                     }
                 } else {
                     const __m256i x = _mm256_loadu_si256((const __m256i *)(V + ((size_t)j * (D / 8) + c0 / 8) * 16));
-                    const __m256i lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+                    const __m256i lo = _mm256_sub_epi8(_mm256_and_si256(x, nib), bias);
+                    const __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x, 4), nib), bias);
                     for (int h = 0; h < hn; h++) {
                         const __m256i wb = _mm256_set1_epi32(ld32(w8 + (size_t)((h0 + h) * NG + g) * B4 + 4 * j));
-                        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, wb), ones));
-                        acc2[h] = _mm256_add_epi32(acc2[h], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, wb), ones));
+                        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(_mm256_maddubs_epi16(wb, lo), ones));
+                        acc2[h] = _mm256_add_epi32(acc2[h], _mm256_madd_epi16(_mm256_maddubs_epi16(wb, hi), ones));
                     }
                 }
             }
             for (int h = 0; h < hn; h++) {
-                const int hg = (h0 + h) * NG + g;
-                const __m256i corr = _mm256_set1_epi32(wcorr[hg]);
-                const __m256 sc = _mm256_set1_ps(wsc[hg]);
+                const __m256 sc = _mm256_set1_ps(wsc[(h0 + h) * NG + g]);
                 float *oh = o + (size_t)(h0 + h) * D + c0;
                 if (!q4) {
-                    _mm256_storeu_ps(oh, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h], corr))));
+                    _mm256_storeu_ps(oh, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(acc[h])));
                 } else {
                     /* lo lanes: channels 0-3, 8-11; hi: 4-7, 12-15 */
                     const __m256i a = _mm256_permute2x128_si256(acc[h], acc2[h], 0x20);
                     const __m256i b = _mm256_permute2x128_si256(acc[h], acc2[h], 0x31);
-                    _mm256_storeu_ps(oh, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_sub_epi32(a, corr))));
-                    _mm256_storeu_ps(oh + 8, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_sub_epi32(b, corr))));
+                    _mm256_storeu_ps(oh, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(a)));
+                    _mm256_storeu_ps(oh + 8, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(b)));
                 }
             }
+            );
         }
     }
 }
@@ -206,12 +216,11 @@ static void partial_q(const pam_kvh_query *qr, const uint8_t *r, int B, int n, f
     const int q4 = qr->type == PAM_KV_Q4, nq = qr->n_q;
     const kvh_layout L = kvh_layout_of(qr->type, qr->head_dim, B);
     float *scores = scratch, *wsc = scores + (size_t)nq * n;
-    int32_t *wcorr = (int32_t *)(wsc + (size_t)nq * L.NG);
-    uint8_t *w8 = (uint8_t *)(wcorr + (size_t)nq * L.NG);
+    uint8_t *w8 = (uint8_t *)(wsc + (size_t)nq * L.NG);
     scores_q(qr, r, &L, n, q4, scores);
     softmax_rows256(scores, nq, n, m, l);
-    weights_q(&L, (const uint16_t *)(r + L.vs), scores, nq, n, kvh_vbias(qr->type), w8, wsc, wcorr);
-    weighted_v_q(&L, r, qr->head_dim, nq, n, q4, w8, wsc, wcorr, o);
+    weights_q(&L, (const uint16_t *)(r + L.vs), scores, nq, n, w8, wsc);
+    weighted_v_q(&L, r, qr->head_dim, nq, n, q4, w8, wsc, o);
 }
 
 /* ---- bf16 ---- */
@@ -227,7 +236,8 @@ static void partial_bf16(const pam_kvh_query *qr, const uint8_t *r, int B, int n
     for (int t0 = 0; t0 < n; t0 += 8) {
         const int cnt = n - t0;
         for (int h0 = 0; h0 < nq; h0 += HB) {
-            const int hn = imin(HB, nq - h0);
+            const int nh = imin(HB, nq - h0);
+            FOR_HN(nh, 
             __m256 acc[HB];
             for (int h = 0; h < hn; h++) acc[h] = _mm256_setzero_ps();
             for (int i = 0; i < D / 2; i++) {
@@ -241,6 +251,7 @@ static void partial_bf16(const pam_kvh_query *qr, const uint8_t *r, int B, int n
                 }
             }
             for (int h = 0; h < hn; h++) store_ps(scores + (size_t)(h0 + h) * n + t0, acc[h], cnt);
+            );
         }
     }
     softmax_rows256(scores, nq, n, m, l);
@@ -250,7 +261,8 @@ static void partial_bf16(const pam_kvh_query *qr, const uint8_t *r, int B, int n
     const int nj = (n + 1) / 2;
     for (int c0 = 0; c0 < D; c0 += 8)
         for (int h0 = 0; h0 < nq; h0 += HB) {
-            const int hn = imin(HB, nq - h0);
+            const int nh = imin(HB, nq - h0);
+            FOR_HN(nh, 
             __m256 acc[HB];
             for (int h = 0; h < hn; h++) acc[h] = _mm256_setzero_ps();
             for (int j = 0; j < nj; j++) {
@@ -266,6 +278,7 @@ static void partial_bf16(const pam_kvh_query *qr, const uint8_t *r, int B, int n
                 }
             }
             for (int h = 0; h < hn; h++) _mm256_storeu_ps(o + (size_t)(h0 + h) * D + c0, acc[h]);
+            );
         }
 }
 
