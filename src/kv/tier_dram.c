@@ -224,6 +224,7 @@ pam_status pam_tier_dram_open_type(const pam_kv_shape *shape, pam_kv_type type, 
     /* f32 and f16 store the rows as given (f16-rounded rows round-trip bit
      * for bit through either); bf16, q8 and q4 are lossy. */
     t->exact = type == PAM_KV_F16 || type == PAM_KV_F32;
+    t->kv_type = type;
     *out = t;
     return PAM_OK;
 }
