@@ -11,14 +11,16 @@
  * dram tier in each KV type (f16, f32, bf16, q8, q4) and the dramq tier
  * (int8, int4) side by side, as GB/s of block bytes attended, the time
  * relative to the dram f16 tier, and the share of a plain read of the same
- * bytes at the same thread count (below).
+ * bytes at the same thread count (below); before that, each KV type's
+ * kernel on one block in cache, in CPU time.
  *
  * Then the ssd tier's block checksum: pam_checksum64 per ISA level beside the
  * hash it replaced, over 32 KiB blocks hot in cache and streamed from a
  * buffer far larger than the caches, as GB/s on one thread.
  *
  * Usage: bench_kernels [rows cols [max_threads [seconds_per_point [what]]]]
- * with what = all (default), decode, prefill, kv or csum.
+ * with what = all (default), decode, prefill, kv, kvhot (only the cached
+ * kernels of kv) or csum.
  * Every level's output is checked against pam_vec_dot_ref before timing. */
 #include <math.h>
 #include <stdint.h>
@@ -356,6 +358,76 @@ static int bench_kv(pam_pool **pools, int max_threads, double secs) {
     return failed;
 }
 
+/* The kernel of each KV type on one block held in cache, in this thread's
+ * CPU time (a busy machine's other work does not enter): the arithmetic
+ * each type costs per block and KV head, the bound a streamed run can
+ * reach at best. */
+static int bench_kv_hot(double secs) {
+    enum { HOT_B = 16 };
+    const int nq = KV_NQ / KV_HEADS, best = (int)pam_cpu_detect();
+    char model[256];
+    cpu_model(model, sizeof model);
+    printf("\n# KV attention kernels on one cached block on %s: %d tokens x %d channels, %d query heads\n"
+           "# per KV head, one thread; ns per block and head of this thread's CPU time (best of 3 x %.2f s),\n"
+           "# GB/s of the block's bytes, and the f16 kernel's time at the same level / this one's\n",
+           model, HOT_B, KV_HD, nq, secs);
+    printf("%-5s %6s", "type", "bytes");
+    for (int isa = 0; isa <= best; isa++) printf(" %9s %7s", pam_cpu_isa_name((pam_isa)isa), "GB/s");
+    for (int isa = 0; isa <= best; isa++) printf(" %6s/f16", pam_cpu_isa_name((pam_isa)isa));
+    printf("\n");
+    float *q = malloc(sizeof(float) * (size_t)nq * KV_HD), *k = malloc(sizeof(float) * HOT_B * KV_HD);
+    float *v = malloc(sizeof(float) * HOT_B * KV_HD), *o = malloc(sizeof(float) * (size_t)nq * KV_HD);
+    float m[KV_NQ], l[KV_NQ];
+    if (!q || !k || !v || !o) return 1;
+    for (int i = 0; i < nq * KV_HD; i++) q[i] = rnd();
+    for (int i = 0; i < HOT_B * KV_HD; i++) {
+        k[i] = rnd();
+        v[i] = rnd();
+    }
+    double f16_ns[PAM_ISA_COUNT] = {0};
+    const pam_kv_type order[] = {PAM_KV_F16, PAM_KV_F32, PAM_KV_BF16, PAM_KV_Q8, PAM_KV_Q4};
+    for (int ti = 0; ti < PAM_KV_TYPE_COUNT; ti++) {
+        const pam_kv_type type = order[ti];
+        const size_t bytes = pam_kvh_bytes(type, KV_HD, HOT_B);
+        void *run = malloc(bytes), *qbuf = malloc(pam_kvh_query_bytes(type, nq, KV_HD) + 16);
+        float *scratch = malloc(sizeof(float) * pam_kvh_scratch_floats(type, nq, KV_HD, HOT_B));
+        if (!run || !qbuf || !scratch) return 1;
+        pam_kvh_write(type, KV_HD, HOT_B, run, 0, HOT_B, k, v, KV_HD);
+        pam_kvh_query qr;
+        pam_kvh_query_init(&qr, type, q, nq, KV_HD, 1.0f / sqrtf((float)KV_HD), qbuf);
+        printf("%-5s %6zu", pam_kv_type_name(type), bytes);
+        double ns[PAM_ISA_COUNT] = {0};
+        for (int isa = 0; isa <= best; isa++) {
+            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+            ns[isa] = 1e30;
+            for (int rep = 0; rep < 3; rep++) {
+                long iters = 0;
+                double t0 = cpu_s(), t;
+                do {
+                    for (int i = 0; i < 256; i++) pam_kvh_partial(&qr, run, HOT_B, HOT_B, m, l, o, scratch);
+                    iters += 256;
+                    t = cpu_s();
+                } while (t - t0 < secs);
+                ns[isa] = fmin(ns[isa], (t - t0) * 1e9 / (double)iters);
+            }
+            g_sink += o[0];
+            printf(" %9.1f %7.2f", ns[isa], (double)bytes / ns[isa]);
+        }
+        if (type == PAM_KV_F16) memcpy(f16_ns, ns, sizeof ns);
+        for (int isa = 0; isa <= best; isa++) printf(" %10.2f", f16_ns[isa] / ns[isa]);
+        printf("\n");
+        free(run);
+        free(qbuf);
+        free(scratch);
+    }
+    pam_cpu_set_isa(NULL);
+    free(q);
+    free(k);
+    free(v);
+    free(o);
+    return 0;
+}
+
 /* ---- block checksum ---------------------------------------------------------
  * The ssd tier checksums every 32 KiB payload it writes and verifies it on
  * every read, the first touch of freshly read data. pam_checksum64 at each
@@ -494,10 +566,11 @@ int main(int argc, char **argv) {
     const int all = strcmp(what, "all") == 0;
     const int do_decode = all || strcmp(what, "decode") == 0, do_prefill = all || strcmp(what, "prefill") == 0;
     const int do_kv = all || strcmp(what, "kv") == 0, do_csum = all || strcmp(what, "csum") == 0;
+    const int do_kv_hot = do_kv || strcmp(what, "kvhot") == 0;
     if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16 ||
-        !(do_decode || do_prefill || do_kv || do_csum)) {
+        !(do_decode || do_prefill || do_kv_hot || do_csum)) {
         fprintf(stderr, "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs "
-                        "[all|decode|prefill|kv|csum]]]]\n");
+                        "[all|decode|prefill|kv|kvhot|csum]]]]\n");
         return 2;
     }
     const pam_dtype types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
@@ -655,6 +728,7 @@ int main(int argc, char **argv) {
     }
     free(X);
     free(Y);
+    if (do_kv_hot && !failed) failed = bench_kv_hot(secs / 3);
     if (do_kv && !failed) failed = bench_kv(pools, max_threads, secs);
     if (do_csum && !failed) failed = bench_csum(secs);
     pam_cpu_set_isa(NULL);

@@ -176,7 +176,7 @@ void pam_kvh_read(pam_kv_type t, int D, int B, const void *run, int n, float *k,
 size_t pam_kvh_query_bytes(pam_kv_type t, int n_q, int D) {
     int NG = D / kvh_group(D);
     switch (t) {
-    case PAM_KV_BF16: return (size_t)n_q * D * 2;
+    case PAM_KV_BF16: return (size_t)n_q * D * (4 + 2);
     case PAM_KV_Q8:
     case PAM_KV_Q4: return (size_t)n_q * NG * 8 + (((size_t)n_q * D + 3) & ~(size_t)3);
     default: return 0;
@@ -193,8 +193,12 @@ void pam_kvh_query_init(pam_kvh_query *qr, pam_kv_type t, const float *q, int n_
     qr->scale = scale;
     qr->q = q;
     if (t == PAM_KV_BF16) {
-        qr->qb = buf;
-        for (size_t i = 0; i < (size_t)n_q * D; i++) qr->qb[i] = pam_f32_to_bf16(q[i] * scale);
+        qr->qbf = buf;
+        qr->qb = (uint16_t *)(qr->qbf + (size_t)n_q * D);
+        for (size_t i = 0; i < (size_t)n_q * D; i++) {
+            qr->qb[i] = pam_f32_to_bf16(q[i] * scale);
+            qr->qbf[i] = pam_bf16_to_f32(qr->qb[i]);
+        }
     } else if (t == PAM_KV_Q8 || t == PAM_KV_Q4) {
         const int G = qr->group, NG = qr->n_group, bias = kvh_kbias(t);
         qr->qf = buf;

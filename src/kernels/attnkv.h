@@ -74,6 +74,7 @@ typedef struct pam_kvh_query {
     float scale;
     const float *q;    /* f32, f16: the caller's q */
     uint16_t *qb;      /* bf16: q*scale rounded, [n_q][D] */
+    float *qbf;        /* bf16: the same values as f32 (what AVX2 broadcasts) */
     int8_t *q8;        /* q8, q4: codes [n_q][D], |code| <= 127 */
     float *qf;         /* q8, q4: scale * q's scale, [n_q][NG] */
     int32_t *qcorr;    /* q8, q4: K code bias (128 or 8) * sum of q8 over the group, [n_q][NG] */

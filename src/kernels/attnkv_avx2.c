@@ -232,6 +232,7 @@ static void partial_bf16(const pam_kvh_query *qr, const uint8_t *r, int B, int n
     const int B2 = L.B2;
     const uint8_t *K = r + L.k, *V = r + L.v;
     float *scores = scratch, *pb = scores + (size_t)nq * n;
+    const float *qf = qr->qbf;
     const __m256i hi_half = _mm256_set1_epi32((int)0xFFFF0000u);
     for (int t0 = 0; t0 < n; t0 += 8) {
         const int cnt = n - t0;
@@ -245,9 +246,9 @@ static void partial_bf16(const pam_kvh_query *qr, const uint8_t *r, int B, int n
                 const __m256 ke = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
                 const __m256 ko = _mm256_castsi256_ps(_mm256_and_si256(x, hi_half));
                 for (int h = 0; h < hn; h++) {
-                    const uint16_t *qb = qr->qb + (size_t)(h0 + h) * D + 2 * i;
-                    acc[h] = _mm256_fmadd_ps(_mm256_set1_ps(pam_bf16_to_f32(qb[0])), ke, acc[h]);
-                    acc[h] = _mm256_fmadd_ps(_mm256_set1_ps(pam_bf16_to_f32(qb[1])), ko, acc[h]);
+                    const float *qh = qf + (size_t)(h0 + h) * D + 2 * i;
+                    acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(qh), ke, acc[h]);
+                    acc[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(qh + 1), ko, acc[h]);
                 }
             }
             for (int h = 0; h < hn; h++) store_ps(scores + (size_t)(h0 + h) * n + t0, acc[h], cnt);
