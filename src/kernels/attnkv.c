@@ -51,20 +51,20 @@ size_t pam_kvh_bytes(pam_kv_type t, int head_dim, int block_tokens) {
     return kvh_layout_of(t, head_dim, block_tokens).total;
 }
 
-/* Symmetric codes of x[0..G) with |code| <= qmax; the scale is stored as f16
- * and the codes are computed with that rounded scale, so decoding gives
- * exactly scale * code. */
-static float quant_group(const float *x, int G, int qmax, int *codes) {
+/* Symmetric codes of x[0..G) with |code| <= qmax: returns the scale, stored
+ * as f16, and in *inv the factor codes are computed with (from that rounded
+ * scale, so decoding gives exactly scale * code). */
+static float quant_scale(const float *x, int G, int qmax, float *inv) {
     float amax = 0.0f;
     for (int i = 0; i < G; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
-    uint16_t s16 = pam_f32_to_f16(amax / (float)qmax);
-    float sc = pam_f16_to_f32(s16);
-    float inv = sc > 0.0f ? 1.0f / sc : 0.0f;
-    for (int i = 0; i < G; i++) {
-        long c = lrintf(x[i] * inv);
-        codes[i] = (int)(c < -qmax ? -qmax : c > qmax ? qmax : c);
-    }
+    float sc = pam_f16_to_f32(pam_f32_to_f16(amax / (float)qmax));
+    *inv = sc > 0.0f ? 1.0f / sc : 0.0f;
     return sc;
+}
+
+static int quant_code(float x, float inv, int qmax) {
+    long c = lrintf(x * inv);
+    return (int)(c < -qmax ? -qmax : c > qmax ? qmax : c);
 }
 
 static void set_nibble(uint8_t *b, int hi, int code) {
@@ -75,7 +75,6 @@ void pam_kvh_write(pam_kv_type t, int D, int B, void *run, int off, int n, const
                    size_t stride) {
     kvh_layout L = kvh_layout_of(t, D, B);
     uint8_t *r = run;
-    int codes[32];
     for (int i = 0; i < n; i++) {
         const int p = off + i;
         const float *kr = k + (size_t)i * stride, *vr = v + (size_t)i * stride;
@@ -110,19 +109,20 @@ void pam_kvh_write(pam_kv_type t, int D, int B, void *run, int off, int n, const
             uint16_t *ks = (uint16_t *)(r + L.ks), *vs = (uint16_t *)(r + L.vs);
             uint8_t *K = r + L.k, *V = r + L.v;
             for (int g = 0; g < L.NG; g++) {
-                ks[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_group(kr + g * L.G, L.G, qmax, codes));
-                for (int c = 0; c < L.G; c++) {
-                    const int d = g * L.G + c;
-                    if (!q4) K[((size_t)(d / 4) * L.B4 + p) * 4 + d % 4] = (uint8_t)(codes[c] + 128);
-                    else set_nibble(&K[((size_t)(d / 8) * L.B4 + p) * 4 + (d & 3)], (d & 7) >= 4, codes[c] + 8);
+                float inv;
+                ks[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_scale(kr + g * L.G, L.G, qmax, &inv));
+                for (int d = g * L.G; d < (g + 1) * L.G; d++) {
+                    const int code = quant_code(kr[d], inv, qmax);
+                    if (!q4) K[((size_t)(d / 4) * L.B4 + p) * 4 + d % 4] = (uint8_t)(code + 128);
+                    else set_nibble(&K[((size_t)(d / 8) * L.B4 + p) * 4 + (d & 3)], (d & 7) >= 4, code + 8);
                 }
-                vs[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_group(vr + g * L.G, L.G, qmax, codes));
-                for (int c = 0; c < L.G; c++) {
-                    const int d = g * L.G + c;
-                    if (!q4) V[((size_t)(p / 4) * D + d) * 4 + p % 4] = (uint8_t)(int8_t)codes[c];
+                vs[(size_t)g * L.B4 + p] = pam_f32_to_f16(quant_scale(vr + g * L.G, L.G, qmax, &inv));
+                for (int d = g * L.G; d < (g + 1) * L.G; d++) {
+                    const int code = quant_code(vr[d], inv, qmax);
+                    if (!q4) V[((size_t)(p / 4) * D + d) * 4 + p % 4] = (uint8_t)(int8_t)code;
                     else
                         set_nibble(&V[(((size_t)(p / 4) * (D / 8) + d / 8) * 4 + (d & 3)) * 4 + p % 4], (d & 7) >= 4,
-                                   codes[c] + 8);
+                                   code + 8);
                 }
             }
             break;
@@ -176,7 +176,7 @@ void pam_kvh_read(pam_kv_type t, int D, int B, const void *run, int n, float *k,
 size_t pam_kvh_query_bytes(pam_kv_type t, int n_q, int D) {
     int NG = D / kvh_group(D);
     switch (t) {
-    case PAM_KV_BF16: return (size_t)n_q * D * 2;
+    case PAM_KV_BF16: return (size_t)n_q * D * (4 + 2);
     case PAM_KV_Q8:
     case PAM_KV_Q4: return (size_t)n_q * NG * 8 + (((size_t)n_q * D + 3) & ~(size_t)3);
     default: return 0;
@@ -193,8 +193,12 @@ void pam_kvh_query_init(pam_kvh_query *qr, pam_kv_type t, const float *q, int n_
     qr->scale = scale;
     qr->q = q;
     if (t == PAM_KV_BF16) {
-        qr->qb = buf;
-        for (size_t i = 0; i < (size_t)n_q * D; i++) qr->qb[i] = pam_f32_to_bf16(q[i] * scale);
+        qr->qbf = buf;
+        qr->qb = (uint16_t *)(qr->qbf + (size_t)n_q * D);
+        for (size_t i = 0; i < (size_t)n_q * D; i++) {
+            qr->qb[i] = pam_f32_to_bf16(q[i] * scale);
+            qr->qbf[i] = pam_bf16_to_f32(qr->qb[i]);
+        }
     } else if (t == PAM_KV_Q8 || t == PAM_KV_Q4) {
         const int G = qr->group, NG = qr->n_group, bias = kvh_kbias(t);
         qr->qf = buf;
@@ -222,7 +226,7 @@ void pam_kvh_query_init(pam_kvh_query *qr, pam_kv_type t, const float *q, int n_
 size_t pam_kvh_scratch_floats(pam_kv_type t, int n_q, int D, int B) {
     (void)t;
     const size_t B4 = (size_t)((B + 3) & ~3), NG = (size_t)(D / kvh_group(D));
-    return (size_t)n_q * (B4 + (size_t)D) + (size_t)n_q * NG * (B4 / 4 + 4) + 64;
+    return (size_t)n_q * (2 * B4 + (size_t)D) + (size_t)n_q * NG * (B4 / 4 + 4) + 64;
 }
 
 /* ---- scalar variant ---- */
@@ -264,8 +268,7 @@ static void partial_q_scalar(const pam_kvh_query *qr, const uint8_t *r, int B, i
         for (int g = 0; g < L.NG; g++) {
             for (int p = 0; p < n; p++) w[p] = scores[(size_t)h * n + p] * pam_f16_to_f32(vs[(size_t)g * L.B4 + p]);
             float wsc;
-            int32_t wsum;
-            kvh_quant_weights(w, n, L.B4, w8, &wsc, &wsum);
+            kvh_quant_weights(w, n, L.B4, w8, &wsc);
             for (int d = g * L.G; d < (g + 1) * L.G; d++) {
                 int32_t acc = 0;
                 for (int p = 0; p < n; p++) {
@@ -273,11 +276,11 @@ static void partial_q_scalar(const pam_kvh_query *qr, const uint8_t *r, int B, i
                     if (!q4) c = (int8_t)r[L.v + ((size_t)(p / 4) * D + d) * 4 + p % 4];
                     else {
                         uint8_t b = r[L.v + (((size_t)(p / 4) * (D / 8) + d / 8) * 4 + (d & 3)) * 4 + p % 4];
-                        c = (d & 7) >= 4 ? b >> 4 : b & 15;
+                        c = ((d & 7) >= 4 ? b >> 4 : b & 15) - vb;
                     }
                     acc += (int32_t)w8[p] * c;
                 }
-                o[(size_t)h * D + d] = wsc * (float)(acc - vb * wsum);
+                o[(size_t)h * D + d] = wsc * (float)acc;
             }
         }
 }

@@ -74,6 +74,7 @@ typedef struct pam_kvh_query {
     float scale;
     const float *q;    /* f32, f16: the caller's q */
     uint16_t *qb;      /* bf16: q*scale rounded, [n_q][D] */
+    float *qbf;        /* bf16: the same values as f32 (what AVX2 broadcasts) */
     int8_t *q8;        /* q8, q4: codes [n_q][D], |code| <= 127 */
     float *qf;         /* q8, q4: scale * q's scale, [n_q][NG] */
     int32_t *qcorr;    /* q8, q4: K code bias (128 or 8) * sum of q8 over the group, [n_q][NG] */
@@ -95,7 +96,8 @@ void pam_kvh_partial(const pam_kvh_query *qr, const void *run, int block_tokens,
 void pam_kvh_partial_scalar(const pam_kvh_query *qr, const void *run, int block_tokens, int n, float *m, float *l,
                             float *o, float *scratch);
 #if defined(__x86_64__)
-/* bf16, q8, q4 with head_dim % 32 == 0 (AVX2 bf16: head_dim % 16 == 0). */
+/* bf16, q8, q4 with head_dim % 32 == 0 (AVX2 bf16: head_dim % 8 == 0); f32
+ * and f16 have kernels of their own (kernels/attention.h). */
 int pam_kvh_avx2_supports(pam_kv_type t, int head_dim);
 void pam_kvh_partial_avx2(const pam_kvh_query *qr, const void *run, int block_tokens, int n, float *m, float *l,
                           float *o, float *scratch);

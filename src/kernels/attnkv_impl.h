@@ -43,31 +43,25 @@ static inline kvh_layout kvh_layout_of(pam_kv_type t, int D, int B) {
 
 /* Code bias of K for the integer kernels: stored code = value code + bias. */
 static inline int kvh_kbias(pam_kv_type t) { return t == PAM_KV_Q8 ? 128 : 8; }
-/* Code bias of V (q8 V codes are stored signed). */
+/* Code bias of V (q8 V codes are stored signed; q4 nibbles are c + 8, the
+ * kernels subtract it before the dot product). */
 static inline int kvh_vbias(pam_kv_type t) { return t == PAM_KV_Q8 ? 0 : 8; }
 
 /* Softmax weights w[t] (t < n; zero beyond, up to B4) as 7-bit codes: w8 =
  * round-to-nearest-even(w * 127 / max w), max <= 127 so AVX2's maddubs
- * (u8 x s8 pairs into s16) cannot saturate. *wsc = max / 127; *wsum = sum of
- * the codes. The SIMD kernels compute the same products and rounding. */
-static inline void kvh_quant_weights(const float *w, int n, int B4, uint8_t *w8, float *wsc, int32_t *wsum) {
+ * (u8 x s8 pairs into s16) cannot saturate. *wsc = max / 127. The SIMD
+ * kernels compute the same products and rounding (w <= max, so w * 127 / max
+ * rounds to at most 127: they need no clamp). */
+static inline void kvh_quant_weights(const float *w, int n, int B4, uint8_t *w8, float *wsc) {
     float mx = 0.0f;
     for (int t = 0; t < n; t++) mx = w[t] > mx ? w[t] : mx;
-    int32_t sum = 0;
-    if (mx > 0.0f) {
-        const float inv = 127.0f / mx;
-        for (int t = 0; t < n; t++) {
-            long c = lrintf(w[t] * inv);
-            c = c < 0 ? 0 : c > 127 ? 127 : c;
-            w8[t] = (uint8_t)c;
-            sum += (int32_t)c;
-        }
-    } else {
-        for (int t = 0; t < n; t++) w8[t] = 0;
+    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+    for (int t = 0; t < n; t++) {
+        long c = lrintf(w[t] * inv);
+        w8[t] = (uint8_t)(c < 0 ? 0 : c > 127 ? 127 : c);
     }
     for (int t = n; t < B4; t++) w8[t] = 0;
     *wsc = mx / 127.0f;
-    *wsum = sum;
 }
 
 #endif

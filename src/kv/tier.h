@@ -97,7 +97,8 @@ typedef struct pam_tier {
     uint64_t capacity_blocks; /* slots available */
     uint64_t block_bytes;     /* bytes one block occupies (and attend reads) in this tier */
     double read_gbps;         /* measured (or configured) read bandwidth */
-    int exact;                /* 1 if attention over this tier equals f16 attention (no lossy encoding) */
+    int exact;                /* 1 if the tier stores K/V with no lossy encoding beyond its kv_type (f16, f32) */
+    pam_kv_type kv_type;      /* element type of a raw-KV tier (dram, ssd); f16 for dramq */
 } pam_tier;
 
 /* Thin wrappers: the only way callers reach a tier. */

@@ -111,37 +111,47 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
     }
     memset(r->o, 0, sizeof(float) * (size_t)r->n_head * (size_t)hd);
     if (r->n_blocks == 0) return PAM_OK;
-    /* kernel scratch, one partial (m, l, o), the query prepared for the type */
+    /* kernel scratch, one partial (m, l, o), the query of every KV head
+     * prepared for the type */
     const size_t sc_floats = pam_kvh_scratch_floats(d->type, ng, hd, bt);
-    const size_t qbytes = pam_kvh_query_bytes(d->type, ng, hd);
-    float *scratch = malloc(sizeof(float) * (sc_floats + (size_t)ng * (2 + (size_t)hd)) + qbytes);
-    if (!scratch) return PAM_ERR(PAM_ERR_NOMEM, "dram tier: attention scratch");
+    const size_t qbytes = (pam_kvh_query_bytes(d->type, ng, hd) + 15) & ~(size_t)15;
+    pam_kvh_query *qr = malloc(sizeof *qr * (size_t)nkv);
+    float *scratch = qr ? malloc(sizeof(float) * (sc_floats + (size_t)ng * (2 + (size_t)hd)) + qbytes * (size_t)nkv)
+                        : NULL;
+    if (!scratch) {
+        free(qr);
+        return PAM_ERR(PAM_ERR_NOMEM, "dram tier: attention scratch");
+    }
     float *pm = scratch + sc_floats, *pl = pm + ng, *po = pl + ng;
-    void *qbuf = po + (size_t)ng * hd;
-    pam_kvh_query qr;
+    uint8_t *qbuf = (uint8_t *)(po + (size_t)ng * hd);
+    for (int h = 0; h < nkv; h++)
+        pam_kvh_query_init(&qr[h], d->type, r->q + (size_t)h * ng * hd, ng, hd, r->scale, qbuf + (size_t)h * qbytes);
     uint64_t bytes = 0;
-    for (int h = 0; h < nkv; h++) {
-        pam_kvh_query_init(&qr, d->type, r->q + (size_t)h * ng * hd, ng, hd, r->scale, qbuf);
-        float *m = r->m + (size_t)h * ng, *l = r->l + (size_t)h * ng, *o = r->o + (size_t)h * ng * hd;
-        for (int64_t b = 0; b < r->n_blocks; b++) {
-            const pam_tier_block *blk = &r->blocks[b];
-            const uint8_t *run = slot_ptr(d, blk->slot) + (size_t)h * d->run_bytes;
-            int first = b == 0;
-            if (b + 1 < r->n_blocks) {
-                /* the next block's slot is anywhere in the arena: fetch its run
-                 * for this head while this one computes */
-                const uint8_t *nx = slot_ptr(d, r->blocks[b + 1].slot) + (size_t)h * d->run_bytes;
-                for (size_t i = 0; i < d->run_bytes; i += 64) __builtin_prefetch(nx + i);
-            }
-            pam_kvh_partial(&qr, run, bt, blk->n_tokens, first ? m : pm, first ? l : pl, first ? o : po, scratch);
+    /* Blocks outer, heads inner: a block's head runs are adjacent, so the
+     * tier streams each slot front to back; per head, blocks still fold in
+     * list order. */
+    for (int64_t b = 0; b < r->n_blocks; b++) {
+        const pam_tier_block *blk = &r->blocks[b];
+        const uint8_t *slot = slot_ptr(d, blk->slot);
+        /* the next block's slot is anywhere in the arena: fetch it a head
+         * run at a time while this one computes */
+        const uint8_t *nx = b + 1 < r->n_blocks ? slot_ptr(d, r->blocks[b + 1].slot) : NULL;
+        const int first = b == 0;
+        for (int h = 0; h < nkv; h++) {
+            float *m = r->m + (size_t)h * ng, *l = r->l + (size_t)h * ng, *o = r->o + (size_t)h * ng * hd;
+            if (nx)
+                for (size_t i = 0; i < d->run_bytes; i += 64) __builtin_prefetch(nx + (size_t)h * d->run_bytes + i);
+            pam_kvh_partial(&qr[h], slot + (size_t)h * d->run_bytes, bt, blk->n_tokens, first ? m : pm, first ? l : pl,
+                            first ? o : po, scratch);
             if (r->blk_m) {
                 memcpy(r->blk_m + (size_t)b * r->n_head + (size_t)h * ng, first ? m : pm, sizeof(float) * (size_t)ng);
                 memcpy(r->blk_l + (size_t)b * r->n_head + (size_t)h * ng, first ? l : pl, sizeof(float) * (size_t)ng);
             }
             if (!first) pam_attn_merge(ng, hd, m, l, o, pm, pl, po);
-            bytes += (uint64_t)blk->n_tokens * d->run_bytes / (uint64_t)bt;
         }
+        bytes += (uint64_t)blk->n_tokens * d->block_bytes / (uint64_t)bt;
     }
+    free(qr);
     free(scratch);
     __atomic_fetch_add(&d->bytes_read, bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&d->attend_ns, pam_time_ns() - t0, __ATOMIC_RELAXED);
@@ -224,6 +234,7 @@ pam_status pam_tier_dram_open_type(const pam_kv_shape *shape, pam_kv_type type, 
     /* f32 and f16 store the rows as given (f16-rounded rows round-trip bit
      * for bit through either); bf16, q8 and q4 are lossy. */
     t->exact = type == PAM_KV_F16 || type == PAM_KV_F32;
+    t->kv_type = type;
     *out = t;
     return PAM_OK;
 }

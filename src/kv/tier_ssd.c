@@ -1348,6 +1348,7 @@ pam_status pam_tier_ssd_open_type(const pam_kv_shape *shape, pam_kv_type type, c
     t->block_bytes = s->slot_bytes;
     t->read_gbps = SSD_DEFAULT_GBPS;
     t->exact = type == PAM_KV_F16 || type == PAM_KV_F32;
+    t->kv_type = type;
     *out = t;
     return PAM_OK;
 }
