@@ -2,7 +2,7 @@
  *
  * Exactness: a model whose context is backed by a kvm with several tiers,
  * random placements and random migrations between steps (and the
- * scheduler's own moves) gives the logits of the contiguous f16 path within
+ * scheduler's own moves) gives the logits of one f16 dram tier within
  * 1e-4 relative, and the stories260K golden greedy tokens. Direct attention
  * over random K/V across tiers is checked against a float64 softmax.
  * Bookkeeping: refcounts (fork, copy-on-write, free back to zero blocks),
