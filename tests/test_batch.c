@@ -154,6 +154,29 @@ static void test_batch_errors(void **state) {
     assert_int_equal(pam_forward_batch(cs, tok, pos, 2, NULL), PAM_OK);
     pam_ctx_free(a);
     pam_ctx_free(b);
+
+    /* A context's own KV manager: a type or block size its tier cannot take
+     * is refused with PAM_ERR_INVALID, and nothing is left allocated. */
+    pam_ctx_params p;
+    pam_ctx_params_default(&p);
+    p.n_ctx = 8;
+    pam_ctx *c = NULL;
+    p.kv_type = PAM_KV_TYPE_COUNT;
+    assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &c), PAM_ERR_INVALID);
+    assert_null(c);
+    p.kv_type = PAM_KV_F16;
+    p.kv_block = 1 << 20;
+    assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &c), PAM_ERR_INVALID);
+    assert_null(c);
+    /* The reference context reads f32 KV: twice the bytes of an f16 one. */
+    pam_ctx *r32, *r16;
+    p.kv_block = 0;
+    assert_int_equal(pam_ctx_create(m, 8, NULL, &r32), PAM_OK);
+    assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &r16), PAM_OK);
+    assert_true(pam_ctx_kv_bytes_at(r16, 5) > 0);
+    assert_true(pam_ctx_kv_bytes_at(r32, 5) == 2 * pam_ctx_kv_bytes_at(r16, 5));
+    pam_ctx_free(r32);
+    pam_ctx_free(r16);
     pam_model_free(m);
 }
 

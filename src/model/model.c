@@ -14,7 +14,6 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
 #include "kv/tier.h"
