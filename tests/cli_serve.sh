@@ -2,6 +2,7 @@
 # pam serve end to end over loopback HTTP: endpoints, streaming, 32
 # concurrent clients equal to each alone, prefix-cache reuse in /metrics,
 # every bad-input case, a full queue, client disconnects freeing the slot,
+# 2000 idle connections costing no thread, an idle timeout,
 # SIGTERM drain, the official openai npm client, and the tiered KV flags:
 # same greedy text over two tiers, per-tier metrics, a trace, preemption of
 # a running request by a higher-priority one (KV demoted, then resumed).
@@ -129,6 +130,8 @@ else
   else
     echo "FAIL: the openai npm package is not installed in $nm; cannot run the openai client test"; fail=1
   fi
+  (ulimit -n 8192 2>/dev/null; node "$here/serve_idle.mjs" "$PORT" "$SPID" 2000)
+  check "2000 idle connections: /health within 100 ms, no thread per connection, still generates" $?
 fi
 stop_server; check "SIGTERM on an idle server: exit 0" $?
 
@@ -184,7 +187,16 @@ wait "$SPID"; check "SIGTERM: exit 0 after the drain" $?
 grep -q "drained" "$tmp/s2.log"; check "drain logged" $?
 # Tiered KV: two dram tiers (the first small), 4-token blocks, a trace.
 start_server "$tmp/s3.log" -m "$model" -np 2 -c 256 -t 2 --kv-tier dram:256KiB --kv-tier dram:4MiB --kv-block 4 \
-  --kv-policy pam --kv-trace "$tmp/trace.jsonl" || exit 1
+  --kv-policy pam --kv-trace "$tmp/trace.jsonl" --timeout 2 --conn-per-client 3 || exit 1
+# Connection limits: a fourth connection from one address is refused while
+# three idle ones are open; an idle connection is closed after --timeout.
+exec 5<>"/dev/tcp/127.0.0.1/$PORT" 6<>"/dev/tcp/127.0.0.1/$PORT" 7<>"/dev/tcp/127.0.0.1/$PORT"
+sleep 0.3
+[ "$(req GET /health)" = 000 ]; check "--conn-per-client 3: a fourth connection is refused" $?
+read -r -t 10 -u 5 _; rc=$?
+[ "$rc" -eq 1 ]; check "--timeout 2: an idle connection is closed (read rc $rc)" $?
+exec 5>&- 6>&- 7>&-
+[ "$(req GET /health)" = 200 ]; check "connections accepted again once the idle ones are gone" $?
 grep -q "KV cache: 2 tier(s), blocks of 4 tokens, policy pam" "$tmp/s3.log"; check "serve --kv-tier: the tiers are logged" $?
 ok=0
 for _ in 1 2; do

@@ -76,6 +76,8 @@ struct pam_request {
     char *out;
     size_t out_len, out_cap;
     pthread_cond_t cv;
+    void (*notify)(void *); /* pam_request_set_notify */
+    void *notify_arg;
 };
 
 /* A cached prefix: a kvm sequence nobody writes, its tokens, and the hash
@@ -295,6 +297,13 @@ static void request_free(pam_request *r) {
     free(r);
 }
 
+/* e->mu held. Wakes whoever waits on r: a blocked pam_request_next and the
+ * caller's notifier. */
+static void request_signal(pam_request *r) {
+    pthread_cond_broadcast(&r->cv);
+    if (r->notify) r->notify(r->notify_arg);
+}
+
 /* e->mu held. The engine lets go of r: finished for whatever reason. */
 static void request_done(pam_engine *e, pam_request *r, pam_finish f) {
     r->finish = f;
@@ -304,7 +313,7 @@ static void request_done(pam_engine *e, pam_request *r, pam_finish f) {
         hist_observe(&e->st.ttft, (double)(r->t_first_ns - r->t_submit_ns) / 1e9);
         if (r->n_gen > 1) hist_observe(&e->st.tpot, (double)(r->t_last_ns - r->t_first_ns) / 1e9 / (r->n_gen - 1));
     }
-    pthread_cond_broadcast(&r->cv);
+    request_signal(r);
     if (--r->refs == 0) request_free(r);
 }
 
@@ -466,10 +475,20 @@ void pam_request_cancel(pam_request *r) {
     pthread_mutex_unlock(&e->mu);
 }
 
+void pam_request_set_notify(pam_request *r, void (*fn)(void *), void *arg) {
+    pthread_mutex_lock(&r->e->mu);
+    r->notify = fn;
+    r->notify_arg = arg;
+    int ready = r->out_len > 0 || r->state == REQ_DONE;
+    pthread_mutex_unlock(&r->e->mu);
+    if (ready && fn) fn(arg);
+}
+
 void pam_request_release(pam_request *r) {
     if (!r) return;
     pam_engine *e = r->e;
     pthread_mutex_lock(&e->mu);
+    r->notify = NULL; /* its argument may be freed as soon as we return */
     if (--r->refs == 0) request_free(r); /* the engine had let go already */
     else request_cancel_locked(e, r);    /* frees r if it was queued */
     pthread_mutex_unlock(&e->mu);
@@ -918,7 +937,7 @@ static void publish(pam_request *r, size_t upto) {
     memcpy(r->out + r->out_len, r->gen + r->gen_emitted, n);
     r->out_len += n;
     r->gen_emitted = upto;
-    pthread_cond_broadcast(&r->cv);
+    request_signal(r);
 }
 
 /* Engine thread: r ends now, without a new token. */

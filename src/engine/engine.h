@@ -127,6 +127,12 @@ typedef struct pam_request_update {
  * request is done, and takes it. Returns 1 if the update carries text or
  * completion, 0 on timeout. */
 int pam_request_next(pam_request *r, int64_t timeout_ms, pam_request_update *u);
+/* Calls fn(arg) whenever r gets new text or finishes (and once now if an
+ * update is already waiting), so an event loop can wait without a thread.
+ * fn runs on the engine's thread with the engine's lock held: it must only
+ * wake its owner, never call back into the engine. NULL fn stops it;
+ * pam_request_release stops it too. */
+void pam_request_set_notify(pam_request *r, void (*fn)(void *), void *arg);
 /* Generated token ids so far (valid until the next call or release). Safe
  * once done; while running it copies under the engine's lock. */
 int32_t pam_request_tokens(pam_request *r, int32_t *out, int32_t cap);
