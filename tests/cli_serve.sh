@@ -96,6 +96,16 @@ bad "empty messages" 400 /v1/chat/completions '{"messages":[]}' '"param":"messag
 bad "unknown role" 400 /v1/chat/completions '{"messages":[{"role":"wizard","content":"x"}]}' '"param":"messages"'
 long=$(printf 'the cat sat on the mat %.0s' $(seq 60))
 bad "prompt longer than the context" 400 /v1/completions "{\"prompt\":\"$long\"}" 'context_length_exceeded'
+# The context is 256: 255 prompt ids leave room for one token (total 256),
+# 256 are refused; prompt + max_tokens past the context is refused up front,
+# saying by how much, and no client message names a source file.
+ids255=$(printf '300,%.0s' $(seq 254))300
+[ "$(req POST /v1/completions "{\"prompt\":[$ids255],\"ignore_eos\":true,\"temperature\":0}")" = 200 ] &&
+  grep -q '"completion_tokens":1,' "$tmp/body" && grep -q '"total_tokens":256' "$tmp/body"
+check "255-token prompt in a 256-token context: one token, total_tokens 256" $?
+bad "256-token prompt in a 256-token context" 400 /v1/completions "{\"prompt\":[$ids255,300]}" 'context_length_exceeded'
+bad "prompt + max_tokens over the context" 400 /v1/completions '{"prompt":"Once upon a time","max_tokens":253}' 'over the context of 256'
+! grep -q '\.c:[0-9]' "$tmp/body"; check "client error messages carry no source location" $?
 bad "another model" 404 /v1/completions '{"model":"gpt-4","prompt":"hi"}' 'model_not_found'
 [ "$(req GET /v1/completions)" = 405 ]; check "GET on a POST endpoint -> 405" $?
 [ "$(req GET /nope)" = 404 ] && grep -q '"error"' "$tmp/body"; check "unknown path -> 404 error object" $?

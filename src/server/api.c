@@ -264,10 +264,10 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     /* OpenAI's defaults: 16 tokens for completions, none (context) for chat. */
     p->max_tokens = kind == PAM_API_COMPLETION ? 16 : 0;
     if (get_int(root, "max_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v;
+    if (given) p->max_tokens = (int32_t)v, out->max_tokens_given = 1;
     given = 0;
     if (get_int(root, "max_completion_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v;
+    if (given) p->max_tokens = (int32_t)v, out->max_tokens_given = 1;
     d = p->sampling.temp;
     if (get_number(root, "temperature", 0, 2, 0, &d, NULL, err)) goto done;
     p->sampling.temp = (float)d;

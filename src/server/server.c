@@ -472,15 +472,24 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         pam_api_request_free(&ar);
         return send_error(s, c, &err);
     }
+    /* A default output length (16 for completions) gives way to the
+     * context; one the client asked for is checked by submit. */
+    if (!ar.max_tokens_given && ar.params.max_tokens > n_ctx - (int32_t)n_ids)
+        ar.params.max_tokens = n_ctx - (int32_t)n_ids;
     if (!ar.seed_given) ar.params.sampling.seed = random_seed(s);
     pam_request *r = NULL;
     pam_status st = pam_engine_submit(s->e, ids, (int32_t)n_ids, &ar.params, &r);
     int stream_mode = ar.stream, include_usage = ar.include_usage;
     if (st != PAM_OK) {
+        fprintf(stderr, "pam serve: request refused: %s\n", pam_last_error());
         if (st == PAM_ERR_FULL)
-            pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later", pam_last_error());
+            pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later",
+                              pam_last_error_message());
+        else if (st == PAM_ERR_RANGE)
+            pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded", NULL, "%s",
+                              pam_last_error_message());
         else
-            pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error());
+            pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error_message());
         pam_api_request_free(&ar);
         return send_error(s, c, &err);
     }
