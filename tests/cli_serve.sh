@@ -106,6 +106,12 @@ check "255-token prompt in a 256-token context: one token, total_tokens 256" $?
 bad "256-token prompt in a 256-token context" 400 /v1/completions "{\"prompt\":[$ids255,300]}" 'context_length_exceeded'
 bad "prompt + max_tokens over the context" 400 /v1/completions '{"prompt":"Once upon a time","max_tokens":253}' 'over the context of 256'
 ! grep -q '\.c:[0-9]' "$tmp/body"; check "client error messages carry no source location" $?
+bad "tools (no tool calling)" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}' '"param":"tools"'
+[ "$(req POST /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"tools":[],"max_tokens":2}')" = 200 ]
+check "an empty tools list passes" $?
+bad "response_format json_object" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}' '"param":"response_format"'
+bad "functions (legacy tool calling)" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"f"}]}' '"param":"functions"'
+bad "suffix" 400 /v1/completions '{"prompt":"hi","suffix":"end"}' '"param":"suffix"'
 bad "another model" 404 /v1/completions '{"model":"gpt-4","prompt":"hi"}' 'model_not_found'
 [ "$(req GET /v1/completions)" = 405 ]; check "GET on a POST endpoint -> 405" $?
 [ "$(req GET /nope)" = 404 ] && grep -q '"error"' "$tmp/body"; check "unknown path -> 404 error object" $?
