@@ -2,9 +2,11 @@
  *   - attention through the KV manager gives the same bits for 1, 2 and 4
  *     threads, for every type (DESIGN.md §2.9);
  *   - greedy agreement and the worst relative logit error against the f32
- *     reference path (pam_ctx_create's own f32 KV) on the stories260K golden cases, teacher-forced as in
+ *     reference path (pam_ctx_create's own f32 KV) on the stories260K golden
+ *     cases, teacher-forced as in
  *     test_kvq_agreement.c, with all KV in one dram tier of each type (the
- *     numbers the default KV type is chosen by; recorded in docs/KV.md);
+ *     numbers the default KV type is chosen by; recorded in docs/KV.md; a
+ *     block not yet full is f16 in the lossy types' dram tier);
  *   - --kv-tier specs with a type, and the errors for a type a shape cannot
  *     hold. */
 #include <jansson.h>
@@ -96,8 +98,8 @@ static void run(pam_model *m, pam_pool *pool, pam_kvm *kvm, const int32_t *toks,
 /* Floors on agreement and ceilings on the worst relative logit error per
  * type, below the measured values in docs/KV.md with margin. f32 in a
  * shared dram tier is the reference path itself, up to the order of the merge. */
-static const double k_min_agree[PAM_KV_TYPE_COUNT] = {1.0, 1.0, 0.99, 0.97, 0.55};
-static const double k_max_err[PAM_KV_TYPE_COUNT] = {1e-5, 5e-3, 0.04, 0.12, 2.0};
+static const double k_min_agree[PAM_KV_TYPE_COUNT] = {1.0, 1.0, 0.99, 0.98, 0.75};
+static const double k_max_err[PAM_KV_TYPE_COUNT] = {1e-5, 5e-3, 0.035, 0.09, 1.5};
 
 static void test_logit_agreement(void **state) {
     (void)state;

@@ -10,6 +10,14 @@
  * of a tile of tokens be vertical dot products (pam_kvh_partial) instead of
  * one horizontal sum per token and query head.
  *
+ * Recent window: in a lossy type (bf16, q8, q4) a block that is not full yet
+ * (a sequence's tail, growing a token per decode step) is kept as an f16
+ * image beside the arena and encoded in the type, from that image, by the
+ * write that fills it: the newest tokens, which attention weighs most,
+ * stay exact, as dramq keeps its tails (KIVI). Attention over such a block
+ * uses the f16 kernel. Tail images are host memory beyond capacity_blocks *
+ * block_bytes, one per partially filled block.
+ *
  * Invariants: free slots are exactly the ones on the free stack; a slot's
  * tokens beyond what was written are undefined and never used (callers pass
  * n_tokens). alloc/free/write/read run on one thread at a time; attend may
@@ -39,6 +47,13 @@ typedef struct dram_tier {
     size_t block_bytes; /* n_head_kv * run_bytes */
     uint64_t capacity;
     uint8_t *arena;
+    /* lossy types only (else NULL): tokens written (high-water mark) per
+     * slot, the f16 image of a block not full yet, and a buffer to encode a
+     * tail that fills (write runs on one thread at a time) */
+    int32_t *hi;
+    uint8_t **tail;
+    size_t tail_run_bytes; /* one head's f16 run */
+    float *conv;
     uint32_t *free_stack;
     uint64_t n_free;
     uint64_t bytes_read, bytes_written, n_errors; /* read, written: atomic */
@@ -51,12 +66,20 @@ static pam_status dram_alloc(void *impl, uint32_t *slot) {
     dram_tier *d = impl;
     if (d->n_free == 0) return PAM_ERR(PAM_ERR_FULL, "dram tier full (%llu blocks)", (unsigned long long)d->capacity);
     *slot = d->free_stack[--d->n_free];
+    if (d->hi) d->hi[*slot] = 0;
     return PAM_OK;
 }
 
 static void dram_free(void *impl, uint32_t slot) {
     dram_tier *d = impl;
-    if (slot < d->capacity && d->n_free < d->capacity) d->free_stack[d->n_free++] = slot;
+    if (slot < d->capacity && d->n_free < d->capacity) {
+        d->free_stack[d->n_free++] = slot;
+        if (d->tail) {
+            free(d->tail[slot]);
+            d->tail[slot] = NULL;
+            d->hi[slot] = 0;
+        }
+    }
 }
 
 static pam_status check_range(const dram_tier *d, uint32_t slot, int32_t off, int32_t n) {
@@ -67,15 +90,55 @@ static pam_status check_range(const dram_tier *d, uint32_t slot, int32_t off, in
     return PAM_OK;
 }
 
+/* A lossy type's write of a block that is (or stays) not full: into its f16
+ * image; the write that fills it encodes the image in the type. */
+static pam_status dram_write_tail(dram_tier *d, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v,
+                                  int32_t hi) {
+    const int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
+    const size_t row = (size_t)nkv * hd;
+    uint8_t *tl = d->tail[slot];
+    if (!tl) {
+        tl = calloc(1, (size_t)nkv * d->tail_run_bytes);
+        if (!tl) return PAM_ERR(PAM_ERR_NOMEM, "dram tier: recent-window block");
+        d->tail[slot] = tl;
+    }
+    for (int h = 0; h < nkv; h++)
+        pam_kvh_write(PAM_KV_F16, hd, bt, tl + (size_t)h * d->tail_run_bytes, off, n, k + (size_t)h * hd,
+                      v + (size_t)h * hd, row);
+    d->hi[slot] = hi;
+    if (hi < bt) return PAM_OK;
+    /* full: the block moves into the arena in its type */
+    float *kb = d->conv, *vb = d->conv + (size_t)bt * row;
+    uint8_t *b = slot_ptr(d, slot);
+    for (int h = 0; h < nkv; h++) {
+        pam_kvh_read(PAM_KV_F16, hd, bt, tl + (size_t)h * d->tail_run_bytes, bt, kb + (size_t)h * hd,
+                     vb + (size_t)h * hd, row);
+        pam_kvh_write(d->type, hd, bt, b + (size_t)h * d->run_bytes, 0, bt, kb + (size_t)h * hd, vb + (size_t)h * hd,
+                      row);
+    }
+    free(tl);
+    d->tail[slot] = NULL;
+    return PAM_OK;
+}
+
 static pam_status dram_write(void *impl, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v) {
     dram_tier *d = impl;
     PAM_TRY(check_range(d, slot, off, n));
     int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
     size_t row = (size_t)nkv * hd;
+    if (d->tail) {
+        const int32_t hi = off + n > d->hi[slot] ? off + n : d->hi[slot];
+        if (hi < bt || d->tail[slot]) {
+            PAM_TRY(dram_write_tail(d, slot, off, n, k, v, hi));
+            __atomic_fetch_add(&d->bytes_written, (uint64_t)n * row * 2 * sizeof(uint16_t), __ATOMIC_RELAXED);
+            return PAM_OK;
+        }
+    }
     uint8_t *b = slot_ptr(d, slot);
     for (int h = 0; h < nkv; h++)
         pam_kvh_write(d->type, hd, bt, b + (size_t)h * d->run_bytes, off, n, k + (size_t)h * hd, v + (size_t)h * hd,
                       row);
+    if (d->hi) d->hi[slot] = bt;
     /* atomic: the offload staging area is written from several threads (disjoint slots) */
     __atomic_fetch_add(&d->bytes_written, (uint64_t)n * d->block_bytes / (uint64_t)bt, __ATOMIC_RELAXED);
     return PAM_OK;
@@ -86,9 +149,12 @@ static pam_status dram_read(void *impl, uint32_t slot, int32_t n, float *k, floa
     PAM_TRY(check_range(d, slot, 0, n));
     int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
     size_t row = (size_t)nkv * hd;
-    const uint8_t *b = slot_ptr(d, slot);
+    const uint8_t *tl = d->tail ? d->tail[slot] : NULL;
+    const uint8_t *b = tl ? tl : slot_ptr(d, slot);
+    const size_t run = tl ? d->tail_run_bytes : d->run_bytes;
     for (int h = 0; h < nkv; h++)
-        pam_kvh_read(d->type, hd, bt, b + (size_t)h * d->run_bytes, n, k + (size_t)h * hd, v + (size_t)h * hd, row);
+        pam_kvh_read(tl ? PAM_KV_F16 : d->type, hd, bt, b + (size_t)h * run, n, k + (size_t)h * hd, v + (size_t)h * hd,
+                     row);
     __atomic_fetch_add(&d->bytes_read, (uint64_t)n * d->block_bytes / (uint64_t)bt, __ATOMIC_RELAXED);
     return PAM_OK;
 }
@@ -115,7 +181,7 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
      * prepared for the type */
     const size_t sc_floats = pam_kvh_scratch_floats(d->type, ng, hd, bt);
     const size_t qbytes = (pam_kvh_query_bytes(d->type, ng, hd) + 15) & ~(size_t)15;
-    pam_kvh_query *qr = malloc(sizeof *qr * (size_t)nkv);
+    pam_kvh_query *qr = malloc(sizeof *qr * 2 * (size_t)nkv); /* [nkv] the type's, [nkv] f16 for tails */
     float *scratch = qr ? malloc(sizeof(float) * (sc_floats + (size_t)ng * (2 + (size_t)hd)) + qbytes * (size_t)nkv)
                         : NULL;
     if (!scratch) {
@@ -124,15 +190,20 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
     }
     float *pm = scratch + sc_floats, *pl = pm + ng, *po = pl + ng;
     uint8_t *qbuf = (uint8_t *)(po + (size_t)ng * hd);
-    for (int h = 0; h < nkv; h++)
+    for (int h = 0; h < nkv; h++) {
         pam_kvh_query_init(&qr[h], d->type, r->q + (size_t)h * ng * hd, ng, hd, r->scale, qbuf + (size_t)h * qbytes);
+        pam_kvh_query_init(&qr[nkv + h], PAM_KV_F16, r->q + (size_t)h * ng * hd, ng, hd, r->scale, NULL);
+    }
     uint64_t bytes = 0;
     /* Blocks outer, heads inner: a block's head runs are adjacent, so the
      * tier streams each slot front to back; per head, blocks still fold in
      * list order. */
     for (int64_t b = 0; b < r->n_blocks; b++) {
         const pam_tier_block *blk = &r->blocks[b];
-        const uint8_t *slot = slot_ptr(d, blk->slot);
+        const uint8_t *tl = d->tail ? d->tail[blk->slot] : NULL;
+        const uint8_t *slot = tl ? tl : slot_ptr(d, blk->slot);
+        const size_t run = tl ? d->tail_run_bytes : d->run_bytes;
+        const pam_kvh_query *qt = tl ? qr + nkv : qr;
         /* the next block's slot is anywhere in the arena: fetch it a head
          * run at a time while this one computes */
         const uint8_t *nx = b + 1 < r->n_blocks ? slot_ptr(d, r->blocks[b + 1].slot) : NULL;
@@ -141,7 +212,7 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
             float *m = r->m + (size_t)h * ng, *l = r->l + (size_t)h * ng, *o = r->o + (size_t)h * ng * hd;
             if (nx)
                 for (size_t i = 0; i < d->run_bytes; i += 64) __builtin_prefetch(nx + (size_t)h * d->run_bytes + i);
-            pam_kvh_partial(&qr[h], slot + (size_t)h * d->run_bytes, bt, blk->n_tokens, first ? m : pm, first ? l : pl,
+            pam_kvh_partial(&qt[h], slot + (size_t)h * run, bt, blk->n_tokens, first ? m : pm, first ? l : pl,
                             first ? o : po, scratch);
             if (r->blk_m) {
                 memcpy(r->blk_m + (size_t)b * r->n_head + (size_t)h * ng, first ? m : pm, sizeof(float) * (size_t)ng);
@@ -149,7 +220,7 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
             }
             if (!first) pam_attn_merge(ng, hd, m, l, o, pm, pl, po);
         }
-        bytes += (uint64_t)blk->n_tokens * d->block_bytes / (uint64_t)bt;
+        bytes += (uint64_t)blk->n_tokens * (uint64_t)nkv * run / (uint64_t)bt;
     }
     free(qr);
     free(scratch);
@@ -174,6 +245,11 @@ static void dram_close(void *impl) {
     if (!d) return;
     free(d->arena);
     free(d->free_stack);
+    if (d->tail)
+        for (uint64_t i = 0; i < d->capacity; i++) free(d->tail[i]);
+    free(d->tail);
+    free(d->hi);
+    free(d->conv);
     free(d);
 }
 
@@ -216,7 +292,15 @@ pam_status pam_tier_dram_open_type(const pam_kv_shape *shape, pam_kv_type type, 
         d->arena = malloc((size_t)(cap * block_bytes));
         d->free_stack = malloc((size_t)cap * sizeof(uint32_t));
     }
-    if (!d || !t || !d->arena || !d->free_stack) {
+    const int lossy = type == PAM_KV_BF16 || type == PAM_KV_Q8 || type == PAM_KV_Q4;
+    if (d && lossy) {
+        d->hi = calloc((size_t)cap, sizeof *d->hi);
+        d->tail = calloc((size_t)cap, sizeof *d->tail);
+        d->tail_run_bytes = pam_kvh_bytes(PAM_KV_F16, shape->head_dim, shape->block_tokens);
+        d->conv = malloc(sizeof(float) * 2 * (size_t)shape->block_tokens * (size_t)shape->n_head_kv *
+                         (size_t)shape->head_dim);
+    }
+    if (!d || !t || !d->arena || !d->free_stack || (lossy && (!d->hi || !d->tail || !d->conv))) {
         dram_close(d);
         free(t);
         return PAM_ERR(PAM_ERR_NOMEM, "dram tier: %llu bytes", (unsigned long long)(cap * block_bytes));
