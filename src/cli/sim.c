@@ -89,7 +89,8 @@ static void json_str(const char *s) {
     putchar('"');
 }
 
-static void print_json(const sim_opts *o, const pam_sim_config *cfg, const pam_sim_result *r, int n) {
+static void print_json(const sim_opts *o, const pam_sim_config *cfg, const pam_sim_shape *shape, const pam_sim_result *r,
+                       int n) {
     printf("[");
     for (int i = 0; i < n; i++) {
         const pam_sim_result *x = &r[i];
@@ -97,6 +98,8 @@ static void print_json(const sim_opts *o, const pam_sim_config *cfg, const pam_s
         json_str(x->model);
         printf(", \"system\": ");
         json_str(x->system);
+        printf(", \"weight_bytes\": %.0f, \"params\": %.0f, \"kv_bytes_per_token\": %.0f", shape->weight_bytes, shape->params,
+               pam_sim_shape_kv_bytes_per_token(shape, cfg->kv_bytes_per_elem));
         printf(", \"mode\": \"%s\", \"seed\": %ld, \"ok\": %s, \"note\": ", o->rate > 0 ? "stream" : "batch", o->seed,
                x->ok ? "true" : "false");
         json_str(x->note);
@@ -197,8 +200,8 @@ static void svg_lines(FILE *f, double x0, double y0, double w, double h, const c
     for (int g = 0; g <= 4; g++) {
         double y = py + ph - ph * g / 4.0;
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#cccccc\"/>\n", px, y, px + pw, y);
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%.4g</text>\n", px - 4, y + 3,
-                ymax * g / 4.0);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%.*f</text>\n", px - 4, y + 3,
+                ymax >= 100 ? 0 : 2, ymax * g / 4.0);
     }
     double dx = nx > 1 ? pw / (nx - 1) : 0;
     for (int i = 0; i < nx; i++)
@@ -228,25 +231,40 @@ static pam_status write_svg(const sim_opts *o, const pam_sim_config *cfg, const 
     so.rate = 0;
     if (so.steps > 8) so.steps = 8;
     if (so.warmup > 8) so.warmup = 8;
-    long bmax = o->batch > 8 ? o->batch : 8, cmax = o->context >= 4096 ? o->context : 4096;
-    for (int i = 0; i < SIM_SWEEP; i++) {
-        bx[i] = (double)(bmax >> (SIM_SWEEP - 1 - i)) > 1 ? (double)(bmax >> (SIM_SWEEP - 1 - i)) : 1;
-        cx[i] = (double)(cmax >> (SIM_SWEEP - 1 - i)) > 1 ? (double)(cmax >> (SIM_SWEEP - 1 - i)) : 1;
+    /* halvings of the given batch and context, at most SIM_SWEEP distinct points */
+    int nb = 0, nc = 0;
+    for (long b = o->batch; b >= 1 && nb < SIM_SWEEP; b /= 2) bx[nb++] = (double)b;
+    for (long x = o->context >= 16 ? o->context : 16; x >= 16 && nc < SIM_SWEEP; x /= 2) cx[nc++] = (double)x;
+    for (int i = 0; i < nb / 2; i++) {
+        double t = bx[i];
+        bx[i] = bx[nb - 1 - i];
+        bx[nb - 1 - i] = t;
+    }
+    for (int i = 0; i < nc / 2; i++) {
+        double t = cx[i];
+        cx[i] = cx[nc - 1 - i];
+        cx[nc - 1 - i] = t;
     }
     for (int s = 0; s < o->n_systems; s++) {
         for (int i = 0; i < SIM_SWEEP; i++) {
+            by[s][i] = cy[s][i] = 0;
+            if (i >= nb && i >= nc) continue;
             pam_sim_params p;
             pam_sim_result r;
-            so.batch = (long)bx[i];
-            so.context = o->context;
-            sim_params(&so, cfg, shape, loc, &o->systems[s], &p);
-            PAM_TRY(pam_sim_run(&p, &r));
-            by[s][i] = r.ok ? r.tokens_per_second : 0;
-            so.batch = o->batch;
-            so.context = (long)cx[i];
-            sim_params(&so, cfg, shape, loc, &o->systems[s], &p);
-            PAM_TRY(pam_sim_run(&p, &r));
-            cy[s][i] = r.ok ? r.tokens_per_second : 0;
+            if (i < nb) {
+                so.batch = (long)bx[i];
+                so.context = o->context;
+                sim_params(&so, cfg, shape, loc, &o->systems[s], &p);
+                PAM_TRY(pam_sim_run(&p, &r));
+                by[s][i] = r.ok ? r.tokens_per_second : 0;
+            }
+            if (i < nc) {
+                so.batch = o->batch;
+                so.context = (long)cx[i];
+                sim_params(&so, cfg, shape, loc, &o->systems[s], &p);
+                PAM_TRY(pam_sim_run(&p, &r));
+                cy[s][i] = r.ok ? r.tokens_per_second : 0;
+            }
         }
     }
     FILE *f = fopen(o->svg, "w");
@@ -258,10 +276,10 @@ static pam_status write_svg(const sim_opts *o, const pam_sim_config *cfg, const 
             "<text x=\"10\" y=\"20\" font-size=\"15\">pam sim: %s</text>\n",
             W, H, shape->name);
     char title[128];
-    snprintf(title, sizeof title, "tokens/s vs batch (context %ld; 0: does not fit)", o->context);
-    svg_lines(f, 0, 30, 480, 290, title, "batch", bx, SIM_SWEEP, by, o);
-    snprintf(title, sizeof title, "tokens/s vs context (batch %ld)", o->batch);
-    svg_lines(f, 500, 30, 480, 290, title, "context tokens", cx, SIM_SWEEP, cy, o);
+    snprintf(title, sizeof title, "tokens/s vs batch (context %ld; capped at what fits)", o->context);
+    svg_lines(f, 0, 30, 480, 290, title, "batch", bx, nb, by, o);
+    snprintf(title, sizeof title, "tokens/s vs context (batch %ld, capped at what fits)", o->batch);
+    svg_lines(f, 500, 30, 480, 290, title, "context tokens", cx, nc, cy, o);
     for (int s = 0; s < o->n_systems; s++) {
         fprintf(f, "<rect x=\"%d\" y=\"330\" width=\"12\" height=\"6\" fill=\"%s\"/>\n", 80 + 130 * s, sim_colors[s]);
         fprintf(f, "<text x=\"%d\" y=\"337\" font-size=\"11\">%s</text>\n", 96 + 130 * s, o->systems[s].name);
@@ -416,7 +434,7 @@ int pam_cli_sim(int argc, char **argv) {
         }
     }
     if (o.json)
-        print_json(&o, &cfg, res, o.n_systems);
+        print_json(&o, &cfg, &shape, res, o.n_systems);
     else
         print_table(&o, &cfg, res, o.n_systems);
     if (o.svg && write_svg(&o, &cfg, &shape, &loc, res) != PAM_OK) {

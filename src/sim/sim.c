@@ -64,6 +64,7 @@ pam_status pam_sim_machine_init(const pam_sim_config *cfg, const pam_sim_shape *
     m->macs_per_kv_byte = (double)shape->n_head / (shape->n_head_kv * cfg->kv_bytes_per_elem);
     m->block_bytes = cfg->block_tokens * m->kv_per_token;
     m->gpu_macs = cfg->gpu.count * cfg->gpu.tflops * 1e12 / 2;
+    m->gpu_attn_macs = cfg->gpu.count * cfg->gpu.attn_tflops * 1e12 / 2;
     int k = sys->kind;
     m->n_tiers = cfg->n_tiers[k];
     for (int t = 0; t < m->n_tiers; t++) {
@@ -93,7 +94,7 @@ pam_status pam_sim_machine_init(const pam_sim_config *cfg, const pam_sim_shape *
             pim_rate = a < b ? a : b;
         }
         if (!T->host) {
-            double gpu_rate = T->ext_gbps, b = m->gpu_macs / m->macs_per_kv_byte;
+            double gpu_rate = T->ext_gbps, b = m->gpu_attn_macs / m->macs_per_kv_byte;
             if (b < gpu_rate) gpu_rate = b;
             m->hbm_gbps = T->ext_gbps;
             T->hbm_on_pim = T->pim && pim_rate > gpu_rate;
@@ -222,7 +223,7 @@ void pam_sim_step_cost(const pam_sim_machine *m, const pam_sim_load *ld, pam_sim
     }
     copy_s = maxd(copy_s, copied / host_bw);
     c->copy_s = copy_s;
-    c->gpu_attn_s = maxd((gpu_kv + 2 * copied) / m->hbm_gbps, gpu_macs / m->gpu_macs);
+    c->gpu_attn_s = maxd((gpu_kv + 2 * copied) / m->hbm_gbps, gpu_macs / m->gpu_attn_macs);
     if (!m->tier[0].pim) c->tier_s[0] = c->gpu_attn_s;
     e_gpu_macs += gpu_macs;
 
@@ -287,13 +288,20 @@ void pam_sim_step_cost(const pam_sim_machine *m, const pam_sim_load *ld, pam_sim
     }
 
     /* composition */
+    int shared = cfg->gpu.shared_compute > 0;
     double pim_s = 0;
-    for (int t = 0; t < m->n_tiers; t++)
-        if (m->tier[t].pim && c->tier_s[t] > pim_s) pim_s = c->tier_s[t];
-    c->attn_s = maxd(pim_s, c->gpu_attn_s);
+    for (int t = 0; t < m->n_tiers; t++) {
+        if (!m->tier[t].pim) continue;
+        if (shared)
+            pim_s += c->tier_s[t];
+        else if (c->tier_s[t] > pim_s)
+            pim_s = c->tier_s[t];
+    }
+    c->attn_s = shared ? pim_s + c->gpu_attn_s : maxd(pim_s, c->gpu_attn_s);
     double compute = c->dense_s + c->attn_s + c->comm_s + c->merge_s;
-    /* copies of layer l+1 overlap layer l's compute (KV is known ahead) */
-    c->time_s = maxd(compute, copy_s) + c->allreduce_s + c->migrate_s + c->prefill_s;
+    /* copies of layer l+1 overlap layer l's compute (KV is known ahead),
+     * unless the same engine does both */
+    c->time_s = (shared ? compute + copy_s : maxd(compute, copy_s)) + c->allreduce_s + c->migrate_s + c->prefill_s;
     if (copied > 0) c->time_s += host->latency_us * 1e-6;
 
     c->e_gpu_j = e_gpu_macs * cfg->gpu.mac_pj * 1e-12 + c->time_s * G * cfg->gpu.static_w;

@@ -80,7 +80,8 @@ typedef struct pam_sim_machine {
     double kv_per_token;      /* bytes, all layers */
     double macs_per_kv_byte;  /* grouped-query factor / bytes per element */
     double block_bytes;       /* one scheduler block */
-    double gpu_macs;          /* MAC/s, all GPUs */
+    double gpu_macs;          /* MAC/s, all GPUs: dense layers */
+    double gpu_attn_macs;     /* MAC/s, all GPUs: attention */
     double hbm_gbps;          /* HBM external, all stacks */
 } pam_sim_machine;
 

@@ -67,9 +67,12 @@ static json_t *default_doc(void) {
     s = json_object();
     put(o, s, "count", 8, DGX ": 8 x H100 SXM5");
     put(o, s, "tflops", 989.4, H100 ": 989.4 TFLOPS dense FP16/BF16 tensor");
+    put(o, s, "attn_tflops", 989.4,
+        H100 ": decode attention on tensor cores (FlashInfer, FlashAttention decode kernels)");
     put(o, s, "mac_pj", 1.21, "derived from " H100 ": (700 W TDP - 100 W idle) / 494.7e12 MAC/s");
     put(o, s, "static_w", 100, "estimate: H100 SXM5 idle power including its HBM (nvidia-smi reports 70-100 W)");
     put(o, s, "reserve_gb", 8, "assumption: activations and workspace per GPU");
+    put(o, s, "shared_compute", 0, "PIM devices and copies run beside the GPU");
     json_object_set_new(o, "sources", s);
     json_object_set_new(doc, "gpu", o);
 
@@ -235,11 +238,13 @@ static pam_status parse_doc(json_t *doc, pam_sim_config *c) {
     if (!json_is_object(o)) return PAM_ERR(PAM_ERR_FORMAT, "sim config: 'gpu' missing");
     PAM_TRY(get_num(o, "gpu", "count", &c->gpu.count));
     PAM_TRY(get_num(o, "gpu", "tflops", &c->gpu.tflops));
+    PAM_TRY(get_num(o, "gpu", "attn_tflops", &c->gpu.attn_tflops));
     PAM_TRY(get_num(o, "gpu", "mac_pj", &c->gpu.mac_pj));
     PAM_TRY(get_num(o, "gpu", "static_w", &c->gpu.static_w));
     PAM_TRY(get_num(o, "gpu", "reserve_gb", &c->gpu.reserve_gb));
-    if (c->gpu.count < 1 || c->gpu.tflops <= 0)
-        return PAM_ERR(PAM_ERR_FORMAT, "sim config: gpu: count must be >= 1 and tflops > 0");
+    PAM_TRY(get_num(o, "gpu", "shared_compute", &c->gpu.shared_compute));
+    if (c->gpu.count < 1 || c->gpu.tflops <= 0 || c->gpu.attn_tflops <= 0)
+        return PAM_ERR(PAM_ERR_FORMAT, "sim config: gpu: count must be >= 1, tflops and attn_tflops > 0");
     o = json_object_get(doc, "reduction_units");
     if (!json_is_object(o)) return PAM_ERR(PAM_ERR_FORMAT, "sim config: 'reduction_units' missing");
     PAM_TRY(get_num(o, "reduction_units", "gops", &c->ru.gops));

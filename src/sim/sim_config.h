@@ -47,9 +47,14 @@ typedef struct pam_sim_link {
 typedef struct pam_sim_gpu {
     double count;
     double tflops;    /* dense f16 tensor throughput per GPU, 1e12 FLOP/s */
+    double attn_tflops; /* the same for decode attention's kernels */
     double mac_pj;    /* energy per MAC */
     double static_w;  /* per GPU */
     double reserve_gb; /* per GPU: activations, workspace (not KV, not weights) */
+    /* 1: the GPU is the only compute engine, so the PIM tiers' attention
+     * and the copies run on it one after another (a CPU-only machine whose
+     * "PIM" tiers are its own cores); 0: devices compute at once */
+    double shared_compute;
 } pam_sim_gpu;
 
 typedef struct pam_sim_ru {
