@@ -109,6 +109,22 @@ static void test_offload_link_bound(void **state) {
     assert_true(REL(cost.link_bytes[hl], 200e9));
     /* the GPU attends the copies out of HBM: written there, then read */
     assert_true(REL(cost.gpu_attn_s, fmax(400e9 / (40 * 670e9), 200e9 * 4 / (8 * 989.4e12 / 2))));
+    /* one compute engine for everything (a CPU-only machine): the copy no
+     * longer overlaps, and PIM tiers' times add up instead of overlapping */
+    c.gpu.shared_compute = 1;
+    pam_sim_step_cost(&m, &ld, &cost);
+    assert_true(REL(cost.time_s, cost.dense_s + cost.attn_s + 200e9 / link + cost.allreduce_s + 3e-6));
+    pam_sim_machine p;
+    machine(&c, "llama-3-70b", "pam", &p);
+    pam_sim_load l2 = {.batch = 16};
+    l2.kv_bytes[1] = 50e9;
+    l2.kv_bytes[2] = 5e9;
+    l2.seqs_in[1] = l2.seqs_in[2] = 16;
+    pam_sim_step_cost(&p, &l2, &cost);
+    assert_true(REL(cost.attn_s, cost.tier_s[1] + cost.tier_s[2]));
+    c.gpu.shared_compute = 0;
+    pam_sim_step_cost(&p, &l2, &cost);
+    assert_true(REL(cost.attn_s, fmax(cost.tier_s[1], cost.tier_s[2])));
     pam_sim_config_free(&c);
 }
 
