@@ -281,8 +281,8 @@ static pam_status write_svg(const sim_opts *o, const pam_sim_config *cfg, const 
     snprintf(title, sizeof title, "tokens/s vs context (batch %ld, capped at what fits)", o->batch);
     svg_lines(f, 500, 30, 480, 290, title, "context tokens", cx, nc, cy, o);
     for (int s = 0; s < o->n_systems; s++) {
-        fprintf(f, "<rect x=\"%d\" y=\"330\" width=\"12\" height=\"6\" fill=\"%s\"/>\n", 80 + 130 * s, sim_colors[s]);
-        fprintf(f, "<text x=\"%d\" y=\"337\" font-size=\"11\">%s</text>\n", 96 + 130 * s, o->systems[s].name);
+        fprintf(f, "<rect x=\"%d\" y=\"330\" width=\"12\" height=\"6\" fill=\"%s\"/>\n", 70 + 115 * s, sim_colors[s]);
+        fprintf(f, "<text x=\"%d\" y=\"337\" font-size=\"11\">%s</text>\n", 86 + 115 * s, o->systems[s].name);
     }
     /* energy per token: one stacked bar per system */
     double emax = 0;
@@ -310,7 +310,7 @@ static pam_status write_svg(const sim_opts *o, const pam_sim_config *cfg, const 
             fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n", x, y, bw, hh,
                     sim_colors[k % 12]);
         }
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\">%s</text>\n", x + bw / 2,
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"9\" text-anchor=\"middle\">%s</text>\n", x + bw / 2,
                 py + ph + 14, o->systems[s].name);
     }
     for (int k = 0; k < n_parts; k++) {
