@@ -9,8 +9,9 @@
 # This machine as the simulator sees it (shared_compute: the CPU is the only
 # compute engine, so tiers' attention and offload's copies run one after
 # another):
-#   "gpu"   the CPU: dense rate from `single` at depth 2048 (compute-bound at
-#           4 sequences), attention rate from `single` at 2048 vs 8192;
+#   "gpu"   the CPU: the dense layers' time from `single` at depth 2048 (bound
+#           by the weight stream, about the same at 2 to 8 sequences), the
+#           attention rate from `single` at 2048 vs 8192;
 #   dram    f16 KV in host memory: read at the bandwidth `pam bench kv`
 #           measures, attended at the CPU's attention rate;
 #   dramq   int8 KV: its attention rate (the "PIM" rate of a device whose
@@ -50,6 +51,10 @@ bench() { # name seqs depth frac
   jq -s '[.[][] | .bandwidth_gbps] | max' "$DIR/$1".r*.json >"$DIR/$1.bw"
 }
 for c in "${CONFIGS[@]}"; do bench $c; done
+# attention locality of this workload, from a short run's trace: the simulator
+# scales it to each configuration's context (docs/SIM.md, Importance)
+[ -s "$DIR/locality.trace" ] || "$PAM" bench kv -m "$MODEL" -t "$THREADS" --seqs 2 --depth 1024 -n 2 --policy pam \
+    --trace "$DIR/locality.trace" --json >/dev/null 2>"$DIR/locality.log"
 
 # ms per step of a policy: the fastest of the repeats (the one least disturbed
 # by other load); METRIC=cpu: process CPU time per step / threads, what the
@@ -80,14 +85,15 @@ machine() { # dram-fraction -> config file for this machine
       {name: name, attach: attach, count: 1, capacity_gb: cap, ext_gbps: ext, int_gbps: int, pim_units: units,
        pim_gmacs_per_unit: gmacs, read_pj_per_bit: 0, io_pj_per_bit: 0, pim_mac_pj: 0, static_w: 0,
        sources: {all: "calibrated on this machine by bench/sim_validate.sh"}};
-    .gpu = {count: 1, tflops: (2 * 4 * $params / $dense / 1e12), attn_tflops: (2 * 2 * $r16 / 1e12),
+    .gpu = {count: 1, tflops: 1000, attn_tflops: (2 * 2 * $r16 / 1e12),
             mac_pj: 0, static_w: 0, reserve_gb: 0, shared_compute: 1,
-            sources: {all: "calibrated: dense time of 4 sequences; attention rate x 2 MAC per f16 byte (4 query heads per KV head)"}}
+            sources: {tflops: "the dense layers are bound by the weight stream (dram ext_gbps), not by MACs, at 2-8 sequences",
+                      attn_tflops: "calibrated: f16 attention rate x 2 MAC per f16 byte (4 query heads per KV head)"}}
     | .reduction_units = {gops: 1e6, op_pj: 0, static_w: 0, sources: {all: "merges cost microseconds here"}}
     | .links = [{name: "memcpy", count: 1, gbps: 1e6, pj_per_bit: 0, latency_us: 0, sources: {all: "in-memory"}}]
     | .host_link = "memcpy" | .peer_link = "memcpy"
-    | .devices = [dev("dram_all"; "gpu"; ($w + 2 * $kv) / 1e9; $bw; 0; 0; 0),
-                  dev("dram"; "gpu"; ($w + $kv / (if $frac == 0 then 4 else $frac end)) / 1e9; $bw; 0; 0; 0),
+    | .devices = [dev("dram_all"; "gpu"; ($w + 2 * $kv) / 1e9; $w / $dense / 1e9; 0; 0; 0),
+                  dev("dram"; "gpu"; ($w + $kv / (if $frac == 0 then 4 else $frac end)) / 1e9; $w / $dense / 1e9; 0; 0; 0),
                   dev("dramq"; "host"; 2 * $kv / 1e9; $rs / 1e9; 2 * $bw; 1; 2 * $rq / 1e9)]
     | .systems = {gpu: ["dram_all"], offload: ["dram", "dramq"], pam: ["dram", "dramq"]}
     | .kv.block_tokens = 16 | .kv.schedule_every = 1 | .kv.migrate_gb_per_step = 0.067 | .kv.max_batch = 256' >"$f"
@@ -96,7 +102,8 @@ machine() { # dram-fraction -> config file for this machine
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $THREADS threads;" \
      "metric: $METRIC, fastest of $REPEAT run(s) per configuration"
-echo "calibrated: memory $BW GB/s; dense $(awk -v d="$DENSE" 'BEGIN{printf "%.1f", d*1e3}') ms/step at 4 sequences;" \
+echo "calibrated: memory $BW GB/s; dense $(awk -v d="$DENSE" 'BEGIN{printf "%.1f", d*1e3}') ms/step at 4 sequences" \
+     "(weights streamed at $(awk -v d="$DENSE" -v w="$W" 'BEGIN{printf "%.2f", w/d/1e9}') GB/s);" \
      "f16 attention $(awk -v r="$R16" 'BEGIN{printf "%.2f", r/1e9}') GB/s; int8 attention" \
      "$(awk -v r="$RQ" 'BEGIN{printf "%.2f", r/1e9}') GB/s (f16-equivalent); offload staging" \
      "$(awk -v r="$RS" 'BEGIN{printf "%.2f", r/1e9}') GB/s"
@@ -107,7 +114,8 @@ for c in "${CONFIGS[@]}"; do
   read -r name seqs depth frac <<<"$c"
   kvtot=$(( seqs * (depth + 2 + STEPS) * ${KVT%.*} ))
   cfg=$(machine "$frac" "$kvtot")
-  pred=$("$PAM" sim --config "$cfg" --model "$MODEL" --systems gpu,offload,pam --batch "$seqs" --context "$depth" \
+  pred=$("$PAM" sim --config "$cfg" --model "$MODEL" --trace "$DIR/locality.trace" --systems gpu,offload,pam \
+         --batch "$seqs" --context "$depth" \
          --steps "$STEPS" --warmup 2 --json 2>/dev/null)
   for pol in pam offload single; do
     sys=$pol; [ "$pol" = single ] && sys=gpu
