@@ -17,6 +17,12 @@ echo "$err" | grep -q "got 'pam,nope'" || fail "bad system message: $err"
 err=$("$PAM" sim --model gpt-9 2>&1); rc=$?
 [ $rc -eq 1 ] || fail "unknown model: exit $rc"
 echo "$err" | grep -q "unknown model 'gpt-9'" || fail "unknown model message: $err"
+err=$("$PAM" sim --model qwen2.5-33b 2>&1); rc=$?
+[ $rc -eq 1 ] || fail "misspelt model: exit $rc"
+echo "$err" | grep -q "unknown model 'qwen2.5-33b'" || fail "misspelt model message: $err"
+printf 'not a gguf' >"$TMP/sim-bad.gguf"
+err=$("$PAM" sim --model "$TMP/sim-bad.gguf" 2>&1); rc=$?
+[ $rc -eq 1 ] || fail "bad GGUF: exit $rc"
 err=$("$PAM" sim --batch 0 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "batch 0: exit $rc"
 

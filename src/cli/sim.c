@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -401,7 +402,8 @@ int pam_cli_sim(int argc, char **argv) {
     pam_sim_locality loc;
     pam_sim_result res[SIM_MAX_SYSTEMS];
     st = pam_sim_shape_builtin(o.model, &shape);
-    if (st == PAM_ERR_NOT_FOUND && strchr(o.model, '.')) st = pam_sim_shape_gguf(o.model, &shape);
+    /* not a built-in name: a GGUF file, if there is one by that name */
+    if (st == PAM_ERR_NOT_FOUND && access(o.model, F_OK) == 0) st = pam_sim_shape_gguf(o.model, &shape);
     if (st != PAM_OK) {
         fprintf(stderr, "pam sim: %s\n", pam_last_error());
         goto done;
