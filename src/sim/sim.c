@@ -669,7 +669,10 @@ static pam_status run_closed(sim_state *s, pam_sim_result *r) {
                  (long long)p->batch);
         b = (int64_t)r->max_batch;
     }
-    if (b > (int64_t)m->cfg->max_batch) b = (int64_t)m->cfg->max_batch;
+    if (b > (int64_t)m->cfg->max_batch) {
+        snprintf(r->note, sizeof r->note, "batch capped at the configured max_batch %lld", (long long)m->cfg->max_batch);
+        b = (int64_t)m->cfg->max_batch;
+    }
     for (int64_t i = 0; i < b; i++) {
         int ok;
         PAM_TRY(st_admit(s, (uint64_t)i, p->context, p->warmup + p->steps, 0, &ok));
