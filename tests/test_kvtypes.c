@@ -174,6 +174,52 @@ static void test_logit_agreement(void **state) {
     json_decref(ref);
 }
 
+/* A block written whole and one written token by token (through the
+ * tiers' f16 recent window until it fills) hold the same codes: a sequence
+ * prefilled in one chunk and one decoded token by token see the same KV. */
+static void test_whole_vs_token_by_token(void **state) {
+    (void)state;
+    const pam_kv_shape s = {.n_layer = 1, .n_head_kv = 2, .head_dim = 64, .block_tokens = 16};
+    enum { ROW = 2 * 64, BT = 16 };
+    float k[BT * ROW], v[BT * ROW], k1[BT * ROW], v1[BT * ROW], k2[BT * ROW], v2[BT * ROW], q[4 * 64];
+    pam_test_rng r = {9};
+    for (int i = 0; i < BT * ROW; i++) {
+        k[i] = (float)pam_test_rng_normal(&r);
+        v[i] = (float)pam_test_rng_normal(&r);
+    }
+    for (int i = 0; i < 4 * 64; i++) q[i] = (float)pam_test_rng_normal(&r);
+    const pam_kv_type lossy[] = {PAM_KV_BF16, PAM_KV_Q8, PAM_KV_Q4};
+    for (int ti = 0; ti < 3; ti++)
+        for (int ssd = 0; ssd < 2; ssd++) {
+            pam_tier *t;
+            if (ssd)
+                assert_int_equal(pam_tier_ssd_open_type(&s, lossy[ti], pam_test_tmp("kvtypes-ssd"), 1 << 20, 0, &t),
+                                 PAM_OK);
+            else
+                assert_int_equal(pam_tier_dram_open_type(&s, lossy[ti], 1 << 20, &t), PAM_OK);
+            uint32_t a, b;
+            assert_int_equal(pam_tier_alloc(t, &a), PAM_OK);
+            assert_int_equal(pam_tier_alloc(t, &b), PAM_OK);
+            assert_int_equal(pam_tier_write(t, a, 0, BT, k, v), PAM_OK);
+            for (int i = 0; i < BT; i++)
+                assert_int_equal(pam_tier_write(t, b, i, 1, k + i * ROW, v + i * ROW), PAM_OK);
+            assert_int_equal(pam_tier_read(t, a, BT, k1, v1), PAM_OK);
+            assert_int_equal(pam_tier_read(t, b, BT, k2, v2), PAM_OK);
+            assert_memory_equal(k1, k2, sizeof k1);
+            assert_memory_equal(v1, v2, sizeof v1);
+            float m[2][4], l[2][4], o[2][4 * 64];
+            for (int i = 0; i < 2; i++) {
+                pam_tier_block blk = {.slot = i ? b : a, .n_tokens = BT};
+                pam_tier_attn req = {.q = q, .n_head = 4, .scale = 0.125f, .blocks = &blk, .n_blocks = 1,
+                                     .m = m[i], .l = l[i], .o = o[i]};
+                assert_int_equal(pam_tier_attend(t, &req), PAM_OK);
+            }
+            assert_memory_equal(o[0], o[1], sizeof o[0]);
+            assert_memory_equal(l[0], l[1], sizeof l[0]);
+            pam_tier_close(t);
+        }
+}
+
 static void test_spec_types(void **state) {
     (void)state;
     const pam_kv_shape s = {.n_layer = 2, .n_head_kv = 2, .head_dim = 64, .block_tokens = 16};
@@ -215,6 +261,7 @@ static void test_spec_types(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spec_types),
+        cmocka_unit_test(test_whole_vs_token_by_token),
         cmocka_unit_test(test_threads_deterministic),
         cmocka_unit_test(test_logit_agreement),
     };

@@ -41,6 +41,8 @@ pam_status pam_kvh_check(pam_kv_type t, int head_dim, int block_tokens) {
         return PAM_ERR(PAM_ERR_INVALID, "KV type %s: bad shape (head dim %d, block %d tokens)", k_names[t],
                        head_dim, block_tokens);
     int need = t == PAM_KV_BF16 ? 2 : t == PAM_KV_Q8 ? 4 : t == PAM_KV_Q4 ? 8 : 1;
+    if (t != PAM_KV_F32 && t != PAM_KV_F16 && head_dim > 512)
+        return PAM_ERR(PAM_ERR_INVALID, "KV type %s: head dim %d above 512", k_names[t], head_dim);
     if (head_dim % need)
         return PAM_ERR(PAM_ERR_INVALID, "KV type %s needs a head dim divisible by %d (model has %d)", k_names[t],
                        need, head_dim);
@@ -71,13 +73,27 @@ static void set_nibble(uint8_t *b, int hi, int code) {
     *b = hi ? (uint8_t)((*b & 0x0F) | (code << 4)) : (uint8_t)((*b & 0xF0) | code);
 }
 
+/* The lossy types encode the f16 rounding of their input, so a block
+ * written whole and one kept in an f16 recent window until it fills (the
+ * tiers' tails) get the same codes: results do not depend on how a
+ * sequence's tokens were written (one prefill chunk or token by token). */
+static const float *f16_rounded(const float *x, int D, float *buf) {
+    for (int d = 0; d < D; d++) buf[d] = pam_f16_to_f32(pam_f32_to_f16(x[d]));
+    return buf;
+}
+
 void pam_kvh_write(pam_kv_type t, int D, int B, void *run, int off, int n, const float *k, const float *v,
                    size_t stride) {
     kvh_layout L = kvh_layout_of(t, D, B);
     uint8_t *r = run;
+    float kbuf[512], vbuf[512];
     for (int i = 0; i < n; i++) {
         const int p = off + i;
         const float *kr = k + (size_t)i * stride, *vr = v + (size_t)i * stride;
+        if (t != PAM_KV_F32 && t != PAM_KV_F16 && D <= 512) {
+            kr = f16_rounded(kr, D, kbuf);
+            vr = f16_rounded(vr, D, vbuf);
+        }
         switch (t) {
         case PAM_KV_F32: {
             float *K = (float *)(r + L.k), *V = (float *)(r + L.v);

@@ -18,7 +18,10 @@
  *             bytes, low nibble channel 8i+c, high 8i+4+c; V [B4/4][D/8][4][4]
  *             bytes (quad of tokens j, channel octet i, channel c, token u),
  *             low nibble channel 8i+c, high 8i+4+c.
- * Requirements: D even (bf16), D % 4 == 0 (q8), D % 8 == 0 (q4).
+ * Requirements: D even (bf16), D % 4 == 0 (q8), D % 8 == 0 (q4), D <= 512
+ * (bf16, q8, q4). bf16, q8 and q4 encode the f16 rounding of the rows they
+ * are given (what the tiers' f16 recent windows hold), so a block gets the
+ * same codes however its tokens were written.
  *
  * The quantised kernels quantise q to int8 per (query head, group) once per
  * call and the softmax weights of a block to 7 bits per (head, group), then

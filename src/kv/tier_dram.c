@@ -102,20 +102,27 @@ static pam_status dram_write_tail(dram_tier *d, uint32_t slot, int32_t off, int3
         if (!tl) return PAM_ERR(PAM_ERR_NOMEM, "dram tier: recent-window block");
         d->tail[slot] = tl;
     }
-    for (int h = 0; h < nkv; h++)
-        pam_kvh_write(PAM_KV_F16, hd, bt, tl + (size_t)h * d->tail_run_bytes, off, n, k + (size_t)h * hd,
-                      v + (size_t)h * hd, row);
-    d->hi[slot] = hi;
-    if (hi < bt) return PAM_OK;
-    /* full: the block moves into the arena in its type */
+    if (hi < bt) {
+        for (int h = 0; h < nkv; h++)
+            pam_kvh_write(PAM_KV_F16, hd, bt, tl + (size_t)h * d->tail_run_bytes, off, n, k + (size_t)h * hd,
+                          v + (size_t)h * hd, row);
+        d->hi[slot] = hi;
+        return PAM_OK;
+    }
+    /* full: the tail's tokens and the new ones move into the arena in the
+     * type (which encodes the f16 rounding of its input, so this gives the
+     * codes a whole-block write of the same rows gives) */
     float *kb = d->conv, *vb = d->conv + (size_t)bt * row;
-    uint8_t *b = slot_ptr(d, slot);
-    for (int h = 0; h < nkv; h++) {
+    for (int h = 0; h < nkv; h++)
         pam_kvh_read(PAM_KV_F16, hd, bt, tl + (size_t)h * d->tail_run_bytes, bt, kb + (size_t)h * hd,
                      vb + (size_t)h * hd, row);
+    memcpy(kb + (size_t)off * row, k, sizeof(float) * (size_t)n * row);
+    memcpy(vb + (size_t)off * row, v, sizeof(float) * (size_t)n * row);
+    uint8_t *b = slot_ptr(d, slot);
+    for (int h = 0; h < nkv; h++)
         pam_kvh_write(d->type, hd, bt, b + (size_t)h * d->run_bytes, 0, bt, kb + (size_t)h * hd, vb + (size_t)h * hd,
                       row);
-    }
+    d->hi[slot] = hi;
     free(tl);
     d->tail[slot] = NULL;
     return PAM_OK;
