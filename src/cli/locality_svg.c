@@ -91,7 +91,7 @@ static void axes(FILE *f, double x0, double y0, double w, double h, const char *
             h);
     for (int i = 0; i <= 4; i++) {
         double y = y0 + h - i * h / 4;
-        char s[16];
+        char s[32];
         snprintf(s, sizeof s, "%d%%", i * 25);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", x0, y, x0 + w, y);
         text(f, x0 - 4, y + 3, 9, "end", "normal", s);
@@ -105,7 +105,7 @@ static void capture_chart(FILE *f, const loc_report *r, double x0, double y0, do
     double lx[LOC_N_BUD];
     for (int i = 0; i < LOC_N_BUD; i++) {
         lx[i] = x0 + 10 + (w - 20) * i / (LOC_N_BUD - 1);
-        char s[16];
+        char s[32];
         snprintf(s, sizeof s, "%g%%", loc_budget_pct[i]);
         text(f, lx[i], y0 + h + 13, 9, "middle", "normal", s);
     }
@@ -146,7 +146,7 @@ static void concentration_chart(FILE *f, const loc_report *r, double x0, double 
         for (int k = 0; k < 3; k++)
             fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n", gx + k * bw,
                     y0 + h - h * v[k], bw - 1, h * v[k], col[k]);
-        char t[16];
+        char t[32];
         if (l < L)
             snprintf(t, sizeof t, "%d", l);
         else
@@ -167,7 +167,7 @@ static void stability_chart(FILE *f, const loc_report *r, double x0, double y0, 
     double lx[LOC_N_LAG];
     for (int i = 0; i < LOC_N_LAG; i++) {
         lx[i] = x0 + 14 + (w - 28) * i / (LOC_N_LAG - 1);
-        char s[16];
+        char s[32];
         snprintf(s, sizeof s, "+%d", loc_lags[i]);
         text(f, lx[i], y0 + h + 13, 9, "middle", "normal", s);
     }
@@ -179,7 +179,7 @@ static void stability_chart(FILE *f, const loc_report *r, double x0, double y0, 
             fprintf(f, "%.1f,%.1f ", lx[i], y0 + h - h * v);
         }
         fprintf(f, "\"/>\n");
-        char s[16];
+        char s[32];
         snprintf(s, sizeof s, "layer %d", l);
         fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"10\" height=\"3\" fill=\"%s\"/>\n", x0 + w - 62,
                 y0 + 14 + l * 13 - 4, c);
