@@ -136,7 +136,7 @@ static void capture_chart(FILE *f, const loc_report *r, double x0, double y0, do
 static void concentration_chart(FILE *f, const loc_report *r, double x0, double y0, double w, double h) {
     axes(f, x0, y0, w, h, "where the mass is, per layer", "layer");
     static const char *const col[3] = {"#3182bd", "#fd8d3c", "#74c476"};
-    static const char *const name[3] = {"top 10% of blocks", "sink", "recent (2 newest)"};
+    static const char *const name[3] = {"top 10% of blocks", "sink (block 0)", "2 newest blocks"};
     int L = r->n_layer;
     double gw = w / (L + 1), bw = gw / 4;
     for (int l = 0; l <= L; l++) {
@@ -154,7 +154,7 @@ static void concentration_chart(FILE *f, const loc_report *r, double x0, double 
         text(f, gx + 1.5 * bw, y0 + h + 13, 9, "middle", "normal", t);
     }
     for (int k = 0; k < 3; k++) { /* legend in a row under the axis */
-        double lx = x0 + k * (w / 3);
+        double lx = x0 - 20 + k * (w / 3 + 12);
         fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"10\" height=\"10\" fill=\"%s\"/>\n", lx, y0 + h + 36,
                 col[k]);
         text(f, lx + 13, y0 + h + 45, 9, "start", "normal", name[k]);
