@@ -31,7 +31,7 @@ static void ppl_usage(FILE *f) {
             "\n"
             "  -m, --model FILE        GGUF model\n"
             "  -f, --file FILE         text to evaluate (at least 2*CTX tokens)\n"
-            "  -c, --ctx-size N        tokens per chunk (default 512, at most the model's context)\n"
+            "  -c, --ctx-size N        tokens per chunk (default 512 or the model's context if smaller)\n"
             "  -b, --batch-size N      tokens per forward pass (default CTX: one pass per chunk;\n"
             "                          1 decodes token by token with a KV step between tokens)\n"
             "      --chunks N          evaluate only the first N chunks (default all)\n"
@@ -158,7 +158,6 @@ static pam_status eval_chunk(pam_ctx *ctx, pam_ctx *base, pam_kvm *kvm, const in
 
 static int parse(int argc, char **argv, ppl_opts *o) {
     memset(o, 0, sizeof *o);
-    o->n_ctx = 512;
     o->n_chunks = -1;
     pam_kv_flags_init(&o->kvf);
     pam_args a;
@@ -202,7 +201,6 @@ static int parse(int argc, char **argv, ppl_opts *o) {
         fprintf(stderr, "run `pam perplexity --help` for the options\n");
         return 2;
     }
-    if (o->n_batch == 0 || o->n_batch > o->n_ctx) o->n_batch = o->n_ctx;
     return -1;
 }
 
@@ -254,6 +252,8 @@ int pam_cli_perplexity(int argc, char **argv) {
     }
     const pam_model_hparams *hp = pam_model_get_hparams(model);
     const pam_tokenizer *tk = pam_model_tokenizer(model);
+    if (o.n_ctx == 0) o.n_ctx = hp->n_ctx_train < 512 ? hp->n_ctx_train : 512; /* llama.cpp's default */
+    if (o.n_batch == 0 || o.n_batch > o.n_ctx) o.n_batch = o.n_ctx;
     if (o.n_ctx > hp->n_ctx_train) {
         fprintf(stderr, "pam perplexity: -c %ld exceeds the model's context of %d tokens\n", o.n_ctx, hp->n_ctx_train);
         rc = 2;
