@@ -850,6 +850,8 @@ static node *parse_postfix(parser *p, node *n) {
             leave(p);
             if (v.n == 0) perr(p, t->line, "expected subscript expression");
             node *key = v.v[0];
+            for (int k = 0; v.n > 1 && k < v.n; k++)
+                if (v.v[k]->kind == E_SLICE) perr(p, t->line, "a slice inside a tuple subscript is not supported");
             if (v.n > 1) {
                 key = new_node(p, E_TUPLE, t->line);
                 key->items = v.v;
