@@ -2158,7 +2158,10 @@ static int contains(ctx *c, jval hay, jval needle) {
         for (size_t i = 0; i < hay.u.l->n; i++)
             if (v_eq(c, hay.u.l->v[i], needle)) return 1;
         return 0;
-    case T_DICT: return dict_find(c, hay.u.d, needle) != NULL;
+    case T_DICT:
+        if ((needle.t == T_LIST && !needle.u.l->is_tuple) || needle.t == T_DICT || needle.t == T_NS)
+            rerr(c, "TypeError", "unhashable type: '%s'", type_name(needle));
+        return dict_find(c, hay.u.d, needle) != NULL;
     default: rerr(c, "TypeError", "argument of type '%s' is not iterable", type_name(hay));
     }
 }
@@ -2599,6 +2602,7 @@ static void exec_for(ctx *c, const node *n) {
         c->sc = outer;
     }
     size_t len = items->n;
+    int completed = 0;
     for (size_t i = 0; i < len; i++) {
         tick(c, 2);
         scope *s = new_scope(c, outer);
@@ -2611,6 +2615,9 @@ static void exec_for(ctx *c, const node *n) {
         assign_targets(c, n, items->v[i]);
         exec_seq(c, n->body);
         c->sc = outer;
+        /* jinja2 marks the loop as iterated at the end of a body, so a body
+         * left by break or continue does not count for the else block */
+        if (!c->ctl) completed = 1;
         if (c->ctl == 1) {
             c->ctl = 0;
             break;
@@ -2618,7 +2625,7 @@ static void exec_for(ctx *c, const node *n) {
         c->ctl = 0;
     }
     c->sc = outer;
-    if (len == 0 && n->else_body) exec_seq(c, n->else_body);
+    if (!completed && n->else_body) exec_seq(c, n->else_body);
 }
 
 static void exec_stmt(ctx *c, const node *n) {
@@ -3176,7 +3183,6 @@ static jval f_first(ctx *c, jval v, args *a) {
 }
 
 static jval f_last(ctx *c, jval v, args *a) {
-    if (v.t == T_DICT) rerr(c, "TypeError", "'dict' object is not reversible");
     jlist *items = iter_items(c, v);
     return items->n ? items->v[items->n - 1] : v_undef("No last item, sequence was empty.");
 }
@@ -3281,6 +3287,7 @@ static jval f_map(ctx *c, jval v, args *a) {
 static jval f_int(ctx *c, jval v, args *a) {
     jval d = arg(a, 0, "default", v_int(0), NULL);
     int64_t base = opt_int(c, a, 1, "base", 10);
+    if (v.t == T_UNDEF) fail_undef(c, v);
     switch (v.t) {
     case T_INT: return v;
     case T_BOOL: return v_int(v.u.b);
@@ -3310,6 +3317,7 @@ static jval f_int(ctx *c, jval v, args *a) {
 
 static jval f_float(ctx *c, jval v, args *a) {
     jval d = arg(a, 0, "default", v_float(0), NULL);
+    if (v.t == T_UNDEF) fail_undef(c, v);
     if (is_num(v)) return v_float(as_f(v));
     if (v.t == T_STR) {
         char *end;
@@ -3324,6 +3332,7 @@ static jval f_float(ctx *c, jval v, args *a) {
 
 static jval f_abs(ctx *c, jval v, args *a) {
     if (v.t == T_FLOAT) return v_float(fabs(v.u.f));
+    if (!is_num(v)) rerr(c, "TypeError", "bad operand type for abs(): '%s'", type_name(v));
     int64_t x = want_int(c, v, "abs's argument");
     if (x == INT64_MIN) rerr(c, "OverflowError", "integer result out of the supported 64-bit range");
     return v_int(x < 0 ? -x : x);
@@ -3458,7 +3467,8 @@ static jval f_indent(ctx *c, jval v, args *a) {
         pad = mk_jstr(c, pb.p, pb.n);
     }
     int first = truthy(arg(a, 1, "first", v_bool(0), NULL)), blank = truthy(arg(a, 2, "blank", v_bool(0), NULL));
-    const jstr *s = to_jstr(c, v);
+    if (v.t != T_STR) rerr(c, "TypeError", "unsupported operand type(s) for +=: '%s' and 'str'", type_name(v));
+    const jstr *s = v.u.s;
     sbuf b = {0};
     sb_put(c, &b, "", 0);
     size_t i = 0;
