@@ -1963,7 +1963,20 @@ static jval from_json(ctx *c, const json_t *j, int depth) {
 
 /* ---- equality, ordering, arithmetic */
 
+static void enter_eval(ctx *c);
+
+static int v_eq_in(ctx *c, jval a, jval b);
+
+/* Values can nest as deep as a template builds them: compare under the
+ * depth bound. */
 static int v_eq(ctx *c, jval a, jval b) {
+    enter_eval(c);
+    int r = v_eq_in(c, a, b);
+    c->depth--;
+    return r;
+}
+
+static int v_eq_in(ctx *c, jval a, jval b) {
     tick(c, 1);
     if (is_num(a) && is_num(b)) {
         if (is_intlike(a) && is_intlike(b)) return as_int(a) == as_int(b);
@@ -2013,7 +2026,10 @@ static int v_cmp(ctx *c, jval a, jval b, int op) {
         size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < n; i++) {
             if (v_eq(c, a.u.l->v[i], b.u.l->v[i])) continue;
-            return v_cmp(c, a.u.l->v[i], b.u.l->v[i], op);
+            enter_eval(c);
+            int r = v_cmp(c, a.u.l->v[i], b.u.l->v[i], op);
+            c->depth--;
+            return r;
         }
         return a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n;
     }
