@@ -128,4 +128,9 @@ check "a template that does not parse is refused at start" $?
 [ $? -ne 0 ] && grep -q "cannot open --chat-template-file" "$tmp/missing.log"
 check "a missing template file is refused" $?
 
+printf '{{ messages[0].content.casefold() }}' >"$tmp/fails.jinja"
+"$pam" serve --port 0 -m "$model" -t 1 --chat-template-file "$tmp/fails.jinja" 2>"$tmp/fails.log"
+[ $? -ne 0 ] && grep -q "the chat template fails on a one-message conversation: UndefinedError: 'str object' has no attribute 'casefold'" "$tmp/fails.log"
+check "a template that cannot render a one-message conversation is refused at start" $?
+
 exit $fail

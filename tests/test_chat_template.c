@@ -207,11 +207,36 @@ static void test_unparsable_template(void **state) {
     stop(&r);
 }
 
+/* A template that parses but cannot render a plain conversation (here a
+ * method our interpreter lacks) would fail every request: the server finds
+ * out at start and uses the built-in family instead. */
+static void test_template_that_fails(void **state) {
+    running r;
+    start(&r, with_template("chat-fails.gguf",
+                            "{% for m in messages %}<|start_header_id|>{{ m.content.casefold() }}{% endfor %}"));
+    assert_int_equal(pam_server_chat_family(r.s), PAM_CHAT_LLAMA3);
+    const char *desc = pam_server_chat_template_desc(r.s);
+    if (strcmp(desc, "llama3 (built-in; the model's template fails on a one-message conversation: UndefinedError: "
+                     "'str object' has no attribute 'casefold')") != 0)
+        fail_msg("%s", desc);
+    stop(&r);
+    /* a template's own refusal is not a failure: it stays */
+    start(&r, with_template("chat-refuses.gguf", "{{ raise_exception('no') }}"));
+    assert_string_equal(pam_server_chat_template_desc(r.s), "jinja (the model's tokenizer.chat_template)");
+    char *resp;
+    assert_int_equal(post(&r, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}", &resp),
+                     400);
+    assert_non_null(strstr(resp, "\"message\":\"TemplateError: no\""));
+    free(resp);
+    stop(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_template),
         cmocka_unit_test(test_no_template),
         cmocka_unit_test(test_unparsable_template),
+        cmocka_unit_test(test_template_that_fails),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -583,10 +583,25 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     pthread_mutex_unlock(&s->mu);
 }
 
+/* A template that cannot render a plain one-message conversation (it uses
+ * something our interpreter lacks, or is broken) would fail every chat
+ * request: find out at start. Its own refusal (raise_exception, a
+ * TemplateError) is its choice, not a failure. */
+static pam_status try_template(const pam_chat_template *t, char *err, size_t err_cap) {
+    json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "Hello");
+    if (!msgs) return PAM_ERR_NOMEM;
+    char *out = NULL;
+    pam_status st = pam_chat_template_apply(t, msgs, NULL, 1, &out, err, err_cap);
+    json_decref(msgs);
+    free(out);
+    if (st == PAM_ERR_INVALID && !strncmp(err, "TemplateError: ", 15)) return PAM_OK;
+    return st;
+}
+
 /* The chat template, by precedence: the user's Jinja file, a built-in
  * family named by the user, the model's tokenizer.chat_template, and the
- * built-in family its text suggests when our interpreter cannot parse it
- * (or the fallback format when the model has none). */
+ * built-in family its text suggests when our interpreter cannot parse or
+ * run it (or the fallback format when the model has none). */
 static pam_status make_chat_template(pam_server *s, const pam_server_params *p) {
     int32_t bos = pam_tokenizer_bos(s->tk), eos = pam_tokenizer_eos(s->tk);
     const char *bos_s = bos >= 0 ? pam_tokenizer_piece(s->tk, bos) : NULL;
@@ -599,6 +614,13 @@ static pam_status make_chat_template(pam_server *s, const pam_server_params *p) 
                                      sizeof err);
         if (st == PAM_ERR_INVALID) return PAM_ERR(PAM_ERR_INVALID, "the chat template does not parse: %s", err);
         if (st != PAM_OK) return PAM_ERR(st, "chat template");
+        if ((st = try_template(s->chat, err, sizeof err)) != PAM_OK) {
+            pam_chat_template_free(s->chat);
+            s->chat = NULL;
+            if (st == PAM_ERR_INVALID)
+                return PAM_ERR(PAM_ERR_INVALID, "the chat template fails on a one-message conversation: %s", err);
+            return PAM_ERR(st, "chat template");
+        }
         snprintf(s->chat_desc, sizeof s->chat_desc, "jinja (from the given file)");
         return PAM_OK;
     }
@@ -615,15 +637,21 @@ static pam_status make_chat_template(pam_server *s, const pam_server_params *p) 
         return s->chat ? PAM_OK : PAM_ERR(PAM_ERR_NOMEM, "chat template");
     }
     st = pam_chat_template_jinja(tmpl.ptr, (size_t)tmpl.len, bos_s, eos_s, strip_bos, &s->chat, err, sizeof err);
+    const char *why = "does not parse";
     if (st == PAM_OK) {
-        snprintf(s->chat_desc, sizeof s->chat_desc, "jinja (the model's tokenizer.chat_template)");
-        return PAM_OK;
+        if ((st = try_template(s->chat, err, sizeof err)) == PAM_OK) {
+            snprintf(s->chat_desc, sizeof s->chat_desc, "jinja (the model's tokenizer.chat_template)");
+            return PAM_OK;
+        }
+        pam_chat_template_free(s->chat);
+        s->chat = NULL;
+        why = "fails on a one-message conversation";
     }
     if (st != PAM_ERR_INVALID) return PAM_ERR(st, "chat template");
     pam_chat_family f = pam_chat_detect(tmpl.ptr, (size_t)tmpl.len);
     s->chat = pam_chat_template_builtin(f);
-    snprintf(s->chat_desc, sizeof s->chat_desc, "%s (built-in; the model's template does not parse: %.400s)",
-             pam_chat_family_name(f), err);
+    snprintf(s->chat_desc, sizeof s->chat_desc, "%s (built-in; the model's template %s: %.400s)",
+             pam_chat_family_name(f), why, err);
     return s->chat ? PAM_OK : PAM_ERR(PAM_ERR_NOMEM, "chat template");
 }
 
