@@ -200,6 +200,11 @@ static void test_filters_tests(void **state) {
            "{{ 2 is even }}{{ 6 is divisibleby 3 }}{{ 'a' is in 'abc' }}{{ u is undefined }}",
            "{\"x\":\"s\",\"d\":{},\"l\":[]}", "TrueFalseTrueTrueTrueTrueTrueTrueTrueTrue");
     expect("{{ 'a<b>&'|e }}", NULL, "a&lt;b&gt;&amp;");
+    /* printf-style and str.format formatting */
+    expect("{{ '%s-%d|%05.2f|%x|%-4s|%%' % ('a', 2, 3.14159, 255, 'b') }}{{ '%(k)03d' % {'k': 7} }}{{ '%s'|format(1) }}",
+           NULL, "a-2|03.14|ff|b   |%007" "1");
+    expect("{{ '{} {x} {:>4} {:.2f}'.format('a', 'b', 3.14159, x='y') }}{{ '{1}{0}'.format(1, 2) }}", NULL,
+           "a y    b 3.1421");
     expect("{{ 'a\\nb'|indent(2) }}|{{ 'a\\nb'|indent(2, true) }}", NULL, "a\n  b|  a\n  b");
 }
 
@@ -213,6 +218,14 @@ static void test_errors(void **state) {
                  "TemplateSyntaxError: Unexpected end of template. Jinja was looking for the following tags: "
                  "'elif' or 'else' or 'endif'. The innermost block that needs to be closed is 'if'. (line 1)");
     expect_error("{{ x | nosuch }}", NULL, "TemplateAssertionError: No filter named 'nosuch'. (line 1)");
+    /* inside an if or a conditional expression an unknown filter or test is
+     * an error only when that code runs (as jinja2 compiles it) */
+    expect("{% if false %}{{ x|nosuch }}{% elif false %}{{ x is nosuch }}{% endif %}{{ x|nosuch if false }}ok", NULL, "ok");
+    expect_error("{% if true %}{{ 1|nosuch }}{% endif %}", NULL, "TemplateRuntimeError: No filter named 'nosuch' found.");
+    expect_error("{% if true %}{% for x in [1] %}{{ x|nosuch }}{% endfor %}{% endif %}", NULL,
+                 "TemplateAssertionError: No filter named 'nosuch'. (line 1)");
+    expect_error("{{ '%d' % 'x' }}", NULL, "TypeError: %d format: a real number is required, not str");
+    expect_error("{{ '%s %s' % ('a',) }}", NULL, "TypeError: not enough arguments for format string");
     expect_error("{% foo %}", NULL, "TemplateSyntaxError: Encountered unknown tag 'foo'. (line 1)");
     expect_error("\n\n{{ 1 + }}", NULL, "TemplateSyntaxError: unexpected 'end of print statement' (line 3)");
     expect_error("{% include 'x' %}", NULL,

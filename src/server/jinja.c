@@ -198,6 +198,15 @@ typedef struct parser {
     token *toks;
     size_t n_toks, cap_toks, pos;
     int depth;
+    /* jinja2 reports an unknown filter or test when it compiles the
+     * template, except inside an if (its test and bodies) or a conditional
+     * expression, where it becomes an error only if that code runs. */
+    int soft;
+    struct unknown_name {
+        const char *name;
+        int line, is_test, soft;
+    } *unknown;
+    int n_unknown, cap_unknown;
 } parser;
 
 #define MAX_PARSE_DEPTH 100
@@ -901,10 +910,21 @@ static JNORETURN void passert(parser *p, int line, const char *fmt, const char *
     longjmp(p->jb, 1);
 }
 
+static void note_unknown(parser *p, const char *name, int line, int is_test) {
+    if (p->n_unknown == p->cap_unknown) {
+        int cap = p->cap_unknown ? p->cap_unknown * 2 : 8;
+        struct unknown_name *u = palloc(p, (size_t)cap * sizeof *u);
+        if (p->n_unknown) memcpy(u, p->unknown, (size_t)p->n_unknown * sizeof *u);
+        p->unknown = u;
+        p->cap_unknown = cap;
+    }
+    p->unknown[p->n_unknown++] = (struct unknown_name){name, line, is_test, p->soft > 0};
+}
+
 static node *parse_filter(parser *p, node *value) {
     int line = peek(p)->line;
     const char *nm = parse_dotted_name(p);
-    if (find_filter(nm) < 0) passert(p, line, "No filter named '%s'.", nm);
+    if (find_filter(nm) < 0) note_unknown(p, nm, line, 0);
     node *f = new_node(p, E_FILTER, line);
     f->a = value;
     f->name = nm;
@@ -928,7 +948,7 @@ static node *parse_filter_expr(parser *p, node *n) {
             x->a = n;
             int line = peek(p)->line;
             x->name = parse_dotted_name(p);
-            if (find_test(x->name) < 0) passert(p, line, "No test named '%s'.", x->name);
+            if (find_test(x->name) < 0) note_unknown(p, x->name, line, 1);
             token *u = peek(p);
             if (is_op(u, "(")) {
                 parse_call_args(p, x);
@@ -1088,16 +1108,20 @@ static node *parse_or(parser *p) {
 
 static node *parse_expr(parser *p, int with_condexpr) {
     enter(p);
+    int first_unknown = p->n_unknown;
     node *n = parse_or(p);
     if (with_condexpr) {
         while (is_name(peek(p), "if")) {
+            for (int k = first_unknown; k < p->n_unknown; k++) p->unknown[k].soft = 1;
             node *x = new_node(p, E_COND, next_tok(p)->line);
             x->a = n;
+            p->soft++;
             x->b = parse_or(p);
             if (is_name(peek(p), "else")) {
                 next_tok(p);
                 x->c = parse_expr(p, 1);
             }
+            p->soft--;
             n = x;
         }
     }
@@ -1160,6 +1184,16 @@ static void parse_targets(parser *p, node *st, int with_ns) {
 
 static node *parse_seq(parser *p, const char *const *ends, int n_ends, const char **which, int loops);
 
+/* A body in a new jinja2 frame (for, macro, with, filter, block set): not
+ * soft even inside an if. */
+static node *parse_seq_hard(parser *p, const char *const *ends, int n_ends, const char **which, int loops) {
+    int saved = p->soft;
+    p->soft = 0;
+    node *n = parse_seq(p, ends, n_ends, which, loops);
+    p->soft = saved;
+    return n;
+}
+
 static int name_in(const char *nm, const char *const *set, int n) {
     for (int k = 0; k < n; k++)
         if (!strcmp(nm, set[k])) return 1;
@@ -1175,6 +1209,7 @@ static node *parse_statement(parser *p, int loops) {
     node *n = NULL;
     if (!strcmp(tag, "if") || !strcmp(tag, "elif")) {
         n = new_node(p, S_IF, t->line);
+        p->soft++;
         n->a = parse_tuple(p, 0, 0);
         expect_block_end(p);
         static const char *const ends[] = {"elif", "else", "endif"};
@@ -1182,6 +1217,7 @@ static node *parse_statement(parser *p, int loops) {
         if (!strcmp(which, "elif")) {
             p->pos--; /* parse the elif as a nested if that consumes the endif */
             n->else_body = parse_statement(p, loops);
+            p->soft--;
             leave(p);
             return n;
         }
@@ -1191,6 +1227,7 @@ static node *parse_statement(parser *p, int loops) {
             n->else_body = parse_seq(p, ends2, 1, &which, loops);
         }
         expect_block_end(p);
+        p->soft--;
     } else if (!strcmp(tag, "for")) {
         n = new_node(p, S_FOR, t->line);
         parse_targets(p, n, 0);
@@ -1204,11 +1241,11 @@ static node *parse_statement(parser *p, int loops) {
         if (is_name(peek(p), "recursive")) perr(p, peek(p)->line, "recursive loops are not supported");
         expect_block_end(p);
         static const char *const ends[] = {"endfor", "else"};
-        n->body = parse_seq(p, ends, 2, &which, loops + 1);
+        n->body = parse_seq_hard(p, ends, 2, &which, loops + 1);
         if (!strcmp(which, "else")) {
             expect_block_end(p);
             static const char *const ends2[] = {"endfor"};
-            n->else_body = parse_seq(p, ends2, 1, &which, loops);
+            n->else_body = parse_seq_hard(p, ends2, 1, &which, loops);
         }
         expect_block_end(p);
     } else if (!strcmp(tag, "set")) {
@@ -1229,7 +1266,7 @@ static node *parse_statement(parser *p, int loops) {
             n->a = f; /* filter chain applied to the block's text (innermost a == NULL) */
             expect_block_end(p);
             static const char *const ends[] = {"endset"};
-            n->body = parse_seq(p, ends, 1, &which, loops);
+            n->body = parse_seq_hard(p, ends, 1, &which, loops);
             expect_block_end(p);
         }
     } else if (!strcmp(tag, "macro")) {
@@ -1259,7 +1296,7 @@ static node *parse_statement(parser *p, int loops) {
         n->names = v.names;
         n->n_items = v.n;
         static const char *const ends[] = {"endmacro"};
-        n->body = parse_seq(p, ends, 1, &which, 0);
+        n->body = parse_seq_hard(p, ends, 1, &which, 0);
         if (peek(p)->kind == TK_NAME) next_tok(p); /* endmacro name */
         expect_block_end(p);
     } else if (!strcmp(tag, "break") || !strcmp(tag, "continue")) {
@@ -1280,19 +1317,22 @@ static node *parse_statement(parser *p, int loops) {
         n->names = v.names;
         n->n_items = v.n;
         static const char *const ends[] = {"endwith"};
-        n->body = parse_seq(p, ends, 1, &which, loops);
+        n->body = parse_seq_hard(p, ends, 1, &which, loops);
         expect_block_end(p);
     } else if (!strcmp(tag, "filter")) {
         n = new_node(p, S_FILTERBLOCK, t->line);
+        int saved_soft = p->soft;
+        p->soft = 0;
         node *f = parse_filter(p, NULL);
         while (is_op(peek(p), "|")) {
             next_tok(p);
             f = parse_filter(p, f);
         }
+        p->soft = saved_soft;
         n->a = f;
         expect_block_end(p);
         static const char *const ends[] = {"endfilter"};
-        n->body = parse_seq(p, ends, 1, &which, loops);
+        n->body = parse_seq_hard(p, ends, 1, &which, loops);
         expect_block_end(p);
     } else if (!strcmp(tag, "generation")) {
         n = new_node(p, S_GENERATION, t->line);
@@ -2077,6 +2117,141 @@ static jval repeat(ctx *c, jval seq, int64_t k) {
     return r;
 }
 
+static int64_t want_int(ctx *c, jval v, const char *what);
+static void put_cp(ctx *c, sbuf *b, int32_t cp);
+
+/* Python's printf-style formatting (str % args, the format filter):
+ * %[(name)][flags][width][.precision]conversion with conversions s r a d i u
+ * f F e E g G x X o c and %%. */
+static jval percent_format(ctx *c, const jstr *fmt, jval argv) {
+    jval single[1] = {argv};
+    const jval *items = single;
+    size_t n_items = 1, next = 0;
+    int by_name = argv.t == T_DICT;
+    if (argv.t == T_LIST && argv.u.l->is_tuple) items = argv.u.l->v, n_items = argv.u.l->n;
+    sbuf b = {0};
+    sb_put(c, &b, "", 0);
+    for (size_t i = 0; i < fmt->n; i++) {
+        if (fmt->p[i] != '%') {
+            sb_put(c, &b, fmt->p + i, 1);
+            continue;
+        }
+        if (++i >= fmt->n) rerr(c, "ValueError", "incomplete format");
+        jval v;
+        int have_v = 0;
+        if (fmt->p[i] == '(') {
+            size_t j = i + 1;
+            while (j < fmt->n && fmt->p[j] != ')') j++;
+            if (j >= fmt->n) rerr(c, "ValueError", "incomplete format key");
+            if (argv.t != T_DICT) rerr(c, "TypeError", "format requires a mapping");
+            jval key = v_str(c, fmt->p + i + 1, j - i - 1);
+            jval *e = dict_find(c, argv.u.d, key);
+            if (!e) rerr(c, "KeyError", "'%s'", key.u.s->p);
+            v = *e;
+            have_v = 1;
+            i = j + 1;
+        }
+        char spec[32] = "%";
+        size_t k = 1;
+        while (i < fmt->n && strchr("-+ #0", fmt->p[i]) && k < 8) spec[k++] = fmt->p[i++];
+        int width = -1, prec = -1;
+        for (int part = 0; part < 2; part++) {
+            if (part == 1) {
+                if (i >= fmt->n || fmt->p[i] != '.') break;
+                i++;
+                prec = 0;
+            }
+            int val = 0, any = 0;
+            if (i < fmt->n && fmt->p[i] == '*') {
+                if (by_name || next >= n_items) rerr(c, "TypeError", "not enough arguments for format string");
+                val = (int)want_int(c, items[next++], "* width");
+                any = 1;
+                i++;
+            } else {
+                while (i < fmt->n && isdigit((unsigned char)fmt->p[i]) && val < 100000) val = val * 10 + (fmt->p[i++] - '0'), any = 1;
+            }
+            if (val > 4096) rerr(c, "ValueError", "a width or precision of %d is too large", val);
+            if (part == 0 && any) width = val;
+            if (part == 1) prec = val;
+        }
+        if (i >= fmt->n) rerr(c, "ValueError", "incomplete format");
+        char conv = fmt->p[i];
+        if (conv == '%') {
+            sb_puts(c, &b, "%");
+            continue;
+        }
+        if (!have_v) {
+            if (by_name) rerr(c, "TypeError", "format requires a mapping");
+            if (next >= n_items) rerr(c, "TypeError", "not enough arguments for format string");
+            v = items[next++];
+        }
+        if (v.t == T_UNDEF && conv != 's') fail_undef(c, v);
+        char out[4200];
+        int left = strchr(spec, '-') != NULL;
+        switch (conv) {
+        case 's':
+        case 'r':
+        case 'a': {
+            sbuf t = {0};
+            sb_put(c, &t, "", 0);
+            if (conv == 's') str_into(c, &t, v);
+            else repr_into(c, &t, v);
+            size_t len = t.n;
+            if (prec >= 0) len = u8_off(t.p, t.n, (size_t)prec);
+            size_t cps = u8_len(t.p, len);
+            for (int pad = width - (int)cps; !left && pad > 0; pad--) sb_puts(c, &b, " ");
+            sb_put(c, &b, t.p, len);
+            for (int pad = width - (int)cps; left && pad > 0; pad--) sb_puts(c, &b, " ");
+            continue;
+        }
+        case 'd': case 'i': case 'u': case 'x': case 'X': case 'o': case 'c': {
+            int64_t x;
+            if (v.t == T_FLOAT && conv != 'c' && conv != 'x' && conv != 'X' && conv != 'o') {
+                if (!isfinite(v.u.f) || fabs(v.u.f) >= 9.2e18) rerr(c, "OverflowError", "cannot convert float to integer");
+                x = (int64_t)v.u.f;
+            } else if (conv == 'c' && v.t == T_STR) {
+                if (u8_len(v.u.s->p, v.u.s->n) != 1) rerr(c, "TypeError", "%%c requires int or char");
+                sb_put(c, &b, v.u.s->p, v.u.s->n);
+                continue;
+            } else {
+                if (!is_intlike(v)) rerr(c, "TypeError", "%%%c format: a real number is required, not %s", conv, type_name(v));
+                x = as_int(v);
+            }
+            if (conv == 'c') {
+                if (x < 0 || x > 0x10ffff) rerr(c, "OverflowError", "%%c arg not in range(0x110000)");
+                put_cp(c, &b, (int32_t)x);
+                continue;
+            }
+            char cv = conv == 'i' || conv == 'u' ? 'd' : conv;
+            /* C ignores the 0 flag when a precision is given: give one only if asked */
+            snprintf(spec + k, sizeof spec - k, prec < 0 ? "*ll%c" : "*.*ll%c", cv);
+            int w = width < 0 ? 0 : width, pr = prec;
+            if (cv != 'd' && x < 0) { /* Python prints a sign, C prints two's complement */
+                char tmp[64];
+                snprintf(tmp, sizeof tmp, cv == 'o' ? "-%llo" : cv == 'x' ? "-%llx" : "-%llX", (unsigned long long)-(x + 1) + 1ull);
+                snprintf(out, sizeof out, "%*s", left ? -w : w, tmp);
+            } else if (prec < 0) {
+                snprintf(out, sizeof out, spec, w, (long long)x);
+            } else {
+                snprintf(out, sizeof out, spec, w, pr, (long long)x);
+            }
+            sb_puts(c, &b, out);
+            continue;
+        }
+        case 'f': case 'F': case 'e': case 'E': case 'g': case 'G': {
+            if (!is_num(v)) rerr(c, "TypeError", "must be real number, not %s", type_name(v));
+            snprintf(spec + k, sizeof spec - k, "*.*%c", conv);
+            snprintf(out, sizeof out, spec, width < 0 ? 0 : width, prec < 0 ? 6 : prec, as_f(v));
+            sb_puts(c, &b, out);
+            continue;
+        }
+        default: rerr(c, "ValueError", "unsupported format character '%c'", conv);
+        }
+    }
+    if (!by_name && next < n_items) rerr(c, "TypeError", "not all arguments converted during string formatting");
+    return v_sbuf(c, &b);
+}
+
 static int64_t floordiv_i(int64_t a, int64_t b) {
     int64_t q = a / b;
     if ((a % b != 0) && ((a < 0) != (b < 0))) q--;
@@ -2090,6 +2265,7 @@ static jval arith(ctx *c, int op, jval a, jval b) {
         str_into(c, &s, b);
         return v_sbuf(c, &s);
     }
+    if (op == OP_MOD && a.t == T_STR) return percent_format(c, a.u.s, b);
     if (a.t == T_UNDEF) fail_undef(c, a);
     if (b.t == T_UNDEF) fail_undef(c, b);
     if (is_num(a) && is_num(b)) {
@@ -3008,6 +3184,88 @@ static jval m_isalnum(ctx *c, jval self, args *a) { return str_pred(c, SELF_S, 3
 static jval m_islower(ctx *c, jval self, args *a) { return str_pred(c, SELF_S, 4); }
 static jval m_isupper(ctx *c, jval self, args *a) { return str_pred(c, SELF_S, 5); }
 
+/* str.format: {} {0} {name} and {{ }}, with a printf-like spec after ':'
+ * ([flags][width][.precision][type], type one of d f e g x o s %). */
+static jval m_format(ctx *c, jval self, args *a) {
+    const jstr *f = SELF_S;
+    sbuf b = {0};
+    sb_put(c, &b, "", 0);
+    int auto_idx = 0, numbering = 0; /* 1 automatic {}, 2 manual {0} */
+    for (size_t i = 0; i < f->n; i++) {
+        char ch = f->p[i];
+        if (ch == '}') {
+            if (i + 1 < f->n && f->p[i + 1] == '}') i++;
+            else rerr(c, "ValueError", "Single '}' encountered in format string");
+            sb_puts(c, &b, "}");
+            continue;
+        }
+        if (ch != '{') {
+            sb_put(c, &b, &f->p[i], 1);
+            continue;
+        }
+        if (i + 1 < f->n && f->p[i + 1] == '{') {
+            sb_puts(c, &b, "{");
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < f->n && f->p[j] != '}') j++;
+        if (j >= f->n) rerr(c, "ValueError", "Single '{' encountered in format string");
+        size_t colon = i + 1;
+        while (colon < j && f->p[colon] != ':') colon++;
+        jval field = v_str(c, f->p + i + 1, colon - i - 1);
+        jval v;
+        if (field.u.s->n == 0 || isdigit((unsigned char)field.u.s->p[0])) {
+            int manual = field.u.s->n != 0;
+            if (numbering && numbering != (manual ? 2 : 1))
+                rerr(c, "ValueError", manual ? "cannot switch from manual field specification to automatic field numbering"
+                                             : "cannot switch from automatic field numbering to manual field specification");
+            numbering = manual ? 2 : 1;
+        }
+        if (field.u.s->n == 0) {
+            if (auto_idx >= a->n_pos) rerr(c, "IndexError", "Replacement index %d out of range for positional args tuple", auto_idx);
+            v = a->pos[auto_idx++];
+        } else if (isdigit((unsigned char)field.u.s->p[0])) {
+            long k = strtol(field.u.s->p, NULL, 10);
+            if (k >= a->n_pos) rerr(c, "IndexError", "Replacement index %ld out of range for positional args tuple", k);
+            v = a->pos[k];
+        } else {
+            int given;
+            v = arg(a, -1, field.u.s->p, v_none(), &given);
+            if (!given) rerr(c, "KeyError", "'%s'", field.u.s->p);
+        }
+        if (colon < j) {
+            const char *sp = f->p + colon + 1;
+            size_t n = j - colon - 1;
+            char spec[40] = "%";
+            size_t k = 1;
+            /* alignment: '<' left, '>' right; strings go left by default */
+            int align = 0;
+            if (n && (sp[0] == '<' || sp[0] == '>')) align = sp[0], sp++, n--;
+            else if (n && (sp[0] == '^' || sp[0] == '=' || (n > 1 && strchr("<>^=", sp[1]))))
+                rerr(c, "ValueError", "this format spec is not supported: '%.*s'", (int)(j - colon - 1), f->p + colon + 1);
+            if (align == '<' || (!align && v.t == T_STR)) spec[k++] = '-';
+            if (n > 30) rerr(c, "ValueError", "format spec too long");
+            memcpy(spec + k, sp, n);
+            n += k - 1;
+            spec[n + 1] = '\0';
+            if (n == 0 || !strchr("dfeEgGxXos%", spec[n])) {
+                spec[n + 1] = v.t == T_STR ? 's' : is_intlike(v) ? 'd' : v.t == T_FLOAT ? 'g' : 's';
+                spec[n + 2] = '\0';
+            }
+            jval one = v_list(c, 1);
+            one.u.l->v[one.u.l->n++] = v;
+            one.u.l->is_tuple = 1;
+            jval piece = percent_format(c, mk_jstr(c, spec, strlen(spec)), one);
+            sb_put(c, &b, piece.u.s->p, piece.u.s->n);
+        } else {
+            str_into(c, &b, v);
+        }
+        i = j;
+    }
+    return v_sbuf(c, &b);
+}
+
 typedef struct method {
     const char *name;
     builtin_fn fn;
@@ -3019,7 +3277,7 @@ static const method k_str_methods[] = {
     {"upper", m_upper},         {"lower", m_lower},         {"title", m_title},     {"capitalize", m_capitalize},
     {"replace", m_replace},     {"find", m_find},           {"rfind", m_rfind},     {"count", m_scount},
     {"join", m_join},           {"isdigit", m_isdigit},     {"isalpha", m_isalpha}, {"isspace", m_isspace},
-    {"isalnum", m_isalnum},     {"islower", m_islower},     {"isupper", m_isupper},
+    {"isalnum", m_isalnum},     {"islower", m_islower},     {"isupper", m_isupper}, {"format", m_format},
 };
 
 static jval find_method(ctx *c, jval self, const char *name, const method *tab, size_t n, int *found) {
@@ -3525,6 +3783,21 @@ static jval f_wordcount(ctx *c, jval v, args *a) {
     return v_int((int64_t)parts.u.l->n);
 }
 
+/* value|format(*args) is value % args; with keyword arguments, value % kwargs. */
+static jval f_format(ctx *c, jval v, args *a) {
+    const jstr *fmt = to_jstr(c, v);
+    if (a->n_kw && a->n_pos) rerr(c, "FilterArgumentError", "can't handle positional and keyword arguments at the same time");
+    if (a->n_kw) {
+        jval d = v_dict(c, 0, T_DICT);
+        for (int k = 0; k < a->n_kw; k++) dict_set_s(c, d.u.d, a->kw_names[k], a->kw[k]);
+        return percent_format(c, fmt, d);
+    }
+    jval t = v_list(c, (size_t)a->n_pos);
+    for (int k = 0; k < a->n_pos; k++) t.u.l->v[t.u.l->n++] = a->pos[k];
+    t.u.l->is_tuple = 1;
+    return percent_format(c, fmt, t);
+}
+
 static jval f_attr(ctx *c, jval v, args *a) {
     if (a->n_pos < 1) rerr(c, "TypeError", "attr needs a name");
     return get_attr(c, v, want_str(c, a->pos[0], "attribute name")->p);
@@ -3538,7 +3811,7 @@ typedef struct filter_def {
 static const filter_def k_filters[] = {
     {"abs", f_abs},           {"attr", f_attr},         {"capitalize", f_capitalize}, {"count", f_length},
     {"d", f_default},         {"default", f_default},   {"dictsort", f_dictsort},     {"e", f_escape},
-    {"escape", f_escape},     {"first", f_first},       {"float", f_float},           {"indent", f_indent},
+    {"escape", f_escape},     {"first", f_first},       {"float", f_float},           {"format", f_format},         {"indent", f_indent},
     {"int", f_int},           {"items", f_items},       {"join", f_join},             {"last", f_last},
     {"length", f_length},     {"list", f_list},         {"lower", f_lower},           {"map", f_map},
     {"max", f_max},           {"min", f_min},           {"reject", f_reject},         {"rejectattr", f_rejectattr},
@@ -3556,7 +3829,7 @@ static int find_filter(const char *name) {
 
 static jval apply_filter(ctx *c, const char *name, jval v, args *a) {
     int k = find_filter(name);
-    if (k < 0) rerr(c, "TemplateRuntimeError", "No filter named '%s'.", name);
+    if (k < 0) rerr(c, "TemplateRuntimeError", "No filter named '%s' found.", name);
     tick(c, 1);
     return k_filters[k].fn(c, v, a);
 }
@@ -3644,7 +3917,7 @@ static int find_test(const char *name) {
 
 static int apply_test(ctx *c, const char *name, jval v, args *a) {
     int k = find_test(name);
-    if (k < 0) rerr(c, "TemplateRuntimeError", "No test named '%s'.", name);
+    if (k < 0) rerr(c, "TemplateRuntimeError", "No test named '%s' found.", name);
     tick(c, 1);
     return k_tests[k].fn(c, v, a);
 }
@@ -3751,6 +4024,10 @@ pam_status pam_jinja_parse(const char *src, size_t len, pam_jinja **out, char *e
     }
     lex(p, src ? src : "", len);
     t->root = parse_seq(p, NULL, 0, NULL, 0);
+    for (int k = 0; k < p->n_unknown; k++)
+        if (!p->unknown[k].soft)
+            passert(p, p->unknown[k].line, p->unknown[k].is_test ? "No test named '%s'." : "No filter named '%s'.",
+                    p->unknown[k].name);
     free(p);
     *out = t;
     return PAM_OK;
