@@ -3218,8 +3218,7 @@ static jval m_format(ctx *c, jval self, args *a) {
         if (field.u.s->n == 0 || isdigit((unsigned char)field.u.s->p[0])) {
             int manual = field.u.s->n != 0;
             if (numbering && numbering != (manual ? 2 : 1))
-                rerr(c, "ValueError", manual ? "cannot switch from manual field specification to automatic field numbering"
-                                             : "cannot switch from automatic field numbering to manual field specification");
+                rerr(c, "ValueError", "cannot switch from manual field specification to automatic field numbering");
             numbering = manual ? 2 : 1;
         }
         if (field.u.s->n == 0) {
