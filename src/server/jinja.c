@@ -2164,13 +2164,20 @@ static jval percent_format(ctx *c, const jstr *fmt, jval argv) {
             int val = 0, any = 0;
             if (i < fmt->n && fmt->p[i] == '*') {
                 if (by_name || next >= n_items) rerr(c, "TypeError", "not enough arguments for format string");
-                val = (int)want_int(c, items[next++], "* width");
+                int64_t w = want_int(c, items[next++], "* width");
+                val = w > 100000 ? 100000 : w < -100000 ? -100000 : (int)w;
                 any = 1;
                 i++;
             } else {
                 while (i < fmt->n && isdigit((unsigned char)fmt->p[i]) && val < 100000) val = val * 10 + (fmt->p[i++] - '0'), any = 1;
             }
-            if (val > 4096) rerr(c, "ValueError", "a width or precision of %d is too large", val);
+            if (val > 4096 || val < -4096) rerr(c, "ValueError", "a width or precision of %d is too large", val);
+            if (val < 0 && part == 0) { /* Python: a negative * width left-justifies */
+                val = -val;
+                if (k < 8) spec[k++] = '-';
+            } else if (val < 0) {
+                val = 0;
+            }
             if (part == 0 && any) width = val;
             if (part == 1) prec = val;
         }
