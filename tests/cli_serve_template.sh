@@ -110,6 +110,16 @@ for t in HuggingFaceTB-SmolLM3-3B.jinja meta-llama-Llama-3.1-8B-Instruct.jinja Q
     [ "$(req POST /apply-template "{\"messages\":$msgs}")" = 200 ] && body_is_prompt "$(case_field "$t" "$conv" true expected)"
     check "POST /apply-template equals jinja2's rendering ($t, $conv)" $?
   done
+  if [ "$t" = Qwen-Qwen2.5-7B-Instruct.jinja ]; then
+    tools='[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]'
+    [ "$(req POST /apply-template "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"tools\":$tools}")" = 200 ] &&
+      grep -q '# Tools' "$tmp/body" &&
+      grep -qF '<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\"}}}\n</tools>' "$tmp/body"
+    check "/apply-template renders the request's tools with the template (tojson as Hugging Face's)" $?
+    [ "$(req POST /v1/chat/completions "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"tools\":$tools}")" = 400 ] &&
+      grep -q '"param":"tools"' "$tmp/body"
+    check "a chat completion with tools is still refused (no tool calling)" $?
+  fi
   if [ "$t" = HuggingFaceTB-SmolLM3-3B.jinja ]; then
     [ "$(req POST /apply-template '{"messages":[{"role":"user","content":"Hi"}],"chat_template_kwargs":{"enable_thinking":false}}')" = 200 ] &&
       grep -q 'Reasoning Mode: /no_think' "$tmp/body" && grep -q '<think>\\n\\n</think>' "$tmp/body"

@@ -31,6 +31,7 @@ typedef struct pam_api_request {
     int stream;
     int include_usage;     /* stream_options.include_usage */
     int seed_given;
+    int max_tokens_given; /* max_tokens or max_completion_tokens was in the request */
     pam_request_params params; /* stop[] point into stop_store */
     char *stop_store[PAM_ENGINE_MAX_STOP];
 } pam_api_request;
@@ -44,6 +45,11 @@ typedef struct pam_api_request {
  * error becomes a 400 with the template's message). */
 int pam_api_parse_chat(const char *body, size_t len, pam_api_kind kind, const pam_chat_template *chat,
                        pam_api_request *out, pam_api_error *err);
+/* POST /apply-template: the prompt a chat body's messages become (malloc'd
+ * in *prompt). Reads only messages, tools and chat_template_kwargs: tools
+ * reach the template here even though a chat completion refuses them. */
+int pam_api_apply_template(const char *body, size_t len, const pam_chat_template *chat, char **prompt,
+                           pam_api_error *err);
 /* The same with a built-in chat template family. */
 int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family chat_family, pam_api_request *out,
                   pam_api_error *err);
