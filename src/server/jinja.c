@@ -3784,9 +3784,20 @@ static jval f_escape(ctx *c, jval v, args *a) {
     return v_sbuf(c, &b);
 }
 
+/* jinja2 counts runs of word characters (\w: letters, digits, '_'). */
 static jval f_wordcount(ctx *c, jval v, args *a) {
-    jval parts = split_impl(c, to_jstr(c, v), NULL, -1);
-    return v_int((int64_t)parts.u.l->n);
+    const jstr *s = to_jstr(c, v);
+    int64_t n = 0;
+    int in_word = 0;
+    for (size_t i = 0; i < s->n; i = u8_next(s->p, s->n, i)) {
+        int32_t cp = u8_decode(s->p, s->n, i);
+        utf8proc_category_t cat = cp < 0 ? UTF8PROC_CATEGORY_CN : utf8proc_category(cp);
+        int w = cp == '_' || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
+                (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
+        if (w && !in_word) n++;
+        in_word = w;
+    }
+    return v_int(n);
 }
 
 /* value|format(*args) is value % args; with keyword arguments, value % kwargs. */
