@@ -66,8 +66,11 @@ void pam_quantize_activations(pam_dtype weight_type, const float *x, void *dst, 
 float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n);
 float pam_vec_dot_ref(pam_dtype weight_type, const void *row, const void *act, int64_t n);
 
-/* The kernel pam_vec_dot would call for weight_type at the current ISA level
- * (kernels/cpu.h), for loops over many rows. Never NULL for a supported type. */
+/* The kernel pam_vec_dot would call for weight_type: the per-machine choice
+ * of kernel "matvec.<type>" (kernels/ksel.h), within the forced ISA level if
+ * there is one (kernels/cpu.h); for loops over many rows. Never NULL for a
+ * supported type. The multi-row and tiled kernels below belong to the same
+ * chosen variant. */
 typedef float (*pam_vec_dot_fn)(const void *row, const void *act, int64_t n);
 pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type);
 /* Four consecutive rows (row_bytes apart) against the same activations in
@@ -97,5 +100,11 @@ void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols);
 /* Bytes of n activations in the vec-dot type of weight_type (n as for
  * pam_quantize_activations). */
 size_t pam_activation_bytes(pam_dtype weight_type, int64_t n);
+
+/* Registers the matvec kernels with the chooser (done on first use anyway;
+ * pam bench calls it to list them), and the chooser id of weight_type's
+ * kernel, -1 for a type without one. */
+void pam_vec_kernels_register(void);
+int pam_vec_kernel_id(pam_dtype weight_type);
 
 #endif

@@ -373,6 +373,166 @@ void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, in
     dot_rows_q4_0(row, row_bytes, act, n, out, 4);
 }
 
+/* ---- Q8_0 / Q4_0, the same arithmetic with 256-bit integer work ---------
+ * The kernels above spend most of their time in the cross-lane permutes of
+ * reduce_group, which cost two or more cycles each where 512-bit operations
+ * are split in two (AMD Zen 4). These do one block per ymm and reduce eight
+ * blocks' int32 lanes with in-lane unpacks and one 128-bit swap; the block
+ * sums are exact integers either way, and the float work (one convert and
+ * one FMA per 16-block group, the same accumulators, the same final sum) is
+ * unchanged, so every result is bit-identical to pam_dot_q8_0_avx512 /
+ * pam_dot_q4_0_avx512 and the tiled kernels serve both. */
+
+/* Lane b of the result: the sum of the 8 int32 lanes of p[b]. */
+static inline __m256i reduce8(const __m256i p[8]) {
+    __m256i l1[4], l2[2];
+    for (int k = 0; k < 4; k++)
+        l1[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2 * k], p[2 * k + 1]),
+                                 _mm256_unpackhi_epi32(p[2 * k], p[2 * k + 1]));
+    for (int k = 0; k < 2; k++)
+        l2[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(l1[2 * k], l1[2 * k + 1]),
+                                 _mm256_unpackhi_epi64(l1[2 * k], l1[2 * k + 1]));
+    /* l2[k] = [blocks 4k..4k+3, lanes 0-3 | the same blocks, lanes 4-7] */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(l2[0], l2[1], 0x20),
+                            _mm256_permute2x128_si256(l2[0], l2[1], 0x31));
+}
+
+static inline __m512i reduce16(const __m256i p[GROUP]) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(reduce8(p)), reduce8(p + 8), 1);
+}
+
+/* Word k of window k / per: scale k sits at word (k % per) * stride / 2. */
+static const uint16_t k_scale_idx18[32] = {0, 9, 18, 27, 36, 45, 54, 63, 0, 9, 18, 27, 36, 45, 54, 63};
+static const uint16_t k_scale_idx34[32] = {0, 17, 34, 51, 0, 17, 34, 51, 0, 17, 34, 51, 0, 17, 34, 51};
+
+static inline __m512 group_scales(const uint8_t *w, const int stride, const int per) {
+    const __m512i idx = _mm512_loadu_si512(stride == 18 ? k_scale_idx18 : k_scale_idx34);
+    __m512i r = _mm512_setzero_si512();
+    for (int j = 0; j < GROUP / per; j++) {
+        const uint8_t *base = w + (size_t)j * per * stride;
+        const __mmask32 m = (__mmask32)(((1u << per) - 1u) << (j * per));
+        r = _mm512_or_si512(r, _mm512_maskz_permutex2var_epi16(m, _mm512_loadu_si512(base), idx,
+                                                               _mm512_loadu_si512(base + 64)));
+    }
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(r));
+}
+
+typedef struct {
+    __m256i a[GROUP];
+    __m512i corr; /* lane b: dot(off, a) over block b */
+    __m512 d;
+} act_group_y;
+
+static inline void act_group_y_load(act_group_y *g, const pam_block_q8_0 *a, int cnt, __m256i off) {
+    __m256i c[GROUP];
+    for (int b = 0; b < GROUP; b++) {
+        g->a[b] = b < cnt ? _mm256_loadu_si256((const __m256i *)a[b].qs) : _mm256_setzero_si256();
+        c[b] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, g->a[b]);
+    }
+    g->corr = reduce16(c);
+    g->d = cnt == GROUP ? group_scales((const uint8_t *)a, (int)sizeof *a, 4) : gather_scales(a, sizeof *a, mask16(cnt));
+}
+
+/* The 16 f16 scales of a full group without a gather (slow on some CPUs):
+ * windows of 128 bytes that each hold the scales of `per` consecutive
+ * blocks (scale k at 16-bit word k * stride / 2 of its window, stride even),
+ * picked by one word permute per window and blended. Every byte read lies
+ * inside the group's blocks. */
+static inline __m512 group_y_finish(const __m256i p[GROUP], const void *w, int stride, const act_group_y *g,
+                                    int cnt, __m512 acc) {
+    const __m512i s = _mm512_sub_epi32(reduce16(p), g->corr);
+    const __m512 ws = cnt == GROUP ? group_scales(w, stride, stride == 18 ? 8 : 4)
+                                   : gather_scales(w, stride, mask16(cnt));
+    const __m512 d = _mm512_mul_ps(ws, g->d);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
+}
+
+static inline __m512 group_y_q8_0(const pam_block_q8_0 *w, const act_group_y *g, int cnt, __m512 acc) {
+    const __m256i off = _mm256_set1_epi8((char)0x80);
+    __m256i p[GROUP];
+    for (int b = 0; b < GROUP; b++)
+        p[b] = b < cnt ? _mm256_dpbusd_epi32(_mm256_setzero_si256(),
+                                             _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w[b].qs), off),
+                                             g->a[b])
+                       : _mm256_setzero_si256();
+    return group_y_finish(p, w, sizeof *w, g, cnt, acc);
+}
+
+/* 16 packed bytes to 32 nibbles in element order: the bytes in both halves,
+ * the upper half shifted down by 4. */
+static inline __m256i unpack_q4_y(const uint8_t *q) {
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0f));
+}
+
+static inline __m512 group_y_q4_0(const pam_block_q4_0 *w, const act_group_y *g, int cnt, __m512 acc) {
+    __m256i p[GROUP];
+    for (int b = 0; b < GROUP; b++)
+        p[b] = b < cnt ? _mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_q4_y(w[b].qs), g->a[b])
+                       : _mm256_setzero_si256();
+    return group_y_finish(p, w, sizeof *w, g, cnt, acc);
+}
+
+#define DOT_ROWS_Y_BODY(WTYPE, GROUP_FN, OFF)                                             \
+    const pam_block_q8_0 *a = act;                                                         \
+    const int64_t nb = n / PAM_QK8_0;                                                      \
+    const __m256i off = OFF;                                                               \
+    __m512 acc0[R], acc1[R];                                                               \
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                   \
+    act_group_y g;                                                                         \
+    int64_t i = 0;                                                                         \
+    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {                                          \
+        act_group_y_load(&g, a + i, GROUP, off);                                           \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+        act_group_y_load(&g, a + i + GROUP, GROUP, off);                                   \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i + GROUP, &g, GROUP, \
+                               acc1[r]);                                                   \
+    }                                                                                      \
+    for (; i + GROUP <= nb; i += GROUP) {                                                  \
+        act_group_y_load(&g, a + i, GROUP, off);                                           \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+    }                                                                                      \
+    if (i < nb) {                                                                          \
+        const int cnt = (int)(nb - i);                                                     \
+        act_group_y_load(&g, a + i, cnt, off);                                             \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, cnt, acc1[r]); \
+    }                                                                                      \
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(acc0[r], acc1[r]));
+
+static inline __attribute__((always_inline)) void dot_rows_y_q8_0(const void *row, size_t row_bytes,
+                                                                  const void *act, int64_t n, float *out, const int R) {
+    DOT_ROWS_Y_BODY(pam_block_q8_0, group_y_q8_0, _mm256_set1_epi8((char)0x80))
+}
+
+static inline __attribute__((always_inline)) void dot_rows_y_q4_0(const void *row, size_t row_bytes,
+                                                                  const void *act, int64_t n, float *out, const int R) {
+    DOT_ROWS_Y_BODY(pam_block_q4_0, group_y_q4_0, _mm256_set1_epi8(8))
+}
+
+float pam_dot_q8_0_avx512y(const void *row, const void *act, int64_t n) {
+    float out;
+    dot_rows_y_q8_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+float pam_dot_q4_0_avx512y(const void *row, const void *act, int64_t n) {
+    float out;
+    dot_rows_y_q4_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+void pam_dot4_q8_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_y_q8_0(row, row_bytes, act, n, out, 4);
+}
+
+void pam_dot4_q4_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_y_q4_0(row, row_bytes, act, n, out, 4);
+}
+
 /* ---- Q4_K against Q8_K ----------------------------------------------------
  * As the AVX2 kernel, but 64 elements (two 32-element sub-blocks) per zmm:
  * low and high nibbles of 32 bytes line up with 64 consecutive activations. */

@@ -45,6 +45,14 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n);
 void pam_dot4_q8_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 
+/* The same results as the Q8_0/Q4_0 ones above, bit for bit, with the
+ * integer work in 256-bit vectors (faster where 512-bit operations are split
+ * in two); the tiled kernels of the AVX-512 level serve both. */
+float pam_dot_q8_0_avx512y(const void *row, const void *act, int64_t n);
+float pam_dot_q4_0_avx512y(const void *row, const void *act, int64_t n);
+void pam_dot4_q8_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+void pam_dot4_q4_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+
 /* Q8_0 quantisers byte-identical to the reference one (for activations). */
 void pam_quantize_q8_0_avx2(const float *x, void *dst, int64_t n);
 void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n);
