@@ -110,6 +110,14 @@ static int can_run(const pam_ksel_variant *v) {
     return v->isa <= pam_cpu_detect() && (!v->usable || v->usable());
 }
 
+int pam_ksel_can_run(const pam_ksel_variant *v) { return v && can_run(v); }
+
+int pam_ksel_n_variants(int id) { return id >= 0 && id < atomic_load(&g_n) ? g_k[id].k->n_variants : 0; }
+
+const pam_ksel_variant *pam_ksel_variant_at(int id, int i) {
+    return i >= 0 && i < pam_ksel_n_variants(id) ? &g_k[id].k->variants[i] : NULL;
+}
+
 /* ---- cache file ---------------------------------------------------------- */
 
 static uint64_t fnv1a(const char *s) {

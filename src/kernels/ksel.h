@@ -65,6 +65,12 @@ const char *pam_ksel_name(int id);
 /* Id of the kernel of that name, or -1. */
 int pam_ksel_find(const char *name);
 
+/* The variants of kernel id (NULL for a bad id or index), and whether this
+ * CPU can run one. */
+int pam_ksel_n_variants(int id);
+const pam_ksel_variant *pam_ksel_variant_at(int id, int i);
+int pam_ksel_can_run(const pam_ksel_variant *v);
+
 /* Tests and benchmarks: force the variant of that name for kernel id, for
  * every ISA setting, until pam_ksel_force(id, NULL). PAM_ERR_INVALID for an
  * unknown name, PAM_ERR_UNSUPPORTED if this CPU cannot run it. */
