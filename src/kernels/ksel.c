@@ -238,13 +238,18 @@ static int64_t thread_ns(void) {
 /* Index into cand of the fastest, by the best per-call time of each over
  * TIME_ROUNDS interleaved rounds. */
 static int time_candidates(const pam_ksel_kernel *k, void *ctx, const pam_ksel_variant *const *cand, int n) {
-    double best[PAM_ISA_COUNT * 8];
+    double best[PAM_ISA_COUNT * 8], warm[PAM_ISA_COUNT * 8], fastest_warm = 1e300;
     for (int i = 0; i < n; i++) {
         best[i] = 1e300;
+        int64_t t0 = thread_ns();
         k->run(ctx, cand[i]->impl); /* warm: caches, pages, frequency */
+        warm[i] = (double)(thread_ns() - t0);
+        if (warm[i] < fastest_warm) fastest_warm = warm[i];
     }
     for (int r = 0; r < TIME_ROUNDS; r++)
         for (int i = 0; i < n; i++) {
+            /* far behind already (e.g. scalar beside SIMD): cannot win, skip */
+            if (warm[i] > 8 * fastest_warm + 1e5) continue;
             int64_t calls = 0, t0 = thread_ns(), t;
             do {
                 k->run(ctx, cand[i]->impl);

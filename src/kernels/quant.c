@@ -644,37 +644,49 @@ static const pam_dtype k_slot_type[N_SLOTS] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_
 typedef struct {
     pam_isa isa;
     pam_vec_dot_fn dot;
-    pam_vec_dot4_fn dot4; /* NULL if none */
+    pam_vec_dot4_fn dot4;               /* NULL if none */
+    pam_vec_tile_fn tile;               /* NULL if none */
+    size_t (*tile_scratch)(int64_t cols); /* NULL: no scratch */
+    int tile_act_xor;                   /* the tile reads activation bytes ^ 0x80 */
 } mv_impl;
 
 #define MV_MAX_VARIANTS 4
 static const mv_impl k_ref[N_SLOTS] = {
-    {PAM_ISA_SCALAR, pam_dot_f32_ref, NULL},  {PAM_ISA_SCALAR, pam_dot_f16_ref, NULL},
-    {PAM_ISA_SCALAR, pam_dot_bf16_ref, NULL}, {PAM_ISA_SCALAR, pam_dot_q8_0_ref, NULL},
-    {PAM_ISA_SCALAR, pam_dot_q4_0_ref, NULL}, {PAM_ISA_SCALAR, pam_dot_q4_K_ref, NULL},
-    {PAM_ISA_SCALAR, pam_dot_q6_K_ref, NULL},
+    {PAM_ISA_SCALAR, pam_dot_f32_ref, NULL, NULL, NULL, 0},  {PAM_ISA_SCALAR, pam_dot_f16_ref, NULL, NULL, NULL, 0},
+    {PAM_ISA_SCALAR, pam_dot_bf16_ref, NULL, NULL, NULL, 0}, {PAM_ISA_SCALAR, pam_dot_q8_0_ref, NULL, NULL, NULL, 0},
+    {PAM_ISA_SCALAR, pam_dot_q4_0_ref, NULL, NULL, NULL, 0}, {PAM_ISA_SCALAR, pam_dot_q4_K_ref, NULL, NULL, NULL, 0},
+    {PAM_ISA_SCALAR, pam_dot_q6_K_ref, NULL, NULL, NULL, 0},
 };
 #if PAM_HAVE_AVX2_KERNELS
+#define A2 PAM_ISA_AVX2
+#define A5 PAM_ISA_AVX512
 static const mv_impl k_avx2[N_SLOTS] = {
-    {PAM_ISA_AVX2, pam_dot_f32_avx2, NULL},
-    {PAM_ISA_AVX2, pam_dot_f16_avx2, NULL},
-    {PAM_ISA_AVX2, pam_dot_bf16_avx2, NULL},
-    {PAM_ISA_AVX2, pam_dot_q8_0_avx2, pam_dot4_q8_0_avx2},
-    {PAM_ISA_AVX2, pam_dot_q4_0_avx2, pam_dot4_q4_0_avx2},
-    {PAM_ISA_AVX2, pam_dot_q4_K_avx2, NULL},
-    {PAM_ISA_AVX2, pam_dot_q6_K_avx2, NULL},
+    {A2, pam_dot_f32_avx2, NULL, pam_tile_f32_avx2, NULL, 0},
+    {A2, pam_dot_f16_avx2, NULL, pam_tile_f16_avx2, NULL, 0},
+    {A2, pam_dot_bf16_avx2, NULL, pam_tile_bf16_avx2, NULL, 0},
+    {A2, pam_dot_q8_0_avx2, pam_dot4_q8_0_avx2, pam_tile_q8_0_avx2, pam_tile_scratch_avx2, 0},
+    {A2, pam_dot_q4_0_avx2, pam_dot4_q4_0_avx2, pam_tile_q4_0_avx2, pam_tile_scratch_avx2, 0},
+    {A2, pam_dot_q4_K_avx2, NULL, pam_tile_q4_K_avx2, NULL, 0},
+    {A2, pam_dot_q6_K_avx2, NULL, pam_tile_q6_K_avx2, NULL, 0},
 };
 static const mv_impl k_avx512[N_SLOTS] = {
-    {PAM_ISA_AVX512, pam_dot_f32_avx512, NULL},
-    {PAM_ISA_AVX512, pam_dot_f16_avx512, NULL},
-    {PAM_ISA_AVX512, pam_dot_bf16_avx512, NULL},
-    {PAM_ISA_AVX512, pam_dot_q8_0_avx512, pam_dot4_q8_0_avx512},
-    {PAM_ISA_AVX512, pam_dot_q4_0_avx512, pam_dot4_q4_0_avx512},
-    {PAM_ISA_AVX512, pam_dot_q4_K_avx512, NULL},
-    {PAM_ISA_AVX512, pam_dot_q6_K_avx512, NULL},
+    {A5, pam_dot_f32_avx512, NULL, pam_tile_f32_avx512, NULL, 0},
+    {A5, pam_dot_f16_avx512, NULL, pam_tile_f16_avx512, NULL, 0},
+    {A5, pam_dot_bf16_avx512, NULL, pam_tile_bf16_avx512, NULL, 0},
+    {A5, pam_dot_q8_0_avx512, pam_dot4_q8_0_avx512, pam_tile_q8_0_avx512, pam_tile_scratch_avx512, 1},
+    {A5, pam_dot_q4_0_avx512, pam_dot4_q4_0_avx512, pam_tile_q4_0_avx512, pam_tile_scratch_avx512, 1},
+    {A5, pam_dot_q4_K_avx512, NULL, pam_tile_q4_K_avx512, NULL, 0},
+    {A5, pam_dot_q6_K_avx512, NULL, pam_tile_q6_K_avx512, NULL, 0},
 };
-static const mv_impl k_avx512y_q8_0 = {PAM_ISA_AVX512, pam_dot_q8_0_avx512y, pam_dot4_q8_0_avx512y};
-static const mv_impl k_avx512y_q4_0 = {PAM_ISA_AVX512, pam_dot_q4_0_avx512y, pam_dot4_q4_0_avx512y};
+/* bit-identical to the avx512 ones above and served by the same tiles */
+static const mv_impl k_avx512y_q8_0 = {A5, pam_dot_q8_0_avx512y, pam_dot4_q8_0_avx512y, pam_tile_q8_0_avx512,
+                                       pam_tile_scratch_avx512, 1};
+static const mv_impl k_avx512y_q4_0 = {A5, pam_dot_q4_0_avx512y, pam_dot4_q4_0_avx512y, pam_tile_q4_0_avx512,
+                                       pam_tile_scratch_avx512, 1};
+/* its own rounding and its own tile */
+static const mv_impl k_avx512p_q4_K = {A5, pam_dot_q4_K_avx512p, NULL, pam_tile_q4_K_avx512p, NULL, 0};
+#undef A2
+#undef A5
 #endif
 
 static pam_ksel_variant g_mv_variants[N_SLOTS][MV_MAX_VARIANTS];
@@ -713,14 +725,15 @@ static void *mv_setup(pam_dtype type) {
         free(b);
         return NULL;
     }
+    /* one quantised row, copied: the kernels' speed does not depend on the
+     * values, and the reference K-quant quantisers are slow */
     uint32_t x = 0x12345678u;
-    for (int64_t r = 0; r < b->rows; r++) {
-        for (int i = 0; i < MV_BENCH_COLS; i++) {
-            x = x * 1664525u + 1013904223u;
-            row[i] = (float)((int32_t)x >> 8) * (1.0f / 8388608.0f);
-        }
-        pam_quantize_row(type, row, b->W + (size_t)r * b->row_bytes, MV_BENCH_COLS);
+    for (int i = 0; i < MV_BENCH_COLS; i++) {
+        x = x * 1664525u + 1013904223u;
+        row[i] = (float)((int32_t)x >> 8) * (1.0f / 8388608.0f);
     }
+    pam_quantize_row(type, row, b->W, MV_BENCH_COLS);
+    for (int64_t r = 1; r < b->rows; r++) memcpy(b->W + (size_t)r * b->row_bytes, b->W, b->row_bytes);
     pam_quantize_activations(type, row, b->act, MV_BENCH_COLS);
     free(row);
     return b;
@@ -775,6 +788,7 @@ static void mv_register(void) {
         mv_add(slot, &n, "avx512", &k_avx512[slot]);
         if (slot == SLOT_Q8_0) mv_add(slot, &n, "avx512y", &k_avx512y_q8_0);
         if (slot == SLOT_Q4_0) mv_add(slot, &n, "avx512y", &k_avx512y_q4_0);
+        if (slot == SLOT_Q4_K) mv_add(slot, &n, "avx512p", &k_avx512p_q4_K);
 #endif
         g_mv_kernels[slot] = (pam_ksel_kernel){.name = k_mv_names[slot],
                                                .variants = g_mv_variants[slot],
@@ -816,53 +830,23 @@ pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type) {
     return slot < 0 ? NULL : mv_choice(slot)->dot4;
 }
 
-static pam_isa chosen_isa(pam_dtype weight_type) {
-    int slot = dot_slot(weight_type);
-    return slot < 0 ? PAM_ISA_SCALAR : mv_choice(slot)->isa;
-}
-
 pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type) {
-#if PAM_HAVE_AVX2_KERNELS
-    const pam_isa isa = chosen_isa(weight_type);
-    if (isa == PAM_ISA_AVX512) {
-        if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx512;
-        if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx512;
-        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx512;
-        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx512;
-        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx512;
-        if (weight_type == PAM_DT_Q4_K) return pam_tile_q4_K_avx512;
-        if (weight_type == PAM_DT_Q6_K) return pam_tile_q6_K_avx512;
-    }
-    if (isa == PAM_ISA_AVX2) {
-        if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx2;
-        if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx2;
-        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx2;
-        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx2;
-        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx2;
-        if (weight_type == PAM_DT_Q4_K) return pam_tile_q4_K_avx2;
-        if (weight_type == PAM_DT_Q6_K) return pam_tile_q6_K_avx2;
-    }
-#endif
-    return NULL;
+    int slot = dot_slot(weight_type);
+    return slot < 0 ? NULL : mv_choice(slot)->tile;
 }
 
 size_t pam_vec_tile_scratch_bytes(pam_dtype weight_type, int64_t cols) {
-#if PAM_HAVE_AVX2_KERNELS
-    const pam_isa isa = chosen_isa(weight_type);
-    if (isa == PAM_ISA_AVX512 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
-        return pam_tile_scratch_avx512(cols);
-    if (isa == PAM_ISA_AVX2 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
-        return pam_tile_scratch_avx2(cols);
-#endif
-    return 0;
+    int slot = dot_slot(weight_type);
+    const mv_impl *m = slot < 0 ? NULL : mv_choice(slot);
+    return m && m->tile_scratch ? m->tile_scratch(cols) : 0;
 }
 
-/* The AVX-512 tiles multiply unsigned activations by signed weights: the
- * activation bytes go up by 128 (the kernel takes 128 * sum(w) back out).
- * The AVX2 ones read activations as they are. */
+/* The AVX-512 Q8_0/Q4_0 tiles multiply unsigned activations by signed
+ * weights: the activation bytes go up by 128 (the kernel takes 128 * sum(w)
+ * back out). The others read activations as they are. */
 void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols) {
-    if ((weight_type != PAM_DT_Q8_0 && weight_type != PAM_DT_Q4_0) || chosen_isa(weight_type) != PAM_ISA_AVX512)
-        return;
+    int slot = dot_slot(weight_type);
+    if (slot < 0 || !mv_choice(slot)->tile_act_xor) return;
     pam_block_q8_0 *a = act;
     for (int64_t i = 0; i < cols / PAM_QK8_0; i++)
         for (int e = 0; e < PAM_QK8_0; e++) a[i].qs[e] = (int8_t)((uint8_t)a[i].qs[e] ^ 0x80u);

@@ -694,6 +694,72 @@ static inline __attribute__((always_inline)) void q4_K_tokens(const void *row, c
     }
 }
 
+/* The same dot with cheaper scale handling: the sub-block scales reach their
+ * int16 lanes by an in-lane byte shuffle of the 16 unpacked scale bytes
+ * (instead of a cross-lane word permute), the nibbles come from one 32-byte
+ * broadcast, and the mins meet the activation block sums in one madd over 16
+ * lanes (no horizontal add). Integer sums per lane are regrouped, so the
+ * float results differ from pam_dot_q4_K_avx512 in the last bits: this is
+ * its own variant with its own tiled kernel. */
+static inline __attribute__((always_inline)) void q4_K_tokens_p(const void *row, const void *const *acts, int64_t n,
+                                                                float *out, int64_t out_stride, const int T) {
+    const pam_block_q4_K *w = row;
+    const int64_t nb = n / PAM_QK_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i nib_shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    /* mins as int16 pairs: lane k takes byte 8 + k / 2 (high byte zero) */
+    const __m256i min_ctrl = _mm256_set_epi8(-128, 15, -128, 15, -128, 14, -128, 14, -128, 13, -128, 13, -128, 12,
+                                             -128, 12, -128, 11, -128, 11, -128, 10, -128, 10, -128, 9, -128, 9, -128,
+                                             8, -128, 8);
+    __m512 acc[KT];
+    __m256 acc_m[KT];
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm512_setzero_ps();
+        acc_m[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        uint8_t sm[16];
+        unpack_q4_K_scales(w[i].scales, sm);
+        const __m128i sm128 = _mm_loadu_si128((const __m128i *)sm);
+        const __m512i bsc = _mm512_broadcast_i32x4(sm128);
+        const __m256i mins = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(sm128), min_ctrl);
+        __m512i q[PAM_QK_K / 64], scj[PAM_QK_K / 64];
+        for (int j = 0; j < PAM_QK_K / 64; j++) {
+            const __m512i bits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * j)));
+            q[j] = _mm512_and_si512(_mm512_srlv_epi64(bits, nib_shift), m4);
+            /* int16 lanes 0..15: scale 2j, 16..31: scale 2j + 1 */
+            const __m512i ctrl = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x8000 | (2 * j))),
+                                                    _mm256_set1_epi16((short)(0x8000 | (2 * j + 1))), 1);
+            scj[j] = _mm512_shuffle_epi8(bsc, ctrl);
+        }
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const float dmin = -a->d * _cvtsh_ss(w[i].dmin);
+            const __m256i mprod = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), mins);
+            acc_m[t] = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mprod), acc_m[t]);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 64; j++) {
+                const __m512i p16 = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(a->qs + 64 * j));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scj[j], p16));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        __m128 m = _mm_add_ps(_mm256_castps256_ps128(acc_m[t]), _mm256_extractf128_ps(acc_m[t], 1));
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[t * out_stride] = hsum16(acc[t]) + _mm_cvtss_f32(m);
+    }
+}
+
+float pam_dot_q4_K_avx512p(const void *row, const void *act, int64_t n) {
+    float out;
+    q4_K_tokens_p(row, &act, n, &out, 1, 1);
+    return out;
+}
+
 float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n) {
     float out;
     q4_K_tokens(row, &act, n, &out, 1, 1);
@@ -792,6 +858,7 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
     }
 KTILE_FN(pam_tile_q4_K_avx512, q4_K_tokens)
 KTILE_FN(pam_tile_q6_K_avx512, q6_K_tokens)
+KTILE_FN(pam_tile_q4_K_avx512p, q4_K_tokens_p)
 
 /* ---- Q8_0 activations ----------------------------------------------------
  * Byte-identical to the reference quantiser: the same amax, d = amax / 127,
