@@ -683,6 +683,11 @@ static const mv_impl k_avx512y_q8_0 = {A5, pam_dot_q8_0_avx512y, pam_dot4_q8_0_a
                                        pam_tile_scratch_avx512, 1};
 static const mv_impl k_avx512y_q4_0 = {A5, pam_dot_q4_0_avx512y, pam_dot4_q4_0_avx512y, pam_tile_q4_0_avx512,
                                        pam_tile_scratch_avx512, 1};
+static const mv_impl k_avx512r[3] = {
+    {A5, pam_dot_f32_avx512, pam_dot4_f32_avx512, pam_tile_f32_avx512, NULL, 0},
+    {A5, pam_dot_f16_avx512, pam_dot4_f16_avx512, pam_tile_f16_avx512, NULL, 0},
+    {A5, pam_dot_bf16_avx512, pam_dot4_bf16_avx512, pam_tile_bf16_avx512, NULL, 0},
+};
 /* its own rounding and its own tile */
 static const mv_impl k_avx512p_q4_K = {A5, pam_dot_q4_K_avx512p, NULL, pam_tile_q4_K_avx512p, NULL, 0};
 #undef A2
@@ -789,6 +794,7 @@ static void mv_register(void) {
         if (slot == SLOT_Q8_0) mv_add(slot, &n, "avx512y", &k_avx512y_q8_0);
         if (slot == SLOT_Q4_0) mv_add(slot, &n, "avx512y", &k_avx512y_q4_0);
         if (slot == SLOT_Q4_K) mv_add(slot, &n, "avx512p", &k_avx512p_q4_K);
+        if (slot <= SLOT_BF16) mv_add(slot, &n, "avx512r", &k_avx512r[slot]);
 #endif
         g_mv_kernels[slot] = (pam_ksel_kernel){.name = k_mv_names[slot],
                                                .variants = g_mv_variants[slot],

@@ -120,6 +120,50 @@ static inline __m512 fmload16(const void *w, int64_t j, __mmask16 k, const int t
     return bf16x16_to_ps(_mm256_maskz_loadu_epi16(k, (const pam_bf16 *)w + j));
 }
 
+/* ---- float rows, four at a time -------------------------------------------
+ * Each row keeps the single-row kernel's four accumulators, steps and final
+ * sum, so its result is bit-identical to pam_dot_*_avx512 (and the float
+ * tiles serve both); the activations, 4 bytes per element against the
+ * weights' 2 (f16, bf16), are loaded once for four rows instead of per row. */
+static inline __attribute__((always_inline)) void float_dot4(const uint8_t *W, size_t row_bytes, const float *x,
+                                                             int64_t n, float out[4], const int type) {
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int c = 0; c < 4; c++) {
+            const __m512 xv = _mm512_loadu_ps(x + i + 16 * c);
+            for (int r = 0; r < 4; r++)
+                acc[r][c] = _mm512_fmadd_ps(fload16(W + (size_t)r * row_bytes, i + 16 * c, type), xv, acc[r][c]);
+        }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        for (int r = 0; r < 4; r++) acc[r][0] = _mm512_fmadd_ps(fload16(W + (size_t)r * row_bytes, i, type), xv, acc[r][0]);
+    }
+    if (i < n) {
+        const __mmask16 k = mask16(n - i);
+        const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+        for (int r = 0; r < 4; r++)
+            acc[r][1] = _mm512_fmadd_ps(fmload16(W + (size_t)r * row_bytes, i, k, type), xv, acc[r][1]);
+    }
+    for (int r = 0; r < 4; r++)
+        out[r] = hsum16(_mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+}
+
+void pam_dot4_f32_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    float_dot4(row, row_bytes, act, n, out, FT_F32);
+}
+
+void pam_dot4_f16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    float_dot4(row, row_bytes, act, n, out, FT_F16);
+}
+
+void pam_dot4_bf16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    float_dot4(row, row_bytes, act, n, out, FT_BF16);
+}
+
+
 static inline __attribute__((always_inline)) void ftile512(const uint8_t *W, size_t row_bytes, const float *X,
                                                            int64_t ldx, int64_t n, float *Y, int64_t ldy,
                                                            const int R, const int T, const int type) {

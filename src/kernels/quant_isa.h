@@ -53,6 +53,11 @@ float pam_dot_q4_0_avx512y(const void *row, const void *act, int64_t n);
 void pam_dot4_q8_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 void pam_dot4_q4_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 
+/* Four float rows; bit-identical to the single-row AVX-512 kernels. */
+void pam_dot4_f32_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+void pam_dot4_f16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+void pam_dot4_bf16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
+
 /* Q4_K with in-lane scale shuffles: its own rounding, its own tiled kernel. */
 float pam_dot_q4_K_avx512p(const void *row, const void *act, int64_t n);
 void pam_tile_q4_K_avx512p(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
