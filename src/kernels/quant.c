@@ -648,48 +648,64 @@ typedef struct {
     pam_vec_tile_fn tile;               /* NULL if none */
     size_t (*tile_scratch)(int64_t cols); /* NULL: no scratch */
     int tile_act_xor;                   /* the tile reads activation bytes ^ 0x80 */
+    const pam_vec_prep *prep;           /* NULL if none */
 } mv_impl;
 
-#define MV_MAX_VARIANTS 4
+#define MV_MAX_VARIANTS 8
 static const mv_impl k_ref[N_SLOTS] = {
-    {PAM_ISA_SCALAR, pam_dot_f32_ref, NULL, NULL, NULL, 0},  {PAM_ISA_SCALAR, pam_dot_f16_ref, NULL, NULL, NULL, 0},
-    {PAM_ISA_SCALAR, pam_dot_bf16_ref, NULL, NULL, NULL, 0}, {PAM_ISA_SCALAR, pam_dot_q8_0_ref, NULL, NULL, NULL, 0},
-    {PAM_ISA_SCALAR, pam_dot_q4_0_ref, NULL, NULL, NULL, 0}, {PAM_ISA_SCALAR, pam_dot_q4_K_ref, NULL, NULL, NULL, 0},
-    {PAM_ISA_SCALAR, pam_dot_q6_K_ref, NULL, NULL, NULL, 0},
+    {PAM_ISA_SCALAR, pam_dot_f32_ref, NULL, NULL, NULL, 0, NULL},  {PAM_ISA_SCALAR, pam_dot_f16_ref, NULL, NULL, NULL, 0, NULL},
+    {PAM_ISA_SCALAR, pam_dot_bf16_ref, NULL, NULL, NULL, 0, NULL}, {PAM_ISA_SCALAR, pam_dot_q8_0_ref, NULL, NULL, NULL, 0, NULL},
+    {PAM_ISA_SCALAR, pam_dot_q4_0_ref, NULL, NULL, NULL, 0, NULL}, {PAM_ISA_SCALAR, pam_dot_q4_K_ref, NULL, NULL, NULL, 0, NULL},
+    {PAM_ISA_SCALAR, pam_dot_q6_K_ref, NULL, NULL, NULL, 0, NULL},
 };
 #if PAM_HAVE_AVX2_KERNELS
 #define A2 PAM_ISA_AVX2
 #define A5 PAM_ISA_AVX512
 static const mv_impl k_avx2[N_SLOTS] = {
-    {A2, pam_dot_f32_avx2, NULL, pam_tile_f32_avx2, NULL, 0},
-    {A2, pam_dot_f16_avx2, NULL, pam_tile_f16_avx2, NULL, 0},
-    {A2, pam_dot_bf16_avx2, NULL, pam_tile_bf16_avx2, NULL, 0},
-    {A2, pam_dot_q8_0_avx2, pam_dot4_q8_0_avx2, pam_tile_q8_0_avx2, pam_tile_scratch_avx2, 0},
-    {A2, pam_dot_q4_0_avx2, pam_dot4_q4_0_avx2, pam_tile_q4_0_avx2, pam_tile_scratch_avx2, 0},
-    {A2, pam_dot_q4_K_avx2, NULL, pam_tile_q4_K_avx2, NULL, 0},
-    {A2, pam_dot_q6_K_avx2, NULL, pam_tile_q6_K_avx2, NULL, 0},
+    {A2, pam_dot_f32_avx2, NULL, pam_tile_f32_avx2, NULL, 0, NULL},
+    {A2, pam_dot_f16_avx2, NULL, pam_tile_f16_avx2, NULL, 0, NULL},
+    {A2, pam_dot_bf16_avx2, NULL, pam_tile_bf16_avx2, NULL, 0, NULL},
+    {A2, pam_dot_q8_0_avx2, pam_dot4_q8_0_avx2, pam_tile_q8_0_avx2, pam_tile_scratch_avx2, 0, NULL},
+    {A2, pam_dot_q4_0_avx2, pam_dot4_q4_0_avx2, pam_tile_q4_0_avx2, pam_tile_scratch_avx2, 0, NULL},
+    {A2, pam_dot_q4_K_avx2, NULL, pam_tile_q4_K_avx2, NULL, 0, NULL},
+    {A2, pam_dot_q6_K_avx2, NULL, pam_tile_q6_K_avx2, NULL, 0, NULL},
 };
 static const mv_impl k_avx512[N_SLOTS] = {
-    {A5, pam_dot_f32_avx512, NULL, pam_tile_f32_avx512, NULL, 0},
-    {A5, pam_dot_f16_avx512, NULL, pam_tile_f16_avx512, NULL, 0},
-    {A5, pam_dot_bf16_avx512, NULL, pam_tile_bf16_avx512, NULL, 0},
-    {A5, pam_dot_q8_0_avx512, pam_dot4_q8_0_avx512, pam_tile_q8_0_avx512, pam_tile_scratch_avx512, 1},
-    {A5, pam_dot_q4_0_avx512, pam_dot4_q4_0_avx512, pam_tile_q4_0_avx512, pam_tile_scratch_avx512, 1},
-    {A5, pam_dot_q4_K_avx512, NULL, pam_tile_q4_K_avx512, NULL, 0},
-    {A5, pam_dot_q6_K_avx512, NULL, pam_tile_q6_K_avx512, NULL, 0},
+    {A5, pam_dot_f32_avx512, NULL, pam_tile_f32_avx512, NULL, 0, NULL},
+    {A5, pam_dot_f16_avx512, NULL, pam_tile_f16_avx512, NULL, 0, NULL},
+    {A5, pam_dot_bf16_avx512, NULL, pam_tile_bf16_avx512, NULL, 0, NULL},
+    {A5, pam_dot_q8_0_avx512, pam_dot4_q8_0_avx512, pam_tile_q8_0_avx512, pam_tile_scratch_avx512, 1, NULL},
+    {A5, pam_dot_q4_0_avx512, pam_dot4_q4_0_avx512, pam_tile_q4_0_avx512, pam_tile_scratch_avx512, 1, NULL},
+    {A5, pam_dot_q4_K_avx512, NULL, pam_tile_q4_K_avx512, NULL, 0, NULL},
+    {A5, pam_dot_q6_K_avx512, NULL, pam_tile_q6_K_avx512, NULL, 0, NULL},
 };
 /* bit-identical to the avx512 ones above and served by the same tiles */
-static const mv_impl k_avx512y_q8_0 = {A5, pam_dot_q8_0_avx512y, pam_dot4_q8_0_avx512y, pam_tile_q8_0_avx512,
-                                       pam_tile_scratch_avx512, 1};
-static const mv_impl k_avx512y_q4_0 = {A5, pam_dot_q4_0_avx512y, pam_dot4_q4_0_avx512y, pam_tile_q4_0_avx512,
-                                       pam_tile_scratch_avx512, 1};
+static const mv_impl k_avx512y_q8_0 = {A5, pam_dot_q8_0_avx512y, NULL, pam_tile_q8_0_avx512,
+                                       pam_tile_scratch_avx512, 1, NULL};
+static const mv_impl k_avx512y_q4_0 = {A5, pam_dot_q4_0_avx512y, NULL, pam_tile_q4_0_avx512,
+                                       pam_tile_scratch_avx512, 1, NULL};
+static const pam_vec_prep k_prep_q8_0 = {pam_prep_bytes_q8_0_avx512y, pam_prep_q8_0_avx512y,
+                                         pam_dot_prep_q8_0_avx512y};
+static const pam_vec_prep k_prep_q4_0 = {pam_prep_bytes_q4_0_avx512y, pam_prep_q4_0_avx512y,
+                                         pam_dot_prep_q4_0_avx512y};
+/* the same, activation work once per product */
+static const mv_impl k_avx512yp_q8_0 = {A5, pam_dot_q8_0_avx512y, NULL, pam_tile_q8_0_avx512,
+                                        pam_tile_scratch_avx512, 1, &k_prep_q8_0};
+static const mv_impl k_avx512yp_q4_0 = {A5, pam_dot_q4_0_avx512y, NULL, pam_tile_q4_0_avx512,
+                                        pam_tile_scratch_avx512, 1, &k_prep_q4_0};
+/* the same with four rows per call: fewer activation loads, but four
+ * interleaved streams, which some CPUs prefetch badly from DRAM */
+static const mv_impl k_avx512y4_q8_0 = {A5, pam_dot_q8_0_avx512y, pam_dot4_q8_0_avx512y, pam_tile_q8_0_avx512,
+                                        pam_tile_scratch_avx512, 1, NULL};
+static const mv_impl k_avx512y4_q4_0 = {A5, pam_dot_q4_0_avx512y, pam_dot4_q4_0_avx512y, pam_tile_q4_0_avx512,
+                                        pam_tile_scratch_avx512, 1, NULL};
 static const mv_impl k_avx512r[3] = {
-    {A5, pam_dot_f32_avx512, pam_dot4_f32_avx512, pam_tile_f32_avx512, NULL, 0},
-    {A5, pam_dot_f16_avx512, pam_dot4_f16_avx512, pam_tile_f16_avx512, NULL, 0},
-    {A5, pam_dot_bf16_avx512, pam_dot4_bf16_avx512, pam_tile_bf16_avx512, NULL, 0},
+    {A5, pam_dot_f32_avx512, pam_dot4_f32_avx512, pam_tile_f32_avx512, NULL, 0, NULL},
+    {A5, pam_dot_f16_avx512, pam_dot4_f16_avx512, pam_tile_f16_avx512, NULL, 0, NULL},
+    {A5, pam_dot_bf16_avx512, pam_dot4_bf16_avx512, pam_tile_bf16_avx512, NULL, 0, NULL},
 };
 /* its own rounding and its own tile */
-static const mv_impl k_avx512p_q4_K = {A5, pam_dot_q4_K_avx512p, NULL, pam_tile_q4_K_avx512p, NULL, 0};
+static const mv_impl k_avx512p_q4_K = {A5, pam_dot_q4_K_avx512p, NULL, pam_tile_q4_K_avx512p, NULL, 0, NULL};
 #undef A2
 #undef A5
 #endif
@@ -700,26 +716,37 @@ static int g_mv_id[N_SLOTS];
 static const char *const k_mv_names[N_SLOTS] = {"matvec.f32",  "matvec.f16",  "matvec.bf16", "matvec.q8_0",
                                                 "matvec.q4_0", "matvec.q4_K", "matvec.q6_K"};
 
-/* The timing workload: a matrix of about MV_BENCH_BYTES (past the L2 of
- * current cores, so weights come from the next level as in decode), one
- * activation vector, every row once, 4-row kernel first as the matvec does. */
-#define MV_BENCH_BYTES ((size_t)2 << 20)
+/* The timing workload streams weights from DRAM as decode does (a kernel
+ * that is fast in cache can stall on memory, e.g. with several interleaved
+ * row streams): MV_BENCH_BYTES of rows, larger than the last-level cache of
+ * most machines, each call taking the next MV_SLICE_BYTES of them, so the
+ * rows a call reads were last touched tens of megabytes ago. */
+#define MV_BENCH_BYTES ((size_t)64 << 20)
+#define MV_SLICE_BYTES ((size_t)1 << 20)
 #define MV_BENCH_COLS 4096
 
 typedef struct {
     pam_dtype type;
-    int64_t rows;
+    int64_t rows, slice_rows, next;
     size_t row_bytes;
-    uint8_t *W, *act;
+    uint8_t *W, *act, *prepared;
     volatile float sink;
 } mv_bench;
+
+static void mv_teardown(void *ctx) {
+    mv_bench *b = ctx;
+    free(b->W);
+    free(b->act);
+    free(b);
+}
 
 static void *mv_setup(pam_dtype type) {
     mv_bench *b = calloc(1, sizeof *b);
     if (!b) return NULL;
     b->type = type;
     (void)pam_dtype_row_bytes(type, MV_BENCH_COLS, &b->row_bytes);
-    b->rows = (int64_t)(MV_BENCH_BYTES / b->row_bytes) & ~(int64_t)3;
+    b->slice_rows = (int64_t)(MV_SLICE_BYTES / b->row_bytes) & ~(int64_t)3;
+    b->rows = (int64_t)(MV_BENCH_BYTES / MV_SLICE_BYTES) * b->slice_rows;
     float *row = malloc(sizeof(float) * MV_BENCH_COLS);
     b->W = malloc(b->row_bytes * (size_t)b->rows);
     b->act = malloc(pam_activation_bytes(type, MV_BENCH_COLS) + 64);
@@ -741,6 +768,11 @@ static void *mv_setup(pam_dtype type) {
     for (int64_t r = 1; r < b->rows; r++) memcpy(b->W + (size_t)r * b->row_bytes, b->W, b->row_bytes);
     pam_quantize_activations(type, row, b->act, MV_BENCH_COLS);
     free(row);
+    b->prepared = aligned_alloc(64, 64 << 10); /* more than any prep of MV_BENCH_COLS needs */
+    if (!b->prepared) {
+        mv_teardown(b);
+        return NULL;
+    }
     return b;
 }
 
@@ -748,22 +780,22 @@ static void mv_run(void *ctx, const void *impl) {
     mv_bench *b = ctx;
     const mv_impl *m = impl;
     float out[4], s = 0;
-    int64_t r = 0;
+    const int64_t r0 = b->next, r1 = r0 + b->slice_rows;
+    b->next = r1 < b->rows ? r1 : 0;
+    int64_t r = r0;
+    if (m->prep) { /* once per product, as pam_matvec does */
+        m->prep->prep(b->act, MV_BENCH_COLS, b->prepared);
+        for (; r < r1; r++) s += m->prep->dot(b->W + (size_t)r * b->row_bytes, b->prepared, MV_BENCH_COLS);
+    }
     if (m->dot4)
-        for (; r + 4 <= b->rows; r += 4) {
+        for (; r + 4 <= r1; r += 4) {
             m->dot4(b->W + (size_t)r * b->row_bytes, b->row_bytes, b->act, MV_BENCH_COLS, out);
             s += out[0];
         }
-    for (; r < b->rows; r++) s += m->dot(b->W + (size_t)r * b->row_bytes, b->act, MV_BENCH_COLS);
+    for (; r < r1; r++) s += m->dot(b->W + (size_t)r * b->row_bytes, b->act, MV_BENCH_COLS);
     b->sink = s;
 }
 
-static void mv_teardown(void *ctx) {
-    mv_bench *b = ctx;
-    free(b->W);
-    free(b->act);
-    free(b);
-}
 
 #define MV_SETUP_FN(SLOT) \
     static void *mv_setup_##SLOT(void) { return mv_setup(k_slot_type[SLOT]); }
@@ -791,8 +823,16 @@ static void mv_register(void) {
 #if PAM_HAVE_AVX2_KERNELS
         mv_add(slot, &n, "avx2", &k_avx2[slot]);
         mv_add(slot, &n, "avx512", &k_avx512[slot]);
-        if (slot == SLOT_Q8_0) mv_add(slot, &n, "avx512y", &k_avx512y_q8_0);
-        if (slot == SLOT_Q4_0) mv_add(slot, &n, "avx512y", &k_avx512y_q4_0);
+        if (slot == SLOT_Q8_0) {
+            mv_add(slot, &n, "avx512y", &k_avx512y_q8_0);
+            mv_add(slot, &n, "avx512y4", &k_avx512y4_q8_0);
+            mv_add(slot, &n, "avx512yp", &k_avx512yp_q8_0);
+        }
+        if (slot == SLOT_Q4_0) {
+            mv_add(slot, &n, "avx512y", &k_avx512y_q4_0);
+            mv_add(slot, &n, "avx512y4", &k_avx512y4_q4_0);
+            mv_add(slot, &n, "avx512yp", &k_avx512yp_q4_0);
+        }
         if (slot == SLOT_Q4_K) mv_add(slot, &n, "avx512p", &k_avx512p_q4_K);
         if (slot <= SLOT_BF16) mv_add(slot, &n, "avx512r", &k_avx512r[slot]);
 #endif
@@ -834,6 +874,11 @@ pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type) {
 pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type) {
     int slot = dot_slot(weight_type);
     return slot < 0 ? NULL : mv_choice(slot)->dot4;
+}
+
+const pam_vec_prep *pam_vec_prep_select(pam_dtype weight_type) {
+    int slot = dot_slot(weight_type);
+    return slot < 0 ? NULL : mv_choice(slot)->prep;
 }
 
 pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type) {

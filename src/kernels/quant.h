@@ -80,6 +80,18 @@ pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type);
 typedef void (*pam_vec_dot4_fn)(const void *row, size_t row_bytes, const void *act, int64_t n,
                                 float out[4]);
 pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type);
+/* Single rows against activations prepared once per product: the per-block
+ * activation work (shared by every row) is done by prep, once per token, and
+ * dot then costs per row what a multi-row kernel costs, while reading the
+ * rows as one stream. dot's result is bit-identical to what
+ * pam_vec_dot_select(weight_type) gives. prep's dst: bytes(n) bytes, 64-byte
+ * aligned. NULL when the chosen kernel has no such form. */
+typedef struct pam_vec_prep {
+    size_t (*bytes)(int64_t n);
+    void (*prep)(const void *act, int64_t n, void *dst);
+    float (*dot)(const void *row, const void *prepared, int64_t n);
+} pam_vec_prep;
+const pam_vec_prep *pam_vec_prep_select(pam_dtype weight_type);
 /* Many rows against many tokens (prefill). For r < rows <= PAM_TILE_ROWS
  * and t < n_tok, Y[t * ldy + r] = dot(row r of W, token t of act) bit-
  * identical to what pam_vec_dot_select(weight_type) gives, but with each

@@ -245,6 +245,8 @@ FTILE512_FN(pam_tile_bf16_avx512, FT_BF16)
 
 #define GROUP 16
 
+
+
 /* Adjacent int32 lanes of the 32-lane concatenation (a, b) summed: lane i is
  * c[2i] + c[2i+1]. Three levels turn 8 vectors of [block 2k | block 2k+1]
  * lane sums into one vector with block b's sum in lane b. */
@@ -639,6 +641,56 @@ static inline __attribute__((always_inline)) void dot_rows_y_q8_0(const void *ro
 static inline __attribute__((always_inline)) void dot_rows_y_q4_0(const void *row, size_t row_bytes,
                                                                   const void *act, int64_t n, float *out, const int R) {
     DOT_ROWS_H_BODY(pam_block_q4_0, group_h_q4_0)
+}
+
+/* Single rows over activations prepared once per product: every group's
+ * act_group (loads, offset sums, scales) is computed once for all rows and
+ * stored, so one row costs what it costs inside the 4-row kernel while the
+ * rows are still read as one stream. Same operations in the same order as
+ * the kernels above: bit-identical results. */
+#define DOT_PREP_BODY(WTYPE, GTYPE, GROUP_FN)                                             \
+    const GTYPE *G = prepared;                                                             \
+    const int64_t nb = n / PAM_QK8_0;                                                      \
+    const WTYPE *w = row;                                                                  \
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                         \
+    int64_t i = 0;                                                                         \
+    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {                                          \
+        acc0 = GROUP_FN(w + i, &G[i / GROUP], GROUP, acc0);                                \
+        acc1 = GROUP_FN(w + i + GROUP, &G[i / GROUP + 1], GROUP, acc1);                    \
+    }                                                                                      \
+    for (; i + GROUP <= nb; i += GROUP) acc0 = GROUP_FN(w + i, &G[i / GROUP], GROUP, acc0); \
+    if (i < nb) acc1 = GROUP_FN(w + i, &G[i / GROUP], (int)(nb - i), acc1);                \
+    return hsum16(_mm512_add_ps(acc0, acc1));
+
+size_t pam_prep_bytes_q8_0_avx512y(int64_t n) {
+    return (size_t)((n / PAM_QK8_0 + GROUP - 1) / GROUP) * sizeof(act_group_y);
+}
+
+size_t pam_prep_bytes_q4_0_avx512y(int64_t n) {
+    return (size_t)((n / PAM_QK8_0 + GROUP - 1) / GROUP) * sizeof(act_group_h);
+}
+
+void pam_prep_q8_0_avx512y(const void *act, int64_t n, void *dst) {
+    const pam_block_q8_0 *a = act;
+    act_group_y *G = dst;
+    const int64_t nb = n / PAM_QK8_0;
+    for (int64_t i = 0; i < nb; i += GROUP)
+        act_group_y_load(&G[i / GROUP], a + i, nb - i < GROUP ? (int)(nb - i) : GROUP, _mm256_set1_epi8((char)0x80));
+}
+
+void pam_prep_q4_0_avx512y(const void *act, int64_t n, void *dst) {
+    const pam_block_q8_0 *a = act;
+    act_group_h *G = dst;
+    const int64_t nb = n / PAM_QK8_0;
+    for (int64_t i = 0; i < nb; i += GROUP) act_group_h_load(&G[i / GROUP], a + i, nb - i < GROUP ? (int)(nb - i) : GROUP);
+}
+
+float pam_dot_prep_q8_0_avx512y(const void *row, const void *prepared, int64_t n) {
+    DOT_PREP_BODY(pam_block_q8_0, act_group_y, group_y_q8_0)
+}
+
+float pam_dot_prep_q4_0_avx512y(const void *row, const void *prepared, int64_t n) {
+    DOT_PREP_BODY(pam_block_q4_0, act_group_h, group_h_q4_0)
 }
 
 float pam_dot_q8_0_avx512y(const void *row, const void *act, int64_t n) {
@@ -1128,3 +1180,4 @@ void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const v
 }
 
 #endif
+

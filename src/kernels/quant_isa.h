@@ -53,6 +53,14 @@ float pam_dot_q4_0_avx512y(const void *row, const void *act, int64_t n);
 void pam_dot4_q8_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 void pam_dot4_q4_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 
+/* The same over activations prepared once per product (pam_vec_prep). */
+size_t pam_prep_bytes_q8_0_avx512y(int64_t n);
+size_t pam_prep_bytes_q4_0_avx512y(int64_t n);
+void pam_prep_q8_0_avx512y(const void *act, int64_t n, void *dst);
+void pam_prep_q4_0_avx512y(const void *act, int64_t n, void *dst);
+float pam_dot_prep_q8_0_avx512y(const void *row, const void *prepared, int64_t n);
+float pam_dot_prep_q4_0_avx512y(const void *row, const void *prepared, int64_t n);
+
 /* Four float rows; bit-identical to the single-row AVX-512 kernels. */
 void pam_dot4_f32_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 void pam_dot4_f16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
