@@ -135,12 +135,17 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
     *n_rows_out = n_rows;
     pam_vec_dot_fn dot = pam_vec_dot_select(type);
     pam_vec_dot4_fn dot4 = pam_vec_dot4_select(type); /* as pam_matvec uses them */
+    const pam_vec_prep *prep = pam_vec_prep_select(type);
+    void *prepared = prep ? aligned_alloc(64, (prep->bytes(cols) + 63) & ~(size_t)63) : NULL;
+    if (prepared) prep->prep(act, cols, prepared); /* once per product, as pam_matvec does */
     float out[4];
     int iters = 0;
     double t0 = cpu_s(), t;
     do {
         float s = 0;
         int64_t r = 0;
+        if (prepared)
+            for (; r < n_rows; r++) s += prep->dot((const uint8_t *)W + (size_t)r * row_bytes, prepared, cols);
         if (dot4)
             for (; r + 4 <= n_rows; r += 4) {
                 dot4((const uint8_t *)W + (size_t)r * row_bytes, row_bytes, act, cols, out);
@@ -151,6 +156,7 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
         iters++;
         t = cpu_s();
     } while (t - t0 < secs);
+    free(prepared);
     return (t - t0) / iters;
 }
 
