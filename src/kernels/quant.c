@@ -737,6 +737,7 @@ static void mv_teardown(void *ctx) {
     mv_bench *b = ctx;
     free(b->W);
     free(b->act);
+    free(b->prepared);
     free(b);
 }
 
