@@ -29,8 +29,8 @@
 #define NAME_MAX_LEN 48
 #define CACHE_MAX 256
 /* Timing: rounds x (at least this much CPU time per variant and round). */
-#define TIME_ROUNDS 3
-#define TIME_SLICE_NS 1000000ll
+#define TIME_ROUNDS 5
+#define TIME_SLICE_NS 2000000ll
 
 typedef struct {
     const pam_ksel_kernel *k;
