@@ -704,6 +704,7 @@ static const mv_impl k_avx512r[3] = {
     {A5, pam_dot_f16_avx512, pam_dot4_f16_avx512, pam_tile_f16_avx512, NULL, 0, NULL},
     {A5, pam_dot_bf16_avx512, pam_dot4_bf16_avx512, pam_tile_bf16_avx512, NULL, 0, NULL},
 };
+static const mv_impl k_avx512p_q6_K = {A5, pam_dot_q6_K_avx512p, NULL, pam_tile_q6_K_avx512p, NULL, 0, NULL};
 /* its own rounding and its own tile */
 static const mv_impl k_avx512p_q4_K = {A5, pam_dot_q4_K_avx512p, NULL, pam_tile_q4_K_avx512p, NULL, 0, NULL};
 #undef A2
@@ -835,6 +836,7 @@ static void mv_register(void) {
             mv_add(slot, &n, "avx512yp", &k_avx512yp_q4_0);
         }
         if (slot == SLOT_Q4_K) mv_add(slot, &n, "avx512p", &k_avx512p_q4_K);
+        if (slot == SLOT_Q6_K) mv_add(slot, &n, "avx512p", &k_avx512p_q6_K);
         if (slot <= SLOT_BF16) mv_add(slot, &n, "avx512r", &k_avx512r[slot]);
 #endif
         g_mv_kernels[slot] = (pam_ksel_kernel){.name = k_mv_names[slot],

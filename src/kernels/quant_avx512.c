@@ -790,11 +790,26 @@ static inline __attribute__((always_inline)) void q4_K_tokens(const void *row, c
     }
 }
 
+/* unpack_q4_K_scales straight into a register: a 16-byte load of bytes
+ * just stored as four words would wait for the stores (no forwarding). */
+static inline __m128i unpack_q4_K_scales_v(const uint8_t *s) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4);
+    memcpy(&u1, s + 4, 4);
+    memcpy(&u2, s + 8, 4);
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    const uint32_t v3 = ((u2 >> 4) & kmask2) | (((u1 >> 6) & kmask3) << 4);
+    const uint32_t v2 = u1 & kmask1;
+    const uint32_t v1 = (u2 & kmask2) | (((u0 >> 6) & kmask3) << 4);
+    const uint32_t v0 = u0 & kmask1;
+    return _mm_set_epi32((int)v3, (int)v2, (int)v1, (int)v0);
+}
+
 /* The same dot with cheaper scale handling: the sub-block scales reach their
  * int16 lanes by an in-lane byte shuffle of the 16 unpacked scale bytes
  * (instead of a cross-lane word permute), the nibbles come from one 32-byte
- * broadcast, and the mins meet the activation block sums in one madd over 16
- * lanes (no horizontal add). Integer sums per lane are regrouped, so the
+ * broadcast, the mins meet the activation block sums in one madd over 16
+ * lanes (no horizontal add), and scale products accumulate by vpdpwssd. Integer sums per lane are regrouped, so the
  * float results differ from pam_dot_q4_K_avx512 in the last bits: this is
  * its own variant with its own tiled kernel. */
 static inline __attribute__((always_inline)) void q4_K_tokens_p(const void *row, const void *const *acts, int64_t n,
@@ -814,9 +829,7 @@ static inline __attribute__((always_inline)) void q4_K_tokens_p(const void *row,
         acc_m[t] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
-        uint8_t sm[16];
-        unpack_q4_K_scales(w[i].scales, sm);
-        const __m128i sm128 = _mm_loadu_si128((const __m128i *)sm);
+        const __m128i sm128 = unpack_q4_K_scales_v(w[i].scales);
         const __m512i bsc = _mm512_broadcast_i32x4(sm128);
         const __m256i mins = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(sm128), min_ctrl);
         __m512i q[PAM_QK_K / 64], scj[PAM_QK_K / 64];
@@ -837,7 +850,7 @@ static inline __attribute__((always_inline)) void q4_K_tokens_p(const void *row,
             __m512i sumi = _mm512_setzero_si512();
             for (int j = 0; j < PAM_QK_K / 64; j++) {
                 const __m512i p16 = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(a->qs + 64 * j));
-                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scj[j], p16));
+                sumi = _mm512_dpwssd_epi32(sumi, scj[j], p16); /* madd + add in one */
             }
             acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc[t]);
         }
@@ -933,6 +946,65 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
     return out;
 }
 
+/* The same with VNNI's vpdpwssd (madd and add in one instruction): the
+ * same integer sums, so the same bits as pam_dot_q6_K_avx512. */
+static inline __attribute__((always_inline)) void q6_K_tokens_p(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
+    const pam_block_q6_K *w = row;
+    const int64_t nb = n / PAM_QK_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m2 = _mm512_set1_epi8(0x03);
+    __m256 acc[KT];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *ql = w[i].ql;
+        const uint8_t *qh = w[i].qh;
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
+        const __m512i sc = _mm512_castsi256_si512(sc16);
+        __m512i qa[PAM_QK_K / 128], qb[PAM_QK_K / 128], sa[PAM_QK_K / 128], sb[PAM_QK_K / 128];
+        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32) {
+            const __m512i l = _mm512_loadu_si512(ql);
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            const __m512i h2 = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 2), 1);
+            qa[j] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(h2, m2), 4));
+            qb[j] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h2, 4), m2), 4));
+            sa[j] = spread_quad16(sc, 8 * j);
+            sb[j] = spread_quad16(sc, 8 * j + 4);
+        }
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 128; j++) {
+                const __m512i pa = _mm512_maddubs_epi16(qa[j], _mm512_loadu_si512(a->qs + 128 * j));
+                const __m512i pb = _mm512_maddubs_epi16(qb[j], _mm512_loadu_si512(a->qs + 128 * j + 64));
+                sumi = _mm512_dpwssd_epi32(sumi, sa[j], pa);
+                sumi = _mm512_dpwssd_epi32(sumi, sb[j], pb);
+            }
+            /* 16 lanes to 8, then the offset, in the AVX2 kernel's lane layout */
+            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+            s8 = _mm256_sub_epi32(s8, offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[t * out_stride] = _mm_cvtss_f32(s);
+    }
+}
+
+float pam_dot_q6_K_avx512p(const void *row, const void *act, int64_t n) {
+    float out;
+    q6_K_tokens_p(row, &act, n, &out, 1, 1);
+    return out;
+}
+
 /* Tiled K-quants: each row against KT tokens at a time, the panel's rows
  * staying in cache while the tokens pass. */
 #define KTILE_FN(NAME, TOKENS)                                                                         \
@@ -955,6 +1027,7 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
 KTILE_FN(pam_tile_q4_K_avx512, q4_K_tokens)
 KTILE_FN(pam_tile_q6_K_avx512, q6_K_tokens)
 KTILE_FN(pam_tile_q4_K_avx512p, q4_K_tokens_p)
+KTILE_FN(pam_tile_q6_K_avx512p, q6_K_tokens_p)
 
 /* ---- Q8_0 activations ----------------------------------------------------
  * Byte-identical to the reference quantiser: the same amax, d = amax / 127,

@@ -61,6 +61,11 @@ void pam_prep_q4_0_avx512y(const void *act, int64_t n, void *dst);
 float pam_dot_prep_q8_0_avx512y(const void *row, const void *prepared, int64_t n);
 float pam_dot_prep_q4_0_avx512y(const void *row, const void *prepared, int64_t n);
 
+/* Q6_K with vpdpwssd: bit-identical to pam_dot_q6_K_avx512. */
+float pam_dot_q6_K_avx512p(const void *row, const void *act, int64_t n);
+void pam_tile_q6_K_avx512p(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
+                           int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
+
 /* Four float rows; bit-identical to the single-row AVX-512 kernels. */
 void pam_dot4_f32_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
 void pam_dot4_f16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]);
