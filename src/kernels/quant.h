@@ -75,8 +75,8 @@ typedef float (*pam_vec_dot_fn)(const void *row, const void *act, int64_t n);
 pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type);
 /* Four consecutive rows (row_bytes apart) against the same activations in
  * one pass, sharing the activation loads: out[r] is bit-identical to what
- * pam_vec_dot_select(weight_type) gives for row r. NULL when the current ISA
- * level has no such kernel for weight_type (then loop the single-row one). */
+ * pam_vec_dot_select(weight_type) gives for row r. NULL when the chosen
+ * kernel has no such form (then loop the single-row one). */
 typedef void (*pam_vec_dot4_fn)(const void *row, size_t row_bytes, const void *act, int64_t n,
                                 float out[4]);
 pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type);
@@ -99,7 +99,7 @@ const pam_vec_prep *pam_vec_prep_select(pam_dtype weight_type);
  * apart, first passed through pam_vec_tile_prep_act (the tile kernels only
  * accept that form). scratch: pam_vec_tile_scratch_bytes(weight_type, cols)
  * bytes, any alignment, private to the call (may be NULL when that is 0).
- * NULL when the current ISA level has no tiled kernel for weight_type. */
+ * NULL when the chosen kernel has no tiled form for weight_type. */
 #define PAM_TILE_ROWS 32
 typedef void (*pam_vec_tile_fn)(const void *W, size_t row_bytes, int64_t rows, const void *act,
                                 size_t act_bytes, int64_t n_tok, int64_t cols, float *Y, int64_t ldy,

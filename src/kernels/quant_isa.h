@@ -3,10 +3,14 @@
  * The *_avx2 ones may only be called when pam_cpu_detect() >= PAM_ISA_AVX2,
  * the *_avx512 ones when it is PAM_ISA_AVX512.
  *
- * The multi-row (dot4) and tiled (pam_tile_*) kernels of a level must give,
- * for every output, the bits of that level's single-row kernel: they repeat
- * its floating-point operations in its order and only share loads, integer
- * work and unpacking between rows and tokens (test_matmul checks it). */
+ * The *_avx512y/yp/r/p ones are further AVX-512 variants (quant.c registers
+ * them with the chooser, kernels/ksel.h).
+ *
+ * The multi-row (dot4), prepared-activation and tiled (pam_tile_*) kernels
+ * that quant.c pairs with a single-row kernel must give, for every output,
+ * that kernel's bits: they repeat its floating-point operations in its order
+ * and only share loads, integer work and unpacking between rows and tokens
+ * (test_matmul checks every pairing). */
 #ifndef PAM_KERNELS_QUANT_ISA_H
 #define PAM_KERNELS_QUANT_ISA_H
 
