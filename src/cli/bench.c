@@ -279,8 +279,10 @@ int pam_cli_bench(int argc, char **argv) {
     /* the per-machine kernel choice, made now if this is the first run here */
     pam_vec_kernels_register();
     fprintf(info, "cpu: %s\nkernels:", pam_cpu_model());
-    for (int k = 0; k < pam_ksel_count(); k++)
-        fprintf(info, " %s=%s(%s)", pam_ksel_name(k), pam_ksel_choice(k)->name, pam_ksel_how(k));
+    for (int k = 0; k < pam_ksel_count(); k++) {
+        const pam_ksel_variant *v = pam_ksel_choice(k); /* before asking how it was chosen */
+        fprintf(info, " %s=%s(%s)", pam_ksel_name(k), v->name, pam_ksel_how(k));
+    }
     fprintf(info, "\n");
     fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n\n", threads,
             pam_cpu_isa(), bw, bw_mib);
