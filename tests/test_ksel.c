@@ -266,6 +266,31 @@ static void test_force_and_isa(void **state) {
     }
 }
 
+/* A workload that uses another chosen kernel: the inner choice happens
+ * inside the outer one's timing, on the same thread, without deadlock. */
+static int g_inner_id = -1;
+static void nest_run(void *ctx, const void *impl) {
+    const pam_ksel_variant *v = pam_ksel_choice(g_inner_id);
+    spin_run(ctx, v->impl);
+    spin_run(ctx, impl);
+}
+static const pam_ksel_variant k_nest_v[] = {
+    {.name = "a", .isa = PAM_ISA_SCALAR, .impl = &k_steps[0]},
+    {.name = "b", .isa = PAM_ISA_SCALAR, .impl = &k_steps[2]},
+};
+static const pam_ksel_kernel k_nest = {
+    .name = "test.nest", .variants = k_nest_v, .n_variants = 2, .setup = spin_setup, .run = nest_run, .teardown = spin_teardown};
+
+static void test_nested_choice(void **state) {
+    fresh_cache("ksel_nest");
+    g_inner_id = spin_id();
+    int id = pam_ksel_register(&k_nest);
+    assert_true(id >= 0);
+    assert_non_null(pam_ksel_choice(id));
+    assert_string_equal(pam_ksel_how(id), "timed");
+    assert_string_equal(pam_ksel_how(g_inner_id), "timed");
+}
+
 static void test_cpu_model(void **state) {
     const char *m = pam_cpu_model();
     assert_non_null(m);
@@ -280,7 +305,8 @@ int main(void) {
         cmocka_unit_test(test_env_forces_level), cmocka_unit_test(test_register),
         cmocka_unit_test(test_timed_then_cached), cmocka_unit_test(test_cache_is_used),
         cmocka_unit_test(test_bad_caches_ignored), cmocka_unit_test(test_unwritable_cache),
-        cmocka_unit_test(test_force_and_isa),     cmocka_unit_test(test_cpu_model),
+        cmocka_unit_test(test_force_and_isa),     cmocka_unit_test(test_nested_choice),
+        cmocka_unit_test(test_cpu_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

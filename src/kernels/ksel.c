@@ -43,7 +43,26 @@ typedef struct {
     char kernel[NAME_MAX_LEN], setting[8], variant[NAME_MAX_LEN];
 } cache_line;
 
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Recursive: a kernel's timing run may itself use another chosen kernel
+ * (e.g. an attention workload calling the matvec), whose first choice then
+ * happens inside this one's. */
+static pthread_mutex_t g_mu;
+static pthread_once_t g_mu_once = PTHREAD_ONCE_INIT;
+
+static void mu_init(void) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&g_mu, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+static void lock(void) {
+    pthread_once(&g_mu_once, mu_init);
+    pthread_mutex_lock(&g_mu);
+}
+
+static void unlock(void) { pthread_mutex_unlock(&g_mu); }
 static kentry g_k[PAM_KSEL_MAX_KERNELS];
 static atomic_int g_n;
 /* cache contents (under g_mu) */
@@ -72,15 +91,15 @@ int pam_ksel_register(const pam_ksel_kernel *k) {
     for (int i = 0; i < k->n_variants; i++)
         if (!valid_name(k->variants[i].name) || (int)k->variants[i].isa < 0 || k->variants[i].isa >= PAM_ISA_COUNT)
             return PAM_ERR(PAM_ERR_INVALID, "ksel: kernel %s: bad variant %d", k->name, i);
-    pthread_mutex_lock(&g_mu);
+    lock();
     int n = atomic_load(&g_n);
     for (int i = 0; i < n; i++)
         if (strcmp(g_k[i].k->name, k->name) == 0) {
-            pthread_mutex_unlock(&g_mu);
+            unlock();
             return i;
         }
     if (n == PAM_KSEL_MAX_KERNELS) {
-        pthread_mutex_unlock(&g_mu);
+        unlock();
         return PAM_ERR(PAM_ERR_NOMEM, "ksel: more than %d kernels", PAM_KSEL_MAX_KERNELS);
     }
     kentry *e = &g_k[n];
@@ -91,7 +110,7 @@ int pam_ksel_register(const pam_ksel_kernel *k) {
     }
     atomic_store(&e->forced, NULL);
     atomic_store(&g_n, n + 1); /* published after the entry is complete */
-    pthread_mutex_unlock(&g_mu);
+    unlock();
     return n;
 }
 
@@ -146,9 +165,9 @@ static void set_path(void) {
 }
 
 const char *pam_ksel_cache_path(void) {
-    pthread_mutex_lock(&g_mu);
+    lock();
     set_path();
-    pthread_mutex_unlock(&g_mu);
+    unlock();
     return g_path;
 }
 
@@ -314,13 +333,13 @@ const pam_ksel_variant *pam_ksel_choice(int id) {
     const int setting = pam_cpu_isa_forced() ? (int)pam_cpu_isa_level() : SETTING_AUTO;
     const pam_ksel_variant *v = atomic_load_explicit(&e->choice[setting], memory_order_acquire);
     if (v) return v;
-    pthread_mutex_lock(&g_mu);
+    lock();
     v = atomic_load(&e->choice[setting]);
     if (!v) {
         v = choose(e, setting);
         atomic_store_explicit(&e->choice[setting], v, memory_order_release);
     }
-    pthread_mutex_unlock(&g_mu);
+    unlock();
     return v;
 }
 
@@ -347,14 +366,14 @@ const char *pam_ksel_how(int id) {
     kentry *e = &g_k[id];
     if (atomic_load(&e->forced)) return "forced";
     const int setting = pam_cpu_isa_forced() ? (int)pam_cpu_isa_level() : SETTING_AUTO;
-    pthread_mutex_lock(&g_mu);
+    lock();
     const char *h = e->how[setting];
-    pthread_mutex_unlock(&g_mu);
+    unlock();
     return h;
 }
 
 void pam_ksel_forget(void) {
-    pthread_mutex_lock(&g_mu);
+    lock();
     int n = atomic_load(&g_n);
     for (int i = 0; i < n; i++)
         for (int s = 0; s < N_SETTINGS; s++) {
@@ -363,5 +382,5 @@ void pam_ksel_forget(void) {
         }
     g_cache_loaded = 0;
     g_cache_n = 0;
-    pthread_mutex_unlock(&g_mu);
+    unlock();
 }

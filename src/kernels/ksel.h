@@ -40,7 +40,9 @@ typedef struct pam_ksel_kernel {
     int n_variants; /* >= 1; on a tie the earlier variant wins */
     /* The timing workload: setup returns a context (NULL if it cannot, and
      * then the first usable variant is taken untimed), run calls one variant
-     * once on it, teardown frees it. */
+     * once on it, teardown frees it. They run on the thread that first asks
+     * for the kernel, under the chooser's (recursive) lock; run may use other
+     * chosen kernels. */
     void *(*setup)(void);
     void (*run)(void *ctx, const void *impl);
     void (*teardown)(void *ctx);
