@@ -85,6 +85,21 @@ static double cpu_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Mean seconds per call over a run of at least `secs`. */
+static double time_read(pam_pool *pool, read_job *j, double secs) {
+    int n_tasks = pam_pool_n_threads(pool) * 4;
+    j->chunk = (j->n_words + n_tasks - 1) / n_tasks;
+    pam_pool_run(pool, read_task, j, n_tasks);
+    int iters = 0;
+    double t0 = now_s(), t;
+    do {
+        pam_pool_run(pool, read_task, j, n_tasks);
+        iters++;
+        t = now_s();
+    } while (t - t0 < secs);
+    return (t - t0) / iters;
+}
+
 /* Best seconds per call over a run of at least `secs`, each call on the
  * next of n_copies equal buffers (together far larger than the last-level
  * cache, so every call streams from DRAM as decode does). The best call,
@@ -95,7 +110,7 @@ static double cpu_s(void) {
  * thread's CPU time, which a busy machine does not inflate. */
 static double (*clock_for(pam_pool *pool))(void) { return pam_pool_n_threads(pool) == 1 ? cpu_s : now_s; }
 
-static double time_read(pam_pool *pool, read_job *j, int n_copies, double secs) {
+static double time_read_copies(pam_pool *pool, read_job *j, int n_copies, double secs) {
     int n_tasks = pam_pool_n_threads(pool) * 4;
     j->chunk = (j->n_words + n_tasks - 1) / n_tasks;
     const uint64_t *base = j->p;
@@ -238,25 +253,8 @@ static double kv_rel_err(const kv_job *a, const float *b) {
     return num / (den > 0 ? den : 1);
 }
 
-/* "model name" of /proc/cpuinfo, or "unknown". */
-static void cpu_model(char *out, size_t cap) {
-    snprintf(out, cap, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            const char *c = strchr(line, ':');
-            if (c) {
-                c++;
-                while (*c == ' ' || *c == '\t') c++;
-                snprintf(out, cap, "%s", c);
-                out[strcspn(out, "\n")] = '\0';
-            }
-            break;
-        }
-    fclose(f);
-}
+/* "model name" of /proc/cpuinfo (kernels/cpu.h), or "unknown". */
+static void cpu_model(char *out, size_t cap) { snprintf(out, cap, "%s", pam_cpu_model()); }
 
 static int bench_kv(pam_pool **pools, int max_threads, double secs) {
     const int best = (int)pam_cpu_detect();
@@ -693,7 +691,7 @@ int main(int argc, char **argv) {
             for (int k = 0; k < 8; k++) best_s[k] = 1e30;
             /* scalar is timed once at 1 thread only: it is far from bandwidth */
             for (int round = 0; round < 2; round++) {
-                read_s = fmin(read_s, time_read(pools[t], &rj, n_copies, secs));
+                read_s = fmin(read_s, time_read_copies(pools[t], &rj, n_copies, secs));
                 for (int v = n_vn - 1; v >= 0; v--) {
                     if (!has[v] || (v == 0 && (t > 1 || round > 0))) continue;
                     pam_ksel_force(id, vnames[v]);
