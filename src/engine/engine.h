@@ -49,6 +49,7 @@
 #include "core/threadpool.h"
 #include "engine/sampler.h"
 #include "kernels/dtype.h"
+#include "kv/kv_remote.h"
 #include "model/model.h"
 #include "pam.h"
 
@@ -68,6 +69,11 @@ typedef struct pam_engine_params {
      * builds and owns one dram tier of n_slots * n_ctx tokens (16-token
      * blocks, one spare block per slot for copy-on-write). */
     pam_kvm *kvm;
+    /* The remote KV tier (borrowed, outlives the engine), or NULL. After a
+     * local prefix-cache miss, admission fetches the prompt's further full
+     * blocks from it (verified; the first missing or rejected block ends
+     * the reuse); every full block a request computes is queued for it. */
+    pam_kv_remote *remote;
 } pam_engine_params;
 
 void pam_engine_params_default(pam_engine_params *p);
@@ -171,6 +177,9 @@ typedef struct pam_engine_stats {
     uint64_t n_migrations;         /* blocks moved between tiers (scheduler and demotion) */
     uint64_t n_migration_failures; /* moves that failed and left the block where it was */
     uint64_t n_preempted, n_resumed, n_demoted_blocks;
+    uint64_t remote_tokens_reused; /* prompt tokens fetched from the remote tier (part of prefix_tokens_reused) */
+    int remote_enabled;
+    pam_kv_remote_stats remote;    /* when remote_enabled */
     pam_histogram ttft;          /* submit -> first token */
     pam_histogram tpot;          /* mean time per output token after the first, per request */
 } pam_engine_stats;

@@ -115,6 +115,11 @@ pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst);
  * the reservation. PAM_ERR_INVALID for a bad sequence or n_tokens < 0. */
 pam_status pam_kvm_seq_truncate(pam_kvm *kvm, int32_t seq, int32_t n_tokens);
 
+/* Decodes every token of full block `block` of layer to f32 rows
+ * (block_tokens rows of n_head_kv*head_dim each for k and v): what the
+ * remote tier publishes. PAM_ERR_INVALID when the block is not full. */
+pam_status pam_kvm_read_block(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block, float *k, float *v);
+
 /* Introspection ------------------------------------------------------------- */
 const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm);
 int pam_kvm_n_tiers(const pam_kvm *kvm);

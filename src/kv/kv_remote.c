@@ -1,0 +1,494 @@
+/* Remote KV tier on Redis Cluster (see kv_remote.h). */
+#include "kv/kv_remote.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fp16.h"
+#include "core/status.h"
+#include "core/timing.h"
+#include "kernels/checksum.h"
+#include "kv/redis_cluster.h"
+
+#define HDR_BYTES 112
+#define MAC_BYTES 32
+#define VERSION 1u
+#define FLAG_HMAC 1u
+#define FETCH_BATCH 16 /* blocks per pipelined round trip */
+#define PUT_BATCH 64   /* values per pipelined write */
+static const char MAGIC[8] = {'P', 'A', 'M', 'K', 'V', 'R', '0', '1'};
+
+typedef struct put_item {
+    char key[64];
+    uint8_t *val; /* value_bytes */
+} put_item;
+
+struct pam_kv_remote {
+    pam_kv_shape shape;
+    uint8_t fp[32];
+    uint8_t hkey[256];
+    int hkey_len; /* 0: no HMAC */
+    size_t row;   /* floats per token row */
+    size_t payload, value_bytes;
+    pam_rc *rd, *wr; /* fetch (caller's thread) and writer connections */
+
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv, idle_cv;
+    put_item *q;
+    int32_t q_cap, q_head, q_len, in_flight;
+    int stop;
+
+    /* fetch scratch (fetch thread only) */
+    float *fk, *fv;
+    pam_kv_remote_stats st; /* under mu */
+};
+
+const char *pam_kv_remote_reject_name(pam_kv_remote_reject r) {
+    static const char *n[PAM_KV_REJECT_N] = {"truncated", "oversized", "format", "foreign", "key", "checksum", "hmac"};
+    return r >= 0 && r < PAM_KV_REJECT_N ? n[r] : "?";
+}
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p) {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+static void hex(const uint8_t *p, int n, char *out) {
+    static const char d[] = "0123456789abcdef";
+    for (int i = 0; i < n; i++) {
+        out[2 * i] = d[p[i] >> 4];
+        out[2 * i + 1] = d[p[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+void pam_kv_remote_key(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, char *out) {
+    char f[17], c[33];
+    hex(r->fp, 8, f);
+    hex(key, 16, c);
+    snprintf(out, 64, "pam:{%s.%s}:%d", f, c, (int)layer);
+}
+
+uint64_t pam_kv_remote_value_bytes(const pam_kv_remote *r) { return r->value_bytes; }
+
+void pam_kv_remote_chain(const pam_kv_remote *r, const uint8_t *prev0, const int32_t *tok, int32_t n_blocks,
+                         uint8_t (*keys)[32]) {
+    uint8_t prev[32] = {0};
+    if (prev0) memcpy(prev, prev0, 32);
+    size_t bt = (size_t)r->shape.block_tokens;
+    uint8_t *buf = malloc(32 + bt * 4);
+    for (int32_t b = 0; b < n_blocks && buf; b++) {
+        memcpy(buf, prev, 32);
+        for (size_t i = 0; i < bt; i++) put_u32(buf + 32 + 4 * i, (uint32_t)tok[(size_t)b * bt + i]);
+        SHA256(buf, 32 + bt * 4, keys[b]);
+        memcpy(prev, keys[b], 32);
+    }
+    free(buf);
+}
+
+/* Fills the header (except the checksum) and the f16 payload. */
+static void encode(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, const float *k, const float *v,
+                   uint8_t *val) {
+    memcpy(val, MAGIC, 8);
+    put_u32(val + 8, VERSION);
+    put_u32(val + 12, r->hkey_len ? FLAG_HMAC : 0);
+    memcpy(val + 16, r->fp, 32);
+    memcpy(val + 48, key, 32);
+    put_u32(val + 80, (uint32_t)layer);
+    put_u32(val + 84, (uint32_t)r->shape.block_tokens);
+    put_u32(val + 88, (uint32_t)r->shape.n_head_kv);
+    put_u32(val + 92, (uint32_t)r->shape.head_dim);
+    put_u64(val + 96, r->payload);
+    size_t n = r->payload / 4;
+    uint8_t *pk = val + HDR_BYTES, *pv = pk + r->payload / 2;
+    for (size_t i = 0; i < n; i++) {
+        pam_f16 hk = pam_f32_to_f16(k[i]), hv = pam_f32_to_f16(v[i]);
+        memcpy(pk + 2 * i, &hk, 2);
+        memcpy(pv + 2 * i, &hv, 2);
+    }
+}
+
+/* Checksum and HMAC (the writer thread's share of the work). */
+static void seal(const pam_kv_remote *r, uint8_t *val) {
+    put_u64(val + 104, pam_checksum64(val + HDR_BYTES, r->payload, 0));
+    if (r->hkey_len) {
+        unsigned int len = MAC_BYTES;
+        HMAC(EVP_sha256(), r->hkey, r->hkey_len, val, HDR_BYTES + r->payload, val + HDR_BYTES + r->payload, &len);
+    }
+}
+
+/* -1 when the value is usable, else the reject reason. */
+static int verify(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, const uint8_t *val, size_t len) {
+    if (len > r->value_bytes) return PAM_KV_REJECT_OVERSIZED;
+    if (len < HDR_BYTES) return PAM_KV_REJECT_TRUNCATED;
+    if (memcmp(val, MAGIC, 8) || get_u32(val + 8) != VERSION || get_u32(val + 84) != (uint32_t)r->shape.block_tokens ||
+        get_u32(val + 88) != (uint32_t)r->shape.n_head_kv || get_u32(val + 92) != (uint32_t)r->shape.head_dim ||
+        get_u64(val + 96) != r->payload)
+        return PAM_KV_REJECT_FORMAT;
+    if (memcmp(val + 16, r->fp, 32)) return PAM_KV_REJECT_FOREIGN;
+    if (memcmp(val + 48, key, 32) || get_u32(val + 80) != (uint32_t)layer) return PAM_KV_REJECT_KEY;
+    uint32_t flags = get_u32(val + 12);
+    if ((flags & FLAG_HMAC) != (r->hkey_len ? FLAG_HMAC : 0u)) return PAM_KV_REJECT_HMAC;
+    if (len < r->value_bytes) return PAM_KV_REJECT_TRUNCATED;
+    /* the checksum first: damage is told apart from a value signed with
+     * another key (the HMAC covers the checksum too) */
+    if (get_u64(val + 104) != pam_checksum64(val + HDR_BYTES, r->payload, 0)) return PAM_KV_REJECT_CHECKSUM;
+    if (r->hkey_len) {
+        uint8_t mac[MAC_BYTES];
+        unsigned int mlen = MAC_BYTES;
+        HMAC(EVP_sha256(), r->hkey, r->hkey_len, val, HDR_BYTES + r->payload, mac, &mlen);
+        if (CRYPTO_memcmp(mac, val + HDR_BYTES + r->payload, MAC_BYTES)) return PAM_KV_REJECT_HMAC;
+    }
+    return -1;
+}
+
+static void decode(const pam_kv_remote *r, const uint8_t *val, float *k, float *v) {
+    size_t n = r->payload / 4;
+    const uint8_t *pk = val + HDR_BYTES, *pv = pk + r->payload / 2;
+    for (size_t i = 0; i < n; i++) {
+        pam_f16 hk, hv;
+        memcpy(&hk, pk + 2 * i, 2);
+        memcpy(&hv, pv + 2 * i, 2);
+        k[i] = pam_f16_to_f32(hk);
+        v[i] = pam_f16_to_f32(hv);
+    }
+}
+
+/* ---- writer thread ---- */
+
+static void *writer_main(void *arg) {
+    pam_kv_remote *r = arg;
+    put_item batch[PUT_BATCH];
+    pam_rc_cmd cmds[PUT_BATCH];
+    const char *argv[PUT_BATCH][3];
+    size_t argl[PUT_BATCH][3];
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->stop && r->q_len == 0) pthread_cond_wait(&r->cv, &r->mu);
+        if (r->q_len == 0) break;
+        int n = 0;
+        while (n < PUT_BATCH && r->q_len > 0) {
+            batch[n++] = r->q[r->q_head];
+            r->q_head = (r->q_head + 1) % r->q_cap;
+            r->q_len--;
+        }
+        r->in_flight = n;
+        pthread_mutex_unlock(&r->mu);
+        for (int i = 0; i < n; i++) {
+            seal(r, batch[i].val);
+            argv[i][0] = "SET";
+            argv[i][1] = batch[i].key;
+            argv[i][2] = (const char *)batch[i].val;
+            argl[i][0] = 3;
+            argl[i][1] = strlen(batch[i].key);
+            argl[i][2] = r->value_bytes;
+            cmds[i] = (pam_rc_cmd){.argc = 3, .argv = argv[i], .argvlen = argl[i]};
+        }
+        pam_rc_exec(r->wr, cmds, n);
+        uint64_t ok = 0, bad = 0;
+        for (int i = 0; i < n; i++) {
+            redisReply *rep = cmds[i].reply;
+            if (cmds[i].st == PAM_OK && rep && rep->type == REDIS_REPLY_STATUS)
+                ok++;
+            else
+                bad++;
+            pam_rc_reply_free(rep);
+            free(batch[i].val);
+        }
+        pthread_mutex_lock(&r->mu);
+        r->st.put_values += ok;
+        r->st.put_errors += bad;
+        r->st.bytes_written += ok * r->value_bytes;
+        r->in_flight = 0;
+        if (r->q_len == 0) pthread_cond_broadcast(&r->idle_cv);
+    }
+    pthread_cond_broadcast(&r->idle_cv);
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, const float *k, const float *v) {
+    pthread_mutex_lock(&r->mu);
+    int full = r->q_len == r->q_cap || r->stop;
+    if (full) r->st.put_dropped++;
+    pthread_mutex_unlock(&r->mu);
+    if (full) return 0;
+    uint8_t *val = malloc(r->value_bytes);
+    if (!val) return 0;
+    put_item it;
+    pam_kv_remote_key(r, key, layer, it.key);
+    encode(r, key, layer, k, v, val);
+    it.val = val;
+    pthread_mutex_lock(&r->mu);
+    if (r->q_len == r->q_cap) {
+        r->st.put_dropped++;
+        pthread_mutex_unlock(&r->mu);
+        free(val);
+        return 0;
+    }
+    r->q[(r->q_head + r->q_len) % r->q_cap] = it;
+    r->q_len++;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return 1;
+}
+
+void pam_kv_remote_flush(pam_kv_remote *r) {
+    pthread_mutex_lock(&r->mu);
+    while (r->q_len > 0 || r->in_flight > 0) pthread_cond_wait(&r->idle_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- fetch ---- */
+
+static void lat_observe(pam_kv_remote *r, double s) {
+    int i = 0;
+    while (i < PAM_KV_REMOTE_LAT_BUCKETS && s > r->st.lat_le[i]) i++;
+    r->st.lat_count[i]++;
+    r->st.lat_sum += s;
+    r->st.lat_n++;
+}
+
+int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t first, int32_t n_blocks,
+                            pam_kv_remote_sink sink, void *ctx) {
+    int32_t L = r->shape.n_layer, done = 0;
+    pthread_mutex_lock(&r->mu);
+    r->st.lookups++;
+    pthread_mutex_unlock(&r->mu);
+    char(*names)[64] = malloc((size_t)FETCH_BATCH * (size_t)L * sizeof *names);
+    const char **argv = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argv);
+    size_t *argl = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argl);
+    pam_rc_cmd cmds[FETCH_BATCH];
+    int stop = !names || !argv || !argl;
+    for (int32_t b0 = first; b0 < first + n_blocks && !stop; b0 += FETCH_BATCH) {
+        int nb = first + n_blocks - b0 < FETCH_BATCH ? (int)(first + n_blocks - b0) : FETCH_BATCH;
+        for (int i = 0; i < nb; i++) {
+            const char **a = argv + (size_t)i * (size_t)(L + 1);
+            size_t *al = argl + (size_t)i * (size_t)(L + 1);
+            a[0] = "MGET";
+            al[0] = 4;
+            for (int32_t l = 0; l < L; l++) {
+                char *nm = names[(size_t)i * (size_t)L + (size_t)l];
+                pam_kv_remote_key(r, keys[b0 + i], l, nm);
+                a[1 + l] = nm;
+                al[1 + l] = strlen(nm);
+            }
+            cmds[i] = (pam_rc_cmd){.argc = L + 1, .argv = a, .argvlen = al};
+        }
+        int64_t t0 = pam_time_ns();
+        pam_rc_exec(r->rd, cmds, nb);
+        double dt = (double)(pam_time_ns() - t0) * 1e-9;
+        uint64_t bytes = 0, rej[PAM_KV_REJECT_N] = {0}, io = 0, miss = 0, hit = 0;
+        for (int i = 0; i < nb; i++) {
+            redisReply *rep = cmds[i].reply;
+            if (stop) {
+                pam_rc_reply_free(rep);
+                continue;
+            }
+            if (cmds[i].st != PAM_OK || !rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)L) {
+                io++;
+                stop = 1;
+                pam_rc_reply_free(rep);
+                continue;
+            }
+            for (int32_t l = 0; l < L && !stop; l++) {
+                redisReply *e = rep->element[l];
+                if (e->type != REDIS_REPLY_STRING) {
+                    miss++;
+                    stop = 1;
+                    break;
+                }
+                bytes += e->len;
+                int why = verify(r, keys[b0 + i], l, (const uint8_t *)e->str, e->len);
+                if (why >= 0) {
+                    rej[why]++;
+                    stop = 1;
+                }
+            }
+            for (int32_t l = 0; l < L && !stop; l++) {
+                decode(r, (const uint8_t *)rep->element[l]->str, r->fk, r->fv);
+                if (sink(ctx, b0 + i, l, r->fk, r->fv) != PAM_OK) stop = 1;
+            }
+            if (!stop) {
+                hit++;
+                done++;
+            }
+            pam_rc_reply_free(rep);
+        }
+        pthread_mutex_lock(&r->mu);
+        lat_observe(r, dt);
+        r->st.bytes_read += bytes;
+        r->st.hit_blocks += hit;
+        r->st.miss_blocks += miss;
+        r->st.io_errors += io;
+        for (int k = 0; k < PAM_KV_REJECT_N; k++) r->st.rejects[k] += rej[k];
+        pthread_mutex_unlock(&r->mu);
+    }
+    free(names);
+    free(argv);
+    free(argl);
+    return done;
+}
+
+void pam_kv_remote_stats_get(pam_kv_remote *r, pam_kv_remote_stats *out) {
+    pthread_mutex_lock(&r->mu);
+    *out = r->st;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- open / close ---- */
+
+static pam_status read_file(const char *path, uint8_t *buf, size_t cap, size_t *len, const char *what) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return PAM_ERR(PAM_ERR_INVALID, "remote KV: cannot read the %s file '%s': %s", what, path, strerror(errno));
+    *len = fread(buf, 1, cap, f);
+    int more = fgetc(f) != EOF;
+    fclose(f);
+    if (more) return PAM_ERR(PAM_ERR_INVALID, "remote KV: the %s file '%s' is longer than %zu bytes", what, path, cap);
+    return PAM_OK;
+}
+
+/* user and password from auth_file ("USER PASSWORD" or "PASSWORD") or the
+ * environment; both NULL when neither is set. */
+static pam_status load_auth(const char *auth_file, char **user, char **pass) {
+    *user = *pass = NULL;
+    if (!auth_file) {
+        const char *u = getenv("PAM_REDIS_USER"), *p = getenv("PAM_REDIS_PASSWORD");
+        if (p && *p) {
+            *pass = strdup(p);
+            if (u && *u) *user = strdup(u);
+        }
+        return PAM_OK;
+    }
+    uint8_t buf[1024];
+    size_t len = 0;
+    pam_status st = read_file(auth_file, buf, sizeof buf - 1, &len, "auth");
+    if (st != PAM_OK) return st;
+    buf[len] = 0;
+    char *line = (char *)buf;
+    line[strcspn(line, "\r\n")] = 0;
+    char *sp = strchr(line, ' ');
+    if (sp) {
+        *sp = 0;
+        *user = strdup(line);
+        *pass = strdup(sp + 1);
+    } else if (*line) {
+        *pass = strdup(line);
+    }
+    OPENSSL_cleanse(buf, sizeof buf);
+    if (!*pass || !**pass) {
+        free(*user);
+        free(*pass);
+        *user = *pass = NULL;
+        return PAM_ERR(PAM_ERR_INVALID, "remote KV: the auth file '%s' has no password", auth_file);
+    }
+    return PAM_OK;
+}
+
+static void free_secret(char *s) {
+    if (s) OPENSSL_cleanse(s, strlen(s));
+    free(s);
+}
+
+pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **out) {
+    *out = NULL;
+    const char *url = cfg->url;
+    if (!url || strncmp(url, "redis://", 8) || !url[8])
+        return PAM_ERR(PAM_ERR_INVALID, "remote KV: want redis://HOST:PORT[,HOST:PORT...], got '%s'", url ? url : "");
+    if (cfg->shape.n_layer < 1 || cfg->shape.n_head_kv < 1 || cfg->shape.head_dim < 1 || cfg->shape.block_tokens < 1)
+        return PAM_ERR(PAM_ERR_INVALID, "remote KV: bad KV shape");
+    pam_kv_remote *r = calloc(1, sizeof *r);
+    if (!r) return PAM_ERR(PAM_ERR_NOMEM, "remote KV");
+    r->shape = cfg->shape;
+    memcpy(r->fp, cfg->fingerprint, 32);
+    r->row = (size_t)cfg->shape.n_head_kv * (size_t)cfg->shape.head_dim;
+    r->payload = 2 * 2 * (size_t)cfg->shape.block_tokens * r->row;
+    pam_status st = PAM_OK;
+    if (cfg->hmac_key_file) {
+        size_t len = 0;
+        st = read_file(cfg->hmac_key_file, r->hkey, sizeof r->hkey, &len, "HMAC key");
+        if (st == PAM_OK && len < 16)
+            st = PAM_ERR(PAM_ERR_INVALID, "remote KV: the HMAC key file '%s' holds %zu bytes; at least 16 wanted",
+                         cfg->hmac_key_file, len);
+        r->hkey_len = (int)len;
+    }
+    r->value_bytes = HDR_BYTES + r->payload + (r->hkey_len ? MAC_BYTES : 0);
+    char *user = NULL, *pass = NULL;
+    if (st == PAM_OK) st = load_auth(cfg->auth_file, &user, &pass);
+    int reach_rd = 0, reach_wr = 0;
+    pam_rc_config rcc = {.seeds = url + 8, .user = user, .password = pass, .timeout_ms = cfg->timeout_ms};
+    if (st == PAM_OK) st = pam_rc_open(&rcc, &r->rd, &reach_rd);
+    if (st == PAM_OK) st = pam_rc_open(&rcc, &r->wr, &reach_wr);
+    free_secret(user);
+    free_secret(pass);
+    r->q_cap = cfg->queue_values > 0 ? cfg->queue_values : 8192;
+    r->q = calloc((size_t)r->q_cap, sizeof *r->q);
+    r->fk = malloc((size_t)cfg->shape.block_tokens * r->row * sizeof(float));
+    r->fv = malloc((size_t)cfg->shape.block_tokens * r->row * sizeof(float));
+    if (st == PAM_OK && (!r->q || !r->fk || !r->fv)) st = PAM_ERR(PAM_ERR_NOMEM, "remote KV");
+    static const double le[PAM_KV_REMOTE_LAT_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                         0.01,   0.025,   0.05,   0.1,   0.25,   1};
+    memcpy(r->st.lat_le, le, sizeof le);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    pthread_cond_init(&r->idle_cv, NULL);
+    if (st == PAM_OK && pthread_create(&r->thread, NULL, writer_main, r) != 0)
+        st = PAM_ERR(PAM_ERR_NOMEM, "remote KV: cannot start the writer thread");
+    if (st != PAM_OK) {
+        pam_rc_close(r->rd);
+        pam_rc_close(r->wr);
+        pthread_mutex_destroy(&r->mu);
+        pthread_cond_destroy(&r->cv);
+        pthread_cond_destroy(&r->idle_cv);
+        OPENSSL_cleanse(r->hkey, sizeof r->hkey);
+        free(r->q);
+        free(r->fk);
+        free(r->fv);
+        free(r);
+        return st;
+    }
+    if (!reach_rd)
+        fprintf(stderr, "pam: warning: remote KV: no node of %s answers; serving without it until it does\n", url);
+    *out = r;
+    return PAM_OK;
+}
+
+void pam_kv_remote_close(pam_kv_remote *r) {
+    if (!r) return;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->thread, NULL);
+    pam_rc_close(r->rd);
+    pam_rc_close(r->wr);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    pthread_cond_destroy(&r->idle_cv);
+    OPENSSL_cleanse(r->hkey, sizeof r->hkey);
+    free(r->q);
+    free(r->fk);
+    free(r->fv);
+    free(r);
+}
