@@ -32,18 +32,21 @@ if [ -n "${REDIS_PASSWORD:-}" ]; then
 fi
 cli() { if [ -n "${REDIS_USER:-}" ]; then redis-cli --user "$REDIS_USER" "$@"; else redis-cli "$@"; fi; }
 
+# Every node is asked to shut down first, then waited for (a node takes a
+# moment to exit after it says so), then killed if it is still there.
 stop_all() {
+  local pids=() p pid
   for p in $ports; do
-    pidf="$dir/$p/redis.pid"
-    [ -f "$pidf" ] || continue
-    pid=$(cat "$pidf" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      cli -p "$p" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidf"
+    pid=$(cat "$dir/$p/redis.pid" 2>/dev/null || true)
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue
+    cli -p "$p" shutdown nosave now force >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    pids+=("$pid")
   done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  for p in $ports; do rm -f "$dir/$p/redis.pid"; done
 }
 
 case "$cmd" in
