@@ -50,7 +50,20 @@ struct pam_kv_remote {
     /* fetch scratch (fetch thread only) */
     float *fk, *fv;
     pam_kv_remote_stats st; /* under mu */
+    int down;               /* under mu: the last exchange got no answer (warned once per outage) */
+    char url[256];
 };
+
+/* mu held: notes whether the cluster answered, warning once when it stops
+ * and once when it comes back (no flood of messages during an outage). */
+static void note_reachable(pam_kv_remote *r, int ok) {
+    if (ok && r->down)
+        fprintf(stderr, "pam: remote KV: %s answers again\n", r->url);
+    else if (!ok && !r->down)
+        fprintf(stderr, "pam: warning: remote KV: %s does not answer; computing instead of fetching until it does\n",
+                r->url);
+    r->down = !ok;
+}
 
 const char *pam_kv_remote_reject_name(pam_kv_remote_reject r) {
     static const char *n[PAM_KV_REJECT_N] = {"truncated", "oversized", "format", "foreign", "key", "checksum", "hmac"};
@@ -219,6 +232,7 @@ static void *writer_main(void *arg) {
         pthread_mutex_lock(&r->mu);
         r->st.put_values += ok;
         r->st.put_errors += bad;
+        note_reachable(r, bad == 0);
         r->st.bytes_written += ok * r->value_bytes;
         r->in_flight = 0;
         if (r->q_len == 0) pthread_cond_broadcast(&r->idle_cv);
@@ -342,6 +356,7 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
         r->st.hit_blocks += hit;
         r->st.miss_blocks += miss;
         r->st.io_errors += io;
+        note_reachable(r, io == 0);
         for (int k = 0; k < PAM_KV_REJECT_N; k++) r->st.rejects[k] += rej[k];
         pthread_mutex_unlock(&r->mu);
     }
@@ -468,6 +483,8 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
         free(r);
         return st;
     }
+    snprintf(r->url, sizeof r->url, "%s", url);
+    r->down = !reach_rd;
     if (!reach_rd)
         fprintf(stderr, "pam: warning: remote KV: no node of %s answers; serving without it until it does\n", url);
     *out = r;
