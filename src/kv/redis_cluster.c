@@ -260,19 +260,31 @@ pam_status pam_rc_exec(pam_rc *rc, pam_rc_cmd *cmds, int n) {
                     target[i] = rc->slots[pam_rc_slot(cmds[i].argv[1], cmds[i].argvlen[1])];
         }
         int redirected = 0;
+        /* Send to every node first, then read: the nodes work in parallel
+         * and one batch costs about one round trip, not one per node. */
+        uint8_t sent[MAX_NODES] = {0};
         for (int ni = 0; ni < rc->n_nodes; ni++) {
             int any = 0;
             for (int i = 0; i < n && !any; i++) any = pending[i] && target[i] == ni;
             if (!any) continue;
             rc_node *node = &rc->nodes[ni];
             redisContext *c = node_conn(rc, node);
-            int sent_ok = c != NULL;
-            for (int i = 0; i < n && sent_ok; i++) {
+            int ok = c != NULL;
+            for (int i = 0; i < n && ok; i++) {
                 if (!pending[i] || target[i] != ni) continue;
-                if (asking[i] && redisAppendCommand(c, "ASKING") != REDIS_OK) sent_ok = 0;
-                if (sent_ok && redisAppendCommandArgv(c, cmds[i].argc, (const char **)cmds[i].argv, cmds[i].argvlen) != REDIS_OK)
-                    sent_ok = 0;
+                if (asking[i] && redisAppendCommand(c, "ASKING") != REDIS_OK) ok = 0;
+                if (ok && redisAppendCommandArgv(c, cmds[i].argc, (const char **)cmds[i].argv, cmds[i].argvlen) != REDIS_OK)
+                    ok = 0;
             }
+            for (int done = 0; ok && !done;)
+                if (redisBufferWrite(c, &done) != REDIS_OK) ok = 0;
+            sent[ni] = (uint8_t)(ok ? 1 : 2);
+        }
+        for (int ni = 0; ni < rc->n_nodes; ni++) {
+            if (!sent[ni]) continue;
+            rc_node *node = &rc->nodes[ni];
+            redisContext *c = node->c;
+            int sent_ok = sent[ni] == 1 && c != NULL;
             for (int i = 0; i < n; i++) {
                 if (!pending[i] || target[i] != ni) continue;
                 redisReply *r = NULL;
