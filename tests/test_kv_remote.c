@@ -222,7 +222,7 @@ static void test_slots(void **state) {
     pam_kv_remote *r = open_remote(url(BASE), 1, NULL, NULL);
     uint8_t keys[8][32];
     chain(r, 1, 8, keys);
-    char k0[64], k1[64];
+    char k0[PAM_KV_REMOTE_KEY_MAX], k1[PAM_KV_REMOTE_KEY_MAX];
     int distinct = 0;
     uint32_t first = 0;
     for (int bi = 0; bi < 8; bi++) {
@@ -276,7 +276,7 @@ static void test_round_trip(void **state) {
 typedef enum { CORRUPT, TRUNCATE, OVERSIZE, BADMAGIC, FOREIGN, MOVEKEY } tamper;
 
 static void plant(pam_rc *rc, pam_kv_remote *r, const uint8_t key[32], tamper how) {
-    char name[64], to[64];
+    char name[PAM_KV_REMOTE_KEY_MAX], to[PAM_KV_REMOTE_KEY_MAX];
     pam_kv_remote_key(r, key, 1, name);
     pam_kv_remote_key(r, key, how == MOVEKEY ? 2 : 1, to);
     const char *get[2] = {"GET", name};
@@ -551,7 +551,7 @@ static void test_failover(void **state) {
     sink_ctx c;
     for (uint32_t s = 0; s < NCH; s++) assert_int_equal(fetch(r, 1000 + s, (const uint8_t(*)[32])keys[s], 0, NB, &c), NB);
     /* the master of the first chain's first block dies */
-    char name[64];
+    char name[PAM_KV_REMOTE_KEY_MAX];
     pam_kv_remote_key(r, keys[0][0], 0, name);
     int victim = slot_port(BASE, name);
     assert_true(victim > 0);

@@ -24,7 +24,9 @@ const char pam_kv_flags_usage[] =
     "      --kv-remote-auth FILE  Redis AUTH: 'USER PASSWORD' or 'PASSWORD' on the first line\n"
     "                          (default: PAM_REDIS_USER / PAM_REDIS_PASSWORD from the environment)\n"
     "      --kv-remote-hmac-key FILE  HMAC-SHA256 key (>= 16 bytes) signing and checking every remote value\n"
-    "      --kv-remote-timeout MS  remote connect and command timeout (default 200)\n";
+    "      --kv-remote-timeout MS  remote connect and command timeout (default 200)\n"
+    "      --kv-persist DIR    keep full prefix blocks in a journal under DIR across restarts (pam serve)\n"
+    "      --kv-persist-max SIZE  stop appending to the journal past SIZE (default: no limit)\n";
 
 void pam_kv_flags_init(pam_kv_flags *f) {
     memset(f, 0, sizeof *f);
@@ -71,6 +73,14 @@ int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a) {
         f->remote_auth = pam_args_value(a);
     } else if (pam_args_is(a, NULL, "--kv-remote-hmac-key")) {
         f->remote_hmac_key = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-persist")) {
+        f->persist_dir = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-persist-max")) {
+        const char *t = pam_args_value(a);
+        if (t && pam_parse_size(t, &f->persist_max) != PAM_OK) {
+            fprintf(stderr, "%s: --kv-persist-max: %s\n", a->cmd, pam_last_error());
+            a->failed = 1;
+        }
     } else if (pam_args_is(a, NULL, "--kv-remote-timeout")) {
         pam_args_long(a, 1, 60000, &f->remote_timeout_ms);
     } else {
@@ -186,8 +196,8 @@ void pam_kv_fingerprint(const pam_model *m, const pam_kvm *kvm, uint8_t out[32])
 pam_status pam_kv_flags_open_remote(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out) {
     *out = NULL;
     if (!f->remote_url) {
-        if (f->remote_auth || f->remote_hmac_key)
-            return PAM_ERR(PAM_ERR_INVALID, "--kv-remote-auth and --kv-remote-hmac-key need --kv-tier remote:...");
+        if (f->remote_auth || (f->remote_hmac_key && !f->persist_dir))
+            return PAM_ERR(PAM_ERR_INVALID, "--kv-remote-auth and --kv-remote-hmac-key need --kv-tier remote:... (or --kv-persist)");
         return PAM_OK;
     }
     pam_kv_remote_config rc = {.url = f->remote_url,
@@ -195,6 +205,20 @@ pam_status pam_kv_flags_open_remote(const pam_kv_flags *f, const pam_model *m, p
                                .auth_file = f->remote_auth,
                                .hmac_key_file = f->remote_hmac_key,
                                .timeout_ms = (int)f->remote_timeout_ms};
+    pam_kv_fingerprint(m, kvm, rc.fingerprint);
+    return pam_kv_remote_open(&rc, out);
+}
+
+pam_status pam_kv_flags_open_persist(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out) {
+    *out = NULL;
+    if (!f->persist_dir) return PAM_OK;
+    char url[4200];
+    if (snprintf(url, sizeof url, "file:%s", f->persist_dir) >= (int)sizeof url)
+        return PAM_ERR(PAM_ERR_INVALID, "--kv-persist: directory name too long");
+    pam_kv_remote_config rc = {.url = url,
+                               .shape = *pam_kvm_shape(kvm),
+                               .hmac_key_file = f->remote_hmac_key,
+                               .max_bytes = f->persist_max};
     pam_kv_fingerprint(m, kvm, rc.fingerprint);
     return pam_kv_remote_open(&rc, out);
 }

@@ -26,6 +26,8 @@ typedef struct pam_kv_flags {
     const char *remote_auth;     /* --kv-remote-auth FILE */
     const char *remote_hmac_key; /* --kv-remote-hmac-key FILE */
     long remote_timeout_ms;      /* --kv-remote-timeout MS */
+    const char *persist_dir;     /* --kv-persist DIR */
+    uint64_t persist_max;        /* --kv-persist-max SIZE (0: no limit) */
 } pam_kv_flags;
 
 /* Usage lines for the flags (ends with a newline). */
@@ -56,5 +58,7 @@ void pam_kv_fingerprint(const pam_model *m, const pam_kvm *kvm, uint8_t out[32])
  * manager (*out NULL when none was given). An unreachable cluster only
  * warns; bad flags or files are errors. */
 pam_status pam_kv_flags_open_remote(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out);
+/* Opens the persistent journal named by --kv-persist (*out NULL without). */
+pam_status pam_kv_flags_open_persist(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out);
 
 #endif

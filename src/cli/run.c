@@ -213,8 +213,8 @@ int pam_cli_run(int argc, char **argv) {
         fprintf(stderr, "pam run: %s\n", pam_last_error());
         goto done;
     }
-    if (kvf.remote_url) {
-        fprintf(stderr, "pam run: the remote KV tier is for pam serve (pam run has no prefix cache to share)\n");
+    if (kvf.remote_url || kvf.persist_dir) {
+        fprintf(stderr, "pam run: --kv-tier remote:... and --kv-persist are for pam serve (pam run has no prefix cache)\n");
         goto done;
     }
     if (kvf.given) {

@@ -258,7 +258,7 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
     e->b_req = malloc((size_t)e->batch_cap * sizeof *e->b_req);
     e->b_own = malloc((size_t)e->batch_cap * sizeof *e->b_own);
     e->b_want = malloc((size_t)e->batch_cap * sizeof *e->b_want);
-    if (e->p.remote) {
+    if (e->p.remote || e->p.persist) {
         size_t blk = (size_t)e->bt * (size_t)hp->n_head_kv * (size_t)hp->head_dim;
         e->rk = malloc(blk * sizeof(float));
         e->rv = malloc(blk * sizeof(float));
@@ -503,6 +503,8 @@ void pam_engine_get_stats(pam_engine *e, pam_engine_stats *s) {
     pthread_mutex_unlock(&e->mu);
     s->remote_enabled = e->p.remote != NULL;
     if (e->p.remote) pam_kv_remote_stats_get(e->p.remote, &s->remote);
+    s->persist_enabled = e->p.persist != NULL;
+    if (e->p.persist) pam_kv_remote_stats_get(e->p.persist, &s->persist);
 }
 
 /* ---- engine thread: KV bookkeeping ---- */
@@ -756,24 +758,32 @@ static pam_status remote_sink(void *arg, int32_t block, int32_t layer, const flo
 
 /* After the local prefix cache matched *match tokens of r's prompt (seq
  * holds them, with room reserved for the rest), takes the prompt's further
- * full blocks from the remote tier while it has them. Whatever the remote
- * does, seq ends holding exactly *match tokens (updated) with room reserved;
- * an error means that room could not be had. */
+ * full blocks from the persistent journal, then from the remote tier, while
+ * they have them. Whatever they do, seq ends holding exactly *match tokens
+ * (updated) with room reserved; an error means that room could not be had. */
 static pam_status remote_fetch(pam_engine *e, pam_request *r, int32_t seq, int32_t *match, int32_t decode) {
     int32_t want = (r->n_prompt - 1) / e->bt, have = *match / e->bt;
     if (want <= have) return PAM_OK;
     uint8_t(*keys)[32] = malloc((size_t)want * sizeof *keys);
     if (!keys) return PAM_OK;
-    pam_kv_remote_chain(e->p.remote, NULL, r->prompt, want, keys);
+    pam_kv_remote_chain(e->p.persist ? e->p.persist : e->p.remote, NULL, r->prompt, want, keys);
     remote_sink_ctx c = {.e = e, .seq = seq, .have = have, .n_prompt = r->n_prompt, .decode = decode};
-    pam_kv_remote_fetch(e->p.remote, (const uint8_t(*)[32])keys, have, want - have, remote_sink, &c);
+    pam_kv_remote *stores[2] = {e->p.persist, e->p.remote};
+    int32_t got[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        if (!stores[i] || c.have + c.done >= want || c.started != c.done) continue;
+        int32_t before = c.done;
+        pam_kv_remote_fetch(stores[i], (const uint8_t(*)[32])keys, have + c.done, want - have - c.done, remote_sink, &c);
+        got[i] = c.done - before;
+    }
     free(keys);
     if (!c.truncated) return PAM_OK;
     int32_t keep = (have + c.done) * e->bt;
     /* a block stored in some layers only (a failed store) is dropped */
     if (c.started != c.done || pam_kvm_seq_len(e->kvm, seq) != keep) PAM_TRY(pam_kvm_seq_truncate(e->kvm, seq, keep));
     PAM_TRY(reserve_evicting(e, seq, r->n_prompt - keep + decode));
-    if (keep > *match) e->st.remote_tokens_reused += (uint64_t)(keep - have * e->bt);
+    e->st.persist_tokens_reused += (uint64_t)got[0] * (uint64_t)e->bt;
+    e->st.remote_tokens_reused += (uint64_t)got[1] * (uint64_t)e->bt;
     *match = keep;
     return PAM_OK;
 }
@@ -792,13 +802,14 @@ static void remote_publish(pam_engine *e, pam_request *r) {
             t[i] = p < r->n_prompt ? r->prompt[p] : r->gen_tok[p - r->n_prompt];
         }
         uint8_t key[32];
-        pam_kv_remote_chain(e->p.remote, b ? r->r_prev : NULL, t, 1, &key);
+        pam_kv_remote_chain(e->p.persist ? e->p.persist : e->p.remote, b ? r->r_prev : NULL, t, 1, &key);
         memcpy(r->r_prev, key, 32);
         r->r_chained++;
         if (b < r->r_skip) continue;
         for (int32_t l = 0; l < e->n_layer; l++) {
             if (pam_kvm_read_block(e->kvm, r->seq, l, b, e->rk, e->rv) != PAM_OK) break;
-            if (!pam_kv_remote_put(e->p.remote, key, l, e->rk, e->rv)) break;
+            if (e->p.persist) pam_kv_remote_put(e->p.persist, key, l, e->rk, e->rv);
+            if (e->p.remote) pam_kv_remote_put(e->p.remote, key, l, e->rk, e->rv);
         }
     }
 }
@@ -840,7 +851,7 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
         pam_kvm_seq_free(e->kvm, seq);
         return 0;
     }
-    if (e->p.remote && remote_fetch(e, r, seq, &match, decode) != PAM_OK) {
+    if ((e->p.persist || e->p.remote) && remote_fetch(e, r, seq, &match, decode) != PAM_OK) {
         pam_kvm_seq_free(e->kvm, seq);
         return 0;
     }
@@ -1124,7 +1135,7 @@ static void *engine_main(void *arg) {
                 int32_t tok = pam_sampler_sample(r->sampler, e->logits + (size_t)my_row * e->n_vocab);
                 n_new += on_token(e, r, tok, now);
             }
-            if (e->p.remote && st == PAM_OK)
+            if ((e->p.remote || e->p.persist) && st == PAM_OK)
                 for (int32_t i = 0; i < e->p.n_slots; i++)
                     if (e->run[i] && e->run[i]->finishing != PAM_FINISH_ERROR) remote_publish(e, e->run[i]);
             /* Between steps: importance, scheduling, migrations. */

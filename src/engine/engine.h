@@ -74,6 +74,10 @@ typedef struct pam_engine_params {
      * blocks from it (verified; the first missing or rejected block ends
      * the reuse); every full block a request computes is queued for it. */
     pam_kv_remote *remote;
+    /* The persistent local journal (--kv-persist; same interface, a
+     * "file:DIR" pam_kv_remote), or NULL: looked up before the remote tier,
+     * written like it, so a restarted server finds its prefixes again. */
+    pam_kv_remote *persist;
 } pam_engine_params;
 
 void pam_engine_params_default(pam_engine_params *p);
@@ -180,6 +184,9 @@ typedef struct pam_engine_stats {
     uint64_t remote_tokens_reused; /* prompt tokens fetched from the remote tier (part of prefix_tokens_reused) */
     int remote_enabled;
     pam_kv_remote_stats remote;    /* when remote_enabled */
+    uint64_t persist_tokens_reused; /* prompt tokens read from the persistent journal */
+    int persist_enabled;
+    pam_kv_remote_stats persist;   /* when persist_enabled */
     pam_histogram ttft;          /* submit -> first token */
     pam_histogram tpot;          /* mean time per output token after the first, per request */
 } pam_engine_stats;

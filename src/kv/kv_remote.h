@@ -35,6 +35,7 @@
 #include "pam.h"
 
 #define PAM_KV_REMOTE_LAT_BUCKETS 12
+#define PAM_KV_REMOTE_KEY_MAX 96
 
 typedef enum pam_kv_remote_reject {
     PAM_KV_REJECT_TRUNCATED = 0,
@@ -58,6 +59,7 @@ typedef struct pam_kv_remote_config {
     const char *hmac_key_file;  /* NULL: no HMAC; else >= 16 bytes of key */
     int timeout_ms;             /* per connect and command; <= 0: 200 */
     int32_t queue_values;       /* pending writes at most (one per block and layer); <= 0: 8192 */
+    uint64_t max_bytes;         /* file journal: stop appending past this; 0: no limit */
 } pam_kv_remote_config;
 
 typedef struct pam_kv_remote_stats {
@@ -76,7 +78,17 @@ typedef struct pam_kv_remote_stats {
 
 typedef struct pam_kv_remote pam_kv_remote;
 
-/* PAM_ERR_INVALID for a malformed URL, an unreadable auth or key file or a
+/* url "file:DIR" opens the persistent local journal instead (--kv-persist,
+ * DESIGN.md §2.10): the same values (header, f16 payload, checksum, HMAC
+ * when keyed) appended to DIR/pam-kv-<fingerprint>-<signed|plain>.log by the
+ * writer thread, indexed in memory by (chain key, layer); at open the index
+ * is rebuilt from the journal: every whole record that verifies is used,
+ * others are counted as rejects, a torn tail is cut off. Journals of other
+ * models in DIR are left alone and reported. A failed append (ENOSPC, EIO)
+ * is undone, warned about once and ends journaling for the run. Nothing is
+ * deleted: appends stop at max_bytes.
+ *
+ * PAM_ERR_INVALID for a malformed URL, an unreadable auth or key file or a
  * short key. An unreachable cluster is not an error: a warning is printed
  * and the tier keeps trying later. */
 pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **out);
@@ -106,10 +118,12 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
                             pam_kv_remote_sink sink, void *ctx);
 
 /* The Redis key of a (chain key, layer) and the bytes a value has (tests
- * plant values with them). key must hold 64 bytes. */
+ * plant values with them). out must hold PAM_KV_REMOTE_KEY_MAX bytes. */
 void pam_kv_remote_key(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, char *out);
 uint64_t pam_kv_remote_value_bytes(const pam_kv_remote *r);
 
 void pam_kv_remote_stats_get(pam_kv_remote *r, pam_kv_remote_stats *out);
+/* Test hook (file journal): the next append fails with errno err. */
+void pam_kv_remote_inject_write_error(pam_kv_remote *r, int err);
 
 #endif
