@@ -9,6 +9,9 @@
 #
 #   bench/remote_kv.sh [MODEL.gguf] [TOKENS] [PROMPTS] [BASE_PORT]
 #
+# and 3. the TTFT of a prompt repeated after a restart with --kv-persist
+# against its cold TTFT before the restart (kill -9 in between).
+#
 # Without MODEL it generates qwen2.5-0.5b q8_0 with 6 layers (random
 # weights; speed does not depend on their values). Needs redis-server,
 # redis-cli, redis-benchmark (bash scripts/setup.sh) and python3 for the
@@ -33,10 +36,12 @@ if [ -z "$model" ]; then
 fi
 seed=$(bash "$root/scripts/redis-cluster.sh" start "$work/cluster" "$base")
 head -c 32 /dev/urandom >"$work/hmac.key"
-start() { # NAME: starts pam serve with the remote tier, sets NAME_PORT
-  "$pam" serve -m "$model" --port 0 -np 1 -c $((tokens + 256)) -t "$threads" \
-    --kv-tier "remote:redis://$seed" --kv-remote-hmac-key "$work/hmac.key" 2>"$work/$1.log" &
+start() { # NAME ARGS...: starts pam serve, sets NAME_PORT and NAME_PID
+  local name=$1; shift
+  "$pam" serve -m "$model" --port 0 -np 1 -c $((tokens + 256)) -t "$threads" "$@" 2>"$work/$name.log" &
   pids+=("$!")
+  eval "${name}_PID=$!"
+  set -- "$name"
   local port=
   for _ in $(seq 600); do
     port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$1.log")
@@ -46,8 +51,9 @@ start() { # NAME: starts pam serve with the remote tier, sets NAME_PORT
   [ -n "$port" ] || { cat "$work/$1.log"; exit 1; }
   eval "$1_PORT=$port"
 }
-start A
-start B
+remote=(--kv-tier "remote:redis://$seed" --kv-remote-hmac-key "$work/hmac.key")
+start A "${remote[@]}"
+start B "${remote[@]}"
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
 # ttft PORT PROMPT_FILE: seconds, and prompt/cached tokens
 ttft() {
@@ -81,6 +87,22 @@ done
 awk -v s="$sum_ratio" -v n="$prompts" 'BEGIN{printf "mean B/A TTFT ratio: %.3f (target <= 0.30)\n", s / n}'
 echo "B's remote fetch latency (one pipelined round trip of up to 16 blocks):"
 curl -s "http://127.0.0.1:$B_PORT/metrics" | grep -E '^pam_kv_remote_fetch_seconds_(sum|count)'
+echo
+echo "Warm restart (--kv-persist): cold TTFT, then kill -9, restart, the same prompt"
+printf '%-8s %8s %8s %10s %10s %8s\n' prompt tokens cached "cold s" "restart s" "ratio"
+start P --kv-persist "$work/journal"
+read -r cold n_prompt _ <<<"$(ttft "$P_PORT" "$work/p1.json")"
+want=$((n_prompt / 16 * layers))
+for _ in $(seq 600); do
+  [ "$(metric "$P_PORT" 'pam_kv_persist_puts_total{result="ok"}')" -ge "$want" ] && break
+  sleep 0.1
+done
+kill -9 "$P_PID"
+start P --kv-persist "$work/journal"
+read -r warm _ cached <<<"$(ttft "$P_PORT" "$work/p1.json")"
+printf '%-8s %8s %8s %10.3f %10.3f %8s (target <= 0.20)\n' 1 "$n_prompt" "$cached" "$cold" "$warm" \
+  "$(awk -v a="$cold" -v b="$warm" 'BEGIN{printf "%.3f", b / a}')"
+echo
 meta() { "$pam" inspect "$model" 2>/dev/null | awk -v k="$1" '$1 ~ "\\." k "$" {print $3; exit}'; }
 kv_heads=$(meta attention.head_count_kv)
 head_dim=$(meta attention.key_length)
