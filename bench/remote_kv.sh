@@ -103,7 +103,7 @@ read -r warm _ cached <<<"$(ttft "$P_PORT" "$work/p1.json")"
 printf '%-8s %8s %8s %10.3f %10.3f %8s (target <= 0.20)\n' 1 "$n_prompt" "$cached" "$cold" "$warm" \
   "$(awk -v a="$cold" -v b="$warm" 'BEGIN{printf "%.3f", b / a}')"
 echo
-meta() { "$pam" inspect "$model" 2>/dev/null | awk -v k="$1" '$1 ~ "\\." k "$" {print $3; exit}'; }
+meta() { "$pam" inspect "$model" 2>/dev/null | awk -v k="$1" '!f && $1 ~ "\\." k "$" {print $3; f = 1}'; }
 kv_heads=$(meta attention.head_count_kv)
 head_dim=$(meta attention.key_length)
 [ -n "$head_dim" ] || head_dim=$(($(meta embedding_length) / $(meta attention.head_count)))
