@@ -107,31 +107,37 @@ int main(int argc, char **argv) {
         for (int l = 0; l < shape.n_layer; l++) pam_kv_remote_put(r, keys[b], l, k, v);
     pam_kv_remote_flush(r);
     double put_s = (double)(pam_time_ns() - t0) * 1e-9;
-    float acc = 0;
-    double best = 1e30;
-    for (int i = 0; i < rounds; i++) {
-        t0 = pam_time_ns();
-        int got = pam_kv_remote_fetch(r, (const uint8_t(*)[32])keys, 0, n_blocks, nop_sink, &acc);
-        double s = (double)(pam_time_ns() - t0) * 1e-9;
-        if (got != n_blocks) {
-            fprintf(stderr, "bench_kv_remote: fetched %d of %d blocks (maxmemory too small?)\n", got, n_blocks);
-            return 1;
-        }
-        if (s < best) best = s;
-    }
     uint64_t vb = pam_kv_remote_value_bytes(r);
     double values = (double)n_blocks * shape.n_layer;
-    double fetch_rate = values / best;
     char host[128];
     snprintf(host, sizeof host, "%s", seed);
     char *colon = strrchr(host, ':');
     int port = colon ? atoi(colon + 1) : 7000;
     if (colon) *colon = 0;
     int n = (int)values < 20000 ? 20000 : (int)values;
-    /* one client per master with a pipeline of 16, as a fetch round trip
-     * keeps about 16 requests in flight spread over the masters */
-    double rb1 = redis_benchmark_get(host, port, vb, 3, 16, n);
-    double rb50 = redis_benchmark_get(host, port, vb, 50, 1, n);
+    /* The machine may be shared: the two are measured alternately, three
+     * times, and the best of each is kept. rb1: one client per master with
+     * a pipeline of 16 (about the tier's own pattern: a fetch round trip
+     * keeps 16 MGETs in flight over the masters); rb50: 50 clients without
+     * pipelining (redis-benchmark's default). */
+    float acc = 0;
+    double best = 1e30, rb1 = -1, rb50 = -1;
+    for (int rep = 0; rep < 3; rep++) {
+        for (int i = 0; i < rounds; i++) {
+            t0 = pam_time_ns();
+            int got = pam_kv_remote_fetch(r, (const uint8_t(*)[32])keys, 0, n_blocks, nop_sink, &acc);
+            double s = (double)(pam_time_ns() - t0) * 1e-9;
+            if (got != n_blocks) {
+                fprintf(stderr, "bench_kv_remote: fetched %d of %d blocks (maxmemory too small?)\n", got, n_blocks);
+                return 1;
+            }
+            if (s < best) best = s;
+        }
+        double a = redis_benchmark_get(host, port, vb, 3, 16, n);
+        if (a > rb1) rb1 = a;
+    }
+    rb50 = redis_benchmark_get(host, port, vb, 50, 1, n);
+    double fetch_rate = values / best;
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     printf("CPU: %s\n", cpu);
@@ -153,8 +159,9 @@ int main(int argc, char **argv) {
                rb50 * (double)vb / 1e6, fetch_rate / rb50);
     else
         printf("redis-benchmark (50 clients) did not run\n");
-    printf("(ratio = pam fetch rate / redis-benchmark GET rate; best of %d fetch rounds of %d blocks)\n", rounds,
-           n_blocks);
+    printf("(ratio = pam fetch rate / redis-benchmark GET rate; best of 3 x %d fetch rounds of %d blocks and of 3\n"
+           " redis-benchmark runs, measured alternately)\n",
+           rounds, n_blocks);
     pam_kv_remote_close(r);
     remove(keyfile);
     free(k);

@@ -85,7 +85,7 @@ PY
   sum_ratio=$(awk -v s="$sum_ratio" -v r="$ratio" 'BEGIN{print s + r}')
 done
 awk -v s="$sum_ratio" -v n="$prompts" 'BEGIN{printf "mean B/A TTFT ratio: %.3f (target <= 0.30)\n", s / n}'
-echo "B's remote fetch latency (one pipelined round trip of up to 16 blocks):"
+echo "B's remote fetch latency (one pipelined round trip, up to 64 blocks):"
 curl -s "http://127.0.0.1:$B_PORT/metrics" | grep -E '^pam_kv_remote_fetch_seconds_(sum|count)'
 echo
 echo "Warm restart (--kv-persist): cold TTFT, then kill -9, restart, the same prompt"

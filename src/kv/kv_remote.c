@@ -26,7 +26,11 @@
 #define MAC_BYTES 32
 #define VERSION 1u
 #define FLAG_HMAC 1u
-#define FETCH_BATCH 16 /* blocks per pipelined round trip */
+/* Blocks per pipelined fetch round trip: about FETCH_VALUES values (one
+ * per block and layer) in flight, between 16 and FETCH_BATCH blocks. Fewer
+ * leave the nodes idle between round trips; many more only grow buffers. */
+#define FETCH_BATCH 64
+#define FETCH_VALUES 384
 #define PUT_BATCH 64   /* values per pipelined write */
 static const char MAGIC[8] = {'P', 'A', 'M', 'K', 'V', 'R', '0', '1'};
 
@@ -563,13 +567,14 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
     r->st.lookups++;
     pthread_mutex_unlock(&r->mu);
     if (r->is_file) return file_fetch(r, keys, first, n_blocks, sink, ctx);
+    int batch = FETCH_VALUES / L < 16 ? 16 : FETCH_VALUES / L > FETCH_BATCH ? FETCH_BATCH : FETCH_VALUES / L;
     char(*names)[PAM_KV_REMOTE_KEY_MAX] = malloc((size_t)FETCH_BATCH * (size_t)L * sizeof *names);
     const char **argv = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argv);
     size_t *argl = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argl);
     pam_rc_cmd cmds[FETCH_BATCH];
     int stop = !names || !argv || !argl;
-    for (int32_t b0 = first; b0 < first + n_blocks && !stop; b0 += FETCH_BATCH) {
-        int nb = first + n_blocks - b0 < FETCH_BATCH ? (int)(first + n_blocks - b0) : FETCH_BATCH;
+    for (int32_t b0 = first; b0 < first + n_blocks && !stop; b0 += batch) {
+        int nb = first + n_blocks - b0 < batch ? (int)(first + n_blocks - b0) : batch;
         for (int i = 0; i < nb; i++) {
             const char **a = argv + (size_t)i * (size_t)(L + 1);
             size_t *al = argl + (size_t)i * (size_t)(L + 1);

@@ -124,7 +124,7 @@ static void store_metrics(out *o, const char *p, const char *what, const pam_kv_
     memcpy(lat.le, rs->lat_le, sizeof rs->lat_le);
     memcpy(lat.count, rs->lat_count, sizeof rs->lat_count);
     snprintf(n, sizeof n, "%s_fetch_seconds", p);
-    snprintf(h, sizeof h, "Latency of one fetch from the %s (a pipelined round trip of up to 16 blocks).", what);
+    snprintf(h, sizeof h, "Latency of one fetch from the %s (one pipelined round trip, up to 64 blocks).", what);
     histogram(o, n, h, &lat);
 }
 
