@@ -3,15 +3,19 @@
  * torn tail (a write cut short by a crash) ignored and cut off, every whole
  * record before it recovered; a corrupt record skipped and counted, never
  * delivered; another model's journal and a signed journal kept apart;
- * ENOSPC and EIO on append: the journal stays whole, a clear warning,
- * appends stop, what was written before is recovered; the size cap; no
+ * ENOSPC and EIO on append (injected) and a real file size limit (EFBIG
+ * mid-record): the journal stays whole, a clear warning, appends stop,
+ * what was written before is recovered; the size cap; no
  * duplicate records; bad directories. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/fp16.h"
@@ -252,6 +256,47 @@ static void test_write_errors(void **state) {
     }
 }
 
+/* A real limit: the file size limit (RLIMIT_FSIZE, SIGXFSZ ignored, so the
+ * append fails with EFBIG part way through a record) in a child process;
+ * the journal keeps only whole records and the parent recovers them. */
+static void test_real_file_limit(void **state) {
+    (void)state;
+    fresh_dir("kv-persist-fsize");
+    pam_kv_remote *r = open_j(8, NULL, 0);
+    uint8_t keys[4][32];
+    chain(r, 8, 4, keys);
+    long vb = (long)pam_kv_remote_value_bytes(r);
+    pam_kv_remote_close(r);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl = {.rlim_cur = (rlim_t)(2 * NL * vb + vb / 2), .rlim_max = RLIM_INFINITY};
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0) _exit(3);
+        pam_kv_remote *c = open_j(8, NULL, 0);
+        float k[BT * ROW], v[BT * ROW];
+        for (int32_t b = 0; b < 4; b++)
+            for (int32_t l = 0; l < NL; l++) {
+                block_data(8, b, l, k, v);
+                pam_kv_remote_put(c, keys[b], l, k, v);
+            }
+        pam_kv_remote_flush(c);
+        pam_kv_remote_stats st;
+        pam_kv_remote_stats_get(c, &st);
+        pam_kv_remote_close(c);
+        _exit(st.put_values == 2 * NL && st.put_errors == 1 ? 0 : 4);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(file_size(journal(8, 0)), 2 * NL * vb);
+    r = open_j(8, NULL, 0);
+    assert_int_equal(fetch(r, 8, (const uint8_t(*)[32])keys, 4), 2);
+    pam_kv_remote_close(r);
+}
+
 static void test_cap_and_bad_dirs(void **state) {
     (void)state;
     fresh_dir("kv-persist-cap");
@@ -284,7 +329,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reopen),      cmocka_unit_test(test_torn_tail_and_corrupt_record),
         cmocka_unit_test(test_models_and_keys), cmocka_unit_test(test_write_errors),
-        cmocka_unit_test(test_cap_and_bad_dirs),
+        cmocka_unit_test(test_real_file_limit), cmocka_unit_test(test_cap_and_bad_dirs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
