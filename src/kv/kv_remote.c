@@ -1,9 +1,8 @@
-/* Remote KV tier on Redis Cluster (see kv_remote.h). */
+/* Remote KV tier on Redis Cluster (see kv_remote.h): the value format, the
+ * writer thread, the cluster backend; the journal backend is kv_journal.c. */
 #include "kv/kv_remote.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -13,69 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/fp16.h"
 #include "core/status.h"
 #include "core/timing.h"
 #include "kernels/checksum.h"
+#include "kv/kv_remote_int.h"
 #include "kv/redis_cluster.h"
-
-#define HDR_BYTES 112
-#define MAC_BYTES 32
-#define VERSION 1u
-#define FLAG_HMAC 1u
-/* Blocks per pipelined fetch round trip: about FETCH_VALUES values (one
- * per block and layer) in flight, between 16 and FETCH_BATCH blocks. Fewer
- * leave the nodes idle between round trips; many more only grow buffers. */
-#define FETCH_BATCH 64
-#define FETCH_VALUES 384
-#define PUT_BATCH 64   /* values per pipelined write */
-static const char MAGIC[8] = {'P', 'A', 'M', 'K', 'V', 'R', '0', '1'};
-
-typedef struct idx_ent {
-    uint8_t key[32];
-    int32_t layer;
-    int32_t used;
-    uint64_t off;
-} idx_ent;
-
-typedef struct put_item {
-    char key[PAM_KV_REMOTE_KEY_MAX];
-    uint8_t *val; /* value_bytes */
-} put_item;
-
-struct pam_kv_remote {
-    pam_kv_shape shape;
-    uint8_t fp[32];
-    uint8_t hkey[256];
-    int hkey_len; /* 0: no HMAC */
-    size_t row;   /* floats per token row */
-    size_t payload, value_bytes;
-    pam_rc *rd, *wr; /* fetch (caller's thread) and writer connections; NULL for a file */
-
-    /* file backend (--kv-persist): an append-only journal of values */
-    int is_file, fd, write_failed;
-    int inject_errno;      /* test hook: the next append fails with it */
-    uint64_t end, max_bytes; /* journal bytes (whole records), cap */
-    idx_ent *idx;          /* under mu: (chain key, layer) -> offset */
-    size_t idx_cap, idx_n;
-    uint8_t *fbuf;         /* fetch: n_layer values (fetch thread only) */
-
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv, idle_cv;
-    put_item *q;
-    int32_t q_cap, q_head, q_len, in_flight;
-    int stop;
-
-    /* fetch scratch (fetch thread only) */
-    float *fk, *fv;
-    pam_kv_remote_stats st; /* under mu */
-    int down;               /* under mu: the last exchange got no answer (warned once per outage) */
-    char url[256];
-};
 
 /* mu held: notes whether the cluster answered, warning once when it stops
  * and once when it comes back (no flood of messages during an outage). */
@@ -93,24 +36,8 @@ const char *pam_kv_remote_reject_name(pam_kv_remote_reject r) {
     return r >= 0 && r < PAM_KV_REJECT_N ? n[r] : "?";
 }
 
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p) {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
-static uint64_t get_u64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
 
-static void hex(const uint8_t *p, int n, char *out) {
+void pam_kvr_hex(const uint8_t *p, int n, char *out) {
     static const char d[] = "0123456789abcdef";
     for (int i = 0; i < n; i++) {
         out[2 * i] = d[p[i] >> 4];
@@ -121,8 +48,8 @@ static void hex(const uint8_t *p, int n, char *out) {
 
 void pam_kv_remote_key(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, char *out) {
     char f[17], c[33];
-    hex(r->fp, 8, f);
-    hex(key, 16, c);
+    pam_kvr_hex(r->fp, 8, f);
+    pam_kvr_hex(key, 16, c);
     snprintf(out, PAM_KV_REMOTE_KEY_MAX, "pam:{%s.%s}:%d", f, c, (int)layer);
 }
 
@@ -221,7 +148,7 @@ static void encode(const pam_kv_remote *r, const uint8_t key[32], int32_t layer,
 }
 
 /* Checksum and HMAC (the writer thread's share of the work). */
-static void seal(const pam_kv_remote *r, uint8_t *val) {
+void pam_kvr_seal(const pam_kv_remote *r, uint8_t *val) {
     put_u64(val + 104, pam_checksum64(val + HDR_BYTES, r->payload, 0));
     if (r->hkey_len) {
         unsigned int len = MAC_BYTES;
@@ -230,7 +157,7 @@ static void seal(const pam_kv_remote *r, uint8_t *val) {
 }
 
 /* -1 when the value is usable, else the reject reason. */
-static int verify(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, const uint8_t *val, size_t len) {
+int pam_kvr_verify(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, const uint8_t *val, size_t len) {
     if (len > r->value_bytes) return PAM_KV_REJECT_OVERSIZED;
     if (len < HDR_BYTES) return PAM_KV_REJECT_TRUNCATED;
     if (memcmp(val, MAGIC, 8) || get_u32(val + 8) != VERSION || get_u32(val + 84) != (uint32_t)r->shape.block_tokens ||
@@ -254,214 +181,19 @@ static int verify(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, 
     return -1;
 }
 
-static void decode(const pam_kv_remote *r, const uint8_t *val, float *k, float *v) {
+void pam_kvr_decode(const pam_kv_remote *r, const uint8_t *val, float *k, float *v) {
     size_t n = r->payload / 4;
     const uint8_t *pk = val + HDR_BYTES, *pv = pk + r->payload / 2;
     from_f16(pk, k, n);
     from_f16(pv, v, n);
 }
 
-static void lat_observe(pam_kv_remote *r, double s) {
+void pam_kvr_lat_observe(pam_kv_remote *r, double s) {
     int i = 0;
     while (i < PAM_KV_REMOTE_LAT_BUCKETS && s > r->st.lat_le[i]) i++;
     r->st.lat_count[i]++;
     r->st.lat_sum += s;
     r->st.lat_n++;
-}
-
-/* ---- file backend (--kv-persist) ---- */
-
-static size_t idx_slot(const pam_kv_remote *r, const uint8_t key[32], int32_t layer) {
-    uint64_t h;
-    memcpy(&h, key, 8); /* the chain key is a SHA-256: its bytes are uniform */
-    h ^= (uint64_t)(uint32_t)layer * 0x9E3779B97F4A7C15ull;
-    return (size_t)(h % r->idx_cap);
-}
-
-/* mu held. The entry of (key, layer), or NULL. */
-static idx_ent *idx_find(pam_kv_remote *r, const uint8_t key[32], int32_t layer) {
-    if (!r->idx_cap) return NULL;
-    for (size_t i = idx_slot(r, key, layer);; i = (i + 1) % r->idx_cap) {
-        idx_ent *e = &r->idx[i];
-        if (!e->used) return NULL;
-        if (e->layer == layer && !memcmp(e->key, key, 32)) return e;
-    }
-}
-
-/* mu held. 0 when out of memory (the record is then simply not indexed). */
-static int idx_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, uint64_t off) {
-    if (2 * (r->idx_n + 1) > r->idx_cap) {
-        size_t cap = r->idx_cap ? 2 * r->idx_cap : 1024;
-        idx_ent *old = r->idx, *n = calloc(cap, sizeof *n);
-        if (!n) return 0;
-        size_t old_cap = r->idx_cap;
-        r->idx = n;
-        r->idx_cap = cap;
-        for (size_t i = 0; i < old_cap; i++)
-            if (old[i].used) {
-                size_t j = idx_slot(r, old[i].key, old[i].layer);
-                while (n[j].used) j = (j + 1) % cap;
-                n[j] = old[i];
-            }
-        free(old);
-    }
-    idx_ent *e = idx_find(r, key, layer);
-    if (!e) {
-        size_t j = idx_slot(r, key, layer);
-        while (r->idx[j].used) j = (j + 1) % r->idx_cap;
-        e = &r->idx[j];
-        memcpy(e->key, key, 32);
-        e->layer = layer;
-        e->used = 1;
-        r->idx_n++;
-    }
-    e->off = off;
-    return 1;
-}
-
-/* Rebuilds the index from the journal: every whole record that verifies is
- * indexed, a record that does not is counted and skipped, and a torn tail
- * (a partial record from a write cut short) is cut off. */
-static pam_status file_recover(pam_kv_remote *r, const char *path) {
-    uint8_t *val = malloc(r->value_bytes);
-    if (!val) return PAM_ERR(PAM_ERR_NOMEM, "persisted KV");
-    uint64_t off = 0, good = 0, bad = 0;
-    for (;; off += r->value_bytes) {
-        ssize_t got = pread(r->fd, val, r->value_bytes, (off_t)off);
-        if (got != (ssize_t)r->value_bytes) break;
-        int32_t layer = (int32_t)get_u32(val + 80);
-        int why = layer >= 0 && layer < r->shape.n_layer ? verify(r, val + 48, layer, val, r->value_bytes)
-                                                         : PAM_KV_REJECT_FORMAT;
-        if (why < 0 && idx_put(r, val + 48, layer, off)) {
-            good++;
-        } else if (why >= 0) {
-            r->st.rejects[why]++;
-            bad++;
-        }
-    }
-    free(val);
-    struct stat sb;
-    if (fstat(r->fd, &sb) == 0 && (uint64_t)sb.st_size > off) {
-        fprintf(stderr, "pam: persisted KV: %s: ignored a torn tail of %llu bytes\n", path,
-                (unsigned long long)((uint64_t)sb.st_size - off));
-        if (ftruncate(r->fd, (off_t)off) != 0)
-            return PAM_ERR(PAM_ERR_IO, "persisted KV: cannot cut the torn tail of %s: %s", path, strerror(errno));
-    }
-    r->end = off;
-    if (good || bad)
-        fprintf(stderr, "pam: persisted KV: %s: recovered %llu block layers, skipped %llu unusable records\n", path,
-                (unsigned long long)good, (unsigned long long)bad);
-    return PAM_OK;
-}
-
-/* Other models' journals in dir are left alone, and said so. */
-static void file_note_foreign(const char *dir, const char *mine) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        if (!strncmp(e->d_name, "pam-kv-", 7) && strcmp(e->d_name, mine)) n++;
-    closedir(d);
-    if (n)
-        fprintf(stderr, "pam: persisted KV: %s holds %d journal(s) of another model or key setting; not used\n", dir, n);
-}
-
-/* Writer thread: appends the values not journaled yet. A failed append
- * (ENOSPC, EIO) is undone, reported once, and ends journaling for this run:
- * what is on disk stays whole and serving goes on. */
-static void file_write_batch(pam_kv_remote *r, put_item *batch, int n) {
-    uint64_t ok = 0, bad = 0, dropped = 0;
-    for (int i = 0; i < n; i++) {
-        uint8_t *val = batch[i].val;
-        const uint8_t *key = val + 48;
-        int32_t layer = (int32_t)get_u32(val + 80);
-        pthread_mutex_lock(&r->mu);
-        int skip = idx_find(r, key, layer) != NULL, failed = r->write_failed, inj = 0;
-        int full = r->end + r->value_bytes > r->max_bytes;
-        if (!skip && !failed && !full) inj = r->inject_errno, r->inject_errno = 0;
-        pthread_mutex_unlock(&r->mu);
-        if (skip) continue; /* already journaled */
-        if (failed || full) {
-            dropped++;
-            continue;
-        }
-        seal(r, val);
-        ssize_t w = inj ? -1 : pwrite(r->fd, val, r->value_bytes, (off_t)r->end);
-        int err = inj ? inj : errno;
-        if (w != (ssize_t)r->value_bytes) {
-            if (ftruncate(r->fd, (off_t)r->end) != 0) { /* the recovery cuts it then */
-            }
-            fprintf(stderr, "pam: warning: persisted KV: cannot append to the journal (%s); serving goes on without persistence\n",
-                    w < 0 ? strerror(err) : "short write");
-            pthread_mutex_lock(&r->mu);
-            r->write_failed = 1;
-            pthread_mutex_unlock(&r->mu);
-            bad++;
-            continue;
-        }
-        pthread_mutex_lock(&r->mu);
-        idx_put(r, key, layer, r->end);
-        r->end += r->value_bytes;
-        pthread_mutex_unlock(&r->mu);
-        ok++;
-    }
-    for (int i = 0; i < n; i++) free(batch[i].val);
-    pthread_mutex_lock(&r->mu);
-    r->st.put_values += ok;
-    r->st.put_errors += bad;
-    r->st.put_dropped += dropped;
-    r->st.bytes_written += ok * r->value_bytes;
-    pthread_mutex_unlock(&r->mu);
-}
-
-static int32_t file_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t first, int32_t n_blocks,
-                          pam_kv_remote_sink sink, void *ctx) {
-    int32_t L = r->shape.n_layer, done = 0;
-    uint64_t bytes = 0, miss = 0, io = 0, hit = 0, rej[PAM_KV_REJECT_N] = {0};
-    int64_t t0 = pam_time_ns();
-    for (int32_t b = first; b < first + n_blocks; b++) {
-        int stop = 0;
-        for (int32_t l = 0; l < L && !stop; l++) {
-            pthread_mutex_lock(&r->mu);
-            idx_ent *e = idx_find(r, keys[b], l);
-            uint64_t off = e ? e->off : 0;
-            pthread_mutex_unlock(&r->mu);
-            uint8_t *val = r->fbuf + (size_t)l * r->value_bytes;
-            if (!e) {
-                miss++;
-                stop = 1;
-            } else if (pread(r->fd, val, r->value_bytes, (off_t)off) != (ssize_t)r->value_bytes) {
-                io++;
-                stop = 1;
-            } else {
-                bytes += r->value_bytes;
-                int why = verify(r, keys[b], l, val, r->value_bytes);
-                if (why >= 0) rej[why]++, stop = 1;
-            }
-        }
-        for (int32_t l = 0; l < L && !stop; l++) {
-            decode(r, r->fbuf + (size_t)l * r->value_bytes, r->fk, r->fv);
-            if (sink(ctx, b, l, r->fk, r->fv) != PAM_OK) stop = 1;
-        }
-        if (stop) break;
-        hit++;
-        done++;
-    }
-    pthread_mutex_lock(&r->mu);
-    lat_observe(r, (double)(pam_time_ns() - t0) * 1e-9);
-    r->st.bytes_read += bytes;
-    r->st.hit_blocks += hit;
-    r->st.miss_blocks += miss;
-    r->st.io_errors += io;
-    for (int k = 0; k < PAM_KV_REJECT_N; k++) r->st.rejects[k] += rej[k];
-    pthread_mutex_unlock(&r->mu);
-    return done;
-}
-
-void pam_kv_remote_inject_write_error(pam_kv_remote *r, int err) {
-    pthread_mutex_lock(&r->mu);
-    r->inject_errno = err;
-    pthread_mutex_unlock(&r->mu);
 }
 
 /* ---- writer thread ---- */
@@ -485,14 +217,14 @@ static void *writer_main(void *arg) {
         r->in_flight = n;
         pthread_mutex_unlock(&r->mu);
         if (r->is_file) {
-            file_write_batch(r, batch, n);
+            pam_kvr_journal_write(r, batch, n);
             pthread_mutex_lock(&r->mu);
             r->in_flight = 0;
             if (r->q_len == 0) pthread_cond_broadcast(&r->idle_cv);
             continue;
         }
         for (int i = 0; i < n; i++) {
-            seal(r, batch[i].val);
+            pam_kvr_seal(r, batch[i].val);
             argv[i][0] = "SET";
             argv[i][1] = batch[i].key;
             argv[i][2] = (const char *)batch[i].val;
@@ -566,7 +298,7 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
     pthread_mutex_lock(&r->mu);
     r->st.lookups++;
     pthread_mutex_unlock(&r->mu);
-    if (r->is_file) return file_fetch(r, keys, first, n_blocks, sink, ctx);
+    if (r->is_file) return pam_kvr_journal_fetch(r, keys, first, n_blocks, sink, ctx);
     int batch = FETCH_VALUES / L < 16 ? 16 : FETCH_VALUES / L > FETCH_BATCH ? FETCH_BATCH : FETCH_VALUES / L;
     char(*names)[PAM_KV_REMOTE_KEY_MAX] = malloc((size_t)FETCH_BATCH * (size_t)L * sizeof *names);
     const char **argv = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argv);
@@ -612,14 +344,14 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
                     break;
                 }
                 bytes += e->len;
-                int why = verify(r, keys[b0 + i], l, (const uint8_t *)e->str, e->len);
+                int why = pam_kvr_verify(r, keys[b0 + i], l, (const uint8_t *)e->str, e->len);
                 if (why >= 0) {
                     rej[why]++;
                     stop = 1;
                 }
             }
             for (int32_t l = 0; l < L && !stop; l++) {
-                decode(r, (const uint8_t *)rep->element[l]->str, r->fk, r->fv);
+                pam_kvr_decode(r, (const uint8_t *)rep->element[l]->str, r->fk, r->fv);
                 if (sink(ctx, b0 + i, l, r->fk, r->fv) != PAM_OK) stop = 1;
             }
             if (!stop) {
@@ -629,7 +361,7 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
             pam_rc_reply_free(rep);
         }
         pthread_mutex_lock(&r->mu);
-        lat_observe(r, dt);
+        pam_kvr_lat_observe(r, dt);
         r->st.bytes_read += bytes;
         r->st.hit_blocks += hit;
         r->st.miss_blocks += miss;
@@ -749,28 +481,7 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
     static const double le[PAM_KV_REMOTE_LAT_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                          0.01,   0.025,   0.05,   0.1,   0.25,   1};
     memcpy(r->st.lat_le, le, sizeof le);
-    if (st == PAM_OK && is_file) {
-        /* one journal per model fingerprint and key setting: another model's
-         * blocks are never even read */
-        const char *dir = url + 5;
-        char name[64], fph[17], path[4200];
-        hex(r->fp, 8, fph);
-        snprintf(name, sizeof name, "pam-kv-%s-%s.log", fph, r->hkey_len ? "signed" : "plain");
-        if (strlen(dir) > 4000) st = PAM_ERR(PAM_ERR_INVALID, "persisted KV: directory name too long");
-        if (st == PAM_OK && mkdir(dir, 0700) != 0 && errno != EEXIST)
-            st = PAM_ERR(PAM_ERR_IO, "persisted KV: cannot create '%s': %s", dir, strerror(errno));
-        if (st == PAM_OK) {
-            snprintf(path, sizeof path, "%s/%s", dir, name);
-            r->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-            if (r->fd < 0) st = PAM_ERR(PAM_ERR_IO, "persisted KV: cannot open '%s': %s", path, strerror(errno));
-        }
-        r->fbuf = malloc((size_t)cfg->shape.n_layer * r->value_bytes);
-        if (st == PAM_OK && !r->fbuf) st = PAM_ERR(PAM_ERR_NOMEM, "persisted KV");
-        if (st == PAM_OK) {
-            file_note_foreign(dir, name);
-            st = file_recover(r, path);
-        }
-    }
+    if (st == PAM_OK && is_file) st = pam_kvr_journal_open(r, url + 5);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     pthread_cond_init(&r->idle_cv, NULL);
@@ -779,9 +490,7 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
     if (st != PAM_OK) {
         pam_rc_close(r->rd);
         pam_rc_close(r->wr);
-        if (r->fd >= 0) close(r->fd);
-        free(r->idx);
-        free(r->fbuf);
+        pam_kvr_journal_close(r);
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
         pthread_cond_destroy(&r->idle_cv);
@@ -809,14 +518,7 @@ void pam_kv_remote_close(pam_kv_remote *r) {
     pthread_join(r->thread, NULL);
     pam_rc_close(r->rd);
     pam_rc_close(r->wr);
-    if (r->fd >= 0) {
-        /* a clean shutdown makes the journal durable; after a crash the
-         * recovery keeps what reached the file */
-        fdatasync(r->fd);
-        close(r->fd);
-    }
-    free(r->idx);
-    free(r->fbuf);
+    pam_kvr_journal_close(r);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     pthread_cond_destroy(&r->idle_cv);
