@@ -83,9 +83,15 @@ start)
   if ! cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1; then
     echo "$0: cluster create failed (see $dir/create.log)" >&2; stop_all; exit 1
   fi
-  for _ in $(seq 200); do
-    if cli -p "$base" cluster info 2>/dev/null | grep -q 'cluster_state:ok' &&
-       cli --cluster check "127.0.0.1:$base" 2>/dev/null | grep -q 'All 16384 slots covered'; then
+  # ready when every node (not only the first) sees the whole cluster: until
+  # gossip has spread, a node may still answer CLUSTERDOWN
+  for _ in $(seq 300); do
+    ok=1
+    for p in $ports; do
+      cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || { ok=0; break; }
+      [ "$(cli -p "$p" cluster nodes 2>/dev/null | grep -c connected)" = 6 ] || { ok=0; break; }
+    done
+    if [ $ok = 1 ] && cli --cluster check "127.0.0.1:$base" 2>/dev/null | grep -q 'All 16384 slots covered'; then
       echo "127.0.0.1:$base"; exit 0
     fi
     sleep 0.1

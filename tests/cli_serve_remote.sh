@@ -73,11 +73,12 @@ model=$tmp/stories260K.gguf
 check "convert" $?
 head -c 32 /dev/urandom >"$tmp/hmac.key"
 head -c 32 /dev/urandom >"$tmp/other.key"
-remote=(--kv-tier "remote:redis://127.0.0.1:$base,127.0.0.1:$((base + 2))" --kv-remote-hmac-key "$tmp/hmac.key")
+# (a generous timeout: the test machine may be loaded; a dead node is refused at once anyway)
+remote=(--kv-tier "remote:redis://127.0.0.1:$base,127.0.0.1:$((base + 2))" --kv-remote-hmac-key "$tmp/hmac.key" --kv-remote-timeout 3000)
 start_server A "${remote[@]}" || exit 1
-start_server B --kv-tier "remote:redis://127.0.0.1:$((base + 1))" --kv-remote-hmac-key "$tmp/hmac.key" || exit 1
+start_server B --kv-tier "remote:redis://127.0.0.1:$((base + 1))" --kv-remote-hmac-key "$tmp/hmac.key" --kv-remote-timeout 3000 || exit 1
 start_server C || exit 1 # the reference: no remote tier
-start_server D --kv-tier "remote:redis://127.0.0.1:$base" --kv-remote-hmac-key "$tmp/other.key" || exit 1
+start_server D --kv-tier "remote:redis://127.0.0.1:$base" --kv-remote-hmac-key "$tmp/other.key" --kv-remote-timeout 3000 || exit 1
 grep -q "remote KV tier on" "$tmp/A.log"
 check "A reports the remote tier" $?
 

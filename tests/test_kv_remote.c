@@ -106,7 +106,7 @@ static const char *url(int base) {
 }
 
 static pam_kv_remote *open_remote(const char *u, uint8_t fp_byte, const char *hmac, const char *auth) {
-    pam_kv_remote_config c = {.url = u, .shape = k_shape, .hmac_key_file = hmac, .auth_file = auth, .timeout_ms = 300};
+    pam_kv_remote_config c = {.url = u, .shape = k_shape, .hmac_key_file = hmac, .auth_file = auth, .timeout_ms = 3000};
     memset(c.fingerprint, fp_byte, 32);
     pam_kv_remote *r = NULL;
     assert_int_equal(pam_kv_remote_open(&c, &r), PAM_OK);
@@ -190,7 +190,7 @@ static void chain(pam_kv_remote *r, uint32_t s, int32_t n_blocks, uint8_t (*keys
 static pam_rc *rc_open(int base) {
     char seeds[64];
     snprintf(seeds, sizeof seeds, "127.0.0.1:%d", base);
-    pam_rc_config c = {.seeds = seeds, .timeout_ms = 500};
+    pam_rc_config c = {.seeds = seeds, .timeout_ms = 3000};
     pam_rc *rc = NULL;
     int reach = 0;
     assert_int_equal(pam_rc_open(&c, &rc, &reach), PAM_OK);
