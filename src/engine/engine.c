@@ -40,7 +40,7 @@ enum { REQ_QUEUED, REQ_RUNNING, REQ_DONE };
 struct pam_request {
     pam_engine *e;
     /* immutable after submit */
-    int32_t *prompt;
+    int32_t *prompt;  /* then, after a requeue, the generated tokens already in the KV */
     int32_t n_prompt;
     int32_t max_tokens;
     int32_t priority;
@@ -57,6 +57,9 @@ struct pam_request {
     pam_ctx *ctx;     /* backed by seq */
     uint64_t admit_order;
     int32_t n_past;   /* tokens in the sequence's KV */
+    int32_t n_fill;   /* tokens of prompt[] to prefill before decoding: n_prompt, more after a requeue */
+    int refill;       /* requeued with last_tok sampled: prefill n_fill, then decode last_tok */
+    int32_t n_requeued;
     int32_t last_tok; /* sampled, not yet fed */
     int32_t *gen_tok; /* generated ids (n_gen of them) */
     pam_detok dt;
@@ -81,6 +84,8 @@ struct pam_request {
     char *out;
     size_t out_len, out_cap;
     pthread_cond_t cv;
+    void (*notify)(void *); /* pam_request_set_notify */
+    void *notify_arg;
 };
 
 /* A cached prefix: a kvm sequence nobody writes, its tokens, and the hash
@@ -104,6 +109,7 @@ struct pam_engine {
     int32_t bt; /* tokens per KV block */
     int32_t n_layer;
     int n_tiers;
+    int64_t kv_capacity_tokens; /* one sequence with every tier to itself */
 
     pam_request **run; /* [n_slots]: the batch; NULL = free slot */
     pam_request *paused; /* by priority (high first), then admission order */
@@ -284,6 +290,7 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
         snprintf(ts->name, sizeof ts->name, "%s", t->name);
         ts->blocks_capacity = t->capacity_blocks;
         ts->block_bytes = t->block_bytes;
+        e->kv_capacity_tokens += (int64_t)(t->capacity_blocks / (uint64_t)e->n_layer) * e->bt;
         e->st.kv_blocks_capacity += t->capacity_blocks;
         e->st.kv_bytes_capacity += t->capacity_blocks * t->block_bytes;
     }
@@ -312,6 +319,13 @@ static void request_free(pam_request *r) {
     free(r);
 }
 
+/* e->mu held. Wakes whoever waits on r: a blocked pam_request_next and the
+ * caller's notifier. */
+static void request_signal(pam_request *r) {
+    pthread_cond_broadcast(&r->cv);
+    if (r->notify) r->notify(r->notify_arg);
+}
+
 /* e->mu held. The engine lets go of r: finished for whatever reason. */
 static void request_done(pam_engine *e, pam_request *r, pam_finish f) {
     r->finish = f;
@@ -321,7 +335,7 @@ static void request_done(pam_engine *e, pam_request *r, pam_finish f) {
         hist_observe(&e->st.ttft, (double)(r->t_first_ns - r->t_submit_ns) / 1e9);
         if (r->n_gen > 1) hist_observe(&e->st.tpot, (double)(r->t_last_ns - r->t_first_ns) / 1e9 / (r->n_gen - 1));
     }
-    pthread_cond_broadcast(&r->cv);
+    request_signal(r);
     if (--r->refs == 0) request_free(r);
 }
 
@@ -354,6 +368,16 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
     for (int32_t i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= e->n_vocab)
             return PAM_ERR(PAM_ERR_RANGE, "token id %d out of range (vocabulary of %d)", prompt[i], e->n_vocab);
+    if (p->max_tokens > 0 && (int64_t)n_prompt + p->max_tokens > e->p.n_ctx)
+        return PAM_ERR(PAM_ERR_RANGE,
+                       "the prompt (%d tokens) plus max_tokens (%d) is %lld tokens, %lld over the context of %d",
+                       n_prompt, p->max_tokens, (long long)n_prompt + p->max_tokens,
+                       (long long)n_prompt + p->max_tokens - e->p.n_ctx, e->p.n_ctx);
+    int64_t need = (int64_t)n_prompt + (p->max_tokens > 0 ? p->max_tokens : 1);
+    if (need > e->kv_capacity_tokens)
+        return PAM_ERR(PAM_ERR_RANGE,
+                       "the prompt plus max_tokens needs %lld tokens of KV, %lld more than all KV tiers hold (%lld)",
+                       (long long)need, (long long)(need - e->kv_capacity_tokens), (long long)e->kv_capacity_tokens);
     if (p->n_stop < 0 || p->n_stop > PAM_ENGINE_MAX_STOP)
         return PAM_ERR(PAM_ERR_INVALID, "at most %d stop strings", PAM_ENGINE_MAX_STOP);
     PAM_TRY(pam_sampler_params_check(&p->sampling));
@@ -383,6 +407,7 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
     }
     memcpy(r->prompt, prompt, (size_t)n_prompt * sizeof *prompt);
     r->n_prompt = n_prompt;
+    r->n_fill = n_prompt;
     for (int32_t i = 0; i < n_prompt; i++) pam_sampler_accept(r->sampler, prompt[i]);
     pam_detok_init(&r->dt, e->tk);
     /* SentencePiece drops the leading space of the first piece after BOS;
@@ -483,10 +508,20 @@ void pam_request_cancel(pam_request *r) {
     pthread_mutex_unlock(&e->mu);
 }
 
+void pam_request_set_notify(pam_request *r, void (*fn)(void *), void *arg) {
+    pthread_mutex_lock(&r->e->mu);
+    r->notify = fn;
+    r->notify_arg = arg;
+    int ready = r->out_len > 0 || r->state == REQ_DONE;
+    pthread_mutex_unlock(&r->e->mu);
+    if (ready && fn) fn(arg);
+}
+
 void pam_request_release(pam_request *r) {
     if (!r) return;
     pam_engine *e = r->e;
     pthread_mutex_lock(&e->mu);
+    r->notify = NULL; /* its argument may be freed as soon as we return */
     if (--r->refs == 0) request_free(r); /* the engine had let go already */
     else request_cancel_locked(e, r);    /* frees r if it was queued */
     pthread_mutex_unlock(&e->mu);
@@ -731,7 +766,7 @@ static void resume(pam_engine *e, pam_request *r, int slot) {
 typedef struct remote_sink_ctx {
     pam_engine *e;
     int32_t seq, have; /* local full blocks kept */
-    int32_t n_prompt, decode;
+    int32_t n_prompt, decode; /* n_prompt: the tokens to prefill (n_fill) */
     int truncated;
     int32_t started;   /* blocks with a layer stored */
     int32_t done;      /* blocks whose every layer is stored */
@@ -756,18 +791,18 @@ static pam_status remote_sink(void *arg, int32_t block, int32_t layer, const flo
     return PAM_OK;
 }
 
-/* After the local prefix cache matched *match tokens of r's prompt (seq
- * holds them, with room reserved for the rest), takes the prompt's further
- * full blocks from the persistent journal, then from the remote tier, while
+/* After the local prefix cache matched *match tokens of r's prompt (its
+ * n_fill tokens to prefill; seq holds them, with room reserved for the
+ * rest), takes the prompt's further full blocks from the persistent journal, then from the remote tier, while
  * they have them. Whatever they do, seq ends holding exactly *match tokens
  * (updated) with room reserved; an error means that room could not be had. */
 static pam_status remote_fetch(pam_engine *e, pam_request *r, int32_t seq, int32_t *match, int32_t decode) {
-    int32_t want = (r->n_prompt - 1) / e->bt, have = *match / e->bt;
+    int32_t want = (r->n_fill - 1) / e->bt, have = *match / e->bt;
     if (want <= have) return PAM_OK;
     uint8_t(*keys)[32] = malloc((size_t)want * sizeof *keys);
     if (!keys) return PAM_OK;
     pam_kv_remote_chain(e->p.persist ? e->p.persist : e->p.remote, NULL, r->prompt, want, keys);
-    remote_sink_ctx c = {.e = e, .seq = seq, .have = have, .n_prompt = r->n_prompt, .decode = decode};
+    remote_sink_ctx c = {.e = e, .seq = seq, .have = have, .n_prompt = r->n_fill, .decode = decode};
     pam_kv_remote *stores[2] = {e->p.persist, e->p.remote};
     int32_t got[2] = {0, 0};
     for (int i = 0; i < 2; i++) {
@@ -781,7 +816,7 @@ static pam_status remote_fetch(pam_engine *e, pam_request *r, int32_t seq, int32
     int32_t keep = (have + c.done) * e->bt;
     /* a block stored in some layers only (a failed store) is dropped */
     if (c.started != c.done || pam_kvm_seq_len(e->kvm, seq) != keep) PAM_TRY(pam_kvm_seq_truncate(e->kvm, seq, keep));
-    PAM_TRY(reserve_evicting(e, seq, r->n_prompt - keep + decode));
+    PAM_TRY(reserve_evicting(e, seq, r->n_fill - keep + decode));
     e->st.persist_tokens_reused += (uint64_t)got[0] * (uint64_t)e->bt;
     e->st.remote_tokens_reused += (uint64_t)got[1] * (uint64_t)e->bt;
     *match = keep;
@@ -819,7 +854,7 @@ static void remote_publish(pam_engine *e, pam_request *r) {
  * rest of its prompt and a decode reserve. 1: ready; 0: it does not fit
  * now (nothing changed, it waits); -1: it can never fit (finished). */
 static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
-    int32_t match = 0, hit = e->p.prefix_cache ? cache_lookup(e, r->prompt, r->n_prompt, &match) : -1;
+    int32_t match = 0, hit = e->p.prefix_cache ? cache_lookup(e, r->prompt, r->n_fill, &match) : -1;
     int32_t seq = -1;
     pam_status st = PAM_OK;
     if (hit >= 0) {
@@ -833,15 +868,15 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
         match = 0;
         if (pam_kvm_seq_create(e->kvm, &seq) != PAM_OK) return 0;
     }
-    int32_t room = e->p.n_ctx - r->n_prompt;
-    int32_t decode = r->max_tokens > 0 ? r->max_tokens : DECODE_RESERVE_BLOCKS * e->bt;
+    int32_t room = e->p.n_ctx - r->n_fill;
+    int32_t decode = r->max_tokens > 0 ? r->max_tokens - r->n_gen : DECODE_RESERVE_BLOCKS * e->bt;
     if (decode > room) decode = room;
     /* a partially matched block is shared: its first store copies it */
     int32_t cow = match % e->bt ? e->bt : 0;
-    st = reserve_evicting(e, seq, r->n_prompt - match + decode + cow);
+    st = reserve_evicting(e, seq, r->n_fill - match + decode + cow);
     if (st == PAM_ERR_FULL && e->n_running == 0 && e->n_paused == 0) {
         /* Nothing else holds KV: the minimum (prompt and one token) or never. */
-        st = reserve_evicting(e, seq, r->n_prompt - match + 1 + cow);
+        st = reserve_evicting(e, seq, r->n_fill - match + 1 + cow);
         if (st == PAM_ERR_FULL) {
             pam_kvm_seq_free(e->kvm, seq);
             return -1;
@@ -885,8 +920,9 @@ static void start(pam_engine *e, pam_request *r, int slot, int32_t reuse) {
     r->slot = slot;
     r->admit_order = ++e->admit_clock;
     r->n_past = reuse;
-    r->n_cached = reuse;
     r->state = REQ_RUNNING;
+    if (r->n_requeued > 0) return; /* counted when it first started */
+    r->n_cached = reuse;
     e->st.n_prompt_tokens += (uint64_t)r->n_prompt;
     if (e->p.prefix_cache) {
         e->st.prefix_lookups++;
@@ -1005,7 +1041,9 @@ static int on_token(pam_engine *e, pam_request *r, int32_t tok, int64_t now) {
             r->finishing = PAM_FINISH_STOP;
             return counted;
         }
-        if ((r->max_tokens > 0 && r->n_gen >= r->max_tokens) || r->n_past >= e->p.n_ctx)
+        /* prompt + output never exceed the context: the last token sampled
+         * need not fit in the KV, but it counts */
+        if ((r->max_tokens > 0 && r->n_gen >= r->max_tokens) || r->n_prompt + r->n_gen >= e->p.n_ctx)
             r->finishing = PAM_FINISH_LENGTH;
     }
     if (r->finishing != PAM_FINISH_NONE) {
@@ -1032,7 +1070,7 @@ static void publish(pam_request *r, size_t upto) {
     memcpy(r->out + r->out_len, r->gen + r->gen_emitted, n);
     r->out_len += n;
     r->gen_emitted = upto;
-    pthread_cond_broadcast(&r->cv);
+    request_signal(r);
 }
 
 /* Engine thread: r ends now, without a new token. */
@@ -1044,15 +1082,52 @@ static void finish_now(pam_request *r, pam_finish f) {
     if (gen_append(r, buf, w) && stop_check(r, &safe) && f != PAM_FINISH_ERROR) r->finishing = PAM_FINISH_STOP;
 }
 
+/* e->mu held: r (running, not in this step's batch yet) gives up its slot
+ * and its KV and goes back to the head of the queue. Its KV goes to the
+ * prefix cache, where it is the first thing reused when r comes back and
+ * the first thing evicted while others need room; r then prefills what is
+ * left of its prompt and of the tokens it generated (the last sampled one
+ * is decoded as usual), so its output is what it would have been alone. */
+static void requeue(pam_engine *e, pam_request *r) {
+    if (r->n_gen > 0) {
+        int32_t n = r->n_prompt + r->n_gen - 1;
+        int32_t *p = realloc(r->prompt, (size_t)n * sizeof *p);
+        if (!p) {
+            finish_now(r, PAM_FINISH_ERROR);
+            return;
+        }
+        memcpy(p + r->n_prompt, r->gen_tok, (size_t)(r->n_gen - 1) * sizeof *p);
+        r->prompt = p;
+        r->n_fill = n;
+        r->refill = 1;
+    }
+    release_kv(e, r, PAM_FINISH_NONE);
+    r->seq = -1;
+    e->run[r->slot] = NULL;
+    r->slot = -1;
+    e->n_running--;
+    r->state = REQ_QUEUED;
+    r->n_past = 0;
+    r->n_requeued++;
+    r->next_q = e->q_head;
+    e->q_head = r;
+    if (!e->q_tail) e->q_tail = r;
+    e->n_queued++;
+    e->st.n_requeued++;
+}
+
 /* e->mu held: makes sure r's sequence can store k more positions this step
- * (evicting cached prefixes if needed). When the cache cannot hold them the
- * request ends ("length": its context is as long as the KV cache allows). */
+ * (evicting cached prefixes if needed). When the tiers are full, r yields:
+ * it is requeued (its KV kept in the prefix cache) and resumes when others
+ * have finished, so running out of KV never cuts a reply short. Submit
+ * refuses what could never fit, so a request alone always has room. */
 static int room_for(pam_engine *e, pam_request *r, int32_t k) {
     int32_t len = pam_kvm_seq_len(e->kvm, r->seq);
     if (r->n_past + k <= len) return 1;
     pam_status st = reserve_evicting(e, r->seq, r->n_past + k - len);
     if (st == PAM_OK) return 1;
-    finish_now(r, st == PAM_ERR_FULL ? PAM_FINISH_LENGTH : PAM_FINISH_ERROR);
+    if (st == PAM_ERR_FULL && (e->n_running > 1 || e->n_paused > 0)) requeue(e, r);
+    else finish_now(r, st == PAM_ERR_FULL ? PAM_FINISH_LENGTH : PAM_FINISH_ERROR);
     return 0;
 }
 
@@ -1091,19 +1166,22 @@ static void *engine_main(void *arg) {
         int32_t n = 0, budget = e->p.prefill_chunk;
         for (int32_t i = 0; i < e->p.n_slots; i++) {
             pam_request *r = e->run[i];
-            if (!r || r->n_past < r->n_prompt || r->finishing != PAM_FINISH_NONE || !room_for(e, r, 1)) continue;
+            if (!r || r->n_past < r->n_fill || r->finishing != PAM_FINISH_NONE || !room_for(e, r, 1)) continue;
             e->b_ctx[n] = r->ctx, e->b_tok[n] = r->last_tok, e->b_pos[n] = r->n_past, e->b_req[n] = r;
             e->b_own[n] = r;
             n++;
         }
         for (int32_t i = 0; i < e->p.n_slots && budget > 0; i++) {
             pam_request *r = e->run[i];
-            if (!r || r->n_past >= r->n_prompt || r->finishing != PAM_FINISH_NONE) continue;
-            int32_t take = r->n_prompt - r->n_past < budget ? r->n_prompt - r->n_past : budget;
+            if (!r || r->n_past >= r->n_fill || r->finishing != PAM_FINISH_NONE) continue;
+            int32_t take = r->n_fill - r->n_past < budget ? r->n_fill - r->n_past : budget;
             if (!room_for(e, r, take)) continue;
             for (int32_t k = 0; k < take; k++) {
                 e->b_ctx[n] = r->ctx, e->b_tok[n] = r->prompt[r->n_past + k], e->b_pos[n] = r->n_past + k;
-                e->b_req[n] = k == take - 1 ? r : NULL; /* logits of interest: the chunk's last token */
+                /* logits of interest: the chunk's last token, unless a
+                 * requeued request only restores its KV (its next token is
+                 * already sampled) */
+                e->b_req[n] = k == take - 1 && !r->refill ? r : NULL;
                 e->b_own[n] = r;
                 n++;
             }
@@ -1128,9 +1206,10 @@ static void *engine_main(void *arg) {
                     continue;
                 }
                 owner->n_past = e->b_pos[i] + 1; /* the token is in the KV now */
-                if (owner->n_past <= owner->n_prompt) n_prefilled++;
+                if (owner->n_past <= owner->n_fill) n_prefilled++;
+                if (owner->refill && owner->n_past >= owner->n_fill) owner->refill = 0;
                 pam_request *r = e->b_req[i];
-                if (!r || r->n_past < r->n_prompt) continue;
+                if (!r || r->n_past < r->n_fill) continue;
                 if (r->finishing != PAM_FINISH_NONE) continue;
                 int32_t tok = pam_sampler_sample(r->sampler, e->logits + (size_t)my_row * e->n_vocab);
                 n_new += on_token(e, r, tok, now);
@@ -1157,7 +1236,7 @@ static void *engine_main(void *arg) {
             if (r->finishing != PAM_FINISH_NONE) {
                 publish(r, r->gen_len);
                 retire(e, r, r->finishing);
-            } else if (r->n_past >= r->n_prompt) {
+            } else if (r->n_past >= r->n_fill && !r->refill) {
                 size_t safe;
                 stop_check(r, &safe);
                 publish(r, safe);

@@ -229,6 +229,62 @@ static int parse_prompt(json_t *root, pam_api_request *r, pam_api_error *err) {
     return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
 }
 
+/* Fields that would change what the client gets back, which the server
+ * does not implement: refused with a 400 naming the field, so an agent
+ * framework fails loudly instead of receiving plain text. Fields that only
+ * label or route a request (user, metadata, store, service_tier, ...) pass. */
+static int refuse_unimplemented(json_t *root, pam_api_error *err) {
+    static const char *const never[] = {"functions", "function_call", "audio",    "prediction", "grammar",
+                                        "json_schema", "guided_json", "guided_regex", "guided_choice", "web_search_options"};
+    json_t *v;
+    for (size_t i = 0; i < sizeof never / sizeof *never; i++)
+        if ((v = json_object_get(root, never[i])) && !json_is_null(v)) {
+            pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", never[i],
+                              "'%s' is not supported by this server", never[i]);
+            return -1;
+        }
+    if ((v = json_object_get(root, "tools")) && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0)) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "tools",
+                          "'tools' is not supported by this server (no tool calling): send no tools or an empty list");
+        return -1;
+    }
+    if ((v = json_object_get(root, "tool_choice")) && !json_is_null(v) &&
+        !(json_is_string(v) && (!strcmp(json_string_value(v), "none") || !strcmp(json_string_value(v), "auto")))) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "tool_choice",
+                          "'tool_choice' is not supported by this server (no tool calling)");
+        return -1;
+    }
+    if ((v = json_object_get(root, "response_format")) && !json_is_null(v)) {
+        json_t *t = json_is_object(v) ? json_object_get(v, "type") : NULL;
+        if (!t || !json_is_string(t) || strcmp(json_string_value(t), "text") != 0) {
+            pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "response_format",
+                              "'response_format' other than {\"type\": \"text\"} is not supported by this server "
+                              "(no JSON mode or structured output)");
+            return -1;
+        }
+    }
+    if ((v = json_object_get(root, "modalities")) && !json_is_null(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m) if (!json_is_string(m) || strcmp(json_string_value(m), "text") != 0) {
+            pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "modalities",
+                              "only the \"text\" modality is supported");
+            return -1;
+        }
+    }
+    if ((v = json_object_get(root, "suffix")) && !json_is_null(v) && !(json_is_string(v) && !json_string_length(v))) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "suffix",
+                          "'suffix' (insertion) is not supported by this server");
+        return -1;
+    }
+    if ((v = json_object_get(root, "best_of")) && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1)) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "best_of",
+                          "'best_of' other than 1 is not supported by this server");
+        return -1;
+    }
+    return 0;
+}
+
 int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family fam, pam_api_request *out,
                   pam_api_error *err) {
     memset(out, 0, sizeof *out);
@@ -247,6 +303,7 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
         BAD(NULL, "the request body must be a JSON object");
         goto done;
     }
+    if (refuse_unimplemented(root, err)) goto done;
     json_t *model = json_object_get(root, "model");
     if (model && !json_is_null(model)) {
         if (!json_is_string(model)) {
@@ -264,10 +321,10 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     /* OpenAI's defaults: 16 tokens for completions, none (context) for chat. */
     p->max_tokens = kind == PAM_API_COMPLETION ? 16 : 0;
     if (get_int(root, "max_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v;
+    if (given) p->max_tokens = (int32_t)v, out->max_tokens_given = 1;
     given = 0;
     if (get_int(root, "max_completion_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v;
+    if (given) p->max_tokens = (int32_t)v, out->max_tokens_given = 1;
     d = p->sampling.temp;
     if (get_number(root, "temperature", 0, 2, 0, &d, NULL, err)) goto done;
     p->sampling.temp = (float)d;

@@ -31,6 +31,7 @@ typedef struct pam_api_request {
     int stream;
     int include_usage;     /* stream_options.include_usage */
     int seed_given;
+    int max_tokens_given; /* max_tokens or max_completion_tokens was in the request */
     pam_request_params params; /* stop[] point into stop_store */
     char *stop_store[PAM_ENGINE_MAX_STOP];
 } pam_api_request;
