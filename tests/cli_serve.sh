@@ -54,6 +54,9 @@ model=$tmp/stories260K.gguf
 "$pam" convert "$shared/models/stories260K/stories260K.bin" "$shared/models/stories260K/tok512.bin" -o "$model" >/dev/null
 check "convert" $?
 
+"$pam" serve -m "$model" --prefill-burst -1 2>"$tmp/burst.err"
+[ $? -eq 2 ] && grep -q -- "--prefill-burst expects an integer" "$tmp/burst.err"; check "serve --prefill-burst -1 is refused" $?
+
 start_server "$tmp/s1.log" -m "$model" -np 4 -c 256 -t 2 --queue 64 --max-body 65536 || exit 1
 check "server starts on a free loopback port" 0
 

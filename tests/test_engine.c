@@ -41,13 +41,21 @@ static int teardown(void **state) {
     return 0;
 }
 
+static pam_engine *make_engine_burst(int slots, int queue, int chunk, int burst);
+
+/* burst 0: the budget stays at chunk, so small chunks split prompts */
 static pam_engine *make_engine(int slots, int queue, int chunk) {
+    return make_engine_burst(slots, queue, chunk, 0);
+}
+
+static pam_engine *make_engine_burst(int slots, int queue, int chunk, int burst) {
     pam_engine_params p;
     pam_engine_params_default(&p);
     p.n_slots = slots;
     p.n_ctx = 256;
     p.n_queue = queue;
     p.prefill_chunk = chunk;
+    p.prefill_burst = burst;
     pam_engine *e;
     assert_int_equal(pam_engine_create(g_model, g_pool, &p, &e), PAM_OK);
     return e;
@@ -132,34 +140,37 @@ static void test_concurrent_equals_alone(void **state) {
     pam_engine_destroy(e1);
 
     /* 32 at once on 8 slots with a small prefill chunk: requests join and
-     * leave mid-flight, prompts are split across steps. */
-    pam_engine *e = make_engine(8, 64, 3);
-    pam_request *rs[N_CONC];
-    for (int i = 0; i < N_CONC; i++) {
-        pam_request_params rp;
-        params_for(i, &rp);
-        rs[i] = submit_text(e, k_prompts[i % 8], &rp);
+     * leave mid-flight, prompts are split across steps; with a burst of 40
+     * the budget also rises while prompts wait for their first token. */
+    for (int burst = 0; burst <= 40; burst += 40) {
+        pam_engine *e = make_engine_burst(8, 64, 3, burst);
+        pam_request *rs[N_CONC];
+        for (int i = 0; i < N_CONC; i++) {
+            pam_request_params rp;
+            params_for(i, &rp);
+            rs[i] = submit_text(e, k_prompts[i % 8], &rp);
+        }
+        for (int i = 0; i < N_CONC; i++) {
+            collect(rs[i], &conc[i]);
+            pam_request_release(rs[i]);
+        }
+        pam_engine_stats st;
+        pam_engine_get_stats(e, &st);
+        pam_engine_destroy(e);
+        for (int i = 0; i < N_CONC; i++) {
+            assert_true(alone[i].finish == PAM_FINISH_STOP || alone[i].finish == PAM_FINISH_LENGTH);
+            assert_int_equal(conc[i].finish, alone[i].finish);
+            assert_int_equal(conc[i].n_tok, alone[i].n_tok);
+            assert_int_equal(conc[i].n_completion, alone[i].n_completion);
+            if (memcmp(conc[i].tok, alone[i].tok, sizeof(int32_t) * (size_t)alone[i].n_tok) != 0)
+                fail_msg("request %d: tokens differ between alone and 32 concurrent", i);
+            assert_int_equal(conc[i].len, alone[i].len);
+            assert_memory_equal(conc[i].text, alone[i].text, alone[i].len);
+            if (rs[i] && i % 3 == 0) assert_int_equal(alone[i].finish, PAM_FINISH_LENGTH);
+        }
+        assert_true(st.n_generated_tokens > 0);
+        assert_int_equal(st.n_finished[PAM_FINISH_CANCELLED], 0);
     }
-    for (int i = 0; i < N_CONC; i++) {
-        collect(rs[i], &conc[i]);
-        pam_request_release(rs[i]);
-    }
-    pam_engine_stats st;
-    pam_engine_get_stats(e, &st);
-    pam_engine_destroy(e);
-    for (int i = 0; i < N_CONC; i++) {
-        assert_true(alone[i].finish == PAM_FINISH_STOP || alone[i].finish == PAM_FINISH_LENGTH);
-        assert_int_equal(conc[i].finish, alone[i].finish);
-        assert_int_equal(conc[i].n_tok, alone[i].n_tok);
-        assert_int_equal(conc[i].n_completion, alone[i].n_completion);
-        if (memcmp(conc[i].tok, alone[i].tok, sizeof(int32_t) * (size_t)alone[i].n_tok) != 0)
-            fail_msg("request %d: tokens differ between alone and 32 concurrent", i);
-        assert_int_equal(conc[i].len, alone[i].len);
-        assert_memory_equal(conc[i].text, alone[i].text, alone[i].len);
-        if (rs[i] && i % 3 == 0) assert_int_equal(alone[i].finish, PAM_FINISH_LENGTH);
-    }
-    assert_true(st.n_generated_tokens > 0);
-    assert_int_equal(st.n_finished[PAM_FINISH_CANCELLED], 0);
 }
 
 /* The engine reproduces the llama2.c greedy reference tokens. */
@@ -420,6 +431,15 @@ static void test_queue_full_and_bad_requests(void **state) {
     ids[1] = 403;
     rp.sampling.top_p = 7;
     assert_int_equal(pam_engine_submit(e, ids, 4, &rp, &r4), PAM_ERR_INVALID);
+
+    pam_engine_params bad;
+    pam_engine_params_default(&bad);
+    pam_engine *e_bad = NULL;
+    bad.prefill_burst = -1;
+    assert_int_equal(pam_engine_create(g_model, g_pool, &bad, &e_bad), PAM_ERR_INVALID);
+    bad.prefill_burst = 1 << 20;
+    assert_int_equal(pam_engine_create(g_model, g_pool, &bad, &e_bad), PAM_ERR_INVALID);
+    assert_null(e_bad);
 
     pam_request_release(r1);
     pam_request_release(r2);

@@ -29,6 +29,9 @@ static void serve_usage(FILE *f) {
             "                          (default: one dram tier of --parallel x --ctx-size tokens)\n"
             "      --queue N           requests waiting for a slot before 503 (default 256)\n"
             "      --prefill-chunk N   prompt tokens per batched step (default 256)\n"
+            "      --no-warmup         skip the startup pass that touches every weight\n"
+            "      --prefill-burst N   per-step prompt budget while requests wait for their first\n"
+            "                          token, oldest first (default 2048; <= chunk: off)\n"
             "      --no-prefix-cache   do not reuse cached prompt prefixes\n"
             "      --chat-template F   a built-in format: llama3, chatml, llama2, mistral, zephyr\n"
             "                          or fallback (default: the model's tokenizer.chat_template)\n"
@@ -77,11 +80,30 @@ static char *read_template_file(const char *path) {
     return buf;
 }
 
+/* One prompt pass and one decode step on a throwaway context before the port
+ * opens: the weights are mapped lazily, so without it the first requests
+ * pay for faulting every page in (several times a step's time) and the
+ * first burst of clients sees it as time to first token. */
+static pam_status serve_warmup(const pam_model *m, pam_pool *pool) {
+    enum { N = 8 };
+    pam_ctx *c = NULL;
+    pam_status st = pam_ctx_create(m, 2 * N, pool, &c);
+    if (st != PAM_OK) return st;
+    float *logits = malloc((size_t)pam_model_get_hparams(m)->n_vocab * sizeof *logits);
+    int32_t tok[N] = {0};
+    if (!logits) st = PAM_ERR(PAM_ERR_NOMEM, "warmup logits");
+    if (st == PAM_OK) st = pam_forward(c, tok, N, 0, logits, 0);
+    if (st == PAM_OK) st = pam_forward(c, tok, 1, N, logits, 0);
+    free(logits);
+    pam_ctx_free(c);
+    return st;
+}
+
 int pam_cli_serve(int argc, char **argv) {
     const char *model_path = NULL, *alias = NULL, *host = "127.0.0.1", *chat_template_file = NULL;
     char *chat_template = NULL;
     long timeout_s = 600, max_conn = 8192, conn_per_client = 0;
-    long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, max_body = 1 << 20;
+    long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, burst = 2048, warmup = 1, max_body = 1 << 20;
     int prefix_cache = 1, chat_family = -1;
     pam_kv_flags kvf;
     pam_kv_flags_init(&kvf);
@@ -109,6 +131,10 @@ int pam_cli_serve(int argc, char **argv) {
             pam_args_long(&a, 0, 1L << 20, &n_queue);
         } else if (pam_args_is(&a, NULL, "--prefill-chunk")) {
             pam_args_long(&a, 1, 1L << 16, &chunk);
+        } else if (pam_args_is(&a, NULL, "--no-warmup")) {
+            warmup = 0;
+        } else if (pam_args_is(&a, NULL, "--prefill-burst")) {
+            pam_args_long(&a, 0, 1L << 16, &burst);
         } else if (pam_args_is(&a, NULL, "--max-body")) {
             pam_args_long(&a, 64, 1L << 30, &max_body);
         } else if (pam_args_is(&a, NULL, "--timeout")) {
@@ -175,9 +201,14 @@ int pam_cli_serve(int argc, char **argv) {
     ep.n_ctx = (int32_t)n_ctx;
     ep.n_queue = (int32_t)n_queue;
     ep.prefill_chunk = (int32_t)chunk;
+    ep.prefill_burst = (int32_t)burst;
     ep.prefix_cache = prefix_cache;
     if (pam_pool_create((int)n_threads, &pool) != PAM_OK) {
         fprintf(stderr, "pam serve: %s\n", pam_last_error());
+        goto done;
+    }
+    if (warmup && serve_warmup(model, pool) != PAM_OK) {
+        fprintf(stderr, "pam serve: warmup: %s\n", pam_last_error());
         goto done;
     }
     /* default: one dram tier for every slot's whole context, plus one block

@@ -28,6 +28,7 @@
 
 #include "core/status.h"
 #include "core/timing.h"
+#include "engine/prefill.h"
 #include "kv/tier.h"
 #include "model/tokenizer.h"
 
@@ -121,8 +122,10 @@ struct pam_engine {
     float *rk, *rv;  /* one block of one layer, f32 (remote tier) */
     uint64_t clock, admit_clock;
 
-    float *logits;
+    float *logits;       /* one row per sequence: a step samples each at most once */
     int32_t batch_cap;
+    int32_t *order, *pslot; /* prefill plan scratch, n_slots each */
+    pam_prefill_item *pitems;
     pam_ctx **b_ctx;
     int32_t *b_tok, *b_pos;
     pam_request **b_req; /* sampled after this token, or NULL */
@@ -146,6 +149,7 @@ void pam_engine_params_default(pam_engine_params *p) {
     p->kv_type = PAM_KV_F16;
     p->n_queue = 64;
     p->prefill_chunk = 256;
+    p->prefill_burst = 2048;
     p->prefix_cache = 1;
     p->n_prefix_entries = 0;
     p->kvm = NULL;
@@ -200,6 +204,9 @@ static void engine_free(pam_engine *e) {
     free(e->run);
     free(e->demote);
     free(e->logits);
+    free(e->order);
+    free(e->pslot);
+    free(e->pitems);
     free(e->b_ctx);
     free(e->b_tok);
     free(e->b_pos);
@@ -214,6 +221,8 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
     if (p->n_slots < 1 || p->n_slots > 1024) return PAM_ERR(PAM_ERR_INVALID, "engine: slots must be in 1..1024, got %d", p->n_slots);
     if (p->n_queue < 0) return PAM_ERR(PAM_ERR_INVALID, "engine: negative queue size");
     if (p->prefill_chunk < 1) return PAM_ERR(PAM_ERR_INVALID, "engine: prefill chunk must be >= 1");
+    if (p->prefill_burst < 0 || p->prefill_burst > 65536)
+        return PAM_ERR(PAM_ERR_INVALID, "engine: prefill burst must be in 0..65536, got %d", p->prefill_burst);
     if (p->kvm) {
         const pam_kv_shape *ks = pam_kvm_shape(p->kvm);
         if (ks->n_layer != hp->n_layer || ks->n_head_kv != hp->n_head_kv || ks->head_dim != hp->head_dim)
@@ -253,13 +262,17 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
     }
     e->bt = pam_kvm_shape(e->kvm)->block_tokens;
     e->n_tiers = pam_kvm_n_tiers(e->kvm);
-    e->batch_cap = e->p.n_slots + e->p.prefill_chunk;
+    if (e->p.prefill_burst < e->p.prefill_chunk) e->p.prefill_burst = e->p.prefill_chunk;
+    e->batch_cap = e->p.n_slots + e->p.prefill_burst;
     e->cap_cache = e->p.n_prefix_entries;
     e->cache = calloc((size_t)e->cap_cache, sizeof *e->cache);
     e->pkeys = malloc(((size_t)e->p.n_ctx / (size_t)e->bt + 1) * sizeof *e->pkeys);
     e->run = calloc((size_t)e->p.n_slots, sizeof *e->run);
     e->demote = calloc((size_t)e->p.n_slots, sizeof *e->demote);
-    e->logits = malloc((size_t)e->batch_cap * (size_t)e->n_vocab * sizeof(float));
+    e->logits = malloc((size_t)e->p.n_slots * (size_t)e->n_vocab * sizeof(float));
+    e->order = malloc((size_t)e->p.n_slots * sizeof *e->order);
+    e->pslot = malloc((size_t)e->p.n_slots * sizeof *e->pslot);
+    e->pitems = malloc((size_t)e->p.n_slots * sizeof *e->pitems);
     e->b_ctx = malloc((size_t)e->batch_cap * sizeof *e->b_ctx);
     e->b_tok = malloc((size_t)e->batch_cap * sizeof *e->b_tok);
     e->b_pos = malloc((size_t)e->batch_cap * sizeof *e->b_pos);
@@ -275,7 +288,7 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
             return PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
         }
     }
-    if (!e->cache || !e->pkeys || !e->run || !e->demote || !e->logits || !e->b_ctx || !e->b_tok || !e->b_pos ||
+    if (!e->cache || !e->pkeys || !e->run || !e->demote || !e->logits || !e->order || !e->pslot || !e->pitems || !e->b_ctx || !e->b_tok || !e->b_pos ||
         !e->b_req || !e->b_own || !e->b_want) {
         engine_free(e);
         return PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
@@ -1133,6 +1146,25 @@ static int room_for(pam_engine *e, pam_request *r, int32_t k) {
     return 0;
 }
 
+/* e->mu held: the prefilling slots in the order they get this step's
+ * prompt budget (pam_prefill_plan), into e->order, and the budget. Batch
+ * composition never changes a request's output, so this affects timing only. */
+static int32_t prefill_order(pam_engine *e, int32_t *budget) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < e->p.n_slots; i++) {
+        pam_request *r = e->run[i];
+        if (!r || r->n_past >= r->n_fill || r->finishing != PAM_FINISH_NONE) continue;
+        e->pitems[n] = (pam_prefill_item){.remaining = r->n_fill - r->n_past,
+                                          .first_pending = !r->refill && r->n_gen == 0,
+                                          .t_submit_ns = r->t_submit_ns,
+                                          .admit_order = r->admit_order};
+        e->pslot[n++] = i;
+    }
+    *budget = pam_prefill_plan(e->pitems, n, e->p.prefill_chunk, e->p.prefill_burst, e->order);
+    for (int32_t j = 0; j < n; j++) e->order[j] = e->pslot[e->order[j]];
+    return n;
+}
+
 static void *engine_main(void *arg) {
     pam_engine *e = arg;
     pthread_mutex_lock(&e->mu);
@@ -1162,10 +1194,9 @@ static void *engine_main(void *arg) {
             pthread_cond_wait(&e->work_cv, &e->mu);
             continue;
         }
-        /* Batch: decode tokens first, then prefill chunks in slot order
-         * (every prefilling sequence progresses each step while budget
-         * lasts). Each sequence has room reserved for what it stores. */
-        int32_t n = 0, budget = e->p.prefill_chunk;
+        /* Batch: decode tokens first, then prompt tokens (prefill_order).
+         * Each sequence has room reserved for what it stores. */
+        int32_t n = 0;
         for (int32_t i = 0; i < e->p.n_slots; i++) {
             pam_request *r = e->run[i];
             if (!r || r->n_past < r->n_fill || r->finishing != PAM_FINISH_NONE || !room_for(e, r, 1)) continue;
@@ -1173,8 +1204,9 @@ static void *engine_main(void *arg) {
             e->b_own[n] = r;
             n++;
         }
-        for (int32_t i = 0; i < e->p.n_slots && budget > 0; i++) {
-            pam_request *r = e->run[i];
+        int32_t budget, n_order = prefill_order(e, &budget);
+        for (int32_t j = 0; j < n_order && budget > 0; j++) {
+            pam_request *r = e->run[e->order[j]];
             if (!r || r->n_past >= r->n_fill || r->finishing != PAM_FINISH_NONE) continue;
             int32_t take = r->n_fill - r->n_past < budget ? r->n_fill - r->n_past : budget;
             if (!room_for(e, r, take)) continue;

@@ -62,6 +62,8 @@ typedef struct pam_engine_params {
     pam_kv_type kv_type;   /* without a kvm: what the engine's own dram tier stores (default f16) */
     int32_t n_queue;       /* waiting requests beyond the running ones; submit fails with PAM_ERR_FULL past it */
     int32_t prefill_chunk; /* prompt tokens per step, over all prefilling sequences */
+    int32_t prefill_burst; /* the per-step prompt budget rises up to this while requests wait for their
+                            * first token (<= prefill_chunk: never rises; default 2048) */
     int prefix_cache;      /* keep finished sequences as cached prefixes and reuse them */
     int32_t n_prefix_entries; /* cached prefixes kept at most; <= 0: 4 * n_slots + 4 */
     /* The KV manager (borrowed; must use the same pool and outlive the
