@@ -159,7 +159,7 @@ stop_server; check "SIGTERM on an idle server: exit 0" $?
 slow=$tmp/tl1.gguf
 "$pam" gen-model --shape tinyllama-1.1b --layers 1 --type q4_0 -o "$slow" -t 2 >/dev/null 2>&1
 check "gen-model (slow model)" $?
-start_server "$tmp/s2.log" -m "$slow" -np 1 -c 2048 -t 2 --queue 1 --alias slow || exit 1
+start_server "$tmp/s2.log" -m "$slow" -np 1 -c 2048 -t 2 --queue 1 --alias slow --no-warmup || exit 1
 longreq='{"prompt":"hello world","max_tokens":1500,"ignore_eos":true,"temperature":0,"stream":true}'
 
 # Clients killed while their request is generating (tokens already out).

@@ -81,9 +81,9 @@ static char *read_template_file(const char *path) {
 }
 
 /* One prompt pass and one decode step on a throwaway context before the port
- * opens: the weights are mapped lazily, so without it the first requests
- * pay for faulting every page in (several times a step's time) and the
- * first burst of clients sees it as time to first token. */
+ * opens: the weights are memory-mapped, so without it the first step pays
+ * for faulting every page in, and the first burst of clients sees that as
+ * time to first token. */
 static pam_status serve_warmup(const pam_model *m, pam_pool *pool) {
     enum { N = 8 };
     pam_ctx *c = NULL;
@@ -103,7 +103,8 @@ int pam_cli_serve(int argc, char **argv) {
     const char *model_path = NULL, *alias = NULL, *host = "127.0.0.1", *chat_template_file = NULL;
     char *chat_template = NULL;
     long timeout_s = 600, max_conn = 8192, conn_per_client = 0;
-    long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, burst = 2048, warmup = 1, max_body = 1 << 20;
+    long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, max_body = 1 << 20;
+    long burst = 2048, warmup = 1;
     int prefix_cache = 1, chat_family = -1;
     pam_kv_flags kvf;
     pam_kv_flags_init(&kvf);

@@ -288,8 +288,8 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
             return PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
         }
     }
-    if (!e->cache || !e->pkeys || !e->run || !e->demote || !e->logits || !e->order || !e->pslot || !e->pitems || !e->b_ctx || !e->b_tok || !e->b_pos ||
-        !e->b_req || !e->b_own || !e->b_want) {
+    if (!e->cache || !e->pkeys || !e->run || !e->demote || !e->logits || !e->order || !e->pslot || !e->pitems ||
+        !e->b_ctx || !e->b_tok || !e->b_pos || !e->b_req || !e->b_own || !e->b_want) {
         engine_free(e);
         return PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
     }

@@ -10,8 +10,10 @@
  *      is busy and the queue head has a higher priority than a running
  *      request, that request is preempted (below),
  *   3. runs ONE pam_forward_batch_ex over the decode token of every running
- *      sequence plus up to prefill_chunk prompt tokens of the sequences still
- *      prefilling, so weights are read once per step, then pam_kvm_step_end
+ *      sequence plus a budget of prompt tokens of the sequences still
+ *      prefilling (engine/prefill.h: first-token waiters oldest first, the
+ *      budget prefill_chunk, up to prefill_burst while first tokens wait),
+ *      so weights are read once per step, then pam_kvm_step_end
  *      (importance, scheduling, migrations between steps),
  *   4. samples, detokenizes, applies stop strings and publishes new text.
  *
