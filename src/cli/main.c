@@ -15,6 +15,8 @@ static void usage(FILE *f) {
             "  gen-model --shape SHAPE --type TYPE -o OUT.gguf     random-weight model in a real shape\n"
             "  bench    -m MODEL [-t THREADS] [--depth LIST]       decode/prefill speed vs memory bandwidth\n"
             "  sim      [--model NAME] [--systems LIST] [--json]   simulated PIM hardware (HBM, DDR, SSD)\n"
+            "  perplexity -m MODEL -f TEXT [-c CTX]                perplexity (llama.cpp's method), KL vs exact\n"
+            "  locality -m MODEL -f TEXT [-c CTX]                  where attention mass goes, block by block\n"
             "\n"
             "`pam COMMAND --help` describes a command's options.\n");
 }
@@ -32,6 +34,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "gen-model")) return pam_cli_gen_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return pam_cli_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "sim")) return pam_cli_sim(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perplexity")) return pam_cli_perplexity(argc - 1, argv + 1);
+    if (!strcmp(cmd, "locality")) return pam_cli_locality(argc - 1, argv + 1);
     fprintf(stderr, "pam: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
