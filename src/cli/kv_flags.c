@@ -16,7 +16,12 @@ const char pam_kv_flags_usage[] =
     "      --kv-policy P       pam (default: attention in every tier, blocks migrate by importance),\n"
     "                          offload (copy slow-tier blocks to the fastest tier before attention),\n"
     "                          single (everything in the first tier)\n"
-    "      --kv-trace FILE     write one JSON line per step (per-tier blocks, bytes, time, migrations)\n";
+    "      --kv-trace FILE     write one JSON line per step (per-tier blocks, bytes, time, migrations)\n"
+    "      --kv-sparse B       sparse attention (approximate): attend at most B tokens per sequence and\n"
+    "                          layer, or B%% of the context (e.g. 25%%): the sink, the recent window, the\n"
+    "                          fastest tier's blocks, then the blocks of highest key-summary bound\n"
+    "      --kv-evict          when every tier is full, drop a sequence's least important blocks\n"
+    "                          (never the first one or the recent window) instead of stopping\n";
 
 void pam_kv_flags_init(pam_kv_flags *f) {
     memset(f, 0, sizeof *f);
@@ -60,6 +65,16 @@ int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a) {
         }
     } else if (pam_args_is(a, NULL, "--kv-trace")) {
         f->trace_path = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-sparse")) {
+        const char *t = pam_args_value(a);
+        if (t && pam_kv_sparse_parse(t, &f->sparse) != PAM_OK) {
+            fprintf(stderr, "%s: --kv-sparse: %s\n", a->cmd, pam_last_error());
+            a->failed = 1;
+        } else if (t) {
+            f->sparse_given = 1;
+        }
+    } else if (pam_args_is(a, NULL, "--kv-evict")) {
+        f->evict = 1;
     } else {
         return 0;
     }
@@ -76,7 +91,10 @@ pam_status pam_kv_flags_build(const pam_kv_flags *f, const pam_model_hparams *hp
         return PAM_ERR(PAM_ERR_IO, "cannot write the KV trace '%s': %s", f->trace_path, strerror(errno));
     pam_kvm_config kc = {.shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, (int32_t)f->block_tokens},
                          .policy = f->policy,
-                         .trace = tf};
+                         .trace = tf,
+                         .sparse = f->sparse,
+                         .sparse_allow = f->sparse_given,
+                         .evict = f->evict};
     pam_tier *tiers[PAM_KV_FLAGS_MAX_TIERS];
     int n_open = 0;
     pam_status st = PAM_OK;
