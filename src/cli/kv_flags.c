@@ -18,7 +18,7 @@ const char pam_kv_flags_usage[] =
     "                          single (everything in the first tier)\n"
     "      --kv-trace FILE     write one JSON line per step (per-tier blocks, bytes, time, migrations)\n"
     "      --kv-sparse B       sparse attention (approximate): attend at most B tokens per sequence and\n"
-    "                          layer, or B%% of the context (e.g. 25%%): the sink, the recent window, the\n"
+    "                          layer, or B% of the context (e.g. 25%): the sink, the recent window, the\n"
     "                          fastest tier's blocks, then the blocks of highest key-summary bound\n"
     "      --kv-evict          when every tier is full, drop a sequence's least important blocks\n"
     "                          (never the first one or the recent window) instead of stopping\n";
