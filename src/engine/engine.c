@@ -45,6 +45,8 @@ struct pam_request {
     int32_t max_tokens;
     int32_t priority;
     int ignore_eos;
+    int own_sparse; /* a sparse budget other than the default: no prefix cache */
+    pam_kv_sparse sparse;
     int n_stop;
     char *stop[PAM_ENGINE_MAX_STOP];
     int64_t t_submit_ns;
@@ -366,6 +368,13 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
     if (p->n_stop < 0 || p->n_stop > PAM_ENGINE_MAX_STOP)
         return PAM_ERR(PAM_ERR_INVALID, "at most %d stop strings", PAM_ENGINE_MAX_STOP);
     PAM_TRY(pam_sampler_params_check(&p->sampling));
+    pam_kv_sparse def;
+    int summaries = pam_kvm_sparse_info(e->kvm, &def);
+    int own_sparse = p->kv_sparse_given && (p->kv_sparse.tokens != def.tokens || p->kv_sparse.frac != def.frac);
+    if (p->kv_sparse_given && (p->kv_sparse.tokens < 0 || !(p->kv_sparse.frac >= 0.0f && p->kv_sparse.frac <= 1.0f)))
+        return PAM_ERR(PAM_ERR_INVALID, "bad sparse budget");
+    if (own_sparse && (p->kv_sparse.tokens > 0 || p->kv_sparse.frac > 0.0f) && !summaries)
+        return PAM_ERR(PAM_ERR_INVALID, "sparse attention per request needs a server started with --kv-sparse");
     pam_request *r = calloc(1, sizeof *r);
     if (!r) return PAM_ERR(PAM_ERR_NOMEM, "request");
     r->e = e;
@@ -375,6 +384,8 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
     r->refs = 2;
     r->max_tokens = p->max_tokens;
     r->ignore_eos = p->ignore_eos;
+    r->own_sparse = own_sparse;
+    r->sparse = p->kv_sparse;
     r->prompt = malloc((size_t)n_prompt * sizeof *r->prompt);
     int32_t room = e->p.n_ctx - n_prompt + 1;
     r->gen_tok = malloc((size_t)room * sizeof *r->gen_tok);
@@ -646,7 +657,7 @@ static void release_kv(pam_engine *e, pam_request *r, pam_finish f) {
     pam_ctx_free(r->ctx);
     r->ctx = NULL;
     if (r->seq < 0) return;
-    if (e->p.prefix_cache && f != PAM_FINISH_ERROR && r->n_past > 0) {
+    if (e->p.prefix_cache && !r->own_sparse && f != PAM_FINISH_ERROR && r->n_past > 0) {
         cache_insert(e, r);
     } else {
         pam_kvm_seq_free(e->kvm, r->seq);
@@ -747,7 +758,7 @@ static void resume(pam_engine *e, pam_request *r, int slot) {
  * rest of its prompt and a decode reserve. 1: ready; 0: it does not fit
  * now (nothing changed, it waits); -1: it can never fit (finished). */
 static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
-    int32_t match = 0, hit = e->p.prefix_cache ? cache_lookup(e, r->prompt, r->n_fill, &match) : -1;
+    int32_t match = 0, hit = e->p.prefix_cache && !r->own_sparse ? cache_lookup(e, r->prompt, r->n_fill, &match) : -1;
     int32_t seq = -1;
     pam_status st = PAM_OK;
     if (hit >= 0) {
@@ -760,6 +771,10 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
     if (seq < 0) {
         match = 0;
         if (pam_kvm_seq_create(e->kvm, &seq) != PAM_OK) return 0;
+        if (r->own_sparse && pam_kvm_seq_set_sparse(e->kvm, seq, &r->sparse) != PAM_OK) { /* checked at submit */
+            pam_kvm_seq_free(e->kvm, seq);
+            return -1;
+        }
     }
     int32_t room = e->p.n_ctx - r->n_fill;
     int32_t decode = r->max_tokens > 0 ? r->max_tokens - r->n_gen : DECODE_RESERVE_BLOCKS * e->bt;

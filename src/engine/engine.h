@@ -89,6 +89,13 @@ typedef struct pam_request_params {
     const char *stop[PAM_ENGINE_MAX_STOP]; /* copied at submit; not emitted */
     int ignore_eos;
     int32_t priority; /* higher preempts lower when every slot is busy; default 0 */
+    /* Sparse attention for this request (kv/kvm.h pam_kv_sparse: tokens, or
+     * a share of the context; both 0: exact); kv_sparse_given 0 takes the KV
+     * manager's default. A budget other than the default needs a manager
+     * with key summaries (PAM_ERR_INVALID otherwise) and keeps the request
+     * out of the prefix cache: its KV is not what the others compute. */
+    int kv_sparse_given;
+    pam_kv_sparse kv_sparse;
 } pam_request_params;
 
 void pam_request_params_default(pam_request_params *p);

@@ -1404,3 +1404,8 @@ int64_t pam_kvm_last_pick(const pam_kvm *kvm, int32_t seq, int32_t layer, uint8_
     }
     return nb;
 }
+
+int pam_kvm_sparse_info(const pam_kvm *kvm, pam_kv_sparse *def) {
+    if (def) *def = kvm->sparse_default;
+    return kvm->summaries;
+}

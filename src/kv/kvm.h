@@ -89,6 +89,9 @@ void pam_kvm_destroy(pam_kvm *kvm);
 pam_status pam_kvm_seq_create(pam_kvm *kvm, int32_t *seq);
 /* Drops the sequence's references; blocks no one references are freed at once. */
 void pam_kvm_seq_free(pam_kvm *kvm, int32_t seq);
+/* 1 if the manager keeps key summaries (sequences may go sparse); its
+ * default budget goes to *def. */
+int pam_kvm_sparse_info(const pam_kvm *kvm, pam_kv_sparse *def);
 /* Sets the sequence's sparse budget (NULL: the config's default). A budget
  * on a manager without key summaries (config sparse_allow 0 and no default
  * budget) is PAM_ERR_INVALID. */

@@ -356,6 +356,23 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     }
     if (get_bool(root, "stream", &out->stream, err)) goto done;
     if (get_bool(root, "ignore_eos", &p->ignore_eos, err)) goto done;
+    /* extension: sparse attention budget, "25%" or a token count; "off": exact */
+    json_t *ks = json_object_get(root, "kv_sparse");
+    if (ks && !json_is_null(ks)) {
+        if (json_is_string(ks)) {
+            if (pam_kv_sparse_parse(json_string_value(ks), &p->kv_sparse) != PAM_OK) {
+                BAD("kv_sparse", "%s", pam_last_error());
+                goto done;
+            }
+        } else if (json_is_integer(ks) && json_integer_value(ks) >= 0 && json_integer_value(ks) <= (1 << 30)) {
+            p->kv_sparse.tokens = (int32_t)json_integer_value(ks);
+            p->kv_sparse.frac = 0.0f;
+        } else {
+            BAD("kv_sparse", "'kv_sparse' must be a token count or a string such as \"25%%\" or \"off\"");
+            goto done;
+        }
+        p->kv_sparse_given = 1;
+    }
     /* extension: a higher priority may preempt a running lower one when every slot is busy */
     if (get_int(root, "priority", -1000000, 1000000, &v, &given, err)) goto done;
     if (given) p->priority = (int32_t)v;
