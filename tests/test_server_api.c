@@ -82,11 +82,42 @@ static void test_parse(void **state) {
     assert_string_equal(err.param, "stop");
 }
 
+/* kv_sparse (extension): a percentage, a token count or "off"; anything else is a 400 naming it. */
+static void test_parse_kv_sparse(void **state) {
+    (void)state;
+    pam_api_request r;
+    pam_api_error err;
+    const char *b = "{\"prompt\":\"hi\"}";
+    assert_int_equal(pam_api_parse(b, strlen(b), PAM_API_COMPLETION, PAM_CHAT_FALLBACK, &r, &err), 0);
+    assert_false(r.params.kv_sparse_given);
+    pam_api_request_free(&r);
+    b = "{\"prompt\":\"hi\",\"kv_sparse\":\"25%\"}";
+    assert_int_equal(pam_api_parse(b, strlen(b), PAM_API_COMPLETION, PAM_CHAT_FALLBACK, &r, &err), 0);
+    assert_true(r.params.kv_sparse_given && r.params.kv_sparse.tokens == 0 && r.params.kv_sparse.frac == 0.25f);
+    pam_api_request_free(&r);
+    b = "{\"prompt\":\"hi\",\"kv_sparse\":128}";
+    assert_int_equal(pam_api_parse(b, strlen(b), PAM_API_COMPLETION, PAM_CHAT_FALLBACK, &r, &err), 0);
+    assert_true(r.params.kv_sparse_given && r.params.kv_sparse.tokens == 128);
+    pam_api_request_free(&r);
+    b = "{\"prompt\":\"hi\",\"kv_sparse\":\"off\"}";
+    assert_int_equal(pam_api_parse(b, strlen(b), PAM_API_COMPLETION, PAM_CHAT_FALLBACK, &r, &err), 0);
+    assert_true(r.params.kv_sparse_given && r.params.kv_sparse.tokens == 0 && r.params.kv_sparse.frac == 0.0f);
+    pam_api_request_free(&r);
+    const char *bad[] = {"{\"prompt\":\"hi\",\"kv_sparse\":\"lots\"}", "{\"prompt\":\"hi\",\"kv_sparse\":true}",
+                         "{\"prompt\":\"hi\",\"kv_sparse\":-4}", "{\"prompt\":\"hi\",\"kv_sparse\":\"200%\"}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(pam_api_parse(bad[i], strlen(bad[i]), PAM_API_COMPLETION, PAM_CHAT_FALLBACK, &r, &err), -1);
+        assert_int_equal(err.http_status, 400);
+        assert_string_equal(err.param, "kv_sparse");
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_render),
         cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_parse_kv_sparse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
