@@ -243,4 +243,23 @@ wait_metric pam_generation_tokens_total '>=' $((g1 + 2)); check "the resumed req
 kill "$c4"; wait "$c4" 2>/dev/null
 [ "$(req POST /v1/completions '{"prompt":"hello","priority":"high"}')" = 400 ]; check "priority must be an integer" $?
 stop_server; check "preemption server: SIGTERM exit 0" $?
+
+# Per-request sparse attention (kv_sparse): refused by a server without key
+# summaries; with --kv-sparse 100% (exact by default) a request may ask for
+# a budget, and "off" or the default gives the exact text.
+start_server "$tmp/s5.log" -m "$model" -np 2 -c 256 -t 2 || exit 1
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":4,"kv_sparse":"25%"}')" = 400 ] &&
+  grep -q 'kv-sparse' "$tmp/body"
+check "kv_sparse without --kv-sparse on the server: 400" $?
+stop_server
+start_server "$tmp/s6.log" -m "$model" -np 2 -c 256 -t 2 --kv-sparse 100% || exit 1
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":12,"temperature":0,"kv_sparse":"off"}')" = 200 ] &&
+  grep -q '"text":", there was a little girl named Lily' "$tmp/body"
+check "kv_sparse off: the exact greedy text" $?
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":40,"temperature":0,"kv_sparse":32}')" = 200 ] &&
+  grep -q '"completion_tokens":40' "$tmp/body"
+check "kv_sparse 32 tokens: a sparse request completes" $?
+[ "$(req POST /v1/completions '{"prompt":"hi","kv_sparse":"most"}')" = 400 ] && grep -q '"param":"kv_sparse"' "$tmp/body"
+check "bad kv_sparse: 400 naming the field" $?
+stop_server; check "sparse server: SIGTERM exit 0" $?
 exit $fail
