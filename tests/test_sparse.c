@@ -11,6 +11,7 @@
 
 #include "core/threadpool.h"
 #include "kv/kvm.h"
+#include "model/model.h"
 #include "kv/tier.h"
 #include "util/test_util.h"
 
@@ -166,6 +167,110 @@ static void test_deterministic(void **state) {
     pam_pool_destroy(pool);
 }
 
+/* ---- a real model: batch and threads do not change sparse logits --------- */
+
+enum { M_SEQ = 3, M_PROMPT = 40, M_STEPS = 36 };
+
+static pam_kvm *model_kvm(pam_model *m, pam_pool *pool) {
+    const pam_model_hparams *hp = pam_model_get_hparams(m);
+    pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, 16};
+    pam_tier *t;
+    assert_int_equal(pam_tier_dram_open(&shape, 16ull << 20, &t), PAM_OK);
+    pam_kvm_config cfg = {.shape = shape, .tiers = &t, .n_tiers = 1, .policy = PAM_KV_POLICY_PAM,
+                          .sparse = {32, 0.0f}};
+    pam_kvm *kvm;
+    assert_int_equal(pam_kvm_create(&cfg, pool, &kvm), PAM_OK);
+    return kvm;
+}
+
+static void test_model_batch_threads(void **state) {
+    (void)state;
+    char path[512];
+    if (pam_test_stories260k("sparse-stories260K.gguf", path, sizeof path) != PAM_OK) fail_msg("%s", pam_last_error());
+    pam_model *m;
+    assert_int_equal(pam_model_load(path, &m), PAM_OK);
+    int nv = pam_model_get_hparams(m)->n_vocab;
+    int32_t tok[M_SEQ][M_PROMPT + M_STEPS];
+    pam_test_rng rng = {17};
+    for (int s = 0; s < M_SEQ; s++)
+        for (int i = 0; i < M_PROMPT + M_STEPS; i++) tok[s][i] = (int32_t)(pam_test_rng_u64(&rng) % (uint64_t)nv);
+    size_t per_seq = (size_t)(M_PROMPT + M_STEPS) * nv;
+    float *ref = malloc(sizeof(float) * per_seq * M_SEQ), *exact = malloc(sizeof(float) * per_seq);
+    assert_non_null(ref);
+    assert_non_null(exact);
+    /* each sequence alone, token by token, one thread */
+    for (int s = 0; s < M_SEQ; s++) {
+        pam_kvm *kvm = model_kvm(m, NULL);
+        pam_ctx_params p;
+        pam_ctx_params_default(&p);
+        p.n_ctx = M_PROMPT + M_STEPS;
+        p.kvm = kvm;
+        pam_ctx *c;
+        assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &c), PAM_OK);
+        for (int pos = 0; pos < M_PROMPT + M_STEPS; pos++)
+            assert_int_equal(pam_forward(c, &tok[s][pos], 1, pos, ref + s * per_seq + (size_t)pos * nv, 0), PAM_OK);
+        pam_ctx_free(c);
+        pam_kvm_destroy(kvm);
+    }
+    /* sparse did change something: the exact logits of sequence 0 differ late in it */
+    {
+        pam_ctx_params p;
+        pam_ctx_params_default(&p);
+        p.n_ctx = M_PROMPT + M_STEPS;
+        pam_ctx *c;
+        assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &c), PAM_OK);
+        for (int pos = 0; pos < M_PROMPT + M_STEPS; pos++)
+            assert_int_equal(pam_forward(c, &tok[0][pos], 1, pos, exact + (size_t)pos * nv, 0), PAM_OK);
+        pam_ctx_free(c);
+        size_t late = (size_t)(M_PROMPT + M_STEPS - 1) * nv;
+        assert_true(memcmp(exact + late, ref + late, sizeof(float) * (size_t)nv) != 0);
+    }
+    for (int threads = 1; threads <= 2; threads++) {
+        pam_pool *pool;
+        assert_int_equal(pam_pool_create(threads, &pool), PAM_OK);
+        pam_kvm *kvm = model_kvm(m, pool);
+        pam_ctx *ctx[M_SEQ];
+        pam_ctx_params p;
+        pam_ctx_params_default(&p);
+        p.n_ctx = M_PROMPT + M_STEPS;
+        p.kvm = kvm;
+        for (int s = 0; s < M_SEQ; s++) assert_int_equal(pam_ctx_create_ex(m, &p, pool, &ctx[s]), PAM_OK);
+        int32_t next[M_SEQ] = {0};
+        pam_ctx *bctx[M_SEQ * M_PROMPT];
+        int32_t btok[M_SEQ * M_PROMPT], bpos[M_SEQ * M_PROMPT], bseq[M_SEQ * M_PROMPT];
+        float *logits = malloc(sizeof(float) * (size_t)(M_SEQ * M_PROMPT) * nv);
+        assert_non_null(logits);
+        /* staggered: sequence s prefills its prompt in one chunk at step s, then decodes beside the others */
+        for (int step = 0; step < M_SEQ + M_STEPS + 1; step++) {
+            int n = 0;
+            for (int s = 0; s < M_SEQ; s++) {
+                if (step < s || next[s] >= M_PROMPT + M_STEPS) continue;
+                int cnt = next[s] == 0 ? M_PROMPT : 1;
+                for (int k = 0; k < cnt; k++, n++, next[s]++) {
+                    bctx[n] = ctx[s];
+                    btok[n] = tok[s][next[s]];
+                    bpos[n] = next[s];
+                    bseq[n] = s;
+                }
+            }
+            if (n == 0) continue;
+            assert_int_equal(pam_forward_batch(bctx, btok, bpos, n, logits), PAM_OK);
+            for (int i = 0; i < n; i++)
+                if (memcmp(logits + (size_t)i * nv, ref + (size_t)bseq[i] * per_seq + (size_t)bpos[i] * nv,
+                           sizeof(float) * (size_t)nv) != 0)
+                    fail_msg("seq %d pos %d (batch of %d, %d threads): sparse logits differ from the sequence alone",
+                             bseq[i], bpos[i], n, threads);
+        }
+        for (int s = 0; s < M_SEQ; s++) pam_ctx_free(ctx[s]);
+        pam_kvm_destroy(kvm);
+        pam_pool_destroy(pool);
+        free(logits);
+    }
+    free(ref);
+    free(exact);
+    pam_model_free(m);
+}
+
 /* ---- skipped ssd blocks are not read --------------------------------------- */
 
 static void test_ssd_skipped_not_read(void **state) {
@@ -318,6 +423,7 @@ int main(void) {
         cmocka_unit_test(test_full_budget_identical),
         cmocka_unit_test(test_selection),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_model_batch_threads),
         cmocka_unit_test(test_ssd_skipped_not_read),
         cmocka_unit_test(test_evict_keeps_sink_and_window),
         cmocka_unit_test(test_parse),
