@@ -353,7 +353,7 @@ static void test_evict_keeps_sink_and_window(void **state) {
     }
     pam_kvm_report rep;
     pam_kvm_report_get(kvm, &rep);
-    assert_true(rep.evicted_blocks >= 20 - cap);
+    assert_true(rep.evicted_blocks >= (uint64_t)(20 - cap));
     /* a store into an evicted block is refused */
     int32_t gone = -1;
     for (int32_t b = 1; b < 19 && gone < 0; b++)
