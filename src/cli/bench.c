@@ -37,6 +37,8 @@
 #include "core/status.h"
 #include "core/timing.h"
 #include "kernels/cpu.h"
+#include "kernels/ksel.h"
+#include "kernels/quant.h"
 #include "kernels/membw.h"
 #include "kv/kvm.h"
 #include "model/model.h"
@@ -85,24 +87,6 @@ static void bench_usage(FILE *f) {
             "      --json              print a JSON array of records instead of a table\n"
             "%s",
             BENCH_MAX_BATCH, PAM_MEMBW_DEFAULT_BYTES >> 20, pam_kv_flags_usage);
-}
-
-/* The "model name" line of /proc/cpuinfo, or "unknown". */
-static void bench_cpu_model(char *out, size_t cap) {
-    snprintf(out, cap, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        const char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) != 0 || !colon) continue;
-        colon++;
-        while (*colon == ' ' || *colon == '\t') colon++;
-        snprintf(out, cap, "%s", colon);
-        out[strcspn(out, "\n")] = '\0';
-        break;
-    }
-    fclose(f);
 }
 
 static int bench_parse_depths(const char *s, bench_opts *o) {
@@ -358,9 +342,14 @@ int pam_cli_bench(int argc, char **argv) {
     fprintf(info, "model: %s (%s, %d layers, embd %d, %d/%d heads, ff %d, vocab %d), weights %.1f MB per token\n",
             model_path, hp->arch, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff, hp->n_vocab,
             (double)pam_model_weight_bytes(model) / 1e6);
-    char cpu[256];
-    bench_cpu_model(cpu, sizeof cpu);
-    fprintf(info, "cpu: %s\n", cpu);
+    /* the per-machine kernel choice, made now if this is the first run here */
+    pam_vec_kernels_register();
+    fprintf(info, "cpu: %s\nkernels:", pam_cpu_model());
+    for (int k = 0; k < pam_ksel_count(); k++) {
+        const pam_ksel_variant *v = pam_ksel_choice(k); /* before asking how it was chosen */
+        fprintf(info, " %s=%s(%s)", pam_ksel_name(k), v->name, pam_ksel_how(k));
+    }
+    fprintf(info, "\n");
     fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n", threads,
             pam_cpu_isa(), bw, bw_mib);
     fprintf(info, "kv: blocks of %ld tokens, policy %s, tiers:", o.kvf.block_tokens, pam_kv_policy_name(o.kvf.policy));
