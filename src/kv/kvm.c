@@ -157,6 +157,11 @@ struct pam_kvm {
     const float *att_q;
     int32_t att_n_head, att_seq, att_layer;
     int att_hint; /* task 0 of the attention job gives the read-ahead hint */
+    /* a sparse call's blocks (skip marks those not attended): the hint names
+     * them first, so a slow tier reads the scattered chosen blocks at depth */
+    const uint32_t *att_tab;
+    const uint8_t *att_skip;
+    int64_t att_nb;
     float att_scale;
 
     /* read-ahead hints: per tier, its blocks of the next calls */
@@ -1026,6 +1031,16 @@ static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer) {
     int32_t L = kvm->shape.n_layer;
     int64_t n[KVM_MAX_TIERS] = {0};
     int units[KVM_MAX_TIERS] = {0};
+    for (int64_t i = 0; kvm->att_skip && i < kvm->att_nb; i++) {
+        if (kvm->att_skip[i]) continue;
+        const kvm_block *b = &kvm->blocks[kvm->att_tab[i]];
+        int t = b->tier;
+        if (t == 0) continue; /* the fastest tier needs no read-ahead */
+        pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
+        if (!h) return;
+        kvm->hint[t] = h;
+        h[n[t]++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
+    }
     int64_t np = kvm->n_prev_ord, at = -1;
     for (int64_t k = 0; k < np; k++) { /* usually the entry after the last match */
         int64_t j = (kvm->prev_cursor + 1 + k) % np;
@@ -1218,6 +1233,9 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
     kvm->att_seq = seq;
     kvm->att_layer = layer;
     kvm->att_hint = !staged && kvm->readahead;
+    kvm->att_tab = tab;
+    kvm->att_skip = sparse ? skip : NULL;
+    kvm->att_nb = nb;
     if (kvm->att_hint) record_call(kvm, seq, layer);
     pam_pool_run(kvm->pool, piece_task, kvm, np + kvm->att_hint);
     for (int64_t i = 0; i < np; i++)
