@@ -39,7 +39,7 @@ last=$(printf '%s\n' "$out" | tail -n 1)
 records=$(printf '%s\n' "$out" | grep -c '^  {.*}')
 [ "$records" -eq 3 ] || fail "expected 3 records, got $records"
 num='-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?'
-for key in depth threads tokens_per_second bytes_per_token achieved_gbps bandwidth_gbps; do
+for key in depth batch threads tokens_per_second bytes_per_step bytes_per_token achieved_gbps bandwidth_gbps cpu_ms_per_step; do
     n=$(printf '%s\n' "$out" | grep -cE "\"$key\": $num[,}]")
     [ "$n" -eq 3 ] || fail "field $key is missing or not a number in some record ($n of 3)"
 done

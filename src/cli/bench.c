@@ -19,7 +19,9 @@
  * KV entries 0..p in the encoding of the tier holding them
  * (pam_ctx_kv_bytes_at) and one row of token_embd per token. bytes_per_step
  * is their mean over the N steps; achieved_gbps = bytes_per_step * steps/s
- * / 1e9; bytes_per_token = bytes_per_step / B.
+ * / 1e9; bytes_per_token = bytes_per_step / B. cpu_ms_per_step (JSON) is
+ * the process CPU time of a timed step: on a shared machine wall time also
+ * measures other jobs.
  *
  * Prefill: P random token ids of one sequence at positions 0..P-1 in one
  * pam_forward call (the step), logits for the last one. bytes_per_step =
@@ -56,6 +58,7 @@ typedef struct bench_record {
     int32_t tokens_per_step;  /* decode: the batch; prefill: the prompt (one pass) */
     double tokens_per_second; /* all sequences together */
     double bytes_per_step;
+    double cpu_ms_per_step; /* process CPU time (all threads) per timed step */
 } bench_record;
 
 typedef struct bench_opts {
@@ -87,6 +90,15 @@ static void bench_usage(FILE *f) {
             "      --json              print a JSON array of records instead of a table\n"
             "%s",
             BENCH_MAX_BATCH, PAM_MEMBW_DEFAULT_BYTES >> 20, pam_kv_flags_usage);
+}
+
+/* CPU time of the whole process: on a machine shared with other jobs, wall
+ * time also measures them; this measures only us (idle pool workers spin
+ * briefly before they sleep, so it is an upper bound on the work). */
+static int64_t bench_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static int bench_parse_depths(const char *s, bench_opts *o) {
@@ -166,17 +178,18 @@ static pam_status bench_decode(const pam_model *m, pam_pool *pool, const bench_o
         if (st == PAM_OK) st = pam_kvm_step_end(kvm);
         if (st == PAM_OK) st = bench_check_batch(logits, B, hp->n_vocab, "decode warmup", depth + w);
     }
-    int64_t total_ns = 0;
+    int64_t total_ns = 0, cpu_ns = 0;
     for (long r = 0; st == PAM_OK && r < o->reps; r++) {
         for (int32_t i = 0; st == PAM_OK && i < n; i++) {
             for (int32_t b = 0; b < B; b++) {
                 tok[b] = (int32_t)(bench_rng(&rng) % (uint64_t)hp->n_vocab);
                 pos[b] = depth + i;
             }
-            int64_t t0 = pam_time_ns();
+            int64_t t0 = pam_time_ns(), c0 = bench_cpu_ns();
             st = pam_forward_batch(ctx, tok, pos, B, logits);
             if (st == PAM_OK) st = pam_kvm_step_end(kvm);
             total_ns += pam_time_ns() - t0;
+            cpu_ns += bench_cpu_ns() - c0;
             if (st == PAM_OK) st = bench_check_batch(logits, B, hp->n_vocab, "decode", depth + i);
         }
     }
@@ -190,6 +203,7 @@ static pam_status bench_decode(const pam_model *m, pam_pool *pool, const bench_o
         rec->tokens_per_step = B;
         rec->n_tokens = n;
         rec->tokens_per_second = (double)n * (double)B * (double)o->reps * 1e9 / (double)(total_ns > 0 ? total_ns : 1);
+        rec->cpu_ms_per_step = (double)cpu_ns / 1e6 / ((double)n * (double)o->reps);
         rec->bytes_per_step =
             (double)pam_model_weight_bytes(m) + (double)B * (double)bench_embd_row_bytes(m) + kv / n;
     }
@@ -218,12 +232,13 @@ static pam_status bench_prefill(const pam_model *m, pam_pool *pool, const bench_
         cp.kvm = kvm;
         st = pam_ctx_create_ex(m, &cp, pool, &ctx);
     }
-    int64_t total_ns = 0;
+    int64_t total_ns = 0, cpu_ns = 0;
     for (long r = 0; st == PAM_OK && r < o->reps; r++) {
-        int64_t t0 = pam_time_ns();
+        int64_t t0 = pam_time_ns(), c0 = bench_cpu_ns();
         st = pam_forward(ctx, toks, n, 0, logits, 0);
         if (st == PAM_OK) st = pam_kvm_step_end(kvm);
         total_ns += pam_time_ns() - t0;
+        cpu_ns += bench_cpu_ns() - c0;
         if (st == PAM_OK) st = bench_check_logits(logits, hp->n_vocab, "prefill", n - 1);
     }
     if (st == PAM_OK) {
@@ -233,6 +248,7 @@ static pam_status bench_prefill(const pam_model *m, pam_pool *pool, const bench_
         rec->tokens_per_step = n;
         rec->n_tokens = n;
         rec->tokens_per_second = (double)n * (double)o->reps * 1e9 / (double)(total_ns > 0 ? total_ns : 1);
+        rec->cpu_ms_per_step = (double)cpu_ns / 1e6 / (double)o->reps;
         rec->bytes_per_step = (double)pam_model_weight_bytes(m) + (double)pam_ctx_kv_bytes_at(ctx, n - 1);
     }
     pam_ctx_free(ctx);
@@ -248,9 +264,10 @@ static void bench_print(const bench_record *r, int threads, double bw, int json,
     if (json) {
         printf("%s\n  {\"test\": \"%s\", \"depth\": %d, \"batch\": %d, \"n_tokens\": %d, \"threads\": %d, "
                "\"tokens_per_second\": %.4f, \"bytes_per_step\": %.0f, \"bytes_per_token\": %.0f, "
-               "\"achieved_gbps\": %.4f, \"bandwidth_gbps\": %.4f, \"fraction_of_bandwidth\": %.4f}",
+               "\"achieved_gbps\": %.4f, \"bandwidth_gbps\": %.4f, \"fraction_of_bandwidth\": %.4f, "
+               "\"cpu_ms_per_step\": %.4f}",
                first ? "" : ",", r->test, r->depth, r->batch, r->n_tokens, threads, r->tokens_per_second,
-               r->bytes_per_step, r->bytes_per_step / r->tokens_per_step, gbps, bw, gbps / bw);
+               r->bytes_per_step, r->bytes_per_step / r->tokens_per_step, gbps, bw, gbps / bw, r->cpu_ms_per_step);
     } else {
         printf("| %-7s | %6d | %5d | %7d | %9.2f | %9.1f | %7.2f | %6.1f%% |\n", r->test, r->depth, r->batch, threads,
                r->tokens_per_second, r->bytes_per_step / 1e6, gbps, 100.0 * gbps / bw);
