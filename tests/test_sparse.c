@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/threadpool.h"
+#include "kv/ksum.h"
 #include "kv/kvm.h"
 #include "model/model.h"
 #include "kv/tier.h"
@@ -381,6 +382,35 @@ static void test_evict_keeps_sink_and_window(void **state) {
     pam_kvm_destroy(kvm);
 }
 
+/* ---- the fast bound used for ranking agrees with the exact one ----------- */
+
+static void test_fast_bound(void **state) {
+    (void)state;
+    pam_test_rng r = {99};
+    for (int trial = 0; trial < 400; trial++) {
+        int hd = 1 + (int)(pam_test_rng_u64(&r) % 130);
+        float q[130], mn[130], mx[130], k[130];
+        pam_ksum_reset(mn, mx, hd);
+        int nk = 1 + (int)(pam_test_rng_u64(&r) % 16);
+        for (int i = 0; i < nk; i++) {
+            for (int c = 0; c < hd; c++) k[c] = (float)(pam_test_rng_normal(&r) * (trial % 3 ? 1.0 : 30.0));
+            pam_ksum_add(mn, mx, k, hd);
+        }
+        double abs_sum = 0;
+        for (int c = 0; c < hd; c++) {
+            q[c] = (float)pam_test_rng_normal(&r);
+            abs_sum += fabs((double)q[c]) * fmax(fabs((double)mn[c]), fabs((double)mx[c]));
+        }
+        /* the corner of the summary that maximises q.k is the exact bound */
+        for (int c = 0; c < hd; c++) k[c] = q[c] >= 0 ? mx[c] : mn[c];
+        double worst = 0;
+        for (int c = 0; c < hd; c++) worst += (double)q[c] * (double)k[c];
+        float fast = pam_ksum_bound_fast(q, mn, mx, hd), exact = pam_ksum_bound(q, mn, mx, hd);
+        assert_true(fabs((double)fast - worst) <= 1e-5 * abs_sum + 1e-30);
+        assert_true(fabs((double)fast - (double)exact) <= 1e-5 * abs_sum + 1e-30);
+    }
+}
+
 /* ---- parsing and bad input ------------------------------------------------- */
 
 static void test_parse(void **state) {
@@ -426,6 +456,7 @@ int main(void) {
         cmocka_unit_test(test_model_batch_threads),
         cmocka_unit_test(test_ssd_skipped_not_read),
         cmocka_unit_test(test_evict_keeps_sink_and_window),
+        cmocka_unit_test(test_fast_bound),
         cmocka_unit_test(test_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1106,7 +1106,7 @@ static int64_t sparse_select(pam_kvm *kvm, const kvm_seq *s, const uint32_t *tab
             const float *ks = kvm->ksum + (size_t)tab[cand[c]] * ksum_floats(kvm);
             for (int32_t h = 0; h < n_head; h++) {
                 const float *mn = ks + (size_t)(h / grp) * 2 * hd, *mx = mn + hd;
-                float b = pam_ksum_bound(q + (size_t)h * hd, mn, mx, hd);
+                float b = pam_ksum_bound_fast(q + (size_t)h * hd, mn, mx, hd);
                 bnd[(size_t)c * n_head + h] = b;
                 if (b > best[h]) best[h] = b;
             }
