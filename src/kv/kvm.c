@@ -1016,7 +1016,7 @@ static int hint_unit(pam_kvm *kvm, int32_t seq, int32_t layer, int64_t *n, int *
         int t = b->tier;
         if (units[t] >= KVM_HINT_UNITS) continue;
         /* sparse: only what the last steps attended is likely to be read */
-        if (sparse && (b->pick_step == 0 || b->pick_step + 1 < kvm->step + 1)) continue;
+        if (sparse && (b->pick_step == 0 || b->pick_step < kvm->step)) continue;
         pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
         if (!h) return 0; /* a hint is optional */
         kvm->hint[t] = h;
