@@ -262,4 +262,12 @@ check "kv_sparse 32 tokens: a sparse request completes" $?
 [ "$(req POST /v1/completions '{"prompt":"hi","kv_sparse":"most"}')" = 400 ] && grep -q '"param":"kv_sparse"' "$tmp/body"
 check "bad kv_sparse: 400 naming the field" $?
 stop_server; check "sparse server: SIGTERM exit 0" $?
+# --kv-evict: a request longer than the KV cache (64 tokens a layer) completes.
+start_server "$tmp/s7.log" -m "$model" -np 1 -c 256 -t 2 --kv-tier dram:40KiB --kv-evict || exit 1
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":150,"ignore_eos":true,"temperature":0}')" = 200 ] &&
+  grep -q '"completion_tokens":150' "$tmp/body"
+check "--kv-evict: a request past the cache's capacity completes" $?
+stop_server; check "evicting server: SIGTERM exit 0" $?
+"$pam" serve -m "$model" --kv-evict --kv-persist "$tmp/persist" >/dev/null 2>"$tmp/e-evict.txt"
+[ $? -eq 2 ] && grep -q "kv-evict" "$tmp/e-evict.txt"; check "--kv-evict with --kv-persist: usage error" $?
 exit $fail

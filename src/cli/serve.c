@@ -146,6 +146,11 @@ int pam_cli_serve(int argc, char **argv) {
                         "(use --kv-sparse 100%% and per-request budgets)\n");
         a.failed = 1;
     }
+    if (!a.failed && (kvf.remote_url || kvf.persist_dir) && kvf.evict) {
+        fprintf(stderr, "pam serve: --kv-evict cannot go with --kv-tier remote: or --kv-persist (an evicted block "
+                        "leaves a prefix incomplete)\n");
+        a.failed = 1;
+    }
     if (a.failed) {
         fprintf(stderr, "run `pam serve --help` for the options\n");
         return 2;

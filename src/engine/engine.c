@@ -378,7 +378,7 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
                        n_prompt, p->max_tokens, (long long)n_prompt + p->max_tokens,
                        (long long)n_prompt + p->max_tokens - e->p.n_ctx, e->p.n_ctx);
     int64_t need = (int64_t)n_prompt + (p->max_tokens > 0 ? p->max_tokens : 1);
-    if (need > e->kv_capacity_tokens)
+    if (need > e->kv_capacity_tokens && !pam_kvm_evicts(e->kvm)) /* eviction lets it go on */
         return PAM_ERR(PAM_ERR_RANGE,
                        "the prompt plus max_tokens needs %lld tokens of KV, %lld more than all KV tiers hold (%lld)",
                        (long long)need, (long long)(need - e->kv_capacity_tokens), (long long)e->kv_capacity_tokens);

@@ -1436,3 +1436,5 @@ int pam_kvm_sparse_info(const pam_kvm *kvm, pam_kv_sparse *def) {
     if (def) *def = kvm->sparse_default;
     return kvm->summaries;
 }
+
+int pam_kvm_evicts(const pam_kvm *kvm) { return kvm->evict; }

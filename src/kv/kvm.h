@@ -92,6 +92,8 @@ void pam_kvm_seq_free(pam_kvm *kvm, int32_t seq);
 /* 1 if the manager keeps key summaries (sequences may go sparse); its
  * default budget goes to *def. */
 int pam_kvm_sparse_info(const pam_kvm *kvm, pam_kv_sparse *def);
+/* 1 if the manager was created with evict on. */
+int pam_kvm_evicts(const pam_kvm *kvm);
 /* Sets the sequence's sparse budget (NULL: the config's default). A budget
  * on a manager without key summaries (config sparse_allow 0 and no default
  * budget) is PAM_ERR_INVALID. */
