@@ -46,8 +46,8 @@
  * blocks of its last block_tokens positions and, with several tiers, every
  * block in the fastest tier (reading those costs little); the other blocks
  * are ranked by their bound's margin to the best bound of the same query
- * head (max over heads of bound_h(b) - max_b' bound_h(b')), then importance,
- * then logical index, and attended while the budget of tokens lasts. Skipped
+ * head (max over heads of bound_h(b) - max_b' bound_h(b')), ties to the
+ * older block, and attended while the budget of tokens lasts. Skipped
  * blocks are never read: they make no piece, no staging copy and, unless
  * attended by the previous step, no read-ahead hint. The exact merge then
  * runs over the attended blocks. A budget of at least the context attends
@@ -1121,8 +1121,11 @@ static int64_t sparse_select(pam_kvm *kvm, const kvm_seq *s, const uint32_t *tab
             score[c] = sc;
             a[c] = c;
         }
-        /* stable bottom-up merge sort of candidate positions: score, then
-         * importance, descending; ties keep logical order */
+        /* bottom-up merge sort of candidate positions: score descending,
+         * ties to the older block (measured on stories260K: as good as
+         * importance, better than newer first). Not by
+         * importance: that depends on when steps end, which a batch may
+         * change, and the selection must depend on the data alone. */
         for (int64_t w = 1; w < n_cand; w *= 2) {
             for (int64_t lo = 0; lo < n_cand; lo += 2 * w) {
                 int64_t mid = lo + w < n_cand ? lo + w : n_cand, hi = lo + 2 * w < n_cand ? lo + 2 * w : n_cand;
@@ -1132,8 +1135,7 @@ static int64_t sparse_select(pam_kvm *kvm, const kvm_seq *s, const uint32_t *tab
                     if (x >= mid) take_y = 1;
                     else if (y < hi) {
                         int64_t ca = a[x], cb = a[y];
-                        float ia = kvm->blocks[tab[cand[ca]]].importance, ib = kvm->blocks[tab[cand[cb]]].importance;
-                        take_y = score[cb] > score[ca] || (score[cb] == score[ca] && ib > ia);
+                        take_y = score[cb] > score[ca] || (score[cb] == score[ca] && cand[cb] < cand[ca]);
                     }
                     buf[k++] = take_y ? a[y++] : a[x++];
                 }
