@@ -26,6 +26,8 @@ const char pam_kv_flags_usage[] =
     "                          fastest tier's blocks, then the blocks of highest key-summary bound\n"
     "      --kv-evict          when every tier is full, drop a sequence's least important blocks\n"
     "                          (never the first one or the recent window) instead of stopping\n"
+    "      --kv-place P        pam policy's placement: importance (default), recency (newest blocks\n"
+    "                          fastest) or static (blocks stay where written); for measurements\n"
     "      --kv-tier remote:redis://HOST:PORT[,HOST:PORT...]\n"
     "                          share full prefix blocks through a Redis Cluster (seed nodes; see docs/KV.md)\n"
     "      --kv-remote-auth FILE  Redis AUTH: 'USER PASSWORD' or 'PASSWORD' on the first line\n"
@@ -93,6 +95,18 @@ int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a) {
         }
     } else if (pam_args_is(a, NULL, "--kv-evict")) {
         f->evict = 1;
+    } else if (pam_args_is(a, NULL, "--kv-place")) {
+        const char *t = pam_args_value(a);
+        if (t && !strcmp(t, "importance"))
+            f->place = PAM_KV_PLACE_IMPORTANCE;
+        else if (t && !strcmp(t, "recency"))
+            f->place = PAM_KV_PLACE_RECENCY;
+        else if (t && !strcmp(t, "static"))
+            f->place = PAM_KV_PLACE_STATIC;
+        else if (t) {
+            fprintf(stderr, "%s: --kv-place must be importance, recency or static, got '%s'\n", a->cmd, t);
+            a->failed = 1;
+        }
     } else if (pam_args_is(a, NULL, "--kv-remote-auth")) {
         f->remote_auth = pam_args_value(a);
     } else if (pam_args_is(a, NULL, "--kv-remote-hmac-key")) {
@@ -126,7 +140,8 @@ pam_status pam_kv_flags_build(const pam_kv_flags *f, const pam_model_hparams *hp
                          .trace = tf,
                          .sparse = f->sparse,
                          .sparse_allow = f->sparse_given,
-                         .evict = f->evict};
+                         .evict = f->evict,
+                         .place = f->place};
     pam_tier *tiers[PAM_KV_FLAGS_MAX_TIERS];
     int n_open = 0;
     pam_status st = PAM_OK;

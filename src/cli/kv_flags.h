@@ -27,6 +27,7 @@ typedef struct pam_kv_flags {
     pam_kv_sparse sparse; /* --kv-sparse: default budget of every sequence */
     int sparse_given;     /* keep key summaries (per-request budgets allowed) */
     int evict;            /* --kv-evict */
+    pam_kv_place place;   /* --kv-place */
     const char *remote_url;      /* --kv-tier remote:redis://... */
     const char *remote_auth;     /* --kv-remote-auth FILE */
     const char *remote_hmac_key; /* --kv-remote-hmac-key FILE */
