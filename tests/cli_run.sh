@@ -67,6 +67,12 @@ check "without --kv-evict the same cache stops the run" "$([ $? -ne 0 ]; echo $?
 "$pam" run -m "$model" -p hi --kv-sparse 150% >/dev/null 2>"$tmp/e-sparse.txt"
 rc=$?; [ $rc -eq 2 ] && grep -q "kv-sparse" "$tmp/e-sparse.txt"
 check "bad --kv-sparse: usage error" $?
+"$pam" run -m "$model" -p hi --kv-place nowhere >/dev/null 2>"$tmp/e-place.txt"
+rc=$?; [ $rc -eq 2 ] && grep -q "kv-place must be" "$tmp/e-place.txt"
+check "bad --kv-place: usage error" $?
+"$pam" run -m "$model" -p "Once upon a time" -n 40 --temp 0 -t 2 --kv-tier dram:8KiB --kv-tier "ssd:$tmp:64MiB" \
+  --kv-place static >"$tmp/static.txt" 2>/dev/null
+check "--kv-place static (exact attention): greedy text equals the reference" "$(cmp -s "$tmp/out.txt" "$tmp/static.txt"; echo $?)"
 
 "$pam" run -m "$model" -p hi --kv-type f8 >/dev/null 2>"$tmp/e-kvtype.txt"
 rc=$?; [ $rc -eq 2 ] && grep -q "f16" "$tmp/e-kvtype.txt" && grep -q "f8" "$tmp/e-kvtype.txt"
