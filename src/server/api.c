@@ -54,13 +54,60 @@ void pam_api_request_free(pam_api_request *r) {
     free(r->prompt);
     free(r->prompt_ids);
     free(r->model);
+    free(r->logit_bias);
     for (int i = 0; i < PAM_ENGINE_MAX_STOP; i++) free(r->stop_store[i]);
     memset(r, 0, sizeof *r);
 }
 
-/* A number field: absent or null leaves *out alone. */
+int pam_api_check_vocab(const pam_api_request *r, int32_t n_vocab, pam_api_error *err) {
+    for (int32_t i = 0; i < r->n_prompt_ids; i++)
+        if (r->prompt_ids[i] >= n_vocab)
+            return BAD("prompt", "token id %d out of range (vocabulary of %d)", (int)r->prompt_ids[i], (int)n_vocab);
+    for (int32_t i = 0; i < r->params.sampling.n_logit_bias; i++)
+        if (r->logit_bias[i].id >= n_vocab)
+            return BAD("logit_bias", "logit_bias: token id %d out of range (vocabulary of %d)", (int)r->logit_bias[i].id,
+                       (int)n_vocab);
+    return 0;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100], ...}; ids are canonical
+ * decimal strings, so two keys never name one token. */
+static int parse_logit_bias(json_t *root, pam_api_request *r, pam_api_error *err) {
+    json_t *lb = json_object_get(root, "logit_bias");
+    if (!lb || json_is_null(lb)) return 0;
+    if (!json_is_object(lb)) return BAD("logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+    size_t n = json_object_size(lb);
+    if (n == 0) return 0;
+    if (n > PAM_API_MAX_LOGIT_BIAS) return BAD("logit_bias", "at most %d logit_bias entries", PAM_API_MAX_LOGIT_BIAS);
+    if (!(r->logit_bias = malloc(n * sizeof *r->logit_bias))) return BAD(NULL, "out of memory");
+    const char *key;
+    json_t *val;
+    int32_t k = 0;
+    json_object_foreach(lb, key, val) {
+        size_t kl = strlen(key);
+        int ok = kl > 0 && kl <= 10 && (key[0] != '0' || kl == 1);
+        for (size_t i = 0; ok && i < kl; i++) ok = key[i] >= '0' && key[i] <= '9';
+        long long id = ok ? strtoll(key, NULL, 10) : -1;
+        if (!ok || id > INT32_MAX)
+            return BAD("logit_bias", "logit_bias keys must be token ids (decimal integers >= 0), got \"%.64s\"", key);
+        if (!json_is_number(val))
+            return BAD("logit_bias", "logit_bias[\"%s\"] must be a number in [-100, 100]", key);
+        double b = json_number_value(val);
+        if (!isfinite(b) || b < -100 || b > 100)
+            return BAD("logit_bias", "logit_bias[\"%s\"] must be in [-100, 100], got %g", key, b);
+        r->logit_bias[k++] = (pam_logit_bias){(int32_t)id, (float)b};
+    }
+    r->params.sampling.logit_bias = r->logit_bias;
+    r->params.sampling.n_logit_bias = k;
+    return 0;
+}
+
+/* A number field: absent or null leaves *out alone. *given (if not NULL)
+ * says whether this lookup found the field: always written, so a flag
+ * reused across lookups never carries one field's presence to the next. */
 static int get_number(json_t *root, const char *key, double lo, double hi, int lo_open, double *out, int *given,
                       pam_api_error *err) {
+    if (given) *given = 0;
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return 0;
     if (!json_is_number(v)) return BAD(key, "'%s' must be a number", key);
@@ -75,6 +122,7 @@ static int get_number(json_t *root, const char *key, double lo, double hi, int l
 
 static int get_int(json_t *root, const char *key, long long lo, long long hi, long long *out, int *given,
                    pam_api_error *err) {
+    if (given) *given = 0;
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return 0;
     if (!json_is_integer(v)) return BAD(key, "'%s' must be an integer", key);
@@ -203,7 +251,10 @@ done:
 static int parse_prompt(json_t *root, pam_api_request *r, pam_api_error *err) {
     json_t *p = json_object_get(root, "prompt");
     if (!p) return BAD("prompt", "'prompt' is required");
-    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0))) p = json_array_get(p, 0);
+    /* One prompt in a batch of one: ["text"] or [[ids]] (lm-evaluation-harness sends the latter). */
+    if (json_is_array(p) && json_array_size(p) == 1 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+        p = json_array_get(p, 0);
     if (json_is_string(p)) {
         if (!(r->prompt = strdup(json_string_value(p)))) return BAD(NULL, "out of memory");
         return 0;
@@ -216,7 +267,8 @@ static int parse_prompt(json_t *root, pam_api_request *r, pam_api_error *err) {
         for (size_t i = 0; i < n; i++) {
             json_t *t = json_array_get(p, i);
             if (!json_is_integer(t)) {
-                if (json_is_string(t)) return BAD("prompt", "only one prompt per request is supported");
+                if (json_is_string(t) || json_is_array(t))
+                    return BAD("prompt", "only one prompt per request is supported");
                 return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
             }
             long long v = json_integer_value(t);
@@ -260,14 +312,29 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     pam_request_params *p = &out->params;
     double d;
     long long v;
-    int given = 0;
-    /* OpenAI's defaults: 16 tokens for completions, none (context) for chat. */
+    int given;
+    if (get_bool(root, "echo", &out->echo, err)) goto done;
+    if (out->echo && kind == PAM_API_CHAT) {
+        BAD("echo", "'echo' is only supported by /v1/completions");
+        goto done;
+    }
+    /* OpenAI's defaults: 16 tokens for completions, none (context) for chat.
+     * 0 only with echo: score the prompt, generate nothing. */
     p->max_tokens = kind == PAM_API_COMPLETION ? 16 : 0;
-    if (get_int(root, "max_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v;
-    given = 0;
-    if (get_int(root, "max_completion_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v;
+    static const char *const limit_keys[] = {"max_tokens", "max_completion_tokens"};
+    for (int i = 0; i < 2; i++) {
+        if (get_int(root, limit_keys[i], out->echo ? 0 : 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) {
+            json_t *lim = json_object_get(root, limit_keys[i]);
+            if (!out->echo && json_is_integer(lim) && json_integer_value(lim) == 0)
+                snprintf(err->message + strlen(err->message), sizeof err->message - strlen(err->message),
+                         " (0 only with echo)");
+            goto done;
+        }
+        if (given) {
+            p->max_tokens = (int32_t)v;
+            p->score_only = v == 0;
+        }
+    }
     d = p->sampling.temp;
     if (get_number(root, "temperature", 0, 2, 0, &d, NULL, err)) goto done;
     p->sampling.temp = (float)d;
@@ -277,26 +344,57 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     d = p->sampling.min_p;
     if (get_number(root, "min_p", 0, 1, 0, &d, NULL, err)) goto done;
     p->sampling.min_p = (float)d;
+    /* llama-server's repeat_penalty, or vLLM's name for the same thing */
+    int rp_given = 0, rp2_given = 0;
     d = p->sampling.repeat_penalty;
-    if (get_number(root, "repeat_penalty", 0, 100, 1, &d, NULL, err)) goto done;
+    if (get_number(root, "repeat_penalty", 0, 100, 1, &d, &rp_given, err)) goto done;
+    if (get_number(root, "repetition_penalty", 0, 100, 1, &d, &rp2_given, err)) goto done;
+    if (rp_given && rp2_given) {
+        BAD("repetition_penalty", "give 'repeat_penalty' or 'repetition_penalty', not both");
+        goto done;
+    }
     p->sampling.repeat_penalty = (float)d;
+    v = p->sampling.repeat_last_n;
+    if (get_int(root, "repeat_last_n", -1, 1 << 20, &v, NULL, err)) goto done;
+    p->sampling.repeat_last_n = (int32_t)v; /* -1: the whole context (the engine resolves it) */
     v = p->sampling.top_k;
     if (get_int(root, "top_k", 0, 1 << 30, &v, NULL, err)) goto done;
     p->sampling.top_k = (int32_t)v;
     d = 0;
     if (get_number(root, "frequency_penalty", -2, 2, 0, &d, NULL, err)) goto done;
+    p->sampling.frequency_penalty = (float)d;
+    d = 0;
     if (get_number(root, "presence_penalty", -2, 2, 0, &d, NULL, err)) goto done;
+    p->sampling.presence_penalty = (float)d;
+    if (parse_logit_bias(root, out, err)) goto done;
     if (get_int(root, "seed", INT64_MIN, INT64_MAX, &v, &out->seed_given, err)) goto done;
     if (out->seed_given) p->sampling.seed = (uint64_t)v;
     v = 1;
-    if (get_int(root, "n", 1, 1, &v, NULL, err)) goto done;
-    if (get_int(root, "best_of", 1, 1, &v, NULL, err)) goto done;
-    int flag = 0;
-    if (get_bool(root, "echo", &flag, err)) goto done;
-    if (flag) {
-        BAD("echo", "'echo' is not supported");
+    if (get_int(root, "n", 1, PAM_API_MAX_N, &v, NULL, err)) goto done;
+    out->n = (int)v;
+    if (get_int(root, "best_of", 1, PAM_API_MAX_N, &v, &given, err)) goto done;
+    if (given && v != out->n) {
+        BAD("best_of", "'best_of' must equal 'n' (%d) when given, got %lld", out->n, v);
         goto done;
     }
+    out->logprobs = -1;
+    if (kind == PAM_API_COMPLETION) {
+        /* OpenAI's legacy API: an integer, alternatives per token */
+        if (get_int(root, "logprobs", 0, PAM_MAX_TOP_LOGPROBS, &v, &given, err)) goto done;
+        if (given) out->logprobs = (int)v;
+    } else {
+        int want = 0;
+        if (get_bool(root, "logprobs", &want, err)) goto done;
+        v = 0;
+        if (get_int(root, "top_logprobs", 0, PAM_MAX_TOP_LOGPROBS, &v, &given, err)) goto done;
+        if (given && !want) {
+            BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+            goto done;
+        }
+        if (want) out->logprobs = (int)v;
+    }
+    p->logprobs = out->logprobs;
+    p->prompt_logprobs = out->echo ? out->logprobs : -1;
     if (get_bool(root, "stream", &out->stream, err)) goto done;
     if (get_bool(root, "ignore_eos", &p->ignore_eos, err)) goto done;
     /* extension: a higher priority may preempt a running lower one when every slot is busy */

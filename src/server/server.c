@@ -23,12 +23,12 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <utf8proc.h>
 
 #include "core/status.h"
 #include "core/timing.h"
 #include "server/api.h"
 #include "server/metrics.h"
+#include "server/oai.h"
 
 struct pam_server {
     pam_engine *e;
@@ -112,32 +112,6 @@ static enum MHD_Result send_error_msg(pam_server *s, struct MHD_Connection *c, i
     return send_error(s, c, &err);
 }
 
-/* Generated text as a JSON string; bytes that are not UTF-8 become U+FFFD
- * (the detokenizer only emits whole characters, so this is a safety net). */
-static json_t *json_text(const char *p, size_t n) {
-    json_t *j = json_stringn(p ? p : "", p ? n : 0);
-    if (j) return j;
-    char *clean = malloc(3 * n + 1);
-    if (!clean) return json_string("");
-    size_t o = 0;
-    for (size_t k = 0; k < n;) {
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t *)p + k, (utf8proc_ssize_t)(n - k), &cp);
-        if (r > 0 && cp != 0) {
-            memcpy(clean + o, p + k, (size_t)r);
-            o += (size_t)r;
-            k += (size_t)r;
-        } else {
-            memcpy(clean + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            k++;
-        }
-    }
-    j = json_stringn(clean, o);
-    free(clean);
-    return j ? j : json_string("");
-}
-
 /* The client closed its side (or the socket failed): nothing will read what
  * we produce. */
 static int peer_closed(struct MHD_Connection *c) {
@@ -148,28 +122,161 @@ static int peer_closed(struct MHD_Connection *c) {
     return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-static json_t *usage_json(const pam_request_update *u) {
-    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", u->n_prompt_tokens, "completion_tokens",
-                     u->n_completion_tokens, "total_tokens", u->n_prompt_tokens + u->n_completion_tokens,
-                     "prompt_tokens_details", "cached_tokens", u->n_cached_tokens);
+static const char *finish_reason(pam_finish f) { return f == PAM_FINISH_LENGTH ? "length" : "stop"; }
+
+/* ---- one generation: n choices of a prompt ---- */
+
+/* A choice: its request, the text returned so far (the echoed prompt
+ * first), its log-probabilities not yet written out. */
+typedef struct choice {
+    pam_request *r;
+    char *text;
+    size_t len, cap, sent; /* sent: bytes already in stream chunks */
+    size_t cur_b, cur_c;   /* text[0..cur_b) holds cur_c characters (text_offset) */
+    size_t echo_len;
+    pam_oai_lp lp;
+    int started, done;
+    pam_finish finish;
+    int32_t n_completion, n_cached;
+} choice;
+
+typedef struct gen {
+    pam_server *s;
+    pam_api_kind kind;
+    int n, echo, lp_k;
+    int32_t *prompt; /* kept for echo */
+    int32_t n_prompt;
+    choice *ch;
+} gen;
+
+static void gen_free(gen *g) {
+    if (!g) return;
+    for (int i = 0; g->ch && i < g->n; i++) {
+        pam_request_release(g->ch[i].r); /* cancels it if still running: the slot is freed */
+        free(g->ch[i].text);
+        pam_oai_lp_free(&g->ch[i].lp);
+    }
+    free(g->ch);
+    free(g->prompt);
+    free(g);
 }
 
-static const char *finish_reason(pam_finish f) { return f == PAM_FINISH_LENGTH ? "length" : "stop"; }
+static void choice_append(choice *c, const char *p, size_t n) {
+    if (c->len + n + 1 > c->cap) {
+        size_t cap = c->cap ? c->cap : 256;
+        while (cap < c->len + n + 1) cap *= 2;
+        char *t = realloc(c->text, cap);
+        if (!t) return;
+        c->text = t;
+        c->cap = cap;
+    }
+    memcpy(c->text + c->len, p, n);
+    c->len += n;
+    c->text[c->len] = '\0';
+}
+
+/* Characters in text[0..b): offsets only grow, so a cursor walks forward. */
+static size_t choice_chars(choice *c, size_t b) {
+    if (b > c->len) b = c->len;
+    if (b < c->cur_b) c->cur_b = c->cur_c = 0;
+    c->cur_c += pam_oai_utf8_chars(c->text + c->cur_b, b - c->cur_b);
+    c->cur_b = b;
+    return c->cur_c;
+}
+
+/* First news of a choice: with echo, the prompt's text (and its tokens'
+ * log-probabilities) goes first. */
+static void choice_start(gen *g, choice *c) {
+    c->started = 1;
+    if (!g->echo) return;
+    int32_t n_lp = 0;
+    const pam_token_logprob *plp = g->lp_k >= 0 ? pam_request_prompt_logprobs(c->r, &n_lp) : NULL;
+    pam_detok dt;
+    pam_detok_init(&dt, g->s->tk);
+    char buf[4096];
+    for (int32_t i = 0; i < g->n_prompt; i++) {
+        size_t at = c->len;
+        choice_append(c, buf, pam_detok_push(&dt, g->prompt[i], buf, sizeof buf));
+        if (plp && i < n_lp) pam_oai_lp_add(&c->lp, &plp[i], choice_chars(c, at), i == 0);
+    }
+    choice_append(c, buf, pam_detok_flush(&dt, buf, sizeof buf));
+    c->echo_len = c->len;
+}
+
+/* Takes an update of choice c (frees its buffers). */
+static void choice_update(gen *g, choice *c, pam_request_update *u) {
+    if (!c->started) choice_start(g, c);
+    if (u->text) choice_append(c, u->text, u->len);
+    for (int32_t k = 0; k < u->n_logprobs; k++)
+        pam_oai_lp_add(&c->lp, &u->logprobs[k], choice_chars(c, c->echo_len + (size_t)u->logprobs[k].text_off), 0);
+    free(u->text);
+    free(u->logprobs);
+    c->n_cached = u->n_cached_tokens;
+    if (u->done) {
+        c->done = 1;
+        c->finish = u->finish;
+        c->n_completion = u->n_completion_tokens;
+    }
+}
+
+/* Polls every unfinished choice; if none had news, waits up to wait_ms on
+ * the first of them (the choices of a group step together). on_update (if
+ * set) sees each choice that had news. Returns the number of updates. */
+static int gen_poll(gen *g, int64_t wait_ms, void (*on_update)(void *, int), void *cls) {
+    int got = 0, first = -1;
+    for (int i = 0; i < g->n; i++) {
+        choice *c = &g->ch[i];
+        if (c->done) continue;
+        if (first < 0) first = i;
+        pam_request_update u;
+        if (pam_request_next(c->r, 0, &u)) {
+            choice_update(g, c, &u);
+            if (on_update) on_update(cls, i);
+            got++;
+        }
+    }
+    if (got == 0 && first >= 0 && wait_ms > 0) {
+        pam_request_update u;
+        if (pam_request_next(g->ch[first].r, wait_ms, &u)) {
+            choice_update(g, &g->ch[first], &u);
+            if (on_update) on_update(cls, first);
+            got++;
+        }
+    }
+    return got;
+}
+
+static int gen_all_done(const gen *g) {
+    for (int i = 0; i < g->n; i++)
+        if (!g->ch[i].done) return 0;
+    return 1;
+}
+
+/* usage counts the prompt once and every choice's tokens. */
+static json_t *gen_usage(const gen *g) {
+    int32_t comp = 0;
+    for (int i = 0; i < g->n; i++) comp += g->ch[i].n_completion;
+    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", g->n_prompt, "completion_tokens", comp, "total_tokens",
+                     g->n_prompt + comp, "prompt_tokens_details", "cached_tokens", g->ch[0].n_cached);
+}
+
+static json_t *choice_logprobs(gen *g, choice *c) {
+    json_t *lp = g->lp_k >= 0 ? pam_oai_lp_take(&c->lp) : NULL;
+    return lp ? lp : json_null();
+}
 
 /* ---- streaming ---- */
 
 typedef struct stream {
     pam_server *s;
-    pam_request *r;
+    gen *g;
     struct MHD_Connection *c;
-    pam_api_kind kind;
     char id[64];
     int64_t created;
     int include_usage;
     char *buf;
     size_t len, off, cap;
-    int sent_role, finished, got_done;
-    int64_t last_write_ns;
+    int sent_role, finished, got_done, failed;
 } stream;
 
 static int st_append(stream *st, const char *p, size_t n) {
@@ -196,28 +303,61 @@ static void st_event(stream *st, json_t *root) {
     free(js);
 }
 
-/* One chunk: text (may be NULL), finish reason (NULL while running). */
-static void st_chunk(stream *st, const char *text, size_t len, const char *finish, int role, json_t *usage) {
-    json_t *choice;
-    if (st->kind == PAM_API_CHAT) {
+/* One chunk of choice idx: text (may be NULL), its log-probabilities (NULL:
+ * null), finish reason (NULL while running). */
+static void st_chunk(stream *st, int idx, const char *text, size_t len, json_t *lp, const char *finish, int role,
+                     json_t *usage) {
+    json_t *one;
+    if (!lp) lp = json_null();
+    if (st->g->kind == PAM_API_CHAT) {
         json_t *delta = json_object();
         if (role) json_object_set_new(delta, "role", json_string("assistant"));
-        if (text || role) json_object_set_new(delta, "content", json_text(text, len));
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason",
+        if (text || role) json_object_set_new(delta, "content", pam_oai_text(text, len));
+        one = json_pack("{s:i,s:o,s:o,s:o}", "index", idx, "delta", delta, "logprobs", lp, "finish_reason",
                            finish ? json_string(finish) : json_null());
     } else {
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", json_text(text, len), "logprobs",
+        one = json_pack("{s:i,s:o,s:o,s:o}", "index", idx, "text", pam_oai_text(text, len), "logprobs", lp,
                            "finish_reason", finish ? json_string(finish) : json_null());
     }
     json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", st->id, "object",
-                             st->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion", "created",
-                             (json_int_t)st->created, "model", st->s->alias, "choices", choice);
+                             st->g->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion", "created",
+                             (json_int_t)st->created, "model", st->s->alias, "choices", one);
     if (usage) json_object_set_new(root, "usage", usage);
     st_event(st, root);
 }
 
+/* New text or log-probabilities of choice i become a chunk; its end a chunk
+ * with the finish reason (the last one to end carries usage). */
+static void st_on_update(void *cls, int i) {
+    stream *st = cls;
+    gen *g = st->g;
+    choice *c = &g->ch[i];
+    if (st->failed) return;
+    if (c->done && (c->finish == PAM_FINISH_ERROR || c->finish == PAM_FINISH_CANCELLED)) {
+        pam_api_error err;
+        pam_api_error_set(&err, 500, "server_error", NULL, NULL, "generation %s",
+                          c->finish == PAM_FINISH_ERROR ? "failed" : "was cancelled");
+        char *js = pam_api_error_json(&err);
+        if (js) {
+            st_append(st, "data: ", 6);
+            st_append(st, js, strlen(js));
+            st_append(st, "\n\n", 2);
+            free(js);
+        }
+        st->failed = 1;
+        return;
+    }
+    if (c->len > c->sent || pam_oai_lp_pending(&c->lp)) {
+        st_chunk(st, i, c->text + c->sent, c->len - c->sent, g->lp_k >= 0 ? pam_oai_lp_take(&c->lp) : NULL, NULL, 0,
+                 NULL);
+        c->sent = c->len;
+    }
+    if (c->done) st_chunk(st, i, NULL, 0, NULL, finish_reason(c->finish), 0, gen_all_done(g) ? gen_usage(g) : NULL);
+}
+
 static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     stream *st = cls;
+    gen *g = st->g;
     int64_t deadline = pam_time_ns() + (int64_t)2000000000;
     for (;;) {
         if (st->off < st->len) {
@@ -225,49 +365,29 @@ static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             memcpy(buf, st->buf + st->off, n);
             st->off += n;
             if (st->off == st->len) st->off = st->len = 0;
-            st->last_write_ns = pam_time_ns();
             return (ssize_t)n;
         }
         if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
-        if (st->kind == PAM_API_CHAT && !st->sent_role) {
+        if (g->kind == PAM_API_CHAT && !st->sent_role) {
             st->sent_role = 1;
-            st_chunk(st, "", 0, NULL, 1, NULL);
+            for (int i = 0; i < g->n; i++) st_chunk(st, i, "", 0, NULL, NULL, 1, NULL);
             continue;
         }
-        pam_request_update u;
-        pam_request_next(st->r, 100, &u);
-        if (u.text) {
-            st_chunk(st, u.text, u.len, NULL, 0, NULL);
-            free(u.text);
-        }
-        if (u.done) {
+        int got = gen_poll(g, 100, st_on_update, st);
+        if (st->failed || gen_all_done(g)) {
             st->got_done = 1;
-            if (u.finish == PAM_FINISH_ERROR || u.finish == PAM_FINISH_CANCELLED) {
-                pam_api_error err;
-                pam_api_error_set(&err, 500, "server_error", NULL, NULL, "generation %s",
-                                  u.finish == PAM_FINISH_ERROR ? "failed" : "was cancelled");
-                char *js = pam_api_error_json(&err);
-                if (js) {
-                    st_append(st, "data: ", 6);
-                    st_append(st, js, strlen(js));
-                    st_append(st, "\n\n", 2);
-                    free(js);
-                }
-            } else {
-                st_chunk(st, NULL, 0, finish_reason(u.finish), 0, usage_json(&u));
-                if (st->include_usage) {
-                    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", st->id, "object",
-                                             st->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion",
-                                             "created", (json_int_t)st->created, "model", st->s->alias, "choices",
-                                             "usage", usage_json(&u));
-                    st_event(st, root);
-                }
+            if (!st->failed && st->include_usage) {
+                json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", st->id, "object",
+                                         g->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion",
+                                         "created", (json_int_t)st->created, "model", st->s->alias, "choices",
+                                         "usage", gen_usage(g));
+                st_event(st, root);
             }
             st_append(st, "data: [DONE]\n\n", 14);
             st->finished = 1;
             continue;
         }
-        if (u.text) continue;
+        if (got) continue;
         if (peer_closed(st->c)) return MHD_CONTENT_READER_END_WITH_ERROR;
         /* A comment line now and then: a gone client shows up as a failed write. */
         if (pam_time_ns() > deadline) {
@@ -284,7 +404,7 @@ static void st_free(void *cls) {
         st->s->hc.disconnects++;
         pthread_mutex_unlock(&st->s->mu);
     }
-    pam_request_release(st->r); /* cancels it if still running: the slot is freed */
+    gen_free(st->g);
     free(st->buf);
     free(st);
 }
@@ -361,18 +481,41 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         pam_api_request_free(&ar);
         return send_error(s, c, &err);
     }
+    if (pam_api_check_vocab(&ar, pam_model_get_hparams(s->m)->n_vocab, &err) != 0) {
+        pam_api_request_free(&ar);
+        return send_error(s, c, &err);
+    }
     if (!ar.seed_given) ar.params.sampling.seed = random_seed(s);
-    pam_request *r = NULL;
-    pam_status st = pam_engine_submit(s->e, ids, (int32_t)n_ids, &ar.params, &r);
+    gen *g = calloc(1, sizeof *g);
+    pam_request **reqs = calloc((size_t)ar.n, sizeof *reqs);
+    if (g) g->ch = calloc((size_t)ar.n, sizeof *g->ch);
+    if (g && ar.echo) g->prompt = malloc(n_ids * sizeof *g->prompt);
+    if (!g || !reqs || !g->ch || (ar.echo && !g->prompt)) {
+        free(reqs);
+        gen_free(g);
+        pam_api_request_free(&ar);
+        return send_error_msg(s, c, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    g->s = s, g->kind = kind, g->echo = ar.echo, g->lp_k = ar.logprobs, g->n_prompt = (int32_t)n_ids;
+    if (g->prompt) memcpy(g->prompt, ids, n_ids * sizeof *ids);
+    pam_status st = pam_engine_submit_n(s->e, ids, (int32_t)n_ids, &ar.params, ar.n, reqs);
     int stream_mode = ar.stream, include_usage = ar.include_usage;
     if (st != PAM_OK) {
         if (st == PAM_ERR_FULL)
             pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later", pam_last_error());
         else
             pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error());
+        free(reqs);
+        gen_free(g);
         pam_api_request_free(&ar);
         return send_error(s, c, &err);
     }
+    g->n = ar.n;
+    for (int i = 0; i < g->n; i++) {
+        g->ch[i].r = reqs[i];
+        pam_oai_lp_init(&g->ch[i].lp, kind, s->tk);
+    }
+    free(reqs);
     pam_api_request_free(&ar);
     char id[64];
     make_id(s, kind, id, sizeof id);
@@ -384,10 +527,10 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
             stm ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, st_reader, stm, st_free) : NULL;
         if (!resp) {
             free(stm);
-            pam_request_release(r);
+            gen_free(g);
             return MHD_NO;
         }
-        stm->s = s, stm->r = r, stm->c = c, stm->kind = kind, stm->created = created;
+        stm->s = s, stm->g = g, stm->c = c, stm->created = created;
         stm->include_usage = include_usage;
         snprintf(stm->id, sizeof stm->id, "%s", id);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
@@ -401,48 +544,42 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         return ret;
     }
 
-    /* Non-streaming: wait for the end; a client that goes away cancels. */
-    char *text = NULL;
-    size_t len = 0;
-    pam_request_update u;
-    for (;;) {
-        pam_request_next(r, 50, &u);
-        if (u.text) {
-            char *t = realloc(text, len + u.len + 1);
-            if (t) {
-                memcpy(t + len, u.text, u.len);
-                len += u.len;
-                text = t;
-            }
-            free(u.text);
-        }
-        if (u.done) break;
-        if (peer_closed(c)) {
-            pam_request_release(r);
-            free(text);
+    /* Non-streaming: wait for every choice; a client that goes away cancels. */
+    while (!gen_all_done(g)) {
+        gen_poll(g, 50, NULL, NULL);
+        if (!gen_all_done(g) && peer_closed(c)) {
+            gen_free(g);
             pthread_mutex_lock(&s->mu);
             s->hc.disconnects++;
             pthread_mutex_unlock(&s->mu);
             return MHD_NO;
         }
     }
-    pam_request_release(r);
-    if (u.finish == PAM_FINISH_ERROR || u.finish == PAM_FINISH_CANCELLED) {
-        free(text);
-        return send_error_msg(s, c, 500, "server_error", NULL, NULL,
-                              u.finish == PAM_FINISH_ERROR ? "generation failed" : "generation was cancelled");
+    for (int i = 0; i < g->n; i++) {
+        pam_finish f = g->ch[i].finish;
+        if (f == PAM_FINISH_ERROR || f == PAM_FINISH_CANCELLED) {
+            gen_free(g);
+            return send_error_msg(s, c, 500, "server_error", NULL, NULL,
+                                  f == PAM_FINISH_ERROR ? "generation failed" : "generation was cancelled");
+        }
     }
-    json_t *choice;
-    if (kind == PAM_API_CHAT)
-        choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant", "content",
-                           json_text(text, len), "logprobs", "finish_reason", finish_reason(u.finish));
-    else
-        choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", json_text(text, len), "logprobs", "finish_reason",
-                           finish_reason(u.finish));
-    free(text);
-    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", id, "object",
+    json_t *choices = json_array();
+    for (int i = 0; i < g->n; i++) {
+        choice *ch = &g->ch[i];
+        if (!ch->started) choice_start(g, ch);
+        json_t *text = pam_oai_text(ch->text, ch->len);
+        json_t *one = kind == PAM_API_CHAT
+                          ? json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", i, "message", "role", "assistant",
+                                      "content", text, "logprobs", choice_logprobs(g, ch), "finish_reason",
+                                      finish_reason(ch->finish))
+                          : json_pack("{s:i,s:o,s:o,s:s}", "index", i, "text", text, "logprobs",
+                                      choice_logprobs(g, ch), "finish_reason", finish_reason(ch->finish));
+        json_array_append_new(choices, one);
+    }
+    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o}", "id", id, "object",
                              kind == PAM_API_CHAT ? "chat.completion" : "text_completion", "created",
-                             (json_int_t)created, "model", s->alias, "choices", choice, "usage", usage_json(&u));
+                             (json_int_t)created, "model", s->alias, "choices", choices, "usage", gen_usage(g));
+    gen_free(g);
     return send_json(s, c, 200, root);
 }
 
@@ -533,6 +670,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         if (!is_post)
             return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
         return handle_generate(s, c, cs, strstr(url, "chat") ? PAM_API_CHAT : PAM_API_COMPLETION);
+    }
+    if (!strcmp(url, "/tokenize") || !strcmp(url, "/detokenize")) {
+        if (!is_post)
+            return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
+        pam_api_error err;
+        char *out = NULL;
+        const char *body = cs->body ? cs->body : "";
+        int rc = url[1] == 't' ? pam_oai_tokenize(s->tk, body, cs->len, &out, &err)
+                               : pam_oai_detokenize(s->tk, body, cs->len, &out, &err);
+        return rc == 0 ? send_body(s, c, 200, "application/json", out, NULL) : send_error(s, c, &err);
     }
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models") || !strcmp(url, "/health") || !strcmp(url, "/metrics")) {
         if (!is_get) return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use GET for this endpoint");
