@@ -133,6 +133,8 @@ check "n=3 greedy: three identical choices, usage counts each" $?
   grep -q '"content":" Once upon"' "$tmp/body"
 check "POST /tokenize and /detokenize" $?
 [ "$(req GET /tokenize)" = 405 ]; check "GET /tokenize -> 405" $?
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":4,"repetition_penalty":1.3,"repeat_last_n":-1}')" = 200 ]
+check "repeat_last_n -1 (the whole context) is accepted" $?
 
 # Node: concurrency, streaming equality, prefix cache (fetch), openai client.
 if ! command -v node >/dev/null; then

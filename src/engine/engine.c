@@ -360,7 +360,7 @@ static pam_status request_new(pam_engine *e, const int32_t *prompt, int32_t n_pr
                               uint64_t seed, pam_request **out) {
     pam_sampler_params sp = p->sampling;
     sp.seed = seed;
-    if (sp.repeat_last_n < 0) sp.repeat_last_n = e->p.n_ctx; /* llama.cpp's -1: the whole context */
+    if (sp.repeat_last_n == -1) sp.repeat_last_n = e->p.n_ctx; /* llama.cpp's -1: the whole context */
     pam_request *r = calloc(1, sizeof *r);
     if (!r) return PAM_ERR(PAM_ERR_NOMEM, "request");
     r->e = e;
@@ -423,7 +423,9 @@ pam_status pam_engine_submit_n(pam_engine *e, const int32_t *prompt, int32_t n_p
         return PAM_ERR(PAM_ERR_INVALID, "at most %d stop strings", PAM_ENGINE_MAX_STOP);
     if (p->logprobs > PAM_MAX_TOP_LOGPROBS || p->prompt_logprobs > PAM_MAX_TOP_LOGPROBS)
         return PAM_ERR(PAM_ERR_INVALID, "at most %d alternatives per log-probability", PAM_MAX_TOP_LOGPROBS);
-    PAM_TRY(pam_sampler_params_check(&p->sampling));
+    pam_sampler_params sp = p->sampling;
+    if (sp.repeat_last_n == -1) sp.repeat_last_n = e->p.n_ctx; /* llama.cpp's -1: the whole context */
+    PAM_TRY(pam_sampler_params_check(&sp));
     pam_request *lead = NULL;
     pam_status st = request_new(e, prompt, n_prompt, p, p->sampling.seed, &lead);
     if (st != PAM_OK) return st;

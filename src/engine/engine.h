@@ -93,7 +93,7 @@ typedef enum pam_finish {
 const char *pam_finish_str(pam_finish f); /* "stop", "length", "cancelled", "error" */
 
 typedef struct pam_request_params {
-    pam_sampler_params sampling;
+    pam_sampler_params sampling; /* sampling.repeat_last_n -1: the whole context */
     int32_t max_tokens; /* <= 0: until end of generation or a full context */
     int32_t n_stop;
     const char *stop[PAM_ENGINE_MAX_STOP]; /* copied at submit; not emitted */
