@@ -886,7 +886,6 @@ static void test_logprobs(void **state) {
     }
     free(logits);
     pam_ctx_free(ctx);
-    pam_request_release(r);
 
     /* Scoring prompt + output gives the generation's log-probabilities. */
     pam_request_params sc;
@@ -912,6 +911,7 @@ static void test_logprobs(void **state) {
     }
     pam_request_release(out[0]);
     pam_request_release(out[1]);
+    pam_request_release(r); /* plp pointed into it */
     pam_engine_destroy(e);
 }
 

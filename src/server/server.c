@@ -220,10 +220,13 @@ static void choice_update(gen *g, choice *c, pam_request_update *u) {
 }
 
 /* Polls every unfinished choice; if none had news, waits up to wait_ms on
- * the first of them (the choices of a group step together). on_update (if
- * set) sees each choice that had news. Returns the number of updates. */
+ * the first of them (the choices of a group step together, but one may be
+ * waiting for a slot, so the wait is short when there are several).
+ * on_update (if set) sees each choice that had news. Returns the number of
+ * updates. */
 static int gen_poll(gen *g, int64_t wait_ms, void (*on_update)(void *, int), void *cls) {
     int got = 0, first = -1;
+    if (g->n > 1 && wait_ms > 20) wait_ms = 20;
     for (int i = 0; i < g->n; i++) {
         choice *c = &g->ch[i];
         if (c->done) continue;
@@ -250,6 +253,14 @@ static int gen_all_done(const gen *g) {
     for (int i = 0; i < g->n; i++)
         if (!g->ch[i].done) return 0;
     return 1;
+}
+
+/* A choice that failed or was cancelled: the response is an error. */
+static const choice *gen_failed(const gen *g) {
+    for (int i = 0; i < g->n; i++)
+        if (g->ch[i].done && (g->ch[i].finish == PAM_FINISH_ERROR || g->ch[i].finish == PAM_FINISH_CANCELLED))
+            return &g->ch[i];
+    return NULL;
 }
 
 /* usage counts the prompt once and every choice's tokens. */
@@ -545,9 +556,9 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
     }
 
     /* Non-streaming: wait for every choice; a client that goes away cancels. */
-    while (!gen_all_done(g)) {
+    while (!gen_all_done(g) && !gen_failed(g)) {
         gen_poll(g, 50, NULL, NULL);
-        if (!gen_all_done(g) && peer_closed(c)) {
+        if (!gen_all_done(g) && !gen_failed(g) && peer_closed(c)) {
             gen_free(g);
             pthread_mutex_lock(&s->mu);
             s->hc.disconnects++;
@@ -555,13 +566,12 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
             return MHD_NO;
         }
     }
-    for (int i = 0; i < g->n; i++) {
-        pam_finish f = g->ch[i].finish;
-        if (f == PAM_FINISH_ERROR || f == PAM_FINISH_CANCELLED) {
-            gen_free(g);
-            return send_error_msg(s, c, 500, "server_error", NULL, NULL,
-                                  f == PAM_FINISH_ERROR ? "generation failed" : "generation was cancelled");
-        }
+    const choice *bad = gen_failed(g);
+    if (bad) {
+        pam_finish f = bad->finish;
+        gen_free(g); /* cancels the other choices */
+        return send_error_msg(s, c, 500, "server_error", NULL, NULL,
+                              f == PAM_FINISH_ERROR ? "generation failed" : "generation was cancelled");
     }
     json_t *choices = json_array();
     for (int i = 0; i < g->n; i++) {
