@@ -535,7 +535,7 @@ static void test_prefix_eviction(void **state) {
     }
     pam_engine_destroy(e1);
     /* 16-token blocks: a request needs at most 4 blocks per layer (+1 spare) */
-    uint64_t cap = (uint64_t)layers() * 10;
+    uint64_t cap = (uint64_t)layers() * 14;
     pam_kvm *kvm = make_kvm(16, &cap, 1);
     pam_engine *e = make_engine_kvm(2, kvm, 1, 256);
     pam_request *rs[16];
@@ -813,6 +813,45 @@ static void test_choices_cancel(void **state) {
     pam_engine_destroy(e);
 }
 
+/* The choices share the prompt's blocks: 4 choices of a 64-token prompt
+ * (4 blocks of 16) with 8 tokens each need 20 blocks per layer unshared but
+ * 11 shared (the prompt, one copied block per extra choice, one new block
+ * each); in 14 they all run to the end with the tokens they give alone. */
+static void test_choices_share_kv(void **state) {
+    static int32_t prompt[64];
+    for (int i = 0; i < 64; i++) prompt[i] = 300 + (i * 7) % 50;
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 8;
+    rp.ignore_eos = 1;
+    static result alone, ch[4];
+    pam_engine *e1 = make_engine_nocache(1);
+    pam_request *r;
+    assert_int_equal(pam_engine_submit(e1, prompt, 64, &rp, &r), PAM_OK);
+    collect(r, &alone);
+    pam_request_release(r);
+    pam_engine_destroy(e1);
+
+    uint64_t cap = (uint64_t)layers() * 14;
+    pam_kvm *kvm = make_kvm(16, &cap, 1);
+    pam_engine *e = make_engine_kvm(4, kvm, 0, 256);
+    pam_request *out[4];
+    assert_int_equal(pam_engine_submit_n(e, prompt, 64, &rp, 4, out), PAM_OK);
+    for (int i = 0; i < 4; i++) collect(out[i], &ch[i]);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(ch[i].finish, PAM_FINISH_LENGTH);
+        assert_int_equal(ch[i].n_tok, 8);
+        assert_memory_equal(ch[i].tok, alone.tok, sizeof(int32_t) * 8);
+        pam_request_release(out[i]);
+    }
+    pam_engine_stats st;
+    pam_engine_get_stats(e, &st);
+    assert_int_equal(st.n_finished[PAM_FINISH_ERROR], 0);
+    pam_engine_destroy(e);
+    pam_kvm_destroy(kvm);
+}
+
 static double ref_logprob(const float *row, int32_t nv, int32_t id) {
     double mx = -INFINITY, sum = 0;
     for (int32_t i = 0; i < nv; i++) mx = row[i] > mx ? row[i] : mx;
@@ -930,6 +969,7 @@ int main(void) {
         cmocka_unit_test(test_preempt_resume),
         cmocka_unit_test(test_choices),
         cmocka_unit_test(test_choices_cancel),
+        cmocka_unit_test(test_choices_share_kv),
         cmocka_unit_test(test_logprobs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -898,12 +898,11 @@ static void fork_choices(pam_engine *e, pam_request *r) {
     r->n_sibs = 0;
     int32_t match = r->n_prompt - 1, decode = decode_reserve(e, r);
     int32_t cow = match % e->bt ? e->bt : 0;
-    if (!r->score_only && r->finishing == PAM_FINISH_NONE) {
-        /* r's reservation covered the group: give it back and take r's share
-         * (best effort; room_for tops it up each step). */
-        pam_kvm_seq_truncate(e->kvm, r->seq, r->n_past);
+    /* r's reservation covered the group: give it back, and take r's share
+     * if it goes on (best effort; room_for tops it up each step). */
+    pam_kvm_seq_truncate(e->kvm, r->seq, r->n_past);
+    if (!r->score_only && r->finishing == PAM_FINISH_NONE)
         reserve_evicting(e, r->seq, decode + (r->n_past % e->bt ? e->bt : 0));
-    }
     for (int32_t i = 0; i < n; i++) {
         pam_request *c = r->sibs[i];
         if (c->cancel) {
