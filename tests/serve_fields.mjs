@@ -54,6 +54,15 @@ const C = "/v1/completions", CHAT = "/v1/chat/completions";
         JSON.stringify(lp));
 }
 
+{
+  // A stop string: the tokens of the cut text are left out.
+  const { json } = await post(C, { prompt: "Once upon a time", max_tokens: 20, logprobs: 0, stop: " little", ...greedy });
+  const c = json.choices[0], lp = c.logprobs;
+  check("logprobs with a stop string: entries for the returned text only",
+        c.finish_reason === "stop" && c.text === ", there was a" && lp.tokens.join("") === c.text &&
+        lp.token_logprobs.length === lp.tokens.length, JSON.stringify(json));
+}
+
 // ---- echo: lm-evaluation-harness's log-likelihood requests ----
 {
   const { json: tok } = await post("/tokenize", { content: "Once upon a time there was", add_special: true });
