@@ -177,6 +177,7 @@ static void choice_append(choice *c, const char *p, size_t n) {
 
 /* Characters in text[0..b): offsets only grow, so a cursor walks forward. */
 static size_t choice_chars(choice *c, size_t b) {
+    if (!c->text) return 0;
     if (b > c->len) b = c->len;
     if (b < c->cur_b) c->cur_b = c->cur_c = 0;
     c->cur_c += pam_oai_utf8_chars(c->text + c->cur_b, b - c->cur_b);
