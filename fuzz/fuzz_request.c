@@ -117,7 +117,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         pam_sampler_params sp = r.params.sampling;
         if (sp.repeat_last_n == -1) sp.repeat_last_n = 64; /* "the whole context": the engine resolves it */
         if (pam_sampler_params_check(&sp) != PAM_OK) abort();
-        if (r.n < 1 || r.n > PAM_API_MAX_N) abort();
+        if (r.n < 1 || r.n * (1 + r.n_more) > PAM_API_MAX_N) abort();
+        if (r.n_more > 0 && kind == PAM_API_CHAT) abort();
+        for (int i = 0; i < r.n_more; i++)
+            if (!r.more[i].text == !r.more[i].ids || (r.more[i].ids && r.more[i].n_ids <= 0)) abort();
         if (r.logprobs < -1 || r.logprobs > PAM_MAX_TOP_LOGPROBS || r.params.logprobs != r.logprobs) abort();
         if (r.params.prompt_logprobs != (r.echo ? r.logprobs : -1)) abort();
         if (kind == PAM_API_CHAT && r.echo) abort();

@@ -83,6 +83,17 @@ const C = "/v1/completions", CHAT = "/v1/chat/completions";
                                            : Math.abs(lb.token_logprobs[i] - lp.token_logprobs[i]) < 1e-6);
   check("echo with [[ids]] and max_tokens 1: prompt logprobs equal the text prompt's, then the generated token",
         b.status === 200 && same, JSON.stringify(b.json));
+  // A batch of prompts (lm-evaluation-harness with batch_size > 1): one choice per prompt, in order.
+  const ids2 = (await post("/tokenize", { content: "The cat sat", add_special: true })).json.tokens;
+  const b2 = await post(C, { prompt: [ids, ids2], max_tokens: 0, echo: true, logprobs: 1 });
+  const one2 = await post(C, { prompt: ids2, max_tokens: 0, echo: true, logprobs: 1 });
+  check("a batch of two token-id prompts: a choice each, equal to the prompts sent alone",
+        b2.status === 200 && b2.json.choices.length === 2 && b2.json.choices[1].index === 1 &&
+        JSON.stringify(b2.json.choices[0].logprobs) === JSON.stringify(lb && { ...lb, tokens: lb.tokens.slice(0, -1),
+          token_logprobs: lb.token_logprobs.slice(0, -1), top_logprobs: lb.top_logprobs.slice(0, -1),
+          text_offset: lb.text_offset.slice(0, -1) }) &&
+        JSON.stringify(b2.json.choices[1].logprobs) === JSON.stringify(one2.json.choices[0].logprobs) &&
+        b2.json.usage.prompt_tokens === ids.length + ids2.length, JSON.stringify([b2.json, one2.json]));
   // lm-eval's is_greedy: each continuation token's logprob is the max of its top_logprobs.
   const g = await post(C, { prompt: "Once upon a time", max_tokens: 6, logprobs: 1, ...greedy });
   const full = "Once upon a time" + g.json.choices[0].text;

@@ -186,6 +186,17 @@ static void test_new_fields(void **state) {
     assert_int_equal(parse(b, PAM_API_CHAT, &r, &err), 0);
     assert_int_equal(r.params.logprobs, 0);
     pam_api_request_free(&r);
+    /* a batch of prompts: text and token ids mixed */
+    assert_int_equal(parse("{\"prompt\":[[1,2],\"x\",[3]],\"n\":42}", PAM_API_COMPLETION, &r, &err), 0);
+    assert_int_equal(r.n_prompt_ids, 2);
+    assert_int_equal(r.n_more, 2);
+    assert_string_equal(r.more[0].text, "x");
+    assert_null(r.more[0].ids);
+    assert_int_equal(r.more[1].n_ids, 1);
+    assert_int_equal(r.more[1].ids[0], 3);
+    assert_int_equal(pam_api_check_vocab(&r, 4, &err), 0);
+    assert_int_equal(pam_api_check_vocab(&r, 3, &err), -1); /* id 3 of the third prompt */
+    pam_api_request_free(&r);
     assert_int_equal(parse("{\"prompt\":[5,6]}", PAM_API_COMPLETION, &r, &err), 0);
     assert_int_equal(pam_api_check_vocab(&r, 6, &err), -1);
     assert_string_equal(err.param, "prompt");
@@ -211,7 +222,9 @@ static void test_new_fields(void **state) {
     expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"99999999999\":1}}", PAM_API_COMPLETION, "logit_bias", NULL);
     expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"5\":\"high\"}}", PAM_API_COMPLETION, "logit_bias", NULL);
     expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"5\":100.5}}", PAM_API_COMPLETION, "logit_bias", NULL);
-    expect_bad("{\"prompt\":[[1],[2]]}", PAM_API_COMPLETION, "prompt", "one prompt");
+    expect_bad("{\"prompt\":[[1],[]]}", PAM_API_COMPLETION, "prompt", "batch");
+    expect_bad("{\"prompt\":[[1],[2,\"x\"]]}", PAM_API_COMPLETION, "prompt", NULL);
+    expect_bad("{\"prompt\":[\"a\",\"b\",\"c\"],\"n\":43}", PAM_API_COMPLETION, "n", "number of prompts");
     expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}", PAM_API_CHAT,
                "top_logprobs", "logprobs");
     expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}",

@@ -53,6 +53,11 @@ char *pam_api_error_json(const pam_api_error *err) {
 void pam_api_request_free(pam_api_request *r) {
     free(r->prompt);
     free(r->prompt_ids);
+    for (int i = 0; i < r->n_more; i++) {
+        free(r->more[i].text);
+        free(r->more[i].ids);
+    }
+    free(r->more);
     free(r->model);
     free(r->logit_bias);
     for (int i = 0; i < PAM_ENGINE_MAX_STOP; i++) free(r->stop_store[i]);
@@ -60,9 +65,13 @@ void pam_api_request_free(pam_api_request *r) {
 }
 
 int pam_api_check_vocab(const pam_api_request *r, int32_t n_vocab, pam_api_error *err) {
-    for (int32_t i = 0; i < r->n_prompt_ids; i++)
-        if (r->prompt_ids[i] >= n_vocab)
-            return BAD("prompt", "token id %d out of range (vocabulary of %d)", (int)r->prompt_ids[i], (int)n_vocab);
+    for (int p = 0; p <= r->n_more; p++) {
+        const int32_t *ids = p ? r->more[p - 1].ids : r->prompt_ids;
+        int32_t n = p ? r->more[p - 1].n_ids : r->n_prompt_ids;
+        for (int32_t i = 0; ids && i < n; i++)
+            if (ids[i] >= n_vocab)
+                return BAD("prompt", "token id %d out of range (vocabulary of %d)", (int)ids[i], (int)n_vocab);
+    }
     for (int32_t i = 0; i < r->params.sampling.n_logit_bias; i++)
         if (r->logit_bias[i].id >= n_vocab)
             return BAD("logit_bias", "logit_bias: token id %d out of range (vocabulary of %d)", (int)r->logit_bias[i].id,
@@ -248,37 +257,48 @@ done:
     return rc;
 }
 
+/* One prompt: a string, or a non-empty array of token ids. */
+static int parse_one_prompt(json_t *p, char **text, int32_t **ids, int32_t *n_ids, pam_api_error *err) {
+    if (json_is_string(p)) {
+        if (!(*text = strdup(json_string_value(p)))) return BAD(NULL, "out of memory");
+        return 0;
+    }
+    if (!json_is_array(p) || json_array_size(p) == 0)
+        return BAD("prompt", "'prompt' must be a string, an array of token ids, or an array of those (a batch)");
+    size_t n = json_array_size(p);
+    if (n > PAM_API_MAX_TOKENS_LIMIT) return BAD("prompt", "prompt too long");
+    if (!(*ids = malloc(n * sizeof **ids))) return BAD(NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *t = json_array_get(p, i);
+        if (!json_is_integer(t))
+            return BAD("prompt", "'prompt' must be a string, an array of token ids, or an array of those (a batch)");
+        long long v = json_integer_value(t);
+        if (v < 0 || v > INT32_MAX) return BAD("prompt", "token id %lld out of range", v);
+        (*ids)[i] = (int32_t)v;
+    }
+    *n_ids = (int32_t)n;
+    return 0;
+}
+
+/* A prompt, or a batch: an array of prompts (strings or arrays of token
+ * ids; lm-evaluation-harness sends [[ids], ...]). The first goes to
+ * prompt / prompt_ids, the others to more. */
 static int parse_prompt(json_t *root, pam_api_request *r, pam_api_error *err) {
     json_t *p = json_object_get(root, "prompt");
     if (!p) return BAD("prompt", "'prompt' is required");
-    /* One prompt in a batch of one: ["text"] or [[ids]] (lm-evaluation-harness sends the latter). */
-    if (json_is_array(p) && json_array_size(p) == 1 &&
-        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
-        p = json_array_get(p, 0);
-    if (json_is_string(p)) {
-        if (!(r->prompt = strdup(json_string_value(p)))) return BAD(NULL, "out of memory");
-        return 0;
+    json_t *first = json_is_array(p) ? json_array_get(p, 0) : NULL;
+    if (!first || !(json_is_string(first) || json_is_array(first)))
+        return parse_one_prompt(p, &r->prompt, &r->prompt_ids, &r->n_prompt_ids, err);
+    size_t n = json_array_size(p);
+    if (n > PAM_API_MAX_N) return BAD("prompt", "at most %d prompts per request", PAM_API_MAX_N);
+    if (parse_one_prompt(first, &r->prompt, &r->prompt_ids, &r->n_prompt_ids, err)) return -1;
+    if (n == 1) return 0;
+    if (!(r->more = calloc(n - 1, sizeof *r->more))) return BAD(NULL, "out of memory");
+    for (size_t i = 1; i < n; i++) {
+        pam_api_prompt *m = &r->more[r->n_more++];
+        if (parse_one_prompt(json_array_get(p, i), &m->text, &m->ids, &m->n_ids, err)) return -1;
     }
-    if (json_is_array(p) && json_array_size(p) > 0) {
-        size_t n = json_array_size(p);
-        if (n > PAM_API_MAX_TOKENS_LIMIT) return BAD("prompt", "prompt too long");
-        r->prompt_ids = malloc(n * sizeof *r->prompt_ids);
-        if (!r->prompt_ids) return BAD(NULL, "out of memory");
-        for (size_t i = 0; i < n; i++) {
-            json_t *t = json_array_get(p, i);
-            if (!json_is_integer(t)) {
-                if (json_is_string(t) || json_is_array(t))
-                    return BAD("prompt", "only one prompt per request is supported");
-                return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
-            }
-            long long v = json_integer_value(t);
-            if (v < 0 || v > INT32_MAX) return BAD("prompt", "token id %lld out of range", v);
-            r->prompt_ids[i] = (int32_t)v;
-        }
-        r->n_prompt_ids = (int32_t)n;
-        return 0;
-    }
-    return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
+    return 0;
 }
 
 int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family fam, pam_api_request *out,
@@ -372,6 +392,11 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     v = 1;
     if (get_int(root, "n", 1, PAM_API_MAX_N, &v, NULL, err)) goto done;
     out->n = (int)v;
+    if (out->n * (1 + out->n_more) > PAM_API_MAX_N) {
+        BAD("n", "'n' (%d) times the number of prompts (%d) must be at most %d", out->n, 1 + out->n_more,
+            PAM_API_MAX_N);
+        goto done;
+    }
     if (get_int(root, "best_of", 1, PAM_API_MAX_N, &v, &given, err)) goto done;
     if (given && v != out->n) {
         BAD("best_of", "'best_of' must equal 'n' (%d) when given, got %lld", out->n, v);

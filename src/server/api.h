@@ -22,16 +22,25 @@ typedef struct pam_api_error {
     char message[512];
 } pam_api_error;
 
+/* One more prompt of a batch (completions): text to tokenize, or token ids. */
+typedef struct pam_api_prompt {
+    char *text;
+    int32_t *ids;
+    int32_t n_ids;
+} pam_api_prompt;
+
 typedef struct pam_api_request {
     pam_api_kind kind;
     char *prompt;          /* text to tokenize (chat: the rendered template); NULL if prompt_ids */
     int32_t *prompt_ids;   /* completions with a prompt of token ids */
     int32_t n_prompt_ids;
+    pam_api_prompt *more;  /* completions with a batch of prompts: the 2nd and later ones */
+    int n_more;
     char *model;           /* NULL if not given */
     int stream;
     int include_usage;     /* stream_options.include_usage */
     int seed_given;
-    int n;                 /* choices, 1..PAM_API_MAX_N */
+    int n;                 /* choices per prompt; n * (1 + n_more) <= PAM_API_MAX_N */
     int echo;              /* completions: the prompt is part of the returned text */
     int logprobs;          /* < 0: none; else alternatives per token (completions: `logprobs`; chat: `top_logprobs`) */
     pam_request_params params; /* stop[] point into stop_store, sampling.logit_bias to logit_bias */
@@ -50,7 +59,7 @@ typedef struct pam_api_request {
 int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family chat_family, pam_api_request *out,
                   pam_api_error *err);
 void pam_api_request_free(pam_api_request *r);
-/* The checks that need the vocabulary (token ids in the prompt and in
+/* The checks that need the vocabulary (token ids in the prompts and in
  * logit_bias): 0, or -1 with a 400 in *err. */
 int pam_api_check_vocab(const pam_api_request *r, int32_t n_vocab, pam_api_error *err);
 

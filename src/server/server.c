@@ -124,7 +124,7 @@ static int peer_closed(struct MHD_Connection *c) {
 
 static const char *finish_reason(pam_finish f) { return f == PAM_FINISH_LENGTH ? "length" : "stop"; }
 
-/* ---- one generation: n choices of a prompt ---- */
+/* ---- one generation: n choices of each prompt ---- */
 
 /* A choice: its request, the text returned so far (the echoed prompt
  * first), its log-probabilities not yet written out. */
@@ -135,17 +135,20 @@ typedef struct choice {
     size_t cur_b, cur_c;   /* text[0..cur_b) holds cur_c characters (text_offset) */
     size_t echo_len;
     pam_oai_lp lp;
+    int group; /* its prompt */
     int started, done;
     pam_finish finish;
     int32_t n_completion, n_cached;
 } choice;
 
+/* Choice i belongs to prompt i / n_per. */
 typedef struct gen {
     pam_server *s;
     pam_api_kind kind;
-    int n, echo, lp_k;
-    int32_t *prompt; /* kept for echo */
-    int32_t n_prompt;
+    int n, n_per, echo, lp_k;
+    int n_groups;
+    int32_t **prompts; /* [n_groups], kept for echo */
+    int32_t *n_prompts;
     choice *ch;
 } gen;
 
@@ -157,7 +160,9 @@ static void gen_free(gen *g) {
         pam_oai_lp_free(&g->ch[i].lp);
     }
     free(g->ch);
-    free(g->prompt);
+    for (int p = 0; g->prompts && p < g->n_groups; p++) free(g->prompts[p]);
+    free(g->prompts);
+    free(g->n_prompts);
     free(g);
 }
 
@@ -195,9 +200,9 @@ static void choice_start(gen *g, choice *c) {
     pam_detok dt;
     pam_detok_init(&dt, g->s->tk);
     char buf[4096];
-    for (int32_t i = 0; i < g->n_prompt; i++) {
+    for (int32_t i = 0; i < g->n_prompts[c->group]; i++) {
         size_t at = c->len;
-        choice_append(c, buf, pam_detok_push(&dt, g->prompt[i], buf, sizeof buf));
+        choice_append(c, buf, pam_detok_push(&dt, g->prompts[c->group][i], buf, sizeof buf));
         if (plp && i < n_lp) pam_oai_lp_add(&c->lp, &plp[i], choice_chars(c, at), i == 0);
     }
     choice_append(c, buf, pam_detok_flush(&dt, buf, sizeof buf));
@@ -264,12 +269,16 @@ static const choice *gen_failed(const gen *g) {
     return NULL;
 }
 
-/* usage counts the prompt once and every choice's tokens. */
+/* usage counts each prompt once and every choice's tokens. */
 static json_t *gen_usage(const gen *g) {
-    int32_t comp = 0;
+    int32_t comp = 0, prompt = 0, cached = 0;
     for (int i = 0; i < g->n; i++) comp += g->ch[i].n_completion;
-    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", g->n_prompt, "completion_tokens", comp, "total_tokens",
-                     g->n_prompt + comp, "prompt_tokens_details", "cached_tokens", g->ch[0].n_cached);
+    for (int p = 0; p < g->n_groups; p++) {
+        prompt += g->n_prompts[p];
+        cached += g->ch[p * g->n_per].n_cached;
+    }
+    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", prompt, "completion_tokens", comp, "total_tokens",
+                     prompt + comp, "prompt_tokens_details", "cached_tokens", cached);
 }
 
 static json_t *choice_logprobs(gen *g, choice *c) {
@@ -442,6 +451,26 @@ static uint64_t random_seed(pam_server *s) {
     return x ^ (x >> 29);
 }
 
+/* The prompt's token ids (malloc'd), BOS added as the vocabulary asks;
+ * NULL if it cannot be tokenized. */
+static int32_t *tokenize_prompt(pam_server *s, const char *text, int32_t *n_out) {
+    size_t len = strlen(text), cap = len + 8, n = 0;
+    int32_t *ids = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        free(ids);
+        if (!(ids = malloc(cap * sizeof *ids))) return NULL;
+        pam_status st = pam_tokenizer_encode(s->tk, text, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap, &n);
+        if (st == PAM_OK) {
+            *n_out = (int32_t)n;
+            return ids;
+        }
+        if (st != PAM_ERR_RANGE) break;
+        cap = n;
+    }
+    free(ids);
+    return NULL;
+}
+
 static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs, pam_api_kind kind) {
     pthread_mutex_lock(&s->mu);
     int draining = s->draining;
@@ -457,41 +486,32 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         pam_api_request_free(&ar);
         return send_error(s, c, &err);
     }
-    int32_t *ids = ar.prompt_ids;
-    size_t n_ids = (size_t)ar.n_prompt_ids;
+    /* Every prompt as token ids (text is tokenized here), all checked
+     * before anything is submitted. */
+    int n_prompts = 1 + ar.n_more;
     int32_t n_ctx = pam_engine_n_ctx(s->e);
-    if (!ids) {
-        size_t len = strlen(ar.prompt), cap = len + 8;
-        ids = malloc(cap * sizeof *ids);
-        pam_status st = ids ? pam_tokenizer_encode(s->tk, ar.prompt, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap,
-                                                   &n_ids)
-                            : PAM_ERR_NOMEM;
-        if (st == PAM_ERR_RANGE) {
-            free(ids);
-            cap = n_ids;
-            ids = malloc(cap * sizeof *ids);
-            st = ids ? pam_tokenizer_encode(s->tk, ar.prompt, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap, &n_ids)
-                     : PAM_ERR_NOMEM;
-        }
-        if (st != PAM_OK) {
-            free(ids);
+    for (int p = 0; p < n_prompts; p++) {
+        const char *text = p ? ar.more[p - 1].text : ar.prompt;
+        int32_t **ids = p ? &ar.more[p - 1].ids : &ar.prompt_ids;
+        int32_t *n_ids = p ? &ar.more[p - 1].n_ids : &ar.n_prompt_ids;
+        if (!*ids && !(*ids = tokenize_prompt(s, text, n_ids))) {
             pam_api_request_free(&ar);
             return send_error_msg(s, c, 500, "server_error", NULL, NULL, "cannot tokenize the prompt");
         }
-        ar.prompt_ids = ids;
-        ar.n_prompt_ids = (int32_t)n_ids;
-    }
-    if (n_ids == 0) {
-        pam_api_request_free(&ar);
-        return send_error_msg(s, c, 400, "invalid_request_error", NULL, "prompt", "the prompt is empty");
-    }
-    if ((int64_t)n_ids >= n_ctx) {
-        pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded",
-                          kind == PAM_API_CHAT ? "messages" : "prompt",
-                          "This model's maximum context length is %d tokens, but the prompt has %zu tokens", n_ctx,
-                          n_ids);
-        pam_api_request_free(&ar);
-        return send_error(s, c, &err);
+        if (*n_ids == 0) {
+            pam_api_request_free(&ar);
+            return send_error_msg(s, c, 400, "invalid_request_error", NULL, "prompt", "the prompt is empty");
+        }
+        if (*n_ids >= n_ctx) {
+            char which[32] = "";
+            if (n_prompts > 1) snprintf(which, sizeof which, " %d", p);
+            pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded",
+                              kind == PAM_API_CHAT ? "messages" : "prompt",
+                              "This model's maximum context length is %d tokens, but the prompt%s has %d tokens", n_ctx,
+                              which, (int)*n_ids);
+            pam_api_request_free(&ar);
+            return send_error(s, c, &err);
+        }
     }
     if (pam_api_check_vocab(&ar, pam_model_get_hparams(s->m)->n_vocab, &err) != 0) {
         pam_api_request_free(&ar);
@@ -500,32 +520,46 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
     if (!ar.seed_given) ar.params.sampling.seed = random_seed(s);
     gen *g = calloc(1, sizeof *g);
     pam_request **reqs = calloc((size_t)ar.n, sizeof *reqs);
-    if (g) g->ch = calloc((size_t)ar.n, sizeof *g->ch);
-    if (g && ar.echo) g->prompt = malloc(n_ids * sizeof *g->prompt);
-    if (!g || !reqs || !g->ch || (ar.echo && !g->prompt)) {
+    int ok = g && reqs;
+    if (ok) {
+        g->s = s, g->kind = kind, g->echo = ar.echo, g->lp_k = ar.logprobs, g->n_per = ar.n, g->n_groups = n_prompts;
+        g->ch = calloc((size_t)(n_prompts * ar.n), sizeof *g->ch);
+        g->prompts = calloc((size_t)n_prompts, sizeof *g->prompts);
+        g->n_prompts = calloc((size_t)n_prompts, sizeof *g->n_prompts);
+        ok = g->ch && g->prompts && g->n_prompts;
+    }
+    for (int p = 0; ok && p < n_prompts; p++) {
+        const int32_t *ids = p ? ar.more[p - 1].ids : ar.prompt_ids;
+        g->n_prompts[p] = p ? ar.more[p - 1].n_ids : ar.n_prompt_ids;
+        if (!ar.echo) continue;
+        if (!(g->prompts[p] = malloc((size_t)g->n_prompts[p] * sizeof **g->prompts))) ok = 0;
+        else memcpy(g->prompts[p], ids, (size_t)g->n_prompts[p] * sizeof *ids);
+    }
+    if (!ok) {
         free(reqs);
         gen_free(g);
         pam_api_request_free(&ar);
         return send_error_msg(s, c, 500, "server_error", NULL, NULL, "out of memory");
     }
-    g->s = s, g->kind = kind, g->echo = ar.echo, g->lp_k = ar.logprobs, g->n_prompt = (int32_t)n_ids;
-    if (g->prompt) memcpy(g->prompt, ids, n_ids * sizeof *ids);
-    pam_status st = pam_engine_submit_n(s->e, ids, (int32_t)n_ids, &ar.params, ar.n, reqs);
     int stream_mode = ar.stream, include_usage = ar.include_usage;
-    if (st != PAM_OK) {
-        if (st == PAM_ERR_FULL)
-            pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later", pam_last_error());
-        else
-            pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error());
-        free(reqs);
-        gen_free(g);
-        pam_api_request_free(&ar);
-        return send_error(s, c, &err);
-    }
-    g->n = ar.n;
-    for (int i = 0; i < g->n; i++) {
-        g->ch[i].r = reqs[i];
-        pam_oai_lp_init(&g->ch[i].lp, kind, s->tk);
+    for (int p = 0; p < n_prompts; p++) {
+        const int32_t *ids = p ? ar.more[p - 1].ids : ar.prompt_ids;
+        pam_status st = pam_engine_submit_n(s->e, ids, g->n_prompts[p], &ar.params, ar.n, reqs);
+        if (st != PAM_OK) {
+            if (st == PAM_ERR_FULL)
+                pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later", pam_last_error());
+            else
+                pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error());
+            free(reqs);
+            gen_free(g); /* cancels the prompts submitted before */
+            pam_api_request_free(&ar);
+            return send_error(s, c, &err);
+        }
+        for (int i = 0; i < ar.n; i++, g->n++) {
+            g->ch[g->n].r = reqs[i];
+            g->ch[g->n].group = p;
+            pam_oai_lp_init(&g->ch[g->n].lp, kind, s->tk);
+        }
     }
     free(reqs);
     pam_api_request_free(&ar);
