@@ -30,6 +30,9 @@ typedef enum pam_status {
 const char *pam_status_str(pam_status st);
 /* Message of the last failure on this thread ("" if none). */
 const char *pam_last_error(void);
+/* The same message without the source location: for end users of a
+ * service (an API client), while logs keep pam_last_error(). */
+const char *pam_last_error_message(void);
 
 #ifdef __cplusplus
 }

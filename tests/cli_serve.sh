@@ -3,6 +3,7 @@
 # concurrent clients equal to each alone, prefix-cache reuse in /metrics,
 # log-probabilities, echo, n choices, penalties, logit_bias, /tokenize,
 # every bad-input case, a full queue, client disconnects freeing the slot,
+# 2000 idle connections costing no thread, an idle timeout,
 # SIGTERM drain, the official openai npm client, and the tiered KV flags:
 # same greedy text over two tiers, per-tier metrics, a trace, preemption of
 # a running request by a higher-priority one (KV demoted, then resumed).
@@ -104,6 +105,22 @@ bad "empty messages" 400 /v1/chat/completions '{"messages":[]}' '"param":"messag
 bad "unknown role" 400 /v1/chat/completions '{"messages":[{"role":"wizard","content":"x"}]}' '"param":"messages"'
 long=$(printf 'the cat sat on the mat %.0s' $(seq 60))
 bad "prompt longer than the context" 400 /v1/completions "{\"prompt\":\"$long\"}" 'context_length_exceeded'
+# The context is 256: 255 prompt ids leave room for one token (total 256),
+# 256 are refused; prompt + max_tokens past the context is refused up front,
+# saying by how much, and no client message names a source file.
+ids255=$(printf '300,%.0s' $(seq 254))300
+[ "$(req POST /v1/completions "{\"prompt\":[$ids255],\"ignore_eos\":true,\"temperature\":0}")" = 200 ] &&
+  grep -q '"completion_tokens":1,' "$tmp/body" && grep -q '"total_tokens":256' "$tmp/body"
+check "255-token prompt in a 256-token context: one token, total_tokens 256" $?
+bad "256-token prompt in a 256-token context" 400 /v1/completions "{\"prompt\":[$ids255,300]}" 'context_length_exceeded'
+bad "prompt + max_tokens over the context" 400 /v1/completions '{"prompt":"Once upon a time","max_tokens":253}' 'over the context of 256'
+! grep -q '\.c:[0-9]' "$tmp/body"; check "client error messages carry no source location" $?
+bad "tools (no tool calling)" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}' '"param":"tools"'
+[ "$(req POST /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"tools":[],"max_tokens":2}')" = 200 ]
+check "an empty tools list passes" $?
+bad "response_format json_object" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}' '"param":"response_format"'
+bad "functions (legacy tool calling)" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"f"}]}' '"param":"functions"'
+bad "suffix" 400 /v1/completions '{"prompt":"hi","suffix":"end"}' '"param":"suffix"'
 bad "another model" 404 /v1/completions '{"model":"gpt-4","prompt":"hi"}' 'model_not_found'
 [ "$(req GET /v1/completions)" = 405 ]; check "GET on a POST endpoint -> 405" $?
 [ "$(req GET /nope)" = 404 ] && grep -q '"error"' "$tmp/body"; check "unknown path -> 404 error object" $?
@@ -157,6 +174,8 @@ else
   else
     echo "FAIL: the openai npm package is not installed in $nm; cannot run the openai client test"; fail=1
   fi
+  (ulimit -n 8192 2>/dev/null; node "$here/serve_idle.mjs" "$PORT" "$SPID" 2000)
+  check "2000 idle connections: /health within 100 ms, no thread per connection, still generates" $?
 fi
 stop_server; check "SIGTERM on an idle server: exit 0" $?
 
@@ -212,7 +231,16 @@ wait "$SPID"; check "SIGTERM: exit 0 after the drain" $?
 grep -q "drained" "$tmp/s2.log"; check "drain logged" $?
 # Tiered KV: two dram tiers (the first small), 4-token blocks, a trace.
 start_server "$tmp/s3.log" -m "$model" -np 2 -c 256 -t 2 --kv-tier dram:256KiB --kv-tier dram:4MiB --kv-block 4 \
-  --kv-policy pam --kv-trace "$tmp/trace.jsonl" || exit 1
+  --kv-policy pam --kv-trace "$tmp/trace.jsonl" --timeout 2 --conn-per-client 3 || exit 1
+# Connection limits: a fourth connection from one address is refused while
+# three idle ones are open; an idle connection is closed after --timeout.
+exec 5<>"/dev/tcp/127.0.0.1/$PORT" 6<>"/dev/tcp/127.0.0.1/$PORT" 7<>"/dev/tcp/127.0.0.1/$PORT"
+sleep 0.3
+[ "$(req GET /health)" = 000 ]; check "--conn-per-client 3: a fourth connection is refused" $?
+read -r -t 10 -u 5 _; rc=$?
+[ "$rc" -eq 1 ]; check "--timeout 2: an idle connection is closed (read rc $rc)" $?
+exec 5>&- 6>&- 7>&-
+[ "$(req GET /health)" = 200 ]; check "connections accepted again once the idle ones are gone" $?
 grep -q "KV cache: 2 tier(s), blocks of 4 tokens, policy pam" "$tmp/s3.log"; check "serve --kv-tier: the tiers are logged" $?
 ok=0
 for _ in 1 2; do

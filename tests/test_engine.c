@@ -591,15 +591,19 @@ static void test_admission_by_capacity(void **state) {
     }
     pam_request_release(r0);
     pam_request_release(r1);
-    /* 100 prompt tokens never fit in 64 */
+    /* 100 prompt tokens never fit in 64: refused at submit, saying by how much */
     static int32_t big[100];
     for (int i = 0; i < 100; i++) big[i] = 300 + i;
-    pam_request *r;
-    assert_int_equal(pam_engine_submit(e, big, 100, &rp, &r), PAM_OK);
+    pam_request *r = NULL;
+    assert_int_equal(pam_engine_submit(e, big, 100, &rp, &r), PAM_ERR_RANGE);
+    assert_non_null(strstr(pam_last_error_message(), "66 more than all KV tiers hold (64)"));
+    assert_null(strstr(pam_last_error_message(), "engine.c"));
+    /* prompt + max_tokens beyond the context (256) */
+    rp.max_tokens = 250;
+    assert_int_equal(pam_engine_submit(e, big, 10, &rp, &r), PAM_ERR_RANGE);
+    assert_non_null(strstr(pam_last_error_message(), "4 over the context of 256"));
+    rp.max_tokens = 30;
     static result res;
-    collect(r, &res);
-    pam_request_release(r);
-    assert_int_equal(res.finish, PAM_FINISH_ERROR);
     /* ... and the engine still serves */
     r = submit_text(e, k_prompts[0], &rp);
     collect(r, &res);
@@ -608,7 +612,54 @@ static void test_admission_by_capacity(void **state) {
     pam_engine_get_stats(e, &st);
     pam_engine_destroy(e);
     pam_kvm_destroy(kvm);
-    assert_int_equal(st.n_finished[PAM_FINISH_ERROR], 1);
+    assert_int_equal(st.n_finished[PAM_FINISH_ERROR], 0);
+}
+
+/* KV for one sequence (96 tokens) shared by three that each run to the end
+ * of a 96-token context: the tiers fill up mid-generation, requests yield
+ * and resume, and every one ends by the context ("length") with exactly the
+ * tokens it gives alone; with and without the prefix cache. */
+static void test_kv_exhaustion_never_cuts_short(void **state) {
+    (void)state;
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.ignore_eos = 1;
+    rp.max_tokens = 0;
+    static result ref[3], got[3];
+    uint64_t cap = (uint64_t)layers() * 6; /* 6 blocks of 16 per layer */
+    for (int pc = 0; pc < 2; pc++) {
+        pam_kvm *kvm1 = make_kvm(16, &cap, 1);
+        pam_engine *e1 = make_engine_kvm(1, kvm1, pc, 96);
+        for (int i = 0; i < 3; i++) {
+            pam_request *r = submit_text(e1, k_prompts[i], &rp);
+            collect(r, &ref[i]);
+            pam_request_release(r);
+            assert_int_equal(ref[i].finish, PAM_FINISH_LENGTH);
+            assert_int_equal(ref[i].n_prompt + ref[i].n_tok, 96);
+        }
+        pam_engine_destroy(e1);
+        pam_kvm_destroy(kvm1);
+
+        pam_kvm *kvm = make_kvm(16, &cap, 1);
+        pam_engine *e = make_engine_kvm(3, kvm, pc, 96);
+        pam_request *r[3];
+        for (int i = 0; i < 3; i++) r[i] = submit_text(e, k_prompts[i], &rp);
+        for (int i = 0; i < 3; i++) {
+            collect(r[i], &got[i]);
+            pam_request_release(r[i]);
+            assert_int_equal(got[i].finish, PAM_FINISH_LENGTH);
+            assert_int_equal(got[i].n_tok, ref[i].n_tok);
+            assert_memory_equal(got[i].tok, ref[i].tok, sizeof(int32_t) * (size_t)ref[i].n_tok);
+            assert_int_equal(got[i].len, ref[i].len);
+            assert_memory_equal(got[i].text, ref[i].text, ref[i].len);
+        }
+        pam_engine_stats st;
+        pam_engine_get_stats(e, &st);
+        assert_true(st.n_requeued > 0);
+        pam_engine_destroy(e);
+        pam_kvm_destroy(kvm);
+    }
 }
 
 /* One slot, two dram tiers: a low-priority request is preempted by a
@@ -967,6 +1018,7 @@ int main(void) {
         cmocka_unit_test(test_prefix_eviction),
         cmocka_unit_test(test_admission_by_capacity),
         cmocka_unit_test(test_preempt_resume),
+        cmocka_unit_test(test_kv_exhaustion_never_cuts_short),
         cmocka_unit_test(test_choices),
         cmocka_unit_test(test_choices_cancel),
         cmocka_unit_test(test_choices_share_kv),

@@ -33,6 +33,9 @@ static void serve_usage(FILE *f) {
             "      --chat-template F   llama3, chatml, llama2, mistral, zephyr or fallback\n"
             "                          (default: detected from tokenizer.chat_template)\n"
             "      --max-body BYTES    largest request body (default 1048576)\n"
+            "      --timeout S         close a connection idle for S seconds (default 600)\n"
+            "      --max-connections N open connections at once (default 8192)\n"
+            "      --conn-per-client N open connections from one IP address (default: no limit)\n"
             "\n"
             "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,\n"
             "GET /health, GET /metrics. See docs/SERVING.md.\n",
@@ -41,6 +44,7 @@ static void serve_usage(FILE *f) {
 
 int pam_cli_serve(int argc, char **argv) {
     const char *model_path = NULL, *alias = NULL, *host = "127.0.0.1";
+    long timeout_s = 600, max_conn = 8192, conn_per_client = 0;
     long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, max_body = 1 << 20;
     int prefix_cache = 1, chat_family = -1;
     pam_kv_flags kvf;
@@ -71,6 +75,12 @@ int pam_cli_serve(int argc, char **argv) {
             pam_args_long(&a, 1, 1L << 16, &chunk);
         } else if (pam_args_is(&a, NULL, "--max-body")) {
             pam_args_long(&a, 64, 1L << 30, &max_body);
+        } else if (pam_args_is(&a, NULL, "--timeout")) {
+            pam_args_long(&a, 1, 1L << 20, &timeout_s);
+        } else if (pam_args_is(&a, NULL, "--max-connections")) {
+            pam_args_long(&a, 1, 1L << 20, &max_conn);
+        } else if (pam_args_is(&a, NULL, "--conn-per-client")) {
+            pam_args_long(&a, 0, 1L << 20, &conn_per_client);
         } else if (pam_args_is(&a, NULL, "--no-prefix-cache")) {
             prefix_cache = 0;
         } else if (pam_args_is(&a, NULL, "--chat-template")) {
@@ -158,6 +168,9 @@ int pam_cli_serve(int argc, char **argv) {
     sp.port = (int)port;
     sp.alias = alias ? alias : base;
     sp.max_body_bytes = (size_t)max_body;
+    sp.timeout_s = (int)timeout_s;
+    sp.max_connections = (int)max_conn;
+    sp.max_conn_per_client = (int)conn_per_client;
     sp.chat_family = chat_family;
     if (pam_server_start(engine, model, &sp, &server) != PAM_OK) {
         fprintf(stderr, "pam serve: %s\n", pam_last_error());

@@ -5,6 +5,7 @@
 #include <string.h>
 
 static _Thread_local char g_msg[1024];
+static _Thread_local char g_text[900]; /* the message without its source location */
 static _Thread_local pam_status g_code;
 
 pam_status pam_error_set(pam_status code, const char *file, int line, const char *fmt, ...) {
@@ -18,16 +19,20 @@ pam_status pam_error_set(pam_status code, const char *file, int line, const char
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     snprintf(g_msg, sizeof g_msg, "%.900s (%.64s:%d)", buf, base, line);
+    memcpy(g_text, buf, sizeof g_text);
     g_code = code;
     return code;
 }
 
 void pam_error_clear(void) {
     g_msg[0] = '\0';
+    g_text[0] = '\0';
     g_code = PAM_OK;
 }
 
 const char *pam_last_error(void) { return g_msg[0] ? g_msg : pam_status_str(g_code); }
+
+const char *pam_last_error_message(void) { return g_text[0] ? g_text : pam_status_str(g_code); }
 
 const char *pam_status_str(pam_status st) {
     switch (st) {

@@ -44,7 +44,7 @@ enum { REQ_QUEUED, REQ_WAITING, REQ_RUNNING, REQ_DONE };
 struct pam_request {
     pam_engine *e;
     /* immutable after submit */
-    int32_t *prompt;
+    int32_t *prompt;  /* then, after a requeue, the generated tokens already in the KV */
     int32_t n_prompt;
     int32_t max_tokens;
     int32_t priority;
@@ -66,6 +66,9 @@ struct pam_request {
     pam_ctx *ctx;     /* backed by seq */
     uint64_t admit_order;
     int32_t n_past;   /* tokens in the sequence's KV */
+    int32_t n_fill;   /* tokens of prompt[] to prefill before decoding: n_prompt, more after a requeue */
+    int refill;       /* requeued with last_tok sampled: prefill n_fill, then decode last_tok */
+    int32_t n_requeued;
     int32_t last_tok; /* sampled, not yet fed */
     int32_t *gen_tok; /* generated ids (n_gen of them) */
     pam_detok dt;
@@ -75,6 +78,7 @@ struct pam_request {
     pam_token_logprob *gen_lp;    /* [room] per generated token (lp_k >= 0) */
     pam_token_logprob *prompt_lp; /* [n_prompt] (plp_k >= 0) */
     int32_t lp_emitted;           /* gen_lp entries published */
+    int plp_done;                 /* prompt_lp is complete (never written again) */
     int64_t t_first_ns, t_last_ns;
     pam_finish finishing; /* set by the step; published under the lock */
     struct pam_request *next_q; /* FIFO link, or paused-list link */
@@ -92,6 +96,8 @@ struct pam_request {
     int32_t n_lp_out, cap_lp_out;
     int prompt_lp_ready;
     pthread_cond_t cv;
+    void (*notify)(void *); /* pam_request_set_notify */
+    void *notify_arg;
 };
 
 /* A cached prefix: a kvm sequence nobody writes, its tokens, and the hash
@@ -115,6 +121,7 @@ struct pam_engine {
     int32_t bt; /* tokens per KV block */
     int32_t n_layer;
     int n_tiers;
+    int64_t kv_capacity_tokens; /* one sequence with every tier to itself */
 
     pam_request **run; /* [n_slots]: the batch; NULL = free slot */
     pam_request *paused; /* by priority (high first), then admission order */
@@ -285,6 +292,7 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
         snprintf(ts->name, sizeof ts->name, "%s", t->name);
         ts->blocks_capacity = t->capacity_blocks;
         ts->block_bytes = t->block_bytes;
+        e->kv_capacity_tokens += (int64_t)(t->capacity_blocks / (uint64_t)e->n_layer) * e->bt;
         e->st.kv_blocks_capacity += t->capacity_blocks;
         e->st.kv_bytes_capacity += t->capacity_blocks * t->block_bytes;
     }
@@ -317,6 +325,13 @@ static void request_free(pam_request *r) {
     free(r);
 }
 
+/* e->mu held. Wakes whoever waits on r: a blocked pam_request_next and the
+ * caller's notifier. */
+static void request_signal(pam_request *r) {
+    pthread_cond_broadcast(&r->cv);
+    if (r->notify) r->notify(r->notify_arg);
+}
+
 /* e->mu held. The engine lets go of r: finished for whatever reason. A
  * group's first request that ends before its prompt was prefilled takes the
  * waiting choices with it. */
@@ -330,7 +345,7 @@ static void request_done(pam_engine *e, pam_request *r, pam_finish f) {
         hist_observe(&e->st.ttft, (double)(r->t_first_ns - r->t_submit_ns) / 1e9);
         if (r->n_gen > 1) hist_observe(&e->st.tpot, (double)(r->t_last_ns - r->t_first_ns) / 1e9 / (r->n_gen - 1));
     }
-    pthread_cond_broadcast(&r->cv);
+    request_signal(r);
     if (--r->refs == 0) request_free(r);
 }
 
@@ -393,6 +408,7 @@ static pam_status request_new(pam_engine *e, const int32_t *prompt, int32_t n_pr
     }
     memcpy(r->prompt, prompt, (size_t)n_prompt * sizeof *prompt);
     r->n_prompt = n_prompt;
+    r->n_fill = n_prompt;
     if (r->prompt_lp) {
         memset(&r->prompt_lp[0], 0, sizeof r->prompt_lp[0]);
         r->prompt_lp[0].id = prompt[0];
@@ -419,6 +435,16 @@ pam_status pam_engine_submit_n(pam_engine *e, const int32_t *prompt, int32_t n_p
     for (int32_t i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= e->n_vocab)
             return PAM_ERR(PAM_ERR_RANGE, "token id %d out of range (vocabulary of %d)", prompt[i], e->n_vocab);
+    if (p->max_tokens > 0 && (int64_t)n_prompt + p->max_tokens > e->p.n_ctx)
+        return PAM_ERR(PAM_ERR_RANGE,
+                       "the prompt (%d tokens) plus max_tokens (%d) is %lld tokens, %lld over the context of %d",
+                       n_prompt, p->max_tokens, (long long)n_prompt + p->max_tokens,
+                       (long long)n_prompt + p->max_tokens - e->p.n_ctx, e->p.n_ctx);
+    int64_t need = (int64_t)n_prompt + (p->max_tokens > 0 ? p->max_tokens : 1);
+    if (need > e->kv_capacity_tokens)
+        return PAM_ERR(PAM_ERR_RANGE,
+                       "the prompt plus max_tokens needs %lld tokens of KV, %lld more than all KV tiers hold (%lld)",
+                       (long long)need, (long long)(need - e->kv_capacity_tokens), (long long)e->kv_capacity_tokens);
     if (p->n_stop < 0 || p->n_stop > PAM_ENGINE_MAX_STOP)
         return PAM_ERR(PAM_ERR_INVALID, "at most %d stop strings", PAM_ENGINE_MAX_STOP);
     if (p->logprobs > PAM_MAX_TOP_LOGPROBS || p->prompt_logprobs > PAM_MAX_TOP_LOGPROBS)
@@ -557,10 +583,20 @@ void pam_request_cancel(pam_request *r) {
     pthread_mutex_unlock(&e->mu);
 }
 
+void pam_request_set_notify(pam_request *r, void (*fn)(void *), void *arg) {
+    pthread_mutex_lock(&r->e->mu);
+    r->notify = fn;
+    r->notify_arg = arg;
+    int ready = r->out_len > 0 || r->n_lp_out > 0 || r->state == REQ_DONE;
+    pthread_mutex_unlock(&r->e->mu);
+    if (ready && fn) fn(arg);
+}
+
 void pam_request_release(pam_request *r) {
     if (!r) return;
     pam_engine *e = r->e;
     pthread_mutex_lock(&e->mu);
+    r->notify = NULL; /* its argument may be freed as soon as we return */
     if (--r->refs == 0) request_free(r); /* the engine had let go already */
     else request_cancel_locked(e, r);    /* frees r if it was queued */
     pthread_mutex_unlock(&e->mu);
@@ -755,8 +791,10 @@ static int free_slot(const pam_engine *e) {
 
 /* Decode positions a request reserves at admission. */
 static int32_t decode_reserve(const pam_engine *e, const pam_request *r) {
-    int32_t room = e->p.n_ctx - r->n_prompt;
-    int32_t decode = r->score_only ? 0 : r->max_tokens > 0 ? r->max_tokens : DECODE_RESERVE_BLOCKS * e->bt;
+    int32_t room = e->p.n_ctx - r->n_fill;
+    int32_t decode = r->score_only         ? 0
+                     : r->max_tokens > 0 ? r->max_tokens - r->n_gen
+                                         : DECODE_RESERVE_BLOCKS * e->bt;
     return decode > room ? room : decode;
 }
 
@@ -814,8 +852,11 @@ static void resume(pam_engine *e, pam_request *r, int slot) {
  * rest of its prompt and a decode reserve. 1: ready; 0: it does not fit
  * now (nothing changed, it waits); -1: it can never fit (finished). */
 static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
-    /* Prompt log-probabilities need the logits of every prompt position. */
-    int32_t match = 0, hit = e->p.prefix_cache && !r->prompt_lp ? cache_lookup(e, r->prompt, r->n_prompt, &match) : -1;
+    /* Prompt log-probabilities need the logits of every prompt position
+     * (once: a request requeued after that reuses its KV like any other). */
+    int32_t match = 0, hit = e->p.prefix_cache && (!r->prompt_lp || r->plp_done)
+                                 ? cache_lookup(e, r->prompt, r->n_fill, &match)
+                                 : -1;
     int32_t seq = -1;
     pam_status st = PAM_OK;
     if (hit >= 0) {
@@ -832,13 +873,14 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
     int32_t decode = decode_reserve(e, r);
     /* a partially matched block is shared: its first store copies it */
     int32_t cow = match % e->bt ? e->bt : 0;
-    /* The group's other choices: each recomputes the last prompt token,
-     * decodes, and may copy two shared blocks; fork_choices hands this out. */
-    int32_t group = (r->group_n - 1) * (1 + decode + 2 * e->bt);
-    st = reserve_evicting(e, seq, r->n_prompt - match + decode + cow + group);
+    /* The group's other choices, until they fork: each recomputes the last
+     * prompt token, decodes, and may copy two shared blocks; fork_choices
+     * hands this out. */
+    int32_t group = r->n_sibs * (1 + decode + 2 * e->bt);
+    st = reserve_evicting(e, seq, r->n_fill - match + decode + cow + group);
     if (st == PAM_ERR_FULL && e->n_running == 0 && e->n_paused == 0) {
         /* Nothing else holds KV: the minimum (prompt and one token) or never. */
-        st = reserve_evicting(e, seq, r->n_prompt - match + 1 + cow);
+        st = reserve_evicting(e, seq, r->n_fill - match + 1 + cow);
         if (st == PAM_ERR_FULL) {
             pam_kvm_seq_free(e->kvm, seq);
             return -1;
@@ -877,8 +919,9 @@ static void start(pam_engine *e, pam_request *r, int slot, int32_t reuse) {
     r->slot = slot;
     r->admit_order = ++e->admit_clock;
     r->n_past = reuse;
-    r->n_cached = reuse;
     r->state = REQ_RUNNING;
+    if (r->n_requeued > 0) return; /* counted when it first started */
+    r->n_cached = reuse;
     e->st.n_prompt_tokens += (uint64_t)r->n_prompt;
     if (e->p.prefix_cache) {
         e->st.prefix_lookups++;
@@ -911,7 +954,7 @@ static void fork_choices(pam_engine *e, pam_request *r) {
         }
         if (c->prompt_lp) {
             memcpy(c->prompt_lp, r->prompt_lp, (size_t)r->n_prompt * sizeof *c->prompt_lp);
-            c->prompt_lp_ready = 1;
+            c->plp_done = c->prompt_lp_ready = 1;
         }
         c->n_cached = r->n_cached;
         if (r->score_only) {
@@ -1069,7 +1112,9 @@ static int on_token(pam_engine *e, pam_request *r, int32_t tok, const pam_token_
             r->finishing = PAM_FINISH_STOP;
             return counted;
         }
-        if ((r->max_tokens > 0 && r->n_gen >= r->max_tokens) || r->n_past >= e->p.n_ctx)
+        /* prompt + output never exceed the context: the last token sampled
+         * need not fit in the KV, but it counts */
+        if ((r->max_tokens > 0 && r->n_gen >= r->max_tokens) || r->n_prompt + r->n_gen >= e->p.n_ctx)
             r->finishing = PAM_FINISH_LENGTH;
     }
     if (r->finishing != PAM_FINISH_NONE) {
@@ -1100,7 +1145,7 @@ static void publish_logprobs(pam_request *r, size_t upto, int final) {
     memcpy(r->lp_out + r->n_lp_out, r->gen_lp + r->lp_emitted, (size_t)n * sizeof *r->lp_out);
     r->n_lp_out += n;
     r->lp_emitted = k;
-    pthread_cond_broadcast(&r->cv);
+    request_signal(r);
 }
 
 /* e->mu held: moves emittable text to the client's buffer. */
@@ -1119,7 +1164,7 @@ static void publish(pam_request *r, size_t upto, int final) {
     memcpy(r->out + r->out_len, r->gen + r->gen_emitted, n);
     r->out_len += n;
     r->gen_emitted = upto;
-    pthread_cond_broadcast(&r->cv);
+    request_signal(r);
 }
 
 /* Engine thread: r ends now, without a new token. */
@@ -1131,15 +1176,52 @@ static void finish_now(pam_request *r, pam_finish f) {
     if (gen_append(r, buf, w) && stop_check(r, &safe) && f != PAM_FINISH_ERROR) r->finishing = PAM_FINISH_STOP;
 }
 
+/* e->mu held: r (running, not in this step's batch yet) gives up its slot
+ * and its KV and goes back to the head of the queue. Its KV goes to the
+ * prefix cache, where it is the first thing reused when r comes back and
+ * the first thing evicted while others need room; r then prefills what is
+ * left of its prompt and of the tokens it generated (the last sampled one
+ * is decoded as usual), so its output is what it would have been alone. */
+static void requeue(pam_engine *e, pam_request *r) {
+    if (r->n_gen > 0) {
+        int32_t n = r->n_prompt + r->n_gen - 1;
+        int32_t *p = realloc(r->prompt, (size_t)n * sizeof *p);
+        if (!p) {
+            finish_now(r, PAM_FINISH_ERROR);
+            return;
+        }
+        memcpy(p + r->n_prompt, r->gen_tok, (size_t)(r->n_gen - 1) * sizeof *p);
+        r->prompt = p;
+        r->n_fill = n;
+        r->refill = 1;
+    }
+    release_kv(e, r, PAM_FINISH_NONE);
+    r->seq = -1;
+    e->run[r->slot] = NULL;
+    r->slot = -1;
+    e->n_running--;
+    r->state = REQ_QUEUED;
+    r->n_past = 0;
+    r->n_requeued++;
+    r->next_q = e->q_head;
+    e->q_head = r;
+    if (!e->q_tail) e->q_tail = r;
+    e->n_queued++;
+    e->st.n_requeued++;
+}
+
 /* e->mu held: makes sure r's sequence can store k more positions this step
- * (evicting cached prefixes if needed). When the cache cannot hold them the
- * request ends ("length": its context is as long as the KV cache allows). */
+ * (evicting cached prefixes if needed). When the tiers are full, r yields:
+ * it is requeued (its KV kept in the prefix cache) and resumes when others
+ * have finished, so running out of KV never cuts a reply short. Submit
+ * refuses what could never fit, so a request alone always has room. */
 static int room_for(pam_engine *e, pam_request *r, int32_t k) {
     int32_t len = pam_kvm_seq_len(e->kvm, r->seq);
     if (r->n_past + k <= len) return 1;
     pam_status st = reserve_evicting(e, r->seq, r->n_past + k - len);
     if (st == PAM_OK) return 1;
-    finish_now(r, st == PAM_ERR_FULL ? PAM_FINISH_LENGTH : PAM_FINISH_ERROR);
+    if (st == PAM_ERR_FULL && (e->n_running > 1 || e->n_paused > 0)) requeue(e, r);
+    else finish_now(r, st == PAM_ERR_FULL ? PAM_FINISH_LENGTH : PAM_FINISH_ERROR);
     return 0;
 }
 
@@ -1178,19 +1260,22 @@ static void *engine_main(void *arg) {
         int32_t n = 0, budget = e->p.prefill_chunk;
         for (int32_t i = 0; i < e->p.n_slots; i++) {
             pam_request *r = e->run[i];
-            if (!r || r->n_past < r->n_prompt || r->finishing != PAM_FINISH_NONE || !room_for(e, r, 1)) continue;
+            if (!r || r->n_past < r->n_fill || r->finishing != PAM_FINISH_NONE || !room_for(e, r, 1)) continue;
             e->b_ctx[n] = r->ctx, e->b_tok[n] = r->last_tok, e->b_pos[n] = r->n_past, e->b_req[n] = r;
             e->b_own[n] = r;
             n++;
         }
         for (int32_t i = 0; i < e->p.n_slots && budget > 0; i++) {
             pam_request *r = e->run[i];
-            if (!r || r->n_past >= r->n_prompt || r->finishing != PAM_FINISH_NONE) continue;
-            int32_t take = r->n_prompt - r->n_past < budget ? r->n_prompt - r->n_past : budget;
+            if (!r || r->n_past >= r->n_fill || r->finishing != PAM_FINISH_NONE) continue;
+            int32_t take = r->n_fill - r->n_past < budget ? r->n_fill - r->n_past : budget;
             if (!room_for(e, r, take)) continue;
             for (int32_t k = 0; k < take; k++) {
                 e->b_ctx[n] = r->ctx, e->b_tok[n] = r->prompt[r->n_past + k], e->b_pos[n] = r->n_past + k;
-                e->b_req[n] = k == take - 1 ? r : NULL; /* logits of interest: the chunk's last token */
+                /* logits of interest: the chunk's last token, unless a
+                 * requeued request only restores its KV (its next token is
+                 * already sampled) */
+                e->b_req[n] = k == take - 1 && !r->refill ? r : NULL;
                 e->b_own[n] = r;
                 n++;
             }
@@ -1206,7 +1291,7 @@ static void *engine_main(void *arg) {
              * log-probability is wanted; rows come back compacted. */
             for (int32_t i = 0; i < n; i++) {
                 const pam_request *o = e->b_own[i];
-                e->b_want[i] = e->b_req[i] != NULL || (o->prompt_lp && e->b_pos[i] + 1 < o->n_prompt);
+                e->b_want[i] = e->b_req[i] != NULL || (o->prompt_lp && !o->plp_done && e->b_pos[i] + 1 < o->n_prompt);
             }
             pam_status st = pam_forward_batch_ex(e->b_ctx, e->b_tok, e->b_pos, n, e->b_want, e->logits);
             int64_t now = pam_time_ns();
@@ -1219,13 +1304,14 @@ static void *engine_main(void *arg) {
                     continue;
                 }
                 owner->n_past = e->b_pos[i] + 1; /* the token is in the KV now */
-                if (owner->n_past <= owner->n_prompt) n_prefilled++;
+                if (owner->n_past <= owner->n_fill) n_prefilled++;
+                if (owner->refill && owner->n_past >= owner->n_fill) owner->refill = 0;
                 const float *row = my_row >= 0 ? e->logits + (size_t)my_row * e->n_vocab : NULL;
-                if (row && owner->prompt_lp && owner->n_past < owner->n_prompt)
+                if (row && owner->prompt_lp && !owner->plp_done && owner->n_past < owner->n_prompt)
                     pam_logprobs(row, e->n_vocab, owner->prompt[owner->n_past], owner->plp_k,
                                  &owner->prompt_lp[owner->n_past]);
                 pam_request *r = e->b_req[i];
-                if (!r || r->n_past < r->n_prompt) continue;
+                if (!r || r->n_past < r->n_fill) continue;
                 if (r->finishing != PAM_FINISH_NONE) continue;
                 if (r->score_only) {
                     finish_now(r, PAM_FINISH_LENGTH);
@@ -1253,13 +1339,13 @@ static void *engine_main(void *arg) {
             pam_request *r = e->run[i];
             if (!r) continue;
             if (r->n_past >= r->n_prompt) {
-                if (r->prompt_lp) r->prompt_lp_ready = 1;
+                if (r->prompt_lp && !r->plp_done) r->plp_done = r->prompt_lp_ready = 1;
                 if (r->n_sibs > 0 && r->finishing != PAM_FINISH_ERROR) fork_choices(e, r);
             }
             if (r->finishing != PAM_FINISH_NONE) {
                 publish(r, r->gen_len, 1);
                 retire(e, r, r->finishing);
-            } else if (r->n_past >= r->n_prompt) {
+            } else if (r->n_past >= r->n_fill && !r->refill) {
                 size_t safe;
                 stop_check(r, &safe);
                 publish(r, safe, 0);

@@ -123,9 +123,15 @@ int32_t pam_engine_n_ctx(const pam_engine *e);
 int32_t pam_engine_n_slots(const pam_engine *e);
 
 /* Queues a request for prompt tokens (copied). PAM_ERR_INVALID for an empty
- * prompt or bad sampling parameters, PAM_ERR_RANGE if the prompt does not
- * leave room for one generated token in the context, PAM_ERR_FULL if the
- * queue is full or the engine is draining. */
+ * prompt or bad sampling parameters, PAM_ERR_RANGE (the message says by how
+ * much) if the prompt does not leave room for one generated token in the
+ * context, if prompt + max_tokens exceeds the context, or if prompt +
+ * max_tokens (+1 without max_tokens) exceeds what all KV tiers can hold for
+ * one sequence; PAM_ERR_FULL if the queue is full or the engine is
+ * draining. A request that was accepted is never cut short for lack of KV:
+ * when the tiers fill up mid-generation it yields its slot and KV and
+ * resumes later with the same output. Prompt plus output never exceed
+ * the context. */
 pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
                              pam_request **out);
 /* n (1..PAM_ENGINE_MAX_CHOICES) choices for one prompt, out[0..n): choice i
@@ -161,6 +167,12 @@ typedef struct pam_request_update {
  * request is done, and takes it. Returns 1 if the update carries text or
  * completion, 0 on timeout. */
 int pam_request_next(pam_request *r, int64_t timeout_ms, pam_request_update *u);
+/* Calls fn(arg) whenever r gets new text or finishes (and once now if an
+ * update is already waiting), so an event loop can wait without a thread.
+ * fn runs on the engine's thread with the engine's lock held: it must only
+ * wake its owner, never call back into the engine. NULL fn stops it;
+ * pam_request_release stops it too. */
+void pam_request_set_notify(pam_request *r, void (*fn)(void *), void *arg);
 /* Generated token ids so far (valid until the next call or release). Safe
  * once done; while running it copies under the engine's lock. */
 int32_t pam_request_tokens(pam_request *r, int32_t *out, int32_t cap);
@@ -210,6 +222,7 @@ typedef struct pam_engine_stats {
     uint64_t n_migrations;         /* blocks moved between tiers (scheduler and demotion) */
     uint64_t n_migration_failures; /* moves that failed and left the block where it was */
     uint64_t n_preempted, n_resumed, n_demoted_blocks;
+    uint64_t n_requeued; /* ran out of KV: gave it up and went back to the queue */
     pam_histogram ttft;          /* submit -> first token */
     pam_histogram tpot;          /* mean time per output token after the first, per request */
 } pam_engine_stats;

@@ -301,6 +301,58 @@ static int parse_prompt(json_t *root, pam_api_request *r, pam_api_error *err) {
     return 0;
 }
 
+/* Fields that would change what the client gets back, which the server
+ * does not implement: refused with a 400 naming the field, so an agent
+ * framework fails loudly instead of receiving plain text. Fields that only
+ * label or route a request (user, metadata, store, service_tier, ...) pass. */
+static int refuse_unimplemented(json_t *root, pam_api_error *err) {
+    static const char *const never[] = {"functions", "function_call", "audio",    "prediction", "grammar",
+                                        "json_schema", "guided_json", "guided_regex", "guided_choice", "web_search_options"};
+    json_t *v;
+    for (size_t i = 0; i < sizeof never / sizeof *never; i++)
+        if ((v = json_object_get(root, never[i])) && !json_is_null(v)) {
+            pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", never[i],
+                              "'%s' is not supported by this server", never[i]);
+            return -1;
+        }
+    if ((v = json_object_get(root, "tools")) && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0)) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "tools",
+                          "'tools' is not supported by this server (no tool calling): send no tools or an empty list");
+        return -1;
+    }
+    if ((v = json_object_get(root, "tool_choice")) && !json_is_null(v) &&
+        !(json_is_string(v) && (!strcmp(json_string_value(v), "none") || !strcmp(json_string_value(v), "auto")))) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "tool_choice",
+                          "'tool_choice' is not supported by this server (no tool calling)");
+        return -1;
+    }
+    if ((v = json_object_get(root, "response_format")) && !json_is_null(v)) {
+        json_t *t = json_is_object(v) ? json_object_get(v, "type") : NULL;
+        if (!t || !json_is_string(t) || strcmp(json_string_value(t), "text") != 0) {
+            pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "response_format",
+                              "'response_format' other than {\"type\": \"text\"} is not supported by this server "
+                              "(no JSON mode or structured output)");
+            return -1;
+        }
+    }
+    if ((v = json_object_get(root, "modalities")) && !json_is_null(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m) if (!json_is_string(m) || strcmp(json_string_value(m), "text") != 0) {
+            pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "modalities",
+                              "only the \"text\" modality is supported");
+            return -1;
+        }
+    }
+    if ((v = json_object_get(root, "suffix")) && !json_is_null(v) && !(json_is_string(v) && !json_string_length(v))) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "suffix",
+                          "'suffix' (insertion) is not supported by this server");
+        return -1;
+    }
+    /* best_of: only equal to n (checked with n) */
+    return 0;
+}
+
 int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family fam, pam_api_request *out,
                   pam_api_error *err) {
     memset(out, 0, sizeof *out);
@@ -319,6 +371,7 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
         BAD(NULL, "the request body must be a JSON object");
         goto done;
     }
+    if (refuse_unimplemented(root, err)) goto done;
     json_t *model = json_object_get(root, "model");
     if (model && !json_is_null(model)) {
         if (!json_is_string(model)) {
@@ -353,6 +406,7 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
         if (given) {
             p->max_tokens = (int32_t)v;
             p->score_only = v == 0;
+            out->max_tokens_given = 1;
         }
     }
     d = p->sampling.temp;
@@ -399,7 +453,8 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
     }
     if (get_int(root, "best_of", 1, PAM_API_MAX_N, &v, &given, err)) goto done;
     if (given && v != out->n) {
-        BAD("best_of", "'best_of' must equal 'n' (%d) when given, got %lld", out->n, v);
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "best_of",
+                          "'best_of' other than 'n' (%d) is not supported by this server, got %lld", out->n, v);
         goto done;
     }
     out->logprobs = -1;

@@ -43,6 +43,7 @@ typedef struct pam_api_request {
     int n;                 /* choices per prompt; n * (1 + n_more) <= PAM_API_MAX_N */
     int echo;              /* completions: the prompt is part of the returned text */
     int logprobs;          /* < 0: none; else alternatives per token (completions: `logprobs`; chat: `top_logprobs`) */
+    int max_tokens_given; /* max_tokens or max_completion_tokens was in the request */
     pam_request_params params; /* stop[] point into stop_store, sampling.logit_bias to logit_bias */
     char *stop_store[PAM_ENGINE_MAX_STOP];
     pam_logit_bias *logit_bias;

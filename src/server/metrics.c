@@ -114,6 +114,9 @@ char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h)
               &st->tpot);
     scalar(&o, "pam_requests_paused", "gauge", "Requests preempted and waiting to resume (their KV in the slowest tier).", (unsigned long long)st->n_paused);
     scalar(&o, "pam_preemptions_total", "counter", "Requests preempted by a higher-priority one (KV demoted, not recomputed).", st->n_preempted);
+    scalar(&o, "pam_kv_requeues_total", "counter",
+           "Requests that found the KV tiers full mid-generation and yielded (KV kept in the prefix cache, resumed later).",
+           st->n_requeued);
     scalar(&o, "pam_resumptions_total", "counter", "Preempted requests back in the batch.", st->n_resumed);
     char lb[160];
     scalar(&o, "pam_kv_block_tokens", "gauge", "Tokens per KV block (of one layer).", st->kv_block_tokens);

@@ -1,14 +1,18 @@
-/* HTTP front end (see server.h). libmicrohttpd runs one thread per
- * connection: a handler may block on its request (non-streaming waits for
- * the end, a streaming reader waits for the next text), which keeps the
- * code straight-line; the engine thread does the batching.
+/* HTTP front end (see server.h). libmicrohttpd runs an epoll event loop on
+ * a few threads of its own; no handler ever blocks. A generation request
+ * suspends its connection while it waits for the engine, and the engine's
+ * notifier (pam_request_set_notify) resumes it when text or the end
+ * arrives, so an idle or waiting socket costs no thread. A ticker resumes
+ * every waiting connection a few times a second so a client that went away
+ * is noticed (and its request cancelled) even when no token comes.
  *
- * Per connection, state lives in conn_state (body bytes, size checks) and,
- * for a stream, in stream (the request and the bytes not yet written). The
- * engine request is released exactly once: by the handler for a
- * non-streaming response, by the response's free callback for a stream
- * (which MHD calls on completion and on a broken connection alike, so a
- * client that goes away cancels its request and frees its slot). */
+ * Per connection, state lives in conn_state (body bytes, size checks, a
+ * non-streaming request being collected) and, for a stream, in stream (the
+ * request and the bytes not yet written). The engine request is released
+ * exactly once: by the handler for a non-streaming response (or on_completed
+ * if the connection dies first), by the response's free callback for a
+ * stream (which MHD calls on completion and on a broken connection alike, so
+ * a client that goes away cancels its request and frees its slot). */
 #include "server/server.h"
 
 #include <arpa/inet.h>
@@ -20,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +34,8 @@
 #include "server/api.h"
 #include "server/metrics.h"
 #include "server/oai.h"
+
+typedef struct waiter waiter;
 
 struct pam_server {
     pam_engine *e;
@@ -47,13 +54,105 @@ struct pam_server {
     int draining;
     int n_active; /* requests between first call and completion */
     uint64_t next_id;
+    waiter *waiters; /* suspended-or-suspendable connections, for the ticker */
+
+    pthread_t ticker;
+    int ticker_started, ticker_stop;
+    pthread_cond_t ticker_cv;
 };
+
+/* ---- waiting without a thread ----
+ * A connection that waits on the engine is suspended; whoever has news
+ * (the engine's notifier, the ticker) resumes it. `pending` covers the race
+ * where news arrives between the handler's last look and its suspend. Lock
+ * order: server mu, then waiter mu; the engine calls notify under its own
+ * lock, and nothing holding a waiter mu takes another lock. */
+struct waiter {
+    pam_server *s;
+    struct MHD_Connection *c;
+    pthread_mutex_t mu;
+    int suspended, pending;
+    waiter *next, *prev;
+};
+
+static void waiter_notify(void *arg) {
+    waiter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    if (w->suspended) {
+        w->suspended = 0;
+        MHD_resume_connection(w->c);
+    } else {
+        w->pending = 1;
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Suspends the connection unless news came since the last look: returns 1
+ * when suspended (the handler must return at once), 0 to look again. */
+static int waiter_suspend(waiter *w) {
+    pthread_mutex_lock(&w->mu);
+    int sus = !w->pending;
+    w->pending = 0;
+    if (sus) {
+        w->suspended = 1;
+        MHD_suspend_connection(w->c);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return sus;
+}
+
+static waiter *waiter_new(pam_server *s, struct MHD_Connection *c) {
+    waiter *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
+    w->s = s;
+    w->c = c;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_mutex_lock(&s->mu);
+    w->next = s->waiters;
+    if (s->waiters) s->waiters->prev = w;
+    s->waiters = w;
+    pthread_mutex_unlock(&s->mu);
+    return w;
+}
+
+/* The request it served must already be released (no notifier left). */
+static void waiter_free(waiter *w) {
+    if (!w) return;
+    pam_server *s = w->s;
+    pthread_mutex_lock(&s->mu);
+    if (w->prev) w->prev->next = w->next;
+    else s->waiters = w->next;
+    if (w->next) w->next->prev = w->prev;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+static void *ticker_main(void *arg) {
+    pam_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->ticker_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&s->ticker_cv, &s->mu, &ts);
+        for (waiter *w = s->waiters; w; w = w->next) waiter_notify(w);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
 
 typedef struct conn_state {
     char *body;
     size_t len, cap;
     int too_large;
     size_t discarded;
+    /* a non-streaming generation being collected */
+    struct gen *g;
+    waiter *w;
+    char id[64];
+    int64_t created;
 } conn_state;
 
 void pam_server_params_default(pam_server_params *p) {
@@ -61,7 +160,9 @@ void pam_server_params_default(pam_server_params *p) {
     p->host = "127.0.0.1";
     p->port = 8080;
     p->max_body_bytes = 1 << 20;
-    p->max_connections = 512;
+    p->max_connections = 8192;
+    p->max_conn_per_client = 0;
+    p->timeout_s = 600;
     p->chat_family = -1;
 }
 
@@ -225,30 +326,17 @@ static void choice_update(gen *g, choice *c, pam_request_update *u) {
     }
 }
 
-/* Polls every unfinished choice; if none had news, waits up to wait_ms on
- * the first of them (the choices of a group step together, but one may be
- * waiting for a slot, so the wait is short when there are several).
- * on_update (if set) sees each choice that had news. Returns the number of
- * updates. */
-static int gen_poll(gen *g, int64_t wait_ms, void (*on_update)(void *, int), void *cls) {
-    int got = 0, first = -1;
-    if (g->n > 1 && wait_ms > 20) wait_ms = 20;
+/* Takes the news of every unfinished choice (never waits); on_update (if
+ * set) sees each choice that had some. Returns the number of updates. */
+static int gen_poll(gen *g, void (*on_update)(void *, int), void *cls) {
+    int got = 0;
     for (int i = 0; i < g->n; i++) {
         choice *c = &g->ch[i];
         if (c->done) continue;
-        if (first < 0) first = i;
         pam_request_update u;
         if (pam_request_next(c->r, 0, &u)) {
             choice_update(g, c, &u);
             if (on_update) on_update(cls, i);
-            got++;
-        }
-    }
-    if (got == 0 && first >= 0 && wait_ms > 0) {
-        pam_request_update u;
-        if (pam_request_next(g->ch[first].r, wait_ms, &u)) {
-            choice_update(g, &g->ch[first], &u);
-            if (on_update) on_update(cls, first);
             got++;
         }
     }
@@ -298,6 +386,8 @@ typedef struct stream {
     char *buf;
     size_t len, off, cap;
     int sent_role, finished, got_done, failed;
+    int64_t keepalive_ns; /* when the next keep-alive comment is due */
+    waiter *w;
 } stream;
 
 static int st_append(stream *st, const char *p, size_t n) {
@@ -376,16 +466,19 @@ static void st_on_update(void *cls, int i) {
     if (c->done) st_chunk(st, i, NULL, 0, NULL, finish_reason(c->finish), 0, gen_all_done(g) ? gen_usage(g) : NULL);
 }
 
+/* Never blocks: with nothing to write it suspends the connection until the
+ * engine (or the ticker) resumes it, and returns 0. */
 static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
     stream *st = cls;
     gen *g = st->g;
-    int64_t deadline = pam_time_ns() + (int64_t)2000000000;
     for (;;) {
         if (st->off < st->len) {
             size_t n = st->len - st->off < max ? st->len - st->off : max;
             memcpy(buf, st->buf + st->off, n);
             st->off += n;
             if (st->off == st->len) st->off = st->len = 0;
+            st->keepalive_ns = pam_time_ns() + (int64_t)2000000000;
             return (ssize_t)n;
         }
         if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
@@ -394,7 +487,7 @@ static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             for (int i = 0; i < g->n; i++) st_chunk(st, i, "", 0, NULL, NULL, 1, NULL);
             continue;
         }
-        int got = gen_poll(g, 100, st_on_update, st);
+        int got = gen_poll(g, st_on_update, st);
         if (st->failed || gen_all_done(g)) {
             st->got_done = 1;
             if (!st->failed && st->include_usage) {
@@ -411,10 +504,11 @@ static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (got) continue;
         if (peer_closed(st->c)) return MHD_CONTENT_READER_END_WITH_ERROR;
         /* A comment line now and then: a gone client shows up as a failed write. */
-        if (pam_time_ns() > deadline) {
+        if (pam_time_ns() > st->keepalive_ns) {
             st_append(st, ": keep-alive\n\n", 14);
-            deadline = pam_time_ns() + (int64_t)2000000000;
+            continue;
         }
+        if (waiter_suspend(st->w)) return 0;
     }
 }
 
@@ -425,7 +519,8 @@ static void st_free(void *cls) {
         st->s->hc.disconnects++;
         pthread_mutex_unlock(&st->s->mu);
     }
-    gen_free(st->g);
+    gen_free(st->g); /* cancels what still runs: the slots are freed */
+    waiter_free(st->w);
     free(st->buf);
     free(st);
 }
@@ -470,6 +565,8 @@ static int32_t *tokenize_prompt(pam_server *s, const char *text, int32_t *n_out)
     free(ids);
     return NULL;
 }
+
+static enum MHD_Result collect_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs);
 
 static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs, pam_api_kind kind) {
     pthread_mutex_lock(&s->mu);
@@ -544,12 +641,21 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
     int stream_mode = ar.stream, include_usage = ar.include_usage;
     for (int p = 0; p < n_prompts; p++) {
         const int32_t *ids = p ? ar.more[p - 1].ids : ar.prompt_ids;
-        pam_status st = pam_engine_submit_n(s->e, ids, g->n_prompts[p], &ar.params, ar.n, reqs);
+        /* A default output length (16 for completions) gives way to the
+         * context; one the client asked for is checked by submit. */
+        pam_request_params pp = ar.params;
+        if (!ar.max_tokens_given && pp.max_tokens > n_ctx - g->n_prompts[p]) pp.max_tokens = n_ctx - g->n_prompts[p];
+        pam_status st = pam_engine_submit_n(s->e, ids, g->n_prompts[p], &pp, ar.n, reqs);
         if (st != PAM_OK) {
+            fprintf(stderr, "pam serve: request refused: %s\n", pam_last_error());
             if (st == PAM_ERR_FULL)
-                pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later", pam_last_error());
+                pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later",
+                                  pam_last_error_message());
+            else if (st == PAM_ERR_RANGE)
+                pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded", NULL, "%s",
+                                  pam_last_error_message());
             else
-                pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error());
+                pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error_message());
             free(reqs);
             gen_free(g); /* cancels the prompts submitted before */
             pam_api_request_free(&ar);
@@ -569,16 +675,20 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
 
     if (stream_mode) {
         stream *stm = calloc(1, sizeof *stm);
+        waiter *w = stm ? waiter_new(s, c) : NULL;
         struct MHD_Response *resp =
-            stm ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, st_reader, stm, st_free) : NULL;
+            w ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, st_reader, stm, st_free) : NULL;
         if (!resp) {
-            free(stm);
             gen_free(g);
+            waiter_free(w);
+            free(stm);
             return MHD_NO;
         }
-        stm->s = s, stm->g = g, stm->c = c, stm->created = created;
+        stm->s = s, stm->g = g, stm->c = c, stm->created = created, stm->w = w;
         stm->include_usage = include_usage;
+        stm->keepalive_ns = pam_time_ns() + (int64_t)2000000000;
         snprintf(stm->id, sizeof stm->id, "%s", id);
+        for (int i = 0; i < g->n; i++) pam_request_set_notify(g->ch[i].r, waiter_notify, w);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         enum MHD_Result ret = MHD_queue_response(c, 200, resp);
@@ -590,17 +700,38 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         return ret;
     }
 
-    /* Non-streaming: wait for every choice; a client that goes away cancels. */
+    /* Non-streaming: collect the choices while the connection sleeps. */
+    cs->w = waiter_new(s, c);
+    if (!cs->w) {
+        gen_free(g);
+        return MHD_NO;
+    }
+    cs->g = g;
+    cs->created = created;
+    snprintf(cs->id, sizeof cs->id, "%s", id);
+    for (int i = 0; i < g->n; i++) pam_request_set_notify(g->ch[i].r, waiter_notify, cs->w);
+    return collect_generate(s, c, cs);
+}
+
+/* Takes what the choices produced so far; answers when every one is done
+ * (or one failed), or suspends the connection until there is more. A
+ * client that goes away cancels. */
+static enum MHD_Result collect_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs) {
+    gen *g = cs->g;
     while (!gen_all_done(g) && !gen_failed(g)) {
-        gen_poll(g, 50, NULL, NULL);
-        if (!gen_all_done(g) && !gen_failed(g) && peer_closed(c)) {
+        if (gen_poll(g, NULL, NULL)) continue;
+        if (peer_closed(c)) {
             gen_free(g);
+            cs->g = NULL;
             pthread_mutex_lock(&s->mu);
             s->hc.disconnects++;
             pthread_mutex_unlock(&s->mu);
             return MHD_NO;
         }
+        if (waiter_suspend(cs->w)) return MHD_YES;
     }
+    cs->g = NULL;
+    pam_api_kind kind = g->kind;
     const choice *bad = gen_failed(g);
     if (bad) {
         pam_finish f = bad->finish;
@@ -621,9 +752,9 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
                                       choice_logprobs(g, ch), "finish_reason", finish_reason(ch->finish));
         json_array_append_new(choices, one);
     }
-    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o}", "id", id, "object",
+    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o}", "id", cs->id, "object",
                              kind == PAM_API_CHAT ? "chat.completion" : "text_completion", "created",
-                             (json_int_t)created, "model", s->alias, "choices", choices, "usage", gen_usage(g));
+                             (json_int_t)cs->created, "model", s->alias, "choices", choices, "usage", gen_usage(g));
     gen_free(g);
     return send_json(s, c, 200, root);
 }
@@ -704,6 +835,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         cs->body[cs->len] = '\0';
         return MHD_YES;
     }
+    if (cs->g) return collect_generate(s, c, cs); /* resumed */
     if (cs->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "the request body exceeds %zu bytes", s->p.max_body_bytes);
@@ -746,6 +878,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     pam_server *s = cls;
     conn_state *cs = *con_cls;
     if (!cs) return;
+    gen_free(cs->g); /* the connection died while it waited */
+    waiter_free(cs->w);
     free(cs->body);
     free(cs);
     *con_cls = NULL;
@@ -753,6 +887,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     s->n_active--;
     pthread_cond_broadcast(&s->idle_cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* Every open connection is a descriptor: lift the soft limit towards what
+ * the connection limit needs (up to the hard limit; failure only means
+ * MHD refuses connections earlier). */
+static void raise_fd_limit(rlim_t want) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want) return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
 }
 
 pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_params *p, pam_server **out) {
@@ -764,7 +908,8 @@ pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_
     s->p = *p;
     if (!s->p.host) s->p.host = "127.0.0.1";
     if (s->p.max_body_bytes == 0) s->p.max_body_bytes = 1 << 20;
-    if (s->p.max_connections <= 0) s->p.max_connections = 512;
+    if (s->p.max_connections <= 0) s->p.max_connections = 8192;
+    if (s->p.timeout_s <= 0) s->p.timeout_s = 600;
     snprintf(s->alias, sizeof s->alias, "%s", p->alias && p->alias[0] ? p->alias : "model");
     s->created = (int64_t)time(NULL);
     if (p->chat_family >= 0) {
@@ -780,7 +925,7 @@ pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_
 
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, s->p.host, &a4->sin_addr) == 1) {
@@ -798,16 +943,26 @@ pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_
         free(s);
         return PAM_ERR(PAM_ERR_INVALID, "--port must be in 0..65535, got %d", p->port);
     }
+    raise_fd_limit((rlim_t)s->p.max_connections + 256);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->idle_cv, NULL);
+    pthread_cond_init(&s->ticker_cv, NULL);
+    /* A few event-loop threads: handlers never block, so these only parse,
+     * tokenise and format; more would just contend for the cores the
+     * forward pass uses. */
     s->d = MHD_start_daemon(flags, (uint16_t)s->p.port, NULL, NULL, on_access, s, MHD_OPTION_SOCK_ADDR,
-                            (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_END);
-    if (!s->d) {
-        int err = errno;
+                            (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->p.max_conn_per_client,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->p.timeout_s, MHD_OPTION_NOTIFY_COMPLETED,
+                            on_completed, s, MHD_OPTION_END);
+    if (s->d && pthread_create(&s->ticker, NULL, ticker_main, s) == 0) s->ticker_started = 1;
+    if (!s->d || !s->ticker_started) {
+        int err = s->d ? EAGAIN : errno;
+        if (s->d) MHD_stop_daemon(s->d);
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->idle_cv);
+        pthread_cond_destroy(&s->ticker_cv);
         free(s);
         return PAM_ERR(PAM_ERR_IO, "cannot listen on %s:%d: %s", p->host, p->port, strerror(err));
     }
@@ -835,8 +990,14 @@ void pam_server_drain(pam_server *s) {
 
 void pam_server_stop(pam_server *s) {
     if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->ticker_stop = 1;
+    pthread_cond_signal(&s->ticker_cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->ticker, NULL);
     MHD_stop_daemon(s->d);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->idle_cv);
+    pthread_cond_destroy(&s->ticker_cv);
     free(s);
 }

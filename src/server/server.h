@@ -1,5 +1,6 @@
-/* OpenAI-compatible HTTP server over an engine (libmicrohttpd, one thread
- * per connection; a streaming response's reader blocks on its request).
+/* OpenAI-compatible HTTP server over an engine (libmicrohttpd's epoll event
+ * loop; a connection waiting on the engine is suspended, so idle and
+ * waiting connections cost no thread).
  *
  *   POST /v1/completions, /v1/chat/completions   (stream: true -> SSE)
  *   GET  /v1/models, /health, /metrics
@@ -25,7 +26,9 @@ typedef struct pam_server_params {
     int port;              /* 0: any free port (see pam_server_port) */
     const char *alias;     /* model id in the API */
     size_t max_body_bytes; /* default 1 MiB */
-    int max_connections;   /* default 512 */
+    int max_connections;   /* default 8192 */
+    int max_conn_per_client; /* connections from one IP address; 0: no limit (default) */
+    int timeout_s;         /* an idle connection is closed after this; default 600 */
     int chat_family;       /* -1: detect from tokenizer.chat_template */
 } pam_server_params;
 
