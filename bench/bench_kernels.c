@@ -8,15 +8,19 @@
  * count (compute-bound: each weight panel is reused by all tokens).
  *
  * Then KV attention: one layer's attention of one query token through the
- * dram tier (f16) and the dramq tier (int8, int4) side by side, as GB/s of
- * block bytes attended and the time relative to the dram tier (below).
+ * dram tier in each KV type (f16, f32, bf16, q8, q4) and the dramq tier
+ * (int8, int4) side by side, as GB/s of block bytes attended, the time
+ * relative to the dram f16 tier, and the share of a plain read of the same
+ * bytes at the same thread count (below); before that, each KV type's
+ * kernel on one block in cache, in CPU time.
  *
  * Then the ssd tier's block checksum: pam_checksum64 per ISA level beside the
  * hash it replaced, over 32 KiB blocks hot in cache and streamed from a
  * buffer far larger than the caches, as GB/s on one thread.
  *
  * Usage: bench_kernels [rows cols [max_threads [seconds_per_point [what]]]]
- * with what = all (default), decode, prefill, kv or csum.
+ * with what = all (default), decode, prefill, kv, kvhot (only the cached
+ * kernels of kv) or csum.
  * Every level's output is checked against pam_vec_dot_ref before timing. */
 #include <math.h>
 #include <stdint.h>
@@ -210,24 +214,54 @@ static double kv_rel_err(const kv_job *a, const float *b) {
     return num / (den > 0 ? den : 1);
 }
 
+/* "model name" of /proc/cpuinfo, or "unknown". */
+static void cpu_model(char *out, size_t cap) {
+    snprintf(out, cap, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "model name", 10) == 0) {
+            const char *c = strchr(line, ':');
+            if (c) {
+                c++;
+                while (*c == ' ' || *c == '\t') c++;
+                snprintf(out, cap, "%s", c);
+                out[strcspn(out, "\n")] = '\0';
+            }
+            break;
+        }
+    fclose(f);
+}
+
 static int bench_kv(pam_pool **pools, int max_threads, double secs) {
     const int best = (int)pam_cpu_detect();
     const int64_t ctxs[] = {512, 32768};
-    const char *names[] = {"dram", "dramq:int8", "dramq:int4"};
-    const double tols[] = {0, 5e-2, 5e-1}; /* quantised vs f16 output (tests bound int8 2e-2, int4 3e-1) */
+    enum { N_KV_TIERS = 7 };
+    const char *names[N_KV_TIERS] = {"dram", "dram:f32", "dram:bf16", "dram:q8", "dram:q4", "dramq:int8", "dramq:int4"};
+    const int dramq_bits[N_KV_TIERS] = {0, 0, 0, 0, 0, 8, 4};
+    const pam_kv_type types[N_KV_TIERS] = {PAM_KV_F16, PAM_KV_F32, PAM_KV_BF16, PAM_KV_Q8, PAM_KV_Q4, 0, 0};
+    /* output vs the f16 tier's on N(0,1) data (tests bound q8/int8 3e-2, q4/int4 3e-1), and each ISA level
+     * vs the scalar level: float rounding, and for q8/q4 a 7-bit softmax weight that rounds the other way */
+    const double tols[N_KV_TIERS] = {0, 1e-3, 3e-2, 5e-2, 5e-1, 5e-2, 5e-1};
+    const double isa_tols[N_KV_TIERS] = {1e-4, 1e-4, 1e-4, 1e-3, 1e-3, 1e-4, 1e-4};
     const pam_kv_shape shape = {.n_layer = 1, .n_head_kv = KV_HEADS, .head_dim = KV_HD, .block_tokens = KV_BT};
     const size_t row = (size_t)KV_HEADS * KV_HD;
-    printf("\n# KV attention, one layer, one query token: %d KV heads x %d, %d query heads, %d-token blocks;\n"
-           "# GB/s of block bytes attended (mean of >= %.2f s, best of 2) and the time of the dram tier at\n"
-           "# the same ISA and thread count / this tier's\n",
-           KV_HEADS, KV_HD, KV_NQ, KV_BT, secs);
-    printf("%-6s %-11s %7s %3s", "ctx", "tier", "MB", "thr");
+    char model[256];
+    cpu_model(model, sizeof model);
+    printf("\n# KV attention on %s, one layer, one query token: %d KV heads x %d, %d query heads,\n"
+           "# %d-token blocks; GB/s of block bytes attended (mean of >= %.2f s, best of 2), the time of the\n"
+           "# dram f16 tier at the same ISA and thread count / this tier's, and the best level's rate as a\n"
+           "# share of a plain read of the same bytes (the read: 64-bit sums over a buffer of that size)\n",
+           model, KV_HEADS, KV_HD, KV_NQ, KV_BT, secs);
+    printf("%-6s %-11s %7s %3s %7s", "ctx", "tier", "MB", "thr", "read");
     for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
     for (int isa = 0; isa <= best; isa++) printf(" %6s/dram", pam_cpu_isa_name((pam_isa)isa));
-    printf("\n");
+    printf(" %6s\n", "%read");
     float *q = malloc(sizeof(float) * KV_NQ * KV_HD), *want = malloc(sizeof(float) * KV_NQ * KV_HD);
     kv_job *job = malloc(sizeof *job);
-    if (!q || !want || !job) return 1;
+    read_job *rj = calloc(1, sizeof *rj);
+    if (!q || !want || !job || !rj) return 1;
     for (int i = 0; i < KV_NQ * KV_HD; i++) q[i] = rnd();
     int failed = 0;
     for (size_t ci = 0; ci < sizeof ctxs / sizeof ctxs[0] && !failed; ci++) {
@@ -240,12 +274,12 @@ static int bench_kv(pam_pool **pools, int max_threads, double secs) {
             V[i] = rnd();
         }
         double dram_s[17][PAM_ISA_COUNT];
-        for (int ti = 0; ti < 3 && !failed; ti++) {
+        for (int ti = 0; ti < N_KV_TIERS && !failed; ti++) {
             pam_tier *t = NULL;
             pam_status st = PAM_OK;
-            uint64_t cap = 2 * (uint64_t)n_blocks * 2 * KV_BT * row * 2; /* twice the f16 bytes */
-            if (ti == 0) st = pam_tier_dram_open(&shape, cap, &t);
-            else st = pam_tier_dramq_open(&shape, ti == 1 ? 8 : 4, cap, &t);
+            uint64_t cap = 2 * (uint64_t)n_blocks * 2 * KV_BT * row * 4; /* twice the f32 bytes */
+            if (dramq_bits[ti]) st = pam_tier_dramq_open(&shape, dramq_bits[ti], cap, &t);
+            else st = pam_tier_dram_open_type(&shape, types[ti], cap, &t);
             for (int64_t b = 0; st == PAM_OK && b < n_blocks; b++) {
                 blocks[b].n_tokens = KV_BT;
                 st = pam_tier_alloc(t, &blocks[b].slot);
@@ -274,30 +308,41 @@ static int bench_kv(pam_pool **pools, int max_threads, double secs) {
                     if (ti == 0) memcpy(want, lvl0, sizeof(float) * KV_NQ * KV_HD);
                 }
                 double e0 = kv_rel_err(job, lvl0), ed = kv_rel_err(job, want);
-                if (!(e0 <= 1e-4) || !(ed <= tols[ti] + 1e-4)) {
+                if (!(e0 <= isa_tols[ti]) || !(ed <= tols[ti] + 1e-4)) {
                     fprintf(stderr, "%s %s ctx %lld: rel error %.3g vs scalar level, %.3g vs dram\n", names[ti],
                             pam_cpu_isa(), (long long)n_tok, e0, ed);
                     failed = 1;
                 }
             }
             free(lvl0);
-            double mb = (double)n_blocks * (double)t->block_bytes / (1 << 20);
+            const uint64_t bytes = (uint64_t)n_blocks * t->block_bytes;
+            double mb = (double)bytes / (1 << 20);
+            /* the plain read of as many bytes */
+            rj->n_words = (int64_t)(bytes / 8);
+            uint64_t *buf = malloc((size_t)rj->n_words * 8);
+            if (!buf) return 1;
+            for (int64_t i = 0; i < rj->n_words; i++) buf[i] = (uint64_t)i * 0x9e3779b97f4a7c15ull;
+            rj->p = buf;
             for (int th = 1; th <= max_threads && !failed; th++) {
-                double s[PAM_ISA_COUNT];
+                double s[PAM_ISA_COUNT], rd = 1e30;
                 for (int isa = 0; isa <= best; isa++) s[isa] = 1e30;
-                for (int round = 0; round < 2; round++)
+                for (int round = 0; round < 2; round++) {
+                    rd = fmin(rd, time_read(pools[th], rj, secs));
                     for (int isa = best; isa >= 0; isa--) {
                         pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
                         s[isa] = fmin(s[isa], time_kv(pools[th], job, secs));
                     }
+                }
                 if (ti == 0) memcpy(dram_s[th], s, sizeof s);
-                printf("%-6lld %-11s %7.1f %3d", (long long)n_tok, names[ti], mb, th);
-                for (int isa = 0; isa <= best; isa++)
-                    printf(" %9.2f", (double)n_blocks * (double)t->block_bytes * 1e-9 / s[isa]);
+                double best_s = 1e30;
+                for (int isa = 0; isa <= best; isa++) best_s = fmin(best_s, s[isa]);
+                printf("%-6lld %-11s %7.1f %3d %7.2f", (long long)n_tok, names[ti], mb, th, (double)bytes * 1e-9 / rd);
+                for (int isa = 0; isa <= best; isa++) printf(" %9.2f", (double)bytes * 1e-9 / s[isa]);
                 for (int isa = 0; isa <= best; isa++) printf(" %11.2f", dram_s[th][isa] / s[isa]);
-                printf("\n");
+                printf(" %5.0f%%\n", 100.0 * rd / best_s);
                 fflush(stdout);
             }
+            free(buf);
             for (int64_t b = 0; b < n_blocks; b++) pam_tier_free(t, blocks[b].slot);
             pam_tier_close(t);
         }
@@ -309,7 +354,78 @@ static int bench_kv(pam_pool **pools, int max_threads, double secs) {
     free(q);
     free(want);
     free(job);
+    free(rj);
     return failed;
+}
+
+/* The kernel of each KV type on one block held in cache, in this thread's
+ * CPU time (a busy machine's other work does not enter): the arithmetic
+ * each type costs per block and KV head, the bound a streamed run can
+ * reach at best. */
+static int bench_kv_hot(double secs) {
+    enum { HOT_B = 16 };
+    const int nq = KV_NQ / KV_HEADS, best = (int)pam_cpu_detect();
+    char model[256];
+    cpu_model(model, sizeof model);
+    printf("\n# KV attention kernels on one cached block on %s: %d tokens x %d channels, %d query heads\n"
+           "# per KV head, one thread; ns per block and head of this thread's CPU time (best of 3 x %.2f s),\n"
+           "# GB/s of the block's bytes, and the f16 kernel's time at the same level / this one's\n",
+           model, HOT_B, KV_HD, nq, secs);
+    printf("%-5s %6s", "type", "bytes");
+    for (int isa = 0; isa <= best; isa++) printf(" %9s %7s", pam_cpu_isa_name((pam_isa)isa), "GB/s");
+    for (int isa = 0; isa <= best; isa++) printf(" %6s/f16", pam_cpu_isa_name((pam_isa)isa));
+    printf("\n");
+    float *q = malloc(sizeof(float) * (size_t)nq * KV_HD), *k = malloc(sizeof(float) * HOT_B * KV_HD);
+    float *v = malloc(sizeof(float) * HOT_B * KV_HD), *o = malloc(sizeof(float) * (size_t)nq * KV_HD);
+    float m[KV_NQ], l[KV_NQ];
+    if (!q || !k || !v || !o) return 1;
+    for (int i = 0; i < nq * KV_HD; i++) q[i] = rnd();
+    for (int i = 0; i < HOT_B * KV_HD; i++) {
+        k[i] = rnd();
+        v[i] = rnd();
+    }
+    double f16_ns[PAM_ISA_COUNT] = {0};
+    const pam_kv_type order[] = {PAM_KV_F16, PAM_KV_F32, PAM_KV_BF16, PAM_KV_Q8, PAM_KV_Q4};
+    for (int ti = 0; ti < PAM_KV_TYPE_COUNT; ti++) {
+        const pam_kv_type type = order[ti];
+        const size_t bytes = pam_kvh_bytes(type, KV_HD, HOT_B);
+        void *run = malloc(bytes), *qbuf = malloc(pam_kvh_query_bytes(type, nq, KV_HD) + 16);
+        float *scratch = malloc(sizeof(float) * pam_kvh_scratch_floats(type, nq, KV_HD, HOT_B));
+        if (!run || !qbuf || !scratch) return 1;
+        pam_kvh_write(type, KV_HD, HOT_B, run, 0, HOT_B, k, v, KV_HD);
+        pam_kvh_query qr;
+        pam_kvh_query_init(&qr, type, q, nq, KV_HD, 1.0f / sqrtf((float)KV_HD), qbuf);
+        printf("%-5s %6zu", pam_kv_type_name(type), bytes);
+        double ns[PAM_ISA_COUNT] = {0};
+        for (int isa = 0; isa <= best; isa++) {
+            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+            ns[isa] = 1e30;
+            for (int rep = 0; rep < 3; rep++) {
+                long iters = 0;
+                double t0 = cpu_s(), t;
+                do {
+                    for (int i = 0; i < 256; i++) pam_kvh_partial(&qr, run, HOT_B, HOT_B, m, l, o, scratch);
+                    iters += 256;
+                    t = cpu_s();
+                } while (t - t0 < secs);
+                ns[isa] = fmin(ns[isa], (t - t0) * 1e9 / (double)iters);
+            }
+            g_sink += o[0];
+            printf(" %9.1f %7.2f", ns[isa], (double)bytes / ns[isa]);
+        }
+        if (type == PAM_KV_F16) memcpy(f16_ns, ns, sizeof ns);
+        for (int isa = 0; isa <= best; isa++) printf(" %10.2f", f16_ns[isa] / ns[isa]);
+        printf("\n");
+        free(run);
+        free(qbuf);
+        free(scratch);
+    }
+    pam_cpu_set_isa(NULL);
+    free(q);
+    free(k);
+    free(v);
+    free(o);
+    return 0;
 }
 
 /* ---- block checksum ---------------------------------------------------------
@@ -450,10 +566,11 @@ int main(int argc, char **argv) {
     const int all = strcmp(what, "all") == 0;
     const int do_decode = all || strcmp(what, "decode") == 0, do_prefill = all || strcmp(what, "prefill") == 0;
     const int do_kv = all || strcmp(what, "kv") == 0, do_csum = all || strcmp(what, "csum") == 0;
+    const int do_kv_hot = do_kv || strcmp(what, "kvhot") == 0;
     if (rows <= 0 || cols <= 0 || cols % 256 || max_threads < 1 || max_threads > 16 ||
-        !(do_decode || do_prefill || do_kv || do_csum)) {
+        !(do_decode || do_prefill || do_kv_hot || do_csum)) {
         fprintf(stderr, "usage: bench_kernels [rows cols(multiple of 256) [max_threads [secs "
-                        "[all|decode|prefill|kv|csum]]]]\n");
+                        "[all|decode|prefill|kv|kvhot|csum]]]]\n");
         return 2;
     }
     const pam_dtype types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
@@ -611,6 +728,7 @@ int main(int argc, char **argv) {
     }
     free(X);
     free(Y);
+    if (do_kv_hot && !failed) failed = bench_kv_hot(secs / 3);
     if (do_kv && !failed) failed = bench_kv(pools, max_threads, secs);
     if (do_csum && !failed) failed = bench_csum(secs);
     pam_cpu_set_isa(NULL);

@@ -92,6 +92,11 @@ void pam_attn_partial_f16_kt_ref(const float *q, int n_q, int head_dim, float sc
                 scores);
 }
 
+void pam_attn_partial_f32_kt(const float *q, int n_q, int head_dim, float scale, const float *Kt, const float *V,
+                             int64_t B, int64_t n, float *m, float *l, float *o, float *scores) {
+    partial_ref(q, n_q, head_dim, scale, Kt, V, sizeof(float), 0, 1, (size_t)B, (size_t)head_dim, n, m, l, o, scores);
+}
+
 void pam_attn_partial_f16_kt(const float *q, int n_q, int head_dim, float scale, const uint16_t *Kt,
                              const uint16_t *V, int64_t B, int64_t n, float *m, float *l, float *o,
                              float *scores) {

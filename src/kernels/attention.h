@@ -60,6 +60,11 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
                                     float *m, float *l, float *o, float *scores);
 #endif
 
+/* f32 K/V in the channel-major block layout of pam_attn_partial_f16_kt (the
+ * exact-reference KV type of the tiers): the reference kernel. */
+void pam_attn_partial_f32_kt(const float *q, int n_q, int head_dim, float scale, const float *Kt, const float *V,
+                             int64_t B, int64_t n, float *m, float *l, float *o, float *scores);
+
 /* The softmax pass of the reference kernels: per head g, scores[g][t] <-
  * exp(scores[g][t] - m[g]) and l[g] = their sum in token order. */
 void pam_attn_softmax_ref(int n_q, int64_t n, float *scores, const float *m, float *l);

@@ -52,7 +52,7 @@ void pam_kv_free(pam_kv *kv) {
 }
 
 int32_t pam_kv_n_ctx(const pam_kv *kv) { return kv->n_ctx; }
-pam_dtype pam_kv_type(const pam_kv *kv) { return kv->type; }
+pam_dtype pam_kv_dtype(const pam_kv *kv) { return kv->type; }
 
 uint64_t pam_kv_bytes_per_pos(const pam_kv *kv) {
     return 2ull * (uint64_t)kv->n_layer * kv->row * kv->esize;

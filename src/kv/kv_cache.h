@@ -24,7 +24,7 @@ pam_status pam_kv_create(int32_t n_layer, int32_t n_head_kv, int32_t head_dim, i
                          pam_dtype type, pam_kv **out);
 void pam_kv_free(pam_kv *kv);
 int32_t pam_kv_n_ctx(const pam_kv *kv);
-pam_dtype pam_kv_type(const pam_kv *kv);
+pam_dtype pam_kv_dtype(const pam_kv *kv);
 /* Bytes of K and V per position, all layers. */
 uint64_t pam_kv_bytes_per_pos(const pam_kv *kv);
 

@@ -362,8 +362,8 @@ static pam_status migrate_block(pam_kvm *kvm, uint32_t id, int to) {
     if (st == PAM_OK) st = pam_tier_write(dst, slot, 0, n, kvm->mk, kvm->mv);
     if (st == PAM_OK) st = pam_tier_read(dst, slot, n, kvm->mk2, kvm->mv2);
     if (st == PAM_OK) {
-        if (src->exact && dst->exact) {
-            /* f16 in, f16 out: the copy must be bit-identical */
+        if (src->exact && dst->exact && src->kv_type == dst->kv_type) {
+            /* f16 (or f32) in, the same out: the copy must be bit-identical */
             if (memcmp(kvm->mk, kvm->mk2, cnt * sizeof(float)) || memcmp(kvm->mv, kvm->mv2, cnt * sizeof(float)))
                 st = PAM_ERR(PAM_ERR_CORRUPT, "migration %s -> %s: the copy differs from the source", src->name, dst->name);
         } else {
@@ -718,7 +718,8 @@ static pam_status stage_blocks(pam_kvm *kvm, const uint32_t *ids, int64_t nb) {
         uint64_t cap = kvm->staging ? kvm->staging->capacity_blocks : 64;
         while (cap < (uint64_t)nb) cap *= 2;
         pam_tier *nt;
-        PAM_TRY(pam_tier_dram_open(&kvm->shape, cap * kvm->tiers[0]->block_bytes, &nt));
+        /* the fastest tier's KV type, so offload computes with its kernels */
+        PAM_TRY(pam_tier_dram_open_type(&kvm->shape, kvm->tiers[0]->kv_type, cap * kvm->tiers[0]->block_bytes, &nt));
         pam_tier_close(kvm->staging);
         kvm->staging = nt;
     }

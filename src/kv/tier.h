@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/attnkv.h"
 #include "pam.h"
 
 typedef struct pam_kv_shape {
@@ -96,7 +97,8 @@ typedef struct pam_tier {
     uint64_t capacity_blocks; /* slots available */
     uint64_t block_bytes;     /* bytes one block occupies (and attend reads) in this tier */
     double read_gbps;         /* measured (or configured) read bandwidth */
-    int exact;                /* 1 if attention over this tier equals f16 attention (no lossy encoding) */
+    int exact;                /* 1 if the tier stores K/V with no lossy encoding beyond its kv_type (f16, f32) */
+    pam_kv_type kv_type;      /* element type of a raw-KV tier (dram, ssd); f16 for dramq */
 } pam_tier;
 
 /* Thin wrappers: the only way callers reach a tier. */
@@ -122,7 +124,19 @@ void pam_tier_close(pam_tier *t);
 
 /* ---- Implementations (kv/tier_dram.c, tier_dramq.c, tier_ssd.c, tier_fault.c) ---- */
 
-/* f16 K/V in host memory, laid out per (block, kv head) for streaming reads. */
+/* KV types of the tiers that hold raw KV (dram, ssd): pam_kv_type, with
+ * pam_kv_type_parse ("f32|f16|bf16|q8|q4", also "q8_0"/"q4_0") and
+ * pam_kv_type_name, from kernels/attnkv.h, which also defines each type's
+ * block layout and attention kernels. f16 is the default; f32 is the exact
+ * reference. */
+
+/* K/V of the given type in host memory, laid out per (block, kv head) for
+ * streaming reads. PAM_ERR_INVALID if the type cannot hold the shape (q8
+ * needs head_dim % 4 == 0, q4 % 8, bf16 % 2). The tier is named "dram" for
+ * f16 and "dram:TYPE" otherwise; exact for f16 and f32. */
+pam_status pam_tier_dram_open_type(const pam_kv_shape *shape, pam_kv_type type, uint64_t capacity_bytes,
+                                   pam_tier **out);
+/* pam_tier_dram_open_type with f16. */
 pam_status pam_tier_dram_open(const pam_kv_shape *shape, uint64_t capacity_bytes, pam_tier **out);
 /* int8 (bits 8) or int4 (bits 4) KIVI-style: K quantised per channel, V per
  * token, group scales; tokens of a block not yet full stay f16. */
@@ -151,6 +165,9 @@ pam_status pam_tier_fault_wrap(pam_tier *inner, const pam_fault_plan *plan, pam_
  * "ssd:/var/tmp/pam-kv:64GiB" and opens the tier. Sizes accept KiB/MiB/GiB/TiB
  * and plain bytes. Clear PAM_ERR_INVALID messages for malformed specs. */
 pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_tier **out);
+/* Same, with the KV type the raw-KV tiers (dram, ssd) store; dramq keeps its
+ * own encoding and ignores it. pam_tier_open_spec is this with f16. */
+pam_status pam_tier_open_spec_type(const pam_kv_shape *shape, const char *spec, pam_kv_type type, pam_tier **out);
 
 /* ---- Additions (kv/tier_ssd.c, tier_spec.c) ---- */
 
@@ -160,6 +177,9 @@ pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_t
 #define PAM_SSD_NO_URING 2u /* no io_uring: synchronous pread, no overlap */
 pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint64_t capacity_bytes,
                                 unsigned flags, pam_tier **out);
+/* The ssd tier storing the given KV type (the open functions above: f16). */
+pam_status pam_tier_ssd_open_type(const pam_kv_shape *shape, pam_kv_type type, const char *dir,
+                                  uint64_t capacity_bytes, unsigned flags, pam_tier **out);
 
 /* Test hook at the ssd tier's I/O layer: from the nth event of that kind on
  * (0-based; every later one too when persistent), EIO_READ completes a read
@@ -179,8 +199,8 @@ typedef enum pam_ssd_fault {
 } pam_ssd_fault;
 pam_status pam_tier_ssd_inject(pam_tier *t, pam_ssd_fault kind, uint64_t nth, int persistent);
 /* Where a slot's bytes live on disk (tests flip bytes there): a path that
- * opens the tier's file and the byte offset of the block's payload (f16 K,
- * then V; block_bytes from there belong to it). The checksum and the other
+ * opens the tier's file and the byte offset of the block's payload (its head
+ * runs, K then V each; block_bytes from there belong to it). The checksum and the other
  * metadata are kept in memory, so any byte of the payload that changes on
  * disk fails the block's next read with PAM_ERR_CORRUPT. */
 pam_status pam_tier_ssd_locate(pam_tier *t, uint32_t slot, char *path, size_t path_cap,
@@ -198,5 +218,8 @@ pam_status pam_parse_size(const char *s, uint64_t *out);
 /* The default KV tier: dram sized from available memory (half of what the
  * OS reports available), capped to want_bytes when want_bytes > 0. */
 pam_status pam_tier_open_default(const pam_kv_shape *shape, uint64_t want_bytes, pam_tier **out);
+/* The default tier storing the given KV type. */
+pam_status pam_tier_open_default_type(const pam_kv_shape *shape, pam_kv_type type, uint64_t want_bytes,
+                                      pam_tier **out);
 
 #endif

@@ -440,6 +440,7 @@ pam_status pam_tier_dramq_open(const pam_kv_shape *shape, int bits, uint64_t cap
     t->block_bytes = d->slot_bytes;
     t->read_gbps = DQ_DEFAULT_GBPS;
     t->exact = 0;
+    t->kv_type = PAM_KV_F16; /* its own encoding; f16 is what its recent window holds */
     *out = t;
     return PAM_OK;
 }

@@ -108,6 +108,7 @@ pam_status pam_tier_fault_wrap(pam_tier *inner, const pam_fault_plan *plan, pam_
     t->block_bytes = inner->block_bytes;
     t->read_gbps = inner->read_gbps;
     t->exact = inner->exact;
+    t->kv_type = inner->kv_type;
     *out = t;
     return PAM_OK;
 }

@@ -1,7 +1,8 @@
 /* --kv-tier specs and the default tier.
- *   dram[:SIZE]            f16 KV in host memory (no size: the default sizing)
+ *   dram[:SIZE]            KV of the given type (default f16) in host memory
+ *                          (no size: the default sizing)
  *   dramq:int8|int4:SIZE   quantised KV in host memory
- *   ssd:DIR:SIZE           blocks in a file under DIR (DIR may contain ':';
+ *   ssd:DIR:SIZE           blocks of the given type in a file under DIR (DIR may contain ':';
  *                          the size is what follows the last one)
  * Sizes: plain bytes or a number (fractions allowed) with K/M/G/T or
  * KiB/MiB/GiB/TiB, all binary. */
@@ -66,6 +67,11 @@ pam_status pam_parse_size(const char *s, uint64_t *out) {
 }
 
 pam_status pam_tier_open_default(const pam_kv_shape *shape, uint64_t want_bytes, pam_tier **out) {
+    return pam_tier_open_default_type(shape, PAM_KV_F16, want_bytes, out);
+}
+
+pam_status pam_tier_open_default_type(const pam_kv_shape *shape, pam_kv_type type, uint64_t want_bytes,
+                                      pam_tier **out) {
     *out = NULL;
     long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     uint64_t avail = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
@@ -75,10 +81,14 @@ pam_status pam_tier_open_default(const pam_kv_shape *shape, uint64_t want_bytes,
     if (want_bytes > 0 && (bytes == 0 || want_bytes < bytes)) bytes = want_bytes;
     if (bytes == 0)
         return PAM_ERR(PAM_ERR_FULL, "default KV tier: cannot tell how much memory is available; give --kv-tier dram:SIZE");
-    return pam_tier_dram_open(shape, bytes, out);
+    return pam_tier_dram_open_type(shape, type, bytes, out);
 }
 
 pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_tier **out) {
+    return pam_tier_open_spec_type(shape, spec, PAM_KV_F16, out);
+}
+
+pam_status pam_tier_open_spec_type(const pam_kv_shape *shape, const char *spec, pam_kv_type type, pam_tier **out) {
     *out = NULL;
     if (!spec || !*spec)
         return PAM_ERR(PAM_ERR_INVALID, "--kv-tier: empty spec (expected dram:SIZE, dramq:int8:SIZE or ssd:DIR:SIZE)");
@@ -87,11 +97,11 @@ pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_t
     const char *rest = colon ? colon + 1 : NULL;
     uint64_t bytes = 0;
     if (kind_len == 4 && strncmp(spec, "dram", 4) == 0) {
-        if (!rest) return pam_tier_open_default(shape, 0, out);
+        if (!rest) return pam_tier_open_default_type(shape, type, 0, out);
         pam_status st = pam_parse_size(rest, &bytes);
         if (st != PAM_OK)
             return PAM_ERR(PAM_ERR_INVALID, "--kv-tier %s: %s (expected dram:SIZE)", spec, pam_last_error());
-        return pam_tier_dram_open(shape, bytes, out);
+        return pam_tier_dram_open_type(shape, type, bytes, out);
     }
     if (kind_len == 5 && strncmp(spec, "dramq", 5) == 0) {
         int bits = 0;
@@ -115,7 +125,7 @@ pam_status pam_tier_open_spec(const pam_kv_shape *shape, const char *spec, pam_t
         if (n >= sizeof dir) return PAM_ERR(PAM_ERR_INVALID, "--kv-tier %s: directory path too long", spec);
         memcpy(dir, rest, n);
         dir[n] = '\0';
-        return pam_tier_ssd_open(shape, dir, bytes, out);
+        return pam_tier_ssd_open_type(shape, type, dir, bytes, 0, out);
     }
     return PAM_ERR(PAM_ERR_INVALID, "--kv-tier %s: unknown tier '%.*s' (known: dram, dramq, ssd)", spec,
                    (int)kind_len, spec);

@@ -2,11 +2,11 @@
  *
  * File layout: physical slots of slot_bytes, the payload rounded up to 4 KiB,
  * so every slot is an aligned O_DIRECT extent (16 tokens x 8 KV heads x 64
- * dims: exactly the 32 KiB payload). A slot holds the payload only: f16 K
- * [H][D][B] (transposed per head: element (d, t) at d*B + t) then f16 V
- * [H][B][D], per KV head contiguous, so the f16 attention kernel
- * (pam_attn_partial_f16_kt) streams each head straight from the read buffer.
- * ssd_k / ssd_v are the only places that know this layout.
+ * dims of f16: exactly the 32 KiB payload). A slot holds the payload only:
+ * H head runs of the tier's KV type (kernels/attnkv.h; f16: K transposed
+ * [D][B], element (d, t) at d*B + t, then V [B][D]), per KV head contiguous,
+ * so the attention kernel (pam_kvh_partial) streams each head straight from
+ * the read buffer. ssd_head is the only place that knows this layout.
  *
  * Metadata lives in memory, per physical slot: the logical slot the copy
  * there belongs to, its n_tokens and a 64-bit checksum of the payload
@@ -19,7 +19,7 @@
  * else, so the payload is all that needs to be on disk.
  *
  * Recent window: a block that is not full yet (a sequence's tail, written a
- * token at a time during decode) lives in an f16 image in host memory, not on
+ * token at a time during decode) lives in an image in host memory, not on
  * disk, as dramq keeps its tails: each token would otherwise cost a read of
  * the old copy and a write of the whole slot, and attention over the tail
  * would wait for a fresh read queued behind every read-ahead in flight. The
@@ -27,7 +27,10 @@
  * fills the block comes. Such blocks have no physical slot (phys ==
  * SSD_NONE) and are served from memory, not verified (they were never on
  * disk), and not counted as bytes read. The images are host memory beyond
- * capacity_blocks * block_bytes: one per partially filled block.
+ * capacity_blocks * block_bytes: one per partially filled block. In a lossy
+ * KV type (bf16, q8, q4) the image is f16 (tail_f16) and is encoded in the
+ * type only when the block fills, as the dram tier keeps its tails, so the
+ * newest tokens stay exact.
  *
  * Logical slots (what callers hold) map to physical slots. A write never
  * overwrites the only valid copy: it writes the new image to a free physical
@@ -98,6 +101,7 @@
 #include "core/timing.h"
 #include "kernels/attention.h"
 #include "kernels/checksum.h"
+#include "kernels/attnkv.h"
 #include "kv/tier.h"
 
 #define SSD_MAGIC 0x4b4d4150u /* "PAMK": part of the checksum seed */
@@ -170,7 +174,11 @@ typedef struct ssd_pf {
 
 typedef struct ssd {
     pam_kv_shape sh;
-    size_t row, payload_bytes, slot_bytes;
+    pam_kv_type type;
+    size_t row, run_bytes, payload_bytes, slot_bytes; /* run: one KV head of a block */
+    int tail_f16;           /* lossy type: tail images are f16, of tail_bytes */
+    size_t tail_run_bytes, tail_bytes;
+    float *conv;            /* tail_f16: a filled tail decoded, before encoding (write is single-threaded) */
     uint32_t batch, io_slots; /* blocks per attend batch, slots per read at most */
     int fd, direct, uring;
     char path[PATH_MAX];
@@ -429,12 +437,45 @@ static pam_status ssd_check_slot(const ssd *s, uint32_t slot) {
     return PAM_OK;
 }
 
-/* Head h's K, transposed [D][B], and V, row-major [B][D], in a slot image. */
-static uint16_t *ssd_k(const ssd *s, uint8_t *img, int h) {
-    return (uint16_t *)img + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
-}
-static uint16_t *ssd_v(const ssd *s, uint8_t *img, int h) {
-    return (uint16_t *)img + s->payload_bytes / 4 + (size_t)h * s->sh.block_tokens * s->sh.head_dim;
+/* Head h's run (K then V in the tier's KV type) in a slot image. */
+static uint8_t *ssd_head(const ssd *s, uint8_t *img, int h) { return img + (size_t)h * s->run_bytes; }
+/* Head h's f16 run in a tail image of a lossy type. */
+static uint8_t *ssd_tail_head(const ssd *s, uint8_t *img, int h) { return img + (size_t)h * s->tail_run_bytes; }
+
+/* A lossy type's write into a block's f16 tail image (made on the first
+ * write). Still not full: done. Filled: the image decoded and encoded in the
+ * type into s->wbuf, which the caller writes to disk (*img_out). */
+static pam_status ssd_write_tail_f16(ssd *s, uint32_t slot, int32_t off, int32_t n, const float *k, const float *v,
+                                     int32_t hi, uint8_t **img_out) {
+    const int B = s->sh.block_tokens, D = s->sh.head_dim, H = s->sh.n_head_kv;
+    uint8_t *tl = s->tail[slot];
+    if (!tl) {
+        if (posix_memalign((void **)&tl, SSD_ALIGN, s->tail_bytes) != 0)
+            return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: recent-window block");
+        memset(tl, 0, s->tail_bytes);
+        s->tail[slot] = tl;
+    }
+    *img_out = NULL;
+    if (hi < B) {
+        for (int h = 0; h < H; h++)
+            pam_kvh_write(PAM_KV_F16, D, B, ssd_tail_head(s, tl, h), off, n, k + (size_t)h * D, v + (size_t)h * D,
+                          s->row);
+        return PAM_OK;
+    }
+    /* Filled: the tail's tokens and the new ones, encoded into wbuf. The
+     * tail itself is left as it was until the block is on disk, so a failed
+     * write keeps the previous contents. */
+    float *kb = s->conv, *vb = s->conv + (size_t)B * s->row;
+    for (int h = 0; h < H; h++)
+        pam_kvh_read(PAM_KV_F16, D, B, ssd_tail_head(s, tl, h), B, kb + (size_t)h * D, vb + (size_t)h * D, s->row);
+    memcpy(kb + (size_t)off * s->row, k, sizeof(float) * (size_t)n * s->row);
+    memcpy(vb + (size_t)off * s->row, v, sizeof(float) * (size_t)n * s->row);
+    s->wbuf_slot = -1;
+    memset(s->wbuf, 0, s->slot_bytes);
+    for (int h = 0; h < H; h++)
+        pam_kvh_write(s->type, D, B, ssd_head(s, s->wbuf, h), 0, B, kb + (size_t)h * D, vb + (size_t)h * D, s->row);
+    *img_out = s->wbuf;
+    return PAM_OK;
 }
 
 static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, const float *k,
@@ -446,10 +487,22 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
         return PAM_ERR(PAM_ERR_INVALID, "ssd tier: write of tokens %d..%d outside a %d-token block", off,
                        off + n - 1, B);
     int32_t hi = off + n > s->hi[slot] ? off + n : s->hi[slot];
-    /* Still not full: the block stays (or becomes) a recent-window image. A
-     * new image is built aside and installed only when complete. */
     uint8_t *img = s->wbuf, *tail = s->tail[slot], *fresh = NULL;
-    if (hi < B && !tail) {
+    const int encoded = s->tail_f16 && (hi < B || tail); /* the f16 tail path: img gets the whole block */
+    if (encoded) {
+        /* a block not full before this write has no copy on disk */
+        PAM_TRY(ssd_write_tail_f16(s, slot, off, n, k, v, hi, &img));
+        if (!img) {
+            ssd_pf_forget(s, slot);
+            if (s->phys[slot] != SSD_NONE) ssd_phys_release(s, s->phys[slot]);
+            s->phys[slot] = SSD_NONE;
+            if (s->wbuf_slot == (int64_t)slot) s->wbuf_slot = -1;
+            s->hi[slot] = hi;
+            return PAM_OK;
+        }
+    } else if (hi < B && !tail) {
+        /* Still not full: the block stays (or becomes) a recent-window image.
+         * A new image is built aside and installed only when complete. */
         if (posix_memalign((void **)&fresh, SSD_ALIGN, s->slot_bytes) != 0)
             return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: recent-window block");
         img = fresh;
@@ -458,7 +511,9 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     } else if (tail) {
         memcpy(img, tail, s->slot_bytes);
     }
-    if (!tail && s->wbuf_slot != (int64_t)slot) { /* the old image: from disk, or none */
+    if (encoded) {
+        /* img holds the whole block already */
+    } else if (!tail && s->wbuf_slot != (int64_t)slot) { /* the old image: from disk, or none */
         s->wbuf_slot = -1;
         if (s->phys[slot] != SSD_NONE && !(off == 0 && n >= s->hi[slot])) {
             pam_status st = ssd_pread_run(s, s->phys[slot], 1, img);
@@ -477,17 +532,9 @@ static pam_status ssd_write(void *impl, uint32_t slot, int32_t off, int32_t n, c
     }
     /* From here img differs from the stored copy until the write succeeds. */
     if (img == s->wbuf) s->wbuf_slot = -1;
-    for (int t = 0; t < n; t++)
-        for (int h = 0; h < H; h++) {
-            const float *kr = k + (size_t)t * s->row + (size_t)h * D;
-            const float *vr = v + (size_t)t * s->row + (size_t)h * D;
-            uint16_t *kd = ssd_k(s, img, h) + (size_t)(off + t);
-            uint16_t *vd = ssd_v(s, img, h) + (size_t)(off + t) * D;
-            for (int c = 0; c < D; c++) {
-                kd[(size_t)c * B] = pam_f32_to_f16(kr[c]);
-                vd[c] = pam_f32_to_f16(vr[c]);
-            }
-        }
+    if (!encoded)
+        for (int h = 0; h < H; h++)
+            pam_kvh_write(s->type, D, B, ssd_head(s, img, h), off, n, k + (size_t)h * D, v + (size_t)h * D, s->row);
     if (hi < B) {
         /* The image is the block now: an older copy on disk is dropped. */
         ssd_pf_forget(s, slot);
@@ -561,12 +608,11 @@ static pam_status ssd_read(void *impl, uint32_t slot, int32_t n, float *k, float
         }
     }
     if (st == PAM_OK) {
-        for (int t = 0; t < n; t++)
-            for (int h = 0; h < H; h++)
-                for (int c = 0; c < D; c++) {
-                    k[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_k(s, img, h)[(size_t)c * s->sh.block_tokens + (size_t)t]);
-                    v[(size_t)t * s->row + (size_t)h * D + c] = pam_f16_to_f32(ssd_v(s, img, h)[(size_t)t * D + c]);
-                }
+        const int f16 = s->tail_f16 && img == s->tail[slot];
+        for (int h = 0; h < H; h++)
+            pam_kvh_read(f16 ? PAM_KV_F16 : s->type, D, s->sh.block_tokens,
+                         f16 ? ssd_tail_head(s, img, h) : ssd_head(s, img, h), n, k + (size_t)h * D, v + (size_t)h * D,
+                         s->row);
     }
     if (pf >= 0) {
         pthread_mutex_lock(&s->pf_lock);
@@ -1088,13 +1134,23 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
     }
     memset(r->o, 0, sizeof(float) * (size_t)r->n_head * (size_t)D);
     if (r->n_blocks == 0) return PAM_OK;
-    float *sc = malloc(sizeof(float) * ((size_t)nq * B + 2 * (size_t)nq + (size_t)nq * D));
+    /* kernel scratch, one block's partial, the query of every KV head prepared for the type */
+    const size_t sc_floats = pam_kvh_scratch_floats(s->type, nq, D, B);
+    const size_t qbytes = (pam_kvh_query_bytes(s->type, nq, D) + 15) & ~(size_t)15;
+    pam_kvh_query *qr = malloc(sizeof *qr * 2 * (size_t)H); /* [H] the type's, [H] f16 for tail images */
+    float *sc = qr ? malloc(sizeof(float) * (sc_floats + 2 * (size_t)nq + (size_t)nq * D) + qbytes * (size_t)H) : NULL;
+    if (!sc) free(qr);
     ssd_io *io = sc ? ssd_io_get(s, (uint32_t)(r->n_blocks < BS ? r->n_blocks : BS)) : NULL;
     if (!io) {
         free(sc);
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: attention buffers");
     }
-    float *bm = sc + (size_t)nq * B, *bl = bm + nq, *bo = bl + nq;
+    float *bm = sc + sc_floats, *bl = bm + nq, *bo = bl + nq;
+    for (int h = 0; h < H; h++) {
+        pam_kvh_query_init(&qr[h], s->type, r->q + (size_t)h * nq * D, nq, D, r->scale,
+                           (uint8_t *)(bo + (size_t)nq * D) + (size_t)h * qbytes);
+        pam_kvh_query_init(&qr[H + h], PAM_KV_F16, r->q + (size_t)h * nq * D, nq, D, r->scale, NULL);
+    }
     int64_t n_batches = (r->n_blocks + BS - 1) / BS, n_from_pf = 0;
     pam_status st = PAM_OK;
     io->n_blk[0] = io->n_blk[1] = 0;
@@ -1129,9 +1185,10 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
             if (st != PAM_OK) break;
             int n = r->blocks[b0 + i].n_tokens;
             int64_t b = b0 + i;
+            const int f16 = k->tail && s->tail_f16;
             for (int h = 0; h < H; h++) {
-                pam_attn_partial_f16_kt(r->q + (size_t)h * nq * D, nq, D, r->scale, ssd_k(s, k->buf, h),
-                                        ssd_v(s, k->buf, h), B, n, bm, bl, bo, sc);
+                pam_kvh_partial(f16 ? &qr[H + h] : &qr[h], f16 ? ssd_tail_head(s, k->buf, h) : ssd_head(s, k->buf, h), B,
+                                n, bm, bl, bo, sc);
                 if (r->blk_m && r->blk_l)
                     for (int g = 0; g < nq; g++) {
                         r->blk_m[b * r->n_head + h * nq + g] = bm[g];
@@ -1154,6 +1211,7 @@ static pam_status ssd_attend(void *impl, const pam_tier_attn *r) {
                 ssd_drop_cache(s, ssd_off(s, s->phys[r->blocks[b].slot]), s->slot_bytes);
     ssd_io_put(s, io);
     free(sc);
+    free(qr);
     if (st == PAM_OK)
         atomic_fetch_add_explicit(&s->bytes_read, (uint64_t)(r->n_blocks - n_from_pf) * s->slot_bytes,
                                   memory_order_relaxed); /* read-ahead counted its own reads; tails are not read */
@@ -1207,6 +1265,7 @@ static void ssd_close(void *impl) {
     if (s->tail)
         for (uint64_t i = 0; i < s->cap; i++) free(s->tail[i]);
     free(s->tail);
+    free(s->conv);
     free(s);
 }
 
@@ -1268,9 +1327,16 @@ static pam_status ssd_open_file(ssd *s, const char *dir, unsigned flags) {
 
 pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint64_t capacity_bytes,
                                 unsigned flags, pam_tier **out) {
+    return pam_tier_ssd_open_type(shape, PAM_KV_F16, dir, capacity_bytes, flags, out);
+}
+
+pam_status pam_tier_ssd_open_type(const pam_kv_shape *shape, pam_kv_type type, const char *dir,
+                                  uint64_t capacity_bytes, unsigned flags, pam_tier **out) {
     *out = NULL;
     const int B = shape->block_tokens, D = shape->head_dim, H = shape->n_head_kv;
     if (B < 1 || D < 1 || H < 1) return PAM_ERR(PAM_ERR_INVALID, "ssd tier: bad shape");
+    pam_status tst = pam_kvh_check(type, D, B);
+    if (tst != PAM_OK) return PAM_ERR(tst, "ssd tier: %s", pam_last_error());
     if (!dir || !*dir) return PAM_ERR(PAM_ERR_INVALID, "ssd tier: no directory given");
     ssd *s = calloc(1, sizeof *s);
     pam_tier *t = calloc(1, sizeof *t);
@@ -1283,8 +1349,13 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     pthread_mutex_init(&s->io_lock, NULL);
     pthread_mutex_init(&s->pf_lock, NULL);
     s->sh = *shape;
+    s->type = type;
     s->row = (size_t)H * (size_t)D;
-    s->payload_bytes = 2 * (size_t)B * s->row * sizeof(uint16_t);
+    s->run_bytes = pam_kvh_bytes(type, D, B);
+    s->payload_bytes = (size_t)H * s->run_bytes;
+    s->tail_f16 = type == PAM_KV_BF16 || type == PAM_KV_Q8 || type == PAM_KV_Q4;
+    s->tail_run_bytes = pam_kvh_bytes(PAM_KV_F16, D, B);
+    s->tail_bytes = (size_t)H * s->tail_run_bytes;
     s->slot_bytes = (s->payload_bytes + SSD_ALIGN - 1) & ~(size_t)(SSD_ALIGN - 1);
     s->io_slots = (uint32_t)(SSD_IO_MAX / s->slot_bytes); /* a read may be one bigger slot */
     if (s->io_slots < 1) s->io_slots = 1;
@@ -1310,7 +1381,9 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     s->pheap = malloc(sizeof(uint32_t) * s->n_phys);
     s->tail = calloc(s->cap, sizeof *s->tail);
     if (posix_memalign((void **)&s->wbuf, SSD_ALIGN, s->slot_bytes) != 0) s->wbuf = NULL;
-    if (!s->phys || !s->hi || !s->used || !s->lfree || !s->meta || !s->pheap || !s->tail || !s->wbuf) {
+    if (s->tail_f16) s->conv = malloc(sizeof(float) * 2 * (size_t)B * s->row);
+    if (!s->phys || !s->hi || !s->used || !s->lfree || !s->meta || !s->pheap || !s->tail || !s->wbuf ||
+        (s->tail_f16 && !s->conv)) {
         ssd_close(s);
         free(t);
         return PAM_ERR(PAM_ERR_NOMEM, "ssd tier: tables for %llu blocks", (unsigned long long)capacity_bytes);
@@ -1340,12 +1413,13 @@ pam_status pam_tier_ssd_open_ex(const pam_kv_shape *shape, const char *dir, uint
     }
     t->ops = &ssd_ops;
     t->impl = s;
-    snprintf(t->name, sizeof t->name, "ssd:%.40s%s%s", dir, s->direct ? "" : "+buffered",
-             s->uring ? "" : "+sync");
+    snprintf(t->name, sizeof t->name, "ssd:%.40s%s%s%s%s", dir, s->direct ? "" : "+buffered",
+             s->uring ? "" : "+sync", type == PAM_KV_F16 ? "" : ":", type == PAM_KV_F16 ? "" : pam_kv_type_name(type));
     t->capacity_blocks = s->cap;
     t->block_bytes = s->slot_bytes;
     t->read_gbps = SSD_DEFAULT_GBPS;
-    t->exact = 1;
+    t->exact = type == PAM_KV_F16 || type == PAM_KV_F32;
+    t->kv_type = type;
     *out = t;
     return PAM_OK;
 }
