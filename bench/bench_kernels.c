@@ -1,8 +1,11 @@
 /* Decode kernel throughput: matvec of a rows x cols matrix (default
- * 4096 x 4096, 16-64 MB, far beyond the caches, so it streams from DRAM) for
- * every weight type, ISA level and 1..max threads, as GB/s of weight bytes
- * read, beside a plain read of an equally large buffer (the bandwidth
- * ceiling) and the ratio to the AVX2 path measured in the same run.
+ * 4096 x 4096) for every weight type, every variant of its kernel this CPU
+ * can run (kernels/ksel.h) and the variant the per-machine chooser picked,
+ * at 1..max threads, as GB/s of weight bytes read, beside a plain read of the
+ * same bytes (the bandwidth ceiling) and each as a percentage of it. Each call
+ * works on the next of several copies of the matrix, together >= 256 MiB, so
+ * weights stream from DRAM as in decode even when one matrix would fit in the
+ * last-level cache. The CPU model and the chosen variants come first.
  *
  * Then prefill: pam_matmul over 64 tokens, as GMAC/s per level and thread
  * count (compute-bound: each weight panel is reused by all tokens).
@@ -33,6 +36,7 @@
 #include "core/timing.h"
 #include "kernels/checksum.h"
 #include "kernels/cpu.h"
+#include "kernels/ksel.h"
 #include "kernels/matmul.h"
 #include "kernels/membw.h"
 #include "kernels/quant.h"
@@ -96,17 +100,46 @@ static double time_read(pam_pool *pool, read_job *j, double secs) {
     return (t - t0) / iters;
 }
 
-static double time_matvec(pam_pool *pool, pam_dtype type, const void *W, int64_t rows, int64_t cols,
-                          const float *x, float *y, double secs) {
-    pam_matvec(pool, type, W, rows, cols, x, y);
-    int iters = 0;
-    double t0 = now_s(), t;
-    do {
-        pam_matvec(pool, type, W, rows, cols, x, y);
-        iters++;
+/* Best seconds per call over a run of at least `secs`, each call on the
+ * next of n_copies equal buffers (together far larger than the last-level
+ * cache, so every call streams from DRAM as decode does). The best call,
+ * not the mean, so time the thread spent descheduled on a busy machine
+ * counts less. */
+
+/* One thread runs every task on the calling thread: it is timed in that
+ * thread's CPU time, which a busy machine does not inflate. */
+static double (*clock_for(pam_pool *pool))(void) { return pam_pool_n_threads(pool) == 1 ? cpu_s : now_s; }
+
+static double time_read_copies(pam_pool *pool, read_job *j, int n_copies, double secs) {
+    int n_tasks = pam_pool_n_threads(pool) * 4;
+    j->chunk = (j->n_words + n_tasks - 1) / n_tasks;
+    const uint64_t *base = j->p;
+    double (*clk)(void) = clock_for(pool);
+    pam_pool_run(pool, read_task, j, n_tasks);
+    double best = 1e30, t0 = now_s(), t = t0;
+    for (int c = 0; t - t0 < secs; c = (c + 1) % n_copies) {
+        j->p = base + (size_t)c * (size_t)j->n_words;
+        double a = clk();
+        pam_pool_run(pool, read_task, j, n_tasks);
+        best = fmin(best, clk() - a);
         t = now_s();
-    } while (t - t0 < secs);
-    return (t - t0) / iters;
+    }
+    j->p = base;
+    return best;
+}
+
+static double time_matvec(pam_pool *pool, pam_dtype type, const void *W, size_t bytes, int n_copies, int64_t rows,
+                          int64_t cols, const float *x, float *y, double secs) {
+    double (*clk)(void) = clock_for(pool);
+    pam_matvec(pool, type, W, rows, cols, x, y);
+    double best = 1e30, t0 = now_s(), t = t0;
+    for (int c = 0; t - t0 < secs; c = (c + 1) % n_copies) {
+        double a = clk();
+        pam_matvec(pool, type, (const uint8_t *)W + (size_t)c * bytes, rows, cols, x, y);
+        best = fmin(best, clk() - a);
+        t = now_s();
+    }
+    return best;
 }
 
 /* Kernel speed with the weights hot in cache (the first 512 KiB of W,
@@ -121,12 +154,17 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
     *n_rows_out = n_rows;
     pam_vec_dot_fn dot = pam_vec_dot_select(type);
     pam_vec_dot4_fn dot4 = pam_vec_dot4_select(type); /* as pam_matvec uses them */
+    const pam_vec_prep *prep = pam_vec_prep_select(type);
+    void *prepared = prep ? aligned_alloc(64, (prep->bytes(cols) + 63) & ~(size_t)63) : NULL;
+    if (prepared) prep->prep(act, cols, prepared); /* once per product, as pam_matvec does */
     float out[4];
     int iters = 0;
     double t0 = cpu_s(), t;
     do {
         float s = 0;
         int64_t r = 0;
+        if (prepared)
+            for (; r < n_rows; r++) s += prep->dot((const uint8_t *)W + (size_t)r * row_bytes, prepared, cols);
         if (dot4)
             for (; r + 4 <= n_rows; r += 4) {
                 dot4((const uint8_t *)W + (size_t)r * row_bytes, row_bytes, act, cols, out);
@@ -137,6 +175,7 @@ static double time_hot(pam_dtype type, const void *W, size_t row_bytes, int64_t 
         iters++;
         t = cpu_s();
     } while (t - t0 < secs);
+    free(prepared);
     return (t - t0) / iters;
 }
 
@@ -214,25 +253,8 @@ static double kv_rel_err(const kv_job *a, const float *b) {
     return num / (den > 0 ? den : 1);
 }
 
-/* "model name" of /proc/cpuinfo, or "unknown". */
-static void cpu_model(char *out, size_t cap) {
-    snprintf(out, cap, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            const char *c = strchr(line, ':');
-            if (c) {
-                c++;
-                while (*c == ' ' || *c == '\t') c++;
-                snprintf(out, cap, "%s", c);
-                out[strcspn(out, "\n")] = '\0';
-            }
-            break;
-        }
-    fclose(f);
-}
+/* "model name" of /proc/cpuinfo (kernels/cpu.h), or "unknown". */
+static void cpu_model(char *out, size_t cap) { snprintf(out, cap, "%s", pam_cpu_model()); }
 
 static int bench_kv(pam_pool **pools, int max_threads, double secs) {
     const int best = (int)pam_cpu_detect();
@@ -577,14 +599,39 @@ int main(int argc, char **argv) {
                                PAM_DT_Q4_0, PAM_DT_Q4_K, PAM_DT_Q6_K};
     const int n_types = (int)(sizeof types / sizeof types[0]);
     const int best = (int)pam_cpu_detect();
-    printf("# matvec %lld x %lld, detected ISA %s, mean of >= %.2f s per point, best of 2 rounds\n",
+    /* the chooser's variants: the union of their names, in registration order */
+    pam_vec_kernels_register();
+    const char *vnames[8];
+    int n_vn = 0;
+    for (int ti = 0; ti < n_types; ti++) {
+        int id = pam_vec_kernel_id(types[ti]);
+        for (int v = 0; v < pam_ksel_n_variants(id); v++) {
+            const pam_ksel_variant *kv = pam_ksel_variant_at(id, v);
+            int seen = !pam_ksel_can_run(kv);
+            for (int k = 0; k < n_vn; k++) seen |= strcmp(vnames[k], kv->name) == 0;
+            if (!seen && n_vn < 8) vnames[n_vn++] = kv->name;
+        }
+    }
+    printf("# cpu: %s\n# chosen matvec variants:", pam_cpu_model());
+    for (int ti = 0; ti < n_types; ti++) {
+        int id = pam_vec_kernel_id(types[ti]);
+        const pam_ksel_variant *kv = pam_ksel_choice(id);
+        printf(" %s=%s(%s)", pam_dtype_name(types[ti]), kv->name, pam_ksel_how(id));
+    }
+    printf("\n# cache: %s\n", pam_ksel_cache_path());
+    printf("# matvec %lld x %lld, detected ISA %s, best call of >= %.2f s per point, best of 2 rounds;\n"
+           "# each call reads the next of several copies of the matrix (>= 256 MiB together, past the\n"
+           "# last-level cache, as decode streams its weights); read: a plain read of the same bytes;\n"
+           "# 1 thread in thread CPU time, more threads in wall time\n",
            (long long)rows, (long long)cols, pam_cpu_isa_name((pam_isa)best), secs);
 
     float *src = malloc((size_t)rows * (size_t)cols * sizeof *src);
     float *x = malloc((size_t)cols * sizeof *x), *y = malloc((size_t)rows * sizeof *y);
     float *want = malloc((size_t)rows * sizeof *want);
     size_t max_bytes = (size_t)rows * (size_t)cols * 4;
-    void *W = malloc(max_bytes);
+    const size_t stream_bytes = (size_t)256 << 20;
+    size_t w_alloc = (do_decode ? stream_bytes : 0) + max_bytes;
+    void *W = aligned_alloc(64, (w_alloc + 63) & ~(size_t)63);
     void *act = malloc(pam_activation_bytes(PAM_DT_F32, cols));
     if (!src || !x || !y || !want || !W || !act) return 1;
     for (int64_t i = 0; i < rows * cols; i++) src[i] = rnd();
@@ -596,82 +643,97 @@ int main(int argc, char **argv) {
 
     if (do_decode) {
         printf("%-5s %7s %3s %9s", "type", "MB", "thr", "read");
-        for (int isa = 0; isa <= best; isa++) printf(" %9s", pam_cpu_isa_name((pam_isa)isa));
-        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %6s/avx2", pam_cpu_isa_name((pam_isa)isa));
-        for (int isa = PAM_ISA_AVX2; isa <= best; isa++) printf(" %6s/read", pam_cpu_isa_name((pam_isa)isa));
-        printf("\n");
+        for (int v = 0; v < n_vn; v++) printf(" %9s", vnames[v]);
+        printf(" %9s", "chosen");
+        for (int v = 1; v < n_vn; v++) printf(" %9s%%", vnames[v]);
+        printf(" %9s%%\n", "chosen");
     }
 
     int failed = 0;
     for (int ti = 0; ti < n_types && do_decode; ti++) {
         pam_dtype type = types[ti];
+        const int id = pam_vec_kernel_id(type);
         size_t row_bytes = 0;
         pam_dtype_row_bytes(type, cols, &row_bytes);
         size_t bytes = row_bytes * (size_t)rows;
+        int n_copies = (int)((stream_bytes + bytes - 1) / bytes);
+        if (n_copies < 1) n_copies = 1;
         for (int64_t r = 0; r < rows; r++)
             pam_quantize_row(type, src + r * cols, (uint8_t *)W + (size_t)r * row_bytes, cols);
+        for (int c = 1; c < n_copies; c++) memcpy((uint8_t *)W + (size_t)c * bytes, W, bytes);
+        const pam_ksel_variant *chosen = pam_ksel_choice(id);
 
-        /* check every level against the reference before timing it */
+        /* check every variant against the reference before timing it */
         pam_quantize_activations(type, x, act, cols);
         double amax = 0;
         for (int64_t r = 0; r < rows; r++) {
             want[r] = pam_vec_dot_ref(type, (uint8_t *)W + (size_t)r * row_bytes, act, cols);
             amax = fmax(amax, fabs(want[r]));
         }
-        for (int isa = 0; isa <= best; isa++) {
-            pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
+        int has[8] = {0};
+        for (int v = 0; v < n_vn; v++) {
+            if (pam_ksel_force(id, vnames[v]) != PAM_OK) continue;
+            has[v] = 1;
             pam_matvec(pools[max_threads], type, W, rows, cols, x, y);
             for (int64_t r = 0; r < rows; r++)
                 if (!(fabs(y[r] - want[r]) <= 1e-5 * amax + 1e-6)) {
-                    fprintf(stderr, "%s %s row %lld: %g vs ref %g\n", pam_dtype_name(type),
-                            pam_cpu_isa(), (long long)r, y[r], want[r]);
+                    fprintf(stderr, "%s %s row %lld: %g vs ref %g\n", pam_dtype_name(type), vnames[v], (long long)r,
+                            y[r], want[r]);
                     failed = 1;
                     break;
                 }
         }
+        pam_ksel_force(id, NULL);
 
         read_job rj = {.p = W, .n_words = (int64_t)(bytes / 8)};
         for (int t = 1; t <= max_threads; t++) {
-            double best_s[PAM_ISA_COUNT + 1];
-            for (int k = 0; k <= PAM_ISA_COUNT; k++) best_s[k] = 1e30;
+            double best_s[8], read_s = 1e30, chosen_s = 1e30;
+            for (int k = 0; k < 8; k++) best_s[k] = 1e30;
             /* scalar is timed once at 1 thread only: it is far from bandwidth */
             for (int round = 0; round < 2; round++) {
-                best_s[PAM_ISA_COUNT] = fmin(best_s[PAM_ISA_COUNT], time_read(pools[t], &rj, secs));
-                for (int isa = best; isa >= 0; isa--) {
-                    if (isa == 0 && (t > 1 || round > 0)) continue;
-                    pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
-                    best_s[isa] = fmin(best_s[isa], time_matvec(pools[t], type, W, rows, cols, x, y, secs));
+                read_s = fmin(read_s, time_read_copies(pools[t], &rj, n_copies, secs));
+                for (int v = n_vn - 1; v >= 0; v--) {
+                    if (!has[v] || (v == 0 && (t > 1 || round > 0))) continue;
+                    pam_ksel_force(id, vnames[v]);
+                    best_s[v] = fmin(best_s[v], time_matvec(pools[t], type, W, bytes, n_copies, rows, cols, x, y, secs));
                 }
+                pam_ksel_force(id, NULL);
+                chosen_s = fmin(chosen_s, time_matvec(pools[t], type, W, bytes, n_copies, rows, cols, x, y, secs));
             }
             double gb = (double)bytes * 1e-9;
-            printf("%-5s %7.1f %3d %9.1f", pam_dtype_name(type), (double)bytes / (1 << 20), t,
-                   gb / best_s[PAM_ISA_COUNT]);
-            for (int isa = 0; isa <= best; isa++)
-                if (best_s[isa] < 1e30)
-                    printf(" %9.1f", gb / best_s[isa]);
+            printf("%-5s %7.1f %3d %9.1f", pam_dtype_name(type), (double)bytes / (1 << 20), t, gb / read_s);
+            for (int v = 0; v < n_vn; v++)
+                if (best_s[v] < 1e30)
+                    printf(" %9.1f", gb / best_s[v]);
                 else
                     printf(" %9s", "-");
-            for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++)
-                printf(" %11.2f", best_s[PAM_ISA_AVX2] / best_s[isa]);
-            for (int isa = PAM_ISA_AVX2; isa <= best; isa++)
-                printf(" %10.0f%%", 100.0 * best_s[PAM_ISA_COUNT] / best_s[isa]);
-            printf("\n");
+            printf(" %9s", chosen->name);
+            for (int v = 1; v < n_vn; v++)
+                if (best_s[v] < 1e30)
+                    printf(" %9.0f%%", 100.0 * read_s / best_s[v]);
+                else
+                    printf(" %10s", "-");
+            printf(" %9.0f%%\n", 100.0 * read_s / chosen_s);
             fflush(stdout);
         }
         /* hot-cache kernel rate, 1 thread */
-        double hot[PAM_ISA_COUNT];
+        double hot[8];
         int64_t hot_rows = 1;
-        for (int isa = 0; isa <= best; isa++) hot[isa] = 1e30;
+        for (int v = 0; v < n_vn; v++) hot[v] = 1e30;
         for (int round = 0; round < 3; round++)
-            for (int isa = best; isa >= 0; isa--) {
-                pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa));
-                hot[isa] = fmin(hot[isa], time_hot(type, W, row_bytes, cols, act, secs / 2, &hot_rows));
+            for (int v = n_vn - 1; v >= 0; v--) {
+                if (!has[v]) continue;
+                pam_ksel_force(id, vnames[v]);
+                hot[v] = fmin(hot[v], time_hot(type, W, row_bytes, cols, act, secs / 2, &hot_rows));
             }
+        pam_ksel_force(id, NULL);
         printf("%-5s %7.1f %3s %9s", pam_dtype_name(type), (double)(row_bytes * (size_t)hot_rows) / (1 << 20),
                "hot", "-");
-        for (int isa = 0; isa <= best; isa++)
-            printf(" %9.1f", (double)(row_bytes * (size_t)hot_rows) * 1e-9 / hot[isa]);
-        for (int isa = PAM_ISA_AVX2 + 1; isa <= best; isa++) printf(" %11.2f", hot[PAM_ISA_AVX2] / hot[isa]);
+        for (int v = 0; v < n_vn; v++)
+            if (has[v])
+                printf(" %9.1f", (double)(row_bytes * (size_t)hot_rows) * 1e-9 / hot[v]);
+            else
+                printf(" %9s", "-");
         printf("\n");
     }
 

@@ -1,7 +1,8 @@
 /* libFuzzer target for the OpenAI request parser and the tokenizer
  * endpoints. The first byte picks what the rest is: bits 6-7 = 2, a
  * /tokenize body; 3, a /detokenize body; otherwise a request body, with bit
- * 0 picking the endpoint and bits 1-3 the chat template family. Parsing must
+ * 0 picking the endpoint and bits 1-3 the chat template (a built-in family
+ * or one of two Jinja templates, one of which refuses a system message). Parsing must
  * either succeed with a consistent request (a prompt or token ids, stop
  * strings within bounds, sampling parameters the engine accepts, n, logprobs
  * and logit_bias in range) or fail with a 4xx error whose JSON rendering is
@@ -23,6 +24,7 @@
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "server/api.h"
+#include "server/chat.h"
 #include "server/oai.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -90,7 +92,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     int target = data[0] >> 6;
     pam_api_kind kind = (data[0] & 1) ? PAM_API_CHAT : PAM_API_COMPLETION;
-    pam_chat_family fam = (pam_chat_family)((data[0] >> 1) % 6);
+    static pam_chat_template *tmpl[8];
+    static const char *const k_jinja[2] = {
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content if m.content is string else m.content|tojson }}"
+        "{% for t in m.tool_calls if m.tool_calls %}{{ t|tojson }}{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if tools %}{{ tools|tojson(indent=2) }}{% endif %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m['role'] ~ ': ' ~ m['content']|trim }}{% endfor %}"};
+    int pick = (data[0] >> 1) % 8;
+    if (!tmpl[pick]) {
+        char perr[256];
+        if (pick < 6) tmpl[pick] = pam_chat_template_builtin((pam_chat_family)pick);
+        else if (pam_chat_template_jinja(k_jinja[pick - 6], strlen(k_jinja[pick - 6]), "<s>", "</s>", 1, &tmpl[pick], perr,
+                                         sizeof perr) != PAM_OK)
+            abort();
+        if (!tmpl[pick]) abort();
+    }
     size_t len = size - 1;
     char *body = malloc(len ? len : 1);
     memcpy(body, data + 1, len);
@@ -105,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     pam_api_request r;
-    if (pam_api_parse(body, len, kind, fam, &r, &err) == 0) {
+    if (pam_api_parse_chat(body, len, kind, tmpl[pick], &r, &err) == 0) {
         if (!r.prompt && !r.prompt_ids) abort();
         if (r.prompt_ids && r.n_prompt_ids <= 0) abort();
         if (kind == PAM_API_CHAT && !r.prompt) abort();

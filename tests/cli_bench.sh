@@ -25,6 +25,11 @@ err=$("$PAM" bench -m "$MODEL" --depth 1,x 2>&1); rc=$?
 
 out=$("$PAM" bench -m "$MODEL" -t 2 --depth 0,64 -n 4 --prompt 32 --bw-mib 64 --json 2>"$TMP/bench.err") \
     || fail "bench exited with $?: $(cat "$TMP/bench.err")"
+# The CPU model and the per-machine kernel choice, one variant per kernel.
+grep -q "^cpu: ." "$TMP/bench.err" || fail "no cpu line: $(cat "$TMP/bench.err")"
+grep -Eq "^kernels:( [A-Za-z0-9_.]+=[A-Za-z0-9_.-]+\((timed|cached|only|untimed)\))+$" "$TMP/bench.err" \
+    || fail "no kernels line: $(cat "$TMP/bench.err")"
+grep -q "matvec.q8_0=" "$TMP/bench.err" || fail "kernels line lacks matvec.q8_0"
 echo "$out"
 # Only JSON on stdout: an array of three records.
 first=$(printf '%s\n' "$out" | head -n 1)

@@ -41,6 +41,7 @@ printf '%s\n' "$out" | grep -q '"speedup_vs_offload": [0-9]' || fail "no pam/off
 # offload stages blocks every step; pam reads both tiers in place
 printf '%s\n' "$out" | grep '"policy": "offload"' | grep -qE '"staged_bytes_per_step": [1-9]' \
     || fail "offload staged nothing"
+[ "$(printf '%s\n' "$out" | grep -cE '"cpu_ms_per_step": [0-9.]*[1-9]')" -eq 2 ] || fail "no CPU time per step"
 printf '%s\n' "$out" | grep '"policy": "pam"' | grep -qE '"name": "dramq:int8", "read_gbps": [0-9.]+, "blocks": [0-9.]+, "bytes_read_per_step": [1-9]' \
     || fail "pam read nothing from the dramq tier"
 if command -v python3 >/dev/null 2>&1; then

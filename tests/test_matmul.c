@@ -8,9 +8,24 @@
 #include "core/threadpool.h"
 #include "kernels/cpu.h"
 #include "kernels/dtype.h"
+#include "kernels/ksel.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
 #include "util/test_util.h"
+
+
+/* Forces variant vi of weight type t's matvec kernel (kernels/ksel.h), so
+ * every variant the chooser could pick on this machine is tested; NULL when
+ * there is no such variant or this CPU cannot run it. */
+static const char *force_variant(pam_dtype t, int vi) {
+    int id = pam_vec_kernel_id(t);
+    const pam_ksel_variant *v = pam_ksel_variant_at(id, vi);
+    if (!v || !pam_ksel_can_run(v)) return NULL;
+    assert_int_equal(pam_ksel_force(id, v->name), PAM_OK);
+    return v->name;
+}
+
+static void unforce(pam_dtype t) { assert_int_equal(pam_ksel_force(pam_vec_kernel_id(t), NULL), PAM_OK); }
 
 static const pam_dtype k_types[] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
                                     PAM_DT_Q4_0, PAM_DT_Q4_K, PAM_DT_Q6_K};
@@ -123,15 +138,16 @@ static void test_matmul_invariance(void **state) {
     for (int p = 0; p < 3; p++) pam_pool_destroy(pools[p]);
 }
 
-/* Every ISA level keeps the invariance (each has its own kernels). */
+/* Every kernel variant keeps the invariance (each level has its own kernels). */
 static void test_matmul_each_isa(void **state) {
     pam_pool *pool;
     assert_int_equal(pam_pool_create(3, &pool), PAM_OK);
     pam_test_rng r = {12};
-    for (int isa = 0; isa <= (int)pam_cpu_detect(); isa++) {
-        assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+    for (int vi = 0; vi < 8; vi++) {
         for (int ti = 0; ti < N_TYPES; ti++) {
             pam_dtype t = k_types[ti];
+            const char *vname = force_variant(t, vi);
+            if (!vname) continue;
             /* 50 blocks of 32: a pair of 16-block groups, one more group and a partial
              * group, so every branch of the multi-row kernels runs */
             for (int wide = 0; wide < 2; wide++) {
@@ -159,9 +175,9 @@ static void test_matmul_each_isa(void **state) {
             free(Y);
             mat_free(&m);
             }
+            unforce(t);
         }
     }
-    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
     pam_pool_destroy(pool);
 }
 
@@ -178,12 +194,21 @@ static void test_tile_kernels(void **state) {
     const int64_t float_cols[] = {1, 7, 16, 31, 64, 100, 257};
     _Static_assert(sizeof float_cols == sizeof blocks_list, "one float width per block count");
     int ran = 0;
-    for (int isa = 0; isa <= (int)pam_cpu_detect(); isa++) {
-        assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+    pam_vec_tile_fn seen_tiles[N_TYPES][8];
+    int n_seen[N_TYPES] = {0};
+    for (int vi = 0; vi < 8; vi++) {
         for (int ti = 0; ti < N_TYPES; ti++) {
             pam_dtype t = k_types[ti];
+            const char *vname = force_variant(t, vi);
+            if (!vname) continue;
             pam_vec_tile_fn tile = pam_vec_tile_select(t);
-            if (!tile) continue;
+            int seen = 0; /* variants sharing a tile (same bits) test it once */
+            for (int k = 0; k < n_seen[ti]; k++) seen |= seen_tiles[ti][k] == tile;
+            if (!tile || seen) {
+                unforce(t);
+                continue;
+            }
+            if (n_seen[ti] < 8) seen_tiles[ti][n_seen[ti]++] = tile;
             int32_t be = pam_dtype_get(t)->block_elems;
             for (size_t bi = 0; bi < sizeof blocks_list / sizeof blocks_list[0]; bi++) {
                 int64_t cols = be == 1 ? float_cols[bi] : be * blocks_list[bi], rows = PAM_TILE_ROWS, n = 13;
@@ -219,7 +244,7 @@ static void test_tile_kernels(void **state) {
                                 if (i < nt && rr < nr) {
                                     if (memcmp(&got, &want[i * rows + rr], sizeof got) != 0) {
                                         fprintf(stderr, "%s %s blocks=%lld rows=%lld n=%lld: [%lld,%lld] %a vs %a\n",
-                                                pam_cpu_isa(), pam_dtype_name(t), (long long)blocks_list[bi],
+                                                vname, pam_dtype_name(t), (long long)blocks_list[bi],
                                                 (long long)nr, (long long)nt, (long long)i, (long long)rr,
                                                 (double)got, (double)want[i * rows + rr]);
                                         fail();
@@ -238,9 +263,9 @@ static void test_tile_kernels(void **state) {
                 free(act);
                 mat_free(&m);
             }
+            unforce(t);
         }
     }
-    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
     if (pam_cpu_detect() >= PAM_ISA_AVX512) assert_true(ran > 0);
 }
 

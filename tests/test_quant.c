@@ -9,6 +9,7 @@
 #include "core/fp16.h"
 #include "kernels/cpu.h"
 #include "kernels/dtype.h"
+#include "kernels/ksel.h"
 #include "kernels/quant.h"
 #include "util/test_util.h"
 
@@ -480,17 +481,34 @@ static double dot_tol(const dot_case *c) {
 
 static int n_isas(void) { return (int)pam_cpu_detect() + 1; }
 
+/* Forces variant vi of weight type t's matvec kernel (kernels/ksel.h);
+ * returns its name, or NULL when there is no such variant or this CPU cannot
+ * run it (nothing is forced then). */
+static const char *force_variant(pam_dtype t, int vi) {
+    int id = pam_vec_kernel_id(t);
+    const pam_ksel_variant *v = pam_ksel_variant_at(id, vi);
+    if (!v || !pam_ksel_can_run(v)) return NULL;
+    assert_int_equal(pam_ksel_force(id, v->name), PAM_OK);
+    return v->name;
+}
+
+static void unforce(pam_dtype t) { assert_int_equal(pam_ksel_force(pam_vec_kernel_id(t), NULL), PAM_OK); }
+
+/* Every variant the chooser can pick on this machine (every ISA level it has,
+ * and each level's alternatives) against the float64 reference. */
 static void test_vec_dot_vs_f64(void **state) {
     const int64_t fsizes[] = {1, 7, 32, 33, 96, 256, 1001, 4352};
     const int64_t qsizes[] = {32, 96, 256, 544, 768, 1056, 1600, 4352};
     const int64_t ksizes[] = {256, 768, 4352};
     pam_test_rng r = {7};
     double worst[N_TYPES] = {0};
-    for (int isa = 0; isa < n_isas(); isa++) {
-        assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
-        assert_string_equal(pam_cpu_isa(), pam_cpu_isa_name((pam_isa)isa));
+    int tested = 0;
+    for (int vi = 0; vi < 8; vi++) {
         for (int ti = 0; ti < N_TYPES; ti++) {
             pam_dtype t = k_types[ti];
+            const char *vname = force_variant(t, vi);
+            if (!vname) continue;
+            tested++;
             const int64_t *sizes = block_elems(t) == 1 ? fsizes : block_elems(t) == 32 ? qsizes : ksizes;
             int ns = block_elems(t) == 1 ? 8 : block_elems(t) == 32 ? 8 : 3;
             for (int kind = 0; kind < D_KINDS; kind++)
@@ -504,17 +522,19 @@ static void test_vec_dot_vs_f64(void **state) {
                     if (c.mag > 0) worst[ti] = fmax(worst[ti], fmax(e1, e2) / c.mag);
                     if (!(e1 <= tol && e2 <= tol)) {
                         fprintf(stderr, "%s %s n=%lld kind=%d: got %.9g ref %.9g want %.9g tol %g\n",
-                                pam_cpu_isa(), pam_dtype_name(t), (long long)c.n, kind, got, ref,
+                                vname, pam_dtype_name(t), (long long)c.n, kind, got, ref,
                                 c.want, tol);
                         fail();
                     }
                     dot_case_free(&c);
                 }
+            unforce(t);
         }
     }
     for (int ti = 0; ti < N_TYPES; ti++)
         printf("# %-5s worst |err|/sum|wa| = %.3g\n", pam_dtype_name(k_types[ti]), worst[ti]);
-    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+    printf("# %d (type, variant) pairs tested\n", tested);
+    assert_true(tested >= N_TYPES * n_isas());
 }
 
 /* Each ISA's kernel is deterministic and they agree with each other. */
@@ -548,6 +568,38 @@ static void test_dispatch(void **state) {
     }
     assert_int_equal(pam_cpu_set_isa("auto"), PAM_OK);
     assert_string_equal(pam_cpu_isa(), pam_cpu_isa_name(pam_cpu_detect()));
+}
+
+/* Variants that share a tiled kernel give the same bits (the tile reproduces
+ * one arithmetic), on rows with a partial 16-block group too. */
+static void test_variants_of_a_level_agree(void **state) {
+    pam_test_rng r = {81};
+    int pairs = 0;
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        pam_dtype t = k_types[ti];
+        int id = pam_vec_kernel_id(t);
+        assert_true(id >= 0);
+        const int64_t n = block_elems(t) == 1 ? 1001 : block_elems(t) == 32 ? 32 * 50 : 256 * 5;
+        dot_case c;
+        dot_case_make(&c, t, n, &r, D_NORMAL);
+        for (int a = 0; a < pam_ksel_n_variants(id); a++)
+            for (int b = a + 1; b < pam_ksel_n_variants(id); b++) {
+                const pam_ksel_variant *va = pam_ksel_variant_at(id, a), *vb = pam_ksel_variant_at(id, b);
+                if (va->isa != vb->isa || !pam_ksel_can_run(va) || !pam_ksel_can_run(vb)) continue;
+                assert_int_equal(pam_ksel_force(id, va->name), PAM_OK);
+                float x = pam_vec_dot(t, c.w, c.act, n);
+                pam_vec_tile_fn ta = pam_vec_tile_select(t);
+                assert_int_equal(pam_ksel_force(id, vb->name), PAM_OK);
+                float y = pam_vec_dot(t, c.w, c.act, n);
+                if (!ta || ta != pam_vec_tile_select(t)) continue; /* own rounding, own tile */
+                assert_memory_equal(&x, &y, sizeof x);
+                pairs++;
+            }
+        assert_int_equal(pam_ksel_force(id, NULL), PAM_OK);
+        assert_int_equal(pam_ksel_force(id, "no-such-variant"), PAM_ERR_INVALID);
+        dot_case_free(&c);
+    }
+    if (pam_cpu_detect() >= PAM_ISA_AVX512) assert_true(pairs > 0);
 }
 
 /* A wrong nibble, scale or sign must not hide inside the tolerance. */
@@ -621,6 +673,7 @@ int main(void) {
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_dot_catches_errors),
         cmocka_unit_test(test_q8_0_activations_each_isa),
+        cmocka_unit_test(test_variants_of_a_level_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,6 +27,8 @@
 #include "core/status.h"
 #include "core/timing.h"
 #include "kernels/cpu.h"
+#include "kernels/ksel.h"
+#include "kernels/quant.h"
 #include "kernels/membw.h"
 #include "model/model.h"
 
@@ -274,6 +276,14 @@ int pam_cli_bench(int argc, char **argv) {
     fprintf(info, "model: %s (%s, %d layers, embd %d, %d/%d heads, ff %d, vocab %d), weights %.1f MB per token\n",
             model_path, hp->arch, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff, hp->n_vocab,
             (double)pam_model_weight_bytes(model) / 1e6);
+    /* the per-machine kernel choice, made now if this is the first run here */
+    pam_vec_kernels_register();
+    fprintf(info, "cpu: %s\nkernels:", pam_cpu_model());
+    for (int k = 0; k < pam_ksel_count(); k++) {
+        const pam_ksel_variant *v = pam_ksel_choice(k); /* before asking how it was chosen */
+        fprintf(info, " %s=%s(%s)", pam_ksel_name(k), v->name, pam_ksel_how(k));
+    }
+    fprintf(info, "\n");
     fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n\n", threads,
             pam_cpu_isa(), bw, bw_mib);
     if (o.json)

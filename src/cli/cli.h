@@ -11,5 +11,8 @@ int pam_cli_bench(int argc, char **argv);
 /* `pam bench kv`: argv[0] is "kv". */
 int pam_cli_bench_kv(int argc, char **argv);
 int pam_cli_serve(int argc, char **argv);
+int pam_cli_perplexity(int argc, char **argv);
+int pam_cli_locality(int argc, char **argv);
+int pam_cli_sim(int argc, char **argv);
 
 #endif

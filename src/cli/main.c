@@ -14,6 +14,9 @@ static void usage(FILE *f) {
             "  convert  CHECKPOINT.bin TOKENIZER.bin -o OUT.gguf   llama2.c -> GGUF\n"
             "  gen-model --shape SHAPE --type TYPE -o OUT.gguf     random-weight model in a real shape\n"
             "  bench    -m MODEL [-t THREADS] [--depth LIST]       decode/prefill speed vs memory bandwidth\n"
+            "  perplexity -m MODEL -f TEXT [-c CTX]                perplexity (llama.cpp's method), KL vs exact\n"
+            "  locality -m MODEL -f TEXT [-c CTX]                  where attention mass goes, block by block\n"
+            "  sim      [--model NAME] [--systems LIST] [--json]   simulated PIM hardware (HBM, DDR, SSD)\n"
             "\n"
             "`pam COMMAND --help` describes a command's options.\n");
 }
@@ -30,6 +33,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "convert")) return pam_cli_convert(argc - 1, argv + 1);
     if (!strcmp(cmd, "gen-model")) return pam_cli_gen_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return pam_cli_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perplexity")) return pam_cli_perplexity(argc - 1, argv + 1);
+    if (!strcmp(cmd, "locality")) return pam_cli_locality(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sim")) return pam_cli_sim(argc - 1, argv + 1);
     fprintf(stderr, "pam: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

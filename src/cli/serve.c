@@ -30,20 +30,56 @@ static void serve_usage(FILE *f) {
             "      --queue N           requests waiting for a slot before 503 (default 256)\n"
             "      --prefill-chunk N   prompt tokens per batched step (default 256)\n"
             "      --no-prefix-cache   do not reuse cached prompt prefixes\n"
-            "      --chat-template F   llama3, chatml, llama2, mistral, zephyr or fallback\n"
-            "                          (default: detected from tokenizer.chat_template)\n"
+            "      --chat-template F   a built-in format: llama3, chatml, llama2, mistral, zephyr\n"
+            "                          or fallback (default: the model's tokenizer.chat_template)\n"
+            "      --chat-template-file FILE  a Jinja chat template to use instead of the model's\n"
             "      --max-body BYTES    largest request body (default 1048576)\n"
             "      --timeout S         close a connection idle for S seconds (default 600)\n"
             "      --max-connections N open connections at once (default 8192)\n"
             "      --conn-per-client N open connections from one IP address (default: no limit)\n"
             "\n"
-            "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,\n"
-            "GET /health, GET /metrics. See docs/SERVING.md.\n",
+            "Endpoints: POST /v1/completions, POST /v1/chat/completions, POST /apply-template,\n"
+            "GET /v1/models, GET /health, GET /metrics. See docs/SERVING.md.\n",
             pam_kv_flags_usage);
 }
 
+/* The whole file as a NUL-terminated string, or NULL with a message. */
+static char *read_template_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "pam serve: cannot open --chat-template-file '%s'\n", path);
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0, got;
+    char *buf = malloc(cap);
+    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (n + 1 == cap) {
+            if (cap >= (size_t)16 << 20) {
+                fprintf(stderr, "pam serve: --chat-template-file '%s' is larger than 16 MiB\n", path);
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) free(buf);
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (buf && ferror(f)) {
+        fprintf(stderr, "pam serve: cannot read --chat-template-file '%s'\n", path);
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    return buf;
+}
+
 int pam_cli_serve(int argc, char **argv) {
-    const char *model_path = NULL, *alias = NULL, *host = "127.0.0.1";
+    const char *model_path = NULL, *alias = NULL, *host = "127.0.0.1", *chat_template_file = NULL;
+    char *chat_template = NULL;
     long timeout_s = 600, max_conn = 8192, conn_per_client = 0;
     long port = 8080, n_par = 4, n_ctx = 0, n_threads = 0, n_queue = 256, chunk = 256, max_body = 1 << 20;
     int prefix_cache = 1, chat_family = -1;
@@ -89,6 +125,8 @@ int pam_cli_serve(int argc, char **argv) {
                 fprintf(stderr, "pam serve: unknown --chat-template '%s'\n", t);
                 a.failed = 1;
             }
+        } else if (pam_args_is(&a, NULL, "--chat-template-file")) {
+            chat_template_file = pam_args_value(&a);
         } else if (pam_args_is(&a, NULL, "--kv-type")) {
             /* kept for old command lines: the paged cache stores f16 (or a tier's own encoding) */
             const char *t = pam_args_value(&a);
@@ -172,13 +210,17 @@ int pam_cli_serve(int argc, char **argv) {
     sp.max_connections = (int)max_conn;
     sp.max_conn_per_client = (int)conn_per_client;
     sp.chat_family = chat_family;
+    if (chat_template_file) {
+        if (!(chat_template = read_template_file(chat_template_file))) goto done;
+        sp.chat_template = chat_template;
+    }
     if (pam_server_start(engine, model, &sp, &server) != PAM_OK) {
         fprintf(stderr, "pam serve: %s\n", pam_last_error());
         goto done;
     }
     fprintf(stderr, "pam serve: model '%s' (%s, %d layers, vocab %d), %ld slots, context %ld, %d threads, chat template %s\n",
             sp.alias, hp->arch, hp->n_layer, hp->n_vocab, n_par, n_ctx, pam_pool_n_threads(pool),
-            pam_chat_family_name(pam_server_chat_family(server)));
+            pam_server_chat_template_desc(server));
     fprintf(stderr, "pam serve: KV cache: %d tier(s), blocks of %ld tokens, policy %s:", pam_kvm_n_tiers(kvm),
             kvf.block_tokens, pam_kv_policy_name(kvf.policy));
     for (int i = 0; i < pam_kvm_n_tiers(kvm); i++) {
@@ -202,5 +244,6 @@ done:
     if (trace) fclose(trace);
     pam_pool_destroy(pool);
     pam_model_free(model);
+    free(chat_template);
     return rc;
 }

@@ -2,7 +2,9 @@
  * read it with relaxed loads (a stale read only picks another correct path). */
 #include "kernels/cpu.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +15,7 @@
 #endif
 
 static atomic_int g_isa = -1;
+static atomic_int g_forced = 0;
 
 static const char *const k_isa_names[PAM_ISA_COUNT] = {"scalar", "avx2", "avx512"};
 
@@ -46,6 +49,7 @@ static pam_isa initial_level(void) {
     const char *env = getenv("PAM_ISA");
     if (env && *env) {
         int want = isa_from_name(env);
+        if (want >= 0) atomic_store(&g_forced, 1);
         if (want >= 0 && want < (int)best) return (pam_isa)want;
     }
     return best;
@@ -71,6 +75,7 @@ pam_status pam_cpu_set_isa(const char *name) {
     pam_isa best = pam_cpu_detect();
     if (!name || strcmp(name, "auto") == 0) {
         atomic_store(&g_isa, (int)best);
+        atomic_store(&g_forced, 0);
         return PAM_OK;
     }
     int want = isa_from_name(name);
@@ -79,5 +84,51 @@ pam_status pam_cpu_set_isa(const char *name) {
         return PAM_ERR(PAM_ERR_UNSUPPORTED, "this CPU does not support %s (best: %s)", name,
                        k_isa_names[best]);
     atomic_store(&g_isa, want);
+    atomic_store(&g_forced, 1);
     return PAM_OK;
+}
+
+int pam_cpu_isa_forced(void) {
+    (void)pam_cpu_isa_level(); /* reads PAM_ISA on first use */
+    return atomic_load_explicit(&g_forced, memory_order_relaxed);
+}
+
+static char g_model[128];
+static pthread_once_t g_model_once = PTHREAD_ONCE_INIT;
+
+static void trim_into(char *dst, size_t cap, const char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strcspn(s, "\n");
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r')) n--;
+    if (n >= cap) n = cap - 1;
+    memcpy(dst, s, n);
+    dst[n] = 0;
+}
+
+static void read_model(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) != 0) continue;
+        const char *colon = strchr(line, ':');
+        if (colon) trim_into(g_model, sizeof g_model, colon + 1);
+        break;
+    }
+    if (f) fclose(f);
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    unsigned r[12];
+    if (!g_model[0] && __get_cpuid_max(0x80000000u, NULL) >= 0x80000004u) {
+        for (unsigned i = 0; i < 3; i++) __get_cpuid(0x80000002u + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+        char brand[49];
+        memcpy(brand, r, 48);
+        brand[48] = 0;
+        trim_into(g_model, sizeof g_model, brand);
+    }
+#endif
+    if (!g_model[0]) strcpy(g_model, "unknown");
+}
+
+const char *pam_cpu_model(void) {
+    pthread_once(&g_model_once, read_model);
+    return g_model;
 }

@@ -5,7 +5,10 @@
  * The level starts as the best the CPU supports, lowered by the environment
  * variable PAM_ISA=scalar|avx2|avx512 (read once, on first use), and can be
  * changed with pam_cpu_set_isa() so tests and CI exercise every path on one
- * machine. Changing it while kernels run on other threads is not supported. */
+ * machine. Changing it while kernels run on other threads is not supported.
+ *
+ * Within the level, which variant of each hot kernel runs is the per-machine
+ * choice of kernels/ksel.h. */
 #ifndef PAM_KERNELS_CPU_H
 #define PAM_KERNELS_CPU_H
 
@@ -30,5 +33,12 @@ const char *pam_cpu_isa_name(pam_isa isa);
  * PAM_ERR_INVALID for an unknown name, PAM_ERR_UNSUPPORTED if this CPU lacks
  * it (the level is then left unchanged). */
 pam_status pam_cpu_set_isa(const char *name);
+/* Whether the level was forced (PAM_ISA set to a known level, or
+ * pam_cpu_set_isa with a name other than NULL/"auto"): kernels then run that
+ * level's variants instead of the per-machine choice. */
+int pam_cpu_isa_forced(void);
+/* The CPU's model string ("model name" in /proc/cpuinfo, else the CPUID
+ * brand string, else "unknown"), whitespace trimmed; static storage. */
+const char *pam_cpu_model(void);
 
 #endif

@@ -11,6 +11,10 @@
  * (Q8_0/Q4_0: repacked once into per-thread scratch) while every token
  * passes over it, several tokens per weight load.
  *
+ * Kernels with a prepared-activation form (pam_vec_prep_select) get each
+ * token's shared activation work done once per call, then read the rows one
+ * at a time (one stream, which DRAM prefetching handles best).
+ *
  * Invariant: Y[i*rows + r] is exactly one pam_vec_dot over row r and token i
  * (the tiled kernels reproduce its arithmetic bit for bit), so it is
  * bit-identical whatever n, the thread count or the chunking. */
@@ -34,6 +38,9 @@
 typedef struct {
     pam_vec_dot_fn dot;
     pam_vec_dot4_fn dot4; /* NULL if none */
+    const pam_vec_prep *prep; /* rows path over prepared activations, NULL if none */
+    uint8_t *prepared;        /* n tokens, prep_bytes apart (64-byte multiples) */
+    size_t prep_bytes;
     pam_vec_tile_fn tile; /* NULL unless used for this call */
     uint8_t *scratch;     /* tile: scratch_bytes per thread */
     size_t scratch_bytes;
@@ -54,6 +61,8 @@ static void quantize_task(void *ctx, int64_t i, int thread) {
     pam_quantize_activations(j->type, j->X + i * j->cols, j->act_out + (size_t)i * j->act_bytes,
                              j->cols);
     if (j->tile) pam_vec_tile_prep_act(j->type, j->act_out + (size_t)i * j->act_bytes, j->cols);
+    if (j->prep)
+        j->prep->prep(j->act_out + (size_t)i * j->act_bytes, j->cols, j->prepared + (size_t)i * j->prep_bytes);
 }
 
 static void tile_task(void *ctx, int64_t task, int thread) {
@@ -78,6 +87,10 @@ static void rows_task(void *ctx, int64_t task, int thread) {
             const uint8_t *a = j->act + (size_t)i * j->act_bytes;
             float *y = j->Y + i * j->rows;
             int64_t r = rb;
+            if (j->prep) { /* bit-identical to dot, row by row */
+                const uint8_t *p = j->prepared + (size_t)i * j->prep_bytes;
+                for (; r < re; r++) y[r] = j->prep->dot(j->W + (size_t)r * j->row_bytes, p, j->cols);
+            }
             if (j->dot4) /* bit-identical to dot row by row, so n and chunking still do not matter */
                 for (; r + 4 <= re; r += 4) j->dot4(j->W + (size_t)r * j->row_bytes, j->row_bytes, a, j->cols, y + r);
             for (; r < re; r++) y[r] = j->dot(j->W + (size_t)r * j->row_bytes, a, j->cols);
@@ -121,6 +134,11 @@ static int64_t mm_setup(mm_job *j, pam_pool *pool, pam_dtype type, const void *W
             if (!j->scratch) j->tile = NULL; /* the row-by-row path needs no scratch */
         }
     }
+    if (!j->tile && (j->prep = pam_vec_prep_select(type)) != NULL) {
+        j->prep_bytes = (j->prep->bytes(cols) + 63) & ~(size_t)63;
+        j->prepared = aligned_alloc(64, j->prep_bytes * (size_t)n);
+        if (!j->prepared) j->prep = NULL; /* the plain rows path needs nothing */
+    }
     if (pam_vec_dot_type(type) == PAM_DT_F32) {
         j->act = (const uint8_t *)X; /* the float kernels read x as it is */
     } else {
@@ -132,6 +150,8 @@ static int64_t mm_setup(mm_job *j, pam_pool *pool, pam_dtype type, const void *W
             if (!*heap_act) {
                 free(j->scratch);
                 j->scratch = NULL;
+                free(j->prepared);
+                j->prepared = NULL;
                 for (int64_t i = 0; i < rows * n; i++) Y[i] = NAN;
                 return 0;
             }
@@ -188,6 +208,7 @@ void pam_matmul_multi(pam_pool *pool, const pam_mm *mm, int n_mm, int64_t cols, 
     mj.first[0] = 0;
     for (int k = 0; k < n_mm; k++) {
         jobs[k].scratch = NULL;
+        jobs[k].prepared = NULL;
         int64_t nt = mm_setup(&jobs[k], pool, mm[k].type, mm[k].W, mm[k].rows, cols, X, n, mm[k].Y, stack_act[k],
                               sizeof stack_act[k], &heap[k], &mj.fn[k]);
         mj.first[k + 1] = mj.first[k] + nt;
@@ -203,6 +224,7 @@ void pam_matmul_multi(pam_pool *pool, const pam_mm *mm, int n_mm, int64_t cols, 
     for (int k = 0; k < n_mm; k++) {
         free(heap[k]);
         free(jobs[k].scratch);
+        free(jobs[k].prepared);
     }
 }
 

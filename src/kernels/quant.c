@@ -9,9 +9,12 @@
 #include "kernels/quant.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu.h"
+#include "kernels/ksel.h"
 #include "kernels/quant_isa.h"
 
 /* quant_avx2.c and quant_avx512.c compile to nothing off x86. */
@@ -610,7 +613,15 @@ float pam_dot_q6_K_ref(const void *row, const void *act, int64_t n) {
     return sum;
 }
 
-/* ---- Dispatch ----------------------------------------------------------- */
+/* ---- Dispatch -----------------------------------------------------------
+ * Each weight type is one kernel of the per-machine chooser (kernels/ksel.h),
+ * "matvec.<type>", whose variants are the ISA levels' kernels (and, for
+ * Q8_0/Q4_0, a second AVX-512 shape). A variant carries its level: the tiled
+ * (prefill) kernels, their scratch and the activation preparation follow the
+ * chosen variant's level, so one process uses one level per weight type for
+ * decode and prefill alike and matvec and matmul results stay bit-identical.
+ * Variants of one level give identical bits; different levels need not, which
+ * is why the choice is made once, before the first use (ksel.h). */
 
 enum { SLOT_F32, SLOT_F16, SLOT_BF16, SLOT_Q8_0, SLOT_Q4_0, SLOT_Q4_K, SLOT_Q6_K, N_SLOTS };
 
@@ -627,87 +638,269 @@ static int dot_slot(pam_dtype t) {
     }
 }
 
+static const pam_dtype k_slot_type[N_SLOTS] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_BF16, PAM_DT_Q8_0,
+                                               PAM_DT_Q4_0, PAM_DT_Q4_K, PAM_DT_Q6_K};
 
-/* A level without its own kernel for a type repeats the next lower one. */
-static const pam_vec_dot_fn k_dots[PAM_ISA_COUNT][N_SLOTS] = {
-    [PAM_ISA_SCALAR] = {pam_dot_f32_ref, pam_dot_f16_ref, pam_dot_bf16_ref, pam_dot_q8_0_ref,
-                        pam_dot_q4_0_ref, pam_dot_q4_K_ref, pam_dot_q6_K_ref},
-#if PAM_HAVE_AVX2_KERNELS
-    [PAM_ISA_AVX2] = {pam_dot_f32_avx2, pam_dot_f16_avx2, pam_dot_bf16_avx2, pam_dot_q8_0_avx2,
-                      pam_dot_q4_0_avx2, pam_dot_q4_K_avx2, pam_dot_q6_K_avx2},
-    [PAM_ISA_AVX512] = {pam_dot_f32_avx512, pam_dot_f16_avx512, pam_dot_bf16_avx512,
-                        pam_dot_q8_0_avx512, pam_dot_q4_0_avx512, pam_dot_q4_K_avx512,
-                        pam_dot_q6_K_avx512},
-#else
-    [PAM_ISA_AVX2] = {pam_dot_f32_ref, pam_dot_f16_ref, pam_dot_bf16_ref, pam_dot_q8_0_ref,
-                      pam_dot_q4_0_ref, pam_dot_q4_K_ref, pam_dot_q6_K_ref},
-    [PAM_ISA_AVX512] = {pam_dot_f32_ref, pam_dot_f16_ref, pam_dot_bf16_ref, pam_dot_q8_0_ref,
-                        pam_dot_q4_0_ref, pam_dot_q4_K_ref, pam_dot_q6_K_ref},
-#endif
+typedef struct {
+    pam_isa isa;
+    pam_vec_dot_fn dot;
+    pam_vec_dot4_fn dot4;               /* NULL if none */
+    pam_vec_tile_fn tile;               /* NULL if none */
+    size_t (*tile_scratch)(int64_t cols); /* NULL: no scratch */
+    int tile_act_xor;                   /* the tile reads activation bytes ^ 0x80 */
+    const pam_vec_prep *prep;           /* NULL if none */
+} mv_impl;
+
+#define MV_MAX_VARIANTS 8
+static const mv_impl k_ref[N_SLOTS] = {
+    {PAM_ISA_SCALAR, pam_dot_f32_ref, NULL, NULL, NULL, 0, NULL},  {PAM_ISA_SCALAR, pam_dot_f16_ref, NULL, NULL, NULL, 0, NULL},
+    {PAM_ISA_SCALAR, pam_dot_bf16_ref, NULL, NULL, NULL, 0, NULL}, {PAM_ISA_SCALAR, pam_dot_q8_0_ref, NULL, NULL, NULL, 0, NULL},
+    {PAM_ISA_SCALAR, pam_dot_q4_0_ref, NULL, NULL, NULL, 0, NULL}, {PAM_ISA_SCALAR, pam_dot_q4_K_ref, NULL, NULL, NULL, 0, NULL},
+    {PAM_ISA_SCALAR, pam_dot_q6_K_ref, NULL, NULL, NULL, 0, NULL},
 };
+#if PAM_HAVE_AVX2_KERNELS
+#define A2 PAM_ISA_AVX2
+#define A5 PAM_ISA_AVX512
+static const mv_impl k_avx2[N_SLOTS] = {
+    {A2, pam_dot_f32_avx2, NULL, pam_tile_f32_avx2, NULL, 0, NULL},
+    {A2, pam_dot_f16_avx2, NULL, pam_tile_f16_avx2, NULL, 0, NULL},
+    {A2, pam_dot_bf16_avx2, NULL, pam_tile_bf16_avx2, NULL, 0, NULL},
+    {A2, pam_dot_q8_0_avx2, pam_dot4_q8_0_avx2, pam_tile_q8_0_avx2, pam_tile_scratch_avx2, 0, NULL},
+    {A2, pam_dot_q4_0_avx2, pam_dot4_q4_0_avx2, pam_tile_q4_0_avx2, pam_tile_scratch_avx2, 0, NULL},
+    {A2, pam_dot_q4_K_avx2, NULL, pam_tile_q4_K_avx2, NULL, 0, NULL},
+    {A2, pam_dot_q6_K_avx2, NULL, pam_tile_q6_K_avx2, NULL, 0, NULL},
+};
+static const mv_impl k_avx512[N_SLOTS] = {
+    {A5, pam_dot_f32_avx512, NULL, pam_tile_f32_avx512, NULL, 0, NULL},
+    {A5, pam_dot_f16_avx512, NULL, pam_tile_f16_avx512, NULL, 0, NULL},
+    {A5, pam_dot_bf16_avx512, NULL, pam_tile_bf16_avx512, NULL, 0, NULL},
+    {A5, pam_dot_q8_0_avx512, pam_dot4_q8_0_avx512, pam_tile_q8_0_avx512, pam_tile_scratch_avx512, 1, NULL},
+    {A5, pam_dot_q4_0_avx512, pam_dot4_q4_0_avx512, pam_tile_q4_0_avx512, pam_tile_scratch_avx512, 1, NULL},
+    {A5, pam_dot_q4_K_avx512, NULL, pam_tile_q4_K_avx512, NULL, 0, NULL},
+    {A5, pam_dot_q6_K_avx512, NULL, pam_tile_q6_K_avx512, NULL, 0, NULL},
+};
+/* bit-identical to the avx512 ones above and served by the same tiles */
+static const mv_impl k_avx512y_q8_0 = {A5, pam_dot_q8_0_avx512y, NULL, pam_tile_q8_0_avx512,
+                                       pam_tile_scratch_avx512, 1, NULL};
+static const mv_impl k_avx512y_q4_0 = {A5, pam_dot_q4_0_avx512y, NULL, pam_tile_q4_0_avx512,
+                                       pam_tile_scratch_avx512, 1, NULL};
+static const pam_vec_prep k_prep_q8_0 = {pam_prep_bytes_q8_0_avx512y, pam_prep_q8_0_avx512y,
+                                         pam_dot_prep_q8_0_avx512y};
+static const pam_vec_prep k_prep_q4_0 = {pam_prep_bytes_q4_0_avx512y, pam_prep_q4_0_avx512y,
+                                         pam_dot_prep_q4_0_avx512y};
+/* the same, activation work once per product */
+static const mv_impl k_avx512yp_q8_0 = {A5, pam_dot_q8_0_avx512y, NULL, pam_tile_q8_0_avx512,
+                                        pam_tile_scratch_avx512, 1, &k_prep_q8_0};
+static const mv_impl k_avx512yp_q4_0 = {A5, pam_dot_q4_0_avx512y, NULL, pam_tile_q4_0_avx512,
+                                        pam_tile_scratch_avx512, 1, &k_prep_q4_0};
+/* the same with four rows per call: fewer activation loads, but four
+ * interleaved streams, which some CPUs prefetch badly from DRAM */
+static const mv_impl k_avx512y4_q8_0 = {A5, pam_dot_q8_0_avx512y, pam_dot4_q8_0_avx512y, pam_tile_q8_0_avx512,
+                                        pam_tile_scratch_avx512, 1, NULL};
+static const mv_impl k_avx512y4_q4_0 = {A5, pam_dot_q4_0_avx512y, pam_dot4_q4_0_avx512y, pam_tile_q4_0_avx512,
+                                        pam_tile_scratch_avx512, 1, NULL};
+static const mv_impl k_avx512r[3] = {
+    {A5, pam_dot_f32_avx512, pam_dot4_f32_avx512, pam_tile_f32_avx512, NULL, 0, NULL},
+    {A5, pam_dot_f16_avx512, pam_dot4_f16_avx512, pam_tile_f16_avx512, NULL, 0, NULL},
+    {A5, pam_dot_bf16_avx512, pam_dot4_bf16_avx512, pam_tile_bf16_avx512, NULL, 0, NULL},
+};
+static const mv_impl k_avx512p_q6_K = {A5, pam_dot_q6_K_avx512p, NULL, pam_tile_q6_K_avx512p, NULL, 0, NULL};
+/* its own rounding and its own tile */
+static const mv_impl k_avx512p_q4_K = {A5, pam_dot_q4_K_avx512p, NULL, pam_tile_q4_K_avx512p, NULL, 0, NULL};
+#undef A2
+#undef A5
+#endif
+
+static pam_ksel_variant g_mv_variants[N_SLOTS][MV_MAX_VARIANTS];
+static pam_ksel_kernel g_mv_kernels[N_SLOTS];
+static int g_mv_id[N_SLOTS];
+static const char *const k_mv_names[N_SLOTS] = {"matvec.f32",  "matvec.f16",  "matvec.bf16", "matvec.q8_0",
+                                                "matvec.q4_0", "matvec.q4_K", "matvec.q6_K"};
+
+/* The timing workload streams weights from DRAM as decode does (a kernel
+ * that is fast in cache can stall on memory, e.g. with several interleaved
+ * row streams): MV_BENCH_BYTES of rows, larger than the last-level cache of
+ * most machines, each call taking the next MV_SLICE_BYTES of them, so the
+ * rows a call reads were last touched tens of megabytes ago. */
+#define MV_BENCH_BYTES ((size_t)64 << 20)
+#define MV_SLICE_BYTES ((size_t)1 << 20)
+#define MV_BENCH_COLS 4096
+
+typedef struct {
+    pam_dtype type;
+    int64_t rows, slice_rows, next;
+    size_t row_bytes;
+    uint8_t *W, *act, *prepared;
+    volatile float sink;
+} mv_bench;
+
+static void mv_teardown(void *ctx) {
+    mv_bench *b = ctx;
+    free(b->W);
+    free(b->act);
+    free(b->prepared);
+    free(b);
+}
+
+static void *mv_setup(pam_dtype type) {
+    mv_bench *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->type = type;
+    (void)pam_dtype_row_bytes(type, MV_BENCH_COLS, &b->row_bytes);
+    b->slice_rows = (int64_t)(MV_SLICE_BYTES / b->row_bytes) & ~(int64_t)3;
+    b->rows = (int64_t)(MV_BENCH_BYTES / MV_SLICE_BYTES) * b->slice_rows;
+    float *row = malloc(sizeof(float) * MV_BENCH_COLS);
+    b->W = malloc(b->row_bytes * (size_t)b->rows);
+    b->act = malloc(pam_activation_bytes(type, MV_BENCH_COLS) + 64);
+    if (!row || !b->W || !b->act) {
+        free(row);
+        free(b->W);
+        free(b->act);
+        free(b);
+        return NULL;
+    }
+    /* one quantised row, copied: the kernels' speed does not depend on the
+     * values, and the reference K-quant quantisers are slow */
+    uint32_t x = 0x12345678u;
+    for (int i = 0; i < MV_BENCH_COLS; i++) {
+        x = x * 1664525u + 1013904223u;
+        row[i] = (float)((int32_t)x >> 8) * (1.0f / 8388608.0f);
+    }
+    pam_quantize_row(type, row, b->W, MV_BENCH_COLS);
+    for (int64_t r = 1; r < b->rows; r++) memcpy(b->W + (size_t)r * b->row_bytes, b->W, b->row_bytes);
+    pam_quantize_activations(type, row, b->act, MV_BENCH_COLS);
+    free(row);
+    b->prepared = aligned_alloc(64, 64 << 10); /* more than any prep of MV_BENCH_COLS needs */
+    if (!b->prepared) {
+        mv_teardown(b);
+        return NULL;
+    }
+    return b;
+}
+
+static void mv_run(void *ctx, const void *impl) {
+    mv_bench *b = ctx;
+    const mv_impl *m = impl;
+    float out[4], s = 0;
+    const int64_t r0 = b->next, r1 = r0 + b->slice_rows;
+    b->next = r1 < b->rows ? r1 : 0;
+    int64_t r = r0;
+    if (m->prep) { /* once per product, as pam_matvec does */
+        m->prep->prep(b->act, MV_BENCH_COLS, b->prepared);
+        for (; r < r1; r++) s += m->prep->dot(b->W + (size_t)r * b->row_bytes, b->prepared, MV_BENCH_COLS);
+    }
+    if (m->dot4)
+        for (; r + 4 <= r1; r += 4) {
+            m->dot4(b->W + (size_t)r * b->row_bytes, b->row_bytes, b->act, MV_BENCH_COLS, out);
+            s += out[0];
+        }
+    for (; r < r1; r++) s += m->dot(b->W + (size_t)r * b->row_bytes, b->act, MV_BENCH_COLS);
+    b->sink = s;
+}
+
+
+#define MV_SETUP_FN(SLOT) \
+    static void *mv_setup_##SLOT(void) { return mv_setup(k_slot_type[SLOT]); }
+MV_SETUP_FN(SLOT_F32)
+MV_SETUP_FN(SLOT_F16)
+MV_SETUP_FN(SLOT_BF16)
+MV_SETUP_FN(SLOT_Q8_0)
+MV_SETUP_FN(SLOT_Q4_0)
+MV_SETUP_FN(SLOT_Q4_K)
+MV_SETUP_FN(SLOT_Q6_K)
+static void *(*const k_mv_setup[N_SLOTS])(void) = {mv_setup_SLOT_F32,  mv_setup_SLOT_F16,  mv_setup_SLOT_BF16,
+                                                    mv_setup_SLOT_Q8_0, mv_setup_SLOT_Q4_0, mv_setup_SLOT_Q4_K,
+                                                    mv_setup_SLOT_Q6_K};
+
+static pthread_once_t g_mv_once = PTHREAD_ONCE_INIT;
+
+static void mv_add(int slot, int *n, const char *name, const mv_impl *impl) {
+    g_mv_variants[slot][(*n)++] = (pam_ksel_variant){.name = name, .isa = impl->isa, .impl = impl};
+}
+
+static void mv_register(void) {
+    for (int slot = 0; slot < N_SLOTS; slot++) {
+        int n = 0;
+        mv_add(slot, &n, "scalar", &k_ref[slot]);
+#if PAM_HAVE_AVX2_KERNELS
+        mv_add(slot, &n, "avx2", &k_avx2[slot]);
+        mv_add(slot, &n, "avx512", &k_avx512[slot]);
+        if (slot == SLOT_Q8_0) {
+            mv_add(slot, &n, "avx512y", &k_avx512y_q8_0);
+            mv_add(slot, &n, "avx512y4", &k_avx512y4_q8_0);
+            mv_add(slot, &n, "avx512yp", &k_avx512yp_q8_0);
+        }
+        if (slot == SLOT_Q4_0) {
+            mv_add(slot, &n, "avx512y", &k_avx512y_q4_0);
+            mv_add(slot, &n, "avx512y4", &k_avx512y4_q4_0);
+            mv_add(slot, &n, "avx512yp", &k_avx512yp_q4_0);
+        }
+        if (slot == SLOT_Q4_K) mv_add(slot, &n, "avx512p", &k_avx512p_q4_K);
+        if (slot == SLOT_Q6_K) mv_add(slot, &n, "avx512p", &k_avx512p_q6_K);
+        if (slot <= SLOT_BF16) mv_add(slot, &n, "avx512r", &k_avx512r[slot]);
+#endif
+        g_mv_kernels[slot] = (pam_ksel_kernel){.name = k_mv_names[slot],
+                                               .variants = g_mv_variants[slot],
+                                               .n_variants = n,
+                                               .setup = k_mv_setup[slot],
+                                               .run = mv_run,
+                                               .teardown = mv_teardown};
+        g_mv_id[slot] = pam_ksel_register(&g_mv_kernels[slot]);
+    }
+}
+
+/* The chosen kernels of a slot; the reference ones if registration failed
+ * (a full registry), which is slow but correct. */
+static const mv_impl *mv_choice(int slot) {
+    pthread_once(&g_mv_once, mv_register);
+    const pam_ksel_variant *v = pam_ksel_choice(g_mv_id[slot]);
+    return v ? (const mv_impl *)v->impl : &k_ref[slot];
+}
+
+void pam_vec_kernels_register(void) { pthread_once(&g_mv_once, mv_register); }
+
+int pam_vec_kernel_id(pam_dtype weight_type) {
+    int slot = dot_slot(weight_type);
+    if (slot < 0) return -1;
+    pthread_once(&g_mv_once, mv_register);
+    return g_mv_id[slot];
+}
 
 static float dot_unsupported(const void *row, const void *act, int64_t n) { return NAN; }
 
 pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type) {
     int slot = dot_slot(weight_type);
     if (slot < 0) return dot_unsupported;
-    return k_dots[pam_cpu_isa_level()][slot];
+    return mv_choice(slot)->dot;
 }
 
 pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type) {
-#if PAM_HAVE_AVX2_KERNELS
-    if (pam_cpu_isa_level() == PAM_ISA_AVX512) {
-        if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx512;
-        if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx512;
-    }
-    if (pam_cpu_isa_level() == PAM_ISA_AVX2) {
-        if (weight_type == PAM_DT_Q8_0) return pam_dot4_q8_0_avx2;
-        if (weight_type == PAM_DT_Q4_0) return pam_dot4_q4_0_avx2;
-    }
-#endif
-    return NULL;
+    int slot = dot_slot(weight_type);
+    return slot < 0 ? NULL : mv_choice(slot)->dot4;
+}
+
+const pam_vec_prep *pam_vec_prep_select(pam_dtype weight_type) {
+    int slot = dot_slot(weight_type);
+    return slot < 0 ? NULL : mv_choice(slot)->prep;
 }
 
 pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type) {
-#if PAM_HAVE_AVX2_KERNELS
-    if (pam_cpu_isa_level() == PAM_ISA_AVX512) {
-        if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx512;
-        if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx512;
-        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx512;
-        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx512;
-        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx512;
-        if (weight_type == PAM_DT_Q4_K) return pam_tile_q4_K_avx512;
-        if (weight_type == PAM_DT_Q6_K) return pam_tile_q6_K_avx512;
-    }
-    if (pam_cpu_isa_level() == PAM_ISA_AVX2) {
-        if (weight_type == PAM_DT_Q8_0) return pam_tile_q8_0_avx2;
-        if (weight_type == PAM_DT_Q4_0) return pam_tile_q4_0_avx2;
-        if (weight_type == PAM_DT_F32) return pam_tile_f32_avx2;
-        if (weight_type == PAM_DT_F16) return pam_tile_f16_avx2;
-        if (weight_type == PAM_DT_BF16) return pam_tile_bf16_avx2;
-        if (weight_type == PAM_DT_Q4_K) return pam_tile_q4_K_avx2;
-        if (weight_type == PAM_DT_Q6_K) return pam_tile_q6_K_avx2;
-    }
-#endif
-    return NULL;
+    int slot = dot_slot(weight_type);
+    return slot < 0 ? NULL : mv_choice(slot)->tile;
 }
 
 size_t pam_vec_tile_scratch_bytes(pam_dtype weight_type, int64_t cols) {
-#if PAM_HAVE_AVX2_KERNELS
-    if (pam_cpu_isa_level() == PAM_ISA_AVX512 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
-        return pam_tile_scratch_avx512(cols);
-    if (pam_cpu_isa_level() == PAM_ISA_AVX2 && (weight_type == PAM_DT_Q8_0 || weight_type == PAM_DT_Q4_0))
-        return pam_tile_scratch_avx2(cols);
-#endif
-    return 0;
+    int slot = dot_slot(weight_type);
+    const mv_impl *m = slot < 0 ? NULL : mv_choice(slot);
+    return m && m->tile_scratch ? m->tile_scratch(cols) : 0;
 }
 
-/* The AVX-512 tiles multiply unsigned activations by signed weights: the
- * activation bytes go up by 128 (the kernel takes 128 * sum(w) back out).
- * The AVX2 ones read activations as they are. */
+/* The AVX-512 Q8_0/Q4_0 tiles multiply unsigned activations by signed
+ * weights: the activation bytes go up by 128 (the kernel takes 128 * sum(w)
+ * back out). The others read activations as they are. */
 void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols) {
-    if (pam_cpu_isa_level() != PAM_ISA_AVX512 || (weight_type != PAM_DT_Q8_0 && weight_type != PAM_DT_Q4_0))
-        return;
+    int slot = dot_slot(weight_type);
+    if (slot < 0 || !mv_choice(slot)->tile_act_xor) return;
     pam_block_q8_0 *a = act;
     for (int64_t i = 0; i < cols / PAM_QK8_0; i++)
         for (int e = 0; e < PAM_QK8_0; e++) a[i].qs[e] = (int8_t)((uint8_t)a[i].qs[e] ^ 0x80u);
@@ -720,5 +913,5 @@ float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64
 float pam_vec_dot_ref(pam_dtype weight_type, const void *row, const void *act, int64_t n) {
     int slot = dot_slot(weight_type);
     if (slot < 0) return NAN;
-    return k_dots[PAM_ISA_SCALAR][slot](row, act, n);
+    return k_ref[slot].dot(row, act, n);
 }

@@ -66,17 +66,32 @@ void pam_quantize_activations(pam_dtype weight_type, const float *x, void *dst, 
 float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n);
 float pam_vec_dot_ref(pam_dtype weight_type, const void *row, const void *act, int64_t n);
 
-/* The kernel pam_vec_dot would call for weight_type at the current ISA level
- * (kernels/cpu.h), for loops over many rows. Never NULL for a supported type. */
+/* The kernel pam_vec_dot would call for weight_type: the per-machine choice
+ * of kernel "matvec.<type>" (kernels/ksel.h), within the forced ISA level if
+ * there is one (kernels/cpu.h); for loops over many rows. Never NULL for a
+ * supported type. The multi-row and tiled kernels below belong to the same
+ * chosen variant. */
 typedef float (*pam_vec_dot_fn)(const void *row, const void *act, int64_t n);
 pam_vec_dot_fn pam_vec_dot_select(pam_dtype weight_type);
 /* Four consecutive rows (row_bytes apart) against the same activations in
  * one pass, sharing the activation loads: out[r] is bit-identical to what
- * pam_vec_dot_select(weight_type) gives for row r. NULL when the current ISA
- * level has no such kernel for weight_type (then loop the single-row one). */
+ * pam_vec_dot_select(weight_type) gives for row r. NULL when the chosen
+ * kernel has no such form (then loop the single-row one). */
 typedef void (*pam_vec_dot4_fn)(const void *row, size_t row_bytes, const void *act, int64_t n,
                                 float out[4]);
 pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type);
+/* Single rows against activations prepared once per product: the per-block
+ * activation work (shared by every row) is done by prep, once per token, and
+ * dot then costs per row what a multi-row kernel costs, while reading the
+ * rows as one stream. dot's result is bit-identical to what
+ * pam_vec_dot_select(weight_type) gives. prep's dst: bytes(n) bytes, 64-byte
+ * aligned. NULL when the chosen kernel has no such form. */
+typedef struct pam_vec_prep {
+    size_t (*bytes)(int64_t n);
+    void (*prep)(const void *act, int64_t n, void *dst);
+    float (*dot)(const void *row, const void *prepared, int64_t n);
+} pam_vec_prep;
+const pam_vec_prep *pam_vec_prep_select(pam_dtype weight_type);
 /* Many rows against many tokens (prefill). For r < rows <= PAM_TILE_ROWS
  * and t < n_tok, Y[t * ldy + r] = dot(row r of W, token t of act) bit-
  * identical to what pam_vec_dot_select(weight_type) gives, but with each
@@ -84,7 +99,7 @@ pam_vec_dot4_fn pam_vec_dot4_select(pam_dtype weight_type);
  * apart, first passed through pam_vec_tile_prep_act (the tile kernels only
  * accept that form). scratch: pam_vec_tile_scratch_bytes(weight_type, cols)
  * bytes, any alignment, private to the call (may be NULL when that is 0).
- * NULL when the current ISA level has no tiled kernel for weight_type. */
+ * NULL when the chosen kernel has no tiled form for weight_type. */
 #define PAM_TILE_ROWS 32
 typedef void (*pam_vec_tile_fn)(const void *W, size_t row_bytes, int64_t rows, const void *act,
                                 size_t act_bytes, int64_t n_tok, int64_t cols, float *Y, int64_t ldy,
@@ -97,5 +112,11 @@ void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols);
 /* Bytes of n activations in the vec-dot type of weight_type (n as for
  * pam_quantize_activations). */
 size_t pam_activation_bytes(pam_dtype weight_type, int64_t n);
+
+/* Registers the matvec kernels with the chooser (done on first use anyway;
+ * pam bench calls it to list them), and the chooser id of weight_type's
+ * kernel, -1 for a type without one. */
+void pam_vec_kernels_register(void);
+int pam_vec_kernel_id(pam_dtype weight_type);
 
 #endif

@@ -120,6 +120,50 @@ static inline __m512 fmload16(const void *w, int64_t j, __mmask16 k, const int t
     return bf16x16_to_ps(_mm256_maskz_loadu_epi16(k, (const pam_bf16 *)w + j));
 }
 
+/* ---- float rows, four at a time -------------------------------------------
+ * Each row keeps the single-row kernel's four accumulators, steps and final
+ * sum, so its result is bit-identical to pam_dot_*_avx512 (and the float
+ * tiles serve both); the activations, 4 bytes per element against the
+ * weights' 2 (f16, bf16), are loaded once for four rows instead of per row. */
+static inline __attribute__((always_inline)) void float_dot4(const uint8_t *W, size_t row_bytes, const float *x,
+                                                             int64_t n, float out[4], const int type) {
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int c = 0; c < 4; c++) {
+            const __m512 xv = _mm512_loadu_ps(x + i + 16 * c);
+            for (int r = 0; r < 4; r++)
+                acc[r][c] = _mm512_fmadd_ps(fload16(W + (size_t)r * row_bytes, i + 16 * c, type), xv, acc[r][c]);
+        }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        for (int r = 0; r < 4; r++) acc[r][0] = _mm512_fmadd_ps(fload16(W + (size_t)r * row_bytes, i, type), xv, acc[r][0]);
+    }
+    if (i < n) {
+        const __mmask16 k = mask16(n - i);
+        const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+        for (int r = 0; r < 4; r++)
+            acc[r][1] = _mm512_fmadd_ps(fmload16(W + (size_t)r * row_bytes, i, k, type), xv, acc[r][1]);
+    }
+    for (int r = 0; r < 4; r++)
+        out[r] = hsum16(_mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+}
+
+void pam_dot4_f32_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    float_dot4(row, row_bytes, act, n, out, FT_F32);
+}
+
+void pam_dot4_f16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    float_dot4(row, row_bytes, act, n, out, FT_F16);
+}
+
+void pam_dot4_bf16_avx512(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    float_dot4(row, row_bytes, act, n, out, FT_BF16);
+}
+
+
 static inline __attribute__((always_inline)) void ftile512(const uint8_t *W, size_t row_bytes, const float *X,
                                                            int64_t ldx, int64_t n, float *Y, int64_t ldy,
                                                            const int R, const int T, const int type) {
@@ -200,6 +244,8 @@ FTILE512_FN(pam_tile_bf16_avx512, FT_BF16)
 /* ---- Q8_0 / Q4_0 against Q8_0: groups of 16 blocks ---------------------- */
 
 #define GROUP 16
+
+
 
 /* Adjacent int32 lanes of the 32-lane concatenation (a, b) summed: lane i is
  * c[2i] + c[2i+1]. Three levels turn 8 vectors of [block 2k | block 2k+1]
@@ -373,6 +419,300 @@ void pam_dot4_q4_0_avx512(const void *row, size_t row_bytes, const void *act, in
     dot_rows_q4_0(row, row_bytes, act, n, out, 4);
 }
 
+/* ---- Q8_0 / Q4_0, the same arithmetic with 256-bit integer work ---------
+ * The kernels above spend most of their time in the cross-lane permutes of
+ * reduce_group, which cost two or more cycles each where 512-bit operations
+ * are split in two (AMD Zen 4). These do one block per ymm and reduce eight
+ * blocks' int32 lanes with in-lane unpacks and one 128-bit swap; the block
+ * sums are exact integers either way, and the float work (one convert and
+ * one FMA per 16-block group, the same accumulators, the same final sum) is
+ * unchanged, so every result is bit-identical to pam_dot_q8_0_avx512 /
+ * pam_dot_q4_0_avx512 and the tiled kernels serve both. */
+
+/* Lane b of the result: the sum of the 8 int32 lanes of p[b]. */
+static inline __m256i reduce8(const __m256i p[8]) {
+    __m256i l1[4], l2[2];
+    for (int k = 0; k < 4; k++)
+        l1[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2 * k], p[2 * k + 1]),
+                                 _mm256_unpackhi_epi32(p[2 * k], p[2 * k + 1]));
+    for (int k = 0; k < 2; k++)
+        l2[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(l1[2 * k], l1[2 * k + 1]),
+                                 _mm256_unpackhi_epi64(l1[2 * k], l1[2 * k + 1]));
+    /* l2[k] = [blocks 4k..4k+3, lanes 0-3 | the same blocks, lanes 4-7] */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(l2[0], l2[1], 0x20),
+                            _mm256_permute2x128_si256(l2[0], l2[1], 0x31));
+}
+
+static inline __m512i reduce16(const __m256i p[GROUP]) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(reduce8(p)), reduce8(p + 8), 1);
+}
+
+/* Word k of window k / per: scale k sits at word (k % per) * stride / 2. */
+static const uint16_t k_scale_idx18[32] = {0, 9, 18, 27, 36, 45, 54, 63, 0, 9, 18, 27, 36, 45, 54, 63};
+static const uint16_t k_scale_idx34[32] = {0, 17, 34, 51, 0, 17, 34, 51, 0, 17, 34, 51, 0, 17, 34, 51};
+
+static inline __m512 group_scales(const uint8_t *w, const int stride, const int per) {
+    const __m512i idx = _mm512_loadu_si512(stride == 18 ? k_scale_idx18 : k_scale_idx34);
+    __m512i r = _mm512_setzero_si512();
+    for (int j = 0; j < GROUP / per; j++) {
+        const uint8_t *base = w + (size_t)j * per * stride;
+        const __mmask32 m = (__mmask32)(((1u << per) - 1u) << (j * per));
+        r = _mm512_or_si512(r, _mm512_maskz_permutex2var_epi16(m, _mm512_loadu_si512(base), idx,
+                                                               _mm512_loadu_si512(base + 64)));
+    }
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(r));
+}
+
+typedef struct {
+    __m256i a[GROUP];
+    __m512i corr; /* lane b: dot(off, a) over block b */
+    __m512 d;
+} act_group_y;
+
+static inline void act_group_y_load(act_group_y *g, const pam_block_q8_0 *a, int cnt, __m256i off) {
+    __m256i c[GROUP];
+    for (int b = 0; b < GROUP; b++) {
+        g->a[b] = b < cnt ? _mm256_loadu_si256((const __m256i *)a[b].qs) : _mm256_setzero_si256();
+        c[b] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, g->a[b]);
+    }
+    g->corr = reduce16(c);
+    g->d = cnt == GROUP ? group_scales((const uint8_t *)a, (int)sizeof *a, 4) : gather_scales(a, sizeof *a, mask16(cnt));
+}
+
+/* The 16 f16 scales of a full group without a gather (slow on some CPUs):
+ * windows of 128 bytes that each hold the scales of `per` consecutive
+ * blocks (scale k at 16-bit word k * stride / 2 of its window, stride even),
+ * picked by one word permute per window and blended. Every byte read lies
+ * inside the group's blocks. */
+static inline __m512 group_y_finish(const __m256i p[GROUP], const void *w, int stride, const act_group_y *g,
+                                    int cnt, __m512 acc) {
+    const __m512i s = _mm512_sub_epi32(reduce16(p), g->corr);
+    const __m512 ws = cnt == GROUP ? group_scales(w, stride, stride == 18 ? 8 : 4)
+                                   : gather_scales(w, stride, mask16(cnt));
+    const __m512 d = _mm512_mul_ps(ws, g->d);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc);
+}
+
+static inline __m512 group_y_q8_0(const pam_block_q8_0 *w, const act_group_y *g, int cnt, __m512 acc) {
+    const __m256i off = _mm256_set1_epi8((char)0x80);
+    __m256i p[GROUP];
+    for (int b = 0; b < GROUP; b++)
+        p[b] = b < cnt ? _mm256_dpbusd_epi32(_mm256_setzero_si256(),
+                                             _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w[b].qs), off),
+                                             g->a[b])
+                       : _mm256_setzero_si256();
+    return group_y_finish(p, w, sizeof *w, g, cnt, acc);
+}
+
+/* Q4_0 packs the low nibbles (elements 0..15) and the high ones (16..31) of
+ * a block in the same 16 bytes, so one ymm holds two blocks' packed bytes
+ * and two vpdpbusd against activations rearranged once per group,
+ * [first halves of blocks 2k, 2k+1] and [second halves], leave four lanes per
+ * block: half the reduction work of one block per ymm. Same exact sums. */
+typedef struct {
+    __m256i a1[GROUP / 2], a2[GROUP / 2]; /* [a_2k[0:16] | a_2k+1[0:16]], [a_2k[16:32] | a_2k+1[16:32]] */
+    __m512i corr;
+    __m512 d;
+} act_group_h;
+
+/* p[k]: lanes 0-3 partial sums of block 2k, lanes 4-7 of block 2k+1; lane b
+ * of the result is block b's total. */
+static inline __m512i reduce16_h(const __m256i p[GROUP / 2]) {
+    __m256i t[2];
+    for (int h = 0; h < 2; h++) {
+        const __m256i *q = p + 4 * h;
+        const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(q[0], q[1]), _mm256_unpackhi_epi32(q[0], q[1]));
+        const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(q[2], q[3]), _mm256_unpackhi_epi32(q[2], q[3]));
+        /* [b0 b2 b4 b6 | b1 b3 b5 b7] of this half's 8 blocks */
+        t[h] = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+    }
+    const __m512i idx = _mm512_set_epi32(23, 19, 22, 18, 21, 17, 20, 16, 7, 3, 6, 2, 5, 1, 4, 0);
+    return _mm512_permutex2var_epi32(_mm512_castsi256_si512(t[0]), idx, _mm512_castsi256_si512(t[1]));
+}
+
+static inline __m256i load_halves(const int8_t *p0, const int8_t *p1) {
+    return _mm256_loadu2_m128i((const __m128i *)p1, (const __m128i *)p0);
+}
+
+static inline void act_group_h_load(act_group_h *g, const pam_block_q8_0 *a, int cnt) {
+    const __m256i eight = _mm256_set1_epi8(8);
+    __m256i c[GROUP / 2];
+    for (int k = 0; k < GROUP / 2; k++) {
+        const int b = 2 * k;
+        if (b + 1 < cnt) {
+            g->a1[k] = load_halves(a[b].qs, a[b + 1].qs);
+            g->a2[k] = load_halves(a[b].qs + 16, a[b + 1].qs + 16);
+        } else if (b < cnt) {
+            g->a1[k] = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)a[b].qs));
+            g->a2[k] = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(a[b].qs + 16)));
+        } else {
+            g->a1[k] = g->a2[k] = _mm256_setzero_si256();
+        }
+        c[k] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), eight, g->a1[k]), eight, g->a2[k]);
+    }
+    g->corr = reduce16_h(c);
+    g->d = cnt == GROUP ? group_scales((const uint8_t *)a, (int)sizeof *a, 4) : gather_scales(a, sizeof *a, mask16(cnt));
+}
+
+static inline __m512 group_h_q4_0(const pam_block_q4_0 *w, const act_group_h *g, int cnt, __m512 acc) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i p[GROUP / 2];
+    for (int k = 0; k < GROUP / 2; k++) {
+        const int b = 2 * k;
+        if (b < cnt) { /* a lone last block is read twice; its partner's activations are zero */
+            const __m256i v = _mm256_loadu2_m128i((const __m128i *)w[b + 1 < cnt ? b + 1 : b].qs,
+                                                  (const __m128i *)w[b].qs);
+            p[k] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v, m4), g->a1[k]),
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), g->a2[k]);
+        } else {
+            p[k] = _mm256_setzero_si256();
+        }
+    }
+    const __m512i s = _mm512_sub_epi32(reduce16_h(p), g->corr);
+    const __m512 ws = cnt == GROUP ? group_scales((const uint8_t *)w, (int)sizeof *w, 8)
+                                   : gather_scales(w, sizeof *w, mask16(cnt));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(ws, g->d), acc);
+}
+
+#define DOT_ROWS_Y_BODY(WTYPE, GROUP_FN, OFF)                                             \
+    const pam_block_q8_0 *a = act;                                                         \
+    const int64_t nb = n / PAM_QK8_0;                                                      \
+    const __m256i off = OFF;                                                               \
+    __m512 acc0[R], acc1[R];                                                               \
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                   \
+    act_group_y g;                                                                         \
+    int64_t i = 0;                                                                         \
+    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {                                          \
+        act_group_y_load(&g, a + i, GROUP, off);                                           \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+        act_group_y_load(&g, a + i + GROUP, GROUP, off);                                   \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i + GROUP, &g, GROUP, \
+                               acc1[r]);                                                   \
+    }                                                                                      \
+    for (; i + GROUP <= nb; i += GROUP) {                                                  \
+        act_group_y_load(&g, a + i, GROUP, off);                                           \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+    }                                                                                      \
+    if (i < nb) {                                                                          \
+        const int cnt = (int)(nb - i);                                                     \
+        act_group_y_load(&g, a + i, cnt, off);                                             \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, cnt, acc1[r]); \
+    }                                                                                      \
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(acc0[r], acc1[r]));
+
+#define DOT_ROWS_H_BODY(WTYPE, GROUP_FN)                                                       \
+    const pam_block_q8_0 *a = act;                                                         \
+    const int64_t nb = n / PAM_QK8_0;                                                      \
+    __m512 acc0[R], acc1[R];                                                               \
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                   \
+    act_group_h g;                                                                         \
+    int64_t i = 0;                                                                         \
+    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {                                          \
+        act_group_h_load(&g, a + i, GROUP);                                                \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+        act_group_h_load(&g, a + i + GROUP, GROUP);                                        \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i + GROUP, &g, GROUP, \
+                               acc1[r]);                                                   \
+    }                                                                                      \
+    for (; i + GROUP <= nb; i += GROUP) {                                                  \
+        act_group_h_load(&g, a + i, GROUP);                                                \
+        for (int r = 0; r < R; r++)                                                        \
+            acc0[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, GROUP, acc0[r]); \
+    }                                                                                      \
+    if (i < nb) {                                                                          \
+        const int cnt = (int)(nb - i);                                                     \
+        act_group_h_load(&g, a + i, cnt);                                                  \
+        for (int r = 0; r < R; r++)                                                        \
+            acc1[r] = GROUP_FN((const WTYPE *)((const uint8_t *)row + r * row_bytes) + i, &g, cnt, acc1[r]); \
+    }                                                                                      \
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(acc0[r], acc1[r]));
+
+static inline __attribute__((always_inline)) void dot_rows_y_q8_0(const void *row, size_t row_bytes,
+                                                                  const void *act, int64_t n, float *out, const int R) {
+    DOT_ROWS_Y_BODY(pam_block_q8_0, group_y_q8_0, _mm256_set1_epi8((char)0x80))
+}
+
+static inline __attribute__((always_inline)) void dot_rows_y_q4_0(const void *row, size_t row_bytes,
+                                                                  const void *act, int64_t n, float *out, const int R) {
+    DOT_ROWS_H_BODY(pam_block_q4_0, group_h_q4_0)
+}
+
+/* Single rows over activations prepared once per product: every group's
+ * act_group (loads, offset sums, scales) is computed once for all rows and
+ * stored, so one row costs what it costs inside the 4-row kernel while the
+ * rows are still read as one stream. Same operations in the same order as
+ * the kernels above: bit-identical results. */
+#define DOT_PREP_BODY(WTYPE, GTYPE, GROUP_FN)                                             \
+    const GTYPE *G = prepared;                                                             \
+    const int64_t nb = n / PAM_QK8_0;                                                      \
+    const WTYPE *w = row;                                                                  \
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                         \
+    int64_t i = 0;                                                                         \
+    for (; i + 2 * GROUP <= nb; i += 2 * GROUP) {                                          \
+        acc0 = GROUP_FN(w + i, &G[i / GROUP], GROUP, acc0);                                \
+        acc1 = GROUP_FN(w + i + GROUP, &G[i / GROUP + 1], GROUP, acc1);                    \
+    }                                                                                      \
+    for (; i + GROUP <= nb; i += GROUP) acc0 = GROUP_FN(w + i, &G[i / GROUP], GROUP, acc0); \
+    if (i < nb) acc1 = GROUP_FN(w + i, &G[i / GROUP], (int)(nb - i), acc1);                \
+    return hsum16(_mm512_add_ps(acc0, acc1));
+
+size_t pam_prep_bytes_q8_0_avx512y(int64_t n) {
+    return (size_t)((n / PAM_QK8_0 + GROUP - 1) / GROUP) * sizeof(act_group_y);
+}
+
+size_t pam_prep_bytes_q4_0_avx512y(int64_t n) {
+    return (size_t)((n / PAM_QK8_0 + GROUP - 1) / GROUP) * sizeof(act_group_h);
+}
+
+void pam_prep_q8_0_avx512y(const void *act, int64_t n, void *dst) {
+    const pam_block_q8_0 *a = act;
+    act_group_y *G = dst;
+    const int64_t nb = n / PAM_QK8_0;
+    for (int64_t i = 0; i < nb; i += GROUP)
+        act_group_y_load(&G[i / GROUP], a + i, nb - i < GROUP ? (int)(nb - i) : GROUP, _mm256_set1_epi8((char)0x80));
+}
+
+void pam_prep_q4_0_avx512y(const void *act, int64_t n, void *dst) {
+    const pam_block_q8_0 *a = act;
+    act_group_h *G = dst;
+    const int64_t nb = n / PAM_QK8_0;
+    for (int64_t i = 0; i < nb; i += GROUP) act_group_h_load(&G[i / GROUP], a + i, nb - i < GROUP ? (int)(nb - i) : GROUP);
+}
+
+float pam_dot_prep_q8_0_avx512y(const void *row, const void *prepared, int64_t n) {
+    DOT_PREP_BODY(pam_block_q8_0, act_group_y, group_y_q8_0)
+}
+
+float pam_dot_prep_q4_0_avx512y(const void *row, const void *prepared, int64_t n) {
+    DOT_PREP_BODY(pam_block_q4_0, act_group_h, group_h_q4_0)
+}
+
+float pam_dot_q8_0_avx512y(const void *row, const void *act, int64_t n) {
+    float out;
+    dot_rows_y_q8_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+float pam_dot_q4_0_avx512y(const void *row, const void *act, int64_t n) {
+    float out;
+    dot_rows_y_q4_0(row, 0, act, n, &out, 1);
+    return out;
+}
+
+void pam_dot4_q8_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_y_q8_0(row, row_bytes, act, n, out, 4);
+}
+
+void pam_dot4_q4_0_avx512y(const void *row, size_t row_bytes, const void *act, int64_t n, float out[4]) {
+    dot_rows_y_q4_0(row, row_bytes, act, n, out, 4);
+}
+
 /* ---- Q4_K against Q8_K ----------------------------------------------------
  * As the AVX2 kernel, but 64 elements (two 32-element sub-blocks) per zmm:
  * low and high nibbles of 32 bytes line up with 64 consecutive activations. */
@@ -448,6 +788,85 @@ static inline __attribute__((always_inline)) void q4_K_tokens(const void *row, c
         m = _mm_add_ss(m, _mm_movehdup_ps(m));
         out[t * out_stride] = hsum16(acc[t]) + _mm_cvtss_f32(m);
     }
+}
+
+/* unpack_q4_K_scales straight into a register: a 16-byte load of bytes
+ * just stored as four words would wait for the stores (no forwarding). */
+static inline __m128i unpack_q4_K_scales_v(const uint8_t *s) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4);
+    memcpy(&u1, s + 4, 4);
+    memcpy(&u2, s + 8, 4);
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    const uint32_t v3 = ((u2 >> 4) & kmask2) | (((u1 >> 6) & kmask3) << 4);
+    const uint32_t v2 = u1 & kmask1;
+    const uint32_t v1 = (u2 & kmask2) | (((u0 >> 6) & kmask3) << 4);
+    const uint32_t v0 = u0 & kmask1;
+    return _mm_set_epi32((int)v3, (int)v2, (int)v1, (int)v0);
+}
+
+/* The same dot with cheaper scale handling: the sub-block scales reach their
+ * int16 lanes by an in-lane byte shuffle of the 16 unpacked scale bytes
+ * (instead of a cross-lane word permute), the nibbles come from one 32-byte
+ * broadcast, the mins meet the activation block sums in one madd over 16
+ * lanes (no horizontal add), and scale products accumulate by vpdpwssd. Integer sums per lane are regrouped, so the
+ * float results differ from pam_dot_q4_K_avx512 in the last bits: this is
+ * its own variant with its own tiled kernel. */
+static inline __attribute__((always_inline)) void q4_K_tokens_p(const void *row, const void *const *acts, int64_t n,
+                                                                float *out, int64_t out_stride, const int T) {
+    const pam_block_q4_K *w = row;
+    const int64_t nb = n / PAM_QK_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i nib_shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    /* mins as int16 pairs: lane k takes byte 8 + k / 2 (high byte zero) */
+    const __m256i min_ctrl = _mm256_set_epi8(-128, 15, -128, 15, -128, 14, -128, 14, -128, 13, -128, 13, -128, 12,
+                                             -128, 12, -128, 11, -128, 11, -128, 10, -128, 10, -128, 9, -128, 9, -128,
+                                             8, -128, 8);
+    __m512 acc[KT];
+    __m256 acc_m[KT];
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm512_setzero_ps();
+        acc_m[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        const __m128i sm128 = unpack_q4_K_scales_v(w[i].scales);
+        const __m512i bsc = _mm512_broadcast_i32x4(sm128);
+        const __m256i mins = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(sm128), min_ctrl);
+        __m512i q[PAM_QK_K / 64], scj[PAM_QK_K / 64];
+        for (int j = 0; j < PAM_QK_K / 64; j++) {
+            const __m512i bits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w[i].qs + 32 * j)));
+            q[j] = _mm512_and_si512(_mm512_srlv_epi64(bits, nib_shift), m4);
+            /* int16 lanes 0..15: scale 2j, 16..31: scale 2j + 1 */
+            const __m512i ctrl = _mm512_inserti64x4(_mm512_set1_epi16((short)(0x8000 | (2 * j))),
+                                                    _mm256_set1_epi16((short)(0x8000 | (2 * j + 1))), 1);
+            scj[j] = _mm512_shuffle_epi8(bsc, ctrl);
+        }
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const float dmin = -a->d * _cvtsh_ss(w[i].dmin);
+            const __m256i mprod = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), mins);
+            acc_m[t] = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mprod), acc_m[t]);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 64; j++) {
+                const __m512i p16 = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(a->qs + 64 * j));
+                sumi = _mm512_dpwssd_epi32(sumi, scj[j], p16); /* madd + add in one */
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        __m128 m = _mm_add_ps(_mm256_castps256_ps128(acc_m[t]), _mm256_extractf128_ps(acc_m[t], 1));
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[t * out_stride] = hsum16(acc[t]) + _mm_cvtss_f32(m);
+    }
+}
+
+float pam_dot_q4_K_avx512p(const void *row, const void *act, int64_t n) {
+    float out;
+    q4_K_tokens_p(row, &act, n, &out, 1, 1);
+    return out;
 }
 
 float pam_dot_q4_K_avx512(const void *row, const void *act, int64_t n) {
@@ -527,6 +946,65 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
     return out;
 }
 
+/* The same with VNNI's vpdpwssd (madd and add in one instruction): the
+ * same integer sums, so the same bits as pam_dot_q6_K_avx512. */
+static inline __attribute__((always_inline)) void q6_K_tokens_p(const void *row, const void *const *acts, int64_t n,
+                                                              float *out, int64_t out_stride, const int T) {
+    const pam_block_q6_K *w = row;
+    const int64_t nb = n / PAM_QK_K;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m2 = _mm512_set1_epi8(0x03);
+    __m256 acc[KT];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *ql = w[i].ql;
+        const uint8_t *qh = w[i].qh;
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
+        const __m512i sc = _mm512_castsi256_si512(sc16);
+        __m512i qa[PAM_QK_K / 128], qb[PAM_QK_K / 128], sa[PAM_QK_K / 128], sb[PAM_QK_K / 128];
+        for (int j = 0; j < PAM_QK_K / 128; j++, ql += 64, qh += 32) {
+            const __m512i l = _mm512_loadu_si512(ql);
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            const __m512i h2 = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 2), 1);
+            qa[j] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(h2, m2), 4));
+            qb[j] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h2, 4), m2), 4));
+            sa[j] = spread_quad16(sc, 8 * j);
+            sb[j] = spread_quad16(sc, 8 * j + 4);
+        }
+        for (int t = 0; t < T; t++) {
+            const pam_block_q8_K *a = (const pam_block_q8_K *)acts[t] + i;
+            const float d = a->d * _cvtsh_ss(w[i].d);
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+            const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < PAM_QK_K / 128; j++) {
+                const __m512i pa = _mm512_maddubs_epi16(qa[j], _mm512_loadu_si512(a->qs + 128 * j));
+                const __m512i pb = _mm512_maddubs_epi16(qb[j], _mm512_loadu_si512(a->qs + 128 * j + 64));
+                sumi = _mm512_dpwssd_epi32(sumi, sa[j], pa);
+                sumi = _mm512_dpwssd_epi32(sumi, sb[j], pb);
+            }
+            /* 16 lanes to 8, then the offset, in the AVX2 kernel's lane layout */
+            __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+            s8 = _mm256_sub_epi32(s8, offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[t * out_stride] = _mm_cvtss_f32(s);
+    }
+}
+
+float pam_dot_q6_K_avx512p(const void *row, const void *act, int64_t n) {
+    float out;
+    q6_K_tokens_p(row, &act, n, &out, 1, 1);
+    return out;
+}
+
 /* Tiled K-quants: each row against KT tokens at a time, the panel's rows
  * staying in cache while the tokens pass. */
 #define KTILE_FN(NAME, TOKENS)                                                                         \
@@ -548,6 +1026,8 @@ float pam_dot_q6_K_avx512(const void *row, const void *act, int64_t n) {
     }
 KTILE_FN(pam_tile_q4_K_avx512, q4_K_tokens)
 KTILE_FN(pam_tile_q6_K_avx512, q6_K_tokens)
+KTILE_FN(pam_tile_q4_K_avx512p, q4_K_tokens_p)
+KTILE_FN(pam_tile_q6_K_avx512p, q6_K_tokens_p)
 
 /* ---- Q8_0 activations ----------------------------------------------------
  * Byte-identical to the reference quantiser: the same amax, d = amax / 127,
@@ -773,3 +1253,4 @@ void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const v
 }
 
 #endif
+

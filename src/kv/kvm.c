@@ -111,6 +111,9 @@ struct pam_kvm {
     pam_tier_block *req_blocks;
     uint32_t *req_ids;
     float *blk_m, *blk_l;
+    pam_kvm_observer obs;
+    float *obs_mass; /* [cap_req][piece_heads], only with an on_attend observer */
+    int64_t cap_obs;
     int64_t cap_req;
     float *piece_out; /* [cap_pieces][n_head * (2 + head_dim)] */
     float *acc_ml;    /* merged m and l: [2][n_head] */
@@ -243,6 +246,7 @@ void pam_kvm_destroy(pam_kvm *kvm) {
     free(kvm->prev_ord);
     free(kvm->blk_m);
     free(kvm->blk_l);
+    free(kvm->obs_mass);
     free(kvm->piece_out);
     free(kvm->acc_ml);
     free(kvm->mk);
@@ -581,7 +585,39 @@ pam_status pam_kvm_store(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t pos, 
     if (layer < 0 || layer >= kvm->shape.n_layer) return PAM_ERR(PAM_ERR_INVALID, "kv manager: layer %d", layer);
     if (pos < 0 || pos > s->len[layer])
         return PAM_ERR(PAM_ERR_INVALID, "kv manager: store at position %d of a layer holding %d", pos, s->len[layer]);
-    return store_rows(kvm, s, layer, pos, 1, k, v);
+    pam_status st = store_rows(kvm, s, layer, pos, 1, k, v);
+    if (st == PAM_OK && kvm->obs.on_store) kvm->obs.on_store(kvm->obs.user, seq, layer, pos, k);
+    return st;
+}
+
+void pam_kvm_set_observer(pam_kvm *kvm, const pam_kvm_observer *obs) {
+    if (obs)
+        kvm->obs = *obs;
+    else
+        memset(&kvm->obs, 0, sizeof kvm->obs);
+}
+
+/* The observer's per-block, per-head mass in logical block order. Pieces
+ * hold blocks in tier order within a chunk, so each request is placed by
+ * finding its block id in the layer's table (ids are unique within it). */
+static pam_status observe_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_pos, const float *q,
+                                 int32_t n_head, const uint32_t *tab, int64_t nb, const float *m, const float *l) {
+    size_t need = (size_t)nb * (size_t)n_head;
+    if ((int64_t)need > kvm->cap_obs) {
+        float *om = realloc(kvm->obs_mass, need * sizeof *om);
+        if (!om) return PAM_ERR(PAM_ERR_NOMEM, "attention observer scratch");
+        kvm->obs_mass = om;
+        kvm->cap_obs = (int64_t)need;
+    }
+    int64_t lb = 0;
+    for (int64_t j = 0; j < nb; j++) {
+        const float *bm = kvm->blk_m + (size_t)j * n_head, *bl = kvm->blk_l + (size_t)j * n_head;
+        for (int64_t t = 0; t < nb && tab[lb] != kvm->req_ids[j]; t++) lb = lb + 1 < nb ? lb + 1 : 0;
+        float *dst = kvm->obs_mass + (size_t)lb * n_head;
+        for (int32_t h = 0; h < n_head; h++) dst[h] = bl[h] * expf(bm[h] - m[h]) / l[h];
+    }
+    kvm->obs.on_attend(kvm->obs.user, seq, layer, n_pos, q, n_head, kvm->obs_mass, nb);
+    return PAM_OK;
 }
 
 pam_status pam_kvm_fill_synthetic(pam_kvm *kvm, int32_t seq, int32_t n, uint64_t seed) {
@@ -934,6 +970,7 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
         for (int32_t h = 0; h < n_head; h++) mass += bl[h] * expf(bm[h] - m[h]) / l[h];
         kvm->blocks[kvm->req_ids[j]].mass_step += mass * inv;
     }
+    if (kvm->obs.on_attend) PAM_TRY(observe_attend(kvm, seq, layer, n_pos, q, n_head, tab, pos, m, l));
     pam_attn_finish(n_head, hd, l, out);
     return PAM_OK;
 }

@@ -115,6 +115,22 @@ pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst);
  * the reservation. PAM_ERR_INVALID for a bad sequence or n_tokens < 0. */
 pam_status pam_kvm_seq_truncate(pam_kvm *kvm, int32_t seq, int32_t n_tokens);
 
+/* Observation (analysis tools such as `pam locality`) ------------------------ */
+/* Sees every K row pam_kvm_store stores (n_head_kv*head_dim floats, before
+ * the tier encodes it) and, after each pam_kvm_attend, the query and each
+ * logical block's share of every query head's attention mass: mass[b*n_head
+ * + h] for blocks b = 0..n_blocks-1 in logical order, summing to 1 over b for
+ * each h. The callbacks run on the caller's thread; either may be NULL. */
+typedef struct pam_kvm_observer {
+    void *user;
+    void (*on_store)(void *user, int32_t seq, int32_t layer, int32_t pos, const float *k);
+    void (*on_attend)(void *user, int32_t seq, int32_t layer, int32_t n_pos, const float *q, int32_t n_head,
+                      const float *mass, int64_t n_blocks);
+} pam_kvm_observer;
+/* Installs obs (copied), or removes the observer when obs is NULL. Without
+ * one, attention does no extra work. */
+void pam_kvm_set_observer(pam_kvm *kvm, const pam_kvm_observer *obs);
+
 /* Introspection ------------------------------------------------------------- */
 const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm);
 int pam_kvm_n_tiers(const pam_kvm *kvm);

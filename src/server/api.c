@@ -205,17 +205,23 @@ static char *message_text(json_t *content, int i, pam_api_error *err) {
     return s;
 }
 
-static int parse_messages(json_t *root, pam_chat_family fam, pam_api_request *r, pam_api_error *err) {
+/* Checks the messages, flattens each content to a string, and renders the
+ * chat template. A built-in family knows four roles; a Jinja template gets
+ * any role and every member of a message (tool_calls, name, ...), the
+ * request's tools and its chat_template_kwargs (llama-server's extension,
+ * e.g. {"enable_thinking": false}) as variables, and decides itself what
+ * it refuses: its error becomes a 400. */
+static int parse_messages(json_t *root, const pam_chat_template *chat, pam_api_request *r, pam_api_error *err) {
     json_t *msgs = json_object_get(root, "messages");
     if (!msgs) return BAD("messages", "'messages' is required");
     if (!json_is_array(msgs)) return BAD("messages", "'messages' must be an array");
     size_t n = json_array_size(msgs);
     if (n == 0) return BAD("messages", "'messages' must not be empty");
     if (n > PAM_API_MAX_MESSAGES) return BAD("messages", "at most %d messages", PAM_API_MAX_MESSAGES);
-    pam_chat_msg *m = calloc(n, sizeof *m);
-    char **texts = calloc(n, sizeof *texts);
+    int jinja = pam_chat_template_is_jinja(chat);
+    json_t *norm = json_array(), *vars = json_object();
     int rc = 0;
-    if (!m || !texts) {
+    if (!norm || !vars) {
         rc = BAD(NULL, "out of memory");
         goto done;
     }
@@ -231,29 +237,50 @@ static int parse_messages(json_t *root, pam_chat_family fam, pam_api_request *r,
             goto done;
         }
         const char *rs = json_string_value(role);
-        if (strcmp(rs, "system") && strcmp(rs, "developer") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
+        if (!jinja && strcmp(rs, "system") && strcmp(rs, "developer") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
             rc = BAD("messages", "messages[%zu].role must be system, developer, user or assistant", i);
             goto done;
         }
         json_t *content = json_object_get(msg, "content");
-        if ((!content || json_is_null(content)) && strcmp(rs, "assistant") != 0) {
+        int no_content = !content || json_is_null(content);
+        if (no_content && !jinja && strcmp(rs, "assistant") != 0) {
             rc = BAD("messages", "messages[%zu].content is required", i);
             goto done;
         }
-        if (!(texts[i] = message_text(content, (int)i, err))) {
+        char *text = message_text(content, (int)i, err);
+        if (!text) {
             rc = -1;
             if (err->http_status == 0) BAD(NULL, "out of memory");
             goto done;
         }
-        m[i].role = rs;
-        m[i].content = texts[i];
+        json_t *m = jinja ? json_copy(msg) : json_object();
+        if (!m || json_object_set(m, "role", role) ||
+            json_object_set_new(m, "content", no_content && jinja ? json_null() : json_string(text)) ||
+            json_array_append_new(norm, m)) {
+            free(text);
+            rc = BAD(NULL, "out of memory");
+            goto done;
+        }
+        free(text);
     }
-    r->prompt = pam_chat_render(fam, m, (int)n);
-    if (!r->prompt) rc = BAD(NULL, "out of memory");
+    if (jinja) {
+        json_t *tools = json_object_get(root, "tools"), *kw = json_object_get(root, "chat_template_kwargs");
+        if (tools && !json_is_null(tools)) json_object_set(vars, "tools", tools);
+        if (kw && !json_is_null(kw)) {
+            if (!json_is_object(kw)) {
+                rc = BAD("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+                goto done;
+            }
+            json_object_update(vars, kw);
+        }
+    }
+    char msg[512];
+    pam_status st = pam_chat_template_apply(chat, norm, vars, 1, &r->prompt, msg, sizeof msg);
+    if (st == PAM_ERR_INVALID) rc = BAD("messages", "%s", msg);
+    else if (st != PAM_OK) rc = BAD(NULL, "out of memory");
 done:
-    for (size_t i = 0; texts && i < n; i++) free(texts[i]);
-    free(texts);
-    free(m);
+    json_decref(norm);
+    json_decref(vars);
     return rc;
 }
 
@@ -353,8 +380,43 @@ static int refuse_unimplemented(json_t *root, pam_api_error *err) {
     return 0;
 }
 
+int pam_api_apply_template(const char *body, size_t len, const pam_chat_template *chat, char **prompt,
+                           pam_api_error *err) {
+    memset(err, 0, sizeof *err);
+    *prompt = NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        pam_api_error_set(err, 400, "invalid_request_error", NULL, NULL, "malformed JSON at line %d column %d: %s",
+                          jerr.line, jerr.column, jerr.text);
+        return -1;
+    }
+    int rc;
+    pam_api_request r;
+    memset(&r, 0, sizeof r);
+    if (!json_is_object(root)) rc = BAD(NULL, "the request body must be a JSON object");
+    else rc = parse_messages(root, chat, &r, err);
+    json_decref(root);
+    if (rc == 0) *prompt = r.prompt;
+    else free(r.prompt);
+    return rc;
+}
+
 int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family fam, pam_api_request *out,
                   pam_api_error *err) {
+    pam_chat_template *chat = pam_chat_template_builtin(fam);
+    if (!chat) {
+        memset(out, 0, sizeof *out);
+        memset(err, 0, sizeof *err);
+        return BAD(NULL, "out of memory");
+    }
+    int rc = pam_api_parse_chat(body, len, kind, chat, out, err);
+    pam_chat_template_free(chat);
+    return rc;
+}
+
+int pam_api_parse_chat(const char *body, size_t len, pam_api_kind kind, const pam_chat_template *chat,
+                       pam_api_request *out, pam_api_error *err) {
     memset(out, 0, sizeof *out);
     memset(err, 0, sizeof *err);
     out->kind = kind;
@@ -380,7 +442,7 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
         }
         if (!(out->model = strdup(json_string_value(model)))) goto done;
     }
-    if (kind == PAM_API_CHAT ? parse_messages(root, fam, out, err) : parse_prompt(root, out, err)) goto done;
+    if (kind == PAM_API_CHAT ? parse_messages(root, chat, out, err) : parse_prompt(root, out, err)) goto done;
 
     pam_request_params *p = &out->params;
     double d;
@@ -489,7 +551,7 @@ int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_fami
         if (get_bool(so, "include_usage", &out->include_usage, err)) goto done;
     }
     if (parse_stop(root, out, err)) goto done;
-    const char *extra = kind == PAM_API_CHAT ? pam_chat_stop(fam) : NULL;
+    const char *extra = kind == PAM_API_CHAT ? pam_chat_template_stop(chat) : NULL;
     if (extra) { /* parse_stop leaves room for it */
         if (!(out->stop_store[p->n_stop] = strdup(extra))) goto done;
         p->n_stop++;

@@ -56,7 +56,16 @@ typedef struct pam_api_request {
 #define PAM_API_MAX_LOGIT_BIAS 4096
 
 /* Returns 0 and fills *out, or -1 and fills *err. On failure *out holds
- * nothing to free. chat_family picks the chat template. */
+ * nothing to free. chat renders the messages of a chat request (a template
+ * error becomes a 400 with the template's message). */
+int pam_api_parse_chat(const char *body, size_t len, pam_api_kind kind, const pam_chat_template *chat,
+                       pam_api_request *out, pam_api_error *err);
+/* POST /apply-template: the prompt a chat body's messages become (malloc'd
+ * in *prompt). Reads only messages, tools and chat_template_kwargs: tools
+ * reach the template here even though a chat completion refuses them. */
+int pam_api_apply_template(const char *body, size_t len, const pam_chat_template *chat, char **prompt,
+                           pam_api_error *err);
+/* The same with a built-in chat template family. */
 int pam_api_parse(const char *body, size_t len, pam_api_kind kind, pam_chat_family chat_family, pam_api_request *out,
                   pam_api_error *err);
 void pam_api_request_free(pam_api_request *r);

@@ -3,8 +3,11 @@
  * add_generation_prompt set, minus the BOS text. */
 #include "server/chat.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "server/jinja.h"
 
 typedef struct sbuf {
     char *p;
@@ -155,4 +158,98 @@ char *pam_chat_render(pam_chat_family f, const pam_chat_msg *m, int n) {
         return NULL;
     }
     return b.p;
+}
+
+struct pam_chat_template {
+    pam_chat_family family;
+    pam_jinja *jinja; /* NULL: the built-in family */
+    char *bos, *eos;
+    int strip_bos;
+};
+
+pam_chat_template *pam_chat_template_builtin(pam_chat_family f) {
+    pam_chat_template *t = calloc(1, sizeof *t);
+    if (t) t->family = f;
+    return t;
+}
+
+pam_status pam_chat_template_jinja(const char *src, size_t len, const char *bos_token, const char *eos_token,
+                                   int strip_bos, pam_chat_template **out, char *err, size_t err_cap) {
+    *out = NULL;
+    pam_chat_template *t = calloc(1, sizeof *t);
+    if (!t) return PAM_ERR_NOMEM;
+    t->bos = strdup(bos_token ? bos_token : "");
+    t->eos = strdup(eos_token ? eos_token : "");
+    t->strip_bos = strip_bos;
+    if (!t->bos || !t->eos) {
+        pam_chat_template_free(t);
+        return PAM_ERR_NOMEM;
+    }
+    pam_status st = pam_jinja_parse(src, len, &t->jinja, err, err_cap);
+    if (st != PAM_OK) {
+        pam_chat_template_free(t);
+        return st;
+    }
+    *out = t;
+    return PAM_OK;
+}
+
+void pam_chat_template_free(pam_chat_template *t) {
+    if (!t) return;
+    pam_jinja_free(t->jinja);
+    free(t->bos);
+    free(t->eos);
+    free(t);
+}
+
+int pam_chat_template_is_jinja(const pam_chat_template *t) { return t->jinja != NULL; }
+pam_chat_family pam_chat_template_family(const pam_chat_template *t) { return t->jinja ? PAM_CHAT_FALLBACK : t->family; }
+const char *pam_chat_template_name(const pam_chat_template *t) {
+    return t->jinja ? "jinja" : pam_chat_family_name(t->family);
+}
+const char *pam_chat_template_stop(const pam_chat_template *t) { return t->jinja ? NULL : pam_chat_stop(t->family); }
+
+static pam_status apply_builtin(const pam_chat_template *t, const json_t *messages, char **out) {
+    size_t n = json_array_size(messages);
+    pam_chat_msg *m = calloc(n ? n : 1, sizeof *m);
+    if (!m) return PAM_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        json_t *msg = json_array_get(messages, i);
+        const char *role = json_string_value(json_object_get(msg, "role"));
+        const char *content = json_string_value(json_object_get(msg, "content"));
+        m[i].role = role ? role : "user";
+        m[i].content = content ? content : "";
+    }
+    *out = pam_chat_render(t->family, m, (int)n);
+    free(m);
+    return *out ? PAM_OK : PAM_ERR_NOMEM;
+}
+
+pam_status pam_chat_template_apply(const pam_chat_template *t, const json_t *messages, const json_t *vars,
+                                   int add_generation_prompt, char **out, char *err, size_t err_cap) {
+    *out = NULL;
+    if (err_cap) err[0] = '\0';
+    if (!json_is_array(messages)) {
+        snprintf(err, err_cap, "messages must be an array");
+        return PAM_ERR_INVALID;
+    }
+    if (!t->jinja) return apply_builtin(t, messages, out);
+    json_t *all = json_object();
+    if (!all) return PAM_ERR_NOMEM;
+    if (vars && json_is_object(vars)) json_object_update(all, (json_t *)vars);
+    int rc = json_object_set(all, "messages", (json_t *)messages);
+    rc |= json_object_set_new(all, "add_generation_prompt", json_boolean(add_generation_prompt));
+    rc |= json_object_set_new(all, "bos_token", json_string_nocheck(t->bos));
+    rc |= json_object_set_new(all, "eos_token", json_string_nocheck(t->eos));
+    if (rc) {
+        json_decref(all);
+        return PAM_ERR_NOMEM;
+    }
+    size_t len = 0;
+    pam_status st = pam_jinja_render(t->jinja, all, NULL, out, &len, err, err_cap);
+    json_decref(all);
+    if (st != PAM_OK) return st;
+    size_t nb = strlen(t->bos);
+    if (t->strip_bos && nb && len >= nb && !memcmp(*out, t->bos, nb)) memmove(*out, *out + nb, len - nb + 1);
+    return PAM_OK;
 }

@@ -43,7 +43,8 @@ struct pam_server {
     const pam_tokenizer *tk;
     pam_server_params p;
     char alias[256];
-    pam_chat_family fam;
+    pam_chat_template *chat;
+    char chat_desc[640];
     struct MHD_Daemon *d;
     int port;
     int64_t created;
@@ -167,7 +168,8 @@ void pam_server_params_default(pam_server_params *p) {
 }
 
 int pam_server_port(const pam_server *s) { return s->port; }
-pam_chat_family pam_server_chat_family(const pam_server *s) { return s->fam; }
+pam_chat_family pam_server_chat_family(const pam_server *s) { return pam_chat_template_family(s->chat); }
+const char *pam_server_chat_template_desc(const pam_server *s) { return s->chat_desc; }
 
 static void count_status(pam_server *s, unsigned status) {
     pthread_mutex_lock(&s->mu);
@@ -576,7 +578,7 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
 
     pam_api_request ar;
     pam_api_error err;
-    if (pam_api_parse(cs->body ? cs->body : "", cs->len, kind, s->fam, &ar, &err) != 0) return send_error(s, c, &err);
+    if (pam_api_parse_chat(cs->body ? cs->body : "", cs->len, kind, s->chat, &ar, &err) != 0) return send_error(s, c, &err);
     if (ar.model && strcmp(ar.model, s->alias) != 0) {
         pam_api_error_set(&err, 404, "invalid_request_error", "model_not_found", "model",
                           "The model '%.200s' does not exist (this server serves '%.200s')", ar.model, s->alias);
@@ -778,6 +780,19 @@ static enum MHD_Result handle_metrics(pam_server *s, struct MHD_Connection *c) {
     return send_body(s, c, 200, "text/plain; version=0.0.4", pam_metrics_render(&st, &hc), NULL);
 }
 
+/* llama-server's POST /apply-template: the prompt a chat request's messages
+ * become, as {"prompt": "..."} (BOS left out when the tokenizer adds it). */
+static enum MHD_Result handle_apply_template(pam_server *s, struct MHD_Connection *c, conn_state *cs) {
+    pam_api_error err;
+    char *prompt = NULL;
+    if (pam_api_apply_template(cs->body ? cs->body : "", cs->len, s->chat, &prompt, &err) != 0)
+        return send_error(s, c, &err);
+    json_t *text = json_stringn(prompt, strlen(prompt));
+    free(prompt);
+    if (!text) return send_error_msg(s, c, 500, "server_error", NULL, NULL, "the prompt is not valid UTF-8");
+    return send_json(s, c, 200, json_pack("{s:o}", "prompt", text));
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls) {
@@ -848,6 +863,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
         return handle_generate(s, c, cs, strstr(url, "chat") ? PAM_API_CHAT : PAM_API_COMPLETION);
     }
+    if (!strcmp(url, "/apply-template")) {
+        if (!is_post)
+            return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
+        return handle_apply_template(s, c, cs);
+    }
     if (!strcmp(url, "/tokenize") || !strcmp(url, "/detokenize")) {
         if (!is_post)
             return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
@@ -889,6 +909,78 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     pthread_mutex_unlock(&s->mu);
 }
 
+/* A template that cannot render a plain one-message conversation (it uses
+ * something our interpreter lacks, or is broken) would fail every chat
+ * request: find out at start. Its own refusal (raise_exception, a
+ * TemplateError) is its choice, not a failure. */
+static pam_status try_template(const pam_chat_template *t, char *err, size_t err_cap) {
+    json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "Hello");
+    if (!msgs) return PAM_ERR_NOMEM;
+    char *out = NULL;
+    pam_status st = pam_chat_template_apply(t, msgs, NULL, 1, &out, err, err_cap);
+    json_decref(msgs);
+    free(out);
+    if (st == PAM_ERR_INVALID && !strncmp(err, "TemplateError: ", 15)) return PAM_OK;
+    return st;
+}
+
+/* The chat template, by precedence: the user's Jinja file, a built-in
+ * family named by the user, the model's tokenizer.chat_template, and the
+ * built-in family its text suggests when our interpreter cannot parse or
+ * run it (or the fallback format when the model has none). */
+static pam_status make_chat_template(pam_server *s, const pam_server_params *p) {
+    int32_t bos = pam_tokenizer_bos(s->tk), eos = pam_tokenizer_eos(s->tk);
+    const char *bos_s = bos >= 0 ? pam_tokenizer_piece(s->tk, bos) : NULL;
+    const char *eos_s = eos >= 0 ? pam_tokenizer_piece(s->tk, eos) : NULL;
+    int strip_bos = bos >= 0 && pam_tokenizer_add_bos(s->tk);
+    char err[512];
+    pam_status st;
+    if (p->chat_template) {
+        st = pam_chat_template_jinja(p->chat_template, strlen(p->chat_template), bos_s, eos_s, strip_bos, &s->chat, err,
+                                     sizeof err);
+        if (st == PAM_ERR_INVALID) return PAM_ERR(PAM_ERR_INVALID, "the chat template does not parse: %s", err);
+        if (st != PAM_OK) return PAM_ERR(st, "chat template");
+        if ((st = try_template(s->chat, err, sizeof err)) != PAM_OK) {
+            pam_chat_template_free(s->chat);
+            s->chat = NULL;
+            if (st == PAM_ERR_INVALID)
+                return PAM_ERR(PAM_ERR_INVALID, "the chat template fails on a one-message conversation: %s", err);
+            return PAM_ERR(st, "chat template");
+        }
+        snprintf(s->chat_desc, sizeof s->chat_desc, "jinja (from the given file)");
+        return PAM_OK;
+    }
+    if (p->chat_family >= 0) {
+        s->chat = pam_chat_template_builtin((pam_chat_family)p->chat_family);
+        snprintf(s->chat_desc, sizeof s->chat_desc, "%s (built-in)", pam_chat_family_name((pam_chat_family)p->chat_family));
+        return s->chat ? PAM_OK : PAM_ERR(PAM_ERR_NOMEM, "chat template");
+    }
+    pam_gguf_str tmpl = {0};
+    if (pam_gguf_get_str(pam_model_gguf(s->m), "tokenizer.chat_template", &tmpl) != PAM_OK) {
+        pam_error_clear();
+        s->chat = pam_chat_template_builtin(PAM_CHAT_FALLBACK);
+        snprintf(s->chat_desc, sizeof s->chat_desc, "fallback (built-in; the model has no tokenizer.chat_template)");
+        return s->chat ? PAM_OK : PAM_ERR(PAM_ERR_NOMEM, "chat template");
+    }
+    st = pam_chat_template_jinja(tmpl.ptr, (size_t)tmpl.len, bos_s, eos_s, strip_bos, &s->chat, err, sizeof err);
+    const char *why = "does not parse";
+    if (st == PAM_OK) {
+        if ((st = try_template(s->chat, err, sizeof err)) == PAM_OK) {
+            snprintf(s->chat_desc, sizeof s->chat_desc, "jinja (the model's tokenizer.chat_template)");
+            return PAM_OK;
+        }
+        pam_chat_template_free(s->chat);
+        s->chat = NULL;
+        why = "fails on a one-message conversation";
+    }
+    if (st != PAM_ERR_INVALID) return PAM_ERR(st, "chat template");
+    pam_chat_family f = pam_chat_detect(tmpl.ptr, (size_t)tmpl.len);
+    s->chat = pam_chat_template_builtin(f);
+    snprintf(s->chat_desc, sizeof s->chat_desc, "%s (built-in; the model's template %s: %.400s)",
+             pam_chat_family_name(f), why, err);
+    return s->chat ? PAM_OK : PAM_ERR(PAM_ERR_NOMEM, "chat template");
+}
+
 /* Every open connection is a descriptor: lift the soft limit towards what
  * the connection limit needs (up to the hard limit; failure only means
  * MHD refuses connections earlier). */
@@ -912,15 +1004,10 @@ pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_
     if (s->p.timeout_s <= 0) s->p.timeout_s = 600;
     snprintf(s->alias, sizeof s->alias, "%s", p->alias && p->alias[0] ? p->alias : "model");
     s->created = (int64_t)time(NULL);
-    if (p->chat_family >= 0) {
-        s->fam = (pam_chat_family)p->chat_family;
-    } else {
-        pam_gguf_str tmpl = {0};
-        if (pam_gguf_get_str(pam_model_gguf(m), "tokenizer.chat_template", &tmpl) == PAM_OK)
-            s->fam = pam_chat_detect(tmpl.ptr, (size_t)tmpl.len);
-        else
-            s->fam = PAM_CHAT_FALLBACK;
-        pam_error_clear();
+    pam_status cst = make_chat_template(s, p);
+    if (cst != PAM_OK) {
+        free(s);
+        return cst;
     }
 
     struct sockaddr_storage ss;
@@ -936,10 +1023,12 @@ pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_
         a6->sin6_port = htons((uint16_t)s->p.port);
         flags |= MHD_USE_IPv6;
     } else {
+        pam_chat_template_free(s->chat);
         free(s);
         return PAM_ERR(PAM_ERR_INVALID, "--host must be an IPv4 or IPv6 address, got '%s'", p->host);
     }
     if (p->port < 0 || p->port > 65535) {
+        pam_chat_template_free(s->chat);
         free(s);
         return PAM_ERR(PAM_ERR_INVALID, "--port must be in 0..65535, got %d", p->port);
     }
@@ -963,6 +1052,7 @@ pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->idle_cv);
         pthread_cond_destroy(&s->ticker_cv);
+        pam_chat_template_free(s->chat);
         free(s);
         return PAM_ERR(PAM_ERR_IO, "cannot listen on %s:%d: %s", p->host, p->port, strerror(err));
     }
@@ -999,5 +1089,6 @@ void pam_server_stop(pam_server *s) {
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->idle_cv);
     pthread_cond_destroy(&s->ticker_cv);
+    pam_chat_template_free(s->chat);
     free(s);
 }

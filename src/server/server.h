@@ -3,6 +3,7 @@
  * waiting connections cost no thread).
  *
  *   POST /v1/completions, /v1/chat/completions   (stream: true -> SSE)
+ *   POST /apply-template                          (llama-server's: the chat prompt)
  *   GET  /v1/models, /health, /metrics
  *
  * Bodies over max_body_bytes are refused with 413 from Content-Length before
@@ -29,7 +30,8 @@ typedef struct pam_server_params {
     int max_connections;   /* default 8192 */
     int max_conn_per_client; /* connections from one IP address; 0: no limit (default) */
     int timeout_s;         /* an idle connection is closed after this; default 600 */
-    int chat_family;       /* -1: detect from tokenizer.chat_template */
+    int chat_family;       /* -1: the model's tokenizer.chat_template (see below) */
+    const char *chat_template; /* Jinja source that overrides both (NULL: none) */
 } pam_server_params;
 
 void pam_server_params_default(pam_server_params *p);
@@ -39,6 +41,8 @@ typedef struct pam_server pam_server;
 pam_status pam_server_start(pam_engine *e, const pam_model *m, const pam_server_params *p, pam_server **out);
 int pam_server_port(const pam_server *s);
 pam_chat_family pam_server_chat_family(const pam_server *s);
+/* Which chat template the server applies and where it comes from. */
+const char *pam_server_chat_template_desc(const pam_server *s);
 void pam_server_drain(pam_server *s);
 void pam_server_stop(pam_server *s);
 
