@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages PAM builds and tests with (only those missing).
 set -euo pipefail
-pkgs=(cmake make gcc clang libclang-rt-14-dev libcmocka-dev libutf8proc-dev libjansson-dev liburing-dev libmicrohttpd-dev pkg-config curl jq librsvg2-bin)
+pkgs=(cmake make gcc clang libclang-rt-14-dev libcmocka-dev libutf8proc-dev libjansson-dev liburing-dev libmicrohttpd-dev libhiredis-dev libssl-dev redis-server redis-tools pkg-config curl jq librsvg2-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

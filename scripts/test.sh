@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 jobs=$(nproc)
 fuzz_seconds=${FUZZ_SECONDS:-30}
-TSAN_TESTS="test_core|test_matmul|test_golden|test_forward_ref|test_batch|test_kvm|test_tiers|test_engine|cli_serve|cli_bench_kv"
+TSAN_TESTS="test_core|test_matmul|test_golden|test_forward_ref|test_batch|test_kvm|test_tiers|test_engine|cli_serve|cli_bench_kv|test_kv_remote|test_kv_persist"
 
 echo "== Release build (-Werror)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPAM_WERROR=ON >/dev/null

@@ -4,8 +4,12 @@
 #include <errno.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "core/status.h"
 #include "kv/tier.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
 
 const char pam_kv_flags_usage[] =
     "      --kv-tier SPEC      paged, tiered KV: add a tier, fastest first (repeatable, up to 8):\n"
@@ -14,7 +18,15 @@ const char pam_kv_flags_usage[] =
     "      --kv-policy P       pam (default: attention in every tier, blocks migrate by importance),\n"
     "                          offload (copy slow-tier blocks to the fastest tier before attention),\n"
     "                          single (everything in the first tier)\n"
-    "      --kv-trace FILE     write one JSON line per step (per-tier blocks, bytes, time, migrations)\n";
+    "      --kv-trace FILE     write one JSON line per step (per-tier blocks, bytes, time, migrations)\n"
+    "      --kv-tier remote:redis://HOST:PORT[,HOST:PORT...]\n"
+    "                          share full prefix blocks through a Redis Cluster (seed nodes; see docs/KV.md)\n"
+    "      --kv-remote-auth FILE  Redis AUTH: 'USER PASSWORD' or 'PASSWORD' on the first line\n"
+    "                          (default: PAM_REDIS_USER / PAM_REDIS_PASSWORD from the environment)\n"
+    "      --kv-remote-hmac-key FILE  HMAC-SHA256 key (>= 16 bytes) signing and checking every remote value\n"
+    "      --kv-remote-timeout MS  remote connect and command timeout (default 200)\n"
+    "      --kv-persist DIR    keep full prefix blocks in a journal under DIR across restarts (pam serve)\n"
+    "      --kv-persist-max SIZE  stop appending to the journal past SIZE (default: no limit)\n";
 
 void pam_kv_flags_init(pam_kv_flags *f) {
     memset(f, 0, sizeof *f);
@@ -32,6 +44,12 @@ int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a) {
         if (t && f->n_specs == PAM_KV_FLAGS_MAX_TIERS) {
             fprintf(stderr, "%s: at most %d --kv-tier options\n", a->cmd, PAM_KV_FLAGS_MAX_TIERS);
             a->failed = 1;
+        } else if (t && !strncmp(t, "remote:", 7)) {
+            if (f->remote_url) {
+                fprintf(stderr, "%s: at most one remote KV tier\n", a->cmd);
+                a->failed = 1;
+            }
+            f->remote_url = t + 7;
         } else if (t) {
             f->specs[f->n_specs++] = t;
         }
@@ -51,6 +69,20 @@ int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a) {
         }
     } else if (pam_args_is(a, NULL, "--kv-trace")) {
         f->trace_path = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-remote-auth")) {
+        f->remote_auth = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-remote-hmac-key")) {
+        f->remote_hmac_key = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-persist")) {
+        f->persist_dir = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-persist-max")) {
+        const char *t = pam_args_value(a);
+        if (t && pam_parse_size(t, &f->persist_max) != PAM_OK) {
+            fprintf(stderr, "%s: --kv-persist-max: %s\n", a->cmd, pam_last_error());
+            a->failed = 1;
+        }
+    } else if (pam_args_is(a, NULL, "--kv-remote-timeout")) {
+        pam_args_long(a, 1, 60000, &f->remote_timeout_ms);
     } else {
         return 0;
     }
@@ -91,4 +123,102 @@ pam_status pam_kv_flags_build(const pam_kv_flags *f, const pam_model_hparams *hp
     }
     *trace = tf;
     return PAM_OK;
+}
+
+static void sha_u64(EVP_MD_CTX *c, uint64_t v) {
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)(v >> (8 * i));
+    EVP_DigestUpdate(c, b, 8);
+}
+
+void pam_kv_fingerprint(const pam_model *m, const pam_kvm *kvm, uint8_t out[32]) {
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    if (!c || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
+        /* no digest: a fingerprint nobody else has, so nothing is shared */
+        memset(out, 0xff, 32);
+        EVP_MD_CTX_free(c);
+        return;
+    }
+    EVP_DigestUpdate(c, "pam-kv-fingerprint-1", 20);
+    const pam_gguf *g = pam_model_gguf(m);
+    int64_t nt = pam_gguf_n_tensors(g);
+    sha_u64(c, (uint64_t)nt);
+    for (int64_t i = 0; i < nt; i++) {
+        const pam_gguf_tensor *t = pam_gguf_tensor_at(g, i);
+        EVP_DigestUpdate(c, t->name, strlen(t->name) + 1);
+        for (int d = 0; d < PAM_GGUF_MAX_DIMS; d++) sha_u64(c, (uint64_t)t->ne[d]);
+        sha_u64(c, t->type);
+        sha_u64(c, t->n_bytes);
+        const uint8_t *p = t->data;
+        const size_t S = 64u << 10;
+        if (t->n_bytes <= (1u << 20)) {
+            EVP_DigestUpdate(c, p, t->n_bytes);
+        } else {
+            EVP_DigestUpdate(c, p, S);
+            EVP_DigestUpdate(c, p + (t->n_bytes / 2 - S / 2), S);
+            EVP_DigestUpdate(c, p + (t->n_bytes - S), S);
+        }
+    }
+    const pam_tokenizer *tk = pam_model_tokenizer(m);
+    int32_t nv = pam_tokenizer_n_vocab(tk);
+    sha_u64(c, (uint64_t)pam_tokenizer_kind(tk));
+    sha_u64(c, (uint64_t)(int64_t)pam_tokenizer_bos(tk));
+    sha_u64(c, (uint64_t)(int64_t)pam_tokenizer_eos(tk));
+    sha_u64(c, (uint64_t)pam_tokenizer_add_bos(tk));
+    sha_u64(c, (uint64_t)nv);
+    for (int32_t i = 0; i < nv; i++) {
+        const char *piece = pam_tokenizer_piece(tk, i);
+        if (piece) EVP_DigestUpdate(c, piece, strlen(piece) + 1);
+        else EVP_DigestUpdate(c, "", 1);
+    }
+    const pam_kv_shape *ks = pam_kvm_shape(kvm);
+    sha_u64(c, (uint64_t)ks->n_layer);
+    sha_u64(c, (uint64_t)ks->n_head_kv);
+    sha_u64(c, (uint64_t)ks->head_dim);
+    sha_u64(c, (uint64_t)ks->block_tokens);
+    int lossy = 0;
+    for (int i = 0; i < pam_kvm_n_tiers(kvm); i++) {
+        const pam_tier *t = pam_kvm_tier((pam_kvm *)kvm, i);
+        if (t->exact) continue;
+        lossy = 1;
+        /* the encoding part of the name ("dramq:int8"), not its size */
+        const char *colon = strrchr(t->name, ':');
+        size_t len = colon && colon != strchr(t->name, ':') ? (size_t)(colon - t->name) : strlen(t->name);
+        EVP_DigestUpdate(c, t->name, len);
+        EVP_DigestUpdate(c, "", 1);
+    }
+    if (!lossy) EVP_DigestUpdate(c, "f16", 4);
+    unsigned int len = 32;
+    EVP_DigestFinal_ex(c, out, &len);
+    EVP_MD_CTX_free(c);
+}
+
+pam_status pam_kv_flags_open_remote(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out) {
+    *out = NULL;
+    if (!f->remote_url) {
+        if (f->remote_auth || (f->remote_hmac_key && !f->persist_dir))
+            return PAM_ERR(PAM_ERR_INVALID, "--kv-remote-auth and --kv-remote-hmac-key need --kv-tier remote:... (or --kv-persist)");
+        return PAM_OK;
+    }
+    pam_kv_remote_config rc = {.url = f->remote_url,
+                               .shape = *pam_kvm_shape(kvm),
+                               .auth_file = f->remote_auth,
+                               .hmac_key_file = f->remote_hmac_key,
+                               .timeout_ms = (int)f->remote_timeout_ms};
+    pam_kv_fingerprint(m, kvm, rc.fingerprint);
+    return pam_kv_remote_open(&rc, out);
+}
+
+pam_status pam_kv_flags_open_persist(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out) {
+    *out = NULL;
+    if (!f->persist_dir) return PAM_OK;
+    char url[4200];
+    if (snprintf(url, sizeof url, "file:%s", f->persist_dir) >= (int)sizeof url)
+        return PAM_ERR(PAM_ERR_INVALID, "--kv-persist: directory name too long");
+    pam_kv_remote_config rc = {.url = url,
+                               .shape = *pam_kvm_shape(kvm),
+                               .hmac_key_file = f->remote_hmac_key,
+                               .max_bytes = f->persist_max};
+    pam_kv_fingerprint(m, kvm, rc.fingerprint);
+    return pam_kv_remote_open(&rc, out);
 }

@@ -9,6 +9,7 @@
 
 #include "cli/args.h"
 #include "core/threadpool.h"
+#include "kv/kv_remote.h"
 #include "kv/kvm.h"
 #include "model/model.h"
 
@@ -21,6 +22,12 @@ typedef struct pam_kv_flags {
     long block_tokens;
     pam_kv_policy policy;
     const char *trace_path;
+    const char *remote_url;      /* --kv-tier remote:redis://... */
+    const char *remote_auth;     /* --kv-remote-auth FILE */
+    const char *remote_hmac_key; /* --kv-remote-hmac-key FILE */
+    long remote_timeout_ms;      /* --kv-remote-timeout MS */
+    const char *persist_dir;     /* --kv-persist DIR */
+    uint64_t persist_max;        /* --kv-persist-max SIZE (0: no limit) */
 } pam_kv_flags;
 
 /* Usage lines for the flags (ends with a newline). */
@@ -39,5 +46,19 @@ const char *pam_kv_policy_name(pam_kv_policy p);
  * stays open and the error is recorded. */
 pam_status pam_kv_flags_build(const pam_kv_flags *f, const pam_model_hparams *hp, uint64_t default_blocks_per_layer,
                               pam_pool *pool, FILE **trace, pam_kvm **out);
+
+/* The model fingerprint that scopes shared and persisted KV: SHA-256 over
+ * the tensors (names, shapes, types; the bytes of tensors up to 1 MiB, and
+ * three 64 KiB samples of larger ones), the tokenizer (kind, special ids,
+ * every piece), the KV shape and block size, and the KV encoding (f16 when
+ * every tier is exact, else the lossy tiers' names). */
+void pam_kv_fingerprint(const pam_model *m, const pam_kvm *kvm, uint8_t out[32]);
+
+/* Opens the remote tier named by --kv-tier remote:... for the model and KV
+ * manager (*out NULL when none was given). An unreachable cluster only
+ * warns; bad flags or files are errors. */
+pam_status pam_kv_flags_open_remote(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out);
+/* Opens the persistent journal named by --kv-persist (*out NULL without). */
+pam_status pam_kv_flags_open_persist(const pam_kv_flags *f, const pam_model *m, pam_kvm *kvm, pam_kv_remote **out);
 
 #endif

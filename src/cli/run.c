@@ -213,6 +213,10 @@ int pam_cli_run(int argc, char **argv) {
         fprintf(stderr, "pam run: %s\n", pam_last_error());
         goto done;
     }
+    if (kvf.remote_url || kvf.persist_dir) {
+        fprintf(stderr, "pam run: --kv-tier remote:... and --kv-persist are for pam serve (pam run has no prefix cache)\n");
+        goto done;
+    }
     if (kvf.given) {
         /* default: one dram tier holding the whole context (within available memory) */
         uint64_t blocks = (uint64_t)((want + kvf.block_tokens - 1) / kvf.block_tokens);

@@ -168,6 +168,7 @@ int pam_cli_serve(int argc, char **argv) {
     pam_engine *engine = NULL;
     pam_server *server = NULL;
     pam_kvm *kvm = NULL;
+    pam_kv_remote *remote = NULL, *persist = NULL;
     FILE *trace = NULL;
     if (pam_model_load(model_path, &model) != PAM_OK) {
         fprintf(stderr, "pam serve: cannot load '%s': %s\n", model_path, pam_last_error());
@@ -194,6 +195,16 @@ int pam_cli_serve(int argc, char **argv) {
         goto done;
     }
     ep.kvm = kvm;
+    if (pam_kv_flags_open_remote(&kvf, model, kvm, &remote) != PAM_OK) {
+        fprintf(stderr, "pam serve: remote KV: %s\n", pam_last_error());
+        goto done;
+    }
+    ep.remote = remote;
+    if (pam_kv_flags_open_persist(&kvf, model, kvm, &persist) != PAM_OK) {
+        fprintf(stderr, "pam serve: persisted KV: %s\n", pam_last_error());
+        goto done;
+    }
+    ep.persist = persist;
     if (pam_engine_create(model, pool, &ep, &engine) != PAM_OK) {
         fprintf(stderr, "pam serve: %s\n", pam_last_error());
         goto done;
@@ -228,6 +239,8 @@ int pam_cli_serve(int argc, char **argv) {
         fprintf(stderr, " %s %.1f MiB", t->name, (double)(t->capacity_blocks * t->block_bytes) / (1024.0 * 1024.0));
     }
     fprintf(stderr, "\n");
+    if (remote) fprintf(stderr, "pam serve: remote KV tier on %s\n", kvf.remote_url);
+    if (persist) fprintf(stderr, "pam serve: persistent KV journal in %s\n", kvf.persist_dir);
     fprintf(stderr, "pam serve: listening on http://%s%s%s:%d\n", strchr(host, ':') ? "[" : "", host,
             strchr(host, ':') ? "]" : "", pam_server_port(server));
 
@@ -240,6 +253,8 @@ int pam_cli_serve(int argc, char **argv) {
 done:
     pam_server_stop(server);
     pam_engine_destroy(engine);
+    pam_kv_remote_close(remote);
+    pam_kv_remote_close(persist);
     pam_kvm_destroy(kvm);
     if (trace) fclose(trace);
     pam_pool_destroy(pool);

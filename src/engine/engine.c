@@ -80,6 +80,11 @@ struct pam_request {
     int32_t lp_emitted;           /* gen_lp entries published */
     int plp_done;                 /* prompt_lp is complete (never written again) */
     int64_t t_first_ns, t_last_ns;
+    /* remote tier: blocks 0..r_chained-1 have chain keys (the last in
+     * r_prev); blocks below r_skip are already there or were published by
+     * whoever computed them */
+    uint8_t r_prev[32];
+    int32_t r_chained, r_skip;
     pam_finish finishing; /* set by the step; published under the lock */
     struct pam_request *next_q; /* FIFO link, or paused-list link */
 
@@ -130,6 +135,7 @@ struct pam_engine {
     cache_entry *cache;
     int32_t n_cache, cap_cache;
     uint64_t *pkeys; /* prompt hash chain scratch */
+    float *rk, *rv;  /* one block of one layer, f32 (remote tier) */
     uint64_t clock, admit_clock;
 
     float *logits;
@@ -208,6 +214,8 @@ static void engine_free(pam_engine *e) {
     if (e->own_kvm) pam_kvm_destroy(e->kvm);
     free(e->cache);
     free(e->pkeys);
+    free(e->rk);
+    free(e->rv);
     free(e->run);
     free(e->demote);
     free(e->logits);
@@ -275,6 +283,15 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
     e->b_req = malloc((size_t)e->batch_cap * sizeof *e->b_req);
     e->b_own = malloc((size_t)e->batch_cap * sizeof *e->b_own);
     e->b_want = malloc((size_t)e->batch_cap * sizeof *e->b_want);
+    if (e->p.remote || e->p.persist) {
+        size_t blk = (size_t)e->bt * (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+        e->rk = malloc(blk * sizeof(float));
+        e->rv = malloc(blk * sizeof(float));
+        if (!e->rk || !e->rv) {
+            engine_free(e);
+            return PAM_ERR(PAM_ERR_NOMEM, "engine buffers");
+        }
+    }
     if (!e->cache || !e->pkeys || !e->run || !e->demote || !e->logits || !e->b_ctx || !e->b_tok || !e->b_pos ||
         !e->b_req || !e->b_own || !e->b_want) {
         engine_free(e);
@@ -611,6 +628,10 @@ void pam_engine_get_stats(pam_engine *e, pam_engine_stats *s) {
     s->n_running = e->n_running;
     s->n_paused = e->n_paused;
     pthread_mutex_unlock(&e->mu);
+    s->remote_enabled = e->p.remote != NULL;
+    if (e->p.remote) pam_kv_remote_stats_get(e->p.remote, &s->remote);
+    s->persist_enabled = e->p.persist != NULL;
+    if (e->p.persist) pam_kv_remote_stats_get(e->p.persist, &s->persist);
 }
 
 /* ---- engine thread: KV bookkeeping ---- */
@@ -847,6 +868,94 @@ static void resume(pam_engine *e, pam_request *r, int slot) {
     e->st.n_resumed++;
 }
 
+/* ---- remote tier ---- */
+
+typedef struct remote_sink_ctx {
+    pam_engine *e;
+    int32_t seq, have; /* local full blocks kept */
+    int32_t n_prompt, decode; /* n_prompt: the tokens to prefill (n_fill) */
+    int truncated;
+    int32_t started;   /* blocks with a layer stored */
+    int32_t done;      /* blocks whose every layer is stored */
+} remote_sink_ctx;
+
+static pam_status remote_sink(void *arg, int32_t block, int32_t layer, const float *k, const float *v) {
+    remote_sink_ctx *c = arg;
+    pam_engine *e = c->e;
+    if (!c->truncated) {
+        /* a partially matched local block gives way to the remote's full one */
+        c->truncated = 1;
+        if (pam_kvm_seq_len(e->kvm, c->seq) > c->have * e->bt) {
+            PAM_TRY(pam_kvm_seq_truncate(e->kvm, c->seq, c->have * e->bt));
+            PAM_TRY(reserve_evicting(e, c->seq, c->n_prompt - c->have * e->bt + c->decode));
+        }
+    }
+    c->started = block + 1 - c->have;
+    size_t row = (size_t)pam_kvm_shape(e->kvm)->n_head_kv * (size_t)pam_kvm_shape(e->kvm)->head_dim;
+    for (int32_t t = 0; t < e->bt; t++)
+        PAM_TRY(pam_kvm_store(e->kvm, c->seq, layer, block * e->bt + t, k + (size_t)t * row, v + (size_t)t * row));
+    if (layer == e->n_layer - 1) c->done = block + 1 - c->have;
+    return PAM_OK;
+}
+
+/* After the local prefix cache matched *match tokens of r's prompt (its
+ * n_fill tokens to prefill; seq holds them, with room reserved for the
+ * rest), takes the prompt's further full blocks from the persistent journal, then from the remote tier, while
+ * they have them. Whatever they do, seq ends holding exactly *match tokens
+ * (updated) with room reserved; an error means that room could not be had. */
+static pam_status remote_fetch(pam_engine *e, pam_request *r, int32_t seq, int32_t *match, int32_t decode) {
+    int32_t want = (r->n_fill - 1) / e->bt, have = *match / e->bt;
+    if (want <= have) return PAM_OK;
+    uint8_t(*keys)[32] = malloc((size_t)want * sizeof *keys);
+    if (!keys) return PAM_OK;
+    pam_kv_remote_chain(e->p.persist ? e->p.persist : e->p.remote, NULL, r->prompt, want, keys);
+    remote_sink_ctx c = {.e = e, .seq = seq, .have = have, .n_prompt = r->n_fill, .decode = decode};
+    pam_kv_remote *stores[2] = {e->p.persist, e->p.remote};
+    int32_t got[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        if (!stores[i] || c.have + c.done >= want || c.started != c.done) continue;
+        int32_t before = c.done;
+        pam_kv_remote_fetch(stores[i], (const uint8_t(*)[32])keys, have + c.done, want - have - c.done, remote_sink, &c);
+        got[i] = c.done - before;
+    }
+    free(keys);
+    if (!c.truncated) return PAM_OK;
+    int32_t keep = (have + c.done) * e->bt;
+    /* a block stored in some layers only (a failed store) is dropped */
+    if (c.started != c.done || pam_kvm_seq_len(e->kvm, seq) != keep) PAM_TRY(pam_kvm_seq_truncate(e->kvm, seq, keep));
+    PAM_TRY(reserve_evicting(e, seq, r->n_fill - keep + decode));
+    e->st.persist_tokens_reused += (uint64_t)got[0] * (uint64_t)e->bt;
+    e->st.remote_tokens_reused += (uint64_t)got[1] * (uint64_t)e->bt;
+    *match = keep;
+    return PAM_OK;
+}
+
+/* Engine thread: queues r's newly completed full blocks for the remote
+ * tier (those below r_skip are there already). */
+static void remote_publish(pam_engine *e, pam_request *r) {
+    int32_t full = r->n_past / e->bt;
+    while (r->r_chained < full) {
+        int32_t b = r->r_chained, pos = b * e->bt;
+        int32_t tok[4096];
+        int32_t *t = e->bt <= 4096 ? tok : NULL;
+        if (!t) return;
+        for (int32_t i = 0; i < e->bt; i++) {
+            int32_t p = pos + i;
+            t[i] = p < r->n_prompt ? r->prompt[p] : r->gen_tok[p - r->n_prompt];
+        }
+        uint8_t key[32];
+        pam_kv_remote_chain(e->p.persist ? e->p.persist : e->p.remote, b ? r->r_prev : NULL, t, 1, &key);
+        memcpy(r->r_prev, key, 32);
+        r->r_chained++;
+        if (b < r->r_skip) continue;
+        for (int32_t l = 0; l < e->n_layer; l++) {
+            if (pam_kvm_read_block(e->kvm, r->seq, l, b, e->rk, e->rv) != PAM_OK) break;
+            if (e->p.persist) pam_kv_remote_put(e->p.persist, key, l, e->rk, e->rv);
+            if (e->p.remote) pam_kv_remote_put(e->p.remote, key, l, e->rk, e->rv);
+        }
+    }
+}
+
 /* e->mu held: gives the queue head a KV sequence (a fork of the best cached
  * prefix, truncated to the match, or a new one) with room reserved for the
  * rest of its prompt and a decode reserve. 1: ready; 0: it does not fit
@@ -890,7 +999,12 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
         pam_kvm_seq_free(e->kvm, seq);
         return 0;
     }
+    if ((e->p.persist || e->p.remote) && remote_fetch(e, r, seq, &match, decode) != PAM_OK) {
+        pam_kvm_seq_free(e->kvm, seq);
+        return 0;
+    }
     r->seq = seq;
+    r->r_skip = match / e->bt;
     *reuse = match;
     return 1;
 }
@@ -1322,6 +1436,9 @@ static void *engine_main(void *arg) {
                 if (r->lp_k >= 0) pam_sampler_logprobs(r->sampler, tok, r->lp_k, &lp);
                 n_new += on_token(e, r, tok, r->lp_k >= 0 ? &lp : NULL, now);
             }
+            if ((e->p.remote || e->p.persist) && st == PAM_OK)
+                for (int32_t i = 0; i < e->p.n_slots; i++)
+                    if (e->run[i] && e->run[i]->finishing != PAM_FINISH_ERROR) remote_publish(e, e->run[i]);
             /* Between steps: importance, scheduling, migrations. */
             pam_kvm_step_end(e->kvm);
             pam_kvm_report_get(e->kvm, &rep);

@@ -58,6 +58,7 @@
 #include "core/threadpool.h"
 #include "engine/sampler.h"
 #include "kernels/dtype.h"
+#include "kv/kv_remote.h"
 #include "model/model.h"
 #include "pam.h"
 
@@ -78,6 +79,15 @@ typedef struct pam_engine_params {
      * builds and owns one dram tier of n_slots * n_ctx tokens (16-token
      * blocks, one spare block per slot for copy-on-write). */
     pam_kvm *kvm;
+    /* The remote KV tier (borrowed, outlives the engine), or NULL. After a
+     * local prefix-cache miss, admission fetches the prompt's further full
+     * blocks from it (verified; the first missing or rejected block ends
+     * the reuse); every full block a request computes is queued for it. */
+    pam_kv_remote *remote;
+    /* The persistent local journal (--kv-persist; same interface, a
+     * "file:DIR" pam_kv_remote), or NULL: looked up before the remote tier,
+     * written like it, so a restarted server finds its prefixes again. */
+    pam_kv_remote *persist;
 } pam_engine_params;
 
 void pam_engine_params_default(pam_engine_params *p);
@@ -223,6 +233,12 @@ typedef struct pam_engine_stats {
     uint64_t n_migration_failures; /* moves that failed and left the block where it was */
     uint64_t n_preempted, n_resumed, n_demoted_blocks;
     uint64_t n_requeued; /* ran out of KV: gave it up and went back to the queue */
+    uint64_t remote_tokens_reused; /* prompt tokens fetched from the remote tier (part of prefix_tokens_reused) */
+    int remote_enabled;
+    pam_kv_remote_stats remote;    /* when remote_enabled */
+    uint64_t persist_tokens_reused; /* prompt tokens read from the persistent journal */
+    int persist_enabled;
+    pam_kv_remote_stats persist;   /* when persist_enabled */
     pam_histogram ttft;          /* submit -> first token */
     pam_histogram tpot;          /* mean time per output token after the first, per request */
 } pam_engine_stats;

@@ -671,6 +671,15 @@ int pam_kvm_block_tier(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t b
     return kvm->blocks[s->table[layer][block]].tier;
 }
 
+pam_status pam_kvm_read_block(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block, float *k, float *v) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s || layer < 0 || layer >= kvm->shape.n_layer || block < 0 || block >= s->n_blocks[layer] ||
+        (int64_t)(block + 1) * kvm->shape.block_tokens > s->len[layer])
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: no full block %d of layer %d in sequence %d", block, layer, seq);
+    const kvm_block *b = &kvm->blocks[s->table[layer][block]];
+    return pam_tier_read(kvm->tiers[b->tier], b->slot, kvm->shape.block_tokens, k, v);
+}
+
 /* ---- PAMattention ------------------------------------------------------- */
 
 static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer);

@@ -131,6 +131,11 @@ typedef struct pam_kvm_observer {
  * one, attention does no extra work. */
 void pam_kvm_set_observer(pam_kvm *kvm, const pam_kvm_observer *obs);
 
+/* Decodes every token of full block `block` of layer to f32 rows
+ * (block_tokens rows of n_head_kv*head_dim each for k and v): what the
+ * remote tier publishes. PAM_ERR_INVALID when the block is not full. */
+pam_status pam_kvm_read_block(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block, float *k, float *v);
+
 /* Introspection ------------------------------------------------------------- */
 const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm);
 int pam_kvm_n_tiers(const pam_kvm *kvm);

@@ -87,6 +87,47 @@ static void histogram(out *o, const char *name, const char *help, const pam_hist
     put(o, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->n);
 }
 
+/* The series of a shared block store (the remote tier, the persistent
+ * journal), each name prefixed with p. */
+static void store_metrics(out *o, const char *p, const char *what, const pam_kv_remote_stats *rs, uint64_t reused) {
+    char n[96], h[192];
+#define S(suffix, type, ...)                        \
+    do {                                            \
+        snprintf(n, sizeof n, "%s_%s", p, suffix);  \
+        snprintf(h, sizeof h, __VA_ARGS__);         \
+        metric(o, n, type, h);                      \
+    } while (0)
+    S("lookups_total", "counter", "Admissions that looked up the %s.", what);
+    put(o, "%s %llu\n", n, (unsigned long long)rs->lookups);
+    S("hit_blocks_total", "counter", "Blocks (all layers) read from the %s, verified and used.", what);
+    put(o, "%s %llu\n", n, (unsigned long long)rs->hit_blocks);
+    S("miss_blocks_total", "counter", "Blocks asked of the %s and absent.", what);
+    put(o, "%s %llu\n", n, (unsigned long long)rs->miss_blocks);
+    S("tokens_reused_total", "counter", "Prompt tokens taken from the %s.", what);
+    put(o, "%s %llu\n", n, (unsigned long long)reused);
+    S("read_bytes_total", "counter", "Value bytes read from the %s.", what);
+    put(o, "%s %llu\n", n, (unsigned long long)rs->bytes_read);
+    S("written_bytes_total", "counter", "Value bytes written to the %s.", what);
+    put(o, "%s %llu\n", n, (unsigned long long)rs->bytes_written);
+    S("rejects_total", "counter", "Values of the %s refused (never used), by reason.", what);
+    for (int k = 0; k < PAM_KV_REJECT_N; k++)
+        put(o, "%s{reason=\"%s\"} %llu\n", n, pam_kv_remote_reject_name((pam_kv_remote_reject)k),
+            (unsigned long long)rs->rejects[k]);
+    S("puts_total", "counter", "Values (one block of one layer) queued for the %s, by outcome.", what);
+    put(o, "%s{result=\"ok\"} %llu\n", n, (unsigned long long)rs->put_values);
+    put(o, "%s{result=\"error\"} %llu\n", n, (unsigned long long)rs->put_errors);
+    put(o, "%s{result=\"dropped\"} %llu\n", n, (unsigned long long)rs->put_dropped);
+    S("io_errors_total", "counter", "Reads of the %s that got no answer (unreachable, timeout, failover, I/O error).", what);
+    put(o, "%s %llu\n", n, (unsigned long long)rs->io_errors);
+#undef S
+    pam_histogram lat = {.n_buckets = PAM_KV_REMOTE_LAT_BUCKETS, .sum = rs->lat_sum, .n = rs->lat_n};
+    memcpy(lat.le, rs->lat_le, sizeof rs->lat_le);
+    memcpy(lat.count, rs->lat_count, sizeof rs->lat_count);
+    snprintf(n, sizeof n, "%s_fetch_seconds", p);
+    snprintf(h, sizeof h, "Latency of one fetch from the %s (one pipelined round trip, up to 64 blocks).", what);
+    histogram(o, n, h, &lat);
+}
+
 char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h) {
     out o = {0};
     metric(&o, "pam_requests_total", "counter", "Requests finished by the engine, by finish reason.");
@@ -118,6 +159,8 @@ char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h)
            "Requests that found the KV tiers full mid-generation and yielded (KV kept in the prefix cache, resumed later).",
            st->n_requeued);
     scalar(&o, "pam_resumptions_total", "counter", "Preempted requests back in the batch.", st->n_resumed);
+    if (st->persist_enabled) store_metrics(&o, "pam_kv_persist", "persistent journal", &st->persist, st->persist_tokens_reused);
+    if (st->remote_enabled) store_metrics(&o, "pam_kv_remote", "remote tier", &st->remote, st->remote_tokens_reused);
     char lb[160];
     scalar(&o, "pam_kv_block_tokens", "gauge", "Tokens per KV block (of one layer).", st->kv_block_tokens);
     metric(&o, "pam_kv_blocks", "gauge", "KV blocks in use, per tier.");
