@@ -999,7 +999,9 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
         pam_kvm_seq_free(e->kvm, seq);
         return 0;
     }
-    if ((e->p.persist || e->p.remote) && remote_fetch(e, r, seq, &match, decode) != PAM_OK) {
+    /* (not for prompt log-probabilities still to compute: they need every position's logits) */
+    if ((e->p.persist || e->p.remote) && (!r->prompt_lp || r->plp_done) &&
+        remote_fetch(e, r, seq, &match, decode + group) != PAM_OK) {
         pam_kvm_seq_free(e->kvm, seq);
         return 0;
     }
@@ -1098,6 +1100,7 @@ static void fork_choices(pam_engine *e, pam_request *r) {
         }
         c->seq = seq;
         c->n_past = match;
+        c->r_skip = match / e->bt; /* the first request publishes the prompt's blocks */
         c->state = REQ_RUNNING;
         c->admit_order = ++e->admit_clock;
         int slot = free_slot(e);
