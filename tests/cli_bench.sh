@@ -39,7 +39,7 @@ last=$(printf '%s\n' "$out" | tail -n 1)
 records=$(printf '%s\n' "$out" | grep -c '^  {.*}')
 [ "$records" -eq 3 ] || fail "expected 3 records, got $records"
 num='-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?'
-for key in depth threads tokens_per_second bytes_per_token achieved_gbps bandwidth_gbps; do
+for key in depth batch threads tokens_per_second bytes_per_step bytes_per_token achieved_gbps bandwidth_gbps cpu_ms_per_step; do
     n=$(printf '%s\n' "$out" | grep -cE "\"$key\": $num[,}]")
     [ "$n" -eq 3 ] || fail "field $key is missing or not a number in some record ($n of 3)"
 done
@@ -57,6 +57,34 @@ if command -v python3 >/dev/null 2>&1; then
     printf '%s\n' "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert len(r)==3' \
         || fail "python3 cannot parse the JSON"
 fi
+
+# --batch N decodes N sequences per step: the records say so, and each step
+# reads the weights once plus every sequence's KV, so at depth 64 a step of 3
+# reads more than a step of 1 but far less than 3 steps. --kv-type f32 reads
+# twice the KV bytes of f16.
+b1=$("$PAM" bench -m "$MODEL" -t 2 --depth 64 -n 2 --prompt 0 --bw-mib 64 --json 2>/dev/null) || fail "bench batch 1 failed"
+b3=$("$PAM" bench -m "$MODEL" -t 2 --depth 64 -n 2 --prompt 0 --bw-mib 64 --batch 3 --json 2>"$TMP/b3.err") \
+    || fail "bench --batch 3 exited with $?: $(cat "$TMP/b3.err")"
+f32=$("$PAM" bench -m "$MODEL" -t 2 --depth 64 -n 2 --prompt 0 --bw-mib 64 --kv-type f32 --json 2>/dev/null) \
+    || fail "bench --kv-type f32 failed"
+printf '%s\n' "$b3" | grep -q '"batch": 3,' || fail "batch not reported: $b3"
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$b1" "$b3" "$f32" <<'PY' || fail "batch / kv-type byte accounting"
+import json, sys
+b1, b3, f32 = (json.loads(a)[0] for a in sys.argv[1:])
+one, three = b1["bytes_per_step"], b3["bytes_per_step"]
+# one = W + E + K (weights, one embedding row, one sequence's f16 KV);
+# three = W + 3E + 3K; f32 = W + E + 2K.
+k = f32["bytes_per_step"] - one
+assert k > 0, ("f32 KV is not larger than f16", one, f32)
+e2 = (three - one) - 2 * k
+assert 0 < e2 < 0.01 * one, ("batch of 3 does not add two sequences' KV and rows", one, three, k)
+PY
+fi
+err=$("$PAM" bench -m "$MODEL" --batch 0 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "--batch 0: exit $rc"
+err=$("$PAM" bench -m "$MODEL" --kv-type f8 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "--kv-type f8: exit $rc"
 
 # The table form prints the bandwidth and one row per test.
 table=$("$PAM" bench -m "$MODEL" -t 1 --depth 16 -n 2 --prompt 8 --bw-mib 64) || fail "table bench exited with $?"

@@ -28,7 +28,7 @@ check "speed line printed" $?
   --kv-block 16 --kv-trace "$tmp/trace.jsonl" >"$tmp/paged.txt" 2>"$tmp/paged-err.txt"
 check "paged KV run exits 0" $?
 cmp -s "$tmp/out.txt" "$tmp/paged.txt"
-check "paged KV (dram + ssd) greedy text equals the contiguous cache" $?
+check "KV over dram + ssd tiers: greedy text equals the default single dram tier" $?
 grep -Eq "ssd:[^ ]* [1-9][0-9]*/[0-9]+" "$tmp/paged-err.txt"
 check "blocks really live on the ssd tier" $?
 [ "$(wc -l <"$tmp/trace.jsonl")" -ge 40 ] && grep -q '"importance_hist"' "$tmp/trace.jsonl"
@@ -37,6 +37,21 @@ check "KV trace has a JSON line per step" $?
   >/dev/null 2>"$tmp/single-err.txt"
 rc=$?; [ $rc -ne 0 ] && grep -qi "full" "$tmp/single-err.txt"
 check "single policy on a too-small tier fails cleanly" $?
+
+# KV element types: f32 (the exact reference) gives the reference text too;
+# the quantised types run; an unknown type is a usage error naming the types.
+"$pam" run -m "$model" -p "Once upon a time" -n 40 --temp 0 -t 2 --kv-type f32 >"$tmp/f32.txt" 2>/dev/null
+check "--kv-type f32 exits 0" $?
+cmp -s "$tmp/out.txt" "$tmp/f32.txt"
+check "--kv-type f32 greedy text equals the reference" $?
+for t in bf16 q8 q4; do
+  "$pam" run -m "$model" -p "Once upon a time" -n 8 --temp 0 -t 2 --kv-type $t >"$tmp/$t.txt" 2>"$tmp/$t-err.txt"
+  rc=$?; [ $rc -eq 0 ] && grep -q "^Once upon a time" "$tmp/$t.txt"
+  check "--kv-type $t runs" $?
+done
+"$pam" run -m "$model" -p hi --kv-type f8 >/dev/null 2>"$tmp/e-kvtype.txt"
+rc=$?; [ $rc -eq 2 ] && grep -q "f16" "$tmp/e-kvtype.txt" && grep -q "f8" "$tmp/e-kvtype.txt"
+check "unknown --kv-type: usage error listing the types" $?
 
 "$pam" run -m "$model" -p "The cat" -n 30 --temp 0.9 --seed 7 -t 1 >"$tmp/s1.txt" 2>/dev/null
 "$pam" run -m "$model" -p "The cat" -n 30 --temp 0.9 --seed 7 -t 2 >"$tmp/s2.txt" 2>/dev/null

@@ -1,6 +1,7 @@
 /* pam_forward_batch: several sequences in one step (decode tokens beside a
  * prefill chunk) give bit-identical logits to each sequence run alone, for
- * every thread count and KV type (DESIGN.md §2.9). */
+ * every thread count and KV type, whether each context has its own KV
+ * manager or all share one (DESIGN.md §2.9). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,8 +19,10 @@ typedef struct {
     int32_t tok[PROMPT + STEPS];
 } seq_tokens;
 
-/* Paged KV: one dram tier large enough that placement is the same whether a
- * sequence runs alone or beside others. kv == PAM_DT_COUNT selects it. */
+/* A shared KV manager: one dram tier large enough that placement is the
+ * same whether a sequence runs alone or beside others. kv ==
+ * PAM_KV_TYPE_COUNT selects it; other kv values give every context its own
+ * manager of that type. */
 static pam_kvm *make_kvm(pam_model *m, pam_pool *pool) {
     const pam_model_hparams *hp = pam_model_get_hparams(m);
     pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, 16};
@@ -31,16 +34,20 @@ static pam_kvm *make_kvm(pam_model *m, pam_pool *pool) {
     return kvm;
 }
 
-static pam_ctx_params ctx_params(pam_dtype kv, pam_kvm *kvm) {
-    pam_ctx_params p = {.n_ctx = 64, .kv_type = kv == PAM_DT_COUNT ? PAM_DT_F16 : kv, .kvm = kvm, .kv_seq = -1};
+static pam_ctx_params ctx_params(pam_kv_type kv, pam_kvm *kvm) {
+    pam_ctx_params p;
+    pam_ctx_params_default(&p);
+    p.n_ctx = 64;
+    if (kv != PAM_KV_TYPE_COUNT) p.kv_type = kv;
+    p.kvm = kvm;
     return p;
 }
 
 /* Reference: each sequence alone, token by token; logits of every position. */
-static void run_alone(pam_model *m, pam_pool *pool, pam_dtype kv, const seq_tokens *s, float *out) {
+static void run_alone(pam_model *m, pam_pool *pool, pam_kv_type kv, const seq_tokens *s, float *out) {
     int nv = pam_model_get_hparams(m)->n_vocab;
     pam_ctx *c;
-    pam_kvm *kvm = kv == PAM_DT_COUNT ? make_kvm(m, pool) : NULL;
+    pam_kvm *kvm = kv == PAM_KV_TYPE_COUNT ? make_kvm(m, pool) : NULL;
     pam_ctx_params p = ctx_params(kv, kvm);
     assert_int_equal(pam_ctx_create_ex(m, &p, pool, &c), PAM_OK);
     for (int pos = 0; pos < PROMPT + STEPS; pos++)
@@ -49,7 +56,7 @@ static void run_alone(pam_model *m, pam_pool *pool, pam_dtype kv, const seq_toke
     pam_kvm_destroy(kvm);
 }
 
-static void check_model(pam_model *m, pam_dtype kv, int n_threads) {
+static void check_model(pam_model *m, pam_kv_type kv, int n_threads) {
     int nv = pam_model_get_hparams(m)->n_vocab;
     pam_pool *pool;
     assert_int_equal(pam_pool_create(n_threads, &pool), PAM_OK);
@@ -66,7 +73,7 @@ static void check_model(pam_model *m, pam_dtype kv, int n_threads) {
      * step beside the others. */
     pam_ctx *ctx[N_SEQ];
     int32_t next[N_SEQ] = {0};
-    pam_kvm *kvm = kv == PAM_DT_COUNT ? make_kvm(m, pool) : NULL;
+    pam_kvm *kvm = kv == PAM_KV_TYPE_COUNT ? make_kvm(m, pool) : NULL;
     pam_ctx_params p = ctx_params(kv, kvm);
     for (int s = 0; s < N_SEQ; s++) assert_int_equal(pam_ctx_create_ex(m, &p, pool, &ctx[s]), PAM_OK);
     pam_ctx *bctx[N_SEQ * PROMPT];
@@ -116,9 +123,8 @@ static void test_batch_equals_alone(void **state) {
     pam_model *m;
     assert_int_equal(pam_model_load(path, &m), PAM_OK);
     for (int t = 1; t <= 3; t++) {
-        check_model(m, PAM_DT_F16, t);
-        check_model(m, PAM_DT_F32, t);
-        check_model(m, PAM_DT_COUNT, t); /* paged KV */
+        for (int kv = 0; kv < PAM_KV_TYPE_COUNT; kv++) check_model(m, (pam_kv_type)kv, t);
+        check_model(m, PAM_KV_TYPE_COUNT, t); /* one shared KV manager */
     }
     pam_model_free(m);
 }
@@ -148,6 +154,29 @@ static void test_batch_errors(void **state) {
     assert_int_equal(pam_forward_batch(cs, tok, pos, 2, NULL), PAM_OK);
     pam_ctx_free(a);
     pam_ctx_free(b);
+
+    /* A context's own KV manager: a type or block size its tier cannot take
+     * is refused with PAM_ERR_INVALID, and nothing is left allocated. */
+    pam_ctx_params p;
+    pam_ctx_params_default(&p);
+    p.n_ctx = 8;
+    pam_ctx *c = NULL;
+    p.kv_type = PAM_KV_TYPE_COUNT;
+    assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &c), PAM_ERR_INVALID);
+    assert_null(c);
+    p.kv_type = PAM_KV_F16;
+    p.kv_block = 1 << 20;
+    assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &c), PAM_ERR_INVALID);
+    assert_null(c);
+    /* The reference context reads f32 KV: twice the bytes of an f16 one. */
+    pam_ctx *r32, *r16;
+    p.kv_block = 0;
+    assert_int_equal(pam_ctx_create(m, 8, NULL, &r32), PAM_OK);
+    assert_int_equal(pam_ctx_create_ex(m, &p, NULL, &r16), PAM_OK);
+    assert_true(pam_ctx_kv_bytes_at(r16, 5) > 0);
+    assert_true(pam_ctx_kv_bytes_at(r32, 5) == 2 * pam_ctx_kv_bytes_at(r16, 5));
+    pam_ctx_free(r32);
+    pam_ctx_free(r16);
     pam_model_free(m);
 }
 

@@ -207,6 +207,49 @@ static void test_reference_greedy(void **state) {
     json_decref(root);
 }
 
+/* Without a KV manager of its own the engine builds one dram tier storing
+ * kv_type: f32 gives the same greedy tokens as the default f16 here, q8 runs
+ * a request to the end, and an unknown type is refused. */
+static void test_own_kv_type(void **state) {
+    static const pam_kv_type types[] = {PAM_KV_F32, PAM_KV_Q8};
+    static const char *const names[] = {"dram:f32", "dram:q8"};
+    static result base, res;
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 20;
+    rp.ignore_eos = 1;
+    pam_engine *e = make_engine(1, 4, 256);
+    pam_request *r = submit_text(e, "Once upon a time", &rp);
+    collect(r, &base);
+    pam_request_release(r);
+    pam_engine_destroy(e);
+    for (int i = 0; i < 2; i++) {
+        pam_engine_params p;
+        pam_engine_params_default(&p);
+        p.n_slots = 1;
+        p.n_ctx = 256;
+        p.kv_type = types[i];
+        assert_int_equal(pam_engine_create(g_model, g_pool, &p, &e), PAM_OK);
+        pam_engine_stats st;
+        pam_engine_get_stats(e, &st);
+        assert_int_equal(st.kv_n_tiers, 1);
+        assert_string_equal(st.kv_tiers[0].name, names[i]);
+        r = submit_text(e, "Once upon a time", &rp);
+        collect(r, &res);
+        pam_request_release(r);
+        pam_engine_destroy(e);
+        assert_int_equal(res.n_tok, 20);
+        if (types[i] == PAM_KV_F32) assert_memory_equal(res.tok, base.tok, sizeof(int32_t) * 20);
+    }
+    pam_engine_params p;
+    pam_engine_params_default(&p);
+    p.kv_type = PAM_KV_TYPE_COUNT;
+    e = NULL;
+    assert_int_not_equal(pam_engine_create(g_model, g_pool, &p, &e), PAM_OK);
+    assert_null(e);
+}
+
 static void test_prefix_reuse(void **state) {
     pam_engine *e = make_engine(1, 4, 256);
     pam_request_params rp;
@@ -1023,6 +1066,7 @@ int main(void) {
         cmocka_unit_test(test_choices_cancel),
         cmocka_unit_test(test_choices_share_kv),
         cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_own_kv_type),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -2,7 +2,7 @@
  *
  * Exactness: a model whose context is backed by a kvm with several tiers,
  * random placements and random migrations between steps (and the
- * scheduler's own moves) gives the logits of the contiguous f16 path within
+ * scheduler's own moves) gives the logits of one f16 dram tier within
  * 1e-4 relative, and the stories260K golden greedy tokens. Direct attention
  * over random K/V across tiers is checked against a float64 softmax.
  * Bookkeeping: refcounts (fork, copy-on-write, free back to zero blocks),
@@ -103,7 +103,7 @@ static void exact_case(pam_kv_policy policy, int n_threads, int32_t bt) {
     pam_ctx_params pr, pk;
     pam_ctx_params_default(&pr);
     pr.n_ctx = n_pos;
-    pr.kv_type = PAM_DT_F16;
+    pr.kv_type = PAM_KV_F16;
     pk = pr;
     pk.kvm = kvm;
     pam_ctx *ref, *ctx;

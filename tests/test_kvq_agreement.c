@@ -2,7 +2,8 @@
  * cases. Each case runs teacher-forced along the reference tokens (the
  * reference's next token is fed at every position, so every configuration
  * sees the same context) with the KV held
- *   - in the contiguous f32 cache (the exact path the errors are against),
+ *   - in the context's own f32 KV (the exact reference path the errors are
+ *     against),
  *   - in one dram tier (f16: must agree everywhere, as test_kvm asserts),
  *   - all in dramq:int8, all in dramq:int4,
  *   - in dram for half of the blocks and dramq:int8 for the rest, with the
@@ -85,7 +86,7 @@ static void run(pam_model *m, pam_pool *pool, pam_kvm *kvm, const int32_t *toks,
     pam_ctx_params p;
     pam_ctx_params_default(&p);
     p.n_ctx = n_pos;
-    p.kv_type = PAM_DT_F32;
+    p.kv_type = PAM_KV_F32;
     p.kvm = kvm;
     pam_ctx *ctx;
     assert_int_equal(pam_ctx_create_ex(m, &p, pool, &ctx), PAM_OK);
@@ -159,7 +160,7 @@ static void test_greedy_agreement(void **state) {
            "# share of the blocks in a quantised tier at the end of each case\n",
            json_array_size(cases), n_cmp, BLOCK);
     printf("%-18s %9s %14s %10s\n", "kv", "agreement", "max rel error", "quantised");
-    printf("%-18s %8.2f%% %14s %10s\n", "f32 (contiguous)", 100.0 * n_exact_agree / n_cmp, "-", "-");
+    printf("%-18s %8.2f%% %14s %10s\n", "f32 (reference)", 100.0 * n_exact_agree / n_cmp, "-", "-");
     for (int k = 0; k < KV_N; k++)
         printf("%-18s %8.2f%% %14.3g %9.1f%%\n", k_names[k], 100.0 * n_agree[k] / n_cmp, worst[k],
                100.0 * n_lossy[k] / (n_blocks[k] ? n_blocks[k] : 1));

@@ -14,6 +14,8 @@
 const char pam_kv_flags_usage[] =
     "      --kv-tier SPEC      paged, tiered KV: add a tier, fastest first (repeatable, up to 8):\n"
     "                          dram:SIZE, dramq:int8:SIZE, dramq:int4:SIZE, ssd:DIR:SIZE (SIZE e.g. 2GiB)\n"
+    "      --kv-type T         what the dram and ssd tiers store: f16 (default), bf16, q8, q4,\n"
+    "                          or f32 (exact reference); dramq tiers keep their own encoding\n"
     "      --kv-block N        tokens per KV block (default 16)\n"
     "      --kv-policy P       pam (default: attention in every tier, blocks migrate by importance),\n"
     "                          offload (copy slow-tier blocks to the fastest tier before attention),\n"
@@ -31,6 +33,7 @@ const char pam_kv_flags_usage[] =
 void pam_kv_flags_init(pam_kv_flags *f) {
     memset(f, 0, sizeof *f);
     f->block_tokens = 16;
+    f->type = PAM_KV_F16;
     f->policy = PAM_KV_POLICY_PAM;
 }
 
@@ -52,6 +55,12 @@ int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a) {
             f->remote_url = t + 7;
         } else if (t) {
             f->specs[f->n_specs++] = t;
+        }
+    } else if (pam_args_is(a, NULL, "--kv-type")) {
+        const char *t = pam_args_value(a);
+        if (t && pam_kv_type_parse(t, &f->type) != PAM_OK) {
+            fprintf(stderr, "%s: --kv-type: %s\n", a->cmd, pam_last_error());
+            a->failed = 1;
         }
     } else if (pam_args_is(a, NULL, "--kv-block")) {
         pam_args_long(a, 1, 4096, &f->block_tokens);
@@ -104,11 +113,13 @@ pam_status pam_kv_flags_build(const pam_kv_flags *f, const pam_model_hparams *hp
     int n_open = 0;
     pam_status st = PAM_OK;
     for (; n_open < f->n_specs; n_open++)
-        if ((st = pam_tier_open_spec(&kc.shape, f->specs[n_open], &tiers[n_open])) != PAM_OK) break;
+        if ((st = pam_tier_open_spec_type(&kc.shape, f->specs[n_open], f->type, &tiers[n_open])) != PAM_OK) break;
+    if (st == PAM_OK && f->n_specs == 0) st = pam_kvh_check(f->type, hp->head_dim, (int)f->block_tokens);
     if (st == PAM_OK && f->n_specs == 0) {
-        /* f16 K and V, as the dram tier stores them */
-        uint64_t block_bytes = 2ull * 2ull * (uint64_t)f->block_tokens * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
-        st = pam_tier_open_default(&kc.shape, (uint64_t)hp->n_layer * default_blocks_per_layer * block_bytes, &tiers[0]);
+        uint64_t block_bytes =
+            (uint64_t)hp->n_head_kv * (uint64_t)pam_kvh_bytes(f->type, hp->head_dim, (int)f->block_tokens);
+        st = pam_tier_open_default_type(&kc.shape, f->type, (uint64_t)hp->n_layer * default_blocks_per_layer * block_bytes,
+                                        &tiers[0]);
         if (st == PAM_OK) n_open = 1;
     }
     if (st == PAM_OK) {
@@ -179,6 +190,9 @@ void pam_kv_fingerprint(const pam_model *m, const pam_kvm *kvm, uint8_t out[32])
     int lossy = 0;
     for (int i = 0; i < pam_kvm_n_tiers(kvm); i++) {
         const pam_tier *t = pam_kvm_tier((pam_kvm *)kvm, i);
+        /* what a tier stores (f32, f16, bf16, q8, q4) decides the values an
+         * instance publishes, exact or not */
+        sha_u64(c, (uint64_t)t->kv_type);
         if (t->exact) continue;
         lossy = 1;
         /* the encoding part of the name ("dramq:int8"), not its size */

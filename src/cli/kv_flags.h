@@ -1,6 +1,6 @@
-/* The paged, tiered KV cache flags shared by `pam run` and `pam serve`
- * (--kv-tier SPEC repeatable, --kv-block N, --kv-policy P, --kv-trace FILE)
- * and building the KV manager they describe. */
+/* The KV cache flags shared by `pam run`, `pam serve` and `pam bench`
+ * (--kv-tier SPEC repeatable, --kv-type T, --kv-block N, --kv-policy P,
+ * --kv-trace FILE) and building the KV manager they describe. */
 #ifndef PAM_CLI_KV_FLAGS_H
 #define PAM_CLI_KV_FLAGS_H
 
@@ -20,6 +20,7 @@ typedef struct pam_kv_flags {
     int n_specs;
     const char *specs[PAM_KV_FLAGS_MAX_TIERS]; /* fastest first */
     long block_tokens;
+    pam_kv_type type; /* what the raw-KV tiers (dram, ssd) store; default f16 */
     pam_kv_policy policy;
     const char *trace_path;
     const char *remote_url;      /* --kv-tier remote:redis://... */

@@ -32,10 +32,8 @@ static void run_usage(FILE *f) {
             "      --repeat-penalty R  repetition penalty (default 1.0 = off)\n"
             "      --repeat-last-n N   tokens the penalty looks back (default 64)\n"
             "  -s, --seed N            sampling seed (default: random, printed)\n"
-            "      --kv-type T         KV cache element type: f16 (default) or f32\n"
             "%s"
-            "                          (any --kv-* option selects the paged cache; default one dram tier\n"
-            "                          holding the whole context)\n"
+            "                          (without --kv-tier: one dram tier holding the whole context)\n"
             "      --no-bos            do not prepend BOS\n"
             "      --ignore-eos        keep generating past end-of-text tokens\n",
             pam_kv_flags_usage);
@@ -70,8 +68,6 @@ int pam_cli_run(int argc, char **argv) {
     const char *model_path = NULL, *prompt = "", *prompt_file = NULL;
     long n_predict = 128, n_ctx = 0, n_threads = 0;
     int no_bos = 0, ignore_eos = 0, seed_given = 0;
-    pam_dtype kv_type = PAM_DT_F16;
-    int kv_type_given = 0;
     pam_kv_flags kvf;
     pam_kv_flags_init(&kvf);
     pam_sampler_params sp;
@@ -114,17 +110,6 @@ int pam_cli_run(int argc, char **argv) {
                 sp.seed = (uint64_t)v;
                 seed_given = 1;
             }
-        } else if (pam_args_is(&a, NULL, "--kv-type")) {
-            const char *t = pam_args_value(&a);
-            if (t && !strcmp(t, "f16"))
-                kv_type = PAM_DT_F16;
-            else if (t && !strcmp(t, "f32"))
-                kv_type = PAM_DT_F32;
-            else if (t) {
-                fprintf(stderr, "pam run: --kv-type must be f16 or f32, got '%s'\n", t);
-                a.failed = 1;
-            }
-            kv_type_given = 1;
         } else if (pam_kv_flags_parse(&kvf, &a)) {
             /* consumed */
         } else if (pam_args_is(&a, NULL, "--no-bos")) {
@@ -137,10 +122,6 @@ int pam_cli_run(int argc, char **argv) {
     }
     if (a.n_positional > 0) {
         fprintf(stderr, "pam run: unexpected argument '%s' (the prompt goes after -p)\n", a.positional[0]);
-        a.failed = 1;
-    }
-    if (kvf.given && kv_type_given && kv_type != PAM_DT_F16) {
-        fprintf(stderr, "pam run: the paged KV cache (--kv-* options) stores f16 or quantised KV; --kv-type f32 applies to the contiguous cache only\n");
         a.failed = 1;
     }
     if (a.failed) {
@@ -217,18 +198,15 @@ int pam_cli_run(int argc, char **argv) {
         fprintf(stderr, "pam run: --kv-tier remote:... and --kv-persist are for pam serve (pam run has no prefix cache)\n");
         goto done;
     }
-    if (kvf.given) {
-        /* default: one dram tier holding the whole context (within available memory) */
-        uint64_t blocks = (uint64_t)((want + kvf.block_tokens - 1) / kvf.block_tokens);
-        if (pam_kv_flags_build(&kvf, hp, blocks, pool, &trace, &kvm) != PAM_OK) {
-            fprintf(stderr, "pam run: KV cache: %s\n", pam_last_error());
-            goto done;
-        }
+    /* default: one dram tier holding the whole context (within available memory) */
+    uint64_t blocks = (uint64_t)((want + kvf.block_tokens - 1) / kvf.block_tokens);
+    if (pam_kv_flags_build(&kvf, hp, blocks, pool, &trace, &kvm) != PAM_OK) {
+        fprintf(stderr, "pam run: KV cache: %s\n", pam_last_error());
+        goto done;
     }
     pam_ctx_params cp;
     pam_ctx_params_default(&cp);
     cp.n_ctx = (int32_t)want;
-    cp.kv_type = kv_type;
     cp.kvm = kvm;
     if (pam_ctx_create_ex(model, &cp, pool, &ctx) != PAM_OK || pam_sampler_create(&sp, hp->n_vocab, &sampler) != PAM_OK) {
         fprintf(stderr, "pam run: %s\n", pam_last_error());
@@ -259,7 +237,7 @@ int pam_cli_run(int argc, char **argv) {
         goto done;
     }
     int64_t t_prompt = pam_time_ns() - t0;
-    if (kvm) pam_kvm_step_end(kvm);
+    pam_kvm_step_end(kvm);
 
     /* Decode speed counts forward passes only, as llama.cpp's eval time does. */
     int32_t pos = (int32_t)n_ids;
@@ -279,7 +257,7 @@ int pam_cli_run(int argc, char **argv) {
             fprintf(stderr, "\npam run: %s\n", pam_last_error());
             goto done;
         }
-        if (kvm) pam_kvm_step_end(kvm);
+        pam_kvm_step_end(kvm);
         t_decode += pam_time_ns() - t0;
         n_fwd++;
         pos++;
@@ -291,7 +269,7 @@ int pam_cli_run(int argc, char **argv) {
     fprintf(stderr, "\nprompt: %zu tokens in %.1f ms, %.1f tok/s | decode: %ld tokens in %.1f ms, %.1f tok/s\n", n_ids,
             (double)t_prompt / 1e6, (double)n_ids * 1e9 / (double)(t_prompt > 0 ? t_prompt : 1), n_fwd,
             (double)t_decode / 1e6, (double)n_fwd * 1e9 / (double)(t_decode > 0 ? t_decode : 1));
-    if (kvm) {
+    if (kvf.given) {
         pam_kvm_report r;
         pam_kvm_report_get(kvm, &r);
         fprintf(stderr, "kv: %llu blocks of %ld tokens, policy %s, %llu failed migrations |", (unsigned long long)r.n_blocks,

@@ -127,13 +127,6 @@ int pam_cli_serve(int argc, char **argv) {
             }
         } else if (pam_args_is(&a, NULL, "--chat-template-file")) {
             chat_template_file = pam_args_value(&a);
-        } else if (pam_args_is(&a, NULL, "--kv-type")) {
-            /* kept for old command lines: the paged cache stores f16 (or a tier's own encoding) */
-            const char *t = pam_args_value(&a);
-            if (t && strcmp(t, "f16") != 0) {
-                fprintf(stderr, "pam serve: the paged KV cache stores f16 or quantised KV (--kv-tier dramq:...); --kv-type %s is not supported\n", t);
-                a.failed = 1;
-            }
         } else if (pam_kv_flags_parse(&kvf, &a)) {
             /* consumed */
         } else {

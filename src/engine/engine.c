@@ -160,7 +160,7 @@ void pam_engine_params_default(pam_engine_params *p) {
     memset(p, 0, sizeof *p);
     p->n_slots = 4;
     p->n_ctx = 0;
-    p->kv_type = PAM_DT_F16;
+    p->kv_type = PAM_KV_F16;
     p->n_queue = 64;
     p->prefill_chunk = 256;
     p->prefix_cache = 1;
@@ -254,9 +254,11 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
     } else {
         pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, DEFAULT_BLOCK_TOKENS};
         uint64_t per_slot = (uint64_t)((e->p.n_ctx + DEFAULT_BLOCK_TOKENS - 1) / DEFAULT_BLOCK_TOKENS) + 1;
-        uint64_t block_bytes = 2ull * 2ull * DEFAULT_BLOCK_TOKENS * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+        uint64_t block_bytes =
+            (uint64_t)hp->n_head_kv * (uint64_t)pam_kvh_bytes(e->p.kv_type, hp->head_dim, DEFAULT_BLOCK_TOKENS);
         pam_tier *t = NULL;
-        st = pam_tier_dram_open(&shape, (uint64_t)e->p.n_slots * per_slot * (uint64_t)hp->n_layer * block_bytes, &t);
+        st = pam_tier_dram_open_type(&shape, e->p.kv_type,
+                                     (uint64_t)e->p.n_slots * per_slot * (uint64_t)hp->n_layer * block_bytes, &t);
         if (st == PAM_OK) {
             pam_kvm_config kc = {.shape = shape, .tiers = &t, .n_tiers = 1, .policy = PAM_KV_POLICY_PAM};
             st = pam_kvm_create(&kc, pool, &e->kvm);

@@ -69,7 +69,7 @@
 typedef struct pam_engine_params {
     int32_t n_slots;       /* sequences decoded together (--parallel) */
     int32_t n_ctx;         /* longest sequence (prompt + output); <= 0: the model's training context */
-    pam_dtype kv_type;     /* unused: the paged cache stores what its tiers encode (f16, int8, int4) */
+    pam_kv_type kv_type;   /* without a kvm: what the engine's own dram tier stores (default f16) */
     int32_t n_queue;       /* waiting requests beyond the running ones; submit fails with PAM_ERR_FULL past it */
     int32_t prefill_chunk; /* prompt tokens per step, over all prefilling sequences */
     int prefix_cache;      /* keep finished sequences as cached prefixes and reuse them */

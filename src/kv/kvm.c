@@ -211,7 +211,11 @@ pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **o
     kvm->decay = cfg->importance_decay > 0.0f ? cfg->importance_decay : KVM_DEFAULT_DECAY;
     kvm->trace = cfg->trace;
     kvm->pool = pool;
-    kvm->readahead = !cfg->readahead_off;
+    /* Hints cost a pass over the next calls' block tables: only worth it
+     * when some tier can act on them. */
+    kvm->readahead = 0;
+    for (int t = 0; t < cfg->n_tiers && !cfg->readahead_off; t++)
+        if (cfg->tiers[t]->ops->prefetch) kvm->readahead = 1;
     kvm->free_id = KVM_NO_ID;
     size_t blk = (size_t)s->block_tokens * kvm->row;
     kvm->mk = malloc(4 * blk * sizeof(float));
@@ -1036,6 +1040,8 @@ static void schedule(pam_kvm *kvm) {
 pam_status pam_kvm_step_end(pam_kvm *kvm) {
     float d = kvm->decay;
     unsigned long long hist[10] = {0};
+    /* bin edges 10^-(i+1); a table, not powf: this loop visits every block each step */
+    static const float edge[9] = {1e-1f, 1e-2f, 1e-3f, 1e-4f, 1e-5f, 1e-6f, 1e-7f, 1e-8f, 1e-9f};
     for (uint32_t id = 0; id < kvm->n_ids; id++) {
         kvm_block *b = &kvm->blocks[id];
         if (b->tier < 0) continue;
@@ -1043,7 +1049,7 @@ pam_status pam_kvm_step_end(pam_kvm *kvm) {
         b->mass_step = 0.0f;
         int bin = 0;
         float x = b->importance;
-        while (bin < 9 && x < powf(10.0f, -(float)(bin + 1))) bin++;
+        while (bin < 9 && x < edge[bin]) bin++;
         hist[bin]++;
     }
     if (kvm->policy == PAM_KV_POLICY_PAM && kvm->n_tiers > 1) schedule(kvm);

@@ -14,16 +14,14 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/quant.h"
-#include "kv/kv_cache.h"
+#include "kv/tier.h"
 
 /* Tokens per forward chunk: bounds the scratch memory of a long prefill. */
 #define PAM_MAX_BATCH 256
-/* Batches of at most this many tokens split attention over context chunks
- * (FlashDecoding) so that all threads have work at small batch sizes. */
-#define PAM_SPLIT_MAX_TOK 4
+/* Tokens per KV block of a context's own KV manager. */
+#define PAM_CTX_BLOCK_TOKENS 16
 
 typedef struct pam_weight {
     const void *data;
@@ -54,17 +52,11 @@ struct pam_model {
 struct pam_ctx {
     const pam_model *m;
     pam_pool *pool;
-    pam_kv *kv;       /* contiguous cache, or NULL with a kvm */
-    pam_kvm *kvm;     /* borrowed */
+    pam_kvm *kvm; /* borrowed, or the context's own (owns_kvm) */
     int32_t kv_seq;
-    int owns_seq;
+    int owns_seq, owns_kvm;
     int32_t n_ctx;
     float *x, *h, *q, *k, *v, *att, *gate, *up; /* [PAM_MAX_BATCH][dim] each */
-    float *attn_scratch;                         /* [n_threads][scratch] */
-    size_t attn_scratch_floats;
-    float *partials; /* split decode: [PAM_SPLIT_MAX_TOK][n_head_kv][n_chunks][partial] */
-    size_t partial_floats;
-    int64_t max_chunks;
     pam_ctx *tok_ctx[PAM_MAX_BATCH]; /* pam_forward: every token is this context's */
     int32_t tok_pos[PAM_MAX_BATCH];
     double *inv_freq; /* [n_rot/2] */
@@ -288,14 +280,37 @@ uint64_t pam_model_weight_bytes(const pam_model *m) { return m->weight_bytes; }
 
 void pam_ctx_params_default(pam_ctx_params *p) {
     p->n_ctx = 0;
-    p->kv_type = PAM_DT_F16;
+    p->kv_type = PAM_KV_F16;
+    p->kv_block = 0;
     p->kvm = NULL;
     p->kv_seq = -1;
 }
 
 pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam_ctx **out) {
-    pam_ctx_params p = {.n_ctx = n_ctx, .kv_type = PAM_DT_F32, .kvm = NULL, .kv_seq = -1};
+    pam_ctx_params p;
+    pam_ctx_params_default(&p);
+    p.n_ctx = n_ctx;
+    p.kv_type = PAM_KV_F32;
     return pam_ctx_create_ex(m, &p, pool, out);
+}
+
+/* A KV manager of one dram tier holding exactly n_ctx positions of every
+ * layer: what a context without a borrowed manager keeps its KV in. */
+static pam_status own_kvm_create(const pam_model_hparams *hp, const pam_ctx_params *p, int32_t n_ctx, pam_pool *pool,
+                                 pam_kvm **out) {
+    int32_t bt = p->kv_block > 0 ? p->kv_block : PAM_CTX_BLOCK_TOKENS;
+    pam_kv_shape shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, bt};
+    if (p->kv_type < 0 || p->kv_type >= PAM_KV_TYPE_COUNT)
+        return PAM_ERR(PAM_ERR_INVALID, "context: unknown KV type %d", (int)p->kv_type);
+    PAM_TRY(pam_kvh_check(p->kv_type, hp->head_dim, bt));
+    uint64_t blocks = (uint64_t)hp->n_layer * (uint64_t)(((int64_t)n_ctx + bt - 1) / bt);
+    uint64_t bytes = blocks * (uint64_t)hp->n_head_kv * (uint64_t)pam_kvh_bytes(p->kv_type, hp->head_dim, bt);
+    pam_tier *t = NULL;
+    PAM_TRY(pam_tier_dram_open_type(&shape, p->kv_type, bytes, &t));
+    pam_kvm_config kc = {.shape = shape, .tiers = &t, .n_tiers = 1, .policy = PAM_KV_POLICY_SINGLE};
+    pam_status st = pam_kvm_create(&kc, pool, out);
+    if (st != PAM_OK) pam_tier_close(t);
+    return st;
 }
 
 pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_pool *pool, pam_ctx **out) {
@@ -307,6 +322,7 @@ pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_po
     c->m = m;
     c->pool = pool;
     c->n_ctx = n_ctx;
+    c->kv_seq = -1;
     pam_status st;
     if (p->kvm) {
         const pam_kv_shape *ks = pam_kvm_shape(p->kvm);
@@ -317,20 +333,21 @@ pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_po
         }
         c->kvm = p->kvm;
         c->kv_seq = p->kv_seq;
-        if (c->kv_seq < 0) {
-            st = pam_kvm_seq_create(c->kvm, &c->kv_seq);
-            if (st != PAM_OK) {
-                free(c);
-                return st;
-            }
-            c->owns_seq = 1;
-        }
     } else {
-        st = pam_kv_create(hp->n_layer, hp->n_head_kv, hp->head_dim, n_ctx, p->kv_type, &c->kv);
+        st = own_kvm_create(hp, p, n_ctx, pool, &c->kvm);
         if (st != PAM_OK) {
             free(c);
             return st;
         }
+        c->owns_kvm = 1;
+    }
+    if (c->kv_seq < 0) {
+        st = pam_kvm_seq_create(c->kvm, &c->kv_seq);
+        if (st != PAM_OK) {
+            pam_ctx_free(c);
+            return st;
+        }
+        c->owns_seq = 1;
     }
     size_t B = PAM_MAX_BATCH;
     size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
@@ -344,18 +361,7 @@ pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_po
     c->gate = malloc(B * (size_t)hp->n_ff * sizeof(float));
     c->up = malloc(B * (size_t)hp->n_ff * sizeof(float));
     c->inv_freq = malloc((size_t)(m->n_rot / 2) * sizeof(double));
-    if (c->kv) {
-        /* the kvm path keeps its attention scratch in the kvm */
-        c->attn_scratch_floats = pam_kv_scratch_floats(c->kv, hp->n_head / hp->n_head_kv);
-        c->attn_scratch = malloc((size_t)pam_pool_n_threads(pool) * c->attn_scratch_floats * sizeof(float));
-        int n_group = hp->n_head / hp->n_head_kv;
-        c->partial_floats = (size_t)n_group * (2 + (size_t)hp->head_dim);
-        c->max_chunks = pam_kv_n_chunks(n_ctx);
-        c->partials = malloc((size_t)PAM_SPLIT_MAX_TOK * (size_t)hp->n_head_kv * (size_t)c->max_chunks *
-                             c->partial_floats * sizeof(float));
-    }
-    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->inv_freq ||
-        (c->kv && (!c->attn_scratch || !c->partials))) {
+    if (!c->x || !c->h || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->inv_freq) {
         pam_ctx_free(c);
         return PAM_ERR(PAM_ERR_NOMEM, "context buffers");
     }
@@ -370,8 +376,8 @@ pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_po
 
 void pam_ctx_free(pam_ctx *c) {
     if (!c) return;
-    pam_kv_free(c->kv);
     if (c->owns_seq) pam_kvm_seq_free(c->kvm, c->kv_seq);
+    if (c->owns_kvm) pam_kvm_destroy(c->kvm);
     free(c->x);
     free(c->h);
     free(c->q);
@@ -380,9 +386,7 @@ void pam_ctx_free(pam_ctx *c) {
     free(c->att);
     free(c->gate);
     free(c->up);
-    free(c->attn_scratch);
     free(c->inv_freq);
-    free(c->partials);
     free(c);
 }
 
@@ -390,18 +394,25 @@ int32_t pam_ctx_n_ctx(const pam_ctx *c) { return c->n_ctx; }
 
 pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed) {
     if (n < 0 || n > c->n_ctx) return PAM_ERR(PAM_ERR_RANGE, "synthetic KV of %d positions exceeds the context of %d", n, c->n_ctx);
-    if (c->kvm) return pam_kvm_fill_synthetic(c->kvm, c->kv_seq, n, seed ? seed : 1);
-    pam_kv_fill_random(c->kv, n, seed ? seed : 1);
-    return PAM_OK;
+    return pam_kvm_fill_synthetic(c->kvm, c->kv_seq, n, seed ? seed : 1);
 }
 
 uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos) {
-    if (c->kvm) {
-        /* f16 K and V of every layer (quantised tiers read fewer) */
-        const pam_model_hparams *hp = &c->m->hp;
-        return 2ull * 2ull * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * (uint64_t)(pos + 1);
+    /* Each block is read where it lives, in that tier's encoding; blocks not
+     * stored yet are counted as the fastest tier's. */
+    pam_kvm *kvm = c->kvm;
+    int32_t bt = pam_kvm_shape(kvm)->block_tokens;
+    int64_t n_pos = (int64_t)pos + 1;
+    uint64_t bytes = 0;
+    for (int32_t l = 0; l < c->m->hp.n_layer; l++) {
+        for (int64_t b = 0; b * bt < n_pos; b++) {
+            int t = pam_kvm_block_tier(kvm, c->kv_seq, l, (int32_t)b);
+            const pam_tier *tier = pam_kvm_tier(kvm, t >= 0 ? t : 0);
+            int64_t n = n_pos - b * bt < bt ? n_pos - b * bt : bt;
+            bytes += tier->block_bytes * (uint64_t)n / (uint64_t)bt;
+        }
     }
-    return pam_kv_bytes_per_pos(c->kv) * (uint64_t)(pos + 1);
+    return bytes;
 }
 
 pam_kvm *pam_ctx_kvm(const pam_ctx *c) { return c->kvm; }
@@ -434,68 +445,9 @@ static void rope(float *x, int n_heads, int head_dim, int n_rot, int neox, int32
     }
 }
 
-typedef struct attn_job {
-    pam_ctx *c;             /* owns the scratch (q, att, partials) */
-    pam_ctx *const *tctx;   /* per token: the context whose KV it attends */
-    const int32_t *pos;     /* per token: its position */
-    int32_t layer, n_tok;
-    int64_t n_chunks; /* split decode: chunks of the longest token's context */
-} attn_job;
-
-static void attn_task(void *arg, int64_t task, int thread) {
-    attn_job *j = arg;
-    pam_ctx *c = j->c;
-    const pam_model_hparams *hp = &c->m->hp;
-    int n_group = hp->n_head / hp->n_head_kv;
-    int32_t i = (int32_t)(task / hp->n_head_kv), kvh = (int32_t)(task % hp->n_head_kv);
-    size_t off = (size_t)i * hp->n_head * hp->head_dim + (size_t)kvh * n_group * hp->head_dim;
-    float scale = 1.0f / sqrtf((float)hp->head_dim);
-    pam_kv_attend(j->tctx[i]->kv, j->layer, kvh, c->q + off, n_group, scale, j->pos[i] + 1, c->att + off,
-                  c->attn_scratch + (size_t)thread * c->attn_scratch_floats);
-}
-
-/* Split decode, phase 1: one task per (token, kv head, chunk). */
-static void attn_partial_task(void *arg, int64_t task, int thread) {
-    attn_job *j = arg;
-    pam_ctx *c = j->c;
-    const pam_model_hparams *hp = &c->m->hp;
-    int n_group = hp->n_head / hp->n_head_kv;
-    int64_t chunk = task % j->n_chunks, th = task / j->n_chunks;
-    int32_t i = (int32_t)(th / hp->n_head_kv), kvh = (int32_t)(th % hp->n_head_kv);
-    int32_t n_pos = j->pos[i] + 1;
-    if (chunk >= pam_kv_n_chunks(n_pos)) return;
-    size_t off = (size_t)i * hp->n_head * hp->head_dim + (size_t)kvh * n_group * hp->head_dim;
-    float *p = c->partials + (size_t)task * c->partial_floats;
-    pam_kv_partial(j->tctx[i]->kv, j->layer, kvh, c->q + off, n_group, 1.0f / sqrtf((float)hp->head_dim), chunk, n_pos,
-                   p, p + n_group, p + 2 * n_group, c->attn_scratch + (size_t)thread * c->attn_scratch_floats);
-}
-
-/* Phase 2: fold the chunk partials in chunk order, exactly as
- * pam_kv_attend does, so both paths give identical bits. */
-static void attn_merge_task(void *arg, int64_t th, int thread) {
-    attn_job *j = arg;
-    pam_ctx *c = j->c;
-    const pam_model_hparams *hp = &c->m->hp;
-    int n_group = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
-    int32_t i = (int32_t)(th / hp->n_head_kv), kvh = (int32_t)(th % hp->n_head_kv);
-    int64_t n_chunks = pam_kv_n_chunks(j->pos[i] + 1);
-    size_t off = (size_t)i * hp->n_head * hd + (size_t)kvh * n_group * hd;
-    float *out = c->att + off;
-    const float *p0 = c->partials + (size_t)th * (size_t)j->n_chunks * c->partial_floats;
-    float m_a[64], l_a[64];
-    memcpy(m_a, p0, sizeof(float) * (size_t)n_group);
-    memcpy(l_a, p0 + n_group, sizeof(float) * (size_t)n_group);
-    memcpy(out, p0 + 2 * n_group, sizeof(float) * (size_t)n_group * hd);
-    for (int64_t ch = 1; ch < n_chunks; ch++) {
-        const float *p = p0 + (size_t)ch * c->partial_floats;
-        pam_attn_merge(n_group, hd, m_a, l_a, out, p, p + n_group, p + 2 * n_group);
-    }
-    pam_attn_finish(n_group, hd, l_a, out);
-}
-
-/* Paged KV: one PAMattention call per token (each runs its tier pieces on
- * the pool), token i over positions 0..pos[i]. */
-static pam_status run_attention_kvm(pam_ctx *c, pam_ctx *const *tctx, const int32_t *pos, int32_t layer, int32_t n) {
+/* One PAMattention call per token (each runs its tier pieces on the pool),
+ * token i over positions 0..pos[i] of its own sequence. */
+static pam_status run_attention(pam_ctx *c, pam_ctx *const *tctx, const int32_t *pos, int32_t layer, int32_t n) {
     const pam_model_hparams *hp = &c->m->hp;
     size_t qd = (size_t)hp->n_head * hp->head_dim;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
@@ -505,21 +457,6 @@ static pam_status run_attention_kvm(pam_ctx *c, pam_ctx *const *tctx, const int3
     return PAM_OK;
 }
 
-static void run_attention(pam_ctx *c, pam_ctx *const *tctx, const int32_t *pos, int32_t layer, int32_t n) {
-    const pam_model_hparams *hp = &c->m->hp;
-    int32_t max_pos = 0;
-    for (int32_t i = 0; i < n; i++) max_pos = pos[i] > max_pos ? pos[i] : max_pos;
-    attn_job job = {c, tctx, pos, layer, n, pam_kv_n_chunks(max_pos + 1)};
-    int64_t n_th = (int64_t)n * hp->n_head_kv;
-    int threads = pam_pool_n_threads(c->pool);
-    if (n <= PAM_SPLIT_MAX_TOK && job.n_chunks > 1 && n_th < 4 * threads) {
-        pam_pool_run(c->pool, attn_partial_task, &job, n_th * job.n_chunks);
-        pam_pool_run(c->pool, attn_merge_task, &job, n_th);
-    } else {
-        pam_pool_run(c->pool, attn_task, &job, n_th);
-    }
-}
-
 static void add_bias(float *y, const float *b, int n_tok, int dim) {
     if (!b) return;
     for (int i = 0; i < n_tok; i++)
@@ -527,8 +464,7 @@ static void add_bias(float *y, const float *b, int n_tok, int dim) {
 }
 
 /* Runs n tokens through the layers using c's scratch; token i belongs to
- * the sequence of tctx[i] (its KV) at position pos[i]. All contexts of one
- * call use the same kind of KV (paged or contiguous). */
+ * the sequence of tctx[i] (its KV) at position pos[i]. */
 static pam_status forward_chunk(pam_ctx *c, pam_ctx *const *tctx, const int32_t *tokens, const int32_t *pos,
                                 int32_t n) {
     const pam_model *m = c->m;
@@ -555,16 +491,10 @@ static pam_status forward_chunk(pam_ctx *c, pam_ctx *const *tctx, const int32_t 
         for (int i = 0; i < n; i++) {
             rope(c->q + (size_t)i * qd, hp->n_head, hp->head_dim, m->n_rot, hp->rope_neox, pos[i], c->inv_freq);
             rope(c->k + (size_t)i * kvd, hp->n_head_kv, hp->head_dim, m->n_rot, hp->rope_neox, pos[i], c->inv_freq);
-            if (tctx[i]->kvm)
-                PAM_TRY(pam_kvm_store(tctx[i]->kvm, tctx[i]->kv_seq, l, pos[i], c->k + (size_t)i * kvd,
-                                      c->v + (size_t)i * kvd));
-            else
-                pam_kv_store(tctx[i]->kv, l, pos[i], c->k + (size_t)i * kvd, c->v + (size_t)i * kvd);
+            PAM_TRY(pam_kvm_store(tctx[i]->kvm, tctx[i]->kv_seq, l, pos[i], c->k + (size_t)i * kvd,
+                                  c->v + (size_t)i * kvd));
         }
-        if (tctx[0]->kvm)
-            PAM_TRY(run_attention_kvm(c, tctx, pos, l, n));
-        else
-            run_attention(c, tctx, pos, l, n);
+        PAM_TRY(run_attention(c, tctx, pos, l, n));
         pam_matmul(pool, L->wo.type, L->wo.data, dim, qd, c->att, n, c->h);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->h[i];
 
@@ -606,13 +536,11 @@ pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos
         return PAM_ERR(PAM_ERR_RANGE, "context overflow: positions %d..%d do not fit a context of %d",
                        pos, pos + n - 1, c->n_ctx);
     PAM_TRY(check_tokens(hp, tokens, n));
-    if (c->kvm) {
-        /* Admission: every block the pass will need, or nothing changes. */
-        int32_t len = pam_kvm_seq_len(c->kvm, c->kv_seq);
-        if (pos > len)
-            return PAM_ERR(PAM_ERR_RANGE, "forward at position %d, but the KV cache holds only %d positions", pos, len);
-        if (pos + n > len) PAM_TRY(pam_kvm_reserve(c->kvm, c->kv_seq, pos + n - len));
-    }
+    /* Admission: every block the pass will need, or nothing changes. */
+    int32_t len = pam_kvm_seq_len(c->kvm, c->kv_seq);
+    if (pos > len)
+        return PAM_ERR(PAM_ERR_RANGE, "forward at position %d, but the KV cache holds only %d positions", pos, len);
+    if (pos + n > len) PAM_TRY(pam_kvm_reserve(c->kvm, c->kv_seq, pos + n - len));
     for (int32_t done = 0; done < n; done += PAM_MAX_BATCH) {
         int32_t nb = n - done < PAM_MAX_BATCH ? n - done : PAM_MAX_BATCH;
         for (int32_t i = 0; i < nb; i++) {
@@ -647,9 +575,6 @@ pam_status pam_forward_batch_ex(pam_ctx *const *ctxs, const int32_t *tokens, con
     }
     PAM_TRY(check_tokens(hp, tokens, n));
     for (int32_t i = 0; i < n; i++) {
-        if ((ctxs[i]->kvm != NULL) != (c->kvm != NULL))
-            return PAM_ERR(PAM_ERR_INVALID, "forward batch: paged and contiguous KV contexts mixed");
-        if (!ctxs[i]->kvm) continue;
         /* Admission per sequence, at its first token in the batch: room up to
          * its highest position here, or nothing changes. */
         int first = 1;

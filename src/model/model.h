@@ -2,8 +2,10 @@
  * and the per-sequence inference context that runs the forward pass.
  *
  * The model owns the GGUF mapping; weight tensors point into it (no copy).
- * A context owns its KV cache and scratch buffers; it borrows the model and
- * the thread pool, which must outlive it. */
+ * A context keeps its KV in a sequence of a KV manager (kv/kvm.h): one it
+ * borrows, or one of its own (a single dram tier holding the context), so
+ * every forward pass runs the same paged attention. It owns its scratch
+ * buffers and borrows the model and the thread pool, which must outlive it. */
 #ifndef PAM_MODEL_MODEL_H
 #define PAM_MODEL_MODEL_H
 
@@ -49,21 +51,25 @@ uint64_t pam_model_weight_bytes(const pam_model *m);
 typedef struct pam_ctx pam_ctx;
 
 typedef struct pam_ctx_params {
-    int32_t n_ctx;     /* <= 0: the model's training context */
-    pam_dtype kv_type; /* PAM_DT_F16 (default) or PAM_DT_F32; ignored with a kvm */
-    /* Paged, tiered KV (kv/kvm.h) instead of the contiguous cache: the
-     * context borrows kvm (which must outlive it and use the same pool or
-     * none) and keeps its KV in sequence kv_seq, or in a sequence of its own
-     * (created now, freed with the context) when kv_seq < 0. NULL: the
-     * contiguous cache of kv_type, the reference path. */
+    int32_t n_ctx; /* <= 0: the model's training context */
+    /* Without a kvm: the context's own KV manager, one dram tier of n_ctx
+     * positions storing kv_type (default f16; PAM_KV_F32 is the exact
+     * reference path) in blocks
+     * of kv_block tokens (<= 0: 16). Ignored with a kvm. */
+    pam_kv_type kv_type;
+    int32_t kv_block;
+    /* A borrowed KV manager (which must outlive the context and use the same
+     * pool or none): the context keeps its KV in sequence kv_seq, or in a
+     * sequence of its own (created now, freed with the context) when
+     * kv_seq < 0. */
     pam_kvm *kvm;
     int32_t kv_seq;
 } pam_ctx_params;
 
 void pam_ctx_params_default(pam_ctx_params *p);
 pam_status pam_ctx_create_ex(const pam_model *m, const pam_ctx_params *p, pam_pool *pool, pam_ctx **out);
-/* A context with F32 KV: the exact reference path. n_ctx <= 0 uses the
- * model's training context. */
+/* A context with its own f32 KV (one dram tier): the exact reference path.
+ * n_ctx <= 0 uses the model's training context. */
 pam_status pam_ctx_create(const pam_model *m, int32_t n_ctx, pam_pool *pool, pam_ctx **out);
 void pam_ctx_free(pam_ctx *c);
 int32_t pam_ctx_n_ctx(const pam_ctx *c);
@@ -72,8 +78,8 @@ int32_t pam_ctx_n_ctx(const pam_ctx *c);
  * positions 0 .. pos-1 (entries beyond pos are overwritten). If logits is not
  * NULL it receives n_vocab floats for the last token, or n*n_vocab floats (one
  * row per token) when all_logits is set. PAM_ERR_RANGE if the context would
- * overflow or a token id is out of range; the cache is then unchanged. With
- * a kvm: PAM_ERR_FULL (cache unchanged) when the tiers cannot hold the new
+ * overflow or a token id is out of range; the cache is then unchanged.
+ * PAM_ERR_FULL (cache unchanged) when the tiers cannot hold the new
  * tokens, and a tier's error (PAM_ERR_IO, PAM_ERR_CORRUPT, ...) if one fails
  * during the pass; positions pos.. of the sequence are then undefined. */
 pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
@@ -94,12 +100,14 @@ pam_status pam_forward_batch(pam_ctx *const *ctxs, const int32_t *tokens, const 
 pam_status pam_forward_batch_ex(pam_ctx *const *ctxs, const int32_t *tokens, const int32_t *pos, int32_t n,
                                 const uint8_t *want, float *logits);
 
-/* Benchmarks: fills the KV cache positions 0..n-1 with synthetic values so a
- * decode step at position n does the work of a real one at that depth. */
+/* Benchmarks: fills the KV cache positions 0..n-1 with synthetic values
+ * (through the KV manager, into whatever tiers it places them) so a decode
+ * step at position n does the work of a real one at that depth. */
 pam_status pam_ctx_fill_synthetic(pam_ctx *c, int32_t n, uint64_t seed);
-/* Bytes of KV a decode step at position pos reads. */
+/* Bytes of KV a decode step at position pos reads: each stored block in its
+ * tier's encoding, blocks not stored yet as the fastest tier's. */
 uint64_t pam_ctx_kv_bytes_at(const pam_ctx *c, int32_t pos);
-/* The borrowed KV manager (NULL on the contiguous path) and the sequence. */
+/* The KV manager (borrowed or the context's own) and the sequence. */
 pam_kvm *pam_ctx_kvm(const pam_ctx *c);
 int32_t pam_ctx_kv_seq(const pam_ctx *c);
 
