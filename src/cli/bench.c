@@ -321,6 +321,10 @@ int pam_cli_bench(int argc, char **argv) {
         fprintf(stderr, "pam bench: unexpected argument '%s' (the model goes after -m)\n", a.positional[0]);
         a.failed = 1;
     }
+    if (o.kvf.remote_url || o.kvf.persist_dir) {
+        fprintf(stderr, "pam bench: --kv-tier remote:... and --kv-persist are for pam serve (they hold shared prefixes)\n");
+        a.failed = 1;
+    }
     if (!a.failed && !model_path) {
         fprintf(stderr, "pam bench: no model given: pass a GGUF file with -m MODEL.gguf\n"
                         "(`pam gen-model --shape tinyllama-1.1b --type q8_0 -o MODEL.gguf` writes one)\n");

@@ -223,6 +223,9 @@ void pam_kv_fingerprint(const pam_model *m, const pam_kvm *kvm, uint8_t out[32])
     int lossy = 0;
     for (int i = 0; i < pam_kvm_n_tiers(kvm); i++) {
         const pam_tier *t = pam_kvm_tier((pam_kvm *)kvm, i);
+        /* what a tier stores (f32, f16, bf16, q8, q4) decides the values an
+         * instance publishes, exact or not */
+        sha_u64(c, (uint64_t)t->kv_type);
         if (t->exact) continue;
         lossy = 1;
         /* the encoding part of the name ("dramq:int8"), not its size */
