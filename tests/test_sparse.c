@@ -72,7 +72,8 @@ static void test_full_budget_identical(void **state) {
         int32_t seq;
         assert_int_equal(pam_kvm_seq_create(kvm, &seq), PAM_OK);
         fill(kvm, seq, n, 42);
-        for (int32_t np = 1; np <= n; np += 29) assert_int_equal(pam_kvm_attend(kvm, seq, 0, np, q, NH, 0.25f, out[i]), PAM_OK);
+        for (int32_t np = 1; np <= n; np += 29)
+            assert_int_equal(pam_kvm_attend(kvm, seq, 0, np, q, NH, 0.25f, out[i]), PAM_OK);
         assert_int_equal(pam_kvm_attend(kvm, seq, 0, n, q, NH, 0.25f, out[i]), PAM_OK);
         pam_kvm_destroy(kvm);
     }

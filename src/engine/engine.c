@@ -479,7 +479,8 @@ pam_status pam_engine_submit_n(pam_engine *e, const int32_t *prompt, int32_t n_p
     PAM_TRY(pam_sampler_params_check(&sp));
     if (p->kv_sparse_given && (p->kv_sparse.tokens < 0 || !(p->kv_sparse.frac >= 0.0f && p->kv_sparse.frac <= 1.0f)))
         return PAM_ERR(PAM_ERR_INVALID, "bad sparse budget");
-    if (p->kv_sparse_given && (p->kv_sparse.tokens > 0 || p->kv_sparse.frac > 0.0f) && !pam_kvm_sparse_info(e->kvm, NULL))
+    if (p->kv_sparse_given && (p->kv_sparse.tokens > 0 || p->kv_sparse.frac > 0.0f) &&
+        !pam_kvm_sparse_info(e->kvm, NULL))
         return PAM_ERR(PAM_ERR_INVALID, "sparse attention per request needs a server started with --kv-sparse");
     pam_request *lead = NULL;
     pam_status st = request_new(e, prompt, n_prompt, p, p->sampling.seed, &lead);

@@ -49,7 +49,8 @@
  * head (max over heads of bound_h(b) - max_b' bound_h(b')), ties to the
  * older block, and attended while the budget of tokens lasts. Skipped
  * blocks are never read: they make no piece, no staging copy and, unless
- * attended by the previous step, no read-ahead hint. The exact merge then
+ * attended by the previous step, no read-ahead hint (a call hints its own
+ * chosen slow-tier blocks first, so they are read at depth). The exact merge then
  * runs over the attended blocks. A budget of at least the context attends
  * every block through the same pieces as exact mode, so the result is
  * bit-identical. With one tier (or the same tiers for each sequence) the
@@ -129,8 +130,8 @@ struct pam_kvm {
     float *ksum;        /* [cap_ids][n_head_kv][2][head_dim] when summaries */
     uint64_t n_born, n_calls;
     uint8_t *skip;      /* [cap_req] attention scratch: 1 = not attended */
-    float *bnd;         /* [cap_req][piece_heads] bounds */
-    int64_t *order;     /* [cap_req] candidate ranking */
+    float *bnd;         /* [cap_req][piece_heads] bounds, then [cap_req] scores */
+    int64_t *order;     /* [3][cap_req] candidates, their ranking, merge buffer */
     uint64_t sp_att, sp_skip, n_evicted;
 
     kvm_block *blocks;
@@ -241,7 +242,8 @@ pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **o
     if (cfg->sparse.tokens < 0 || !(cfg->sparse.frac >= 0.0f && cfg->sparse.frac <= 1.0f))
         return PAM_ERR(PAM_ERR_INVALID, "kv manager: bad sparse budget (%d tokens, share %g)", (int)cfg->sparse.tokens,
                        (double)cfg->sparse.frac);
-    if (cfg->place != PAM_KV_PLACE_IMPORTANCE && cfg->place != PAM_KV_PLACE_RECENCY && cfg->place != PAM_KV_PLACE_STATIC)
+    if (cfg->place != PAM_KV_PLACE_IMPORTANCE && cfg->place != PAM_KV_PLACE_RECENCY &&
+        cfg->place != PAM_KV_PLACE_STATIC)
         return PAM_ERR(PAM_ERR_INVALID, "kv manager: unknown placement %d", (int)cfg->place);
     pam_kvm *kvm = calloc(1, sizeof *kvm);
     if (!kvm) return PAM_ERR(PAM_ERR_NOMEM, "kv manager");
@@ -321,7 +323,8 @@ pam_status pam_kv_sparse_parse(const char *s, pam_kv_sparse *out) {
     if (!strcmp(s, "off")) return PAM_OK;
     char *end = NULL;
     double v = strtod(s, &end);
-    if (end == s || !(v >= 0.0)) return PAM_ERR(PAM_ERR_INVALID, "sparse budget '%s': not a number of tokens or a percentage", s);
+    if (end == s || !(v >= 0.0))
+        return PAM_ERR(PAM_ERR_INVALID, "sparse budget '%s': not a number of tokens or a percentage", s);
     if (*end == '%' && end[1] == '\0') {
         if (!(v > 0.0 && v <= 100.0))
             return PAM_ERR(PAM_ERR_INVALID, "sparse budget '%s': a percentage must be in (0, 100]", s);
@@ -1416,7 +1419,8 @@ pam_status pam_kvm_seq_set_sparse(pam_kvm *kvm, int32_t seq, const pam_kv_sparse
     if (!s) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", seq);
     pam_kv_sparse v = sp ? *sp : kvm->sparse_default;
     if (v.tokens < 0 || !(v.frac >= 0.0f && v.frac <= 1.0f))
-        return PAM_ERR(PAM_ERR_INVALID, "kv manager: bad sparse budget (%d tokens, share %g)", (int)v.tokens, (double)v.frac);
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: bad sparse budget (%d tokens, share %g)", (int)v.tokens,
+                       (double)v.frac);
     if (sparse_on(&v) && !kvm->summaries)
         return PAM_ERR(PAM_ERR_INVALID, "sparse attention needs key summaries: start with a --kv-sparse budget");
     s->sparse = v;
