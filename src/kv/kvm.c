@@ -1012,7 +1012,9 @@ static int hint_unit(pam_kvm *kvm, int32_t seq, int32_t layer, int64_t *n, int *
     const kvm_seq *s = &kvm->seqs[seq];
     int64_t nb = s->n_blocks[layer];
     const uint32_t *tab = s->table[layer];
-    int sparse = sparse_on(&s->sparse) && kvm->summaries;
+    /* sparse only if the budget is below the context (100% is exact) */
+    int sparse = kvm->summaries && sparse_on(&s->sparse) &&
+                 pam_kv_sparse_tokens(&s->sparse, s->len[layer]) < s->len[layer];
     for (int64_t i = 0; i < nb; i++) {
         if (tab[i] == KVM_NO_ID) continue;
         const kvm_block *b = &kvm->blocks[tab[i]];
