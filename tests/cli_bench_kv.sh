@@ -88,4 +88,19 @@ for p in pam-nora pam; do
         m = b > a ? b : a; exit !(b > 0 && a > 0 && g > 0 && g == m) }' \
         || fail "$p: the ssd tier's rates before/after are missing or the bound does not use the faster: $row"
 done
+# Sparse attention side by side with exact and the three placements: each
+# run is a row; sparse reads fewer bytes than exact; a bad budget is refused.
+table=$("$PAM" bench kv -m "$MODEL" -t 2 --seqs 2 --depth 400 -n 2 --bw-mib 64 --kv-tier dram:20KiB \
+        --kv-tier "ssd:$TMP/kv-ssd:4MiB" --kv-sparse 25% --policy pam,pam-recency,pam-static,pam-exact \
+        2>"$TMP/kv.err") || fail "sparse bench exited with $?: $(cat "$TMP/kv.err")"
+echo "$table"
+for p in pam pam-recency pam-static pam-exact; do
+    echo "$table" | grep -qE "^\| $p +\| +[0-9.]+ \|" || fail "table lacks the $p row"
+done
+echo "$table" | grep -q "pam (sparse) / pam-exact: " || fail "no sparse/exact ratio"
+mb() { echo "$table" | awk -F'|' -v p="$1" '$2 ~ "^ "p" +$" && $3 ~ /ssd:/ { print $7 + 0 }'; }
+awk -v s="$(mb pam-static)" -v e="$(mb pam-exact)" 'BEGIN { exit !(s > 0 && s < e) }' \
+    || fail "sparse (static) should read fewer ssd bytes than exact: $(mb pam-static) vs $(mb pam-exact)"
+err=$("$PAM" bench kv -m "$MODEL" --kv-sparse 0% 2>&1); rc=$?
+[ $rc -eq 2 ] && echo "$err" | grep -q "kv-sparse" || fail "bad --kv-sparse: exit $rc: $err"
 echo "PASS"

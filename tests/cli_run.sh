@@ -49,6 +49,31 @@ for t in bf16 q8 q4; do
   rc=$?; [ $rc -eq 0 ] && grep -q "^Once upon a time" "$tmp/$t.txt"
   check "--kv-type $t runs" $?
 done
+# Sparse attention: a budget of the whole context is exact; a small one runs
+# (approximate) and the trace counts skipped blocks; eviction lets a run go on
+# past a cache too small for it; bad budgets are usage errors.
+"$pam" run -m "$model" -p "Once upon a time" -n 40 --temp 0 -t 2 --kv-sparse 100% >"$tmp/sp100.txt" 2>/dev/null
+check "--kv-sparse 100%: greedy text equals exact" "$(cmp -s "$tmp/out.txt" "$tmp/sp100.txt"; echo $?)"
+"$pam" run -m "$model" -p "Once upon a time" -n 60 --temp 0 -t 2 --kv-sparse 32 --kv-trace "$tmp/sp.jsonl" \
+  >"$tmp/sp32.txt" 2>/dev/null
+rc=$?; [ $rc -eq 0 ] && [ -s "$tmp/sp32.txt" ] && grep -q '"sparse_skipped":[1-9]' "$tmp/sp.jsonl"
+check "--kv-sparse 32 runs and skips blocks" $?
+"$pam" run -m "$model" -p "Once upon a time" -n 100 --temp 0 -t 2 --kv-tier dram:40KiB --kv-evict \
+  --kv-trace "$tmp/ev.jsonl" >"$tmp/ev.txt" 2>"$tmp/ev-err.txt"
+rc=$?; [ $rc -eq 0 ] && grep -q '"evicted":[1-9]' "$tmp/ev.jsonl"
+check "--kv-evict: a run past a full cache goes on, dropping blocks" $?
+"$pam" run -m "$model" -p "Once upon a time" -n 100 --temp 0 -t 2 --kv-tier dram:40KiB >/dev/null 2>&1
+check "without --kv-evict the same cache stops the run" "$([ $? -ne 0 ]; echo $?)"
+"$pam" run -m "$model" -p hi --kv-sparse 150% >/dev/null 2>"$tmp/e-sparse.txt"
+rc=$?; [ $rc -eq 2 ] && grep -q "kv-sparse" "$tmp/e-sparse.txt"
+check "bad --kv-sparse: usage error" $?
+"$pam" run -m "$model" -p hi --kv-place nowhere >/dev/null 2>"$tmp/e-place.txt"
+rc=$?; [ $rc -eq 2 ] && grep -q "kv-place must be" "$tmp/e-place.txt"
+check "bad --kv-place: usage error" $?
+"$pam" run -m "$model" -p "Once upon a time" -n 40 --temp 0 -t 2 --kv-tier dram:8KiB --kv-tier "ssd:$tmp:64MiB" \
+  --kv-place static >"$tmp/static.txt" 2>/dev/null
+check "--kv-place static (exact attention): greedy text equals the reference" "$(cmp -s "$tmp/out.txt" "$tmp/static.txt"; echo $?)"
+
 "$pam" run -m "$model" -p hi --kv-type f8 >/dev/null 2>"$tmp/e-kvtype.txt"
 rc=$?; [ $rc -eq 2 ] && grep -q "f16" "$tmp/e-kvtype.txt" && grep -q "f8" "$tmp/e-kvtype.txt"
 check "unknown --kv-type: usage error listing the types" $?

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pam serve end to end over loopback HTTP: endpoints, streaming, 32
 # concurrent clients equal to each alone, prefix-cache reuse in /metrics,
+# log-probabilities, echo, n choices, penalties, logit_bias, /tokenize,
 # every bad-input case, a full queue, client disconnects freeing the slot,
 # 2000 idle connections costing no thread, an idle timeout,
 # SIGTERM drain, the official openai npm client, and the tiered KV flags:
@@ -92,7 +93,15 @@ bad "temperature out of range" 400 /v1/completions '{"prompt":"hi","temperature"
 bad "top_p out of range" 400 /v1/completions '{"prompt":"hi","top_p":0}' '"param":"top_p"'
 bad "stream of the wrong type" 400 /v1/completions '{"prompt":"hi","stream":"yes"}' '"param":"stream"'
 bad "stop of the wrong type" 400 /v1/completions '{"prompt":"hi","stop":[1]}' '"param":"stop"'
-bad "n > 1" 400 /v1/completions '{"prompt":"hi","n":2}' '"param":"n"'
+bad "n < 1" 400 /v1/completions '{"prompt":"hi","n":0}' '"param":"n"'
+bad "n absurd" 400 /v1/completions '{"prompt":"hi","n":100000}' '"param":"n"'
+bad "logprobs > 20" 400 /v1/completions '{"prompt":"hi","logprobs":21}' '"param":"logprobs"'
+bad "top_logprobs > 20" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}' '"param":"top_logprobs"'
+bad "logit_bias key not a token id" 400 /v1/completions '{"prompt":"hi","logit_bias":{"x1":5}}' '"param":"logit_bias"'
+bad "logit_bias id beyond the vocabulary" 400 /v1/completions '{"prompt":"hi","logit_bias":{"512":5}}' '"param":"logit_bias"'
+bad "logit_bias value out of range" 400 /v1/completions '{"prompt":"hi","logit_bias":{"5":-101}}' '"param":"logit_bias"'
+bad "frequency_penalty out of range" 400 /v1/completions '{"prompt":"hi","frequency_penalty":3}' '"param":"frequency_penalty"'
+bad "max_tokens 0 without echo" 400 /v1/completions '{"prompt":"hi","max_tokens":0}' 'only with echo'
 bad "token id out of range" 400 /v1/completions '{"prompt":[1, 99999]}' 'out of range'
 bad "missing messages" 400 /v1/chat/completions '{"prompt":"hi"}' '"param":"messages"'
 bad "empty messages" 400 /v1/chat/completions '{"messages":[]}' '"param":"messages"'
@@ -130,6 +139,23 @@ code=$(curl -s -m 30 -o "$tmp/body" -w '%{http_code}' -H 'Content-Type: applicat
 check "oversized chunked body -> 413 (or connection closed) while reading ($code)" $?
 [ "$(req GET /health)" = 200 ]; check "server healthy after bad input" $?
 
+# Log-probabilities, echo, n, tokenize (curl); the details are in serve_fields.mjs.
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":0,"echo":true,"logprobs":2}')" = 200 ] &&
+  grep -q '"text":"Once upon a time"' "$tmp/body" && grep -q '"token_logprobs":\[null,-' "$tmp/body" &&
+  grep -q '"top_logprobs":\[null,{' "$tmp/body" && grep -q '"completion_tokens":0' "$tmp/body"
+check "echo + max_tokens 0 + logprobs: the prompt scored, first logprob null" $?
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":5,"n":3,"temperature":0}')" = 200 ] &&
+  [ "$(grep -o '"text":", there was a little"' "$tmp/body" | wc -l)" = 3 ] && grep -q '"index":2' "$tmp/body" &&
+  grep -q '"completion_tokens":15' "$tmp/body"
+check "n=3 greedy: three identical choices, usage counts each" $?
+[ "$(req POST /tokenize '{"content":"Once upon a time","add_special":true}')" = 200 ] &&
+  grep -q '"tokens":\[1,' "$tmp/body" && [ "$(req POST /detokenize '{"tokens":[403,407]}')" = 200 ] &&
+  grep -q '"content":" Once upon"' "$tmp/body"
+check "POST /tokenize and /detokenize" $?
+[ "$(req GET /tokenize)" = 405 ]; check "GET /tokenize -> 405" $?
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":4,"repetition_penalty":1.3,"repeat_last_n":-1}')" = 200 ]
+check "repeat_last_n -1 (the whole context) is accepted" $?
+
 # Node: concurrency, streaming equality, prefix cache (fetch), openai client.
 if ! command -v node >/dev/null; then
   echo "FAIL: node is not installed (scripts/setup.sh installs nodejs and npm); the HTTP client tests need it"; fail=1
@@ -137,6 +163,8 @@ else
   here=$(dirname "$0")
   node "$here/serve_client.mjs" "http://127.0.0.1:$PORT" stories260K.gguf
   check "node client checks" $?
+  node "$here/serve_fields.mjs" "http://127.0.0.1:$PORT"
+  check "node: logprobs, echo, n, penalties, logit_bias, tokenize" $?
   nm=$build/node
   if [ ! -d "$nm/node_modules/openai" ]; then
     mkdir -p "$nm"
@@ -145,7 +173,7 @@ else
   fi
   if [ -d "$nm/node_modules/openai" ]; then
     node "$here/serve_openai.mjs" "$nm" "http://127.0.0.1:$PORT" stories260K.gguf
-    check "official openai npm client: chat, streaming and not" $?
+    check "official openai npm client: chat, streaming and not, logprobs, n, penalties, echo" $?
   else
     echo "FAIL: the openai npm package is not installed in $nm; cannot run the openai client test"; fail=1
   fi
@@ -246,4 +274,31 @@ wait_metric pam_generation_tokens_total '>=' $((g1 + 2)); check "the resumed req
 kill "$c4"; wait "$c4" 2>/dev/null
 [ "$(req POST /v1/completions '{"prompt":"hello","priority":"high"}')" = 400 ]; check "priority must be an integer" $?
 stop_server; check "preemption server: SIGTERM exit 0" $?
+
+# Per-request sparse attention (kv_sparse): refused by a server without key
+# summaries; with --kv-sparse 100% (exact by default) a request may ask for
+# a budget, and "off" or the default gives the exact text.
+start_server "$tmp/s5.log" -m "$model" -np 2 -c 256 -t 2 || exit 1
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":4,"kv_sparse":"25%"}')" = 400 ] &&
+  grep -q 'kv-sparse' "$tmp/body"
+check "kv_sparse without --kv-sparse on the server: 400" $?
+stop_server
+start_server "$tmp/s6.log" -m "$model" -np 2 -c 256 -t 2 --kv-sparse 100% || exit 1
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":12,"temperature":0,"kv_sparse":"off"}')" = 200 ] &&
+  grep -q '"text":", there was a little girl named Lily' "$tmp/body"
+check "kv_sparse off: the exact greedy text" $?
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":40,"temperature":0,"kv_sparse":32}')" = 200 ] &&
+  grep -q '"completion_tokens":40' "$tmp/body"
+check "kv_sparse 32 tokens: a sparse request completes" $?
+[ "$(req POST /v1/completions '{"prompt":"hi","kv_sparse":"most"}')" = 400 ] && grep -q '"param":"kv_sparse"' "$tmp/body"
+check "bad kv_sparse: 400 naming the field" $?
+stop_server; check "sparse server: SIGTERM exit 0" $?
+# --kv-evict: a request longer than the KV cache (64 tokens a layer) completes.
+start_server "$tmp/s7.log" -m "$model" -np 1 -c 256 -t 2 --kv-tier dram:40KiB --kv-evict || exit 1
+[ "$(req POST /v1/completions '{"prompt":"Once upon a time","max_tokens":150,"ignore_eos":true,"temperature":0}')" = 200 ] &&
+  grep -q '"completion_tokens":150' "$tmp/body"
+check "--kv-evict: a request past the cache's capacity completes" $?
+stop_server; check "evicting server: SIGTERM exit 0" $?
+"$pam" serve -m "$model" --kv-evict --kv-persist "$tmp/persist" >/dev/null 2>"$tmp/e-evict.txt"
+[ $? -eq 2 ] && grep -q "kv-evict" "$tmp/e-evict.txt"; check "--kv-evict with --kv-persist: usage error" $?
 exit $fail

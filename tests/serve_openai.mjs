@@ -1,5 +1,6 @@
 // The official openai npm client, unchanged, against `pam serve`: a chat
-// completion without and with streaming.
+// completion without and with streaming; log-probabilities, n and penalties
+// as the client sends them; legacy completions with echo and logprobs.
 // usage: node serve_openai.mjs NODE_MODULES_PREFIX BASE_URL MODEL_ID
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
@@ -36,5 +37,46 @@ try {
   check("openai: unknown model rejected", false, "no error");
 } catch (e) {
   check("openai: unknown model -> 404 NotFoundError", e.status === 404 && /does not exist/.test(e.message), e.message);
+}
+
+// Chat log-probabilities and n, as the client sends them.
+const lp = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, n: 2, logprobs: true,
+                                                  top_logprobs: 2, ignore_eos: true });
+const c0 = lp.choices[0].logprobs?.content;
+check("openai: chat n=2 with logprobs", lp.choices.length === 2 && lp.choices[1].index === 1 &&
+      lp.choices[1].message.content === lp.choices[0].message.content && Array.isArray(c0) && c0.length === 8 &&
+      c0.every((e) => e.top_logprobs.length === 2 && e.top_logprobs[0].token === e.token &&
+                      e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob) &&
+      lp.usage.completion_tokens === 16, JSON.stringify(lp));
+const lps = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, n: 2, logprobs: true,
+                                                   top_logprobs: 2, ignore_eos: true, stream: true });
+const sc = [[], []], stext = ["", ""];
+for await (const chunk of lps) {
+  for (const c of chunk.choices) {
+    stext[c.index] += c.delta?.content ?? "";
+    sc[c.index].push(...(c.logprobs?.content ?? []));
+  }
+}
+check("openai: streamed chat n=2 with logprobs equals the non-streamed",
+      stext[1] === lp.choices[1].message.content && JSON.stringify(sc[0]) === JSON.stringify(c0),
+      JSON.stringify([stext, sc[0].length]));
+const pen = await client.chat.completions.create({ model, messages, max_tokens: 24, temperature: 0,
+                                                   frequency_penalty: 1.5, presence_penalty: 0.5,
+                                                   logit_bias: { "13": -100 } });
+check("openai: penalties and logit_bias change the greedy reply", pen.choices[0].message.content.length > 0 &&
+      pen.choices[0].message.content !== text, JSON.stringify([pen.choices[0].message.content, text]));
+
+// Legacy completions: what evaluation harnesses send for log-likelihoods.
+const echo = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 0, echo: true, logprobs: 1,
+                                               temperature: 0 });
+const el = echo.choices[0].logprobs;
+check("openai: completions echo + logprobs, first token's logprob null", echo.choices[0].text === "Once upon a time" &&
+      el.token_logprobs[0] === null && el.top_logprobs[0] === null && el.token_logprobs.length === el.tokens.length &&
+      el.text_offset.length === el.tokens.length && echo.usage.completion_tokens === 0, JSON.stringify(echo));
+try {
+  await client.completions.create({ model, prompt: "x", logprobs: 21 });
+  check("openai: logprobs > 20 rejected", false, "no error");
+} catch (e) {
+  check("openai: logprobs > 20 -> 400 BadRequestError", e.status === 400 && /logprobs/.test(e.message), e.message);
 }
 process.exit(failed);

@@ -6,7 +6,11 @@
  * paged KV cache: block-level prefix caching (shared prefixes with divergent
  * continuations, LRU eviction when space runs out) leaves outputs unchanged,
  * admission waits for KV capacity, and a preempted request (KV demoted to
- * the slowest tier, then resumed) gives the same tokens as alone. */
+ * the slowest tier, then resumed) gives the same tokens as alone. Several
+ * choices fork one prompt (greedy ones equal alone, seeded choice i equals
+ * seed + i, the prompt computed once), and log-probabilities of generated
+ * and prompt tokens match a float64 reference. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,9 +74,11 @@ typedef struct result {
     int32_t n_prompt, n_completion, n_cached;
 } result;
 
-/* Collects a request's output until done; bounded by 60 s. */
-static void collect(pam_request *r, result *out) {
+/* Collects a request's output until done; bounded by 60 s. With lp, its
+ * log-probability entries too (*n_lp of them, at most 256). */
+static void collect_lp(pam_request *r, result *out, pam_token_logprob *lp, int32_t *n_lp) {
     memset(out, 0, sizeof *out);
+    if (n_lp) *n_lp = 0;
     int64_t deadline = pam_time_ns() + 60 * (int64_t)1000000000;
     for (;;) {
         pam_request_update u;
@@ -83,6 +89,11 @@ static void collect(pam_request *r, result *out) {
             out->len += u.len;
             free(u.text);
         }
+        for (int32_t k = 0; lp && k < u.n_logprobs; k++) {
+            assert_true(*n_lp < 256);
+            lp[(*n_lp)++] = u.logprobs[k];
+        }
+        free(u.logprobs);
         if (u.done) {
             out->finish = u.finish;
             out->n_prompt = u.n_prompt_tokens;
@@ -94,6 +105,8 @@ static void collect(pam_request *r, result *out) {
     }
     out->n_tok = pam_request_tokens(r, out->tok, 256);
 }
+
+static void collect(pam_request *r, result *out) { collect_lp(r, out, NULL, NULL); }
 
 static void encode(const char *text, int32_t *ids, int32_t *n) {
     size_t got;
@@ -585,7 +598,7 @@ static void test_prefix_eviction(void **state) {
     }
     pam_engine_destroy(e1);
     /* 16-token blocks: a request needs at most 4 blocks per layer (+1 spare) */
-    uint64_t cap = (uint64_t)layers() * 10;
+    uint64_t cap = (uint64_t)layers() * 14;
     pam_kvm *kvm = make_kvm(16, &cap, 1);
     pam_engine *e = make_engine_kvm(2, kvm, 1, 256);
     pam_request *rs[16];
@@ -785,6 +798,276 @@ static void test_preempt_resume(void **state) {
     assert_string_equal(got_hi.text, ref_hi.text);
 }
 
+
+static pam_engine *make_engine_nocache(int slots) {
+    pam_engine_params p;
+    pam_engine_params_default(&p);
+    p.n_slots = slots;
+    p.n_ctx = 256;
+    p.prefill_chunk = 256;
+    p.prefix_cache = 0;
+    pam_engine *e;
+    assert_int_equal(pam_engine_create(g_model, g_pool, &p, &e), PAM_OK);
+    return e;
+}
+
+static void submit_n_text(pam_engine *e, const char *prompt, const pam_request_params *rp, int32_t n,
+                          pam_request **out) {
+    int32_t ids[256], np;
+    encode(prompt, ids, &np);
+    if (pam_engine_submit_n(e, ids, np, rp, n, out) != PAM_OK) fail_msg("submit_n: %s", pam_last_error());
+}
+
+static void expect_same(const result *a, const result *b) {
+    assert_int_equal(a->n_tok, b->n_tok);
+    assert_memory_equal(a->tok, b->tok, sizeof(int32_t) * (size_t)a->n_tok);
+    assert_string_equal(a->text, b->text);
+}
+
+/* n choices fork the first one's KV: greedy choices equal the request run
+ * alone, seeded choice i equals a single request with seed + i, the prompt
+ * is computed once (plus one token per extra choice), and more choices than
+ * slots wait their turn. */
+static void test_choices(void **state) {
+    const char *prompt = "Once upon a time, there was a little girl who";
+    enum { N = 4 };
+    for (int slots = 4; slots >= 1; slots -= 3) {
+        pam_engine *e = make_engine_nocache(slots);
+        pam_request_params rp;
+        pam_request_params_default(&rp);
+        rp.sampling.temp = 0;
+        rp.max_tokens = 16;
+        rp.ignore_eos = 1;
+        static result alone, ch[N];
+        pam_request *r = submit_text(e, prompt, &rp);
+        collect(r, &alone);
+        pam_request_release(r);
+        pam_engine_stats s0, s1;
+        pam_engine_get_stats(e, &s0);
+        pam_request *out[N];
+        submit_n_text(e, prompt, &rp, N, out);
+        for (int i = 0; i < N; i++) collect(out[i], &ch[i]);
+        for (int i = 0; i < N; i++) pam_request_release(out[i]);
+        pam_engine_get_stats(e, &s1);
+        for (int i = 0; i < N; i++) {
+            expect_same(&alone, &ch[i]);
+            assert_int_equal(ch[i].finish, PAM_FINISH_LENGTH);
+            assert_int_equal(ch[i].n_completion, 16);
+        }
+        /* the prompt once, then the last prompt token per extra choice */
+        assert_int_equal(s1.n_prefilled_tokens - s0.n_prefilled_tokens, (uint64_t)(alone.n_prompt + N - 1));
+        assert_int_equal(s1.n_finished[PAM_FINISH_LENGTH] - s0.n_finished[PAM_FINISH_LENGTH], N);
+
+        /* Sampling: choice i is the single request with seed + i. */
+        pam_request_params_default(&rp);
+        rp.sampling.temp = 1.0f;
+        rp.sampling.top_k = 0;
+        rp.sampling.top_p = 1.0f;
+        rp.sampling.min_p = 0.0f;
+        rp.sampling.seed = 500;
+        rp.max_tokens = 24;
+        rp.ignore_eos = 1;
+        submit_n_text(e, prompt, &rp, 3, out);
+        for (int i = 0; i < 3; i++) collect(out[i], &ch[i]);
+        for (int i = 0; i < 3; i++) pam_request_release(out[i]);
+        for (int i = 0; i < 3; i++) {
+            pam_request_params one = rp;
+            one.sampling.seed = 500 + (uint64_t)i;
+            r = submit_text(e, prompt, &one);
+            collect(r, &alone);
+            pam_request_release(r);
+            expect_same(&alone, &ch[i]);
+        }
+        assert_false(ch[0].n_tok == ch[1].n_tok && !memcmp(ch[0].tok, ch[1].tok, sizeof(int32_t) * (size_t)ch[0].n_tok));
+        pam_engine_drain(e);
+        pam_engine_destroy(e);
+    }
+}
+
+/* Cancelling a group: the first request before its prompt ran takes the
+ * others along; a waiting choice cancelled alone leaves the rest intact. */
+static void test_choices_cancel(void **state) {
+    pam_engine *e = make_engine_nocache(1);
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 12;
+    rp.ignore_eos = 1;
+    /* keep the slot busy so the group stays queued */
+    pam_request *busy = submit_text(e, "The cat", &rp);
+    pam_request *out[3];
+    submit_n_text(e, "One day", &rp, 3, out);
+    pam_request_release(out[0]);
+    static result res[3], alone;
+    for (int i = 1; i < 3; i++) {
+        collect(out[i], &res[i]);
+        assert_int_equal(res[i].finish, PAM_FINISH_CANCELLED);
+        pam_request_release(out[i]);
+    }
+    collect(busy, &res[0]);
+    pam_request_release(busy);
+    assert_int_equal(res[0].finish, PAM_FINISH_LENGTH);
+
+    pam_request *r = submit_text(e, "One day", &rp);
+    collect(r, &alone);
+    pam_request_release(r);
+    submit_n_text(e, "One day", &rp, 3, out);
+    pam_request_release(out[1]); /* waiting for the fork */
+    collect(out[0], &res[0]);
+    collect(out[2], &res[2]);
+    expect_same(&alone, &res[0]);
+    expect_same(&alone, &res[2]);
+    pam_request_release(out[0]);
+    pam_request_release(out[2]);
+    pam_engine_drain(e); /* nothing left behind */
+    pam_engine_stats st;
+    pam_engine_get_stats(e, &st);
+    assert_int_equal(st.n_running + st.n_paused + st.n_queued, 0);
+    assert_int_equal(st.n_finished[PAM_FINISH_CANCELLED], 4); /* the first group, then one choice */
+    pam_engine_destroy(e);
+}
+
+/* The choices share the prompt's blocks: 4 choices of a 64-token prompt
+ * (4 blocks of 16) with 8 tokens each need 20 blocks per layer unshared but
+ * 11 shared (the prompt, one copied block per extra choice, one new block
+ * each); in 14 they all run to the end with the tokens they give alone. */
+static void test_choices_share_kv(void **state) {
+    static int32_t prompt[64];
+    for (int i = 0; i < 64; i++) prompt[i] = 300 + (i * 7) % 50;
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 8;
+    rp.ignore_eos = 1;
+    static result alone, ch[4];
+    pam_engine *e1 = make_engine_nocache(1);
+    pam_request *r;
+    assert_int_equal(pam_engine_submit(e1, prompt, 64, &rp, &r), PAM_OK);
+    collect(r, &alone);
+    pam_request_release(r);
+    pam_engine_destroy(e1);
+
+    uint64_t cap = (uint64_t)layers() * 14;
+    pam_kvm *kvm = make_kvm(16, &cap, 1);
+    pam_engine *e = make_engine_kvm(4, kvm, 0, 256);
+    pam_request *out[4];
+    assert_int_equal(pam_engine_submit_n(e, prompt, 64, &rp, 4, out), PAM_OK);
+    for (int i = 0; i < 4; i++) collect(out[i], &ch[i]);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(ch[i].finish, PAM_FINISH_LENGTH);
+        assert_int_equal(ch[i].n_tok, 8);
+        assert_memory_equal(ch[i].tok, alone.tok, sizeof(int32_t) * 8);
+        pam_request_release(out[i]);
+    }
+    pam_engine_stats st;
+    pam_engine_get_stats(e, &st);
+    assert_int_equal(st.n_finished[PAM_FINISH_ERROR], 0);
+    pam_engine_destroy(e);
+    pam_kvm_destroy(kvm);
+}
+
+static double ref_logprob(const float *row, int32_t nv, int32_t id) {
+    double mx = -INFINITY, sum = 0;
+    for (int32_t i = 0; i < nv; i++) mx = row[i] > mx ? row[i] : mx;
+    for (int32_t i = 0; i < nv; i++) sum += exp((double)row[i] - mx);
+    return (double)row[id] - mx - log(sum);
+}
+
+/* Log-probabilities of generated and prompt tokens: the top entry is the
+ * greedy token, alternatives are sorted and hold at most the whole mass,
+ * values match a float64 log-softmax of the reference forward pass (f32 KV),
+ * and scoring prompt + output (score_only) gives the generation's values. */
+static void test_logprobs(void **state) {
+    pam_engine *e = make_engine(2, 8, 5); /* prompt chunks of 5 */
+    const int32_t nv = pam_model_get_hparams(g_model)->n_vocab;
+    pam_request_params rp;
+    pam_request_params_default(&rp);
+    rp.sampling.temp = 0;
+    rp.max_tokens = 12;
+    rp.ignore_eos = 1;
+    rp.logprobs = 5;
+    rp.prompt_logprobs = 3;
+    int32_t ids[256], np;
+    encode("Once upon a time, there was a big dog", ids, &np);
+    pam_request *r;
+    assert_int_equal(pam_engine_submit(e, ids, np, &rp, &r), PAM_OK);
+    static result res;
+    static pam_token_logprob lp[256];
+    int32_t n_lp = 0;
+    collect_lp(r, &res, lp, &n_lp);
+    int32_t n_plp = 0;
+    const pam_token_logprob *plp = pam_request_prompt_logprobs(r, &n_plp);
+    assert_non_null(plp);
+    assert_int_equal(n_plp, np);
+    assert_int_equal(n_lp, 12);
+    assert_int_equal(res.n_tok, 12);
+    int32_t prev_off = 0;
+    for (int32_t i = 0; i < n_lp; i++) {
+        assert_int_equal(lp[i].id, res.tok[i]);
+        assert_int_equal(lp[i].n_top, 5);
+        assert_int_equal(lp[i].top[0].id, lp[i].id); /* greedy */
+        assert_true(lp[i].top[0].logprob == lp[i].logprob);
+        double mass = 0;
+        for (int32_t k = 0; k < lp[i].n_top; k++) {
+            mass += exp(lp[i].top[k].logprob);
+            if (k) assert_true(lp[i].top[k].logprob <= lp[i].top[k - 1].logprob);
+        }
+        assert_true(mass <= 1.0 + 1e-6);
+        assert_true(lp[i].text_off >= prev_off && (size_t)lp[i].text_off <= res.len);
+        prev_off = lp[i].text_off;
+    }
+    assert_int_equal(lp[0].text_off, 0);
+    assert_true(isnan(plp[0].logprob));
+    assert_int_equal(plp[0].n_top, 0);
+    for (int32_t i = 1; i < np; i++) {
+        assert_int_equal(plp[i].id, ids[i]);
+        assert_int_equal(plp[i].n_top, 3);
+    }
+
+    /* Reference: one pass over prompt + output on the f32-KV path. */
+    int32_t full[256], nf = np + res.n_tok;
+    memcpy(full, ids, (size_t)np * sizeof *ids);
+    memcpy(full + np, res.tok, (size_t)res.n_tok * sizeof *ids);
+    pam_ctx *ctx;
+    assert_int_equal(pam_ctx_create(g_model, 256, g_pool, &ctx), PAM_OK);
+    float *logits = malloc((size_t)nf * (size_t)nv * sizeof *logits);
+    assert_int_equal(pam_forward(ctx, full, nf, 0, logits, 1), PAM_OK);
+    for (int32_t i = 1; i < nf; i++) {
+        double ref = ref_logprob(logits + (size_t)(i - 1) * nv, nv, full[i]);
+        double got = i < np ? plp[i].logprob : lp[i - np].logprob;
+        if (fabs(ref - got) > 2e-2) fail_msg("position %d: logprob %g, reference %g", i, got, ref);
+    }
+    free(logits);
+    pam_ctx_free(ctx);
+
+    /* Scoring prompt + output gives the generation's log-probabilities. */
+    pam_request_params sc;
+    pam_request_params_default(&sc);
+    sc.score_only = 1;
+    sc.prompt_logprobs = 5;
+    static result sres;
+    pam_request *out[2];
+    assert_int_equal(pam_engine_submit_n(e, full, nf, &sc, 2, out), PAM_OK);
+    for (int c = 0; c < 2; c++) {
+        collect(out[c], &sres);
+        assert_int_equal(sres.finish, PAM_FINISH_LENGTH);
+        assert_int_equal(sres.n_completion, 0);
+        assert_int_equal(sres.len, 0);
+        const pam_token_logprob *s = pam_request_prompt_logprobs(out[c], &n_plp);
+        assert_non_null(s);
+        assert_int_equal(n_plp, nf);
+        for (int32_t i = 1; i < np; i++) assert_true(fabsf(s[i].logprob - plp[i].logprob) < 1e-4f);
+        for (int32_t i = np; i < nf; i++) {
+            assert_true(fabsf(s[i].logprob - lp[i - np].logprob) < 1e-4f);
+            assert_int_equal(s[i].top[0].id, lp[i - np].top[0].id);
+        }
+    }
+    pam_request_release(out[0]);
+    pam_request_release(out[1]);
+    pam_request_release(r); /* plp pointed into it */
+    pam_engine_destroy(e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_equals_alone),
@@ -799,6 +1082,10 @@ int main(void) {
         cmocka_unit_test(test_admission_by_capacity),
         cmocka_unit_test(test_preempt_resume),
         cmocka_unit_test(test_kv_exhaustion_never_cuts_short),
+        cmocka_unit_test(test_choices),
+        cmocka_unit_test(test_choices_cancel),
+        cmocka_unit_test(test_choices_share_kv),
+        cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_own_kv_type),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

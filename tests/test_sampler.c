@@ -1,5 +1,7 @@
 /* engine/sampler: greedy, seeded draws against the softmax, each filter of the
- * chain, the repetition penalty and parameter checks. */
+ * chain, the repetition, frequency and presence penalties, logit bias (and
+ * bans), log-probabilities against a float64 reference, and parameter
+ * checks. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -517,6 +519,202 @@ static void test_masked_logits_no_nan(void **state) {
     pam_sampler_free(s);
 }
 
+
+static void test_logit_bias(void **state) {
+    pam_sampler_params p = params_off();
+    p.temp = 0.0f;
+    float l[4] = {2.0f, 1.9f, 0.0f, -1.0f};
+    /* +0.5 on token 2 is not enough, +2.5 is (0 + 2.5 > 2.0). */
+    pam_logit_bias b1[] = {{2, 0.5f}};
+    p.logit_bias = b1;
+    p.n_logit_bias = 1;
+    pam_sampler *s = make(&p, 4);
+    assert_int_equal(pam_sampler_sample(s, l), 0);
+    pam_sampler_free(s);
+    b1[0].bias = 2.5f;
+    s = make(&p, 4);
+    b1[0].bias = -50.0f; /* the sampler copied the list at create */
+    assert_int_equal(pam_sampler_sample(s, l), 2);
+    pam_sampler_free(s);
+
+    /* -100 bans: the argmax goes to the next token, and sampling never draws it. */
+    pam_logit_bias ban[] = {{0, -100.0f}, {1, -100.0f}};
+    p.logit_bias = ban;
+    p.n_logit_bias = 2;
+    s = make(&p, 4);
+    assert_int_equal(pam_sampler_sample(s, l), 2);
+    pam_token_logprob lp;
+    pam_sampler_logprobs(s, 0, 4, &lp);
+    assert_true(lp.logprob == -INFINITY);
+    assert_int_equal(lp.n_top, 2); /* only tokens that can be drawn */
+    pam_sampler_free(s);
+    p.temp = 1.0f;
+    s = make(&p, 4);
+    float flat[4] = {5.0f, 5.0f, 0.0f, 0.0f};
+    for (int i = 0; i < 500; i++) {
+        int32_t t = pam_sampler_sample(s, flat);
+        assert_true(t == 2 || t == 3);
+    }
+    pam_sampler_free(s);
+
+    /* Ids are checked against the vocabulary, values for NaN / +inf. */
+    pam_logit_bias out[] = {{4, 1.0f}};
+    p.logit_bias = out;
+    p.n_logit_bias = 1;
+    pam_sampler *bad = NULL;
+    assert_int_equal(pam_sampler_create(&p, 4, &bad), PAM_ERR_RANGE);
+    assert_null(bad);
+    out[0] = (pam_logit_bias){-1, 1.0f};
+    assert_int_equal(pam_sampler_params_check(&p), PAM_ERR_INVALID);
+    out[0] = (pam_logit_bias){1, NAN};
+    assert_int_equal(pam_sampler_params_check(&p), PAM_ERR_INVALID);
+    out[0] = (pam_logit_bias){1, INFINITY};
+    assert_int_equal(pam_sampler_params_check(&p), PAM_ERR_INVALID);
+    out[0] = (pam_logit_bias){1, -INFINITY}; /* a ban, like -100 */
+    assert_int_equal(pam_sampler_params_check(&p), PAM_OK);
+    p.logit_bias = NULL;
+    assert_int_equal(pam_sampler_params_check(&p), PAM_ERR_INVALID);
+}
+
+/* OpenAI: l -= count * frequency + (count > 0) * presence, over generated
+ * tokens only. */
+static void test_frequency_presence(void **state) {
+    pam_sampler_params p = params_off();
+    p.temp = 0.0f;
+    float l[3] = {2.0f, 1.5f, 0.0f};
+
+    /* frequency scales with the count: 2 - 2 * 0.2 = 1.6 > 1.5, 2 - 3 * 0.2 = 1.4 < 1.5 */
+    p.frequency_penalty = 0.2f;
+    pam_sampler *s = make(&p, 3);
+    pam_sampler_accept(s, 0);
+    pam_sampler_accept(s, 0);
+    assert_int_equal(pam_sampler_sample(s, l), 0);
+    pam_sampler_accept(s, 0);
+    assert_int_equal(pam_sampler_sample(s, l), 1);
+    /* the log-probabilities are those of the penalised logits */
+    pam_token_logprob lp;
+    pam_sampler_logprobs(s, 0, 3, &lp);
+    double e0 = exp(2.0 - 0.6), e1 = exp(1.5), e2 = exp(0.0);
+    assert_true(fabs(lp.logprob - log(e0 / (e0 + e1 + e2))) < 1e-6);
+    assert_int_equal(lp.top[0].id, 1);
+    /* prompt tokens do not count */
+    pam_sampler_reset(s);
+    for (int i = 0; i < 10; i++) pam_sampler_accept_prompt(s, 0);
+    assert_int_equal(pam_sampler_sample(s, l), 0);
+    pam_sampler_free(s);
+
+    /* presence does not: one or many occurrences cost the same 0.3 */
+    p.frequency_penalty = 0.0f;
+    p.presence_penalty = 0.3f;
+    s = make(&p, 3);
+    for (int i = 0; i < 5; i++) pam_sampler_accept(s, 0);
+    assert_int_equal(pam_sampler_sample(s, l), 0); /* 1.7 > 1.5 */
+    pam_sampler_free(s);
+    p.presence_penalty = 0.6f;
+    s = make(&p, 3);
+    pam_sampler_accept(s, 0);
+    assert_int_equal(pam_sampler_sample(s, l), 1); /* 1.4 < 1.5 */
+    pam_sampler_free(s);
+
+    /* negative values encourage repetition */
+    p.presence_penalty = -1.0f;
+    s = make(&p, 3);
+    pam_sampler_accept(s, 2);
+    assert_int_equal(pam_sampler_sample(s, l), 0);
+    pam_sampler_accept(s, 2);
+    p.frequency_penalty = -1.5f;
+    pam_sampler_free(s);
+    s = make(&p, 3);
+    pam_sampler_accept(s, 2);
+    assert_int_equal(pam_sampler_sample(s, l), 2); /* 0 + 1.5 + 1 > 2 */
+    pam_sampler_free(s);
+
+    /* With sampling: p(0) falls as in the reference softmax. */
+    p = params_off();
+    p.frequency_penalty = 0.5f;
+    float u[2] = {1.0f, 1.0f};
+    s = make(&p, 2);
+    pam_sampler_accept(s, 0);
+    pam_sampler_accept(s, 0);
+    int zeros = 0;
+    for (int i = 0; i < 4000; i++) zeros += pam_sampler_sample(s, u) == 0;
+    pam_sampler_free(s);
+    assert_true(fabs(zeros / 4000.0 - 1.0 / (1.0 + exp(1.0))) < 0.03); /* 0.269 */
+
+    p.frequency_penalty = NAN;
+    assert_int_equal(pam_sampler_params_check(&p), PAM_ERR_INVALID);
+    p.frequency_penalty = 0.0f;
+    p.presence_penalty = INFINITY;
+    assert_int_equal(pam_sampler_params_check(&p), PAM_ERR_INVALID);
+}
+
+/* pam_logprobs against a float64 log-softmax, on a large vocabulary with
+ * ties, masked entries and a large offset. */
+static void test_logprobs_reference(void **state) {
+    enum { NV = 5000 };
+    float *l = malloc(NV * sizeof *l);
+    uint64_t x = 42;
+    for (int i = 0; i < NV; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        l[i] = 1000.0f + (float)((x >> 33) % 2000) / 100.0f; /* ties are frequent */
+    }
+    l[7] = -INFINITY;
+    l[8] = NAN;
+    double mx = -INFINITY, sum = 0;
+    for (int i = 0; i < NV; i++)
+        if (l[i] > -INFINITY && l[i] > mx) mx = l[i];
+    for (int i = 0; i < NV; i++)
+        if (l[i] > -INFINITY) sum += exp((double)l[i] - mx);
+    double lse = mx + log(sum);
+    for (int k = 0; k <= PAM_MAX_TOP_LOGPROBS + 3; k += 5) {
+        pam_token_logprob lp;
+        pam_logprobs(l, NV, 123, k, &lp);
+        int kk = k > PAM_MAX_TOP_LOGPROBS ? PAM_MAX_TOP_LOGPROBS : k;
+        assert_int_equal(lp.n_top, kk);
+        assert_int_equal(lp.id, 123);
+        assert_true(fabs(lp.logprob - ((double)l[123] - lse)) < 1e-5);
+        double mass = 0;
+        for (int i = 0; i < lp.n_top; i++) {
+            assert_true(fabs(lp.top[i].logprob - ((double)l[lp.top[i].id] - lse)) < 1e-5);
+            mass += exp(lp.top[i].logprob);
+            if (i > 0) {
+                /* rank order: higher logit first, equal logits by lower id */
+                float a = l[lp.top[i - 1].id], b = l[lp.top[i].id];
+                assert_true(a > b || (a == b && lp.top[i - 1].id < lp.top[i].id));
+            }
+        }
+        assert_true(mass <= 1.0 + 1e-6);
+        /* nothing outside the list ranks above its last entry */
+        if (lp.n_top > 0) {
+            const pam_logprob_top *w = &lp.top[lp.n_top - 1];
+            int above = 0;
+            for (int i = 0; i < NV; i++)
+                above += l[i] > l[w->id] || (l[i] == l[w->id] && i < w->id);
+            assert_int_equal(above, lp.n_top - 1);
+        }
+    }
+    /* the greedy token is the first entry */
+    pam_sampler_params p = params_off();
+    p.temp = 0.0f;
+    pam_sampler *s = make(&p, NV);
+    int32_t t = pam_sampler_sample(s, l);
+    pam_token_logprob lp;
+    pam_sampler_logprobs(s, t, 3, &lp);
+    assert_int_equal(lp.top[0].id, t);
+    assert_true(lp.top[0].logprob == lp.logprob);
+    pam_sampler_free(s);
+    /* masked or NaN: -inf; everything masked: -inf, no alternatives */
+    pam_logprobs(l, NV, 7, 2, &lp);
+    assert_true(lp.logprob == -INFINITY);
+    pam_logprobs(l, NV, 8, 2, &lp);
+    assert_true(lp.logprob == -INFINITY);
+    for (int i = 0; i < NV; i++) l[i] = -INFINITY;
+    pam_logprobs(l, NV, 3, 5, &lp);
+    assert_true(lp.logprob == -INFINITY);
+    assert_int_equal(lp.n_top, 0);
+    free(l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_and_check),
@@ -529,6 +727,9 @@ int main(void) {
         cmocka_unit_test(test_top_p_large_vocab),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_masked_logits_no_nan),
+        cmocka_unit_test(test_logit_bias),
+        cmocka_unit_test(test_frequency_presence),
+        cmocka_unit_test(test_logprobs_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -44,9 +44,15 @@
 #include "model/model.h"
 
 #define BKV_MAX_SPECS 8
-#define BKV_MAX_POLICIES 4
+#define BKV_MAX_POLICIES 8
 /* pam with the KV manager's read-ahead hints off: the A/B of those hints */
 #define BKV_PAM_NORA ((pam_kv_policy)3)
+/* A run's code: the policy (low 4 bits), the placement (pam-recency,
+ * pam-static: pam_kv_place in the next 4) and, for NAME-exact with
+ * --kv-sparse, exact attention (bit 8). */
+#define BKV_BASE(c) ((pam_kv_policy)((int)(c)&15))
+#define BKV_PLACE(c) ((pam_kv_place)(((int)(c) >> 4) & 15))
+#define BKV_EXACT(c) (((int)(c) >> 8) & 1)
 #define BKV_MAX_SEQS 256
 #define BKV_SEED 4321
 #define BKV_WARMUP 2
@@ -56,7 +62,9 @@ typedef struct bkv_opts {
     int n_specs;
     const char *single_spec;
     pam_kv_policy policies[BKV_MAX_POLICIES];
+    char names[BKV_MAX_POLICIES][32];
     int n_policies;
+    pam_kv_sparse sparse; /* --kv-sparse, for every run not named -exact */
     long block_tokens, n_seqs, depth, n_steps, bw_mib, budget_mib;
     const char *trace_path, *svg_path;
     int json;
@@ -65,7 +73,8 @@ typedef struct bkv_opts {
 
 /* What one policy's run measured; per-step series feed the plot. */
 typedef struct bkv_result {
-    pam_kv_policy policy;
+    pam_kv_policy policy; /* the KV manager's policy */
+    char name[32];
     int ran;           /* 0: did not fit (single) or failed; see note */
     char note[256];
     int n_tiers;
@@ -84,9 +93,6 @@ typedef struct bkv_result {
     double *s_blocks, *s_bytes;
 } bkv_result;
 
-static const char *bkv_policy_name(pam_kv_policy p) {
-    return p == BKV_PAM_NORA ? "pam-nora" : p == PAM_KV_POLICY_OFFLOAD ? "offload" : p == PAM_KV_POLICY_SINGLE ? "single" : "pam";
-}
 
 static void bkv_usage(FILE *f) {
     fprintf(f,
@@ -102,7 +108,12 @@ static void bkv_usage(FILE *f) {
             "                        quarter of the KV, then dramq:int8 for the rest\n"
             "      --kv-block N      tokens per block (default 16)\n"
             "      --policy LIST     comma-separated: pam,offload,single (default all three), and\n"
-            "                        pam-nora: pam without read-ahead hints to the tiers\n"
+            "                        pam-nora: pam without read-ahead hints to the tiers,\n"
+            "                        pam-recency, pam-static: pam placing blocks by recency only, or\n"
+            "                        not moving them; NAME-exact (e.g. pam-exact): exact attention\n"
+            "                        even with --kv-sparse\n"
+            "      --kv-sparse B     sparse attention: at most B tokens (or B%% of the context) per\n"
+            "                        sequence and layer (see pam run --help)\n"
             "      --single-tier SPEC  the one tier of `single` (default: dram holding all the KV)\n"
             "      --seqs N          sequences decoded together (default 4)\n"
             "      --depth D         synthetic KV positions per sequence (default 16384)\n"
@@ -120,18 +131,27 @@ static void bkv_usage(FILE *f) {
 static int bkv_parse_policies(const char *s, bkv_opts *o) {
     o->n_policies = 0;
     while (*s) {
-        size_t n = strcspn(s, ",");
+        size_t n = strcspn(s, ","), base = n;
+        int exact = n > 6 && !strncmp(s + n - 6, "-exact", 6);
+        if (exact) base -= 6;
         pam_kv_policy p;
-        if (n == 3 && !strncmp(s, "pam", 3))
+        if (base == 3 && !strncmp(s, "pam", 3))
             p = PAM_KV_POLICY_PAM;
-        else if (n == 7 && !strncmp(s, "offload", 7))
+        else if (base == 7 && !strncmp(s, "offload", 7))
             p = PAM_KV_POLICY_OFFLOAD;
-        else if (n == 6 && !strncmp(s, "single", 6))
+        else if (base == 6 && !strncmp(s, "single", 6))
             p = PAM_KV_POLICY_SINGLE;
-        else if (n == 8 && !strncmp(s, "pam-nora", 8))
+        else if (base == 8 && !strncmp(s, "pam-nora", 8))
             p = BKV_PAM_NORA;
+        else if (base == 11 && !strncmp(s, "pam-recency", 11))
+            p = (pam_kv_policy)(PAM_KV_POLICY_PAM | PAM_KV_PLACE_RECENCY << 4);
+        else if (base == 10 && !strncmp(s, "pam-static", 10))
+            p = (pam_kv_policy)(PAM_KV_POLICY_PAM | PAM_KV_PLACE_STATIC << 4);
         else
             return 0;
+        if (exact) p = (pam_kv_policy)((int)p | 1 << 8);
+        if (o->n_policies < BKV_MAX_POLICIES && n < sizeof o->names[0])
+            snprintf(o->names[o->n_policies], sizeof o->names[0], "%.*s", (int)n, s);
         for (int i = 0; i < o->n_policies; i++)
             if (o->policies[i] == p) return 0;
         if (o->n_policies == BKV_MAX_POLICIES) return 0;
@@ -265,8 +285,9 @@ static void bkv_record_step(bkv_result *res, const pam_kvm_report *rep) {
     }
 }
 
-static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts *o, pam_kv_policy policy,
-                             double bw, FILE *trace, float *logits, bkv_result *res) {
+static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts *o, int which, double bw,
+                             FILE *trace, float *logits, bkv_result *res) {
+    pam_kv_policy code = o->policies[which], policy = BKV_BASE(code);
     const pam_model_hparams *hp = pam_model_get_hparams(m);
     pam_kv_shape shape = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
                           .block_tokens = (int32_t)o->block_tokens};
@@ -275,7 +296,8 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     uint64_t kv_bytes = (uint64_t)n_seqs * (uint64_t)n_total * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
                         (uint64_t)hp->head_dim * 4; /* f16 K and V */
     memset(res, 0, sizeof *res);
-    res->policy = policy;
+    res->policy = policy == BKV_PAM_NORA ? PAM_KV_POLICY_PAM : policy;
+    snprintf(res->name, sizeof res->name, "%s", o->names[which]);
     res->s_blocks = calloc((size_t)(BKV_WARMUP + n_steps) * 8, sizeof(double));
     res->s_bytes = calloc((size_t)(BKV_WARMUP + n_steps) * 8, sizeof(double));
     if (!res->s_blocks || !res->s_bytes) return PAM_ERR(PAM_ERR_NOMEM, "bench kv: step series");
@@ -298,7 +320,9 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     pam_kvm_config cfg = {.shape = shape, .tiers = tiers, .n_tiers = n_tiers,
                           .policy = policy == BKV_PAM_NORA ? PAM_KV_POLICY_PAM : policy,
                           .migrate_bytes_per_step = (uint64_t)o->budget_mib << 20, .trace = trace,
-                          .readahead_off = policy == BKV_PAM_NORA};
+                          .readahead_off = policy == BKV_PAM_NORA,
+                          .sparse = BKV_EXACT(code) ? (pam_kv_sparse){0, 0.0f} : o->sparse,
+                          .place = BKV_PLACE(code)};
     bkv_run r = {0};
     PAM_TRY(pam_kvm_create(&cfg, pool, &r.kvm));
 
@@ -509,9 +533,9 @@ static pam_status bkv_write_svg(const char *path, const bkv_result *res, int n_r
         if (!r->ran) continue;
         double y0 = head + rowh * row++;
         char title[96];
-        snprintf(title, sizeof title, "%s: blocks per tier", bkv_policy_name(r->policy));
+        snprintf(title, sizeof title, "%s: blocks per tier", r->name);
         bkv_svg_panel(f, 0, y0, 440, 230, title, r->s_blocks, r, 1.0);
-        snprintf(title, sizeof title, "%s: MB read per tier per step", bkv_policy_name(r->policy));
+        snprintf(title, sizeof title, "%s: MB read per tier per step", r->name);
         bkv_svg_panel(f, 440, y0, 440, 230, title, r->s_bytes, r, 1e-6);
         for (int t = 0; t < r->n_tiers; t++) {
             double ly = y0 + 40 + 16 * t;
@@ -544,7 +568,7 @@ static void bkv_print_json(const bkv_opts *o, const bkv_result *res, int n_res, 
         const bkv_result *r = &res[i];
         printf("%s\n  {\"policy\": \"%s\", \"ran\": %s, \"seqs\": %ld, \"depth\": %ld, \"steps\": %ld, "
                "\"threads\": %d, \"bandwidth_gbps\": %.4f",
-               i ? "," : "", bkv_policy_name(r->policy), r->ran ? "true" : "false", o->n_seqs, o->depth,
+               i ? "," : "", r->name, r->ran ? "true" : "false", o->n_seqs, o->depth,
                o->n_steps, threads, bw);
         if (!r->ran) {
             printf(", \"note\": ");
@@ -583,17 +607,17 @@ static void bkv_print_table(const bkv_result *res, int n_res, double ratio) {
     for (int i = 0; i < n_res; i++) {
         const bkv_result *r = &res[i];
         if (!r->ran) {
-            printf("| %-8s | %s |\n", bkv_policy_name(r->policy), r->note);
+            printf("| %-8s | %s |\n", r->name, r->note);
             continue;
         }
-        printf("| %-8s | %8.2f | %9.2f | %8.2f | %7.1f%% | %11.1f | %14.2f | %16.2f |\n", bkv_policy_name(r->policy),
+        printf("| %-8s | %8.2f | %9.2f | %8.2f | %7.1f%% | %11.1f | %14.2f | %16.2f |\n", r->name,
                r->tokens_per_second, r->step_ms, r->bound_ms, 100.0 * r->bound_ms / r->step_ms, r->migrations_step,
                r->migration_bytes_step / 1e6, r->staged_bytes_step / 1e6);
     }
     printf("\n| policy   | tier                 |   GB/s | before / after |   blocks | MB read / step | "
-           "attend ms / step | bytes/bw ms | disk busy |\n"
-           "|----------|----------------------|--------|----------------|----------|----------------|----------------"
-           "--|-------------|-----------|\n");
+           "of read | attend ms / step | bytes/bw ms | disk busy |\n"
+           "|----------|----------------------|--------|----------------|----------|----------------|---------|"
+           "------------------|-------------|-----------|\n");
     for (int i = 0; i < n_res; i++) {
         const bkv_result *r = &res[i];
         for (int t = 0; r->ran && t < r->n_tiers; t++) {
@@ -601,13 +625,21 @@ static void bkv_print_table(const bkv_result *res, int n_res, double ratio) {
             char busy[16] = "";
             if (!r->tier_host[t]) snprintf(ba, sizeof ba, "%.2f / %.2f", r->tier_gbps_before[t], r->tier_gbps_after[t]);
             if (r->tier_busy[t] >= 0) snprintf(busy, sizeof busy, "%.1f%%", 100.0 * r->tier_busy[t]);
-            printf("| %-8s | %-20.20s | %6.2f | %14s | %8.0f | %14.2f | %16.2f | %11.2f | %9s |\n",
-                   bkv_policy_name(r->policy), r->tier_name[t], r->tier_gbps[t], ba, r->blocks[t],
-                   r->bytes_step[t] / 1e6, r->attend_ms_step[t], r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3,
+            double all = 0;
+            for (int u = 0; u < r->n_tiers; u++) all += r->bytes_step[u];
+            printf("| %-8s | %-20.20s | %6.2f | %14s | %8.0f | %14.2f | %6.1f%% | %16.2f | %11.2f | %9s |\n",
+                   r->name, r->tier_name[t], r->tier_gbps[t], ba, r->blocks[t], r->bytes_step[t] / 1e6,
+                   all > 0 ? 100.0 * r->bytes_step[t] / all : 0.0, r->attend_ms_step[t], r->bytes_step[t] / (r->tier_gbps[t] * 1e9) * 1e3,
                    busy);
         }
     }
     if (ratio > 0) printf("\npam / offload: %.2fx\n", ratio);
+    const bkv_result *sp = NULL, *ex = NULL;
+    for (int i = 0; i < n_res; i++) {
+        if (res[i].ran && !strcmp(res[i].name, "pam")) sp = &res[i];
+        if (res[i].ran && !strcmp(res[i].name, "pam-exact")) ex = &res[i];
+    }
+    if (sp && ex) printf("pam (sparse) / pam-exact: %.2fx\n", sp->tokens_per_second / ex->tokens_per_second);
     fflush(stdout);
 }
 
@@ -664,6 +696,12 @@ int pam_cli_bench_kv(int argc, char **argv) {
             o.json = 1;
         } else if (pam_args_is(&a, NULL, "--sequential")) {
             o.sequential = 1;
+        } else if (pam_args_is(&a, NULL, "--kv-sparse")) {
+            const char *v = pam_args_value(&a);
+            if (v && pam_kv_sparse_parse(v, &o.sparse) != PAM_OK) {
+                fprintf(stderr, "pam bench kv: --kv-sparse: %s\n", pam_last_error());
+                a.failed = 1;
+            }
         } else {
             pam_args_unknown(&a);
         }
@@ -723,10 +761,17 @@ int pam_cli_bench_kv(int argc, char **argv) {
             o.n_seqs, o.depth, kv_gb, o.block_tokens, o.n_steps, BKV_WARMUP);
     fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n\n", threads,
             pam_cpu_isa(), bw, o.bw_mib);
+    if (o.sparse.tokens > 0)
+        fprintf(info, "sparse attention: at most %d tokens per sequence and layer (runs named -exact: exact)\n\n",
+                (int)o.sparse.tokens);
+    else if (o.sparse.frac > 0.0f)
+        fprintf(info, "sparse attention: at most %.4g%% of the context per sequence and layer (runs named -exact: "
+                      "exact)\n\n",
+                100.0 * o.sparse.frac);
     fflush(info);
     for (int i = 0; i < o.n_policies; i++) {
-        if (bkv_policy(model, pool, &o, o.policies[i], bw, trace, logits, &res[n_res]) != PAM_OK) {
-            fprintf(stderr, "pam bench kv: policy %s: %s\n", bkv_policy_name(o.policies[i]), pam_last_error());
+        if (bkv_policy(model, pool, &o, i, bw, trace, logits, &res[n_res]) != PAM_OK) {
+            fprintf(stderr, "pam bench kv: policy %s: %s\n", o.names[i], pam_last_error());
             n_res++;
             goto done;
         }
@@ -735,8 +780,8 @@ int pam_cli_bench_kv(int argc, char **argv) {
     double ratio = 0;
     const bkv_result *rp = NULL, *ro = NULL;
     for (int i = 0; i < n_res; i++) {
-        if (res[i].ran && res[i].policy == PAM_KV_POLICY_PAM) rp = &res[i];
-        if (res[i].ran && res[i].policy == PAM_KV_POLICY_OFFLOAD) ro = &res[i];
+        if (res[i].ran && !strcmp(res[i].name, "pam")) rp = &res[i];
+        if (res[i].ran && !strcmp(res[i].name, "offload")) ro = &res[i];
     }
     if (rp && ro) ratio = rp->tokens_per_second / ro->tokens_per_second;
     if (o.json)

@@ -21,6 +21,13 @@ const char pam_kv_flags_usage[] =
     "                          offload (copy slow-tier blocks to the fastest tier before attention),\n"
     "                          single (everything in the first tier)\n"
     "      --kv-trace FILE     write one JSON line per step (per-tier blocks, bytes, time, migrations)\n"
+    "      --kv-sparse B       sparse attention (approximate): attend at most B tokens per sequence and\n"
+    "                          layer, or B% of the context (e.g. 25%): the sink, the recent window, the\n"
+    "                          fastest tier's blocks, then the blocks of highest key-summary bound\n"
+    "      --kv-evict          when every tier is full, drop a sequence's least important blocks\n"
+    "                          (never the first one or the recent window) instead of stopping\n"
+    "      --kv-place P        pam policy's placement: importance (default), recency (newest blocks\n"
+    "                          fastest) or static (blocks stay where written); for measurements\n"
     "      --kv-tier remote:redis://HOST:PORT[,HOST:PORT...]\n"
     "                          share full prefix blocks through a Redis Cluster (seed nodes; see docs/KV.md)\n"
     "      --kv-remote-auth FILE  Redis AUTH: 'USER PASSWORD' or 'PASSWORD' on the first line\n"
@@ -78,6 +85,28 @@ int pam_kv_flags_parse(pam_kv_flags *f, pam_args *a) {
         }
     } else if (pam_args_is(a, NULL, "--kv-trace")) {
         f->trace_path = pam_args_value(a);
+    } else if (pam_args_is(a, NULL, "--kv-sparse")) {
+        const char *t = pam_args_value(a);
+        if (t && pam_kv_sparse_parse(t, &f->sparse) != PAM_OK) {
+            fprintf(stderr, "%s: --kv-sparse: %s\n", a->cmd, pam_last_error());
+            a->failed = 1;
+        } else if (t) {
+            f->sparse_given = 1;
+        }
+    } else if (pam_args_is(a, NULL, "--kv-evict")) {
+        f->evict = 1;
+    } else if (pam_args_is(a, NULL, "--kv-place")) {
+        const char *t = pam_args_value(a);
+        if (t && !strcmp(t, "importance"))
+            f->place = PAM_KV_PLACE_IMPORTANCE;
+        else if (t && !strcmp(t, "recency"))
+            f->place = PAM_KV_PLACE_RECENCY;
+        else if (t && !strcmp(t, "static"))
+            f->place = PAM_KV_PLACE_STATIC;
+        else if (t) {
+            fprintf(stderr, "%s: --kv-place must be importance, recency or static, got '%s'\n", a->cmd, t);
+            a->failed = 1;
+        }
     } else if (pam_args_is(a, NULL, "--kv-remote-auth")) {
         f->remote_auth = pam_args_value(a);
     } else if (pam_args_is(a, NULL, "--kv-remote-hmac-key")) {
@@ -108,7 +137,11 @@ pam_status pam_kv_flags_build(const pam_kv_flags *f, const pam_model_hparams *hp
         return PAM_ERR(PAM_ERR_IO, "cannot write the KV trace '%s': %s", f->trace_path, strerror(errno));
     pam_kvm_config kc = {.shape = {hp->n_layer, hp->n_head_kv, hp->head_dim, (int32_t)f->block_tokens},
                          .policy = f->policy,
-                         .trace = tf};
+                         .trace = tf,
+                         .sparse = f->sparse,
+                         .sparse_allow = f->sparse_given,
+                         .evict = f->evict,
+                         .place = f->place};
     pam_tier *tiers[PAM_KV_FLAGS_MAX_TIERS];
     int n_open = 0;
     pam_status st = PAM_OK;
@@ -190,6 +223,9 @@ void pam_kv_fingerprint(const pam_model *m, const pam_kvm *kvm, uint8_t out[32])
     int lossy = 0;
     for (int i = 0; i < pam_kvm_n_tiers(kvm); i++) {
         const pam_tier *t = pam_kvm_tier((pam_kvm *)kvm, i);
+        /* what a tier stores (f32, f16, bf16, q8, q4) decides the values an
+         * instance publishes, exact or not */
+        sha_u64(c, (uint64_t)t->kv_type);
         if (t->exact) continue;
         lossy = 1;
         /* the encoding part of the name ("dramq:int8"), not its size */

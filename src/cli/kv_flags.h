@@ -1,6 +1,7 @@
 /* The KV cache flags shared by `pam run`, `pam serve` and `pam bench`
  * (--kv-tier SPEC repeatable, --kv-type T, --kv-block N, --kv-policy P,
- * --kv-trace FILE) and building the KV manager they describe. */
+ * --kv-trace FILE, --kv-sparse BUDGET, --kv-evict) and building the KV
+ * manager they describe. */
 #ifndef PAM_CLI_KV_FLAGS_H
 #define PAM_CLI_KV_FLAGS_H
 
@@ -23,6 +24,10 @@ typedef struct pam_kv_flags {
     pam_kv_type type; /* what the raw-KV tiers (dram, ssd) store; default f16 */
     pam_kv_policy policy;
     const char *trace_path;
+    pam_kv_sparse sparse; /* --kv-sparse: default budget of every sequence */
+    int sparse_given;     /* keep key summaries (per-request budgets allowed) */
+    int evict;            /* --kv-evict */
+    pam_kv_place place;   /* --kv-place */
     const char *remote_url;      /* --kv-tier remote:redis://... */
     const char *remote_auth;     /* --kv-remote-auth FILE */
     const char *remote_hmac_key; /* --kv-remote-hmac-key FILE */

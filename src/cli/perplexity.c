@@ -1,6 +1,6 @@
 /* pam perplexity: perplexity of a model on a text, by llama.cpp's
  * llama-perplexity method, and with --kl-divergence the distance of the
- * chosen KV configuration from the exact path (f32 KV, one dense cache).
+ * chosen KV configuration from the exact path (f32 KV in one dram tier).
  *
  * Method (llama.cpp tools/perplexity): the whole text is tokenized once
  * (BOS first when the vocabulary adds one) and cut into non-overlapping
@@ -36,7 +36,7 @@ static void ppl_usage(FILE *f) {
             "                          1 decodes token by token with a KV step between tokens)\n"
             "      --chunks N          evaluate only the first N chunks (default all)\n"
             "  -t, --threads N         threads (default: number of CPUs)\n"
-            "      --kl-divergence     also run the exact path (f32 KV, one dense cache) and report\n"
+            "      --kl-divergence     also run the exact path (f32 KV in one dram tier) and report\n"
             "                          mean KL divergence, top-1 agreement and PPL / PPL(exact)\n"
             "      --json              print one JSON object instead of the text report\n"
             "%s"
@@ -208,7 +208,7 @@ static void print_text(const ppl_opts *o, const ppl_result *r, long n_chunks, lo
     printf("Final estimate: PPL = %.4f +/- %.5f (%ld chunks of %ld tokens, %ld tokens scored)\n", r->ppl, r->ppl_unc,
            n_chunks, o->n_ctx, count);
     if (!o->kl) return;
-    printf("\n====== against the exact path (f32 KV, one dense cache) ======\n");
+    printf("\n====== against the exact path (f32 KV in one dram tier) ======\n");
     printf("Mean PPL(Q)                   : %10.6f ± %10.6f\n", r->ppl, r->ppl_unc);
     printf("Mean PPL(base)                : %10.6f ± %10.6f\n", r->ppl_base, r->ppl_base_unc);
     printf("Mean PPL(Q)/PPL(base)         : %10.6f ± %10.6f\n", r->ratio, r->ratio_unc);

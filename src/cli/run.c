@@ -225,7 +225,7 @@ int pam_cli_run(int argc, char **argv) {
     pam_detok_init(&dt, tk);
     char out[4096];
     for (size_t i = 0; i < n_ids; i++) {
-        pam_sampler_accept(sampler, ids[i]);
+        pam_sampler_accept_prompt(sampler, ids[i]);
         size_t w = pam_detok_push(&dt, ids[i], out, sizeof out);
         fwrite(out, 1, w, stdout);
     }

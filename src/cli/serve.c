@@ -164,6 +164,20 @@ int pam_cli_serve(int argc, char **argv) {
         fprintf(stderr, "pam serve: unexpected argument '%s'\n", a.positional[0]);
         a.failed = 1;
     }
+    /* Shared and persistent prefix blocks are keyed without the sparse budget:
+     * approximate KV must not reach them (requests with their own budget
+     * never enter the prefix cache; a sparse default would). */
+    int sparse_default = kvf.sparse.tokens > 0 || (kvf.sparse.frac > 0.0f && kvf.sparse.frac < 1.0f);
+    if (!a.failed && (kvf.remote_url || kvf.persist_dir) && sparse_default) {
+        fprintf(stderr, "pam serve: a --kv-sparse default below 100%% cannot go with --kv-tier remote: or --kv-persist "
+                        "(use --kv-sparse 100%% and per-request budgets)\n");
+        a.failed = 1;
+    }
+    if (!a.failed && (kvf.remote_url || kvf.persist_dir) && kvf.evict) {
+        fprintf(stderr, "pam serve: --kv-evict cannot go with --kv-tier remote: or --kv-persist (an evicted block "
+                        "leaves a prefix incomplete)\n");
+        a.failed = 1;
+    }
     if (a.failed) {
         fprintf(stderr, "run `pam serve --help` for the options\n");
         return 2;

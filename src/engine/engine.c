@@ -4,7 +4,10 @@
  * States of a request: QUEUED (in the FIFO, no KV) -> RUNNING (owns a kvm
  * sequence and a context; in a batch slot, or paused: in the paused list,
  * out of the batch, its blocks demoted) -> DONE. A queued request that is
- * cancelled goes straight to DONE. Invariants:
+ * cancelled goes straight to DONE. The other choices of a group wait in
+ * WAITING (in no list: their first request holds them in sibs) until the
+ * first one's prompt is prefilled; then they fork its KV and are RUNNING, or
+ * DONE if the first one ended before that. Invariants:
  *   - only the engine thread touches the KV manager, contexts, the prefix
  *     cache and the engine-side fields of a running request (n_past,
  *     sampler, detok, gen text, seq, ctx);
@@ -21,6 +24,7 @@
  *     (DONE) have let go of it (refs). */
 #include "engine/engine.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +40,7 @@
 /* Decode positions reserved at admission when max_tokens is unbounded. */
 #define DECODE_RESERVE_BLOCKS 2
 
-enum { REQ_QUEUED, REQ_RUNNING, REQ_DONE };
+enum { REQ_QUEUED, REQ_WAITING, REQ_RUNNING, REQ_DONE };
 
 struct pam_request {
     pam_engine *e;
@@ -46,9 +50,16 @@ struct pam_request {
     int32_t max_tokens;
     int32_t priority;
     int ignore_eos;
+    int score_only;
+    int32_t lp_k, plp_k; /* logprobs, prompt_logprobs (< 0: none) */
+    int own_sparse; /* a sparse budget other than the default: no prefix cache */
+    pam_kv_sparse sparse;
     int n_stop;
     char *stop[PAM_ENGINE_MAX_STOP];
     int64_t t_submit_ns;
+    /* a group's first request, until its prompt is prefilled: the others */
+    struct pam_request **sibs;
+    int32_t n_sibs, group_n;
 
     /* engine thread only */
     pam_sampler *sampler;
@@ -66,6 +77,11 @@ struct pam_request {
     pam_detok dt;
     char *gen;        /* generated text after stop filtering decisions */
     size_t gen_len, gen_cap, gen_emitted;
+    int stop_cut;     /* a stop string cut gen */
+    pam_token_logprob *gen_lp;    /* [room] per generated token (lp_k >= 0) */
+    pam_token_logprob *prompt_lp; /* [n_prompt] (plp_k >= 0) */
+    int32_t lp_emitted;           /* gen_lp entries published */
+    int plp_done;                 /* prompt_lp is complete (never written again) */
     int64_t t_first_ns, t_last_ns;
     /* remote tier: blocks 0..r_chained-1 have chain keys (the last in
      * r_prev); blocks below r_skip are already there or were published by
@@ -84,6 +100,9 @@ struct pam_request {
     pam_finish finish;
     char *out;
     size_t out_len, out_cap;
+    pam_token_logprob *lp_out;
+    int32_t n_lp_out, cap_lp_out;
+    int prompt_lp_ready;
     pthread_cond_t cv;
     void (*notify)(void *); /* pam_request_set_notify */
     void *notify_arg;
@@ -159,6 +178,8 @@ void pam_request_params_default(pam_request_params *p) {
     memset(p, 0, sizeof *p);
     pam_sampler_params_default(&p->sampling);
     p->max_tokens = 0;
+    p->logprobs = -1;
+    p->prompt_logprobs = -1;
 }
 
 const char *pam_finish_str(pam_finish f) {
@@ -331,6 +352,10 @@ static void request_free(pam_request *r) {
     free(r->gen_tok);
     free(r->gen);
     free(r->out);
+    free(r->gen_lp);
+    free(r->prompt_lp);
+    free(r->lp_out);
+    free(r->sibs);
     free(r);
 }
 
@@ -341,8 +366,12 @@ static void request_signal(pam_request *r) {
     if (r->notify) r->notify(r->notify_arg);
 }
 
-/* e->mu held. The engine lets go of r: finished for whatever reason. */
+/* e->mu held. The engine lets go of r: finished for whatever reason. A
+ * group's first request that ends before its prompt was prefilled takes the
+ * waiting choices with it. */
 static void request_done(pam_engine *e, pam_request *r, pam_finish f) {
+    for (int32_t i = 0; i < r->n_sibs; i++) request_done(e, r->sibs[i], f);
+    r->n_sibs = 0;
     r->finish = f;
     r->state = REQ_DONE;
     e->st.n_finished[f]++;
@@ -375,8 +404,69 @@ void pam_engine_destroy(pam_engine *e) {
     engine_free(e);
 }
 
-pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
-                             pam_request **out) {
+/* A request for prompt with sampling seed `seed`, not queued yet. */
+static pam_status request_new(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
+                              uint64_t seed, pam_request **out) {
+    pam_sampler_params sp = p->sampling;
+    sp.seed = seed;
+    if (sp.repeat_last_n == -1) sp.repeat_last_n = e->p.n_ctx; /* llama.cpp's -1: the whole context */
+    pam_request *r = calloc(1, sizeof *r);
+    if (!r) return PAM_ERR(PAM_ERR_NOMEM, "request");
+    r->e = e;
+    r->slot = -1;
+    r->seq = -1;
+    r->priority = p->priority;
+    r->refs = 2;
+    r->max_tokens = p->max_tokens;
+    r->ignore_eos = p->ignore_eos;
+    r->score_only = p->score_only;
+    pam_kv_sparse def;
+    pam_kvm_sparse_info(e->kvm, &def);
+    r->own_sparse = p->kv_sparse_given && (p->kv_sparse.tokens != def.tokens || p->kv_sparse.frac != def.frac);
+    r->sparse = p->kv_sparse;
+    r->lp_k = p->logprobs;
+    r->plp_k = p->prompt_logprobs;
+    r->group_n = 1;
+    r->prompt = malloc((size_t)n_prompt * sizeof *r->prompt);
+    int32_t room = e->p.n_ctx - n_prompt + 1;
+    r->gen_tok = malloc((size_t)room * sizeof *r->gen_tok);
+    pthread_cond_init(&r->cv, NULL);
+    int ok = r->prompt && r->gen_tok;
+    if (ok && r->lp_k >= 0) ok = (r->gen_lp = malloc((size_t)room * sizeof *r->gen_lp)) != NULL;
+    if (ok && r->plp_k >= 0) ok = (r->prompt_lp = malloc((size_t)n_prompt * sizeof *r->prompt_lp)) != NULL;
+    for (int i = 0; ok && i < p->n_stop; i++) {
+        if (!p->stop[i] || !p->stop[i][0]) continue; /* empty stop strings never match */
+        if (!(r->stop[r->n_stop] = strdup(p->stop[i]))) ok = 0;
+        else r->n_stop++;
+    }
+    pam_status st = ok ? pam_sampler_create(&sp, e->n_vocab, &r->sampler) : PAM_ERR(PAM_ERR_NOMEM, "request");
+    if (st != PAM_OK) {
+        request_free(r);
+        return st;
+    }
+    memcpy(r->prompt, prompt, (size_t)n_prompt * sizeof *prompt);
+    r->n_prompt = n_prompt;
+    r->n_fill = n_prompt;
+    if (r->prompt_lp) {
+        memset(&r->prompt_lp[0], 0, sizeof r->prompt_lp[0]);
+        r->prompt_lp[0].id = prompt[0];
+        r->prompt_lp[0].logprob = NAN; /* nothing precedes the first token */
+        r->prompt_lp[0].text_off = -1;
+    }
+    for (int32_t i = 0; i < n_prompt; i++) pam_sampler_accept_prompt(r->sampler, prompt[i]);
+    pam_detok_init(&r->dt, e->tk);
+    /* SentencePiece drops the leading space of the first piece after BOS;
+     * generated text continues the prompt, so only do that for an empty one. */
+    r->dt.at_start = 0;
+    r->t_submit_ns = pam_time_ns();
+    *out = r;
+    return PAM_OK;
+}
+
+pam_status pam_engine_submit_n(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
+                               int32_t n, pam_request **out) {
+    if (n < 1 || n > PAM_ENGINE_MAX_CHOICES)
+        return PAM_ERR(PAM_ERR_INVALID, "choices must be in [1, %d], got %d", PAM_ENGINE_MAX_CHOICES, n);
     if (n_prompt <= 0) return PAM_ERR(PAM_ERR_INVALID, "the prompt is empty");
     if (n_prompt >= e->p.n_ctx)
         return PAM_ERR(PAM_ERR_RANGE, "the prompt has %d tokens but the context holds %d", n_prompt, e->p.n_ctx);
@@ -389,66 +479,64 @@ pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_pro
                        n_prompt, p->max_tokens, (long long)n_prompt + p->max_tokens,
                        (long long)n_prompt + p->max_tokens - e->p.n_ctx, e->p.n_ctx);
     int64_t need = (int64_t)n_prompt + (p->max_tokens > 0 ? p->max_tokens : 1);
-    if (need > e->kv_capacity_tokens)
+    if (need > e->kv_capacity_tokens && !pam_kvm_evicts(e->kvm)) /* eviction lets it go on */
         return PAM_ERR(PAM_ERR_RANGE,
                        "the prompt plus max_tokens needs %lld tokens of KV, %lld more than all KV tiers hold (%lld)",
                        (long long)need, (long long)(need - e->kv_capacity_tokens), (long long)e->kv_capacity_tokens);
     if (p->n_stop < 0 || p->n_stop > PAM_ENGINE_MAX_STOP)
         return PAM_ERR(PAM_ERR_INVALID, "at most %d stop strings", PAM_ENGINE_MAX_STOP);
-    PAM_TRY(pam_sampler_params_check(&p->sampling));
-    pam_request *r = calloc(1, sizeof *r);
-    if (!r) return PAM_ERR(PAM_ERR_NOMEM, "request");
-    r->e = e;
-    r->slot = -1;
-    r->seq = -1;
-    r->priority = p->priority;
-    r->refs = 2;
-    r->max_tokens = p->max_tokens;
-    r->ignore_eos = p->ignore_eos;
-    r->prompt = malloc((size_t)n_prompt * sizeof *r->prompt);
-    int32_t room = e->p.n_ctx - n_prompt + 1;
-    r->gen_tok = malloc((size_t)room * sizeof *r->gen_tok);
-    pthread_cond_init(&r->cv, NULL);
-    int ok = r->prompt && r->gen_tok;
-    for (int i = 0; ok && i < p->n_stop; i++) {
-        if (!p->stop[i] || !p->stop[i][0]) continue; /* empty stop strings never match */
-        if (!(r->stop[r->n_stop] = strdup(p->stop[i]))) ok = 0;
-        else r->n_stop++;
+    if (p->logprobs > PAM_MAX_TOP_LOGPROBS || p->prompt_logprobs > PAM_MAX_TOP_LOGPROBS)
+        return PAM_ERR(PAM_ERR_INVALID, "at most %d alternatives per log-probability", PAM_MAX_TOP_LOGPROBS);
+    pam_sampler_params sp = p->sampling;
+    if (sp.repeat_last_n == -1) sp.repeat_last_n = e->p.n_ctx; /* llama.cpp's -1: the whole context */
+    PAM_TRY(pam_sampler_params_check(&sp));
+    if (p->kv_sparse_given && (p->kv_sparse.tokens < 0 || !(p->kv_sparse.frac >= 0.0f && p->kv_sparse.frac <= 1.0f)))
+        return PAM_ERR(PAM_ERR_INVALID, "bad sparse budget");
+    if (p->kv_sparse_given && (p->kv_sparse.tokens > 0 || p->kv_sparse.frac > 0.0f) &&
+        !pam_kvm_sparse_info(e->kvm, NULL))
+        return PAM_ERR(PAM_ERR_INVALID, "sparse attention per request needs a server started with --kv-sparse");
+    pam_request *lead = NULL;
+    pam_status st = request_new(e, prompt, n_prompt, p, p->sampling.seed, &lead);
+    if (st != PAM_OK) return st;
+    if (n > 1 && !(lead->sibs = calloc((size_t)n - 1, sizeof *lead->sibs))) st = PAM_ERR(PAM_ERR_NOMEM, "request");
+    for (int32_t i = 1; st == PAM_OK && i < n; i++) {
+        st = request_new(e, prompt, n_prompt, p, p->sampling.seed + (uint64_t)i, &lead->sibs[i - 1]);
+        if (st == PAM_OK) lead->n_sibs = i;
     }
-    pam_status st = ok ? pam_sampler_create(&p->sampling, e->n_vocab, &r->sampler) : PAM_ERR(PAM_ERR_NOMEM, "request");
     if (st != PAM_OK) {
-        request_free(r);
+        for (int32_t i = 0; i < lead->n_sibs; i++) request_free(lead->sibs[i]);
+        request_free(lead);
         return st;
     }
-    memcpy(r->prompt, prompt, (size_t)n_prompt * sizeof *prompt);
-    r->n_prompt = n_prompt;
-    r->n_fill = n_prompt;
-    for (int32_t i = 0; i < n_prompt; i++) pam_sampler_accept(r->sampler, prompt[i]);
-    pam_detok_init(&r->dt, e->tk);
-    /* SentencePiece drops the leading space of the first piece after BOS;
-     * generated text continues the prompt, so only do that for an empty one. */
-    r->dt.at_start = 0;
-    r->t_submit_ns = pam_time_ns();
+    lead->group_n = n;
 
     pthread_mutex_lock(&e->mu);
     if (e->draining || e->stop || e->n_queued >= e->p.n_queue) {
         int draining = e->draining || e->stop;
         e->st.n_rejected_full++;
         pthread_mutex_unlock(&e->mu);
-        request_free(r);
+        for (int32_t i = 0; i < lead->n_sibs; i++) request_free(lead->sibs[i]);
+        request_free(lead);
         return draining ? PAM_ERR(PAM_ERR_FULL, "the server is shutting down")
                         : PAM_ERR(PAM_ERR_FULL, "the request queue is full (%d waiting)", e->p.n_queue);
     }
-    r->state = REQ_QUEUED;
-    if (e->q_tail) e->q_tail->next_q = r;
-    else e->q_head = r;
-    e->q_tail = r;
+    lead->state = REQ_QUEUED;
+    for (int32_t i = 0; i < lead->n_sibs; i++) lead->sibs[i]->state = REQ_WAITING;
+    if (e->q_tail) e->q_tail->next_q = lead;
+    else e->q_head = lead;
+    e->q_tail = lead;
     e->n_queued++;
-    e->st.n_submitted++;
+    e->st.n_submitted += (uint64_t)n;
+    out[0] = lead;
+    for (int32_t i = 1; i < n; i++) out[i] = lead->sibs[i - 1];
     pthread_cond_signal(&e->work_cv);
     pthread_mutex_unlock(&e->mu);
-    *out = r;
     return PAM_OK;
+}
+
+pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
+                             pam_request **out) {
+    return pam_engine_submit_n(e, prompt, n_prompt, p, 1, out);
 }
 
 void pam_engine_drain(pam_engine *e) {
@@ -462,13 +550,13 @@ int pam_request_next(pam_request *r, int64_t timeout_ms, pam_request_update *u) 
     pam_engine *e = r->e;
     memset(u, 0, sizeof *u);
     pthread_mutex_lock(&e->mu);
-    if (r->out_len == 0 && r->state != REQ_DONE && timeout_ms > 0) {
+    if (r->out_len == 0 && r->n_lp_out == 0 && r->state != REQ_DONE && timeout_ms > 0) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         int64_t ns = ts.tv_nsec + (timeout_ms % 1000) * 1000000;
         ts.tv_sec += (time_t)(timeout_ms / 1000 + ns / 1000000000);
         ts.tv_nsec = (long)(ns % 1000000000);
-        while (r->out_len == 0 && r->state != REQ_DONE)
+        while (r->out_len == 0 && r->n_lp_out == 0 && r->state != REQ_DONE)
             if (pthread_cond_timedwait(&r->cv, &e->mu, &ts) != 0) break;
     }
     if (r->out_len > 0) {
@@ -477,14 +565,28 @@ int pam_request_next(pam_request *r, int64_t timeout_ms, pam_request_update *u) 
         r->out = NULL;
         r->out_len = r->out_cap = 0;
     }
+    if (r->n_lp_out > 0) {
+        u->logprobs = r->lp_out;
+        u->n_logprobs = r->n_lp_out;
+        r->lp_out = NULL;
+        r->n_lp_out = r->cap_lp_out = 0;
+    }
     u->done = r->state == REQ_DONE; /* with the last text, if any */
     u->finish = u->done ? r->finish : PAM_FINISH_NONE;
     u->n_prompt_tokens = r->n_prompt;
     u->n_completion_tokens = r->n_gen;
     u->n_cached_tokens = r->n_cached;
-    int got = u->text != NULL || u->done;
+    int got = u->text != NULL || u->logprobs != NULL || u->done;
     pthread_mutex_unlock(&e->mu);
     return got;
+}
+
+const pam_token_logprob *pam_request_prompt_logprobs(pam_request *r, int32_t *n) {
+    pthread_mutex_lock(&r->e->mu);
+    int ready = r->prompt_lp_ready;
+    pthread_mutex_unlock(&r->e->mu);
+    *n = ready ? r->n_prompt : 0;
+    return ready ? r->prompt_lp : NULL; /* written before ready was set, never after */
 }
 
 int32_t pam_request_tokens(pam_request *r, int32_t *out, int32_t cap) {
@@ -510,7 +612,8 @@ static void request_cancel_locked(pam_engine *e, pam_request *r) {
             if (engine_idle(e)) pthread_cond_broadcast(&e->idle_cv);
             request_done(e, r, PAM_FINISH_CANCELLED);
         }
-    } else if (r->state == REQ_RUNNING) {
+    } else if (r->state == REQ_RUNNING || r->state == REQ_WAITING) {
+        /* a waiting choice is retired when its group's first request forks or ends */
         r->cancel = 1;
         pthread_cond_signal(&e->work_cv);
     }
@@ -527,7 +630,7 @@ void pam_request_set_notify(pam_request *r, void (*fn)(void *), void *arg) {
     pthread_mutex_lock(&r->e->mu);
     r->notify = fn;
     r->notify_arg = arg;
-    int ready = r->out_len > 0 || r->state == REQ_DONE;
+    int ready = r->out_len > 0 || r->n_lp_out > 0 || r->state == REQ_DONE;
     pthread_mutex_unlock(&r->e->mu);
     if (ready && fn) fn(arg);
 }
@@ -680,7 +783,7 @@ static void release_kv(pam_engine *e, pam_request *r, pam_finish f) {
     pam_ctx_free(r->ctx);
     r->ctx = NULL;
     if (r->seq < 0) return;
-    if (e->p.prefix_cache && f != PAM_FINISH_ERROR && r->n_past > 0) {
+    if (e->p.prefix_cache && !r->own_sparse && f != PAM_FINISH_ERROR && r->n_past > 0) {
         cache_insert(e, r);
     } else {
         pam_kvm_seq_free(e->kvm, r->seq);
@@ -733,6 +836,28 @@ static int free_slot(const pam_engine *e) {
     return -1;
 }
 
+/* Decode positions a request reserves at admission. */
+static int32_t decode_reserve(const pam_engine *e, const pam_request *r) {
+    int32_t room = e->p.n_ctx - r->n_fill;
+    int32_t decode = r->score_only         ? 0
+                     : r->max_tokens > 0 ? r->max_tokens - r->n_gen
+                                         : DECODE_RESERVE_BLOCKS * e->bt;
+    return decode > room ? room : decode;
+}
+
+/* e->mu held: the paused list is ordered by priority (high first), then
+ * admission order. */
+static void paused_insert(pam_engine *e, pam_request *v) {
+    pam_request **pp = &e->paused;
+    while (*pp && ((*pp)->priority > v->priority ||
+                   ((*pp)->priority == v->priority && (*pp)->admit_order < v->admit_order)))
+        pp = &(*pp)->next_q;
+    v->next_q = *pp;
+    *pp = v;
+    v->paused = 1;
+    e->n_paused++;
+}
+
 /* The running request a queued one of priority prio may preempt: the lowest
  * priority below prio, the most recently admitted among equals. */
 static pam_request *pick_victim(const pam_engine *e, int32_t prio) {
@@ -751,15 +876,8 @@ static int preempt(pam_engine *e, pam_request *v) {
     int slot = v->slot;
     e->run[slot] = NULL;
     v->slot = -1;
-    v->paused = 1;
     e->n_running--;
-    e->n_paused++;
-    pam_request **pp = &e->paused;
-    while (*pp && ((*pp)->priority > v->priority ||
-                   ((*pp)->priority == v->priority && (*pp)->admit_order < v->admit_order)))
-        pp = &(*pp)->next_q;
-    v->next_q = *pp;
-    *pp = v;
+    paused_insert(e, v);
     e->demote[e->n_demote++] = v;
     e->st.n_preempted++;
     return slot;
@@ -869,7 +987,11 @@ static void remote_publish(pam_engine *e, pam_request *r) {
  * rest of its prompt and a decode reserve. 1: ready; 0: it does not fit
  * now (nothing changed, it waits); -1: it can never fit (finished). */
 static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
-    int32_t match = 0, hit = e->p.prefix_cache ? cache_lookup(e, r->prompt, r->n_fill, &match) : -1;
+    /* Prompt log-probabilities need the logits of every prompt position
+     * (once: a request requeued after that reuses its KV like any other). */
+    int32_t match = 0, hit = e->p.prefix_cache && !r->own_sparse && (!r->prompt_lp || r->plp_done)
+                                 ? cache_lookup(e, r->prompt, r->n_fill, &match)
+                                 : -1;
     int32_t seq = -1;
     pam_status st = PAM_OK;
     if (hit >= 0) {
@@ -882,13 +1004,19 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
     if (seq < 0) {
         match = 0;
         if (pam_kvm_seq_create(e->kvm, &seq) != PAM_OK) return 0;
+        if (r->own_sparse && pam_kvm_seq_set_sparse(e->kvm, seq, &r->sparse) != PAM_OK) { /* checked at submit */
+            pam_kvm_seq_free(e->kvm, seq);
+            return -1;
+        }
     }
-    int32_t room = e->p.n_ctx - r->n_fill;
-    int32_t decode = r->max_tokens > 0 ? r->max_tokens - r->n_gen : DECODE_RESERVE_BLOCKS * e->bt;
-    if (decode > room) decode = room;
+    int32_t decode = decode_reserve(e, r);
     /* a partially matched block is shared: its first store copies it */
     int32_t cow = match % e->bt ? e->bt : 0;
-    st = reserve_evicting(e, seq, r->n_fill - match + decode + cow);
+    /* The group's other choices, until they fork: each recomputes the last
+     * prompt token, decodes, and may copy two shared blocks; fork_choices
+     * hands this out. */
+    int32_t group = r->n_sibs * (1 + decode + 2 * e->bt);
+    st = reserve_evicting(e, seq, r->n_fill - match + decode + cow + group);
     if (st == PAM_ERR_FULL && e->n_running == 0 && e->n_paused == 0) {
         /* Nothing else holds KV: the minimum (prompt and one token) or never. */
         st = reserve_evicting(e, seq, r->n_fill - match + 1 + cow);
@@ -901,7 +1029,9 @@ static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
         pam_kvm_seq_free(e->kvm, seq);
         return 0;
     }
-    if ((e->p.persist || e->p.remote) && remote_fetch(e, r, seq, &match, decode) != PAM_OK) {
+    /* (not for prompt log-probabilities still to compute: they need every position's logits) */
+    if ((e->p.persist || e->p.remote) && (!r->prompt_lp || r->plp_done) &&
+        remote_fetch(e, r, seq, &match, decode + group) != PAM_OK) {
         pam_kvm_seq_free(e->kvm, seq);
         return 0;
     }
@@ -943,6 +1073,74 @@ static void start(pam_engine *e, pam_request *r, int slot, int32_t reuse) {
         e->st.prefix_lookups++;
         if (reuse > 0) e->st.prefix_hits++;
         e->st.prefix_tokens_reused += (uint64_t)reuse;
+    }
+}
+
+/* e->mu held, engine thread: the step that prefilled r's prompt. Its
+ * waiting choices fork its sequence, truncated to all but the last prompt
+ * token (each recomputes that one for its own first draw, which gives the
+ * logits the first request had), and take a free slot or wait in the paused
+ * list holding their KV. A partly filled last block stays shared until a
+ * store copies it. */
+static void fork_choices(pam_engine *e, pam_request *r) {
+    int32_t n = r->n_sibs;
+    r->n_sibs = 0;
+    int32_t match = r->n_prompt - 1, decode = decode_reserve(e, r);
+    int32_t cow = match % e->bt ? e->bt : 0;
+    /* r's reservation covered the group: give it back, and take r's share
+     * if it goes on (best effort; room_for tops it up each step). */
+    pam_kvm_seq_truncate(e->kvm, r->seq, r->n_past);
+    if (!r->score_only && r->finishing == PAM_FINISH_NONE)
+        reserve_evicting(e, r->seq, decode + (r->n_past % e->bt ? e->bt : 0));
+    for (int32_t i = 0; i < n; i++) {
+        pam_request *c = r->sibs[i];
+        if (c->cancel) {
+            request_done(e, c, PAM_FINISH_CANCELLED);
+            continue;
+        }
+        if (c->prompt_lp) {
+            memcpy(c->prompt_lp, r->prompt_lp, (size_t)r->n_prompt * sizeof *c->prompt_lp);
+            c->plp_done = c->prompt_lp_ready = 1;
+        }
+        c->n_cached = r->n_cached;
+        if (r->score_only) {
+            request_done(e, c, PAM_FINISH_LENGTH);
+            continue;
+        }
+        int32_t seq = -1;
+        pam_status st = pam_kvm_seq_fork(e->kvm, r->seq, &seq);
+        if (st == PAM_OK) st = pam_kvm_seq_truncate(e->kvm, seq, match);
+        if (st == PAM_OK) {
+            st = reserve_evicting(e, seq, 1 + decode + cow);
+            if (st == PAM_ERR_FULL) st = reserve_evicting(e, seq, 1 + cow);
+        }
+        if (st == PAM_OK) {
+            pam_ctx_params cp;
+            pam_ctx_params_default(&cp);
+            cp.n_ctx = e->p.n_ctx;
+            cp.kvm = e->kvm;
+            cp.kv_seq = seq;
+            st = pam_ctx_create_ex(e->m, &cp, e->pool, &c->ctx);
+        }
+        if (st != PAM_OK) {
+            if (seq >= 0) pam_kvm_seq_free(e->kvm, seq);
+            c->ctx = NULL;
+            request_done(e, c, PAM_FINISH_ERROR);
+            continue;
+        }
+        c->seq = seq;
+        c->n_past = match;
+        c->r_skip = match / e->bt; /* the first request publishes the prompt's blocks */
+        c->state = REQ_RUNNING;
+        c->admit_order = ++e->admit_clock;
+        int slot = free_slot(e);
+        if (slot >= 0) {
+            e->run[slot] = c;
+            c->slot = slot;
+            e->n_running++;
+        } else {
+            paused_insert(e, c);
+        }
     }
 }
 
@@ -1009,6 +1207,7 @@ static int stop_check(pam_request *r, size_t *safe) {
         if (hit && (size_t)(hit - tail) < first) first = (size_t)(hit - tail);
     }
     if (first != (size_t)-1) {
+        r->stop_cut = 1;
         r->gen_len = r->gen_emitted + first;
         r->gen[r->gen_len] = '\0';
         *safe = r->gen_len;
@@ -1031,7 +1230,7 @@ static int stop_check(pam_request *r, size_t *safe) {
  * r->finishing when the request ends; the text to publish is then all of gen
  * (a matched stop string has already been cut off). Returns 1 if the token
  * counts as generated (end-of-generation tokens do not). */
-static int on_token(pam_engine *e, pam_request *r, int32_t tok, int64_t now) {
+static int on_token(pam_engine *e, pam_request *r, int32_t tok, const pam_token_logprob *lp, int64_t now) {
     if (r->t_first_ns == 0) r->t_first_ns = now;
     r->t_last_ns = now;
     char buf[4096];
@@ -1041,6 +1240,10 @@ static int on_token(pam_engine *e, pam_request *r, int32_t tok, int64_t now) {
         r->finishing = PAM_FINISH_STOP;
     } else {
         r->gen_tok[r->n_gen] = tok; /* index n_gen is not visible to readers yet */
+        if (lp && r->gen_lp) {
+            r->gen_lp[r->n_gen] = *lp;
+            r->gen_lp[r->n_gen].text_off = (int32_t)r->gen_len;
+        }
         pthread_mutex_lock(&e->mu);
         r->n_gen++;
         pthread_mutex_unlock(&e->mu);
@@ -1070,8 +1273,31 @@ static int on_token(pam_engine *e, pam_request *r, int32_t tok, int64_t now) {
     return counted;
 }
 
+/* e->mu held: moves the log-probabilities of the tokens whose text starts
+ * before upto (at the end: of every token, unless a stop string cut the
+ * text) to the client's buffer. */
+static void publish_logprobs(pam_request *r, size_t upto, int final) {
+    int32_t k = r->lp_emitted;
+    while (k < r->n_gen && ((size_t)r->gen_lp[k].text_off < upto || (final && !r->stop_cut))) k++;
+    int32_t n = k - r->lp_emitted;
+    if (n == 0) return;
+    if (r->n_lp_out + n > r->cap_lp_out) {
+        int32_t cap = r->cap_lp_out ? r->cap_lp_out : 16;
+        while (cap < r->n_lp_out + n) cap *= 2;
+        pam_token_logprob *o = realloc(r->lp_out, (size_t)cap * sizeof *o);
+        if (!o) return; /* they stay pending and go out with the next publish */
+        r->lp_out = o;
+        r->cap_lp_out = cap;
+    }
+    memcpy(r->lp_out + r->n_lp_out, r->gen_lp + r->lp_emitted, (size_t)n * sizeof *r->lp_out);
+    r->n_lp_out += n;
+    r->lp_emitted = k;
+    request_signal(r);
+}
+
 /* e->mu held: moves emittable text to the client's buffer. */
-static void publish(pam_request *r, size_t upto) {
+static void publish(pam_request *r, size_t upto, int final) {
+    if (r->gen_lp) publish_logprobs(r, upto, final);
     if (upto <= r->gen_emitted) return;
     size_t n = upto - r->gen_emitted;
     if (r->out_len + n > r->out_cap) {
@@ -1226,14 +1452,18 @@ static void *engine_main(void *arg) {
         int32_t n_new = 0, n_prefilled = 0;
         pam_kvm_report rep = {0};
         if (n > 0) {
-            /* Logits only where a token is sampled: decode tokens and the
-             * last token of a prompt chunk; rows come back compacted. */
-            for (int32_t i = 0; i < n; i++) e->b_want[i] = e->b_req[i] != NULL;
+            /* Logits only where a token is sampled (decode tokens and the
+             * last token of a prompt chunk) or a prompt token's
+             * log-probability is wanted; rows come back compacted. */
+            for (int32_t i = 0; i < n; i++) {
+                const pam_request *o = e->b_own[i];
+                e->b_want[i] = e->b_req[i] != NULL || (o->prompt_lp && !o->plp_done && e->b_pos[i] + 1 < o->n_prompt);
+            }
             pam_status st = pam_forward_batch_ex(e->b_ctx, e->b_tok, e->b_pos, n, e->b_want, e->logits);
             int64_t now = pam_time_ns();
-            int32_t row = 0;
+            int32_t n_rows = 0;
             for (int32_t i = 0; i < n; i++) {
-                int32_t my_row = e->b_want[i] ? row++ : -1;
+                int32_t my_row = e->b_want[i] ? n_rows++ : -1;
                 pam_request *owner = e->b_own[i];
                 if (st != PAM_OK) {
                     owner->finishing = PAM_FINISH_ERROR;
@@ -1242,11 +1472,21 @@ static void *engine_main(void *arg) {
                 owner->n_past = e->b_pos[i] + 1; /* the token is in the KV now */
                 if (owner->n_past <= owner->n_fill) n_prefilled++;
                 if (owner->refill && owner->n_past >= owner->n_fill) owner->refill = 0;
+                const float *row = my_row >= 0 ? e->logits + (size_t)my_row * e->n_vocab : NULL;
+                if (row && owner->prompt_lp && !owner->plp_done && owner->n_past < owner->n_prompt)
+                    pam_logprobs(row, e->n_vocab, owner->prompt[owner->n_past], owner->plp_k,
+                                 &owner->prompt_lp[owner->n_past]);
                 pam_request *r = e->b_req[i];
                 if (!r || r->n_past < r->n_fill) continue;
                 if (r->finishing != PAM_FINISH_NONE) continue;
-                int32_t tok = pam_sampler_sample(r->sampler, e->logits + (size_t)my_row * e->n_vocab);
-                n_new += on_token(e, r, tok, now);
+                if (r->score_only) {
+                    finish_now(r, PAM_FINISH_LENGTH);
+                    continue;
+                }
+                int32_t tok = pam_sampler_sample(r->sampler, row);
+                pam_token_logprob lp;
+                if (r->lp_k >= 0) pam_sampler_logprobs(r->sampler, tok, r->lp_k, &lp);
+                n_new += on_token(e, r, tok, r->lp_k >= 0 ? &lp : NULL, now);
             }
             if ((e->p.remote || e->p.persist) && st == PAM_OK)
                 for (int32_t i = 0; i < e->p.n_slots; i++)
@@ -1267,13 +1507,17 @@ static void *engine_main(void *arg) {
         for (int32_t i = 0; i < e->p.n_slots; i++) {
             pam_request *r = e->run[i];
             if (!r) continue;
+            if (r->n_past >= r->n_prompt) {
+                if (r->prompt_lp && !r->plp_done) r->plp_done = r->prompt_lp_ready = 1;
+                if (r->n_sibs > 0 && r->finishing != PAM_FINISH_ERROR) fork_choices(e, r);
+            }
             if (r->finishing != PAM_FINISH_NONE) {
-                publish(r, r->gen_len);
+                publish(r, r->gen_len, 1);
                 retire(e, r, r->finishing);
             } else if (r->n_past >= r->n_fill && !r->refill) {
                 size_t safe;
                 stop_check(r, &safe);
-                publish(r, safe);
+                publish(r, safe, 0);
             }
         }
     }

@@ -34,6 +34,15 @@
  * resumes when a slot frees and its blocks move back through the normal
  * scheduler. Placement never changes results beyond rounding (exact merge).
  *
+ * Several choices (pam_engine_submit_n): the first request prefills the
+ * prompt; in the step that completes it the others fork its sequence
+ * (pam_kvm_seq_fork), truncated to all but the last prompt token, which each
+ * recomputes for its own first draw, so the prompt's blocks are shared and a
+ * partly filled block is copied on its first store (copy-on-write). Each
+ * choice has its own sampler, seeded with seed + i for choice i, and is an
+ * ordinary running request from then on (its own slot; waiting in the paused
+ * list, holding its KV, while every slot is busy).
+ *
  * Determinism (DESIGN.md §2.9): pam_forward_batch gives every token the
  * logits it would get alone, and sampling uses a per-request seeded sampler,
  * so a request's output does not depend on what runs beside it, on prefill
@@ -56,6 +65,7 @@
 #include "pam.h"
 
 #define PAM_ENGINE_MAX_STOP 16
+#define PAM_ENGINE_MAX_CHOICES 128
 #define PAM_HIST_MAX_BUCKETS 16
 
 typedef struct pam_engine_params {
@@ -97,12 +107,29 @@ typedef enum pam_finish {
 const char *pam_finish_str(pam_finish f); /* "stop", "length", "cancelled", "error" */
 
 typedef struct pam_request_params {
-    pam_sampler_params sampling;
+    pam_sampler_params sampling; /* sampling.repeat_last_n -1: the whole context */
     int32_t max_tokens; /* <= 0: until end of generation or a full context */
     int32_t n_stop;
     const char *stop[PAM_ENGINE_MAX_STOP]; /* copied at submit; not emitted */
     int ignore_eos;
     int32_t priority; /* higher preempts lower when every slot is busy; default 0 */
+    /* Log-probabilities (engine/sampler.h says of which distribution): < 0
+     * none; k >= 0: of each generated token with its k (<= 20) most likely
+     * alternatives (pam_request_update.logprobs). */
+    int32_t logprobs;
+    /* < 0 none; k >= 0: of every prompt token but the first, given the ones
+     * before it, from the model's logits (no bias or penalties), with k
+     * alternatives (pam_request_prompt_logprobs). Every prompt position is
+     * computed: such a request does not reuse cached prefixes. */
+    int32_t prompt_logprobs;
+    int score_only; /* generate nothing: prefill the prompt and finish with "length" */
+    /* Sparse attention for this request (kv/kvm.h pam_kv_sparse: tokens, or
+     * a share of the context; both 0: exact); kv_sparse_given 0 takes the KV
+     * manager's default. A budget other than the default needs a manager
+     * with key summaries (PAM_ERR_INVALID otherwise) and keeps the request
+     * out of the prefix cache: its KV is not what the others compute. */
+    int kv_sparse_given;
+    pam_kv_sparse kv_sparse;
 } pam_request_params;
 
 void pam_request_params_default(pam_request_params *p);
@@ -128,6 +155,14 @@ int32_t pam_engine_n_slots(const pam_engine *e);
  * the context. */
 pam_status pam_engine_submit(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
                              pam_request **out);
+/* n (1..PAM_ENGINE_MAX_CHOICES) choices for one prompt, out[0..n): choice i
+ * samples with seed p->sampling.seed + i (mod 2^64), so choice 0 is what
+ * pam_engine_submit gives. The group takes one place in the queue and is
+ * admitted when the KV cache can reserve the prompt and every choice's
+ * decode reserve. Cancelling (or releasing) out[0] before its prompt is
+ * prefilled ends the others too; after that each stands alone. */
+pam_status pam_engine_submit_n(pam_engine *e, const int32_t *prompt, int32_t n_prompt, const pam_request_params *p,
+                               int32_t n, pam_request **out);
 
 /* Stops admitting new requests (submit fails with PAM_ERR_FULL) and waits
  * until every queued and running request has finished. */
@@ -141,6 +176,12 @@ typedef struct pam_request_update {
     int32_t n_prompt_tokens;
     int32_t n_completion_tokens;
     int32_t n_cached_tokens; /* prompt tokens reused from the prefix cache */
+    /* With params.logprobs >= 0: one entry per generated token whose text is
+     * in this update (or, at the end, that produced no text), in order;
+     * text_off is the byte offset of its text in the request's whole output.
+     * Tokens cut off with a stop string are left out. malloc'd, caller frees. */
+    pam_token_logprob *logprobs;
+    int32_t n_logprobs;
 } pam_request_update;
 
 /* Waits up to timeout_ms (0: do not wait) until there is new text or the
@@ -156,6 +197,11 @@ void pam_request_set_notify(pam_request *r, void (*fn)(void *), void *arg);
 /* Generated token ids so far (valid until the next call or release). Safe
  * once done; while running it copies under the engine's lock. */
 int32_t pam_request_tokens(pam_request *r, int32_t *out, int32_t cap);
+/* With params.prompt_logprobs >= 0, once the prompt has been prefilled:
+ * n_prompt entries, entry i for prompt token i (entry 0 has logprob NaN and
+ * no alternatives: nothing precedes it); NULL before that or without them.
+ * Valid until release. */
+const pam_token_logprob *pam_request_prompt_logprobs(pam_request *r, int32_t *n);
 /* Asks the engine to stop the request; its slot is free before the next step. */
 void pam_request_cancel(pam_request *r);
 /* The caller is done with r (cancels it if still running). */

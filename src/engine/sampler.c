@@ -1,9 +1,11 @@
 /* Token sampler.
  *
- * State: the parameters, a ring of the last repeat_last_n accepted tokens, a
- * xoshiro256** generator, and scratch buffers sized once for the vocabulary
- * (penalised logits, candidates, a per-token mark) so sampling a token never
- * allocates. Invariant between calls: every entry of `mark` is 0.
+ * State: the parameters, a ring of the last repeat_last_n accepted tokens,
+ * per-token counts of the generated tokens (only with a frequency or presence
+ * penalty) with the list of the distinct ones, a private copy of the logit
+ * bias, a xoshiro256** generator, and scratch buffers sized once for the
+ * vocabulary (penalised logits, candidates, a per-token mark) so sampling a
+ * token never allocates. Invariant between calls: every entry of `mark` is 0.
  *
  * Candidates are kept in "rank order": higher logit first, equal logits by
  * lower id. Every stage that cuts the list (top-k, top-p) relies on it, which
@@ -35,6 +37,10 @@ struct pam_sampler {
     int32_t *hist;  /* ring of the last repeat_last_n accepted tokens */
     int32_t n_hist;
     int32_t hist_head; /* next slot to write */
+    pam_logit_bias *bias; /* [p.n_logit_bias], or NULL */
+    int32_t *count;       /* [n_vocab] generated occurrences, or NULL without frequency/presence penalty */
+    int32_t *seen;        /* the distinct generated ids (n_seen of them) */
+    int32_t n_seen;
     uint64_t rng[4];
 };
 
@@ -45,6 +51,10 @@ void pam_sampler_params_default(pam_sampler_params *p) {
     p->min_p = 0.05f;
     p->repeat_penalty = 1.0f;
     p->repeat_last_n = 64;
+    p->frequency_penalty = 0.0f;
+    p->presence_penalty = 0.0f;
+    p->logit_bias = NULL;
+    p->n_logit_bias = 0;
     p->seed = 0;
 }
 
@@ -63,6 +73,20 @@ pam_status pam_sampler_params_check(const pam_sampler_params *p) {
     if (p->repeat_last_n < 0 || p->repeat_last_n > PAM_SAMPLER_MAX_LAST_N)
         return PAM_ERR(PAM_ERR_INVALID, "repeat-last-n must be in [0, %d] (got %d)", PAM_SAMPLER_MAX_LAST_N,
                        (int)p->repeat_last_n);
+    if (!isfinite(p->frequency_penalty))
+        return PAM_ERR(PAM_ERR_INVALID, "frequency penalty must be finite (got %g)", (double)p->frequency_penalty);
+    if (!isfinite(p->presence_penalty))
+        return PAM_ERR(PAM_ERR_INVALID, "presence penalty must be finite (got %g)", (double)p->presence_penalty);
+    if (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias))
+        return PAM_ERR(PAM_ERR_INVALID, "logit bias: %d entries", (int)p->n_logit_bias);
+    for (int32_t i = 0; i < p->n_logit_bias; i++) {
+        if (p->logit_bias[i].id < 0)
+            return PAM_ERR(PAM_ERR_INVALID, "logit bias: token id %d is negative", (int)p->logit_bias[i].id);
+        /* -inf is a ban like -100; +inf or NaN would poison the softmax. */
+        if (isnan(p->logit_bias[i].bias) || p->logit_bias[i].bias == INFINITY)
+            return PAM_ERR(PAM_ERR_INVALID, "logit bias of token %d must be a number < +inf (got %g)",
+                           (int)p->logit_bias[i].id, (double)p->logit_bias[i].bias);
+    }
     return PAM_OK;
 }
 
@@ -102,9 +126,14 @@ static double rng_uniform(pam_sampler *s) { return (double)(xoshiro_next(s->rng)
 pam_status pam_sampler_create(const pam_sampler_params *p, int32_t n_vocab, pam_sampler **out) {
     PAM_TRY(pam_sampler_params_check(p));
     if (n_vocab <= 0) return PAM_ERR(PAM_ERR_INVALID, "sampler: vocabulary size must be > 0 (got %d)", (int)n_vocab);
+    for (int32_t i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].id >= n_vocab)
+            return PAM_ERR(PAM_ERR_RANGE, "logit bias: token id %d out of range (vocabulary of %d)",
+                           (int)p->logit_bias[i].id, (int)n_vocab);
     pam_sampler *s = calloc(1, sizeof *s);
     if (!s) return PAM_ERR(PAM_ERR_NOMEM, "sampler: out of memory");
     s->p = *p;
+    s->p.logit_bias = NULL; /* the caller's; s->bias is ours */
     s->n_vocab = n_vocab;
     size_t n = (size_t)n_vocab;
     s->work = malloc(n * sizeof *s->work);
@@ -112,7 +141,17 @@ pam_status pam_sampler_create(const pam_sampler_params *p, int32_t n_vocab, pam_
     s->prob = malloc(n * sizeof *s->prob);
     s->mark = calloc(n, 1);
     s->hist = malloc(((size_t)p->repeat_last_n + 1) * sizeof *s->hist);
-    if (!s->work || !s->cand || !s->prob || !s->mark || !s->hist) {
+    int ok = s->work && s->cand && s->prob && s->mark && s->hist;
+    if (ok && p->n_logit_bias > 0) {
+        ok = (s->bias = malloc((size_t)p->n_logit_bias * sizeof *s->bias)) != NULL;
+        if (ok) memcpy(s->bias, p->logit_bias, (size_t)p->n_logit_bias * sizeof *s->bias);
+    }
+    if (ok && (p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f)) {
+        s->count = calloc(n, sizeof *s->count);
+        s->seen = malloc(n * sizeof *s->seen);
+        ok = s->count && s->seen;
+    }
+    if (!ok) {
         pam_sampler_free(s);
         return PAM_ERR(PAM_ERR_NOMEM, "sampler: out of memory for a vocabulary of %d", (int)n_vocab);
     }
@@ -128,10 +167,13 @@ void pam_sampler_free(pam_sampler *s) {
     free(s->prob);
     free(s->mark);
     free(s->hist);
+    free(s->bias);
+    free(s->count);
+    free(s->seen);
     free(s);
 }
 
-void pam_sampler_accept(pam_sampler *s, int32_t token) {
+void pam_sampler_accept_prompt(pam_sampler *s, int32_t token) {
     /* An id outside the vocabulary cannot be penalised; keeping it would only
      * push a real token out of the window. */
     if (!s || s->p.repeat_last_n <= 0 || token < 0 || token >= s->n_vocab) return;
@@ -140,15 +182,39 @@ void pam_sampler_accept(pam_sampler *s, int32_t token) {
     if (s->n_hist < s->p.repeat_last_n) s->n_hist++;
 }
 
-/* Forgets the history and reseeds, so a reset sampler repeats its first run. */
+void pam_sampler_accept(pam_sampler *s, int32_t token) {
+    if (!s || token < 0 || token >= s->n_vocab) return;
+    pam_sampler_accept_prompt(s, token);
+    if (s->count && s->count[token]++ == 0) s->seen[s->n_seen++] = token;
+}
+
+/* Forgets the history and the counts and reseeds, so a reset sampler
+ * repeats its first run. */
 void pam_sampler_reset(pam_sampler *s) {
     if (!s) return;
     s->n_hist = 0;
     s->hist_head = 0;
+    for (int32_t i = 0; i < s->n_seen; i++) s->count[s->seen[i]] = 0;
+    s->n_seen = 0;
     seed_rng(s);
 }
 
 /* ---- stages ------------------------------------------------------------- */
+
+static void apply_bias(pam_sampler *s) {
+    for (int32_t i = 0; i < s->p.n_logit_bias; i++) {
+        const pam_logit_bias *b = &s->bias[i];
+        s->work[b->id] = b->bias <= PAM_LOGIT_BIAS_BAN ? -INFINITY : s->work[b->id] + b->bias;
+    }
+}
+
+/* OpenAI's frequency and presence penalties over the generated tokens. */
+static void apply_frequency_presence(pam_sampler *s) {
+    for (int32_t i = 0; i < s->n_seen; i++) {
+        int32_t t = s->seen[i];
+        s->work[t] -= (float)s->count[t] * s->p.frequency_penalty + s->p.presence_penalty;
+    }
+}
 
 static void apply_penalty(pam_sampler *s) {
     float pen = s->p.repeat_penalty;
@@ -221,7 +287,9 @@ static int32_t argmax(const float *x, int32_t n) {
 int32_t pam_sampler_sample(pam_sampler *s, const float *logits) {
     int32_t nv = s->n_vocab;
     memcpy(s->work, logits, (size_t)nv * sizeof *s->work);
+    apply_bias(s);
     apply_penalty(s);
+    apply_frequency_presence(s);
 
     if (s->p.temp <= 0.0f) return argmax(s->work, nv);
 
@@ -311,4 +379,49 @@ int32_t pam_sampler_sample(pam_sampler *s, const float *logits) {
         if (u < cum) return c[i].id;
     }
     return c[last].id; /* u landed on the rounding slack at the top */
+}
+
+/* ---- log-probabilities -------------------------------------------------- */
+
+void pam_logprobs(const float *logits, int32_t n_vocab, int32_t id, int32_t k, pam_token_logprob *out) {
+    if (k < 0) k = 0;
+    if (k > PAM_MAX_TOP_LOGPROBS) k = PAM_MAX_TOP_LOGPROBS;
+    memset(out, 0, sizeof *out);
+    out->id = id;
+    out->text_off = -1;
+    /* Rank order as in sampling (higher logit, then lower id), so top[0] is
+     * the greedy token. The kept list is sorted; most logits fail the first
+     * comparison with its worst entry. */
+    pam_cand top[PAM_MAX_TOP_LOGPROBS];
+    int32_t nt = 0;
+    double mx = -INFINITY;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        float l = logits[i];
+        if (!(l > -INFINITY)) continue; /* -inf and NaN: probability 0 */
+        if (l > mx) mx = l;
+        pam_cand c = {l, i};
+        if (k == 0 || (nt == k && !cand_before(c, top[k - 1]))) continue;
+        int32_t j = nt < k ? nt++ : k - 1;
+        while (j > 0 && cand_before(c, top[j - 1])) {
+            top[j] = top[j - 1];
+            j--;
+        }
+        top[j] = c;
+    }
+    if (mx == -INFINITY) { /* nothing has probability: every log-probability is -inf */
+        out->logprob = -INFINITY;
+        return;
+    }
+    double sum = 0.0;
+    for (int32_t i = 0; i < n_vocab; i++)
+        if (logits[i] > -INFINITY) sum += exp((double)logits[i] - mx);
+    double lse = mx + log(sum);
+    float l = id >= 0 && id < n_vocab ? logits[id] : NAN;
+    out->logprob = l > -INFINITY ? (float)((double)l - lse) : -INFINITY;
+    out->n_top = nt;
+    for (int32_t i = 0; i < nt; i++) out->top[i] = (pam_logprob_top){top[i].id, (float)((double)top[i].logit - lse)};
+}
+
+void pam_sampler_logprobs(const pam_sampler *s, int32_t id, int32_t k, pam_token_logprob *out) {
+    pam_logprobs(s->work, s->n_vocab, id, k, out);
 }

@@ -117,7 +117,7 @@ static void read_model(void) {
     if (f) fclose(f);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
     unsigned r[12];
-    if (!g_model[0] && __get_cpuid_max(0x80000000u, NULL) >= 0x80000004u) {
+    if (!g_model[0] && (unsigned)__get_cpuid_max(0x80000000u, NULL) >= 0x80000004u) {
         for (unsigned i = 0; i < 3; i++) __get_cpuid(0x80000002u + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
         char brand[49];
         memcpy(brand, r, 48);

@@ -39,3 +39,20 @@ float pam_ksum_bound_group(const float *q, int32_t n_q, const float *mn, const f
     }
     return best;
 }
+
+float pam_ksum_bound_fast(const float *q, const float *mn, const float *mx, int32_t head_dim) {
+    float acc[8] = {0};
+    int32_t c = 0;
+    for (; c + 8 <= head_dim; c += 8)
+        for (int j = 0; j < 8; j++) {
+            float a = q[c + j] * mn[c + j], b = q[c + j] * mx[c + j];
+            acc[j] += a > b ? a : b;
+        }
+    float s = 0.0f;
+    for (; c < head_dim; c++) {
+        float a = q[c] * mn[c], b = q[c] * mx[c];
+        s += a > b ? a : b;
+    }
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}

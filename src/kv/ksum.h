@@ -28,6 +28,13 @@ void pam_ksum_add(float *mn, float *mx, const float *k, int32_t n);
  * it with a score to decide correctness. */
 float pam_ksum_bound(const float *q, const float *mn, const float *mx, int32_t head_dim);
 
+/* The same sum in float, eight lanes then the lanes in order (so the order,
+ * and the result, depend on head_dim only): fast enough to rank every block
+ * of a context for each query (sparse attention), and an upper bound up to
+ * float rounding (about 1e-6 of sum |q_c k_c|). The summary must not be
+ * empty. */
+float pam_ksum_bound_fast(const float *q, const float *mn, const float *mx, int32_t head_dim);
+
 /* The bound over the n_q query heads that share one KV head (grouped-query
  * attention): the largest per-head bound. q holds n_q rows of head_dim. */
 float pam_ksum_bound_group(const float *q, int32_t n_q, const float *mn, const float *mx, int32_t head_dim);

@@ -17,6 +17,7 @@
 #include "core/status.h"
 #include "core/timing.h"
 #include "kernels/checksum.h"
+#include "kernels/cpu.h"
 #include "kv/kv_remote_int.h"
 #include "kv/redis_cluster.h"
 
@@ -96,7 +97,8 @@ __attribute__((target("avx,f16c"))) static void to_f16_f16c(const float *src, ui
 }
 static int have_f16c(void) {
     static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+    /* the AVX2 level includes F16C (clang's __builtin_cpu_supports has no "f16c") */
+    if (cached < 0) cached = pam_cpu_detect() >= PAM_ISA_AVX2;
     return cached;
 }
 #else

@@ -36,7 +36,29 @@
  *    "migration_bytes":..,"migration_failures":..,"staged_bytes":..,
  *    "importance_hist":[h0..h9]}
  *   importance_hist[i] counts blocks with importance in [10^-(i+1), 10^-i)
- *   (i = 0..8; 0 includes 1), and h9 those below 1e-9. */
+ *   (i = 0..8; 0 includes 1), and h9 those below 1e-9.
+ *   With sparse attention or eviction on, also "sparse_attended",
+ *   "sparse_skipped" (blocks, this step) and "evicted" (blocks, in total).
+ *
+ * Sparse attention (opt-in, per sequence): every block keeps a key summary
+ * (kv/ksum.h: per KV head, per-channel min and max of its keys) in host
+ * memory, widened by every store. A query attends the sink (block 0), the
+ * blocks of its last block_tokens positions and, with several tiers, every
+ * block in the fastest tier (reading those costs little); the other blocks
+ * are ranked by their bound's margin to the best bound of the same query
+ * head (max over heads of bound_h(b) - max_b' bound_h(b')), ties to the
+ * older block, and attended while the budget of tokens lasts. Skipped
+ * blocks are never read: they make no piece, no staging copy and, unless
+ * attended by the previous step, no read-ahead hint (a call hints its own
+ * chosen slow-tier blocks first, so they are read at depth). The exact merge then
+ * runs over the attended blocks. A budget of at least the context attends
+ * every block through the same pieces as exact mode, so the result is
+ * bit-identical. With one tier (or the same tiers for each sequence) the
+ * selection depends on the sequence's own data only; with several tiers it
+ * also depends on which blocks sit in the fastest tier.
+ *
+ * Eviction (opt-in): a dropped block leaves a hole (KVM_NO_ID) in the table,
+ * so logical block i still holds positions i*bt.. of the blocks that stay. */
 #include "kv/kvm.h"
 
 #include <math.h>
@@ -45,6 +67,7 @@
 
 #include "core/status.h"
 #include "kernels/attention.h"
+#include "kv/ksum.h"
 #include "kv/sched.h"
 
 #define KVM_MAX_TIERS 8
@@ -62,6 +85,9 @@ typedef struct kvm_block {
     float importance;
     float mass_step; /* attention mass accumulated since the last step_end */
     uint32_t next_free;
+    uint64_t born;      /* write order, the key of recency-only placement */
+    uint64_t pick_call; /* the sparse attention call that last attended it */
+    uint64_t pick_step; /* step + 1 of that call; 0: never */
 } kvm_block;
 
 typedef struct kvm_seq {
@@ -71,6 +97,8 @@ typedef struct kvm_seq {
     int32_t *n_blocks; /* [n_layer] */
     int32_t *cap;      /* [n_layer] */
     uint64_t reserved; /* blocks reserved for later stores */
+    pam_kv_sparse sparse;
+    uint64_t *last_call; /* [n_layer] id of its last sparse attention call */
 } kvm_seq;
 
 typedef struct kvm_call {
@@ -96,6 +124,15 @@ struct pam_kvm {
     FILE *trace;
     pam_pool *pool;
     int readahead;
+    pam_kv_sparse sparse_default;
+    int summaries, evict;
+    pam_kv_place place;
+    float *ksum;        /* [cap_ids][n_head_kv][2][head_dim] when summaries */
+    uint64_t n_born, n_calls;
+    uint8_t *skip;      /* [cap_req] attention scratch: 1 = not attended */
+    float *bnd;         /* [cap_req][piece_heads] bounds, then [cap_req] scores */
+    int64_t *order;     /* [3][cap_req] candidates, their ranking, merge buffer */
+    uint64_t sp_att, sp_skip, n_evicted;
 
     kvm_block *blocks;
     uint32_t n_ids, cap_ids, free_id;
@@ -121,6 +158,11 @@ struct pam_kvm {
     const float *att_q;
     int32_t att_n_head, att_seq, att_layer;
     int att_hint; /* task 0 of the attention job gives the read-ahead hint */
+    /* a sparse call's blocks (skip marks those not attended): the hint names
+     * them first, so a slow tier reads the scattered chosen blocks at depth */
+    const uint32_t *att_tab;
+    const uint8_t *att_skip;
+    int64_t att_nb;
     float att_scale;
 
     /* read-ahead hints: per tier, its blocks of the next calls */
@@ -197,6 +239,12 @@ pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **o
         return PAM_ERR(PAM_ERR_INVALID, "kv manager: importance decay %g outside (0, 1]", (double)cfg->importance_decay);
     for (int t = 0; t < cfg->n_tiers; t++)
         if (!cfg->tiers[t]) return PAM_ERR(PAM_ERR_INVALID, "kv manager: tier %d is NULL", t);
+    if (cfg->sparse.tokens < 0 || !(cfg->sparse.frac >= 0.0f && cfg->sparse.frac <= 1.0f))
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: bad sparse budget (%d tokens, share %g)", (int)cfg->sparse.tokens,
+                       (double)cfg->sparse.frac);
+    if (cfg->place != PAM_KV_PLACE_IMPORTANCE && cfg->place != PAM_KV_PLACE_RECENCY &&
+        cfg->place != PAM_KV_PLACE_STATIC)
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: unknown placement %d", (int)cfg->place);
     pam_kvm *kvm = calloc(1, sizeof *kvm);
     if (!kvm) return PAM_ERR(PAM_ERR_NOMEM, "kv manager");
     kvm->shape = *s;
@@ -211,6 +259,10 @@ pam_status pam_kvm_create(const pam_kvm_config *cfg, pam_pool *pool, pam_kvm **o
     kvm->decay = cfg->importance_decay > 0.0f ? cfg->importance_decay : KVM_DEFAULT_DECAY;
     kvm->trace = cfg->trace;
     kvm->pool = pool;
+    kvm->sparse_default = cfg->sparse;
+    kvm->summaries = cfg->sparse_allow || cfg->sparse.tokens > 0 || cfg->sparse.frac > 0.0f;
+    kvm->evict = cfg->evict;
+    kvm->place = cfg->place;
     /* Hints cost a pass over the next calls' block tables: only worth it
      * when some tier can act on them. */
     kvm->readahead = 0;
@@ -257,8 +309,44 @@ void pam_kvm_destroy(pam_kvm *kvm) {
     free(kvm->stage_buf);
     free(kvm->sched_blocks);
     free(kvm->sched_moves);
+    free(kvm->ksum);
+    free(kvm->skip);
+    free(kvm->bnd);
+    free(kvm->order);
     free(kvm);
 }
+
+pam_status pam_kv_sparse_parse(const char *s, pam_kv_sparse *out) {
+    out->tokens = 0;
+    out->frac = 0.0f;
+    if (!s || !*s) return PAM_ERR(PAM_ERR_INVALID, "sparse budget: empty");
+    if (!strcmp(s, "off")) return PAM_OK;
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (end == s || !(v >= 0.0))
+        return PAM_ERR(PAM_ERR_INVALID, "sparse budget '%s': not a number of tokens or a percentage", s);
+    if (*end == '%' && end[1] == '\0') {
+        if (!(v > 0.0 && v <= 100.0))
+            return PAM_ERR(PAM_ERR_INVALID, "sparse budget '%s': a percentage must be in (0, 100]", s);
+        out->frac = (float)(v / 100.0);
+        return PAM_OK;
+    }
+    if (*end != '\0' || v != floor(v) || v > 1e9)
+        return PAM_ERR(PAM_ERR_INVALID, "sparse budget '%s': a whole number of tokens or a percentage like 25%%", s);
+    out->tokens = (int32_t)v;
+    return PAM_OK;
+}
+
+int32_t pam_kv_sparse_tokens(const pam_kv_sparse *sp, int32_t n_pos) {
+    if (!sp || (sp->tokens <= 0 && !(sp->frac > 0.0f))) return n_pos;
+    if (sp->tokens > 0) return sp->tokens < n_pos ? sp->tokens : n_pos;
+    double t = ceil((double)sp->frac * (double)n_pos);
+    return t >= (double)n_pos ? n_pos : (int32_t)t;
+}
+
+static int sparse_on(const pam_kv_sparse *sp) { return sp->tokens > 0 || sp->frac > 0.0f; }
+
+static size_t ksum_floats(const pam_kvm *kvm) { return 2 * kvm->row; }
 
 const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm) { return &kvm->shape; }
 int pam_kvm_n_tiers(const pam_kvm *kvm) { return kvm->n_tiers; }
@@ -278,6 +366,11 @@ static pam_status new_block_id(pam_kvm *kvm, uint32_t *id) {
         kvm_block *nb = realloc(kvm->blocks, (size_t)nc * sizeof *nb);
         if (!nb) return PAM_ERR(PAM_ERR_NOMEM, "kv manager: block table");
         kvm->blocks = nb;
+        if (kvm->summaries) {
+            float *ks = realloc(kvm->ksum, (size_t)nc * ksum_floats(kvm) * sizeof *ks);
+            if (!ks) return PAM_ERR(PAM_ERR_NOMEM, "kv manager: key summaries");
+            kvm->ksum = ks;
+        }
         kvm->cap_ids = nc;
     }
     *id = kvm->n_ids++;
@@ -312,10 +405,36 @@ static void free_slot(pam_kvm *kvm, int tier, uint32_t slot) {
     kvm->n_used[tier]--;
 }
 
+static void unref_block(pam_kvm *kvm, uint32_t id);
+
+/* Eviction: drops the sequence's lowest-importance unshared block of layer
+ * (ties: the oldest), never block 0 (the sink) nor a block holding one of its
+ * last block_tokens positions. Returns 1 if a block was dropped (its slot is
+ * free now), 0 if none can be. */
+static int evict_one(pam_kvm *kvm, kvm_seq *s, int32_t layer) {
+    int32_t bt = kvm->shape.block_tokens, len = s->len[layer];
+    int32_t first_win = (len > bt ? len - bt : 0) / bt;
+    int32_t best = -1;
+    for (int32_t i = 1; i < s->n_blocks[layer] && i < first_win; i++) {
+        uint32_t id = s->table[layer][i];
+        if (id == KVM_NO_ID || kvm->blocks[id].refcnt != 1) continue;
+        if (best < 0 || kvm->blocks[id].importance < kvm->blocks[s->table[layer][best]].importance) best = i;
+    }
+    if (best < 0) return 0;
+    unref_block(kvm, s->table[layer][best]);
+    s->table[layer][best] = KVM_NO_ID;
+    kvm->n_evicted++;
+    return 1;
+}
+
 /* A new block with one reference, charged to seq's reservation if it has one. */
 static pam_status new_block(pam_kvm *kvm, kvm_seq *s, int32_t layer, uint32_t *out) {
+    if (s->reserved == 0)
+        while (kvm->evict && free_slots(kvm) <= kvm->reserved && evict_one(kvm, s, layer)) {
+        }
     if (s->reserved == 0 && free_slots(kvm) <= kvm->reserved)
-        return PAM_ERR(PAM_ERR_FULL, "KV cache full: every free block is reserved by other sequences");
+        return PAM_ERR(PAM_ERR_FULL, "KV cache full: every free block is reserved by other sequences%s",
+                       kvm->evict ? ", and the sequence has no block it may drop" : "");
     uint32_t id = KVM_NO_ID, slot = 0;
     int tier = 0;
     PAM_TRY(new_block_id(kvm, &id));
@@ -331,6 +450,13 @@ static pam_status new_block(pam_kvm *kvm, kvm_seq *s, int32_t layer, uint32_t *o
     b->refcnt = 1;
     b->layer = layer;
     b->next_free = KVM_NO_ID;
+    b->born = ++kvm->n_born;
+    if (kvm->summaries) {
+        float *ks = kvm->ksum + (size_t)id * ksum_floats(kvm);
+        for (int32_t g = 0; g < kvm->shape.n_head_kv; g++)
+            pam_ksum_reset(ks + (size_t)g * 2 * kvm->shape.head_dim, ks + ((size_t)g * 2 + 1) * kvm->shape.head_dim,
+                           kvm->shape.head_dim);
+    }
     kvm->n_live++;
     if (s->reserved > 0) {
         s->reserved--;
@@ -419,7 +545,9 @@ pam_status pam_kvm_seq_create(pam_kvm *kvm, int32_t *seq) {
     s->table = calloc((size_t)L, sizeof *s->table);
     s->n_blocks = calloc((size_t)L, sizeof *s->n_blocks);
     s->cap = calloc((size_t)L, sizeof *s->cap);
-    if (!s->len || !s->table || !s->n_blocks || !s->cap) {
+    s->last_call = calloc((size_t)L, sizeof *s->last_call);
+    if (!s->len || !s->table || !s->n_blocks || !s->cap || !s->last_call) {
+        free(s->last_call);
         free(s->len);
         free(s->table);
         free(s->n_blocks);
@@ -428,6 +556,7 @@ pam_status pam_kvm_seq_create(pam_kvm *kvm, int32_t *seq) {
         return PAM_ERR(PAM_ERR_NOMEM, "kv manager: sequence");
     }
     s->reserved = 0;
+    s->sparse = kvm->sparse_default;
     s->used = 1;
     *seq = i;
     return PAM_OK;
@@ -437,10 +566,12 @@ void pam_kvm_seq_free(pam_kvm *kvm, int32_t seq) {
     kvm_seq *s = get_seq(kvm, seq);
     if (!s) return;
     for (int32_t l = 0; l < kvm->shape.n_layer; l++) {
-        for (int32_t i = 0; i < s->n_blocks[l]; i++) unref_block(kvm, s->table[l][i]);
+        for (int32_t i = 0; i < s->n_blocks[l]; i++)
+            if (s->table[l][i] != KVM_NO_ID) unref_block(kvm, s->table[l][i]);
         free(s->table[l]);
     }
     kvm->reserved -= s->reserved;
+    free(s->last_call);
     free(s->len);
     free(s->table);
     free(s->n_blocks);
@@ -471,10 +602,11 @@ pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst) {
                 pam_kvm_seq_free(kvm, d);
                 return PAM_ERR(PAM_ERR_NOMEM, "kv manager: block table");
             }
-            kvm->blocks[s->table[l][i]].refcnt++;
+            if (s->table[l][i] != KVM_NO_ID) kvm->blocks[s->table[l][i]].refcnt++;
         }
         t->len[l] = s->len[l];
     }
+    t->sparse = s->sparse;
     *dst = d;
     return PAM_OK;
 }
@@ -485,7 +617,10 @@ pam_status pam_kvm_seq_truncate(pam_kvm *kvm, int32_t seq, int32_t n_tokens) {
     if (n_tokens < 0) return PAM_ERR(PAM_ERR_INVALID, "kv manager: truncate to %d tokens", n_tokens);
     int32_t keep = blocks_for(kvm, n_tokens);
     for (int32_t l = 0; l < kvm->shape.n_layer; l++) {
-        while (s->n_blocks[l] > keep) unref_block(kvm, s->table[l][--s->n_blocks[l]]);
+        while (s->n_blocks[l] > keep) {
+            uint32_t id = s->table[l][--s->n_blocks[l]];
+            if (id != KVM_NO_ID) unref_block(kvm, id);
+        }
         if (s->len[l] > n_tokens) s->len[l] = n_tokens;
     }
     kvm->reserved -= s->reserved;
@@ -513,6 +648,11 @@ pam_status pam_kvm_reserve(pam_kvm *kvm, int32_t seq, int32_t n_tokens) {
     }
     if (need <= s->reserved) return PAM_OK;
     uint64_t extra = need - s->reserved, avail = free_slots(kvm) - kvm->reserved;
+    if (extra > avail && kvm->evict) { /* what is free now; stores past it evict */
+        s->reserved += avail;
+        kvm->reserved += avail;
+        return PAM_OK;
+    }
     if (extra > avail) {
         uint64_t cap = 0;
         for (int t = 0; t < usable_tiers(kvm); t++) cap += kvm->tiers[t]->capacity_blocks;
@@ -540,6 +680,9 @@ static pam_status cow_block(pam_kvm *kvm, kvm_seq *s, int32_t layer, int32_t bi)
     }
     nb->n_tokens = ob->n_tokens;
     nb->importance = ob->importance;
+    if (kvm->summaries)
+        memcpy(kvm->ksum + (size_t)id * ksum_floats(kvm), kvm->ksum + (size_t)old * ksum_floats(kvm),
+               ksum_floats(kvm) * sizeof(float));
     ob->refcnt--;
     s->table[layer][bi] = id;
     return PAM_OK;
@@ -561,6 +704,8 @@ static pam_status store_rows(pam_kvm *kvm, kvm_seq *s, int32_t layer, int32_t po
                 return st;
             }
         } else {
+            if (s->table[layer][bi] == KVM_NO_ID)
+                return PAM_ERR(PAM_ERR_INVALID, "kv manager: store at position %d, in a block evicted", pos);
             if (kvm->blocks[s->table[layer][bi]].refcnt > 1) PAM_TRY(cow_block(kvm, s, layer, bi));
             id = s->table[layer][bi];
         }
@@ -575,6 +720,14 @@ static pam_status store_rows(pam_kvm *kvm, kvm_seq *s, int32_t layer, int32_t po
         }
         if (b->n_tokens < off + cnt) b->n_tokens = off + cnt;
         if (s->len[layer] < pos + cnt) s->len[layer] = pos + cnt;
+        if (kvm->summaries) {
+            int32_t hd = kvm->shape.head_dim;
+            float *ks = kvm->ksum + (size_t)id * ksum_floats(kvm);
+            for (int32_t r = 0; r < cnt; r++)
+                for (int32_t g = 0; g < kvm->shape.n_head_kv; g++)
+                    pam_ksum_add(ks + (size_t)g * 2 * hd, ks + ((size_t)g * 2 + 1) * hd,
+                                 k + (size_t)r * kvm->row + (size_t)g * hd, hd);
+        }
         pos += cnt;
         n -= cnt;
         k += (size_t)cnt * kvm->row;
@@ -605,7 +758,8 @@ void pam_kvm_set_observer(pam_kvm *kvm, const pam_kvm_observer *obs) {
  * hold blocks in tier order within a chunk, so each request is placed by
  * finding its block id in the layer's table (ids are unique within it). */
 static pam_status observe_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_pos, const float *q,
-                                 int32_t n_head, const uint32_t *tab, int64_t nb, const float *m, const float *l) {
+                                 int32_t n_head, const uint32_t *tab, int64_t nb, int64_t n_req, const float *m,
+                                 const float *l) {
     size_t need = (size_t)nb * (size_t)n_head;
     if ((int64_t)need > kvm->cap_obs) {
         float *om = realloc(kvm->obs_mass, need * sizeof *om);
@@ -613,8 +767,9 @@ static pam_status observe_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32
         kvm->obs_mass = om;
         kvm->cap_obs = (int64_t)need;
     }
+    if (n_req < nb) memset(kvm->obs_mass, 0, need * sizeof(float)); /* blocks not attended: no mass */
     int64_t lb = 0;
-    for (int64_t j = 0; j < nb; j++) {
+    for (int64_t j = 0; j < n_req; j++) {
         const float *bm = kvm->blk_m + (size_t)j * n_head, *bl = kvm->blk_l + (size_t)j * n_head;
         for (int64_t t = 0; t < nb && tab[lb] != kvm->req_ids[j]; t++) lb = lb + 1 < nb ? lb + 1 : 0;
         float *dst = kvm->obs_mass + (size_t)lb * n_head;
@@ -654,6 +809,7 @@ pam_status pam_kvm_migrate(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t blo
         return PAM_ERR(PAM_ERR_INVALID, "kv manager: no block %d of layer %d in sequence %d", block, layer, seq);
     if (to < 0 || to >= usable_tiers(kvm)) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no tier %d", to);
     uint32_t id = s->table[layer][block];
+    if (id == KVM_NO_ID) return PAM_ERR(PAM_ERR_INVALID, "kv manager: block %d of layer %d was evicted", block, layer);
     int from = kvm->blocks[id].tier;
     /* traffic as the scheduler counts it: read at the source, written at the destination */
     uint64_t bytes = kvm->tiers[from]->block_bytes + kvm->tiers[to]->block_bytes;
@@ -672,6 +828,7 @@ pam_status pam_kvm_migrate(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t blo
 int pam_kvm_block_tier(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block) {
     const kvm_seq *s = get_seq(kvm, seq);
     if (!s || layer < 0 || layer >= kvm->shape.n_layer || block < 0 || block >= s->n_blocks[layer]) return -1;
+    if (s->table[layer][block] == KVM_NO_ID) return -1;
     return kvm->blocks[s->table[layer][block]].tier;
 }
 
@@ -720,7 +877,8 @@ static void piece_task(void *arg, int64_t task, int thread) {
 typedef struct stage_job {
     pam_kvm *kvm;
     int64_t nb;
-    const uint32_t *ids; /* logical order */
+    const uint32_t *ids;  /* logical order */
+    const uint8_t *skip; /* blocks not attended (sparse, evicted), or NULL */
     pam_status st[KVM_MAX_TIERS];
     char msg[KVM_MAX_TIERS][256];
 } stage_job;
@@ -741,11 +899,13 @@ static void stage_task(void *arg, int64_t task, int thread) {
     pam_tier_block *h = kvm->hint[t];
     int64_t nh = 0;
     for (int64_t i = 0; i < j->nb && kvm->readahead; i++) {
+        if (j->skip && j->skip[i]) continue;
         const kvm_block *b = &kvm->blocks[j->ids[i]];
         if (b->tier == t) h[nh++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
     }
     pam_tier_prefetch(kvm->tiers[t], h, nh);
     for (int64_t i = 0; i < j->nb; i++) {
+        if (j->skip && j->skip[i]) continue;
         const kvm_block *b = &kvm->blocks[j->ids[i]];
         if (b->tier != t) continue;
         int32_t n = b->n_tokens;
@@ -759,9 +919,9 @@ static void stage_task(void *arg, int64_t task, int thread) {
     }
 }
 
-static pam_status stage_blocks(pam_kvm *kvm, const uint32_t *ids, int64_t nb) {
+static pam_status stage_blocks(pam_kvm *kvm, const uint32_t *ids, const uint8_t *skip, int64_t nb) {
     int64_t need = 0;
-    for (int64_t i = 0; i < nb; i++) need += kvm->blocks[ids[i]].tier != 0;
+    for (int64_t i = 0; i < nb; i++) need += !(skip && skip[i]) && kvm->blocks[ids[i]].tier != 0;
     if (need == 0) return PAM_OK;
     if (!kvm->staging || kvm->staging->capacity_blocks < (uint64_t)nb) {
         uint64_t cap = kvm->staging ? kvm->staging->capacity_blocks : 64;
@@ -784,7 +944,7 @@ static pam_status stage_blocks(pam_kvm *kvm, const uint32_t *ids, int64_t nb) {
         if (!h) return PAM_ERR(PAM_ERR_NOMEM, "offload staging");
         kvm->hint[t] = h;
     }
-    stage_job j = {.kvm = kvm, .nb = nb, .ids = ids};
+    stage_job j = {.kvm = kvm, .nb = nb, .ids = ids, .skip = skip};
     pam_pool_run(kvm->pool, stage_task, &j, kvm->n_tiers - 1);
     for (int t = 1; t < kvm->n_tiers; t++)
         if (j.st[t] != PAM_OK) return PAM_ERR(j.st[t], "offload staging from tier %s: %s", kvm->tiers[t]->name, j.msg[t]);
@@ -812,7 +972,14 @@ static pam_status ensure_attend_scratch(pam_kvm *kvm, int64_t nb, int32_t n_head
     if (po) kvm->piece_out = po;
     float *ml = realloc(kvm->acc_ml, 2 * (size_t)H * sizeof(float));
     if (ml) kvm->acc_ml = ml;
-    if (!rb || !ri || !bm || !bl || !pc || !po || !ml) return PAM_ERR(PAM_ERR_NOMEM, "attention scratch");
+    uint8_t *sk = realloc(kvm->skip, n);
+    if (sk) kvm->skip = sk;
+    float *bd = realloc(kvm->bnd, n * ((size_t)H + 1) * sizeof(float));
+    if (bd) kvm->bnd = bd;
+    int64_t *od = realloc(kvm->order, 3 * n * sizeof *od);
+    if (od) kvm->order = od;
+    if (!rb || !ri || !bm || !bl || !pc || !po || !ml || !sk || !bd || !od)
+        return PAM_ERR(PAM_ERR_NOMEM, "attention scratch");
     kvm->cap_req = nc;
     kvm->cap_pieces = nc;
     kvm->piece_heads = H;
@@ -845,10 +1012,16 @@ static int hint_unit(pam_kvm *kvm, int32_t seq, int32_t layer, int64_t *n, int *
     const kvm_seq *s = &kvm->seqs[seq];
     int64_t nb = s->n_blocks[layer];
     const uint32_t *tab = s->table[layer];
+    /* sparse only if the budget is below the context (100% is exact) */
+    int sparse = kvm->summaries && sparse_on(&s->sparse) &&
+                 pam_kv_sparse_tokens(&s->sparse, s->len[layer]) < s->len[layer];
     for (int64_t i = 0; i < nb; i++) {
+        if (tab[i] == KVM_NO_ID) continue;
         const kvm_block *b = &kvm->blocks[tab[i]];
         int t = b->tier;
         if (units[t] >= KVM_HINT_UNITS) continue;
+        /* sparse: only what the last steps attended is likely to be read */
+        if (sparse && (b->pick_step == 0 || b->pick_step < kvm->step)) continue;
         pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
         if (!h) return 0; /* a hint is optional */
         kvm->hint[t] = h;
@@ -863,6 +1036,16 @@ static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer) {
     int32_t L = kvm->shape.n_layer;
     int64_t n[KVM_MAX_TIERS] = {0};
     int units[KVM_MAX_TIERS] = {0};
+    for (int64_t i = 0; kvm->att_skip && i < kvm->att_nb; i++) {
+        if (kvm->att_skip[i]) continue;
+        const kvm_block *b = &kvm->blocks[kvm->att_tab[i]];
+        int t = b->tier;
+        if (t == 0) continue; /* the fastest tier needs no read-ahead */
+        pam_tier_block *h = grow(kvm->hint[t], &kvm->cap_hint[t], n[t] + 1, sizeof *h);
+        if (!h) return;
+        kvm->hint[t] = h;
+        h[n[t]++] = (pam_tier_block){.slot = b->slot, .n_tokens = b->n_tokens};
+    }
     int64_t np = kvm->n_prev_ord, at = -1;
     for (int64_t k = 0; k < np; k++) { /* usually the entry after the last match */
         int64_t j = (kvm->prev_cursor + 1 + k) % np;
@@ -897,6 +1080,82 @@ static void hint_next(pam_kvm *kvm, int32_t seq, int32_t layer) {
     for (int t = 0; t < kvm->n_tiers; t++) pam_tier_prefetch(kvm->tiers[t], kvm->hint[t], n[t]);
 }
 
+/* Marks in kvm->skip the blocks a sparse query does not attend (module
+ * header) and returns how many it skips (holes left by eviction included).
+ * The ranking is a stable merge sort, so it depends on the data only. */
+static int64_t sparse_select(pam_kvm *kvm, const kvm_seq *s, const uint32_t *tab, int64_t nb, int32_t n_pos,
+                             const float *q, int32_t n_head, int sparse) {
+    int32_t bt = kvm->shape.block_tokens, hd = kvm->shape.head_dim, grp = n_head / kvm->shape.n_head_kv;
+    int64_t budget = sparse ? pam_kv_sparse_tokens(&s->sparse, n_pos) : n_pos;
+    int64_t first_win = (n_pos > bt ? n_pos - bt : 0) / bt;
+    int multi = kvm->n_tiers > 1 && kvm->policy == PAM_KV_POLICY_PAM;
+    int64_t used = 0, n_cand = 0, n_skip = 0;
+    /* order scratch: candidates' logical indices, their ranking, merge buffer */
+    int64_t *cand = kvm->order, *a = kvm->order + kvm->cap_req, *buf = kvm->order + 2 * kvm->cap_req;
+    for (int64_t i = 0; i < nb; i++) {
+        int64_t left = (int64_t)n_pos - i * bt, ntok = left < bt ? left : bt;
+        kvm->skip[i] = 1;
+        if (tab[i] == KVM_NO_ID) continue;
+        if (!sparse || i == 0 || i >= first_win || (multi && kvm->blocks[tab[i]].tier == 0)) {
+            kvm->skip[i] = 0;
+            used += ntok;
+        } else {
+            cand[n_cand++] = i;
+        }
+    }
+    if (n_cand > 0 && used < budget) {
+        /* bounds of every query head; scores relative to each head's best */
+        float *bnd = kvm->bnd, *score = kvm->bnd + (size_t)kvm->cap_req * n_head, *best = kvm->acc_ml;
+        for (int32_t h = 0; h < n_head; h++) best[h] = -INFINITY;
+        for (int64_t c = 0; c < n_cand; c++) {
+            const float *ks = kvm->ksum + (size_t)tab[cand[c]] * ksum_floats(kvm);
+            for (int32_t h = 0; h < n_head; h++) {
+                const float *mn = ks + (size_t)(h / grp) * 2 * hd, *mx = mn + hd;
+                float b = pam_ksum_bound_fast(q + (size_t)h * hd, mn, mx, hd);
+                bnd[(size_t)c * n_head + h] = b;
+                if (b > best[h]) best[h] = b;
+            }
+        }
+        for (int64_t c = 0; c < n_cand; c++) {
+            float sc = -INFINITY;
+            for (int32_t h = 0; h < n_head; h++) {
+                if (best[h] == -INFINITY) continue; /* only empty summaries */
+                float d = bnd[(size_t)c * n_head + h] - best[h];
+                if (d > sc) sc = d;
+            }
+            score[c] = sc;
+            a[c] = c;
+        }
+        /* bottom-up merge sort of candidate positions: score descending,
+         * ties to the older block (measured on stories260K: as good as
+         * importance, better than newer first). Not by
+         * importance: that depends on when steps end, which a batch may
+         * change, and the selection must depend on the data alone. */
+        for (int64_t w = 1; w < n_cand; w *= 2) {
+            for (int64_t lo = 0; lo < n_cand; lo += 2 * w) {
+                int64_t mid = lo + w < n_cand ? lo + w : n_cand, hi = lo + 2 * w < n_cand ? lo + 2 * w : n_cand;
+                int64_t x = lo, y = mid, k = lo;
+                while (x < mid || y < hi) {
+                    int take_y = 0;
+                    if (x >= mid) take_y = 1;
+                    else if (y < hi) {
+                        int64_t ca = a[x], cb = a[y];
+                        take_y = score[cb] > score[ca] || (score[cb] == score[ca] && cand[cb] < cand[ca]);
+                    }
+                    buf[k++] = take_y ? a[y++] : a[x++];
+                }
+            }
+            memcpy(a, buf, (size_t)n_cand * sizeof *a);
+        }
+        for (int64_t c = 0; c < n_cand && used + bt <= budget; c++) {
+            kvm->skip[cand[a[c]]] = 0;
+            used += bt;
+        }
+    }
+    for (int64_t i = 0; i < nb; i++) n_skip += kvm->skip[i];
+    return n_skip;
+}
+
 /* Appends (seq, layer) to this step's call order (once per run of calls). */
 static void record_call(pam_kvm *kvm, int32_t seq, int32_t layer) {
     if (kvm->n_ord > 0 && kvm->ord[kvm->n_ord - 1].seq == seq && kvm->ord[kvm->n_ord - 1].layer == layer) return;
@@ -921,8 +1180,28 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
     int64_t nb = blocks_for(kvm, n_pos);
     PAM_TRY(ensure_attend_scratch(kvm, nb, n_head));
     const uint32_t *tab = s->table[layer];
+    /* Sparse selection, or holes left by eviction: skip marks the blocks not
+     * attended. None skipped takes the exact path below unchanged. */
+    const uint8_t *skip = NULL;
+    int sparse = kvm->summaries && sparse_on(&s->sparse) && pam_kv_sparse_tokens(&s->sparse, n_pos) < n_pos;
+    int holes = 0;
+    for (int64_t i = 0; kvm->evict && !sparse && i < nb && !holes; i++) holes = tab[i] == KVM_NO_ID;
+    if (sparse || holes) {
+        int64_t n_skip = sparse_select(kvm, s, tab, nb, n_pos, q, n_head, sparse);
+        if (n_skip > 0) skip = kvm->skip;
+        if (sparse) {
+            kvm->sp_skip += (uint64_t)n_skip;
+            kvm->sp_att += (uint64_t)(nb - n_skip);
+            s->last_call[layer] = ++kvm->n_calls;
+            for (int64_t i = 0; i < nb; i++) {
+                if (kvm->skip[i]) continue;
+                kvm->blocks[tab[i]].pick_call = kvm->n_calls;
+                kvm->blocks[tab[i]].pick_step = kvm->step + 1;
+            }
+        }
+    }
     int staged = kvm->policy == PAM_KV_POLICY_OFFLOAD && kvm->n_tiers > 1;
-    if (staged) PAM_TRY(stage_blocks(kvm, tab, nb));
+    if (staged) PAM_TRY(stage_blocks(kvm, tab, skip, nb));
 
     /* Pieces: fixed chunks of logical blocks; within a chunk, one piece per
      * tier in order of its first block. Tier index n_tiers = staging. */
@@ -932,6 +1211,7 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
         int64_t c1 = c0 + per_chunk < nb ? c0 + per_chunk : nb;
         int done[KVM_MAX_TIERS + 1] = {0};
         for (int64_t i = c0; i < c1; i++) {
+            if (skip && skip[i]) continue;
             int ti = kvm->blocks[tab[i]].tier;
             if (staged && ti != 0) ti = kvm->n_tiers;
             if (done[ti]) continue;
@@ -940,6 +1220,7 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
             p->t = ti == kvm->n_tiers ? kvm->staging : kvm->tiers[ti];
             p->first = pos;
             for (int64_t j = i; j < c1; j++) {
+                if (skip && skip[j]) continue;
                 const kvm_block *b = &kvm->blocks[tab[j]];
                 int tj = staged && b->tier != 0 ? kvm->n_tiers : b->tier;
                 if (tj != ti) continue;
@@ -959,6 +1240,9 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
     kvm->att_seq = seq;
     kvm->att_layer = layer;
     kvm->att_hint = !staged && kvm->readahead;
+    kvm->att_tab = tab;
+    kvm->att_skip = sparse ? skip : NULL;
+    kvm->att_nb = nb;
     if (kvm->att_hint) record_call(kvm, seq, layer);
     pam_pool_run(kvm->pool, piece_task, kvm, np + kvm->att_hint);
     for (int64_t i = 0; i < np; i++)
@@ -983,7 +1267,7 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
         for (int32_t h = 0; h < n_head; h++) mass += bl[h] * expf(bm[h] - m[h]) / l[h];
         kvm->blocks[kvm->req_ids[j]].mass_step += mass * inv;
     }
-    if (kvm->obs.on_attend) PAM_TRY(observe_attend(kvm, seq, layer, n_pos, q, n_head, tab, pos, m, l));
+    if (kvm->obs.on_attend) PAM_TRY(observe_attend(kvm, seq, layer, n_pos, q, n_head, tab, nb, pos, m, l));
     pam_attn_finish(n_head, hd, l, out);
     return PAM_OK;
 }
@@ -1016,8 +1300,10 @@ static void schedule(pam_kvm *kvm) {
     for (uint32_t id = 0; id < kvm->n_ids; id++) {
         const kvm_block *b = &kvm->blocks[id];
         if (b->tier < 0) continue;
+        /* recency-only placement ranks by write order instead (newest hottest) */
+        float key = kvm->place == PAM_KV_PLACE_RECENCY ? (float)b->born : b->importance;
         kvm->sched_blocks[n++] = (pam_sched_block){
-            .id = id, .tier = b->tier, .importance = b->importance, .pinned = b->n_tokens < kvm->shape.block_tokens};
+            .id = id, .tier = b->tier, .importance = key, .pinned = b->n_tokens < kvm->shape.block_tokens};
     }
     size_t nm = pam_sched_plan(st, kvm->n_tiers, kvm->sched_blocks, n, kvm->budget, kvm->sched_moves, kvm->cap_sched);
     uint64_t moved = 0;
@@ -1052,7 +1338,7 @@ pam_status pam_kvm_step_end(pam_kvm *kvm) {
         while (bin < 9 && x < edge[bin]) bin++;
         hist[bin]++;
     }
-    if (kvm->policy == PAM_KV_POLICY_PAM && kvm->n_tiers > 1) schedule(kvm);
+    if (kvm->policy == PAM_KV_POLICY_PAM && kvm->n_tiers > 1 && kvm->place != PAM_KV_PLACE_STATIC) schedule(kvm);
 
     pam_kvm_report *r = &kvm->report;
     memset(r, 0, sizeof *r);
@@ -1075,6 +1361,9 @@ pam_status pam_kvm_step_end(pam_kvm *kvm) {
     r->migration_failures = kvm->migr_fail;
     r->n_blocks = kvm->n_live;
     r->staged_bytes_step = kvm->staged_bytes_step;
+    r->sparse_attended_step = kvm->sp_att;
+    r->sparse_skipped_step = kvm->sp_skip;
+    r->evicted_blocks = kvm->n_evicted;
 
     if (kvm->trace) {
         FILE *f = kvm->trace;
@@ -1095,7 +1384,12 @@ pam_status pam_kvm_step_end(pam_kvm *kvm) {
                 (unsigned long long)r->migrations_step, (unsigned long long)r->migration_bytes_step,
                 (unsigned long long)r->migration_failures, (unsigned long long)r->staged_bytes_step);
         for (int i = 0; i < 10; i++) fprintf(f, "%s%llu", i ? "," : "", hist[i]);
-        fprintf(f, "]}\n");
+        fprintf(f, "]");
+        if (kvm->summaries || kvm->evict)
+            fprintf(f, ",\"sparse_attended\":%llu,\"sparse_skipped\":%llu,\"evicted\":%llu",
+                    (unsigned long long)r->sparse_attended_step, (unsigned long long)r->sparse_skipped_step,
+                    (unsigned long long)r->evicted_blocks);
+        fprintf(f, "}\n");
         fflush(f);
     }
     kvm->step++;
@@ -1109,6 +1403,7 @@ pam_status pam_kvm_step_end(pam_kvm *kvm) {
     kvm->migr_n = 0;
     kvm->migr_bytes = 0;
     kvm->staged_bytes_step = 0;
+    kvm->sp_att = kvm->sp_skip = 0;
     return PAM_OK;
 }
 
@@ -1117,5 +1412,37 @@ void pam_kvm_report_get(const pam_kvm *kvm, pam_kvm_report *out) { *out = kvm->r
 float pam_kvm_block_importance(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block) {
     const kvm_seq *s = get_seq(kvm, seq);
     if (!s || layer < 0 || layer >= kvm->shape.n_layer || block < 0 || block >= s->n_blocks[layer]) return -1.0f;
+    if (s->table[layer][block] == KVM_NO_ID) return -1.0f;
     return kvm->blocks[s->table[layer][block]].importance;
 }
+
+pam_status pam_kvm_seq_set_sparse(pam_kvm *kvm, int32_t seq, const pam_kv_sparse *sp) {
+    kvm_seq *s = get_seq(kvm, seq);
+    if (!s) return PAM_ERR(PAM_ERR_INVALID, "kv manager: no sequence %d", seq);
+    pam_kv_sparse v = sp ? *sp : kvm->sparse_default;
+    if (v.tokens < 0 || !(v.frac >= 0.0f && v.frac <= 1.0f))
+        return PAM_ERR(PAM_ERR_INVALID, "kv manager: bad sparse budget (%d tokens, share %g)", (int)v.tokens,
+                       (double)v.frac);
+    if (sparse_on(&v) && !kvm->summaries)
+        return PAM_ERR(PAM_ERR_INVALID, "sparse attention needs key summaries: start with a --kv-sparse budget");
+    s->sparse = v;
+    return PAM_OK;
+}
+
+int64_t pam_kvm_last_pick(const pam_kvm *kvm, int32_t seq, int32_t layer, uint8_t *picked, int64_t cap) {
+    const kvm_seq *s = get_seq(kvm, seq);
+    if (!s || layer < 0 || layer >= kvm->shape.n_layer || s->last_call[layer] == 0) return 0;
+    int64_t nb = s->n_blocks[layer];
+    for (int64_t i = 0; i < nb && i < cap; i++) {
+        uint32_t id = s->table[layer][i];
+        picked[i] = id != KVM_NO_ID && kvm->blocks[id].pick_call == s->last_call[layer];
+    }
+    return nb;
+}
+
+int pam_kvm_sparse_info(const pam_kvm *kvm, pam_kv_sparse *def) {
+    if (def) *def = kvm->sparse_default;
+    return kvm->summaries;
+}
+
+int pam_kvm_evicts(const pam_kvm *kvm) { return kvm->evict; }

@@ -32,6 +32,23 @@ typedef enum pam_kv_policy {
     PAM_KV_POLICY_SINGLE = 2,
 } pam_kv_policy;
 
+/* Sparse attention (DESIGN.md §2.7, opt-in): a budget of attended tokens
+ * per sequence, per layer, per query; tokens > 0 is a count, else frac in
+ * (0, 1] is a share of the query's context; both 0 is exact attention. */
+typedef struct pam_kv_sparse {
+    int32_t tokens;
+    float frac;
+} pam_kv_sparse;
+
+/* Where the scheduler puts blocks (measurement of placement policies):
+ * by importance (default), by recency only (newest blocks fastest), or
+ * static (blocks stay where they were written). */
+typedef enum pam_kv_place {
+    PAM_KV_PLACE_IMPORTANCE = 0,
+    PAM_KV_PLACE_RECENCY = 1,
+    PAM_KV_PLACE_STATIC = 2,
+} pam_kv_place;
+
 typedef struct pam_kvm_config {
     pam_kv_shape shape;
     pam_tier **tiers; /* ownership passes to the kvm */
@@ -41,7 +58,26 @@ typedef struct pam_kvm_config {
     float importance_decay;          /* EMA factor in (0,1]; 0 = default 0.9 */
     FILE *trace;                     /* --kv-trace: one JSON line per step, or NULL (not owned) */
     int readahead_off;               /* 1: no read-ahead hints to the tiers (A/B measurements) */
+    /* Sparse attention: the default budget of new sequences ({0, 0}: exact).
+     * Key summaries are kept (host memory: 2*head_dim floats per KV head per
+     * block) when a budget is set or sparse_allow is 1, and sequences can
+     * only go sparse then. */
+    pam_kv_sparse sparse;
+    int sparse_allow;
+    /* 1: when every tier is full, a sequence that needs a block drops its
+     * own lowest-importance block of that layer (never block 0, the sink,
+     * nor the blocks of its last block_tokens positions) instead of failing
+     * with PAM_ERR_FULL. Attention skips dropped blocks. */
+    int evict;
+    pam_kv_place place;
 } pam_kvm_config;
+
+/* Parses a --kv-sparse budget: a token count ("256") or a percentage of the
+ * context ("25%", "12.5%"); "0" or "off" is exact. PAM_ERR_INVALID with a
+ * message otherwise. */
+pam_status pam_kv_sparse_parse(const char *s, pam_kv_sparse *out);
+/* Attended-token budget for a query over n_pos positions (n_pos when exact). */
+int32_t pam_kv_sparse_tokens(const pam_kv_sparse *sp, int32_t n_pos);
 
 typedef struct pam_kvm pam_kvm;
 
@@ -53,6 +89,15 @@ void pam_kvm_destroy(pam_kvm *kvm);
 pam_status pam_kvm_seq_create(pam_kvm *kvm, int32_t *seq);
 /* Drops the sequence's references; blocks no one references are freed at once. */
 void pam_kvm_seq_free(pam_kvm *kvm, int32_t seq);
+/* 1 if the manager keeps key summaries (sequences may go sparse); its
+ * default budget goes to *def. */
+int pam_kvm_sparse_info(const pam_kvm *kvm, pam_kv_sparse *def);
+/* 1 if the manager was created with evict on. */
+int pam_kvm_evicts(const pam_kvm *kvm);
+/* Sets the sequence's sparse budget (NULL: the config's default). A budget
+ * on a manager without key summaries (config sparse_allow 0 and no default
+ * budget) is PAM_ERR_INVALID. */
+pam_status pam_kvm_seq_set_sparse(pam_kvm *kvm, int32_t seq, const pam_kv_sparse *sp);
 int32_t pam_kvm_seq_len(const pam_kvm *kvm, int32_t seq);
 /* Admission: makes sure blocks for n_tokens more tokens of every layer can
  * be allocated (reserving them). PAM_ERR_FULL, with a message giving the
@@ -81,7 +126,7 @@ pam_status pam_kvm_step_end(pam_kvm *kvm);
 /* Moves one block (seq, layer, logical block) to tier index `to` now
  * (copy, verify, switch, free). On failure the block stays where it was. */
 pam_status pam_kvm_migrate(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block, int to);
-/* Tier index of a logical block. */
+/* Tier index of a logical block; -1 if none (or evicted). */
 int pam_kvm_block_tier(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block);
 /* Fills positions 0..n-1 of every layer of seq with reproducible synthetic
  * K/V (benchmarks at depth without a long prefill). */
@@ -100,6 +145,9 @@ typedef struct pam_kvm_report {
     uint64_t migrations_step, migration_bytes_step, migration_failures;
     uint64_t n_blocks;
     uint64_t staged_bytes_step; /* offload policy: bytes copied into the staging area */
+    /* sparse attention during the last step: blocks attended and skipped
+     * (summed over calls); evicted: blocks dropped by --kv-evict, in total */
+    uint64_t sparse_attended_step, sparse_skipped_step, evicted_blocks;
 } pam_kvm_report;
 /* The report of the last pam_kvm_step_end (zeros before the first). */
 void pam_kvm_report_get(const pam_kvm *kvm, pam_kvm_report *out);
@@ -114,6 +162,11 @@ pam_status pam_kvm_seq_fork(pam_kvm *kvm, int32_t src, int32_t *dst);
  * sequence's reservation is given back. n_tokens >= the length only drops
  * the reservation. PAM_ERR_INVALID for a bad sequence or n_tokens < 0. */
 pam_status pam_kvm_seq_truncate(pam_kvm *kvm, int32_t seq, int32_t n_tokens);
+
+/* Which logical blocks the last sparse pam_kvm_attend of (seq, layer)
+ * attended: picked[b] = 1 or 0 for b < n_blocks (at most cap written).
+ * Returns the number of blocks of that call, 0 if none was sparse. */
+int64_t pam_kvm_last_pick(const pam_kvm *kvm, int32_t seq, int32_t layer, uint8_t *picked, int64_t cap);
 
 /* Observation (analysis tools such as `pam locality`) ------------------------ */
 /* Sees every K row pam_kvm_store stores (n_head_kv*head_dim floats, before
@@ -141,7 +194,8 @@ const pam_kv_shape *pam_kvm_shape(const pam_kvm *kvm);
 int pam_kvm_n_tiers(const pam_kvm *kvm);
 /* Tier i (0 = fastest), still owned by the kvm; NULL when out of range. */
 pam_tier *pam_kvm_tier(pam_kvm *kvm, int i);
-/* Importance (EMA of attention mass) of a logical block; -1 if none. */
+/* Importance (EMA of attention mass) of a logical block; -1 if none (or
+ * evicted). */
 float pam_kvm_block_importance(const pam_kvm *kvm, int32_t seq, int32_t layer, int32_t block);
 
 #endif

@@ -53,14 +53,70 @@ char *pam_api_error_json(const pam_api_error *err) {
 void pam_api_request_free(pam_api_request *r) {
     free(r->prompt);
     free(r->prompt_ids);
+    for (int i = 0; i < r->n_more; i++) {
+        free(r->more[i].text);
+        free(r->more[i].ids);
+    }
+    free(r->more);
     free(r->model);
+    free(r->logit_bias);
     for (int i = 0; i < PAM_ENGINE_MAX_STOP; i++) free(r->stop_store[i]);
     memset(r, 0, sizeof *r);
 }
 
-/* A number field: absent or null leaves *out alone. */
+int pam_api_check_vocab(const pam_api_request *r, int32_t n_vocab, pam_api_error *err) {
+    for (int p = 0; p <= r->n_more; p++) {
+        const int32_t *ids = p ? r->more[p - 1].ids : r->prompt_ids;
+        int32_t n = p ? r->more[p - 1].n_ids : r->n_prompt_ids;
+        for (int32_t i = 0; ids && i < n; i++)
+            if (ids[i] >= n_vocab)
+                return BAD("prompt", "token id %d out of range (vocabulary of %d)", (int)ids[i], (int)n_vocab);
+    }
+    for (int32_t i = 0; i < r->params.sampling.n_logit_bias; i++)
+        if (r->logit_bias[i].id >= n_vocab)
+            return BAD("logit_bias", "logit_bias: token id %d out of range (vocabulary of %d)", (int)r->logit_bias[i].id,
+                       (int)n_vocab);
+    return 0;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100], ...}; ids are canonical
+ * decimal strings, so two keys never name one token. */
+static int parse_logit_bias(json_t *root, pam_api_request *r, pam_api_error *err) {
+    json_t *lb = json_object_get(root, "logit_bias");
+    if (!lb || json_is_null(lb)) return 0;
+    if (!json_is_object(lb)) return BAD("logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+    size_t n = json_object_size(lb);
+    if (n == 0) return 0;
+    if (n > PAM_API_MAX_LOGIT_BIAS) return BAD("logit_bias", "at most %d logit_bias entries", PAM_API_MAX_LOGIT_BIAS);
+    if (!(r->logit_bias = malloc(n * sizeof *r->logit_bias))) return BAD(NULL, "out of memory");
+    const char *key;
+    json_t *val;
+    int32_t k = 0;
+    json_object_foreach(lb, key, val) {
+        size_t kl = strlen(key);
+        int ok = kl > 0 && kl <= 10 && (key[0] != '0' || kl == 1);
+        for (size_t i = 0; ok && i < kl; i++) ok = key[i] >= '0' && key[i] <= '9';
+        long long id = ok ? strtoll(key, NULL, 10) : -1;
+        if (!ok || id > INT32_MAX)
+            return BAD("logit_bias", "logit_bias keys must be token ids (decimal integers >= 0), got \"%.64s\"", key);
+        if (!json_is_number(val))
+            return BAD("logit_bias", "logit_bias[\"%s\"] must be a number in [-100, 100]", key);
+        double b = json_number_value(val);
+        if (!isfinite(b) || b < -100 || b > 100)
+            return BAD("logit_bias", "logit_bias[\"%s\"] must be in [-100, 100], got %g", key, b);
+        r->logit_bias[k++] = (pam_logit_bias){(int32_t)id, (float)b};
+    }
+    r->params.sampling.logit_bias = r->logit_bias;
+    r->params.sampling.n_logit_bias = k;
+    return 0;
+}
+
+/* A number field: absent or null leaves *out alone. *given (if not NULL)
+ * says whether this lookup found the field: always written, so a flag
+ * reused across lookups never carries one field's presence to the next. */
 static int get_number(json_t *root, const char *key, double lo, double hi, int lo_open, double *out, int *given,
                       pam_api_error *err) {
+    if (given) *given = 0;
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return 0;
     if (!json_is_number(v)) return BAD(key, "'%s' must be a number", key);
@@ -75,6 +131,7 @@ static int get_number(json_t *root, const char *key, double lo, double hi, int l
 
 static int get_int(json_t *root, const char *key, long long lo, long long hi, long long *out, int *given,
                    pam_api_error *err) {
+    if (given) *given = 0;
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) return 0;
     if (!json_is_integer(v)) return BAD(key, "'%s' must be an integer", key);
@@ -227,33 +284,48 @@ done:
     return rc;
 }
 
+/* One prompt: a string, or a non-empty array of token ids. */
+static int parse_one_prompt(json_t *p, char **text, int32_t **ids, int32_t *n_ids, pam_api_error *err) {
+    if (json_is_string(p)) {
+        if (!(*text = strdup(json_string_value(p)))) return BAD(NULL, "out of memory");
+        return 0;
+    }
+    if (!json_is_array(p) || json_array_size(p) == 0)
+        return BAD("prompt", "'prompt' must be a string, an array of token ids, or an array of those (a batch)");
+    size_t n = json_array_size(p);
+    if (n > PAM_API_MAX_TOKENS_LIMIT) return BAD("prompt", "prompt too long");
+    if (!(*ids = malloc(n * sizeof **ids))) return BAD(NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *t = json_array_get(p, i);
+        if (!json_is_integer(t))
+            return BAD("prompt", "'prompt' must be a string, an array of token ids, or an array of those (a batch)");
+        long long v = json_integer_value(t);
+        if (v < 0 || v > INT32_MAX) return BAD("prompt", "token id %lld out of range", v);
+        (*ids)[i] = (int32_t)v;
+    }
+    *n_ids = (int32_t)n;
+    return 0;
+}
+
+/* A prompt, or a batch: an array of prompts (strings or arrays of token
+ * ids; lm-evaluation-harness sends [[ids], ...]). The first goes to
+ * prompt / prompt_ids, the others to more. */
 static int parse_prompt(json_t *root, pam_api_request *r, pam_api_error *err) {
     json_t *p = json_object_get(root, "prompt");
     if (!p) return BAD("prompt", "'prompt' is required");
-    if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0))) p = json_array_get(p, 0);
-    if (json_is_string(p)) {
-        if (!(r->prompt = strdup(json_string_value(p)))) return BAD(NULL, "out of memory");
-        return 0;
+    json_t *first = json_is_array(p) ? json_array_get(p, 0) : NULL;
+    if (!first || !(json_is_string(first) || json_is_array(first)))
+        return parse_one_prompt(p, &r->prompt, &r->prompt_ids, &r->n_prompt_ids, err);
+    size_t n = json_array_size(p);
+    if (n > PAM_API_MAX_N) return BAD("prompt", "at most %d prompts per request", PAM_API_MAX_N);
+    if (parse_one_prompt(first, &r->prompt, &r->prompt_ids, &r->n_prompt_ids, err)) return -1;
+    if (n == 1) return 0;
+    if (!(r->more = calloc(n - 1, sizeof *r->more))) return BAD(NULL, "out of memory");
+    for (size_t i = 1; i < n; i++) {
+        pam_api_prompt *m = &r->more[r->n_more++];
+        if (parse_one_prompt(json_array_get(p, i), &m->text, &m->ids, &m->n_ids, err)) return -1;
     }
-    if (json_is_array(p) && json_array_size(p) > 0) {
-        size_t n = json_array_size(p);
-        if (n > PAM_API_MAX_TOKENS_LIMIT) return BAD("prompt", "prompt too long");
-        r->prompt_ids = malloc(n * sizeof *r->prompt_ids);
-        if (!r->prompt_ids) return BAD(NULL, "out of memory");
-        for (size_t i = 0; i < n; i++) {
-            json_t *t = json_array_get(p, i);
-            if (!json_is_integer(t)) {
-                if (json_is_string(t)) return BAD("prompt", "only one prompt per request is supported");
-                return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
-            }
-            long long v = json_integer_value(t);
-            if (v < 0 || v > INT32_MAX) return BAD("prompt", "token id %lld out of range", v);
-            r->prompt_ids[i] = (int32_t)v;
-        }
-        r->n_prompt_ids = (int32_t)n;
-        return 0;
-    }
-    return BAD("prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
+    return 0;
 }
 
 /* Fields that would change what the client gets back, which the server
@@ -304,11 +376,7 @@ static int refuse_unimplemented(json_t *root, pam_api_error *err) {
                           "'suffix' (insertion) is not supported by this server");
         return -1;
     }
-    if ((v = json_object_get(root, "best_of")) && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1)) {
-        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "best_of",
-                          "'best_of' other than 1 is not supported by this server");
-        return -1;
-    }
+    /* best_of: only equal to n (checked with n) */
     return 0;
 }
 
@@ -379,14 +447,30 @@ int pam_api_parse_chat(const char *body, size_t len, pam_api_kind kind, const pa
     pam_request_params *p = &out->params;
     double d;
     long long v;
-    int given = 0;
-    /* OpenAI's defaults: 16 tokens for completions, none (context) for chat. */
+    int given;
+    if (get_bool(root, "echo", &out->echo, err)) goto done;
+    if (out->echo && kind == PAM_API_CHAT) {
+        BAD("echo", "'echo' is only supported by /v1/completions");
+        goto done;
+    }
+    /* OpenAI's defaults: 16 tokens for completions, none (context) for chat.
+     * 0 only with echo: score the prompt, generate nothing. */
     p->max_tokens = kind == PAM_API_COMPLETION ? 16 : 0;
-    if (get_int(root, "max_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v, out->max_tokens_given = 1;
-    given = 0;
-    if (get_int(root, "max_completion_tokens", 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) goto done;
-    if (given) p->max_tokens = (int32_t)v, out->max_tokens_given = 1;
+    static const char *const limit_keys[] = {"max_tokens", "max_completion_tokens"};
+    for (int i = 0; i < 2; i++) {
+        if (get_int(root, limit_keys[i], out->echo ? 0 : 1, PAM_API_MAX_TOKENS_LIMIT, &v, &given, err)) {
+            json_t *lim = json_object_get(root, limit_keys[i]);
+            if (!out->echo && json_is_integer(lim) && json_integer_value(lim) == 0)
+                snprintf(err->message + strlen(err->message), sizeof err->message - strlen(err->message),
+                         " (0 only with echo)");
+            goto done;
+        }
+        if (given) {
+            p->max_tokens = (int32_t)v;
+            p->score_only = v == 0;
+            out->max_tokens_given = 1;
+        }
+    }
     d = p->sampling.temp;
     if (get_number(root, "temperature", 0, 2, 0, &d, NULL, err)) goto done;
     p->sampling.temp = (float)d;
@@ -396,28 +480,82 @@ int pam_api_parse_chat(const char *body, size_t len, pam_api_kind kind, const pa
     d = p->sampling.min_p;
     if (get_number(root, "min_p", 0, 1, 0, &d, NULL, err)) goto done;
     p->sampling.min_p = (float)d;
+    /* llama-server's repeat_penalty, or vLLM's name for the same thing */
+    int rp_given = 0, rp2_given = 0;
     d = p->sampling.repeat_penalty;
-    if (get_number(root, "repeat_penalty", 0, 100, 1, &d, NULL, err)) goto done;
+    if (get_number(root, "repeat_penalty", 0, 100, 1, &d, &rp_given, err)) goto done;
+    if (get_number(root, "repetition_penalty", 0, 100, 1, &d, &rp2_given, err)) goto done;
+    if (rp_given && rp2_given) {
+        BAD("repetition_penalty", "give 'repeat_penalty' or 'repetition_penalty', not both");
+        goto done;
+    }
     p->sampling.repeat_penalty = (float)d;
+    v = p->sampling.repeat_last_n;
+    if (get_int(root, "repeat_last_n", -1, 1 << 20, &v, NULL, err)) goto done;
+    p->sampling.repeat_last_n = (int32_t)v; /* -1: the whole context (the engine resolves it) */
     v = p->sampling.top_k;
     if (get_int(root, "top_k", 0, 1 << 30, &v, NULL, err)) goto done;
     p->sampling.top_k = (int32_t)v;
     d = 0;
     if (get_number(root, "frequency_penalty", -2, 2, 0, &d, NULL, err)) goto done;
+    p->sampling.frequency_penalty = (float)d;
+    d = 0;
     if (get_number(root, "presence_penalty", -2, 2, 0, &d, NULL, err)) goto done;
+    p->sampling.presence_penalty = (float)d;
+    if (parse_logit_bias(root, out, err)) goto done;
     if (get_int(root, "seed", INT64_MIN, INT64_MAX, &v, &out->seed_given, err)) goto done;
     if (out->seed_given) p->sampling.seed = (uint64_t)v;
     v = 1;
-    if (get_int(root, "n", 1, 1, &v, NULL, err)) goto done;
-    if (get_int(root, "best_of", 1, 1, &v, NULL, err)) goto done;
-    int flag = 0;
-    if (get_bool(root, "echo", &flag, err)) goto done;
-    if (flag) {
-        BAD("echo", "'echo' is not supported");
+    if (get_int(root, "n", 1, PAM_API_MAX_N, &v, NULL, err)) goto done;
+    out->n = (int)v;
+    if (out->n * (1 + out->n_more) > PAM_API_MAX_N) {
+        BAD("n", "'n' (%d) times the number of prompts (%d) must be at most %d", out->n, 1 + out->n_more,
+            PAM_API_MAX_N);
         goto done;
     }
+    if (get_int(root, "best_of", 1, PAM_API_MAX_N, &v, &given, err)) goto done;
+    if (given && v != out->n) {
+        pam_api_error_set(err, 400, "invalid_request_error", "unsupported_parameter", "best_of",
+                          "'best_of' other than 'n' (%d) is not supported by this server, got %lld", out->n, v);
+        goto done;
+    }
+    out->logprobs = -1;
+    if (kind == PAM_API_COMPLETION) {
+        /* OpenAI's legacy API: an integer, alternatives per token */
+        if (get_int(root, "logprobs", 0, PAM_MAX_TOP_LOGPROBS, &v, &given, err)) goto done;
+        if (given) out->logprobs = (int)v;
+    } else {
+        int want = 0;
+        if (get_bool(root, "logprobs", &want, err)) goto done;
+        v = 0;
+        if (get_int(root, "top_logprobs", 0, PAM_MAX_TOP_LOGPROBS, &v, &given, err)) goto done;
+        if (given && !want) {
+            BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+            goto done;
+        }
+        if (want) out->logprobs = (int)v;
+    }
+    p->logprobs = out->logprobs;
+    p->prompt_logprobs = out->echo ? out->logprobs : -1;
     if (get_bool(root, "stream", &out->stream, err)) goto done;
     if (get_bool(root, "ignore_eos", &p->ignore_eos, err)) goto done;
+    /* extension: sparse attention budget, "25%" or a token count; "off": exact */
+    json_t *ks = json_object_get(root, "kv_sparse");
+    if (ks && !json_is_null(ks)) {
+        if (json_is_string(ks)) {
+            if (pam_kv_sparse_parse(json_string_value(ks), &p->kv_sparse) != PAM_OK) {
+                BAD("kv_sparse", "%s", pam_last_error());
+                goto done;
+            }
+        } else if (json_is_integer(ks) && json_integer_value(ks) >= 0 && json_integer_value(ks) <= (1 << 30)) {
+            p->kv_sparse.tokens = (int32_t)json_integer_value(ks);
+            p->kv_sparse.frac = 0.0f;
+        } else {
+            BAD("kv_sparse", "'kv_sparse' must be a token count or a string such as \"25%%\" or \"off\"");
+            goto done;
+        }
+        p->kv_sparse_given = 1;
+    }
     /* extension: a higher priority may preempt a running lower one when every slot is busy */
     if (get_int(root, "priority", -1000000, 1000000, &v, &given, err)) goto done;
     if (given) p->priority = (int32_t)v;

@@ -28,12 +28,12 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <utf8proc.h>
 
 #include "core/status.h"
 #include "core/timing.h"
 #include "server/api.h"
 #include "server/metrics.h"
+#include "server/oai.h"
 
 typedef struct waiter waiter;
 
@@ -150,11 +150,8 @@ typedef struct conn_state {
     int too_large;
     size_t discarded;
     /* a non-streaming generation being collected */
-    pam_request *r;
+    struct gen *g;
     waiter *w;
-    pam_api_kind kind;
-    char *text;
-    size_t text_len;
     char id[64];
     int64_t created;
 } conn_state;
@@ -218,32 +215,6 @@ static enum MHD_Result send_error_msg(pam_server *s, struct MHD_Connection *c, i
     return send_error(s, c, &err);
 }
 
-/* Generated text as a JSON string; bytes that are not UTF-8 become U+FFFD
- * (the detokenizer only emits whole characters, so this is a safety net). */
-static json_t *json_text(const char *p, size_t n) {
-    json_t *j = json_stringn(p ? p : "", p ? n : 0);
-    if (j) return j;
-    char *clean = malloc(3 * n + 1);
-    if (!clean) return json_string("");
-    size_t o = 0;
-    for (size_t k = 0; k < n;) {
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t *)p + k, (utf8proc_ssize_t)(n - k), &cp);
-        if (r > 0 && cp != 0) {
-            memcpy(clean + o, p + k, (size_t)r);
-            o += (size_t)r;
-            k += (size_t)r;
-        } else {
-            memcpy(clean + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            k++;
-        }
-    }
-    j = json_stringn(clean, o);
-    free(clean);
-    return j ? j : json_string("");
-}
-
 /* The client closed its side (or the socket failed): nothing will read what
  * we produce. */
 static int peer_closed(struct MHD_Connection *c) {
@@ -254,27 +225,169 @@ static int peer_closed(struct MHD_Connection *c) {
     return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-static json_t *usage_json(const pam_request_update *u) {
-    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", u->n_prompt_tokens, "completion_tokens",
-                     u->n_completion_tokens, "total_tokens", u->n_prompt_tokens + u->n_completion_tokens,
-                     "prompt_tokens_details", "cached_tokens", u->n_cached_tokens);
+static const char *finish_reason(pam_finish f) { return f == PAM_FINISH_LENGTH ? "length" : "stop"; }
+
+/* ---- one generation: n choices of each prompt ---- */
+
+/* A choice: its request, the text returned so far (the echoed prompt
+ * first), its log-probabilities not yet written out. */
+typedef struct choice {
+    pam_request *r;
+    char *text;
+    size_t len, cap, sent; /* sent: bytes already in stream chunks */
+    size_t cur_b, cur_c;   /* text[0..cur_b) holds cur_c characters (text_offset) */
+    size_t echo_len;
+    pam_oai_lp lp;
+    int group; /* its prompt */
+    int started, done;
+    pam_finish finish;
+    int32_t n_completion, n_cached;
+} choice;
+
+/* Choice i belongs to prompt i / n_per. */
+typedef struct gen {
+    pam_server *s;
+    pam_api_kind kind;
+    int n, n_per, echo, lp_k;
+    int n_groups;
+    int32_t **prompts; /* [n_groups], kept for echo */
+    int32_t *n_prompts;
+    choice *ch;
+} gen;
+
+static void gen_free(gen *g) {
+    if (!g) return;
+    for (int i = 0; g->ch && i < g->n; i++) {
+        pam_request_release(g->ch[i].r); /* cancels it if still running: the slot is freed */
+        free(g->ch[i].text);
+        pam_oai_lp_free(&g->ch[i].lp);
+    }
+    free(g->ch);
+    for (int p = 0; g->prompts && p < g->n_groups; p++) free(g->prompts[p]);
+    free(g->prompts);
+    free(g->n_prompts);
+    free(g);
 }
 
-static const char *finish_reason(pam_finish f) { return f == PAM_FINISH_LENGTH ? "length" : "stop"; }
+static void choice_append(choice *c, const char *p, size_t n) {
+    if (c->len + n + 1 > c->cap) {
+        size_t cap = c->cap ? c->cap : 256;
+        while (cap < c->len + n + 1) cap *= 2;
+        char *t = realloc(c->text, cap);
+        if (!t) return;
+        c->text = t;
+        c->cap = cap;
+    }
+    memcpy(c->text + c->len, p, n);
+    c->len += n;
+    c->text[c->len] = '\0';
+}
+
+/* Characters in text[0..b): offsets only grow, so a cursor walks forward. */
+static size_t choice_chars(choice *c, size_t b) {
+    if (!c->text) return 0;
+    if (b > c->len) b = c->len;
+    if (b < c->cur_b) c->cur_b = c->cur_c = 0;
+    c->cur_c += pam_oai_utf8_chars(c->text + c->cur_b, b - c->cur_b);
+    c->cur_b = b;
+    return c->cur_c;
+}
+
+/* First news of a choice: with echo, the prompt's text (and its tokens'
+ * log-probabilities) goes first. */
+static void choice_start(gen *g, choice *c) {
+    c->started = 1;
+    if (!g->echo) return;
+    int32_t n_lp = 0;
+    const pam_token_logprob *plp = g->lp_k >= 0 ? pam_request_prompt_logprobs(c->r, &n_lp) : NULL;
+    pam_detok dt;
+    pam_detok_init(&dt, g->s->tk);
+    char buf[4096];
+    for (int32_t i = 0; i < g->n_prompts[c->group]; i++) {
+        size_t at = c->len;
+        choice_append(c, buf, pam_detok_push(&dt, g->prompts[c->group][i], buf, sizeof buf));
+        if (plp && i < n_lp) pam_oai_lp_add(&c->lp, &plp[i], choice_chars(c, at), i == 0);
+    }
+    choice_append(c, buf, pam_detok_flush(&dt, buf, sizeof buf));
+    c->echo_len = c->len;
+}
+
+/* Takes an update of choice c (frees its buffers). */
+static void choice_update(gen *g, choice *c, pam_request_update *u) {
+    if (!c->started) choice_start(g, c);
+    if (u->text) choice_append(c, u->text, u->len);
+    for (int32_t k = 0; k < u->n_logprobs; k++)
+        pam_oai_lp_add(&c->lp, &u->logprobs[k], choice_chars(c, c->echo_len + (size_t)u->logprobs[k].text_off), 0);
+    free(u->text);
+    free(u->logprobs);
+    c->n_cached = u->n_cached_tokens;
+    if (u->done) {
+        c->done = 1;
+        c->finish = u->finish;
+        c->n_completion = u->n_completion_tokens;
+    }
+}
+
+/* Takes the news of every unfinished choice (never waits); on_update (if
+ * set) sees each choice that had some. Returns the number of updates. */
+static int gen_poll(gen *g, void (*on_update)(void *, int), void *cls) {
+    int got = 0;
+    for (int i = 0; i < g->n; i++) {
+        choice *c = &g->ch[i];
+        if (c->done) continue;
+        pam_request_update u;
+        if (pam_request_next(c->r, 0, &u)) {
+            choice_update(g, c, &u);
+            if (on_update) on_update(cls, i);
+            got++;
+        }
+    }
+    return got;
+}
+
+static int gen_all_done(const gen *g) {
+    for (int i = 0; i < g->n; i++)
+        if (!g->ch[i].done) return 0;
+    return 1;
+}
+
+/* A choice that failed or was cancelled: the response is an error. */
+static const choice *gen_failed(const gen *g) {
+    for (int i = 0; i < g->n; i++)
+        if (g->ch[i].done && (g->ch[i].finish == PAM_FINISH_ERROR || g->ch[i].finish == PAM_FINISH_CANCELLED))
+            return &g->ch[i];
+    return NULL;
+}
+
+/* usage counts each prompt once and every choice's tokens. */
+static json_t *gen_usage(const gen *g) {
+    int32_t comp = 0, prompt = 0, cached = 0;
+    for (int i = 0; i < g->n; i++) comp += g->ch[i].n_completion;
+    for (int p = 0; p < g->n_groups; p++) {
+        prompt += g->n_prompts[p];
+        cached += g->ch[p * g->n_per].n_cached;
+    }
+    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", prompt, "completion_tokens", comp, "total_tokens",
+                     prompt + comp, "prompt_tokens_details", "cached_tokens", cached);
+}
+
+static json_t *choice_logprobs(gen *g, choice *c) {
+    json_t *lp = g->lp_k >= 0 ? pam_oai_lp_take(&c->lp) : NULL;
+    return lp ? lp : json_null();
+}
 
 /* ---- streaming ---- */
 
 typedef struct stream {
     pam_server *s;
-    pam_request *r;
+    gen *g;
     struct MHD_Connection *c;
-    pam_api_kind kind;
     char id[64];
     int64_t created;
     int include_usage;
     char *buf;
     size_t len, off, cap;
-    int sent_role, finished, got_done;
+    int sent_role, finished, got_done, failed;
     int64_t keepalive_ns; /* when the next keep-alive comment is due */
     waiter *w;
 } stream;
@@ -303,24 +416,56 @@ static void st_event(stream *st, json_t *root) {
     free(js);
 }
 
-/* One chunk: text (may be NULL), finish reason (NULL while running). */
-static void st_chunk(stream *st, const char *text, size_t len, const char *finish, int role, json_t *usage) {
-    json_t *choice;
-    if (st->kind == PAM_API_CHAT) {
+/* One chunk of choice idx: text (may be NULL), its log-probabilities (NULL:
+ * null), finish reason (NULL while running). */
+static void st_chunk(stream *st, int idx, const char *text, size_t len, json_t *lp, const char *finish, int role,
+                     json_t *usage) {
+    json_t *one;
+    if (!lp) lp = json_null();
+    if (st->g->kind == PAM_API_CHAT) {
         json_t *delta = json_object();
         if (role) json_object_set_new(delta, "role", json_string("assistant"));
-        if (text || role) json_object_set_new(delta, "content", json_text(text, len));
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason",
+        if (text || role) json_object_set_new(delta, "content", pam_oai_text(text, len));
+        one = json_pack("{s:i,s:o,s:o,s:o}", "index", idx, "delta", delta, "logprobs", lp, "finish_reason",
                            finish ? json_string(finish) : json_null());
     } else {
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", json_text(text, len), "logprobs",
+        one = json_pack("{s:i,s:o,s:o,s:o}", "index", idx, "text", pam_oai_text(text, len), "logprobs", lp,
                            "finish_reason", finish ? json_string(finish) : json_null());
     }
     json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", st->id, "object",
-                             st->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion", "created",
-                             (json_int_t)st->created, "model", st->s->alias, "choices", choice);
+                             st->g->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion", "created",
+                             (json_int_t)st->created, "model", st->s->alias, "choices", one);
     if (usage) json_object_set_new(root, "usage", usage);
     st_event(st, root);
+}
+
+/* New text or log-probabilities of choice i become a chunk; its end a chunk
+ * with the finish reason (the last one to end carries usage). */
+static void st_on_update(void *cls, int i) {
+    stream *st = cls;
+    gen *g = st->g;
+    choice *c = &g->ch[i];
+    if (st->failed) return;
+    if (c->done && (c->finish == PAM_FINISH_ERROR || c->finish == PAM_FINISH_CANCELLED)) {
+        pam_api_error err;
+        pam_api_error_set(&err, 500, "server_error", NULL, NULL, "generation %s",
+                          c->finish == PAM_FINISH_ERROR ? "failed" : "was cancelled");
+        char *js = pam_api_error_json(&err);
+        if (js) {
+            st_append(st, "data: ", 6);
+            st_append(st, js, strlen(js));
+            st_append(st, "\n\n", 2);
+            free(js);
+        }
+        st->failed = 1;
+        return;
+    }
+    if (c->len > c->sent || pam_oai_lp_pending(&c->lp)) {
+        st_chunk(st, i, c->text + c->sent, c->len - c->sent, g->lp_k >= 0 ? pam_oai_lp_take(&c->lp) : NULL, NULL, 0,
+                 NULL);
+        c->sent = c->len;
+    }
+    if (c->done) st_chunk(st, i, NULL, 0, NULL, finish_reason(c->finish), 0, gen_all_done(g) ? gen_usage(g) : NULL);
 }
 
 /* Never blocks: with nothing to write it suspends the connection until the
@@ -328,6 +473,7 @@ static void st_chunk(stream *st, const char *text, size_t len, const char *finis
 static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     stream *st = cls;
+    gen *g = st->g;
     for (;;) {
         if (st->off < st->len) {
             size_t n = st->len - st->off < max ? st->len - st->off : max;
@@ -338,45 +484,26 @@ static ssize_t st_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             return (ssize_t)n;
         }
         if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
-        if (st->kind == PAM_API_CHAT && !st->sent_role) {
+        if (g->kind == PAM_API_CHAT && !st->sent_role) {
             st->sent_role = 1;
-            st_chunk(st, "", 0, NULL, 1, NULL);
+            for (int i = 0; i < g->n; i++) st_chunk(st, i, "", 0, NULL, NULL, 1, NULL);
             continue;
         }
-        pam_request_update u;
-        pam_request_next(st->r, 0, &u);
-        if (u.text) {
-            st_chunk(st, u.text, u.len, NULL, 0, NULL);
-            free(u.text);
-        }
-        if (u.done) {
+        int got = gen_poll(g, st_on_update, st);
+        if (st->failed || gen_all_done(g)) {
             st->got_done = 1;
-            if (u.finish == PAM_FINISH_ERROR || u.finish == PAM_FINISH_CANCELLED) {
-                pam_api_error err;
-                pam_api_error_set(&err, 500, "server_error", NULL, NULL, "generation %s",
-                                  u.finish == PAM_FINISH_ERROR ? "failed" : "was cancelled");
-                char *js = pam_api_error_json(&err);
-                if (js) {
-                    st_append(st, "data: ", 6);
-                    st_append(st, js, strlen(js));
-                    st_append(st, "\n\n", 2);
-                    free(js);
-                }
-            } else {
-                st_chunk(st, NULL, 0, finish_reason(u.finish), 0, usage_json(&u));
-                if (st->include_usage) {
-                    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", st->id, "object",
-                                             st->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion",
-                                             "created", (json_int_t)st->created, "model", st->s->alias, "choices",
-                                             "usage", usage_json(&u));
-                    st_event(st, root);
-                }
+            if (!st->failed && st->include_usage) {
+                json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", st->id, "object",
+                                         g->kind == PAM_API_CHAT ? "chat.completion.chunk" : "text_completion",
+                                         "created", (json_int_t)st->created, "model", st->s->alias, "choices",
+                                         "usage", gen_usage(g));
+                st_event(st, root);
             }
             st_append(st, "data: [DONE]\n\n", 14);
             st->finished = 1;
             continue;
         }
-        if (u.text) continue;
+        if (got) continue;
         if (peer_closed(st->c)) return MHD_CONTENT_READER_END_WITH_ERROR;
         /* A comment line now and then: a gone client shows up as a failed write. */
         if (pam_time_ns() > st->keepalive_ns) {
@@ -394,7 +521,7 @@ static void st_free(void *cls) {
         st->s->hc.disconnects++;
         pthread_mutex_unlock(&st->s->mu);
     }
-    pam_request_release(st->r); /* cancels it if still running: the slot is freed */
+    gen_free(st->g); /* cancels what still runs: the slots are freed */
     waiter_free(st->w);
     free(st->buf);
     free(st);
@@ -421,6 +548,26 @@ static uint64_t random_seed(pam_server *s) {
     return x ^ (x >> 29);
 }
 
+/* The prompt's token ids (malloc'd), BOS added as the vocabulary asks;
+ * NULL if it cannot be tokenized. */
+static int32_t *tokenize_prompt(pam_server *s, const char *text, int32_t *n_out) {
+    size_t len = strlen(text), cap = len + 8, n = 0;
+    int32_t *ids = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        free(ids);
+        if (!(ids = malloc(cap * sizeof *ids))) return NULL;
+        pam_status st = pam_tokenizer_encode(s->tk, text, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap, &n);
+        if (st == PAM_OK) {
+            *n_out = (int32_t)n;
+            return ids;
+        }
+        if (st != PAM_ERR_RANGE) break;
+        cap = n;
+    }
+    free(ids);
+    return NULL;
+}
+
 static enum MHD_Result collect_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs);
 
 static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs, pam_api_kind kind) {
@@ -438,63 +585,91 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         pam_api_request_free(&ar);
         return send_error(s, c, &err);
     }
-    int32_t *ids = ar.prompt_ids;
-    size_t n_ids = (size_t)ar.n_prompt_ids;
+    /* Every prompt as token ids (text is tokenized here), all checked
+     * before anything is submitted. */
+    int n_prompts = 1 + ar.n_more;
     int32_t n_ctx = pam_engine_n_ctx(s->e);
-    if (!ids) {
-        size_t len = strlen(ar.prompt), cap = len + 8;
-        ids = malloc(cap * sizeof *ids);
-        pam_status st = ids ? pam_tokenizer_encode(s->tk, ar.prompt, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap,
-                                                   &n_ids)
-                            : PAM_ERR_NOMEM;
-        if (st == PAM_ERR_RANGE) {
-            free(ids);
-            cap = n_ids;
-            ids = malloc(cap * sizeof *ids);
-            st = ids ? pam_tokenizer_encode(s->tk, ar.prompt, len, pam_tokenizer_add_bos(s->tk), 1, ids, cap, &n_ids)
-                     : PAM_ERR_NOMEM;
-        }
-        if (st != PAM_OK) {
-            free(ids);
+    for (int p = 0; p < n_prompts; p++) {
+        const char *text = p ? ar.more[p - 1].text : ar.prompt;
+        int32_t **ids = p ? &ar.more[p - 1].ids : &ar.prompt_ids;
+        int32_t *n_ids = p ? &ar.more[p - 1].n_ids : &ar.n_prompt_ids;
+        if (!*ids && !(*ids = tokenize_prompt(s, text, n_ids))) {
             pam_api_request_free(&ar);
             return send_error_msg(s, c, 500, "server_error", NULL, NULL, "cannot tokenize the prompt");
         }
-        ar.prompt_ids = ids;
-        ar.n_prompt_ids = (int32_t)n_ids;
+        if (*n_ids == 0) {
+            pam_api_request_free(&ar);
+            return send_error_msg(s, c, 400, "invalid_request_error", NULL, "prompt", "the prompt is empty");
+        }
+        if (*n_ids >= n_ctx) {
+            char which[32] = "";
+            if (n_prompts > 1) snprintf(which, sizeof which, " %d", p);
+            pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded",
+                              kind == PAM_API_CHAT ? "messages" : "prompt",
+                              "This model's maximum context length is %d tokens, but the prompt%s has %d tokens", n_ctx,
+                              which, (int)*n_ids);
+            pam_api_request_free(&ar);
+            return send_error(s, c, &err);
+        }
     }
-    if (n_ids == 0) {
-        pam_api_request_free(&ar);
-        return send_error_msg(s, c, 400, "invalid_request_error", NULL, "prompt", "the prompt is empty");
-    }
-    if ((int64_t)n_ids >= n_ctx) {
-        pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded",
-                          kind == PAM_API_CHAT ? "messages" : "prompt",
-                          "This model's maximum context length is %d tokens, but the prompt has %zu tokens", n_ctx,
-                          n_ids);
+    if (pam_api_check_vocab(&ar, pam_model_get_hparams(s->m)->n_vocab, &err) != 0) {
         pam_api_request_free(&ar);
         return send_error(s, c, &err);
     }
-    /* A default output length (16 for completions) gives way to the
-     * context; one the client asked for is checked by submit. */
-    if (!ar.max_tokens_given && ar.params.max_tokens > n_ctx - (int32_t)n_ids)
-        ar.params.max_tokens = n_ctx - (int32_t)n_ids;
     if (!ar.seed_given) ar.params.sampling.seed = random_seed(s);
-    pam_request *r = NULL;
-    pam_status st = pam_engine_submit(s->e, ids, (int32_t)n_ids, &ar.params, &r);
-    int stream_mode = ar.stream, include_usage = ar.include_usage;
-    if (st != PAM_OK) {
-        fprintf(stderr, "pam serve: request refused: %s\n", pam_last_error());
-        if (st == PAM_ERR_FULL)
-            pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later",
-                              pam_last_error_message());
-        else if (st == PAM_ERR_RANGE)
-            pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded", NULL, "%s",
-                              pam_last_error_message());
-        else
-            pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error_message());
-        pam_api_request_free(&ar);
-        return send_error(s, c, &err);
+    gen *g = calloc(1, sizeof *g);
+    pam_request **reqs = calloc((size_t)ar.n, sizeof *reqs);
+    int ok = g && reqs;
+    if (ok) {
+        g->s = s, g->kind = kind, g->echo = ar.echo, g->lp_k = ar.logprobs, g->n_per = ar.n, g->n_groups = n_prompts;
+        g->ch = calloc((size_t)(n_prompts * ar.n), sizeof *g->ch);
+        g->prompts = calloc((size_t)n_prompts, sizeof *g->prompts);
+        g->n_prompts = calloc((size_t)n_prompts, sizeof *g->n_prompts);
+        ok = g->ch && g->prompts && g->n_prompts;
     }
+    for (int p = 0; ok && p < n_prompts; p++) {
+        const int32_t *ids = p ? ar.more[p - 1].ids : ar.prompt_ids;
+        g->n_prompts[p] = p ? ar.more[p - 1].n_ids : ar.n_prompt_ids;
+        if (!ar.echo) continue;
+        if (!(g->prompts[p] = malloc((size_t)g->n_prompts[p] * sizeof **g->prompts))) ok = 0;
+        else memcpy(g->prompts[p], ids, (size_t)g->n_prompts[p] * sizeof *ids);
+    }
+    if (!ok) {
+        free(reqs);
+        gen_free(g);
+        pam_api_request_free(&ar);
+        return send_error_msg(s, c, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    int stream_mode = ar.stream, include_usage = ar.include_usage;
+    for (int p = 0; p < n_prompts; p++) {
+        const int32_t *ids = p ? ar.more[p - 1].ids : ar.prompt_ids;
+        /* A default output length (16 for completions) gives way to the
+         * context; one the client asked for is checked by submit. */
+        pam_request_params pp = ar.params;
+        if (!ar.max_tokens_given && pp.max_tokens > n_ctx - g->n_prompts[p]) pp.max_tokens = n_ctx - g->n_prompts[p];
+        pam_status st = pam_engine_submit_n(s->e, ids, g->n_prompts[p], &pp, ar.n, reqs);
+        if (st != PAM_OK) {
+            fprintf(stderr, "pam serve: request refused: %s\n", pam_last_error());
+            if (st == PAM_ERR_FULL)
+                pam_api_error_set(&err, 503, "server_error", "queue_full", NULL, "%s; retry later",
+                                  pam_last_error_message());
+            else if (st == PAM_ERR_RANGE)
+                pam_api_error_set(&err, 400, "invalid_request_error", "context_length_exceeded", NULL, "%s",
+                                  pam_last_error_message());
+            else
+                pam_api_error_set(&err, 400, "invalid_request_error", NULL, NULL, "%s", pam_last_error_message());
+            free(reqs);
+            gen_free(g); /* cancels the prompts submitted before */
+            pam_api_request_free(&ar);
+            return send_error(s, c, &err);
+        }
+        for (int i = 0; i < ar.n; i++, g->n++) {
+            g->ch[g->n].r = reqs[i];
+            g->ch[g->n].group = p;
+            pam_oai_lp_init(&g->ch[g->n].lp, kind, s->tk);
+        }
+    }
+    free(reqs);
     pam_api_request_free(&ar);
     char id[64];
     make_id(s, kind, id, sizeof id);
@@ -506,16 +681,16 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         struct MHD_Response *resp =
             w ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, st_reader, stm, st_free) : NULL;
         if (!resp) {
-            pam_request_release(r);
+            gen_free(g);
             waiter_free(w);
             free(stm);
             return MHD_NO;
         }
-        stm->s = s, stm->r = r, stm->c = c, stm->kind = kind, stm->created = created, stm->w = w;
+        stm->s = s, stm->g = g, stm->c = c, stm->created = created, stm->w = w;
         stm->include_usage = include_usage;
         stm->keepalive_ns = pam_time_ns() + (int64_t)2000000000;
         snprintf(stm->id, sizeof stm->id, "%s", id);
-        pam_request_set_notify(r, waiter_notify, w);
+        for (int i = 0; i < g->n; i++) pam_request_set_notify(g->ch[i].r, waiter_notify, w);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         enum MHD_Result ret = MHD_queue_response(c, 200, resp);
@@ -527,41 +702,29 @@ static enum MHD_Result handle_generate(pam_server *s, struct MHD_Connection *c, 
         return ret;
     }
 
-    /* Non-streaming: collect the text while the connection sleeps. */
+    /* Non-streaming: collect the choices while the connection sleeps. */
     cs->w = waiter_new(s, c);
     if (!cs->w) {
-        pam_request_release(r);
+        gen_free(g);
         return MHD_NO;
     }
-    cs->r = r;
-    cs->kind = kind;
+    cs->g = g;
     cs->created = created;
     snprintf(cs->id, sizeof cs->id, "%s", id);
-    pam_request_set_notify(r, waiter_notify, cs->w);
+    for (int i = 0; i < g->n; i++) pam_request_set_notify(g->ch[i].r, waiter_notify, cs->w);
     return collect_generate(s, c, cs);
 }
 
-/* Takes what the request produced so far; answers when it is done, or
- * suspends the connection until there is more. A client that goes away
- * cancels. */
+/* Takes what the choices produced so far; answers when every one is done
+ * (or one failed), or suspends the connection until there is more. A
+ * client that goes away cancels. */
 static enum MHD_Result collect_generate(pam_server *s, struct MHD_Connection *c, conn_state *cs) {
-    pam_request_update u;
-    for (;;) {
-        pam_request_next(cs->r, 0, &u);
-        if (u.text) {
-            char *t = realloc(cs->text, cs->text_len + u.len + 1);
-            if (t) {
-                memcpy(t + cs->text_len, u.text, u.len);
-                cs->text_len += u.len;
-                cs->text = t;
-            }
-            free(u.text);
-        }
-        if (u.done) break;
-        if (u.text) continue;
+    gen *g = cs->g;
+    while (!gen_all_done(g) && !gen_failed(g)) {
+        if (gen_poll(g, NULL, NULL)) continue;
         if (peer_closed(c)) {
-            pam_request_release(cs->r);
-            cs->r = NULL;
+            gen_free(g);
+            cs->g = NULL;
             pthread_mutex_lock(&s->mu);
             s->hc.disconnects++;
             pthread_mutex_unlock(&s->mu);
@@ -569,29 +732,32 @@ static enum MHD_Result collect_generate(pam_server *s, struct MHD_Connection *c,
         }
         if (waiter_suspend(cs->w)) return MHD_YES;
     }
-    pam_request_release(cs->r);
-    cs->r = NULL;
-    char *text = cs->text;
-    size_t len = cs->text_len;
-    cs->text = NULL;
-    cs->text_len = 0;
-    pam_api_kind kind = cs->kind;
-    if (u.finish == PAM_FINISH_ERROR || u.finish == PAM_FINISH_CANCELLED) {
-        free(text);
+    cs->g = NULL;
+    pam_api_kind kind = g->kind;
+    const choice *bad = gen_failed(g);
+    if (bad) {
+        pam_finish f = bad->finish;
+        gen_free(g); /* cancels the other choices */
         return send_error_msg(s, c, 500, "server_error", NULL, NULL,
-                              u.finish == PAM_FINISH_ERROR ? "generation failed" : "generation was cancelled");
+                              f == PAM_FINISH_ERROR ? "generation failed" : "generation was cancelled");
     }
-    json_t *choice;
-    if (kind == PAM_API_CHAT)
-        choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant", "content",
-                           json_text(text, len), "logprobs", "finish_reason", finish_reason(u.finish));
-    else
-        choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", json_text(text, len), "logprobs", "finish_reason",
-                           finish_reason(u.finish));
-    free(text);
-    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", cs->id, "object",
+    json_t *choices = json_array();
+    for (int i = 0; i < g->n; i++) {
+        choice *ch = &g->ch[i];
+        if (!ch->started) choice_start(g, ch);
+        json_t *text = pam_oai_text(ch->text, ch->len);
+        json_t *one = kind == PAM_API_CHAT
+                          ? json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", i, "message", "role", "assistant",
+                                      "content", text, "logprobs", choice_logprobs(g, ch), "finish_reason",
+                                      finish_reason(ch->finish))
+                          : json_pack("{s:i,s:o,s:o,s:s}", "index", i, "text", text, "logprobs",
+                                      choice_logprobs(g, ch), "finish_reason", finish_reason(ch->finish));
+        json_array_append_new(choices, one);
+    }
+    json_t *root = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o}", "id", cs->id, "object",
                              kind == PAM_API_CHAT ? "chat.completion" : "text_completion", "created",
-                             (json_int_t)cs->created, "model", s->alias, "choices", choice, "usage", usage_json(&u));
+                             (json_int_t)cs->created, "model", s->alias, "choices", choices, "usage", gen_usage(g));
+    gen_free(g);
     return send_json(s, c, 200, root);
 }
 
@@ -684,7 +850,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         cs->body[cs->len] = '\0';
         return MHD_YES;
     }
-    if (cs->r) return collect_generate(s, c, cs); /* resumed */
+    if (cs->g) return collect_generate(s, c, cs); /* resumed */
     if (cs->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "the request body exceeds %zu bytes", s->p.max_body_bytes);
@@ -701,6 +867,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         if (!is_post)
             return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
         return handle_apply_template(s, c, cs);
+    }
+    if (!strcmp(url, "/tokenize") || !strcmp(url, "/detokenize")) {
+        if (!is_post)
+            return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use POST for this endpoint");
+        pam_api_error err;
+        char *out = NULL;
+        const char *body = cs->body ? cs->body : "";
+        int rc = url[1] == 't' ? pam_oai_tokenize(s->tk, body, cs->len, &out, &err)
+                               : pam_oai_detokenize(s->tk, body, cs->len, &out, &err);
+        return rc == 0 ? send_body(s, c, 200, "application/json", out, NULL) : send_error(s, c, &err);
     }
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models") || !strcmp(url, "/health") || !strcmp(url, "/metrics")) {
         if (!is_get) return send_error_msg(s, c, 405, "invalid_request_error", NULL, NULL, "use GET for this endpoint");
@@ -722,9 +898,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     pam_server *s = cls;
     conn_state *cs = *con_cls;
     if (!cs) return;
-    pam_request_release(cs->r); /* the connection died while it waited */
+    gen_free(cs->g); /* the connection died while it waited */
     waiter_free(cs->w);
-    free(cs->text);
     free(cs->body);
     free(cs);
     *con_cls = NULL;
