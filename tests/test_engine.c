@@ -978,7 +978,9 @@ static double ref_logprob(const float *row, int32_t nv, int32_t id) {
  * values match a float64 log-softmax of the reference forward pass (f32 KV),
  * and scoring prompt + output (score_only) gives the generation's values. */
 static void test_logprobs(void **state) {
-    pam_engine *e = make_engine(2, 8, 5); /* prompt chunks of 5 */
+    /* prompt chunks of 5; the burst budget would take whole prompts, but
+     * prompt log-probabilities stay within the chunk (a logits row each) */
+    pam_engine *e = make_engine_burst(2, 8, 5, 64);
     const int32_t nv = pam_model_get_hparams(g_model)->n_vocab;
     pam_request_params rp;
     pam_request_params_default(&rp);

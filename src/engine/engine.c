@@ -141,7 +141,10 @@ struct pam_engine {
     float *rk, *rv;  /* one block of one layer, f32 (remote tier) */
     uint64_t clock, admit_clock;
 
-    float *logits;       /* one row per sequence: a step samples each at most once */
+    /* n_slots + prefill_chunk rows: a step samples each sequence at most
+     * once, and prompt log-probabilities take at most prefill_chunk prompt
+     * tokens a step, so the burst budget needs no rows of its own */
+    float *logits;
     int32_t batch_cap;
     int32_t *order, *pslot; /* prefill plan scratch, n_slots each */
     pam_prefill_item *pitems;
@@ -290,7 +293,7 @@ pam_status pam_engine_create(const pam_model *m, pam_pool *pool, const pam_engin
     e->pkeys = malloc(((size_t)e->p.n_ctx / (size_t)e->bt + 1) * sizeof *e->pkeys);
     e->run = calloc((size_t)e->p.n_slots, sizeof *e->run);
     e->demote = calloc((size_t)e->p.n_slots, sizeof *e->demote);
-    e->logits = malloc((size_t)e->p.n_slots * (size_t)e->n_vocab * sizeof(float));
+    e->logits = malloc((size_t)(e->p.n_slots + e->p.prefill_chunk) * (size_t)e->n_vocab * sizeof(float));
     e->order = malloc((size_t)e->p.n_slots * sizeof *e->order);
     e->pslot = malloc((size_t)e->p.n_slots * sizeof *e->pslot);
     e->pitems = malloc((size_t)e->p.n_slots * sizeof *e->pitems);
@@ -1430,11 +1433,14 @@ static void *engine_main(void *arg) {
             e->b_own[n] = r;
             n++;
         }
-        int32_t budget, n_order = prefill_order(e, &budget);
+        int32_t budget, n_order = prefill_order(e, &budget), lp_left = e->p.prefill_chunk;
         for (int32_t j = 0; j < n_order && budget > 0; j++) {
             pam_request *r = e->run[e->order[j]];
             if (!r || r->n_past >= r->n_fill || r->finishing != PAM_FINISH_NONE) continue;
             int32_t take = r->n_fill - r->n_past < budget ? r->n_fill - r->n_past : budget;
+            int lp = r->prompt_lp && !r->plp_done;
+            if (lp && take > lp_left) take = lp_left; /* a logits row per token: within the chunk */
+            if (take == 0) continue;
             if (!room_for(e, r, take)) continue;
             for (int32_t k = 0; k < take; k++) {
                 e->b_ctx[n] = r->ctx, e->b_tok[n] = r->prompt[r->n_past + k], e->b_pos[n] = r->n_past + k;
@@ -1446,6 +1452,7 @@ static void *engine_main(void *arg) {
                 n++;
             }
             budget -= take;
+            if (lp) lp_left -= take;
         }
         pthread_mutex_unlock(&e->mu);
 
