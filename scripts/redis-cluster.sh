@@ -72,6 +72,7 @@ start)
       --dir "$d" --pidfile "$d/redis.pid" --logfile "$d/redis.log" \
       --cluster-enabled yes --cluster-config-file "$d/nodes.conf" --cluster-node-timeout 2000 \
       --save '' --appendonly no --maxmemory "$maxmem" --maxmemory-policy allkeys-lru \
+      --repl-diskless-sync-delay 0 --cluster-replica-validity-factor 0 \
       --proto-max-bulk-len 512mb >/dev/null
   done
   for p in $ports; do
@@ -83,13 +84,17 @@ start)
   if ! cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1; then
     echo "$0: cluster create failed (see $dir/create.log)" >&2; stop_all; exit 1
   fi
-  # ready when every node (not only the first) sees the whole cluster: until
-  # gossip has spread, a node may still answer CLUSTERDOWN
+  # ready when every node (not only the first) sees the whole cluster (until
+  # gossip has spread, a node may still answer CLUSTERDOWN) and every replica
+  # has synced with its master (a replica that never synced refuses to take
+  # over when its master dies)
   for _ in $(seq 300); do
     ok=1
     for p in $ports; do
       cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || { ok=0; break; }
       [ "$(cli -p "$p" cluster nodes 2>/dev/null | grep -c connected)" = 6 ] || { ok=0; break; }
+      repl=$(cli -p "$p" info replication 2>/dev/null)
+      if grep -q 'role:slave' <<<"$repl"; then grep -q 'master_link_status:up' <<<"$repl" || { ok=0; break; }; fi
     done
     if [ $ok = 1 ] && cli --cluster check "127.0.0.1:$base" 2>/dev/null | grep -q 'All 16384 slots covered'; then
       echo "127.0.0.1:$base"; exit 0
