@@ -25,7 +25,15 @@
  * pam_tier_calibrate. Reaching it needs every device busy for the whole
  * step: the ssd's reads overlapping the matrix work of all layers, not only
  * the attention of its own blocks. The host-memory tiers' read_gbps are set
- * to bw for the scheduler. */
+ * to bw for the scheduler.
+ *
+ * --kv-replay FILE: random weights have no locality, so which blocks are
+ * hot comes from a `pam locality --trace-out` trace of a real model
+ * (kv/loctrace.h maps it onto these sequences, layers and depths): the KV
+ * manager ranks a sparse call's skippable blocks and feeds the importance
+ * EMA with the replayed mass (pam_kvm_set_replay). Everything else is real:
+ * the attended blocks are read from their tiers and computed, the scheduler
+ * moves blocks between the tiers. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +48,7 @@
 #include "kernels/cpu.h"
 #include "kernels/membw.h"
 #include "kv/kvm.h"
+#include "kv/loctrace.h"
 #include "kv/tier.h"
 #include "model/model.h"
 
@@ -55,7 +64,7 @@
 #define BKV_EXACT(c) (((int)(c) >> 8) & 1)
 #define BKV_MAX_SEQS 256
 #define BKV_SEED 4321
-#define BKV_WARMUP 2
+#define BKV_WARMUP 2 /* default untimed steps */
 
 typedef struct bkv_opts {
     const char *specs[BKV_MAX_SPECS];
@@ -69,6 +78,8 @@ typedef struct bkv_opts {
     const char *trace_path, *svg_path;
     int json;
     int sequential; /* one forward per sequence instead of one batch per step */
+    long warmup;    /* untimed steps before the timed ones */
+    const pam_loctrace *replay; /* --kv-replay, or NULL */
 } bkv_opts;
 
 /* What one policy's run measured; per-step series feed the plot. */
@@ -89,7 +100,7 @@ typedef struct bkv_result {
     double migrations_step, migration_bytes_step, staged_bytes_step;
     uint64_t migration_failures;
     /* series over all steps (warmup included), [step * 8 + tier] */
-    int n_series;
+    int n_series, warmup;
     double *s_blocks, *s_bytes;
 } bkv_result;
 
@@ -118,6 +129,9 @@ static void bkv_usage(FILE *f) {
             "      --seqs N          sequences decoded together (default 4)\n"
             "      --depth D         synthetic KV positions per sequence (default 16384)\n"
             "  -n, --steps N         timed steps, one token per sequence each (default 16)\n"
+            "      --warmup N        untimed steps before them (default %d)\n"
+            "      --kv-replay FILE  which blocks are hot follows a trace of a real model's attention\n"
+            "                        (pam locality --trace-out) instead of these random weights'\n"
             "      --budget-mib N    migration budget per step (default: the KV manager's)\n"
             "      --trace FILE      one JSON line per step and policy (the --kv-trace format)\n"
             "      --svg FILE        plot of blocks and bytes read per tier over the steps\n"
@@ -125,7 +139,7 @@ static void bkv_usage(FILE *f) {
             "      --sequential      one forward per sequence in turn (default: one batched\n"
             "                        forward of all sequences per step)\n"
             "      --json            print a JSON array of records instead of a table\n",
-            PAM_MEMBW_DEFAULT_BYTES >> 20);
+            BKV_WARMUP, PAM_MEMBW_DEFAULT_BYTES >> 20);
 }
 
 static int bkv_parse_policies(const char *s, bkv_opts *o) {
@@ -277,6 +291,11 @@ static void bkv_run_free(bkv_run *r) {
     pam_kvm_destroy(r->kvm);
 }
 
+/* The replayed per-block mass of a call (kv/loctrace.h). */
+static void bkv_replay_mass(void *user, int32_t seq, int32_t layer, int32_t n_pos, float *mass, int64_t n_blocks) {
+    pam_loctrace_map(user, seq, layer, n_pos, mass, n_blocks);
+}
+
 static void bkv_record_step(bkv_result *res, const pam_kvm_report *rep) {
     int s = res->n_series++;
     for (int t = 0; t < res->n_tiers && t < 8; t++) {
@@ -292,14 +311,16 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     pam_kv_shape shape = {.n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
                           .block_tokens = (int32_t)o->block_tokens};
     int32_t n_seqs = (int32_t)o->n_seqs, depth = (int32_t)o->depth, n_steps = (int32_t)o->n_steps;
-    int32_t n_total = depth + BKV_WARMUP + n_steps;
+    int32_t warm = (int32_t)o->warmup;
+    int32_t n_total = depth + warm + n_steps;
     uint64_t kv_bytes = (uint64_t)n_seqs * (uint64_t)n_total * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv *
                         (uint64_t)hp->head_dim * 4; /* f16 K and V */
     memset(res, 0, sizeof *res);
     res->policy = policy == BKV_PAM_NORA ? PAM_KV_POLICY_PAM : policy;
     snprintf(res->name, sizeof res->name, "%s", o->names[which]);
-    res->s_blocks = calloc((size_t)(BKV_WARMUP + n_steps) * 8, sizeof(double));
-    res->s_bytes = calloc((size_t)(BKV_WARMUP + n_steps) * 8, sizeof(double));
+    res->warmup = warm;
+    res->s_blocks = calloc((size_t)(warm + n_steps) * 8, sizeof(double));
+    res->s_bytes = calloc((size_t)(warm + n_steps) * 8, sizeof(double));
     if (!res->s_blocks || !res->s_bytes) return PAM_ERR(PAM_ERR_NOMEM, "bench kv: step series");
 
     pam_tier *tiers[BKV_MAX_SPECS] = {0};
@@ -325,6 +346,10 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
                           .place = BKV_PLACE(code)};
     bkv_run r = {0};
     PAM_TRY(pam_kvm_create(&cfg, pool, &r.kvm));
+    if (o->replay) {
+        pam_kvm_replay rp = {.user = (void *)o->replay, .mass = bkv_replay_mass};
+        pam_kvm_set_replay(r.kvm, &rp);
+    }
 
     /* Admission: every sequence reserves all it will need; a cache too small
      * for them (single with a small tier) fails here, cleanly. */
@@ -361,8 +386,8 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
     int64_t total_ns = 0, total_cpu_ns = 0;
     double sum_bytes[8] = {0}, sum_ms[8] = {0}, sum_blocks[8] = {0}, sum_mig = 0, sum_mig_bytes = 0, sum_staged = 0,
            sum_bound = 0;
-    for (int32_t step = 0; st == PAM_OK && step < BKV_WARMUP + n_steps; step++) {
-        int timed = step >= BKV_WARMUP;
+    for (int32_t step = 0; st == PAM_OK && step < warm + n_steps; step++) {
+        int timed = step >= warm;
         int32_t pos = depth + step;
         long long busy0[8];
         for (int t = 0; t < n_tiers && t < 8; t++) busy0[t] = bkv_dev_busy_ms(tier_spec[t]);
@@ -399,7 +424,7 @@ static pam_status bkv_policy(const pam_model *m, pam_pool *pool, const bkv_opts 
             else busy_ms[t] += (double)(b1 - busy0[t]);
         }
         double host_s = 0;
-        int ts = step - BKV_WARMUP;
+        int ts = step - warm;
         for (int t = 0; t < n_tiers; t++) {
             sum_bytes[t] += (double)rep.tiers[t].bytes_read_step;
             sum_ms[t] += rep.tiers[t].attend_ms_step;
@@ -483,7 +508,7 @@ static void bkv_svg_panel(FILE *f, double x0, double y0, double w, double h, con
     /* warmup steps, untimed */
     if (n > 1)
         fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#eeeeee\"/>\n", px, py,
-                dx * (BKV_WARMUP - 0.5 < n - 1 ? BKV_WARMUP - 0.5 : n - 1), ph);
+                dx * (r->warmup - 0.5 < n - 1 ? r->warmup - 0.5 : n - 1), ph);
     for (int g = 0; g <= 4; g++) {
         double y = py + ph - ph * g / 4.0;
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#cccccc\"/>\n", px, y, px + pw, y);
@@ -552,6 +577,13 @@ static pam_status bkv_write_svg(const char *path, const bkv_result *res, int n_r
 
 /* ---- output ------------------------------------------------------------- */
 
+/* The fastest tier's share of the bytes attention read per step. */
+static double bkv_fast_share(const bkv_result *r) {
+    double all = 0;
+    for (int t = 0; t < r->n_tiers; t++) all += r->bytes_step[t];
+    return all > 0 ? r->bytes_step[0] / all : 0.0;
+}
+
 static void bkv_json_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -582,6 +614,7 @@ static void bkv_print_json(const bkv_opts *o, const bkv_result *res, int n_res, 
                r->tokens_per_second, r->step_ms, r->bound_ms, r->bound_ms / r->step_ms, r->migrations_step,
                r->migration_bytes_step, (unsigned long long)r->migration_failures, r->staged_bytes_step,
                r->cpu_ms_step);
+        printf(", \"fastest_tier_share\": %.4f", bkv_fast_share(r));
         if (r->policy == PAM_KV_POLICY_PAM && ratio > 0) printf(", \"speedup_vs_offload\": %.4f", ratio);
         printf(", \"tiers\": [");
         for (int t = 0; t < r->n_tiers; t++) {
@@ -640,6 +673,20 @@ static void bkv_print_table(const bkv_result *res, int n_res, double ratio) {
         if (res[i].ran && !strcmp(res[i].name, "pam-exact")) ex = &res[i];
     }
     if (sp && ex) printf("pam (sparse) / pam-exact: %.2fx\n", sp->tokens_per_second / ex->tokens_per_second);
+    const bkv_result *stat = NULL;
+    int multi = 0;
+    for (int i = 0; i < n_res; i++) {
+        if (res[i].ran && !strcmp(res[i].name, "pam-static")) stat = &res[i];
+        if (res[i].ran && res[i].n_tiers > 1) multi = 1;
+    }
+    if (multi) {
+        printf("fastest tier's share of the bytes read:");
+        for (int i = 0; i < n_res; i++)
+            if (res[i].ran && res[i].n_tiers > 1) printf(" %s %.1f%%", res[i].name, 100.0 * bkv_fast_share(&res[i]));
+        printf("\n");
+    }
+    if (sp && stat && bkv_fast_share(stat) > 0)
+        printf("pam / pam-static, fastest tier's share: %.2fx\n", bkv_fast_share(sp) / bkv_fast_share(stat));
     fflush(stdout);
 }
 
@@ -647,7 +694,8 @@ int pam_cli_bench_kv(int argc, char **argv) {
     const char *model_path = NULL;
     long n_threads = 0;
     bkv_opts o = {.block_tokens = 16, .n_seqs = 4, .depth = 16384, .n_steps = 16,
-                  .bw_mib = (long)(PAM_MEMBW_DEFAULT_BYTES >> 20), .budget_mib = 0};
+                  .bw_mib = (long)(PAM_MEMBW_DEFAULT_BYTES >> 20), .budget_mib = 0, .warmup = BKV_WARMUP};
+    const char *replay_path = NULL;
     bkv_parse_policies("pam,offload,single", &o);
     pam_args a;
     pam_args_init(&a, argc, argv, "pam bench kv");
@@ -684,6 +732,10 @@ int pam_cli_bench_kv(int argc, char **argv) {
             pam_args_long(&a, 0, 1L << 24, &o.depth);
         } else if (pam_args_is(&a, "-n", "--steps")) {
             pam_args_long(&a, 1, 1L << 20, &o.n_steps);
+        } else if (pam_args_is(&a, NULL, "--warmup")) {
+            pam_args_long(&a, 0, 1L << 20, &o.warmup);
+        } else if (pam_args_is(&a, NULL, "--kv-replay")) {
+            replay_path = pam_args_value(&a);
         } else if (pam_args_is(&a, NULL, "--budget-mib")) {
             pam_args_long(&a, 1, 1L << 30, &o.budget_mib);
         } else if (pam_args_is(&a, NULL, "--trace")) {
@@ -723,6 +775,7 @@ int pam_cli_bench_kv(int argc, char **argv) {
     int rc = 1;
     pam_model *model = NULL;
     pam_pool *pool = NULL;
+    pam_loctrace *replay = NULL;
     float *logits = NULL;
     FILE *trace = NULL;
     bkv_result res[BKV_MAX_POLICIES];
@@ -736,6 +789,13 @@ int pam_cli_bench_kv(int argc, char **argv) {
     if (pam_pool_create((int)n_threads, &pool) != PAM_OK) {
         fprintf(stderr, "pam bench kv: %s\n", pam_last_error());
         goto done;
+    }
+    if (replay_path) {
+        if (pam_loctrace_load(replay_path, &replay) != PAM_OK) {
+            fprintf(stderr, "pam bench kv: --kv-replay: %s\n", pam_last_error());
+            goto done;
+        }
+        o.replay = replay;
     }
     const pam_model_hparams *hp = pam_model_get_hparams(model);
     logits = malloc((size_t)o.n_seqs * (size_t)hp->n_vocab * sizeof(float));
@@ -753,12 +813,12 @@ int pam_cli_bench_kv(int argc, char **argv) {
         goto done;
     }
     int threads = pam_pool_n_threads(pool);
-    double kv_gb = (double)o.n_seqs * (double)(o.depth + BKV_WARMUP + o.n_steps) * hp->n_layer * hp->n_head_kv *
+    double kv_gb = (double)o.n_seqs * (double)(o.depth + o.warmup + o.n_steps) * hp->n_layer * hp->n_head_kv *
                    hp->head_dim * 4 / 1e9;
     fprintf(info, "model: %s (%d layers, %d/%d heads, head dim %d), weights %.1f MB per token\n", model_path,
             hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim, (double)pam_model_weight_bytes(model) / 1e6);
     fprintf(info, "sequences: %ld at depth %ld, %.2f GB of f16 KV; block %ld tokens; %ld timed steps after %d warmup\n",
-            o.n_seqs, o.depth, kv_gb, o.block_tokens, o.n_steps, BKV_WARMUP);
+            o.n_seqs, o.depth, kv_gb, o.block_tokens, o.n_steps, (int)o.warmup);
     fprintf(info, "threads: %d, isa: %s, memory read bandwidth: %.2f GB/s (best of 5 over %ld MiB)\n\n", threads,
             pam_cpu_isa(), bw, o.bw_mib);
     if (o.sparse.tokens > 0)
@@ -768,6 +828,12 @@ int pam_cli_bench_kv(int argc, char **argv) {
         fprintf(info, "sparse attention: at most %.4g%% of the context per sequence and layer (runs named -exact: "
                       "exact)\n\n",
                 100.0 * o.sparse.frac);
+    if (replay)
+        fprintf(info,
+                "replay: %s (%d layers, block %d, context %d, %d chunks): which blocks are hot follows the trace; "
+                "reads and arithmetic are real\n\n",
+                replay_path, (int)pam_loctrace_n_layer(replay), (int)pam_loctrace_block_tokens(replay),
+                (int)pam_loctrace_ctx(replay), (int)pam_loctrace_n_chunks(replay));
     fflush(info);
     for (int i = 0; i < o.n_policies; i++) {
         if (bkv_policy(model, pool, &o, i, bw, trace, logits, &res[n_res]) != PAM_OK) {
@@ -803,6 +869,7 @@ done:
         free(res[i].s_bytes);
     }
     free(logits);
+    pam_loctrace_free(replay);
     pam_pool_destroy(pool);
     pam_model_free(model);
     return rc;

@@ -16,7 +16,9 @@
  *    newest), the importance EMA of past steps' mass at decays 0.5, 0.9,
  *    0.99, the key-summary bound (kv/ksum.h: per-block per-channel key
  *    min/max against step t's query), and the EMA or bound after the sink
- *    and recent window are taken first, as a sparse attention would. */
+ *    and recent window are taken first, as a sparse attention would.
+ * --trace-out writes the layer-level mass of every step (kv/loctrace.h) for
+ * `pam bench kv --kv-replay`. */
 #include "cli/locality.h"
 
 #include <math.h>
@@ -30,6 +32,7 @@
 #include "core/status.h"
 #include "kv/ksum.h"
 #include "kv/kvm.h"
+#include "kv/loctrace.h"
 #include "model/model.h"
 
 #define MIN_BLOCKS 8
@@ -59,7 +62,9 @@ static void loc_usage(FILE *f) {
             "      --chunks N          analyse only the first N chunks (default all)\n"
             "  -t, --threads N         threads (default: number of CPUs)\n"
             "      --json              print one JSON object instead of the tables\n"
-            "      --svg FILE          also draw the results as an SVG picture\n");
+            "      --svg FILE          also draw the results as an SVG picture\n"
+            "      --trace-out FILE    also write each step's per-block mass of every layer (the\n"
+            "                          mean over its heads), for pam bench kv --kv-replay\n");
 }
 
 /* Observer state for one chunk. */
@@ -346,7 +351,7 @@ static void print_tables(const loc_report *r) {
 }
 
 int pam_cli_locality(int argc, char **argv) {
-    const char *model_path = NULL, *text_path = NULL, *svg_path = NULL;
+    const char *model_path = NULL, *text_path = NULL, *svg_path = NULL, *trace_out = NULL;
     long n_ctx = 0, block = 16, max_chunks = -1, n_threads = 0;
     int json = 0;
     pam_args a;
@@ -371,6 +376,8 @@ int pam_cli_locality(int argc, char **argv) {
             json = 1;
         } else if (pam_args_is(&a, NULL, "--svg")) {
             svg_path = pam_args_value(&a);
+        } else if (pam_args_is(&a, NULL, "--trace-out")) {
+            trace_out = pam_args_value(&a);
         } else {
             pam_args_unknown(&a);
         }
@@ -398,7 +405,8 @@ int pam_cli_locality(int argc, char **argv) {
     size_t n_ids = 0;
     loc_obs o = {0};
     loc_scratch w = {0};
-    float *um = NULL, *ub = NULL, *heat = NULL;
+    float *um = NULL, *ub = NULL, *heat = NULL, *chunk_mass = NULL;
+    pam_loctrace_writer *lt = NULL;
     loc_stats *layers = NULL, *kvh = NULL;
 
     if (pam_model_load(model_path, &model) != PAM_OK) {
@@ -481,6 +489,17 @@ int pam_cli_locality(int argc, char **argv) {
         fprintf(stderr, "pam locality: out of memory (%ld tokens of context over %d layers)\n", n_ctx, o.L);
         goto done;
     }
+    if (trace_out) {
+        chunk_mass = malloc((size_t)o.L * o.T * o.NB * sizeof(float));
+        if (!chunk_mass) {
+            fprintf(stderr, "pam locality: out of memory (trace of %ld tokens over %d layers)\n", n_ctx, o.L);
+            goto done;
+        }
+        if (pam_loctrace_writer_open(trace_out, o.L, o.bt, o.T, (int32_t)n_chunks, &lt) != PAM_OK) {
+            fprintf(stderr, "pam locality: %s\n", pam_last_error());
+            goto done;
+        }
+    }
     pam_kvm_observer obs = {.user = &o, .on_store = obs_store, .on_attend = obs_attend};
     pam_kvm_set_observer(kvm, &obs);
 
@@ -523,6 +542,7 @@ int pam_cli_locality(int argc, char **argv) {
             }
             analyze_unit(&layers[l], um, ub, o.T, o.NB, o.bt, &w);
             if (c == 0) memcpy(heat + (size_t)l * o.T * o.NB, um, (size_t)o.T * o.NB * sizeof(float));
+            if (chunk_mass) memcpy(chunk_mass + (size_t)l * o.T * o.NB, um, (size_t)o.T * o.NB * sizeof(float));
             for (int32_t g = 0; g < o.G; g++) {
                 for (int32_t t = 0; t < o.T; t++) {
                     size_t at = (((size_t)l * o.T + t) * o.G + g) * o.NB;
@@ -532,9 +552,26 @@ int pam_cli_locality(int argc, char **argv) {
                 analyze_unit(&kvh[(size_t)l * o.G + g], um, ub, o.T, o.NB, o.bt, &w);
             }
         }
+        /* the trace's order: step, then layer */
+        for (int32_t t = 0; lt && t < o.T; t++) {
+            for (int32_t l = 0; l < o.L; l++) {
+                if (pam_loctrace_add(lt, chunk_mass + ((size_t)l * o.T + t) * o.NB, t / o.bt + 1) != PAM_OK) {
+                    fprintf(stderr, "pam locality: %s\n", pam_last_error());
+                    goto done;
+                }
+            }
+        }
         if (!json) fprintf(stderr, "\rchunk %ld/%ld", c + 1, n_chunks);
     }
     if (!json) fprintf(stderr, "\n");
+    if (lt) {
+        pam_status ts = pam_loctrace_finish(lt);
+        lt = NULL;
+        if (ts != PAM_OK) {
+            fprintf(stderr, "pam locality: %s\n", pam_last_error());
+            goto done;
+        }
+    }
     for (int32_t l = 0; l < o.L; l++) stats_finish(&layers[l]);
     for (int32_t u = 0; u < o.L * o.G; u++) stats_finish(&kvh[u]);
     loc_report r = {.model = model_path,
@@ -571,7 +608,8 @@ done:
     if (svg) fclose(svg);
     free(o.keys), free(o.smn), free(o.smx), free(o.n_final), free(o.mass), free(o.bound), free(o.tmn), free(o.tmx);
     free(w.score), free(w.ema), free(w.idx), free(w.sel), free(w.hot), free(w.sorted);
-    free(um), free(ub), free(heat), free(layers), free(kvh), free(chunk), free(ids);
+    free(um), free(ub), free(heat), free(layers), free(kvh), free(chunk), free(ids), free(chunk_mass);
+    pam_loctrace_writer_abort(lt);
     pam_kvm_destroy(kvm);
     if (trace) fclose(trace);
     pam_pool_destroy(pool);

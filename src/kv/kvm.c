@@ -57,6 +57,12 @@
  * selection depends on the sequence's own data only; with several tiers it
  * also depends on which blocks sit in the fastest tier.
  *
+ * Replay (pam_kvm_set_replay, benchmarks): a callback gives each call's
+ * per-block mass (a real model's, recorded); it replaces the bound as the
+ * ranking of skippable blocks and the computed mass as the importance
+ * by-product, while the attention still reads and computes the attended
+ * blocks in their tiers.
+ *
  * Eviction (opt-in): a dropped block leaves a hole (KVM_NO_ID) in the table,
  * so logical block i still holds positions i*bt.. of the blocks that stay. */
 #include "kv/kvm.h"
@@ -149,6 +155,8 @@ struct pam_kvm {
     uint32_t *req_ids;
     float *blk_m, *blk_l;
     pam_kvm_observer obs;
+    pam_kvm_replay replay;
+    float *rp_mass; /* [cap_req] the replayed mass of the current call */
     float *obs_mass; /* [cap_req][piece_heads], only with an on_attend observer */
     int64_t cap_obs;
     int64_t cap_req;
@@ -303,6 +311,7 @@ void pam_kvm_destroy(pam_kvm *kvm) {
     free(kvm->blk_m);
     free(kvm->blk_l);
     free(kvm->obs_mass);
+    free(kvm->rp_mass);
     free(kvm->piece_out);
     free(kvm->acc_ml);
     free(kvm->mk);
@@ -747,6 +756,13 @@ pam_status pam_kvm_store(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t pos, 
     return st;
 }
 
+void pam_kvm_set_replay(pam_kvm *kvm, const pam_kvm_replay *rp) {
+    if (rp)
+        kvm->replay = *rp;
+    else
+        memset(&kvm->replay, 0, sizeof kvm->replay);
+}
+
 void pam_kvm_set_observer(pam_kvm *kvm, const pam_kvm_observer *obs) {
     if (obs)
         kvm->obs = *obs;
@@ -978,7 +994,9 @@ static pam_status ensure_attend_scratch(pam_kvm *kvm, int64_t nb, int32_t n_head
     if (bd) kvm->bnd = bd;
     int64_t *od = realloc(kvm->order, 3 * n * sizeof *od);
     if (od) kvm->order = od;
-    if (!rb || !ri || !bm || !bl || !pc || !po || !ml || !sk || !bd || !od)
+    float *rm = realloc(kvm->rp_mass, n * sizeof *rm);
+    if (rm) kvm->rp_mass = rm;
+    if (!rb || !ri || !bm || !bl || !pc || !po || !ml || !sk || !bd || !od || !rm)
         return PAM_ERR(PAM_ERR_NOMEM, "attention scratch");
     kvm->cap_req = nc;
     kvm->cap_pieces = nc;
@@ -1123,7 +1141,9 @@ static int64_t sparse_select(pam_kvm *kvm, const kvm_seq *s, const uint32_t *tab
                 float d = bnd[(size_t)c * n_head + h] - best[h];
                 if (d > sc) sc = d;
             }
-            score[c] = sc;
+            /* replay: the recorded mass ranks them; the bounds above are
+             * still computed so the call costs what a real one does */
+            score[c] = kvm->replay.mass ? kvm->rp_mass[cand[c]] : sc;
             a[c] = c;
         }
         /* bottom-up merge sort of candidate positions: score descending,
@@ -1186,6 +1206,7 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
     int sparse = kvm->summaries && sparse_on(&s->sparse) && pam_kv_sparse_tokens(&s->sparse, n_pos) < n_pos;
     int holes = 0;
     for (int64_t i = 0; kvm->evict && !sparse && i < nb && !holes; i++) holes = tab[i] == KVM_NO_ID;
+    if (kvm->replay.mass) kvm->replay.mass(kvm->replay.user, seq, layer, n_pos, kvm->rp_mass, nb);
     if (sparse || holes) {
         int64_t n_skip = sparse_select(kvm, s, tab, nb, n_pos, q, n_head, sparse);
         if (n_skip > 0) skip = kvm->skip;
@@ -1259,9 +1280,18 @@ pam_status pam_kvm_attend(pam_kvm *kvm, int32_t seq, int32_t layer, int32_t n_po
         const float *p = kvm->piece_out + (size_t)i * pf;
         pam_attn_merge(n_head, hd, m, l, out, p, p + n_head, p + 2 * n_head);
     }
-    /* Importance by-product: each block's share of the attention mass. */
+    /* Importance by-product: each block's share of the attention mass
+     * (replay: the recorded share, renormalised over the attended blocks,
+     * as attention over them alone would give). */
+    if (kvm->replay.mass) {
+        double tot = 0;
+        for (int64_t i = 0; i < nb; i++)
+            if (!(skip && skip[i])) tot += kvm->rp_mass[i];
+        for (int64_t i = 0; tot > 0 && i < nb; i++)
+            if (!(skip && skip[i])) kvm->blocks[tab[i]].mass_step += (float)(kvm->rp_mass[i] / tot);
+    }
     float inv = 1.0f / (float)n_head;
-    for (int64_t j = 0; j < pos; j++) {
+    for (int64_t j = 0; !kvm->replay.mass && j < pos; j++) {
         const float *bm = kvm->blk_m + (size_t)j * n_head, *bl = kvm->blk_l + (size_t)j * n_head;
         float mass = 0.0f;
         for (int32_t h = 0; h < n_head; h++) mass += bl[h] * expf(bm[h] - m[h]) / l[h];

@@ -184,6 +184,24 @@ typedef struct pam_kvm_observer {
  * one, attention does no extra work. */
 void pam_kvm_set_observer(pam_kvm *kvm, const pam_kvm_observer *obs);
 
+/* Replay (benchmarks on random weights, which have no locality): the mass
+ * callback gives each logical block's share of a call's attention mass
+ * (mass[b], b < n_blocks, summing to 1), e.g. from a recorded trace of a
+ * real model (kv/loctrace.h). With it set, a sparse call ranks the blocks it
+ * may skip by that mass (higher first, ties to the older block) instead of
+ * the key-summary bound (the bounds are still computed, so the call costs
+ * what it would), and the importance by-product of every call is that mass
+ * renormalised over the blocks attended, instead of the computed one. The
+ * attention itself still runs over the attended blocks through their tiers:
+ * only which blocks are hot is replayed. The callback runs on the caller's
+ * thread and must depend on its arguments only (determinism). NULL removes
+ * it. */
+typedef struct pam_kvm_replay {
+    void *user;
+    void (*mass)(void *user, int32_t seq, int32_t layer, int32_t n_pos, float *mass, int64_t n_blocks);
+} pam_kvm_replay;
+void pam_kvm_set_replay(pam_kvm *kvm, const pam_kvm_replay *rp);
+
 /* Decodes every token of full block `block` of layer to f32 rows
  * (block_tokens rows of n_head_kv*head_dim each for k and v): what the
  * remote tier publishes. PAM_ERR_INVALID when the block is not full. */
