@@ -2,7 +2,9 @@
 # pam bench kv: the three policies run over a tiny model whose KV spans two
 # tiers; --json gives one record per policy, `single` on a tier too small
 # reports that it does not fit (not a crash), the trace has one JSON line per
-# step and policy, and the SVG plot is well-formed.
+# step and policy, the SVG plot is well-formed, and a replayed locality trace
+# puts more of the attended bytes in the fastest tier with importance
+# placement than with static placement.
 # usage: cli_bench_kv.sh PAM_BINARY SHARED_DIR BUILD_DIR
 set -u
 PAM="$1"
@@ -103,4 +105,24 @@ awk -v s="$(mb pam-static)" -v e="$(mb pam-exact)" 'BEGIN { exit !(s > 0 && s < 
     || fail "sparse (static) should read fewer ssd bytes than exact: $(mb pam-static) vs $(mb pam-exact)"
 err=$("$PAM" bench kv -m "$MODEL" --kv-sparse 0% 2>&1); rc=$?
 [ $rc -eq 2 ] && echo "$err" | grep -q "kv-sparse" || fail "bad --kv-sparse: exit $rc: $err"
+
+# Replay: a pam locality trace of stories260K on real text drives which
+# blocks are hot; with importance placement the fastest tier serves a larger
+# share of the attended bytes than with static placement (counted bytes, not
+# timing). A file that is not a trace is refused.
+S260="$TMP/bench-kv-stories260K.gguf"
+"$PAM" convert "$2/models/stories260K/stories260K.bin" "$2/models/stories260K/tok512.bin" -o "$S260" >/dev/null \
+    || fail "convert stories260K"
+"$PAM" locality -m "$S260" -f "$(dirname "$0")/data/stories260K_sampled.txt" -t 2 --chunks 2 --json \
+    --trace-out "$TMP/kv-replay.trace" >/dev/null 2>"$TMP/kv.err" || fail "locality --trace-out: $(cat "$TMP/kv.err")"
+out=$("$PAM" bench kv -m "$MODEL" -t 2 --seqs 2 --depth 400 -n 3 --warmup 6 --bw-mib 16 --kv-tier dram:50KiB \
+      --kv-tier "ssd:$TMP/kv-ssd:4MiB" --kv-sparse 25% --policy pam,pam-static --kv-replay "$TMP/kv-replay.trace" \
+      --json 2>"$TMP/kv.err") || fail "replay bench exited with $?: $(cat "$TMP/kv.err")"
+echo "$out"
+grep -q "replay: .*kv-replay.trace (5 layers, block 16, context 512, 2 chunks)" "$TMP/kv.err" || fail "no replay line"
+share() { printf '%s\n' "$out" | grep "\"policy\": \"$1\"" | sed 's/.*"fastest_tier_share": \([0-9.]*\).*/\1/'; }
+awk -v p="$(share pam)" -v s="$(share pam-static)" 'BEGIN { exit !(p > 0 && s > 0 && p > s) }' \
+    || fail "replay: importance placement's fastest-tier share $(share pam) should exceed static's $(share pam-static)"
+err=$("$PAM" bench kv -m "$MODEL" --depth 16 -n 1 --bw-mib 16 --kv-replay "$MODEL" 2>&1); rc=$?
+[ $rc -eq 1 ] && echo "$err" | grep -q "not a locality trace" || fail "bad --kv-replay: exit $rc: $err"
 echo "PASS"

@@ -64,6 +64,14 @@ check "text shorter than a chunk: clear error" $?
 "$pam" locality -m "$model" -f "$text" --chunks 1 --svg "$tmp/no/such/dir/x.svg" >/dev/null 2>"$tmp/e3.txt"
 rc=$?; [ $rc -ne 0 ] && grep -q "cannot write" "$tmp/e3.txt"
 check "unwritable SVG path: clear error" $?
+"$pam" locality -m "$model" -f "$text" --chunks 1 --trace-out "$tmp/no/such/dir/x.trace" >/dev/null 2>"$tmp/e5.txt"
+rc=$?; [ $rc -ne 0 ] && grep -q "cannot write the locality trace" "$tmp/e5.txt"
+check "unwritable trace path: clear error" $?
+# The trace: a 32-byte header and, per chunk, step and layer, one u16 per block
+# (1 chunk x 5 layers x sum over 512 steps of (t/16 + 1) = 8448 values).
+"$pam" locality -m "$model" -f "$text" --chunks 1 -t 2 --trace-out "$tmp/loc.trace" >/dev/null 2>&1
+rc=$?; [ $rc -eq 0 ] && [ "$(wc -c <"$tmp/loc.trace")" -eq $((32 + 2 * 5 * 8448)) ] && head -c 8 "$tmp/loc.trace" | grep -q PAMLOCT1
+check "--trace-out writes the documented size and magic" $?
 "$pam" locality -f "$text" >/dev/null 2>"$tmp/e4.txt"
 rc=$?; [ $rc -eq 2 ] && grep -q "\-m MODEL" "$tmp/e4.txt"
 check "no model: says how to pass one" $?
