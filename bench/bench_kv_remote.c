@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
     pam_kv_remote_chain(r, NULL, tok, n_blocks, keys);
     int64_t t0 = pam_time_ns();
     for (int b = 0; b < n_blocks; b++)
-        for (int l = 0; l < shape.n_layer; l++) pam_kv_remote_put(r, keys[b], l, k, v);
+        for (int l = 0; l < shape.n_layer; l++) pam_kv_remote_put(r, keys[b], b ? keys[b - 1] : NULL, l, k, v);
     pam_kv_remote_flush(r);
     double put_s = (double)(pam_time_ns() - t0) * 1e-9;
     uint64_t vb = pam_kv_remote_value_bytes(r);

@@ -89,7 +89,7 @@ static void put_chain(pam_kv_remote *r, uint32_t s, const uint8_t (*keys)[32], i
     for (int32_t b = 0; b < n; b++)
         for (int32_t l = 0; l < NL; l++) {
             block_data(s, b, l, k, v);
-            assert_int_equal(pam_kv_remote_put(r, keys[b], l, k, v), 1);
+            assert_int_equal(pam_kv_remote_put(r, keys[b], b ? keys[b - 1] : NULL, l, k, v), 1);
         }
     pam_kv_remote_flush(r);
 }
@@ -279,7 +279,7 @@ static void test_real_file_limit(void **state) {
         for (int32_t b = 0; b < 4; b++)
             for (int32_t l = 0; l < NL; l++) {
                 block_data(8, b, l, k, v);
-                pam_kv_remote_put(c, keys[b], l, k, v);
+                pam_kv_remote_put(c, keys[b], b ? keys[b - 1] : NULL, l, k, v);
             }
         pam_kv_remote_flush(c);
         pam_kv_remote_stats st;

@@ -140,7 +140,7 @@ static void put_chain(pam_kv_remote *r, uint32_t s, const uint8_t (*keys)[32], i
     for (int32_t b = 0; b < n_blocks; b++)
         for (int32_t l = 0; l < NL; l++) {
             block_data(s, b, l, k, v);
-            assert_int_equal(pam_kv_remote_put(r, keys[b], l, k, v), 1);
+            assert_int_equal(pam_kv_remote_put(r, keys[b], b ? keys[b - 1] : NULL, l, k, v), 1);
         }
     pam_kv_remote_flush(r);
 }
@@ -460,7 +460,7 @@ static void test_cluster_down(void **state) {
     chain(r, 9, 4, keys);
     float k[BT * ROW], v[BT * ROW];
     block_data(9, 0, 0, k, v);
-    assert_int_equal(pam_kv_remote_put(r, keys[0], 0, k, v), 1);
+    assert_int_equal(pam_kv_remote_put(r, keys[0], NULL, 0, k, v), 1);
     pam_kv_remote_flush(r);
     sink_ctx c;
     for (int i = 0; i < 20; i++) assert_int_equal(fetch(r, 9, (const uint8_t(*)[32])keys, 0, 4, &c), 0);

@@ -131,8 +131,8 @@ static void to_f16(const float *src, uint8_t *dst, size_t n) {
 }
 
 /* Fills the header (except the checksum) and the f16 payload. */
-static void encode(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, const float *k, const float *v,
-                   uint8_t *val) {
+static void encode(const pam_kv_remote *r, const uint8_t key[32], const uint8_t *parent, int32_t layer, const float *k,
+                   const float *v, uint8_t *val) {
     memcpy(val, MAGIC, 8);
     put_u32(val + 8, VERSION);
     put_u32(val + 12, r->hkey_len ? FLAG_HMAC : 0);
@@ -143,6 +143,10 @@ static void encode(const pam_kv_remote *r, const uint8_t key[32], int32_t layer,
     put_u32(val + 88, (uint32_t)r->shape.n_head_kv);
     put_u32(val + 92, (uint32_t)r->shape.head_dim);
     put_u64(val + 96, r->payload);
+    if (parent)
+        memcpy(val + 112, parent, 32);
+    else
+        memset(val + 112, 0, 32);
     size_t n = r->payload / 4;
     uint8_t *pk = val + HDR_BYTES, *pv = pk + r->payload / 2;
     to_f16(k, pk, n);
@@ -259,7 +263,8 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, const float *k, const float *v) {
+int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], const uint8_t *parent, int32_t layer, const float *k,
+                      const float *v) {
     pthread_mutex_lock(&r->mu);
     int full = r->q_len == r->q_cap || r->stop;
     if (full) r->st.put_dropped++;
@@ -269,7 +274,7 @@ int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, co
     if (!val) return 0;
     put_item it;
     pam_kv_remote_key(r, key, layer, it.key);
-    encode(r, key, layer, k, v, val);
+    encode(r, key, parent, layer, k, v, val);
     it.val = val;
     pthread_mutex_lock(&r->mu);
     if (r->q_len == r->q_cap) {
@@ -283,6 +288,10 @@ int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, co
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
     return 1;
+}
+
+void pam_kv_remote_touch(pam_kv_remote *r, const uint8_t key[32]) {
+    if (r->is_file) pam_kvr_journal_touch(r, key);
 }
 
 void pam_kv_remote_flush(pam_kv_remote *r) {
