@@ -137,7 +137,10 @@ void pam_kvr_journal_write(pam_kv_remote *r, put_item *batch, int n) {
         pthread_mutex_lock(&r->mu);
         jblock *have = idx_find(r, key);
         int skip = have && have->off[layer] != JOFF_NONE, failed = r->write_failed, inj = 0;
-        int full = r->end + r->value_bytes > r->max_bytes;
+        /* a block is begun only when all its layers fit (one missing
+         * layers is of no use); the layers of a begun block have their room */
+        int32_t room = have ? r->shape.n_layer - layer : r->shape.n_layer;
+        int full = r->end + (uint64_t)room * r->value_bytes > r->max_bytes;
         if (!skip && !failed && !full) inj = r->inject_errno, r->inject_errno = 0;
         pthread_mutex_unlock(&r->mu);
         if (skip) continue; /* already journaled */
