@@ -300,40 +300,111 @@ void pam_kv_remote_flush(pam_kv_remote *r) {
     pthread_mutex_unlock(&r->mu);
 }
 
+/* ---- receiver thread ---- */
+
+static void *rx_main(void *arg) {
+    pam_kv_remote *r = arg;
+    pthread_mutex_lock(&r->rx_mu);
+    for (;;) {
+        while (r->rx_state != 1 && !r->rx_stop) pthread_cond_wait(&r->rx_cv, &r->rx_mu);
+        if (r->rx_state != 1) break;
+        pam_rc_cmd *cmds = r->rx_cmds;
+        int n = r->rx_n;
+        pthread_mutex_unlock(&r->rx_mu);
+        int64_t t0 = pam_time_ns();
+        pam_rc_exec(r->rd, cmds, n);
+        double dt = (double)(pam_time_ns() - t0) * 1e-9;
+        pthread_mutex_lock(&r->rx_mu);
+        r->rx_dt = dt;
+        r->rx_state = 2;
+        pthread_cond_broadcast(&r->rx_cv);
+    }
+    pthread_mutex_unlock(&r->rx_mu);
+    return NULL;
+}
+
+static void rx_start(pam_kv_remote *r, pam_rc_cmd *cmds, int n) {
+    pthread_mutex_lock(&r->rx_mu);
+    r->rx_cmds = cmds;
+    r->rx_n = n;
+    r->rx_state = 1;
+    pthread_cond_broadcast(&r->rx_cv);
+    pthread_mutex_unlock(&r->rx_mu);
+}
+
+/* The round trip's seconds, once its replies are in. */
+static double rx_wait(pam_kv_remote *r) {
+    pthread_mutex_lock(&r->rx_mu);
+    while (r->rx_state != 2) pthread_cond_wait(&r->rx_cv, &r->rx_mu);
+    r->rx_state = 0;
+    double dt = r->rx_dt;
+    pthread_mutex_unlock(&r->rx_mu);
+    return dt;
+}
+
 /* ---- fetch ---- */
 
+/* One pipelined batch: an MGET of every layer of each of nb blocks. */
+typedef struct fetch_buf {
+    char (*names)[PAM_KV_REMOTE_KEY_MAX];
+    const char **argv;
+    size_t *argl;
+    pam_rc_cmd cmds[FETCH_BATCH];
+} fetch_buf;
+
+static void fetch_prep(pam_kv_remote *r, fetch_buf *f, const uint8_t (*keys)[32], int32_t b0, int nb) {
+    int32_t L = r->shape.n_layer;
+    for (int i = 0; i < nb; i++) {
+        const char **a = f->argv + (size_t)i * (size_t)(L + 1);
+        size_t *al = f->argl + (size_t)i * (size_t)(L + 1);
+        a[0] = "MGET";
+        al[0] = 4;
+        for (int32_t l = 0; l < L; l++) {
+            char *nm = f->names[(size_t)i * (size_t)L + (size_t)l];
+            pam_kv_remote_key(r, keys[b0 + i], l, nm);
+            a[1 + l] = nm;
+            al[1 + l] = strlen(nm);
+        }
+        f->cmds[i] = (pam_rc_cmd){.argc = L + 1, .argv = a, .argvlen = al};
+    }
+}
 
 int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t first, int32_t n_blocks,
                             pam_kv_remote_sink sink, void *ctx) {
-    int32_t L = r->shape.n_layer, done = 0;
+    int32_t L = r->shape.n_layer, done = 0, end = first + n_blocks;
     pthread_mutex_lock(&r->mu);
     r->st.lookups++;
     pthread_mutex_unlock(&r->mu);
     if (r->is_file) return pam_kvr_journal_fetch(r, keys, first, n_blocks, sink, ctx);
+    if (n_blocks <= 0) return 0;
     int batch = FETCH_VALUES / L < 16 ? 16 : FETCH_VALUES / L > FETCH_BATCH ? FETCH_BATCH : FETCH_VALUES / L;
-    char(*names)[PAM_KV_REMOTE_KEY_MAX] = malloc((size_t)FETCH_BATCH * (size_t)L * sizeof *names);
-    const char **argv = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argv);
-    size_t *argl = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argl);
-    pam_rc_cmd cmds[FETCH_BATCH];
-    int stop = !names || !argv || !argl;
-    for (int32_t b0 = first; b0 < first + n_blocks && !stop; b0 += batch) {
-        int nb = first + n_blocks - b0 < batch ? (int)(first + n_blocks - b0) : batch;
-        for (int i = 0; i < nb; i++) {
-            const char **a = argv + (size_t)i * (size_t)(L + 1);
-            size_t *al = argl + (size_t)i * (size_t)(L + 1);
-            a[0] = "MGET";
-            al[0] = 4;
-            for (int32_t l = 0; l < L; l++) {
-                char *nm = names[(size_t)i * (size_t)L + (size_t)l];
-                pam_kv_remote_key(r, keys[b0 + i], l, nm);
-                a[1 + l] = nm;
-                al[1 + l] = strlen(nm);
-            }
-            cmds[i] = (pam_rc_cmd){.argc = L + 1, .argv = a, .argvlen = al};
+    fetch_buf fb[2];
+    int stop = 0;
+    for (int i = 0; i < 2; i++) {
+        fb[i].names = malloc((size_t)FETCH_BATCH * (size_t)L * sizeof *fb[i].names);
+        fb[i].argv = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *fb[i].argv);
+        fb[i].argl = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *fb[i].argl);
+        if (!fb[i].names || !fb[i].argv || !fb[i].argl) stop = 1;
+    }
+    /* The next batch's round trip is under way while this one is checked
+     * and decoded: the cluster and the network work while the CPU does.
+     * (When this batch ends the fetch, the next one's replies are dropped.) */
+    int cur = 0;
+    int32_t b0 = first;
+    int nb = end - b0 < batch ? (int)(end - b0) : batch;
+    if (!stop) {
+        fetch_prep(r, &fb[cur], keys, b0, nb);
+        rx_start(r, fb[cur].cmds, nb);
+    }
+    while (!stop) {
+        double dt = rx_wait(r);
+        int32_t nb0 = b0 + nb;
+        int nn = end - nb0 < batch ? (int)(end - nb0) : batch;
+        if (nn > 0) {
+            fetch_prep(r, &fb[1 - cur], keys, nb0, nn);
+            rx_start(r, fb[1 - cur].cmds, nn);
         }
-        int64_t t0 = pam_time_ns();
-        pam_rc_exec(r->rd, cmds, nb);
-        double dt = (double)(pam_time_ns() - t0) * 1e-9;
+        pam_rc_cmd *cmds = fb[cur].cmds;
         uint64_t bytes = 0, rej[PAM_KV_REJECT_N] = {0}, io = 0, miss = 0, hit = 0;
         for (int i = 0; i < nb; i++) {
             redisReply *rep = cmds[i].reply;
@@ -380,10 +451,21 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
         note_reachable(r, io == 0);
         for (int k = 0; k < PAM_KV_REJECT_N; k++) r->st.rejects[k] += rej[k];
         pthread_mutex_unlock(&r->mu);
+        if (nn <= 0) break;
+        if (stop) { /* the batch under way is not wanted */
+            rx_wait(r);
+            for (int i = 0; i < nn; i++) pam_rc_reply_free(fb[1 - cur].cmds[i].reply);
+            break;
+        }
+        cur = 1 - cur;
+        b0 = nb0;
+        nb = nn;
     }
-    free(names);
-    free(argv);
-    free(argl);
+    for (int i = 0; i < 2; i++) {
+        free(fb[i].names);
+        free(fb[i].argv);
+        free(fb[i].argl);
+    }
     return done;
 }
 
@@ -496,8 +578,22 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     pthread_cond_init(&r->idle_cv, NULL);
+    pthread_mutex_init(&r->rx_mu, NULL);
+    pthread_cond_init(&r->rx_cv, NULL);
     if (st == PAM_OK && pthread_create(&r->thread, NULL, writer_main, r) != 0)
         st = PAM_ERR(PAM_ERR_NOMEM, "remote KV: cannot start the writer thread");
+    if (st == PAM_OK && !is_file) {
+        if (pthread_create(&r->rx_thread, NULL, rx_main, r) != 0) {
+            st = PAM_ERR(PAM_ERR_NOMEM, "remote KV: cannot start the receiver thread");
+            pthread_mutex_lock(&r->mu);
+            r->stop = 1;
+            pthread_cond_broadcast(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+            pthread_join(r->thread, NULL);
+        } else {
+            r->rx_started = 1;
+        }
+    }
     if (st != PAM_OK) {
         pam_rc_close(r->rd);
         pam_rc_close(r->wr);
@@ -505,6 +601,8 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
         pthread_cond_destroy(&r->idle_cv);
+        pthread_mutex_destroy(&r->rx_mu);
+        pthread_cond_destroy(&r->rx_cv);
         OPENSSL_cleanse(r->hkey, sizeof r->hkey);
         free(r->q);
         free(r->fk);
@@ -527,12 +625,21 @@ void pam_kv_remote_close(pam_kv_remote *r) {
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     pthread_join(r->thread, NULL);
+    if (r->rx_started) {
+        pthread_mutex_lock(&r->rx_mu);
+        r->rx_stop = 1;
+        pthread_cond_broadcast(&r->rx_cv);
+        pthread_mutex_unlock(&r->rx_mu);
+        pthread_join(r->rx_thread, NULL);
+    }
     pam_rc_close(r->rd);
     pam_rc_close(r->wr);
     pam_kvr_journal_close(r);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     pthread_cond_destroy(&r->idle_cv);
+    pthread_mutex_destroy(&r->rx_mu);
+    pthread_cond_destroy(&r->rx_cv);
     OPENSSL_cleanse(r->hkey, sizeof r->hkey);
     free(r->q);
     free(r->fk);

@@ -70,6 +70,16 @@ struct pam_kv_remote {
     int32_t q_cap, q_head, q_len, in_flight;
     int stop;
 
+    /* Redis fetch: a receiver thread runs a batch's round trip (on rd)
+     * while the fetching thread checks and decodes the batch before it */
+    pthread_t rx_thread;
+    int rx_started;
+    pthread_mutex_t rx_mu;
+    pthread_cond_t rx_cv;
+    pam_rc_cmd *rx_cmds; /* under rx_mu */
+    int rx_n, rx_state, rx_stop; /* rx_state: 0 idle, 1 asked, 2 done */
+    double rx_dt;        /* the last round trip's seconds */
+
     /* fetch scratch (fetch thread only) */
     float *fk, *fv;
     pam_kv_remote_stats st; /* under mu */
