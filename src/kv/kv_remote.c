@@ -4,9 +4,9 @@
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -153,13 +153,18 @@ static void encode(const pam_kv_remote *r, const uint8_t key[32], const uint8_t 
     to_f16(v, pv, n);
 }
 
+/* HMAC-SHA256 of n bytes at p with the context's key into out (32 bytes). */
+static int mac_of(EVP_MAC_CTX *c, const uint8_t *p, size_t n, uint8_t *out) {
+    size_t len = 0;
+    return EVP_MAC_init(c, NULL, 0, NULL) == 1 && EVP_MAC_update(c, p, n) == 1 &&
+           EVP_MAC_final(c, out, &len, MAC_BYTES) == 1 && len == MAC_BYTES;
+}
+
 /* Checksum and HMAC (the writer thread's share of the work). */
 void pam_kvr_seal(const pam_kv_remote *r, uint8_t *val) {
     put_u64(val + 104, pam_checksum64(val + HDR_BYTES, r->payload, 0));
-    if (r->hkey_len) {
-        unsigned int len = MAC_BYTES;
-        HMAC(EVP_sha256(), r->hkey, r->hkey_len, val, HDR_BYTES + r->payload, val + HDR_BYTES + r->payload, &len);
-    }
+    if (r->hkey_len && !mac_of(r->mac_seal, val, HDR_BYTES + r->payload, val + HDR_BYTES + r->payload))
+        memset(val + HDR_BYTES + r->payload, 0, MAC_BYTES); /* fails verification: never used */
 }
 
 /* -1 when the value is usable, else the reject reason. */
@@ -180,9 +185,9 @@ int pam_kvr_verify(const pam_kv_remote *r, const uint8_t key[32], int32_t layer,
     if (get_u64(val + 104) != pam_checksum64(val + HDR_BYTES, r->payload, 0)) return PAM_KV_REJECT_CHECKSUM;
     if (r->hkey_len) {
         uint8_t mac[MAC_BYTES];
-        unsigned int mlen = MAC_BYTES;
-        HMAC(EVP_sha256(), r->hkey, r->hkey_len, val, HDR_BYTES + r->payload, mac, &mlen);
-        if (CRYPTO_memcmp(mac, val + HDR_BYTES + r->payload, MAC_BYTES)) return PAM_KV_REJECT_HMAC;
+        if (!mac_of(r->mac_verify, val, HDR_BYTES + r->payload, mac) ||
+            CRYPTO_memcmp(mac, val + HDR_BYTES + r->payload, MAC_BYTES))
+            return PAM_KV_REJECT_HMAC;
     }
     return -1;
 }
@@ -524,6 +529,12 @@ static pam_status load_auth(const char *auth_file, char **user, char **pass) {
     return PAM_OK;
 }
 
+static void free_mac(pam_kv_remote *r) {
+    EVP_MAC_CTX_free(r->mac_seal);
+    EVP_MAC_CTX_free(r->mac_verify);
+    EVP_MAC_free(r->mac);
+}
+
 static void free_secret(char *s) {
     if (s) OPENSSL_cleanse(s, strlen(s));
     free(s);
@@ -556,6 +567,16 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
         r->hkey_len = (int)len;
     }
     r->value_bytes = HDR_BYTES + r->payload + (r->hkey_len ? MAC_BYTES : 0);
+    if (st == PAM_OK && r->hkey_len) {
+        char digest[] = "SHA256";
+        OSSL_PARAM prm[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+        r->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        r->mac_seal = r->mac ? EVP_MAC_CTX_new(r->mac) : NULL;
+        r->mac_verify = r->mac ? EVP_MAC_CTX_new(r->mac) : NULL;
+        if (!r->mac_seal || !r->mac_verify || EVP_MAC_init(r->mac_seal, r->hkey, (size_t)r->hkey_len, prm) != 1 ||
+            EVP_MAC_init(r->mac_verify, r->hkey, (size_t)r->hkey_len, prm) != 1)
+            st = PAM_ERR(PAM_ERR_INVALID, "remote KV: OpenSSL offers no HMAC-SHA256");
+    }
     int reach_rd = 1, reach_wr = 1;
     if (!is_file) {
         char *user = NULL, *pass = NULL;
@@ -603,6 +624,7 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
         pthread_cond_destroy(&r->idle_cv);
         pthread_mutex_destroy(&r->rx_mu);
         pthread_cond_destroy(&r->rx_cv);
+        free_mac(r);
         OPENSSL_cleanse(r->hkey, sizeof r->hkey);
         free(r->q);
         free(r->fk);
@@ -640,6 +662,7 @@ void pam_kv_remote_close(pam_kv_remote *r) {
     pthread_cond_destroy(&r->idle_cv);
     pthread_mutex_destroy(&r->rx_mu);
     pthread_cond_destroy(&r->rx_cv);
+    free_mac(r);
     OPENSSL_cleanse(r->hkey, sizeof r->hkey);
     free(r->q);
     free(r->fk);

@@ -47,6 +47,11 @@ struct pam_kv_remote {
     uint8_t fp[32];
     uint8_t hkey[256];
     int hkey_len; /* 0: no HMAC */
+    /* HMAC-SHA256 keyed once (re-keying and fetching the algorithm per
+     * value cost a fifth of the MAC): one for sealing (the writer thread),
+     * one for verifying (open, then the fetching thread) */
+    struct evp_mac_st *mac;
+    struct evp_mac_ctx_st *mac_seal, *mac_verify;
     size_t row;   /* floats per token row */
     size_t payload, value_bytes;
     pam_rc *rd, *wr; /* fetch (caller's thread) and writer connections; NULL for a file */
