@@ -26,6 +26,11 @@
  * Eviction is Redis's: run the cluster with maxmemory and an LRU policy
  * (allkeys-lru); PAM never deletes keys.
  *
+ * Fetches are pipelined one batch ahead: the tier's receiver thread runs
+ * the next batch's round trip while the fetching thread checks and decodes
+ * the current batch (a batch after the first missing or rejected block is
+ * dropped unread by the sink).
+ *
  * Thread safety: put may be called from any one thread, fetch from one
  * thread (they use separate connections); stats from any thread. */
 #ifndef PAM_KV_KV_REMOTE_H
