@@ -2,7 +2,7 @@
  * values of one block's size, on the same cluster, side by side in one run.
  *
  *   bench_kv_remote --seed 127.0.0.1:7000 [--layers 24 --kv-heads 2 --head-dim 64
- *                    --block 16 --blocks 512 --rounds 5]
+ *                    --block 16 --blocks 512 --rounds 5 --hmac 1]
  *
  * Writes --blocks blocks (every layer) through the tier, then fetches the
  * whole chain --rounds times the way admission does (pipelined MGETs of 16
@@ -12,7 +12,8 @@
  * best of each kept) it runs redis-benchmark --cluster (SET to fill, then
  * GET) with -d of the same value size: 3 clients (one per master) with a
  * pipeline of 16 (about the tier's own pattern), and once 50 clients
- * without pipelining (redis-benchmark's default), and prints the ratios. The HMAC key is a fixed test key (the cost is what is measured). */
+ * without pipelining (redis-benchmark's default), and prints the ratios. The HMAC key is a fixed test key (the cost is what is measured);
+ * --hmac 0 measures without the HMAC (checksum only). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,7 @@ static double redis_benchmark_get(const char *host, int port, uint64_t bytes, in
 int main(int argc, char **argv) {
     const char *seed = "127.0.0.1:7000";
     pam_kv_shape shape = {.n_layer = 24, .n_head_kv = 2, .head_dim = 64, .block_tokens = 16};
-    int n_blocks = 512, rounds = 5;
+    int n_blocks = 512, rounds = 5, hmac = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--seed")) seed = argv[i + 1];
         else if (!strcmp(argv[i], "--layers")) shape.n_layer = atoi(argv[i + 1]);
@@ -72,6 +73,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--block")) shape.block_tokens = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--blocks")) n_blocks = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--hmac")) hmac = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "bench_kv_remote: unknown option %s\n", argv[i]);
             return 2;
@@ -88,7 +90,7 @@ int main(int argc, char **argv) {
     fclose(kf);
     char url[256];
     snprintf(url, sizeof url, "redis://%s", seed);
-    pam_kv_remote_config cfg = {.url = url, .shape = shape, .hmac_key_file = keyfile, .timeout_ms = 2000,
+    pam_kv_remote_config cfg = {.url = url, .shape = shape, .hmac_key_file = hmac ? keyfile : NULL, .timeout_ms = 2000,
                                 .queue_values = n_blocks * shape.n_layer + 1};
     memset(cfg.fingerprint, 0xb5, 32);
     pam_kv_remote *r = NULL;
@@ -151,8 +153,8 @@ int main(int argc, char **argv) {
     cpu_model(cpu, sizeof cpu);
     printf("CPU: %s\n", cpu);
     printf("cluster seed %s, value %llu bytes (one block of one layer: %d tokens x %d KV heads x %d dims, f16 K+V, "
-           "header, HMAC)\n",
-           seed, (unsigned long long)vb, shape.block_tokens, shape.n_head_kv, shape.head_dim);
+           "header%s)\n",
+           seed, (unsigned long long)vb, shape.block_tokens, shape.n_head_kv, shape.head_dim, hmac ? ", HMAC" : ", no HMAC");
     printf("%-52s %12s %10s %8s\n", "measurement", "values/s", "MB/s", "ratio");
     printf("%-52s %12.0f %10.1f %8s\n", "pam remote tier: pipelined fetch + verify + decode", fetch_rate,
            fetch_rate * (double)vb / 1e6, "1.00");
