@@ -12,8 +12,9 @@
  * best of each kept) it runs redis-benchmark --cluster (SET to fill, then
  * GET) with -d of the same value size: 3 clients (one per master) with a
  * pipeline of 16 (about the tier's own pattern), and once 50 clients
- * without pipelining (redis-benchmark's default), and prints the ratios. The HMAC key is a fixed test key (the cost is what is measured);
- * --hmac 0 measures without the HMAC (checksum only). */
+ * without pipelining (redis-benchmark's default), and prints the ratios.
+ * The HMAC key is a fixed test key (the cost is what is measured); --hmac 0
+ * measures without the HMAC (checksum only). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
