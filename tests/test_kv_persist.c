@@ -232,6 +232,21 @@ static void test_models_and_keys(void **state) {
     assert_int_equal(fetch(r, 3, (const uint8_t(*)[32])keys, 3), 3);
     pam_kv_remote_close(r);
     assert_true(file_size(journal(5, 1)) > 0);
+    /* another key: every record rejected, none used, and none compacted
+     * away (the right key makes them usable again) */
+    long signed_size = file_size(journal(5, 1));
+    write_file(g_key, "another-key-0123456789");
+    r = open_j(5, g_key, 0);
+    pam_kv_remote_stats st2;
+    pam_kv_remote_stats_get(r, &st2);
+    assert_int_equal(st2.rejects[PAM_KV_REJECT_HMAC], 3 * NL);
+    assert_int_equal(fetch(r, 3, (const uint8_t(*)[32])keys, 3), 0);
+    pam_kv_remote_close(r);
+    assert_int_equal(file_size(journal(5, 1)), signed_size);
+    write_file(g_key, "0123456789abcdef0123");
+    r = open_j(5, g_key, 0);
+    assert_int_equal(fetch(r, 3, (const uint8_t(*)[32])keys, 3), 3);
+    pam_kv_remote_close(r);
 }
 
 static void test_write_errors(void **state) {

@@ -89,6 +89,7 @@ static pam_status file_recover(pam_kv_remote *r, const char *path) {
         } else if (why >= 0) {
             r->st.rejects[why]++;
             bad++;
+            if (why == PAM_KV_REJECT_HMAC) r->recovered_hmac++;
         }
     }
     free(val);
@@ -364,6 +365,15 @@ static pam_status compact_write(pam_kv_remote *r, cblock **keep, size_t n_keep) 
  * max_bytes, without the least recently used prefix chains, so the next run
  * has room for new prefixes. */
 static void compact(pam_kv_remote *r) {
+    if (r->recovered_hmac) {
+        /* most likely the wrong key file: those records are whole, and the
+         * right key makes them usable again */
+        fprintf(stderr,
+                "pam: persisted KV: %s holds %llu records signed with another key; not compacted (run with the key "
+                "they were signed with, or remove the journal)\n",
+                r->jpath, (unsigned long long)r->recovered_hmac);
+        return;
+    }
     size_t n = r->idx_n;
     int32_t L = r->shape.n_layer;
     uint64_t blk_bytes = (uint64_t)L * r->value_bytes;

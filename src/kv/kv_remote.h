@@ -100,7 +100,9 @@ typedef struct pam_kv_remote pam_kv_remote;
  * at any point leaves the old or the new journal whole; a leftover
  * temporary file is removed at open) with the most recently used whole
  * prefix chains that fit three quarters of max_bytes, parents always kept
- * with their children. A failed rewrite leaves the old journal as it was.
+ * with their children. A failed rewrite leaves the old journal as it was,
+ * and a journal holding records signed with another key (a wrong key file,
+ * most likely) is not compacted.
  *
  * PAM_ERR_INVALID for a malformed URL, an unreadable auth or key file or a
  * short key. An unreachable cluster is not an error: a warning is printed

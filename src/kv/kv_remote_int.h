@@ -65,6 +65,7 @@ struct pam_kv_remote {
     size_t idx_cap, idx_n;
     uint64_t clock;        /* under mu: the last stamp given */
     uint64_t recovered_bad; /* records recovery could not use */
+    uint64_t recovered_hmac; /* of them, signed with another key (or unsigned) */
     char *jpath, *tmppath; /* the journal, and compaction's temporary file */
     uint8_t *fbuf;         /* fetch: n_layer values (fetch thread only) */
 
