@@ -28,8 +28,11 @@
 #include "kernels/quant.h"
 
 #define ROW_BLOCK 16
-/* Tasks per thread: enough slack for dynamic claiming to even out stragglers. */
+/* Tasks per thread: enough slack for dynamic claiming to even out stragglers.
+ * Tiled products are compute bound and claim whole panels, so they split
+ * finer: a thread left idle by the last task waits for less of the product. */
 #define TASKS_PER_THREAD 4
+#define TILE_TASKS_PER_THREAD 16
 /* Activations up to this size live on the stack (decode: n = 1). */
 #define STACK_ACT_BYTES 16384
 /* Fewest tokens for which the tiled kernels (and their repacking) pay. */
@@ -165,7 +168,7 @@ static int64_t mm_setup(mm_job *j, pam_pool *pool, pam_dtype type, const void *W
     }
     int64_t block = j->tile ? PAM_TILE_ROWS : ROW_BLOCK;
     int64_t n_blocks = (rows + block - 1) / block;
-    int64_t want_tasks = (int64_t)n_threads * TASKS_PER_THREAD;
+    int64_t want_tasks = (int64_t)n_threads * (j->tile ? TILE_TASKS_PER_THREAD : TASKS_PER_THREAD);
     int64_t blocks_per_task = (n_blocks + want_tasks - 1) / want_tasks;
     if (blocks_per_task < 1) blocks_per_task = 1;
     j->chunk_rows = blocks_per_task * block;
