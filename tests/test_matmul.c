@@ -216,7 +216,9 @@ static void test_tile_kernels(void **state) {
                 mat_make(&m, t, rows, cols, &r);
                 size_t rb = 0, ab = pam_activation_bytes(t, cols);
                 assert_int_equal(pam_dtype_row_bytes(t, cols, &rb), PAM_OK);
-                uint8_t *act = malloc(ab * (size_t)n), *prep = malloc(ab * (size_t)n);
+                size_t tab = pam_vec_tile_act_bytes(t, cols);
+                if (tab == 0) tab = ab; /* the tile reads the activations as they are */
+                uint8_t *act = malloc(ab * (size_t)n), *prep = malloc(tab * (size_t)n);
                 float *x = malloc(sizeof(float) * (size_t)cols);
                 float *want = malloc(sizeof(float) * (size_t)(n * rows));
                 float *Y = malloc(sizeof(float) * (size_t)(n * rows));
@@ -230,14 +232,14 @@ static void test_tile_kernels(void **state) {
                         want[i * rows + rr] =
                             pam_vec_dot(t, (uint8_t *)m.W + rb * (size_t)rr, act + (size_t)i * ab, cols);
                 }
-                memcpy(prep, act, ab * (size_t)n);
-                for (int64_t i = 0; i < n; i++) pam_vec_tile_prep_act(t, prep + (size_t)i * ab, cols);
+                for (int64_t i = 0; i < n; i++)
+                    pam_vec_tile_prep_act(t, act + (size_t)i * ab, cols, prep + (size_t)i * tab);
                 for (size_t ri = 0; ri < sizeof rows_list / sizeof rows_list[0]; ri++)
                     for (size_t ni = 0; ni < sizeof n_list / sizeof n_list[0]; ni++) {
                         int64_t nr = rows_list[ri], nt = n_list[ni];
                         for (int64_t i = 0; i < n * rows; i++) Y[i] = -1.0f;
                         /* ldy = rows: outputs of rows >= nr must be left alone */
-                        tile(m.W, rb, nr, prep, ab, nt, cols, Y, rows, scratch);
+                        tile(m.W, rb, nr, prep, tab, nt, cols, Y, rows, scratch);
                         for (int64_t i = 0; i < n; i++)
                             for (int64_t rr = 0; rr < rows; rr++) {
                                 float got = Y[i * rows + rr];

@@ -1078,8 +1078,11 @@ void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n) {
  * same block for 16 rows; vpdpbusd with 4 broadcast activation bytes then
  * adds into a per-row lane, and 8 steps finish a block with no horizontal
  * work at all. vpdpbusd wants one unsigned operand: activations come in
- * offset by +128 (pam_vec_tile_prep_act), the weights stay signed, and the
- * accumulator starts at -128 * sum(w) over the block (from the repack).
+ * offset by +128, the weights stay signed, and the accumulator starts at
+ * -128 * sum(w) over the block (from the repack). The activations are
+ * brought into that form once per product (pam_tile_prep_act_avx512):
+ * each token's blocks' 32 bytes ^ 0x80 back to back, then its block scales
+ * as floats, so no panel converts a scale again.
  * Each weight vector feeds TILE_T tokens and each activation broadcast RV
  * row vectors. */
 
@@ -1212,10 +1215,10 @@ static void repack_q4_0(panel_block *P, const void *W, size_t row_bytes, int row
 }
 
 /* One block of T tokens into the chains acc[t][v]: the exact int32 block
- * sums, times w_d * a_d, by one FMA each. ad: the tokens' activation scales
- * as floats, nb apart. */
-static inline __attribute__((always_inline)) void tile_block(const panel_block *pb, const pam_block_q8_0 *const a[],
-                                                             const float *ad, int64_t nb, int64_t i,
+ * sums, times w_d * a_d, by one FMA each. q[t]: token t's activation bytes,
+ * ad[t]: its block scales. */
+static inline __attribute__((always_inline)) void tile_block(const panel_block *pb, const uint8_t *const q[],
+                                                             const float *const ad[], int64_t i,
                                                              __m512 acc[TILE_T][RV], const int T) {
     __m512i s[TILE_T][RV];
 #pragma GCC unroll 4
@@ -1231,16 +1234,16 @@ static inline __attribute__((always_inline)) void tile_block(const panel_block *
         for (int v = 0; v < RV; v++) w[v] = _mm512_load_si512(pb->w[v][k]);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
-            int32_t q;
-            memcpy(&q, a[t][i].qs + 4 * k, 4);
-            const __m512i ab = _mm512_set1_epi32(q);
+            int32_t x;
+            memcpy(&x, q[t] + 32 * i + 4 * k, 4);
+            const __m512i ab = _mm512_set1_epi32(x);
 #pragma GCC unroll 4
             for (int v = 0; v < RV; v++) s[t][v] = _mm512_dpbusd_epi32(s[t][v], ab, w[v]);
         }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
-        const __m512 d = _mm512_set1_ps(ad[t * nb + i]);
+        const __m512 d = _mm512_set1_ps(ad[t][i]);
 #pragma GCC unroll 4
         for (int v = 0; v < RV; v++)
             acc[t][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t][v]), _mm512_mul_ps(_mm512_load_ps(pb->d[v]), d),
@@ -1253,15 +1256,15 @@ typedef __m512 tile_chains[TILE_T][2][GROUP][RV];
 
 /* Chain (c, b) of T tokens: its len blocks, from pb on, in order. */
 static inline __attribute__((always_inline)) void tile_chain(const panel_block *pb, int64_t len, int c, int b,
-                                                             int64_t nb, const pam_block_q8_0 *const a[],
-                                                             const float *ad, tile_chains *X, const int T) {
+                                                             int64_t nb, const uint8_t *const q[],
+                                                             const float *const ad[], tile_chains *X, const int T) {
     const int64_t nfull = nb / GROUP;
     __m512 acc[TILE_T][RV];
     for (int t = 0; t < T; t++)
         for (int v = 0; v < RV; v++) acc[t][v] = _mm512_setzero_ps();
     for (int64_t j = 0; j < len; j++) {
         const int64_t g = c + 2 * j; /* g = nfull: the partial group, last in chain 1 */
-        tile_block(pb + j, a, ad, nb, GROUP * (g < nfull ? g : nfull) + b, acc, T);
+        tile_block(pb + j, q, ad, GROUP * (g < nfull ? g : nfull) + b, acc, T);
     }
     if (c == 1 && nb % GROUP && b >= nb % GROUP) /* the partial group's empty lanes: acc + 0 * 0 */
         for (int t = 0; t < T; t++)
@@ -1272,18 +1275,12 @@ static inline __attribute__((always_inline)) void tile_chain(const panel_block *
 
 static inline __attribute__((always_inline)) void tile_tokens(const panel_block *P, int64_t nb, const uint8_t *act,
                                                               size_t act_bytes, float *Y, int64_t ldy,
-                                                              const __mmask16 km[RV], tile_chains *X, float *ad,
-                                                              const int T) {
-    const pam_block_q8_0 *a[TILE_T];
+                                                              const __mmask16 km[RV], tile_chains *X, const int T) {
+    const uint8_t *q[TILE_T];
+    const float *ad[TILE_T];
     for (int t = 0; t < T; t++) {
-        a[t] = (const pam_block_q8_0 *)(act + (size_t)t * act_bytes);
-        int64_t i = 0;
-        for (; i + 16 <= nb; i += 16) {
-            uint16_t h[16];
-            for (int k = 0; k < 16; k++) memcpy(&h[k], &a[t][i + k].d, 2);
-            _mm512_storeu_ps(ad + t * nb + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h)));
-        }
-        for (; i < nb; i++) ad[t * nb + i] = _cvtsh_ss(a[t][i].d);
+        q[t] = act + (size_t)t * act_bytes;
+        ad[t] = (const float *)(q[t] + (size_t)nb * PAM_QK8_0);
     }
     const int64_t nfull = nb / GROUP;
     const int rem = (int)(nb % GROUP);
@@ -1291,7 +1288,7 @@ static inline __attribute__((always_inline)) void tile_tokens(const panel_block 
     for (int b = 0; b < GROUP; b++)
         for (int c = 0; c < 2; c++) {
             const int64_t len = c == 0 ? (nfull + 1) / 2 : nfull / 2 + (b < rem);
-            tile_chain(pb, len, c, b, nb, a, ad, X, T);
+            tile_chain(pb, len, c, b, nb, q, ad, X, T);
             pb += len;
         }
     /* hsum16(acc0 + acc1), lane by lane */
@@ -1306,28 +1303,43 @@ static inline __attribute__((always_inline)) void tile_tokens(const panel_block 
 }
 
 static void tile_run(const panel_block *P, int rows, const void *act, size_t act_bytes, int64_t n_tok,
-                     int64_t nb, float *Y, int64_t ldy, float *ad, tile_chains *X) {
+                     int64_t nb, float *Y, int64_t ldy, tile_chains *X) {
     __mmask16 km[RV];
     for (int v = 0; v < RV; v++) km[v] = rows_mask(rows, v);
     const uint8_t *a = act;
     int64_t t = 0;
     for (; t + TILE_T <= n_tok; t += TILE_T)
-        tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, X, ad, TILE_T);
+        tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, X, TILE_T);
     const uint8_t *at = a + (size_t)t * act_bytes;
     switch (n_tok - t) { /* the last few tokens together too */
-    case 3: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, ad, 3); break;
-    case 2: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, ad, 2); break;
-    case 1: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, ad, 1); break;
+    case 3: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, 3); break;
+    case 2: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, 2); break;
+    case 1: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, 1); break;
     default: break;
     }
 }
 _Static_assert(TILE_T == 4, "tile_run finishes the last 1..3 tokens by hand");
 
-/* The panel, its finished chains, then a token tile's activation scales as
- * floats (each 64-byte aligned). */
+/* The panel, then a token tile's finished chains. */
 size_t pam_tile_scratch_avx512(int64_t cols) {
-    const size_t nb = (size_t)(cols / PAM_QK8_0);
-    return nb * sizeof(panel_block) + sizeof(tile_chains) + TILE_T * nb * sizeof(float) + 64;
+    return (size_t)(cols / PAM_QK8_0) * sizeof(panel_block) + sizeof(tile_chains) + 64;
+}
+
+size_t pam_tile_act_bytes_avx512(int64_t cols) {
+    return (size_t)(cols / PAM_QK8_0) * (PAM_QK8_0 + sizeof(float));
+}
+
+void pam_tile_prep_act_avx512(const void *act, int64_t cols, void *dst) {
+    const pam_block_q8_0 *a = act;
+    const int64_t nb = cols / PAM_QK8_0;
+    uint8_t *q = dst;
+    float *d = (float *)(q + (size_t)nb * PAM_QK8_0);
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        _mm256_storeu_si256((__m256i *)(q + 32 * i), _mm256_xor_si256(x, _mm256_set1_epi8((char)0x80)));
+        float f = _cvtsh_ss(a[i].d);
+        memcpy(d + i, &f, sizeof f);
+    }
 }
 
 static inline panel_block *panel_of(void *scratch) {
@@ -1340,7 +1352,7 @@ void pam_tile_q8_0_avx512(const void *W, size_t row_bytes, int64_t rows, const v
     panel_block *P = panel_of(scratch);
     repack_q8_0(P, W, row_bytes, (int)rows, nb);
     tile_chains *X = (tile_chains *)(P + nb);
-    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy, (float *)(X + 1), X);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy, X);
 }
 
 void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
@@ -1349,7 +1361,7 @@ void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const v
     panel_block *P = panel_of(scratch);
     repack_q4_0(P, W, row_bytes, (int)rows, nb);
     tile_chains *X = (tile_chains *)(P + nb);
-    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy, (float *)(X + 1), X);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy, X);
 }
 
 #endif
