@@ -164,3 +164,134 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
 
     weighted_v512(V, (size_t)hd, scores, n_q, n, hd, tile, o);
 }
+
+/* ---- a run of blocks folded in one call (pam_attn_partial_f16_kt_run) -----
+ * Bit for bit the per-block fold: each block's partial is the one
+ * pam_attn_partial_f16_kt_avx512 computes (the same score, softmax and
+ * weighted-sum order) and is merged into the running partial with
+ * pam_attn_merge's arithmetic (expf of the max differences, o * ca + ob * cb
+ * unfused). So where a block sits (which tier, which run, which piece)
+ * changes nothing. What the run saves is the per-block traffic: the scores
+ * of all its blocks come first, then the merge factors of every (block,
+ * head) as scalars, then V through a register tile of HN heads x DV vectors
+ * of channels that holds both the running o and the block's sum across the
+ * whole run: o is loaded and stored once per run, V is read straight from
+ * f16 (no f32 tile in memory), and no separate merge pass touches o. */
+
+#define RUN_TILE 16
+
+static inline __attribute__((always_inline)) void run_v512(const uint16_t *const *V, const int32_t *n_tok, int nblk,
+                                                           int hd, const float *p, size_t S, const float *ca,
+                                                           const float *cb, int n_q, int init, const int HN,
+                                                           const int DV, int d0, float *o) {
+    __m512 run[4][2], acc[4][2];
+    for (int h = 0; h < HN; h++)
+        for (int u = 0; u < DV; u++) run[h][u] = init ? _mm512_setzero_ps() : _mm512_loadu_ps(o + (size_t)h * hd + d0 + 16 * u);
+    for (int j = 0; j < nblk; j++) {
+        const uint16_t *vb = V[j] + d0;
+        const float *pj = p + (size_t)j * RUN_TILE;
+        for (int h = 0; h < HN; h++)
+            for (int u = 0; u < DV; u++) acc[h][u] = _mm512_setzero_ps();
+        for (int t = 0; t < n_tok[j]; t++, vb += hd) {
+            __m512 v[2];
+            for (int u = 0; u < DV; u++)
+                v[u] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vb + 16 * u)));
+            for (int h = 0; h < HN; h++) {
+                const __m512 w = _mm512_set1_ps(pj[(size_t)h * S + t]);
+                for (int u = 0; u < DV; u++) acc[h][u] = _mm512_fmadd_ps(w, v[u], acc[h][u]);
+            }
+        }
+        if (init && j == 0) {
+            for (int h = 0; h < HN; h++)
+                for (int u = 0; u < DV; u++) run[h][u] = acc[h][u];
+            continue;
+        }
+        for (int h = 0; h < HN; h++) {
+            const __m512 a = _mm512_set1_ps(ca[(size_t)j * n_q + h]), b = _mm512_set1_ps(cb[(size_t)j * n_q + h]);
+            for (int u = 0; u < DV; u++) {
+                const __m512 x = _mm512_mul_ps(run[h][u], a);
+                const __m512 y = _mm512_mul_ps(acc[h][u], b);
+                run[h][u] = _mm512_add_ps(x, y);
+            }
+        }
+    }
+    for (int h = 0; h < HN; h++)
+        for (int u = 0; u < DV; u++) _mm512_storeu_ps(o + (size_t)h * hd + d0 + 16 * u, run[h][u]);
+}
+
+void pam_attn_partial_f16_kt_run_avx512(const float *q, int n_q, int head_dim, float scale,
+                                        const uint16_t *const *Kt, const uint16_t *const *V, const int32_t *n_tok,
+                                        int nblk, int64_t B, int init, float *m, float *l, float *o, float *blk_m,
+                                        float *blk_l, size_t blk_stride, float *scratch) {
+    const int hd = head_dim;
+    const size_t S = (size_t)nblk * RUN_TILE; /* score row of one head */
+    float *sc = scratch, *ca = sc + (size_t)n_q * S, *cb = ca + (size_t)n_q * nblk;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (int j = 0; j < nblk; j++) {
+        const __mmask16 mask = lanes16(n_tok[j] < RUN_TILE ? n_tok[j] : RUN_TILE);
+        for (int g0 = 0; g0 < n_q; g0 += KT_GROUP) {
+            const float *qg = q + (size_t)g0 * hd;
+            float *sg = sc + (size_t)g0 * S + (size_t)j * RUN_TILE;
+            switch (n_q - g0 < KT_GROUP ? n_q - g0 : KT_GROUP) {
+            case 1: kt_scores512(qg, 1, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            case 2: kt_scores512(qg, 2, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            case 3: kt_scores512(qg, 3, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            case 4: kt_scores512(qg, 4, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            case 5: kt_scores512(qg, 5, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            case 6: kt_scores512(qg, 6, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            case 7: kt_scores512(qg, 7, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            default: kt_scores512(qg, 8, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            }
+        }
+    }
+    /* each block's (m_b, l_b, exp(s - m_b)) as softmax_rows512 computes them,
+     * then the merge factors pam_attn_merge would use, block by block */
+    for (int g = 0; g < n_q; g++) {
+        float *sg = sc + (size_t)g * S;
+        for (int j = 0; j < nblk; j++) {
+            const __mmask16 mask = lanes16(n_tok[j] < RUN_TILE ? n_tok[j] : RUN_TILE);
+            const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask, sg + (size_t)j * RUN_TILE);
+            const float mb = _mm512_reduce_max_ps(s);
+            const __m512 e = _mm512_maskz_mov_ps(mask, exp512_nonpos(_mm512_sub_ps(s, _mm512_set1_ps(mb))));
+            _mm512_storeu_ps(sg + (size_t)j * RUN_TILE, e);
+            const float lb = hsum512(_mm512_add_ps(_mm512_setzero_ps(), e));
+            if (blk_m) {
+                blk_m[(size_t)j * blk_stride + g] = mb;
+                blk_l[(size_t)j * blk_stride + g] = lb;
+            }
+            if (init && j == 0) {
+                m[g] = mb;
+                l[g] = lb;
+                continue;
+            }
+            const float mx = m[g] > mb ? m[g] : mb;
+            const float fa = m[g] == -INFINITY ? 0.0f : expf(m[g] - mx);
+            const float fb = mb == -INFINITY ? 0.0f : expf(mb - mx);
+            ca[(size_t)j * n_q + g] = fa;
+            cb[(size_t)j * n_q + g] = fb;
+            l[g] = l[g] * fa + lb * fb;
+            m[g] = mx;
+        }
+    }
+    for (int h0 = 0; h0 < n_q; h0 += 4) {
+        const int hn = n_q - h0 < 4 ? n_q - h0 : 4;
+        const float *p = sc + (size_t)h0 * S;
+        float *oh = o + (size_t)h0 * hd;
+        for (int d0 = 0; d0 < hd;) {
+            const int dv = hd - d0 >= 32 ? 2 : 1;
+#define RUN_V(hn_, dv_) run_v512(V, n_tok, nblk, hd, p, S, ca + h0, cb + h0, n_q, init, hn_, dv_, d0, oh)
+            switch (hn * 2 + dv - 1) {
+            case 2: RUN_V(1, 1); break;
+            case 3: RUN_V(1, 2); break;
+            case 4: RUN_V(2, 1); break;
+            case 5: RUN_V(2, 2); break;
+            case 6: RUN_V(3, 1); break;
+            case 7: RUN_V(3, 2); break;
+            case 8: RUN_V(4, 1); break;
+            default: RUN_V(4, 2); break;
+            }
+#undef RUN_V
+            d0 += 16 * dv;
+        }
+    }
+}
