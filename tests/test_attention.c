@@ -401,7 +401,8 @@ static void test_partial_kt_run(void **state) {
                             if (from < nblk) {
                                 if (w == 0)
                                     pam_attn_partial_f16_kt_run(c.q, n_q, hd, scale, kt + from, vr + from, nt + from,
-                                                                nblk - from, B, init, m, l, o, bm, bl, stride, scratch);
+                                                                nblk - from, B, init, m, l, o, bm, bl, stride,
+                                                                (const void *const *)kt, 4 * (size_t)hd * B, scratch);
                                 else
                                     pam_attn_partial_f16_kt_run_fold(c.q, n_q, hd, scale, kt + from, vr + from,
                                                                      nt + from, nblk - from, B, init, m, l, o, bm, bl,

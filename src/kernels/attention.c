@@ -142,15 +142,17 @@ void pam_attn_partial_f16_kt_run_fold(const float *q, int n_q, int head_dim, flo
 void pam_attn_partial_f16_kt_run(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
                                  const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
                                  float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
-                                 float *scratch) {
+                                 const void *const *pf, size_t pf_bytes, float *scratch) {
 #if defined(__x86_64__)
     if (head_dim % 16 == 0 && head_dim <= 256 && B <= 16 && nblk >= 1 && nblk <= PAM_ATTN_RUN_MAX &&
         pam_cpu_isa_level() >= PAM_ISA_AVX512) {
         pam_attn_partial_f16_kt_run_avx512(q, n_q, head_dim, scale, Kt, V, n_tok, nblk, B, init, m, l, o, blk_m, blk_l,
-                                           blk_stride, scratch);
+                                           blk_stride, pf, pf_bytes, scratch);
         return;
     }
 #endif
+    for (int j = 0; pf && j < nblk; j++)
+        for (size_t i = 0; pf[j] && i < pf_bytes; i += 64) __builtin_prefetch((const char *)pf[j] + i, 0, 2);
     pam_attn_partial_f16_kt_run_fold(q, n_q, head_dim, scale, Kt, V, n_tok, nblk, B, init, m, l, o, blk_m, blk_l,
                                      blk_stride, scratch);
 }

@@ -70,7 +70,10 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
  * With blk_m not NULL, per block j and head g, blk_m[j * blk_stride + g] =
  * the block's max score and blk_l[j * blk_stride + g] = sum exp(s - that
  * max). The per-block costs of separate calls (loading and storing o, the
- * merge pass, dispatch) are paid once per run. scratch:
+ * merge pass, dispatch) are paid once per run. With pf not NULL, the
+ * kernel prefetches pf_bytes at pf[j] (if not NULL) into L2 while it computes block j's
+ * scores (what the caller attends next: the memory streams while the run
+ * computes). scratch:
  * pam_attn_run_scratch_floats(n_q, head_dim, B) floats. Dispatches to the
  * best ISA; shapes without a run kernel (no AVX-512, head_dim % 16 != 0 or
  * > 256, B > 16) take the per-block fold itself. */
@@ -79,7 +82,7 @@ size_t pam_attn_run_scratch_floats(int n_q, int head_dim, int64_t B);
 void pam_attn_partial_f16_kt_run(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
                                  const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
                                  float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
-                                 float *scratch);
+                                 const void *const *pf, size_t pf_bytes, float *scratch);
 /* The per-block fold (the fallback, and what the run kernels must equal). */
 void pam_attn_partial_f16_kt_run_fold(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
                                       const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
@@ -89,7 +92,8 @@ void pam_attn_partial_f16_kt_run_fold(const float *q, int n_q, int head_dim, flo
 void pam_attn_partial_f16_kt_run_avx512(const float *q, int n_q, int head_dim, float scale,
                                         const uint16_t *const *Kt, const uint16_t *const *V, const int32_t *n_tok,
                                         int nblk, int64_t B, int init, float *m, float *l, float *o, float *blk_m,
-                                        float *blk_l, size_t blk_stride, float *scratch);
+                                        float *blk_l, size_t blk_stride, const void *const *pf, size_t pf_bytes,
+                                        float *scratch);
 #endif
 
 /* f32 K/V in the channel-major block layout of pam_attn_partial_f16_kt (the

@@ -115,11 +115,14 @@ void pam_attn_partial_f16_avx512(const float *q, int n_q, int head_dim, float sc
 static inline __attribute__((always_inline)) void kt_scores512(const float *q, const int NG, int hd,
                                                                const uint16_t *Kt, int64_t B, int64_t t0,
                                                                __mmask16 mask, __m512 vscale, float *sc,
-                                                               int64_t n) {
+                                                               int64_t n, const char *pf, int pf_per) {
     __m512 a[KT_GROUP], b[KT_GROUP];
     for (int g = 0; g < NG; g++) a[g] = b[g] = _mm512_setzero_ps();
     const uint16_t *k = Kt + t0;
     for (int d = 0; d < hd; d += 2) {
+        /* pf: memory the caller needs next, fetched a few lines per step */
+        if (pf)
+            for (int i = 0; i < pf_per; i++) _mm_prefetch(pf + ((size_t)(d / 2) * (size_t)pf_per + (size_t)i) * 64, _MM_HINT_T1);
         const __m512 k0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, k + (size_t)d * (size_t)B));
         const __m512 k1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, k + (size_t)(d + 1) * (size_t)B));
         for (int g = 0; g < NG; g++) {
@@ -146,7 +149,8 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
         float sc[64 * 16 + 2 * 64];
         const uint16_t *k1 = Kt, *v1 = V;
         const int32_t nt = (int32_t)n;
-        pam_attn_partial_f16_kt_run_avx512(q, n_q, hd, scale, &k1, &v1, &nt, 1, B, 1, m, l, o, NULL, NULL, 0, sc);
+        pam_attn_partial_f16_kt_run_avx512(q, n_q, hd, scale, &k1, &v1, &nt, 1, B, 1, m, l, o, NULL, NULL, 0, NULL, 0,
+                                           sc);
         return;
     }
     const __m512 vscale = _mm512_set1_ps(scale);
@@ -157,14 +161,14 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
             const float *qg = q + (size_t)g0 * hd;
             float *sg = scores + (size_t)g0 * n;
             switch (n_q - g0 < KT_GROUP ? n_q - g0 : KT_GROUP) {
-            case 1: kt_scores512(qg, 1, hd, Kt, B, t0, mask, vscale, sg, n); break;
-            case 2: kt_scores512(qg, 2, hd, Kt, B, t0, mask, vscale, sg, n); break;
-            case 3: kt_scores512(qg, 3, hd, Kt, B, t0, mask, vscale, sg, n); break;
-            case 4: kt_scores512(qg, 4, hd, Kt, B, t0, mask, vscale, sg, n); break;
-            case 5: kt_scores512(qg, 5, hd, Kt, B, t0, mask, vscale, sg, n); break;
-            case 6: kt_scores512(qg, 6, hd, Kt, B, t0, mask, vscale, sg, n); break;
-            case 7: kt_scores512(qg, 7, hd, Kt, B, t0, mask, vscale, sg, n); break;
-            default: kt_scores512(qg, 8, hd, Kt, B, t0, mask, vscale, sg, n); break;
+            case 1: kt_scores512(qg, 1, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
+            case 2: kt_scores512(qg, 2, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
+            case 3: kt_scores512(qg, 3, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
+            case 4: kt_scores512(qg, 4, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
+            case 5: kt_scores512(qg, 5, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
+            case 6: kt_scores512(qg, 6, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
+            case 7: kt_scores512(qg, 7, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
+            default: kt_scores512(qg, 8, hd, Kt, B, t0, mask, vscale, sg, n, NULL, 0); break;
             }
         }
     }
@@ -248,8 +252,11 @@ static inline __attribute__((always_inline)) void run_v512(const uint16_t *vb, i
 void pam_attn_partial_f16_kt_run_avx512(const float *q, int n_q, int head_dim, float scale,
                                         const uint16_t *const *Kt, const uint16_t *const *V, const int32_t *n_tok,
                                         int nblk, int64_t B, int init, float *m, float *l, float *o, float *blk_m,
-                                        float *blk_l, size_t blk_stride, float *scratch) {
+                                        float *blk_l, size_t blk_stride, const void *const *pf, size_t pf_bytes,
+                                        float *scratch) {
     const int hd = head_dim;
+    /* lines of pf[j] per step of block j's score loop (hd / 2 steps) */
+    const int pf_per = pf ? (int)((pf_bytes / 64 + (size_t)hd / 2 - 1) / ((size_t)hd / 2)) : 0;
     const size_t S = (size_t)nblk * RUN_TILE; /* score row of one head */
     float *sc = scratch, *ca = sc + (size_t)n_q * S, *cb = ca + (size_t)n_q * nblk;
     const __m512 vscale = _mm512_set1_ps(scale);
@@ -258,15 +265,16 @@ void pam_attn_partial_f16_kt_run_avx512(const float *q, int n_q, int head_dim, f
         for (int g0 = 0; g0 < n_q; g0 += KT_GROUP) {
             const float *qg = q + (size_t)g0 * hd;
             float *sg = sc + (size_t)g0 * S + (size_t)j * RUN_TILE;
+            const char *pfj = pf && g0 == 0 ? (const char *)pf[j] : NULL;
             switch (n_q - g0 < KT_GROUP ? n_q - g0 : KT_GROUP) {
-            case 1: kt_scores512(qg, 1, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
-            case 2: kt_scores512(qg, 2, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
-            case 3: kt_scores512(qg, 3, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
-            case 4: kt_scores512(qg, 4, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
-            case 5: kt_scores512(qg, 5, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
-            case 6: kt_scores512(qg, 6, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
-            case 7: kt_scores512(qg, 7, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
-            default: kt_scores512(qg, 8, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S); break;
+            case 1: kt_scores512(qg, 1, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
+            case 2: kt_scores512(qg, 2, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
+            case 3: kt_scores512(qg, 3, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
+            case 4: kt_scores512(qg, 4, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
+            case 5: kt_scores512(qg, 5, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
+            case 6: kt_scores512(qg, 6, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
+            case 7: kt_scores512(qg, 7, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
+            default: kt_scores512(qg, 8, hd, Kt[j], B, 0, mask, vscale, sg, (int64_t)S, pfj, pf_per); break;
             }
         }
     }

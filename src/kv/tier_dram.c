@@ -175,19 +175,19 @@ static pam_status dram_read(void *impl, uint32_t slot, int32_t n, float *k, floa
 static void attend_f16_runs(dram_tier *d, const pam_tier_attn *r, int ng, float *scratch) {
     const int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
     const uint16_t *kt[PAM_ATTN_RUN_MAX], *vr[PAM_ATTN_RUN_MAX];
+    const void *pf[PAM_ATTN_RUN_MAX];
     int32_t nt[PAM_ATTN_RUN_MAX];
     const size_t kbytes = (size_t)hd * (size_t)bt * sizeof(uint16_t);
     for (int64_t b0 = 0; b0 < r->n_blocks; b0 += PAM_ATTN_RUN_MAX) {
         const int nb = r->n_blocks - b0 < PAM_ATTN_RUN_MAX ? (int)(r->n_blocks - b0) : PAM_ATTN_RUN_MAX;
         for (int j = 0; j < nb; j++) nt[j] = r->blocks[b0 + j].n_tokens;
         for (int h = 0; h < nkv; h++) {
-            /* prefetch: head h + 1 of this run, or head 0 of the next one */
-            const int64_t pb0 = h + 1 < nkv ? b0 : b0 + nb;
-            const int pn = h + 1 < nkv ? nb : (int)(r->n_blocks - pb0 < nb ? r->n_blocks - pb0 : nb);
-            const size_t ph = h + 1 < nkv ? (size_t)h + 1 : 0;
-            for (int j = 0; j < pn; j++) {
-                const uint8_t *x = slot_ptr(d, r->blocks[pb0 + j].slot) + ph * d->run_bytes;
-                for (size_t i = 0; i < d->run_bytes; i += 64) __builtin_prefetch(x + i, 0, 2);
+            /* fetched while block j computes: block j's next head, or from
+             * the last head, block j of the next run's first head */
+            for (int j = 0; j < nb; j++) {
+                const int64_t pb = h + 1 < nkv ? b0 + j : b0 + nb + j;
+                const size_t head = h + 1 < nkv ? (size_t)(h + 1) : 0;
+                pf[j] = pb < r->n_blocks ? slot_ptr(d, r->blocks[pb].slot) + head * d->run_bytes : NULL;
             }
             for (int j = 0; j < nb; j++) {
                 const uint8_t *run = slot_ptr(d, r->blocks[b0 + j].slot) + (size_t)h * d->run_bytes;
@@ -198,7 +198,7 @@ static void attend_f16_runs(dram_tier *d, const pam_tier_attn *r, int ng, float 
                                         r->m + (size_t)h * ng, r->l + (size_t)h * ng, r->o + (size_t)h * ng * hd,
                                         r->blk_m ? r->blk_m + (size_t)b0 * r->n_head + (size_t)h * ng : NULL,
                                         r->blk_m ? r->blk_l + (size_t)b0 * r->n_head + (size_t)h * ng : NULL,
-                                        (size_t)r->n_head, scratch);
+                                        (size_t)r->n_head, pf, d->run_bytes, scratch);
         }
     }
 }
