@@ -150,6 +150,12 @@ void pam_attn_partial_f16_kt_run(const float *q, int n_q, int head_dim, float sc
                                            blk_stride, pf, pf_bytes, scratch);
         return;
     }
+    if (head_dim % 16 == 0 && head_dim <= 256 && B <= 16 && nblk >= 1 && nblk <= PAM_ATTN_RUN_MAX &&
+        pam_cpu_isa_level() >= PAM_ISA_AVX2) {
+        pam_attn_partial_f16_kt_run_avx2(q, n_q, head_dim, scale, Kt, V, n_tok, nblk, B, init, m, l, o, blk_m, blk_l,
+                                         blk_stride, pf, pf_bytes, scratch);
+        return;
+    }
 #endif
     for (int j = 0; pf && j < nblk; j++)
         for (size_t i = 0; pf[j] && i < pf_bytes; i += 64) __builtin_prefetch((const char *)pf[j] + i, 0, 2);

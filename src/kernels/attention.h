@@ -75,7 +75,7 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
  * scores (what the caller attends next: the memory streams while the run
  * computes). scratch:
  * pam_attn_run_scratch_floats(n_q, head_dim, B) floats. Dispatches to the
- * best ISA; shapes without a run kernel (no AVX-512, head_dim % 16 != 0 or
+ * best ISA; shapes without a run kernel (no AVX2, head_dim % 16 != 0 or
  * > 256, B > 16) take the per-block fold itself. */
 #define PAM_ATTN_RUN_MAX 16
 size_t pam_attn_run_scratch_floats(int n_q, int head_dim, int64_t B);
@@ -89,6 +89,11 @@ void pam_attn_partial_f16_kt_run_fold(const float *q, int n_q, int head_dim, flo
                                       float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
                                       float *scratch);
 #if defined(__x86_64__)
+/* Require head_dim % 16 == 0, head_dim <= 256, B <= 16, 1 <= nblk <= PAM_ATTN_RUN_MAX. */
+void pam_attn_partial_f16_kt_run_avx2(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
+                                      const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
+                                      float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
+                                      const void *const *pf, size_t pf_bytes, float *scratch);
 void pam_attn_partial_f16_kt_run_avx512(const float *q, int n_q, int head_dim, float scale,
                                         const uint16_t *const *Kt, const uint16_t *const *V, const int32_t *n_tok,
                                         int nblk, int64_t B, int init, float *m, float *l, float *o, float *blk_m,
