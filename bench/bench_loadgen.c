@@ -2,7 +2,9 @@
  * streaming POST /v1/completions over loopback, closed loop (N clients, each
  * sends its next request when the previous ends) or open loop (Poisson
  * arrivals at a set rate). Bounded by a request count and a duration.
- * Reports requests/s, output tokens/s, TTFT and TPOT p50/p99.
+ * Reports requests/s, output tokens/s, TTFT and TPOT p50/p99. Every request
+ * sends the same prompt (servers may reuse its prefix), or with --unique one
+ * numbered per request, so no two share a prefix beyond BOS.
  *
  *   bench_loadgen --port 8080 --clients 8 --requests 64 --max-tokens 128
  *   bench_loadgen --port 8080 --rate 4 --requests 64 --duration 60
@@ -33,6 +35,7 @@ typedef struct result {
 static struct {
     const char *host, *model, *prompt, *path;
     int port, clients, max_requests, max_tokens;
+    int unique; /* --unique: each prompt starts with its request number, so none shares a prefix */
     double rate, duration_s;
     double t0;
     pthread_mutex_t mu;
@@ -85,7 +88,14 @@ static void run_one(result *r) {
         return;
     }
     char *esc = malloc(65536), *body = malloc(70000), *reqbuf = malloc(72000);
-    json_escape(G.prompt, esc, 65536);
+    if (G.unique) {
+        char *p = malloc(strlen(G.prompt) + 32);
+        sprintf(p, "%d. %s", (int)(r - G.res) + 1, G.prompt);
+        json_escape(p, esc, 65536);
+        free(p);
+    } else {
+        json_escape(G.prompt, esc, 65536);
+    }
     int bl = snprintf(body, 70000,
                       "{\"model\":\"%s\",\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
                       "\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
@@ -179,6 +189,10 @@ int main(int argc, char **argv) {
     unsigned seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--unique")) {
+            G.unique = 1;
+            continue;
+        }
         if (!v) goto usage;
         if (!strcmp(a, "--host")) G.host = v;
         else if (!strcmp(a, "--port")) G.port = atoi(v);
@@ -256,7 +270,7 @@ int main(int argc, char **argv) {
     return ok == n_started ? 0 : 1;
 usage:
     fprintf(stderr,
-            "usage: bench_loadgen [--port N] [--model ID] [--prompt TEXT] [--max-tokens N]\n"
+            "usage: bench_loadgen [--port N] [--model ID] [--prompt TEXT] [--unique] [--max-tokens N]\n"
             "                     [--clients N | --rate REQ_PER_S] [--requests N] [--duration S] [--seed N]\n");
     return 2;
 }

@@ -10,37 +10,11 @@ set -u
 pam=$1 shared=$2 build=$3
 tmp=$build/test-tmp/cli_serve_template
 rm -rf "$tmp"; mkdir -p "$tmp"
-fail=0
-check() { if [ "$2" -eq 0 ]; then echo "ok: $1"; else echo "FAIL: $1"; fail=1; fi; }
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; }
-trap cleanup EXIT
+. "$(dirname "$0")/serve_lib.sh"
 if ! command -v node >/dev/null; then
   echo "FAIL: node is not installed (scripts/setup.sh installs nodejs); this test reads JSON with it"; exit 1
 fi
 
-start_server() {
-  local log=$1; shift
-  "$pam" serve --port 0 "$@" 2>"$log" &
-  SPID=$!; pids+=("$SPID"); PORT=
-  for _ in $(seq 300); do
-    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")
-    [ -n "$PORT" ] && return 0
-    kill -0 "$SPID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "server did not start:"; cat "$log"; return 1
-}
-req() {
-  local args=(-s -m 60 -o "$tmp/body" -w '%{http_code}' -X "$1" "http://127.0.0.1:$PORT$2")
-  [ $# -ge 3 ] && args+=(-H 'Content-Type: application/json' --data-binary "$3")
-  curl "${args[@]}"
-}
-stop_server() {
-  kill -TERM "$SPID"
-  for _ in $(seq 300); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
-  wait "$SPID"
-}
 # case_field TEMPLATE CONVERSATION AGP FIELD: a field of an expected.json case, as JSON.
 case_field() {
   node -e '

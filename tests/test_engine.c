@@ -523,8 +523,7 @@ static int32_t layers(void) { return pam_model_get_hparams(g_model)->n_layer; }
  * prefix cache every output equals the output without it, and the reused
  * counts follow the shared prefix. */
 #define N_PFX 8
-static void test_prefix_blocks_divergent(void **state) {
-    static const char *const prompts[N_PFX] = {
+static const char *const k_pfx_prompts[N_PFX] = {
         "Once upon a time, there was a little girl named Lily. She loved to play",
         "Once upon a time, there was a little girl named Lily. She loved to eat",
         "Once upon a time, there was a little girl named Lily. She loved to play",
@@ -533,7 +532,10 @@ static void test_prefix_blocks_divergent(void **state) {
         "Once upon a time, there was a big dog",
         "The cat sat on the mat",
         "Once upon a time, there was a little boy named Tom. He",
-    };
+};
+
+static void test_prefix_blocks_divergent(void **state) {
+    const char *const *prompts = k_pfx_prompts;
     static result ref[N_PFX], got[N_PFX];
     pam_request_params rp;
     pam_request_params_default(&rp);
@@ -578,6 +580,66 @@ static void test_prefix_blocks_divergent(void **state) {
     assert_true(got[4].n_cached >= got[0].n_prompt); /* prompt 0 and its output are cached */
     assert_int_equal(got[6].n_cached, 1); /* BOS only */
     assert_int_equal(got[7].n_cached, got[7].n_prompt - 1);
+}
+
+/* In-flight sharing: the same prompts submitted all at once, prefilled in
+ * 7-token chunks over several steps. Requests sharing full blocks with a
+ * request still prefilling wait for them and fork them instead of computing
+ * them again; greedy and seeded outputs equal those of each prompt alone
+ * without any prefix reuse. */
+static void test_inflight_sharing(void **state) {
+    static result ref[N_PFX], got[N_PFX];
+    pam_request_params rp[N_PFX];
+    for (int i = 0; i < N_PFX; i++) {
+        pam_request_params_default(&rp[i]);
+        rp[i].max_tokens = 20;
+        rp[i].ignore_eos = 1;
+        rp[i].sampling.temp = i % 2 ? 0.8f : 0.0f;
+        rp[i].sampling.seed = 77 + (uint64_t)i;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t cap = 4096;
+        pam_kvm *kvm = make_kvm(4, &cap, 1);
+        pam_engine_params p;
+        pam_engine_params_default(&p);
+        p.n_slots = pass ? 4 : 1;
+        p.n_ctx = 256;
+        p.n_queue = 64;
+        p.prefill_chunk = 7;
+        p.prefill_burst = 0;
+        p.prefix_cache = pass;
+        p.kvm = kvm;
+        pam_engine *e;
+        if (pam_engine_create(g_model, g_pool, &p, &e) != PAM_OK) fail_msg("engine: %s", pam_last_error());
+        pam_request *rs[N_PFX];
+        for (int i = 0; i < N_PFX; i++) {
+            rs[i] = submit_text(e, k_pfx_prompts[i], &rp[i]);
+            if (pass == 0) { /* alone */
+                collect(rs[i], &ref[i]);
+                pam_request_release(rs[i]);
+            }
+        }
+        for (int i = 0; pass && i < N_PFX; i++) {
+            collect(rs[i], &got[i]);
+            pam_request_release(rs[i]);
+        }
+        pam_engine_stats st;
+        pam_engine_get_stats(e, &st);
+        pam_engine_destroy(e);
+        pam_kvm_destroy(kvm);
+        if (pass == 0) continue;
+        /* prompts 1, 2, 4 share 4+ blocks with prompt 0, submitted with it */
+        assert_true(st.inflight_shared_tokens >= 12);
+        assert_true(st.inflight_waits > 0);
+        assert_true(st.prefix_tokens_reused >= st.inflight_shared_tokens);
+    }
+    for (int i = 0; i < N_PFX; i++) {
+        assert_int_equal(got[i].n_tok, ref[i].n_tok);
+        if (memcmp(got[i].tok, ref[i].tok, sizeof(int32_t) * (size_t)ref[i].n_tok) != 0)
+            fail_msg("prompt %d: tokens differ with in-flight sharing", i);
+        assert_string_equal(got[i].text, ref[i].text);
+    }
+    assert_true(got[2].n_cached > 0 && got[2].n_cached % 4 == 0); /* forked whole blocks */
 }
 
 /* A cache too small for everything: cached prefixes are evicted (LRU) so new
@@ -1081,6 +1143,7 @@ int main(void) {
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_prefix_blocks_divergent),
         cmocka_unit_test(test_prefix_eviction),
+        cmocka_unit_test(test_inflight_sharing),
         cmocka_unit_test(test_admission_by_capacity),
         cmocka_unit_test(test_preempt_resume),
         cmocka_unit_test(test_kv_exhaustion_never_cuts_short),

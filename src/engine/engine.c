@@ -985,19 +985,73 @@ static void remote_publish(pam_engine *e, pam_request *r) {
     }
 }
 
+/* In-flight prefix sharing. Requests that arrive together with the same
+ * long prefix (a system prompt, a document, a retried prompt) would each
+ * prefill it in the same steps, since the prefix cache only learns a prefix
+ * when its request finishes. Instead, a running request's complete blocks
+ * are forked like a cached prefix's, and a queued request whose prompt
+ * shares at least one more full block with a running request still
+ * prefilling it waits until those blocks exist: it could not use them
+ * before, and computing them itself would spend the same prefill budget on
+ * a copy. Only complete blocks below the running request's n_past are
+ * shared: it never writes them again, so neither side needs a copy-on-write
+ * reservation it did not make. Results are unchanged: blocks hold the same
+ * bits whoever computed them (batch invariance), as with the prefix cache. */
+
+/* Whole blocks of r's prompt (below n_fill - 1, so its last prompt token
+ * runs for its logits) that running request a shares: *now of them exist,
+ * the return value once a has prefilled them. */
+static int32_t shared_blocks(const pam_engine *e, const pam_request *r, const pam_request *a, int32_t *now) {
+    int32_t n = r->n_fill - 1 < a->n_fill ? r->n_fill - 1 : a->n_fill, t = 0;
+    while (t < n && a->prompt[t] == r->prompt[t]) t++;
+    int32_t full = t / e->bt * e->bt, done = a->n_past / e->bt * e->bt;
+    *now = full < done ? full : done;
+    return full;
+}
+
+/* e->mu held. *avail: the most prompt tokens a running request holds for r
+ * now, in sequence *src (-1: none). Returns 1 when r should wait: a running
+ * request still prefilling will share a block more than max(have, *avail). */
+static int running_share(const pam_engine *e, const pam_request *r, int32_t have, int32_t *avail, int32_t *src) {
+    *avail = 0;
+    *src = -1;
+    if (pam_kvm_evicts(e->kvm)) return 0; /* a sequence may have dropped blocks */
+    int32_t later = 0;
+    for (int32_t i = 0; i < e->p.n_slots; i++) {
+        const pam_request *a = e->run[i];
+        if (!a || a == r || a->seq < 0 || a->own_sparse || a->finishing != PAM_FINISH_NONE) continue;
+        int32_t now, full = shared_blocks(e, r, a, &now);
+        if (now > *avail) *avail = now, *src = a->seq;
+        if (full > now && full > later) later = full;
+    }
+    if (*avail > have) have = *avail;
+    return later >= have + e->bt;
+}
+
 /* e->mu held: gives the queue head a KV sequence (a fork of the best cached
- * prefix, truncated to the match, or a new one) with room reserved for the
- * rest of its prompt and a decode reserve. 1: ready; 0: it does not fit
- * now (nothing changed, it waits); -1: it can never fit (finished). */
+ * or running prefix, truncated to the match, or a new one) with room
+ * reserved for the rest of its prompt and a decode reserve. 1: ready; 0: it
+ * does not fit now, or waits for a running request's prefill (nothing
+ * changed); -1: it can never fit (finished). */
 static int prepare_kv(pam_engine *e, pam_request *r, int32_t *reuse) {
     /* Prompt log-probabilities need the logits of every prompt position
      * (once: a request requeued after that reuses its KV like any other). */
-    int32_t match = 0, hit = e->p.prefix_cache && !r->own_sparse && (!r->prompt_lp || r->plp_done)
-                                 ? cache_lookup(e, r->prompt, r->n_fill, &match)
-                                 : -1;
-    int32_t seq = -1;
+    int share = e->p.prefix_cache && !r->own_sparse && (!r->prompt_lp || r->plp_done);
+    int32_t match = 0, hit = share ? cache_lookup(e, r->prompt, r->n_fill, &match) : -1;
+    int32_t seq = -1, run_avail = 0, run_src = -1;
     pam_status st = PAM_OK;
-    if (hit >= 0) {
+    if (share && running_share(e, r, match, &run_avail, &run_src)) {
+        e->st.inflight_waits++;
+        return 0;
+    }
+    if (run_src >= 0 && run_avail > match) {
+        st = pam_kvm_seq_fork(e->kvm, run_src, &seq);
+        if (st == PAM_OK) st = pam_kvm_seq_truncate(e->kvm, seq, run_avail);
+        if (st != PAM_OK && seq >= 0) pam_kvm_seq_free(e->kvm, seq);
+        if (st != PAM_OK) seq = -1; /* fall back to the cache, or a fresh sequence */
+        else match = run_avail, hit = -1, e->st.inflight_shared_tokens += (uint64_t)run_avail;
+    }
+    if (seq < 0 && hit >= 0) {
         st = pam_kvm_seq_fork(e->kvm, e->cache[hit].seq, &seq);
         if (st == PAM_OK) st = pam_kvm_seq_truncate(e->kvm, seq, match);
         if (st != PAM_OK && seq >= 0) pam_kvm_seq_free(e->kvm, seq);

@@ -232,6 +232,8 @@ typedef struct pam_engine_stats {
     uint64_t n_steps;
     uint64_t prefix_lookups, prefix_hits, prefix_tokens_reused;
     uint64_t prefix_evictions; /* cached prefixes dropped (LRU, for space or over the entry limit) */
+    uint64_t inflight_shared_tokens; /* prompt tokens forked from a running request (part of prefix_tokens_reused) */
+    uint64_t inflight_waits;         /* admissions put off a step for a running request's prefill of a shared prefix */
     int32_t prefix_entries;    /* cached prefixes now */
     uint64_t kv_tokens;          /* token positions held by running, paused and cached sequences (shared ones counted per sequence) */
     uint64_t kv_bytes_used;      /* bytes of the live blocks, all tiers */

@@ -188,6 +188,10 @@ char *pam_metrics_render(const pam_engine_stats *st, const pam_http_counters *h)
     scalar(&o, "pam_prefix_cache_lookups_total", "counter", "Admissions that looked up the prefix cache.", st->prefix_lookups);
     scalar(&o, "pam_prefix_cache_hits_total", "counter", "Admissions that reused cached prompt tokens.", st->prefix_hits);
     scalar(&o, "pam_prefix_cache_tokens_reused_total", "counter", "Prompt tokens reused from the prefix cache.", st->prefix_tokens_reused);
+    scalar(&o, "pam_prefix_inflight_tokens_total", "counter",
+           "Prompt tokens forked from a request still running (part of the reused tokens).", st->inflight_shared_tokens);
+    scalar(&o, "pam_prefix_inflight_waits_total", "counter",
+           "Admissions put off while a running request prefilled a prefix they share.", st->inflight_waits);
     metric(&o, "pam_prefix_cache_hit_rate", "gauge", "Fraction of prompt tokens reused from the prefix cache.");
     put(&o, "pam_prefix_cache_hit_rate %.6f\n",
         st->n_prompt_tokens ? (double)st->prefix_tokens_reused / (double)st->n_prompt_tokens : 0.0);
