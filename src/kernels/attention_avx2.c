@@ -117,14 +117,18 @@ void pam_attn_partial_f16_avx2(const float *q, int n_q, int head_dim, float scal
  * sc[g*sstride + j]. NG is a constant after inlining. */
 static inline __attribute__((always_inline)) void kt_scores256(const float *q, const int NG, int hd,
                                                                const uint16_t *Kt, int64_t B, int64_t t0,
-                                                               __m256 vscale, float *sc, size_t sstride) {
+                                                               __m256 vscale, float *sc, size_t sstride,
+                                                               const char *pf, int pf_lines) {
     enum { P = 2 };
     __m256 a[P][KT_GROUP][2];
     const int np = NG <= 2 ? 2 : 1;
     for (int p = 0; p < np; p++)
         for (int g = 0; g < NG; g++) a[p][g][0] = a[p][g][1] = _mm256_setzero_ps();
     const uint16_t *k = Kt + t0;
+    /* pf: memory the caller needs next, fetched a few lines per step */
+    const int pf_per = pf ? (pf_lines + hd / np - 1) / (hd / np) : 0;
     for (int d = 0; d < hd; d += np) {
+        for (int i = 0; i < pf_per; i++) _mm_prefetch(pf + ((size_t)(d / np) * (size_t)pf_per + (size_t)i) * 64, _MM_HINT_T1);
         for (int p = 0; p < np; p++) {
             const uint16_t *kr = k + (size_t)(d + p) * (size_t)B;
             const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)kr));
@@ -189,10 +193,10 @@ void pam_attn_partial_f16_kt_avx2(const float *q, int n_q, int head_dim, float s
             float *dst = cnt == KT_TILE ? scores + (size_t)g0 * n + t0 : buf;
             const size_t ds = cnt == KT_TILE ? (size_t)n : KT_TILE;
             switch (ng) {
-            case 1: kt_scores256(qg, 1, hd, src, sB, st0, vscale, dst, ds); break;
-            case 2: kt_scores256(qg, 2, hd, src, sB, st0, vscale, dst, ds); break;
-            case 3: kt_scores256(qg, 3, hd, src, sB, st0, vscale, dst, ds); break;
-            default: kt_scores256(qg, 4, hd, src, sB, st0, vscale, dst, ds); break;
+            case 1: kt_scores256(qg, 1, hd, src, sB, st0, vscale, dst, ds, NULL, 0); break;
+            case 2: kt_scores256(qg, 2, hd, src, sB, st0, vscale, dst, ds, NULL, 0); break;
+            case 3: kt_scores256(qg, 3, hd, src, sB, st0, vscale, dst, ds, NULL, 0); break;
+            default: kt_scores256(qg, 4, hd, src, sB, st0, vscale, dst, ds, NULL, 0); break;
             }
             if (cnt < KT_TILE)
                 for (int g = 0; g < ng; g++)
@@ -252,10 +256,9 @@ void pam_attn_partial_f16_kt_run_avx2(const float *q, int n_q, int head_dim, flo
     const size_t S = (size_t)nblk * RUN_TILE;
     float *sc = scratch, *ca = sc + (size_t)n_q * S, *cb = ca + (size_t)n_q * nblk;
     const __m256 vscale = _mm256_set1_ps(scale);
+    const int pf_lines = (int)((pf_bytes + 63) / 64);
     for (int j = 0; j < nblk; j++) {
         const int cnt = n_tok[j];
-        if (pf && pf[j])
-            for (size_t i = 0; i < pf_bytes; i += 64) _mm_prefetch((const char *)pf[j] + i, _MM_HINT_T1);
         /* a block not full is copied, zero-padded, so no slot past n is read */
         uint16_t pad[MAX_HD * RUN_TILE];
         const uint16_t *src = Kt[j];
@@ -270,11 +273,12 @@ void pam_attn_partial_f16_kt_run_avx2(const float *q, int n_q, int head_dim, flo
         for (int g0 = 0; g0 < n_q; g0 += KT_GROUP) {
             const float *qg = q + (size_t)g0 * hd;
             float *dst = sc + (size_t)g0 * S + (size_t)j * RUN_TILE;
+            const char *pfj = pf && g0 == 0 ? (const char *)pf[j] : NULL;
             switch (n_q - g0 < KT_GROUP ? n_q - g0 : KT_GROUP) {
-            case 1: kt_scores256(qg, 1, hd, src, sB, 0, vscale, dst, S); break;
-            case 2: kt_scores256(qg, 2, hd, src, sB, 0, vscale, dst, S); break;
-            case 3: kt_scores256(qg, 3, hd, src, sB, 0, vscale, dst, S); break;
-            default: kt_scores256(qg, 4, hd, src, sB, 0, vscale, dst, S); break;
+            case 1: kt_scores256(qg, 1, hd, src, sB, 0, vscale, dst, S, pfj, pf_lines); break;
+            case 2: kt_scores256(qg, 2, hd, src, sB, 0, vscale, dst, S, pfj, pf_lines); break;
+            case 3: kt_scores256(qg, 3, hd, src, sB, 0, vscale, dst, S, pfj, pf_lines); break;
+            default: kt_scores256(qg, 4, hd, src, sB, 0, vscale, dst, S, pfj, pf_lines); break;
             }
         }
     }
