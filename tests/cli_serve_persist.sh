@@ -5,7 +5,7 @@
 # tail, answers the prompts from the journal (cached_tokens > 0) with the
 # same greedy text as a server without persistence; a server of another
 # model fingerprint (another block size) leaves the journal alone and says
-# so; a clean shutdown keeps the journal too.
+# so; a clean shutdown keeps the journal too; pam run reads the same journal.
 # usage: cli_serve_persist.sh PAM_BINARY SHARED_DIR BUILD_DIR
 set -u
 pam=$1 shared=$2 build=$3
@@ -100,7 +100,8 @@ IFS='|' read -r code cached text <<<"$(complete "$S4_PORT" "$(prompt bird1)")"
 check "another fingerprint computes (same text, nothing reused)" $?
 kill -TERM "$S4_PID"; wait "$S4_PID"
 
-"$pam" run -m "$model" -p hi -n 2 --kv-persist "$dir" 2>"$tmp/run.log" >/dev/null
-[ $? -ne 0 ] && grep -q "for pam serve" "$tmp/run.log"
-check "pam run refuses --kv-persist clearly" $?
+# pam run shares the server's journal (same model, block size and KV type)
+"$pam" run -m "$model" -p "$(prompt bird1)" -n 2 --temp 0 -t 1 --kv-persist "$dir" 2>"$tmp/run.log" >/dev/null
+[ $? -eq 0 ] && grep -q "^kv persist: [1-9][0-9]* of" "$tmp/run.log"
+check "pam run takes the server's blocks from the journal" $?
 exit $fail

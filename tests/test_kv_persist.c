@@ -6,7 +6,12 @@
  * ENOSPC and EIO on append (injected) and a real file size limit (EFBIG
  * mid-record): the journal stays whole, a clear warning, appends stop,
  * what was written before is recovered; the size cap; no
- * duplicate records; bad directories. */
+ * duplicate records; bad directories. Compaction at close: unusable
+ * records and broken chains dropped, the least recently used chains
+ * dropped past 3/4 of the cap (parents kept before children, the order of
+ * use carried across restarts), a leftover temporary file removed at open,
+ * and ENOSPC, EIO and a real file size limit during the rewrite leaving the
+ * old journal byte for byte. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -89,7 +94,7 @@ static void put_chain(pam_kv_remote *r, uint32_t s, const uint8_t (*keys)[32], i
     for (int32_t b = 0; b < n; b++)
         for (int32_t l = 0; l < NL; l++) {
             block_data(s, b, l, k, v);
-            assert_int_equal(pam_kv_remote_put(r, keys[b], l, k, v), 1);
+            assert_int_equal(pam_kv_remote_put(r, keys[b], b ? keys[b - 1] : NULL, l, k, v), 1);
         }
     pam_kv_remote_flush(r);
 }
@@ -171,7 +176,7 @@ static void test_torn_tail_and_corrupt_record(void **state) {
     int fd = open(path, O_RDWR);
     assert_true(fd >= 0);
     uint8_t byte;
-    off_t off = 7 * vb + 112 + 40;
+    off_t off = 7 * vb + 144 + 40;
     assert_int_equal(pread(fd, &byte, 1, off), 1);
     byte ^= 0x20;
     assert_int_equal(pwrite(fd, &byte, 1, off), 1);
@@ -227,6 +232,21 @@ static void test_models_and_keys(void **state) {
     assert_int_equal(fetch(r, 3, (const uint8_t(*)[32])keys, 3), 3);
     pam_kv_remote_close(r);
     assert_true(file_size(journal(5, 1)) > 0);
+    /* another key: every record rejected, none used, and none compacted
+     * away (the right key makes them usable again) */
+    long signed_size = file_size(journal(5, 1));
+    write_file(g_key, "another-key-0123456789");
+    r = open_j(5, g_key, 0);
+    pam_kv_remote_stats st2;
+    pam_kv_remote_stats_get(r, &st2);
+    assert_int_equal(st2.rejects[PAM_KV_REJECT_HMAC], 3 * NL);
+    assert_int_equal(fetch(r, 3, (const uint8_t(*)[32])keys, 3), 0);
+    pam_kv_remote_close(r);
+    assert_int_equal(file_size(journal(5, 1)), signed_size);
+    write_file(g_key, "0123456789abcdef0123");
+    r = open_j(5, g_key, 0);
+    assert_int_equal(fetch(r, 3, (const uint8_t(*)[32])keys, 3), 3);
+    pam_kv_remote_close(r);
 }
 
 static void test_write_errors(void **state) {
@@ -279,7 +299,7 @@ static void test_real_file_limit(void **state) {
         for (int32_t b = 0; b < 4; b++)
             for (int32_t l = 0; l < NL; l++) {
                 block_data(8, b, l, k, v);
-                pam_kv_remote_put(c, keys[b], l, k, v);
+                pam_kv_remote_put(c, keys[b], b ? keys[b - 1] : NULL, l, k, v);
             }
         pam_kv_remote_flush(c);
         pam_kv_remote_stats st;
@@ -325,11 +345,208 @@ static void test_cap_and_bad_dirs(void **state) {
     assert_null(bad);
 }
 
+static uint8_t *read_all(const char *path, long *len) {
+    *len = file_size(path);
+    assert_true(*len >= 0);
+    uint8_t *buf = malloc((size_t)*len + 1);
+    assert_non_null(buf);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(buf, 1, (size_t)*len, f), (size_t)*len);
+    fclose(f);
+    return buf;
+}
+
+/* Flips one payload byte of record rec. */
+static void corrupt_record(const char *path, long vb, long rec) {
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t byte;
+    off_t off = rec * vb + 144 + 40;
+    assert_int_equal(pread(fd, &byte, 1, off), 1);
+    byte ^= 0x20;
+    assert_int_equal(pwrite(fd, &byte, 1, off), 1);
+    close(fd);
+}
+
+static const char *tmp_of(const char *path) {
+    static char t[720];
+    snprintf(t, sizeof t, "%s.tmp", path);
+    return t;
+}
+
+/* A rejected record makes its block unusable and its descendants
+ * unreachable: the close after the recovery drops all of them. */
+static void test_compact_unusable(void **state) {
+    (void)state;
+    fresh_dir("kv-persist-compact");
+    pam_kv_remote *r = open_j(9, NULL, 0);
+    uint8_t keys[6][32];
+    chain(r, 9, 6, keys);
+    put_chain(r, 9, (const uint8_t(*)[32])keys, 6);
+    long vb = (long)pam_kv_remote_value_bytes(r);
+    pam_kv_remote_close(r); /* nothing to drop: left as it is */
+    const char *path = journal(9, 0);
+    assert_int_equal(file_size(path), 6 * NL * vb);
+    corrupt_record(path, vb, 2 * NL + 1);
+    r = open_j(9, NULL, 0);
+    pam_kv_remote_stats st;
+    pam_kv_remote_stats_get(r, &st);
+    assert_int_equal(st.rejects[PAM_KV_REJECT_CHECKSUM], 1);
+    pam_kv_remote_close(r);
+    assert_int_equal(file_size(path), 2 * NL * vb);
+    assert_int_equal(file_size(tmp_of(path)), -1);
+    r = open_j(9, NULL, 0);
+    pam_kv_remote_stats_get(r, &st);
+    assert_int_equal(st.rejects[PAM_KV_REJECT_CHECKSUM], 0);
+    assert_int_equal(fetch(r, 9, (const uint8_t(*)[32])keys, 6), 2);
+    pam_kv_remote_close(r);
+}
+
+/* Past 3/4 of the cap the least recently used chains go, a parent never
+ * before its children, and the order of use survives a restart. */
+static void test_compact_lru(void **state) {
+    (void)state;
+    fresh_dir("kv-persist-lru");
+    pam_kv_remote *r = open_j(10, NULL, 0);
+    uint64_t vb = pam_kv_remote_value_bytes(r);
+    pam_kv_remote_close(r);
+    uint64_t cap = 10 * NL * vb; /* 10 blocks; compaction keeps 7 */
+    r = open_j(10, NULL, cap);
+    uint8_t a[4][32], b[6][32], c[3][32];
+    chain(r, 10, 4, a);
+    chain(r, 11, 6, b);
+    chain(r, 12, 3, c);
+    put_chain(r, 10, (const uint8_t(*)[32])a, 4);
+    put_chain(r, 11, (const uint8_t(*)[32])b, 6);
+    /* A's first two blocks used again: the newest; then B's (B5, appended
+     * last, is the newest block of B but goes before its parents) */
+    assert_int_equal(fetch(r, 10, (const uint8_t(*)[32])a, 2), 2);
+    pam_kv_remote_close(r);
+    const char *path = journal(10, 0);
+    assert_int_equal(file_size(path), 7 * NL * (long)vb);
+    r = open_j(10, NULL, cap);
+    /* under 3/4 of the cap and nothing unusable: a close leaves it */
+    pam_kv_remote_close(r);
+    assert_int_equal(file_size(path), 7 * NL * (long)vb);
+    r = open_j(10, NULL, cap);
+    put_chain(r, 12, (const uint8_t(*)[32])c, 3); /* the journal is full again */
+    pam_kv_remote_stats st;
+    pam_kv_remote_stats_get(r, &st);
+    assert_int_equal(st.put_values, 3 * NL);
+    pam_kv_remote_close(r);
+    /* C (newest), then A0 A1, then B0 B1 of the order the last compaction
+     * wrote */
+    assert_int_equal(file_size(path), 7 * NL * (long)vb);
+    r = open_j(10, NULL, cap);
+    assert_int_equal(fetch(r, 12, (const uint8_t(*)[32])c, 3), 3);
+    assert_int_equal(fetch(r, 10, (const uint8_t(*)[32])a, 4), 2);
+    assert_int_equal(fetch(r, 11, (const uint8_t(*)[32])b, 6), 2);
+    pam_kv_remote_close(r);
+}
+
+/* A crash during compaction leaves its temporary file: the next open
+ * removes it and uses the journal. */
+static void test_compact_leftover(void **state) {
+    (void)state;
+    fresh_dir("kv-persist-leftover");
+    pam_kv_remote *r = open_j(11, NULL, 0);
+    uint8_t keys[3][32];
+    chain(r, 13, 3, keys);
+    put_chain(r, 13, (const uint8_t(*)[32])keys, 3);
+    pam_kv_remote_close(r);
+    const char *path = journal(11, 0);
+    write_file(tmp_of(path), "half of a compacted journal");
+    r = open_j(11, NULL, 0);
+    assert_int_equal(file_size(tmp_of(path)), -1);
+    assert_int_equal(fetch(r, 13, (const uint8_t(*)[32])keys, 3), 3);
+    pam_kv_remote_close(r);
+}
+
+/* ENOSPC and EIO while compaction writes: the old journal stays byte for
+ * byte, no temporary file is left, and the next clean close compacts. */
+static void test_compact_write_errors(void **state) {
+    (void)state;
+    static const int errs[] = {ENOSPC, EIO};
+    for (int e = 0; e < 2; e++) {
+        fresh_dir(e ? "kv-persist-compact-eio" : "kv-persist-compact-enospc");
+        pam_kv_remote *r = open_j(12, NULL, 0);
+        uint8_t keys[4][32];
+        chain(r, 14, 4, keys);
+        put_chain(r, 14, (const uint8_t(*)[32])keys, 4);
+        long vb = (long)pam_kv_remote_value_bytes(r);
+        pam_kv_remote_close(r);
+        const char *path = journal(12, 0);
+        corrupt_record(path, vb, 3 * NL);
+        long len0, len1;
+        uint8_t *before = read_all(path, &len0);
+        r = open_j(12, NULL, 0);
+        assert_int_equal(fetch(r, 14, (const uint8_t(*)[32])keys, 4), 3);
+        pam_kv_remote_inject_write_error(r, errs[e]);
+        pam_kv_remote_close(r);
+        uint8_t *after = read_all(path, &len1);
+        assert_int_equal(len1, len0);
+        assert_memory_equal(after, before, (size_t)len0);
+        assert_int_equal(file_size(tmp_of(path)), -1);
+        free(before);
+        free(after);
+        r = open_j(12, NULL, 0);
+        assert_int_equal(fetch(r, 14, (const uint8_t(*)[32])keys, 4), 3);
+        pam_kv_remote_close(r);
+        assert_int_equal(file_size(path), 3 * NL * vb);
+    }
+}
+
+/* A real limit during compaction (RLIMIT_FSIZE below what it keeps, in a
+ * child): the rewrite fails part way, the journal is untouched. */
+static void test_compact_real_limit(void **state) {
+    (void)state;
+    fresh_dir("kv-persist-compact-fsize");
+    pam_kv_remote *r = open_j(13, NULL, 0);
+    uint8_t keys[5][32];
+    chain(r, 15, 5, keys);
+    put_chain(r, 15, (const uint8_t(*)[32])keys, 5);
+    long vb = (long)pam_kv_remote_value_bytes(r);
+    pam_kv_remote_close(r);
+    const char *path = journal(13, 0);
+    corrupt_record(path, vb, 4 * NL + 2);
+    long len0, len1;
+    uint8_t *before = read_all(path, &len0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl = {.rlim_cur = (rlim_t)(NL * vb + vb / 2), .rlim_max = RLIM_INFINITY};
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0) _exit(3);
+        pam_kv_remote *c = open_j(13, NULL, 0);
+        pam_kv_remote_close(c);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    uint8_t *after = read_all(path, &len1);
+    assert_int_equal(len1, len0);
+    assert_memory_equal(after, before, (size_t)len0);
+    assert_int_equal(file_size(tmp_of(path)), -1);
+    free(before);
+    free(after);
+    r = open_j(13, NULL, 0);
+    assert_int_equal(fetch(r, 15, (const uint8_t(*)[32])keys, 5), 4);
+    pam_kv_remote_close(r);
+    assert_int_equal(file_size(path), 4 * NL * vb);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reopen),      cmocka_unit_test(test_torn_tail_and_corrupt_record),
         cmocka_unit_test(test_models_and_keys), cmocka_unit_test(test_write_errors),
         cmocka_unit_test(test_real_file_limit), cmocka_unit_test(test_cap_and_bad_dirs),
+        cmocka_unit_test(test_compact_unusable), cmocka_unit_test(test_compact_lru),
+        cmocka_unit_test(test_compact_leftover), cmocka_unit_test(test_compact_write_errors),
+        cmocka_unit_test(test_compact_real_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -140,7 +140,7 @@ static void put_chain(pam_kv_remote *r, uint32_t s, const uint8_t (*keys)[32], i
     for (int32_t b = 0; b < n_blocks; b++)
         for (int32_t l = 0; l < NL; l++) {
             block_data(s, b, l, k, v);
-            assert_int_equal(pam_kv_remote_put(r, keys[b], l, k, v), 1);
+            assert_int_equal(pam_kv_remote_put(r, keys[b], b ? keys[b - 1] : NULL, l, k, v), 1);
         }
     pam_kv_remote_flush(r);
 }
@@ -270,6 +270,32 @@ static void test_round_trip(void **state) {
     pam_kv_remote_close(r);
 }
 
+/* The next batch's round trip runs while this one is checked: a long chain
+ * comes whole and in order, and a chain that ends in the first batch drops
+ * the batch under way, counts nothing of it and leaves the tier ready. */
+static void test_overlapped_batches(void **state) {
+    (void)state;
+    pam_kv_remote *r = open_remote(url(BASE), 9, g_hmac, NULL);
+    uint8_t keys[128][32];
+    chain(r, 9, 128, keys);
+    put_chain(r, 9, keys, 128);
+    sink_ctx c;
+    assert_int_equal(fetch(r, 9, (const uint8_t(*)[32])keys, 0, 128, &c), 128);
+    int32_t tok[128 * BT];
+    tokens(9, 128 * BT, tok);
+    tok[3 * BT] ^= 1;
+    uint8_t other[128][32];
+    pam_kv_remote_chain(r, NULL, tok, 128, other);
+    assert_int_equal(fetch(r, 9, (const uint8_t(*)[32])other, 0, 128, &c), 3);
+    pam_kv_remote_stats st;
+    pam_kv_remote_stats_get(r, &st);
+    assert_int_equal(st.hit_blocks, 131);
+    assert_int_equal(st.miss_blocks, 1);
+    assert_int_equal(st.lat_n, 3);
+    assert_int_equal(fetch(r, 9, (const uint8_t(*)[32])keys, 60, 10, &c), 10);
+    pam_kv_remote_close(r);
+}
+
 /* Plants a changed copy of the value of (block 0, layer `layer`) under the
  * key of (block 0, layer `to_layer`), then expects block 0 to be rejected
  * for `why` and nothing delivered. */
@@ -287,7 +313,7 @@ static void plant(pam_rc *rc, pam_kv_remote *r, const uint8_t key[32], tamper ho
     memcpy(val, rep->str, len);
     pam_rc_reply_free(rep);
     switch (how) {
-    case CORRUPT: val[112 + 37] ^= 0x10; break;
+    case CORRUPT: val[144 + 37] ^= 0x10; break;
     case TRUNCATE: len -= 40; break;
     case OVERSIZE: memcpy(val + len, "0123456789", 10), len += 10; break;
     case BADMAGIC: val[3] = 'X'; break;
@@ -460,7 +486,7 @@ static void test_cluster_down(void **state) {
     chain(r, 9, 4, keys);
     float k[BT * ROW], v[BT * ROW];
     block_data(9, 0, 0, k, v);
-    assert_int_equal(pam_kv_remote_put(r, keys[0], 0, k, v), 1);
+    assert_int_equal(pam_kv_remote_put(r, keys[0], NULL, 0, k, v), 1);
     pam_kv_remote_flush(r);
     sink_ctx c;
     for (int i = 0; i < 20; i++) assert_int_equal(fetch(r, 9, (const uint8_t(*)[32])keys, 0, 4, &c), 0);
@@ -583,6 +609,7 @@ static void test_failover(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slots),           cmocka_unit_test(test_round_trip), cmocka_unit_test(test_planted_values),
+        cmocka_unit_test(test_overlapped_batches),
         cmocka_unit_test(test_hmac_and_models), cmocka_unit_test(test_redirects),  cmocka_unit_test(test_cluster_down),
         cmocka_unit_test(test_bad_config),      cmocka_unit_test(test_auth),       cmocka_unit_test(test_failover),
     };

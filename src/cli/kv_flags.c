@@ -34,8 +34,9 @@ const char pam_kv_flags_usage[] =
     "                          (default: PAM_REDIS_USER / PAM_REDIS_PASSWORD from the environment)\n"
     "      --kv-remote-hmac-key FILE  HMAC-SHA256 key (>= 16 bytes) signing and checking every remote value\n"
     "      --kv-remote-timeout MS  remote connect and command timeout (default 200)\n"
-    "      --kv-persist DIR    keep full prefix blocks in a journal under DIR across restarts (pam serve)\n"
-    "      --kv-persist-max SIZE  stop appending to the journal past SIZE (default: no limit)\n";
+    "      --kv-persist DIR    keep full prefix blocks in a journal under DIR across restarts and runs\n"
+    "      --kv-persist-max SIZE  journal size cap: appends stop at SIZE, a clean exit keeps the most recently\n"
+    "                          used prefixes within 3/4 of it (default: no limit)\n";
 
 void pam_kv_flags_init(pam_kv_flags *f) {
     memset(f, 0, sizeof *f);

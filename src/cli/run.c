@@ -9,8 +9,10 @@
 #include "cli/cli.h"
 #include "cli/args.h"
 #include "cli/kv_flags.h"
+#include "core/status.h"
 #include "core/timing.h"
 #include "engine/sampler.h"
+#include "kv/kv_remote.h"
 #include "kv/kvm.h"
 #include "kv/tier.h"
 #include "model/model.h"
@@ -62,6 +64,67 @@ static char *read_prompt_file(const char *path) {
     fclose(f);
     if (buf) buf[n] = '\0';
     return buf;
+}
+
+/* --kv-persist: the prompt's full blocks (all but the last token's, which
+ * must be computed for its logits) come from the journal while it has them. */
+typedef struct persist_sink_ctx {
+    pam_kvm *kvm;
+    int32_t seq, bt;
+    size_t row;
+} persist_sink_ctx;
+
+static pam_status persist_sink(void *arg, int32_t block, int32_t layer, const float *k, const float *v) {
+    persist_sink_ctx *c = arg;
+    for (int32_t t = 0; t < c->bt; t++)
+        PAM_TRY(pam_kvm_store(c->kvm, c->seq, layer, block * c->bt + t, k + (size_t)t * c->row, v + (size_t)t * c->row));
+    return PAM_OK;
+}
+
+/* The number of prompt tokens taken from the journal (whole blocks); seq
+ * then holds exactly those. */
+static int32_t persist_fetch(pam_kv_remote *j, pam_kvm *kvm, int32_t seq, const int32_t *ids, int32_t n_ids) {
+    const pam_kv_shape *sh = pam_kvm_shape(kvm);
+    int32_t bt = sh->block_tokens, want = (n_ids - 1) / bt;
+    if (want <= 0) return 0;
+    uint8_t(*keys)[32] = malloc((size_t)want * sizeof *keys);
+    if (!keys) return 0;
+    pam_kv_remote_chain(j, NULL, ids, want, keys);
+    int32_t got = 0;
+    if (pam_kvm_reserve(kvm, seq, want * bt) == PAM_OK) {
+        persist_sink_ctx c = {kvm, seq, bt, (size_t)sh->n_head_kv * (size_t)sh->head_dim};
+        got = pam_kv_remote_fetch(j, (const uint8_t(*)[32])keys, 0, want, persist_sink, &c);
+    }
+    free(keys);
+    /* a block stored in some layers only (a failed store) is dropped; the
+     * reservation goes back (the forward pass reserves what it needs) */
+    if (pam_kvm_seq_truncate(kvm, seq, got * bt) != PAM_OK) return -1;
+    return got * bt;
+}
+
+/* Appends the full blocks of toks (n tokens, all in seq) past the first
+ * skip tokens to the journal, and marks the reused ones used. */
+static void persist_publish(pam_kv_remote *j, pam_kvm *kvm, int32_t seq, const int32_t *toks, int32_t n, int32_t skip) {
+    const pam_kv_shape *sh = pam_kvm_shape(kvm);
+    int32_t bt = sh->block_tokens;
+    size_t blk = (size_t)bt * (size_t)sh->n_head_kv * (size_t)sh->head_dim;
+    float *k = malloc(blk * sizeof *k), *v = malloc(blk * sizeof *v);
+    uint8_t prev[32], key[32];
+    for (int32_t b = 0; k && v && b < n / bt; b++) {
+        pam_kv_remote_chain(j, b ? prev : NULL, toks + (size_t)b * (size_t)bt, 1, &key);
+        if (b < skip / bt) {
+            pam_kv_remote_touch(j, key);
+        } else {
+            for (int32_t l = 0; l < sh->n_layer; l++) {
+                if (pam_kvm_read_block(kvm, seq, l, b, k, v) != PAM_OK) break;
+                pam_kv_remote_put(j, key, b ? prev : NULL, l, k, v);
+            }
+        }
+        memcpy(prev, key, 32);
+    }
+    free(k);
+    free(v);
+    pam_kv_remote_flush(j);
 }
 
 int pam_cli_run(int argc, char **argv) {
@@ -124,6 +187,16 @@ int pam_cli_run(int argc, char **argv) {
         fprintf(stderr, "pam run: unexpected argument '%s' (the prompt goes after -p)\n", a.positional[0]);
         a.failed = 1;
     }
+    /* persisted blocks are exact KV of the whole prefix: approximate
+     * attention must not produce them, and an evicted block leaves a gap */
+    if (!a.failed && kvf.persist_dir && (kvf.sparse.tokens > 0 || (kvf.sparse.frac > 0.0f && kvf.sparse.frac < 1.0f))) {
+        fprintf(stderr, "pam run: a --kv-sparse budget below 100%% cannot go with --kv-persist\n");
+        a.failed = 1;
+    }
+    if (!a.failed && kvf.persist_dir && kvf.evict) {
+        fprintf(stderr, "pam run: --kv-evict cannot go with --kv-persist (an evicted block leaves a prefix incomplete)\n");
+        a.failed = 1;
+    }
     if (a.failed) {
         fprintf(stderr, "run `pam run --help` for the options\n");
         return 2;
@@ -153,8 +226,10 @@ int pam_cli_run(int argc, char **argv) {
     pam_kvm *kvm = NULL;
     FILE *trace = NULL;
     pam_sampler *sampler = NULL;
-    int32_t *ids = NULL;
+    int32_t *ids = NULL, *toks = NULL;
     float *logits = NULL;
+    pam_kv_remote *persist = NULL;
+    int32_t reused = 0;
 
     int64_t t_load = pam_time_ns();
     if (pam_model_load(model_path, &model) != PAM_OK) {
@@ -194,8 +269,8 @@ int pam_cli_run(int argc, char **argv) {
         fprintf(stderr, "pam run: %s\n", pam_last_error());
         goto done;
     }
-    if (kvf.remote_url || kvf.persist_dir) {
-        fprintf(stderr, "pam run: --kv-tier remote:... and --kv-persist are for pam serve (pam run has no prefix cache)\n");
+    if (kvf.remote_url) {
+        fprintf(stderr, "pam run: --kv-tier remote:... is for pam serve (use --kv-persist DIR to keep a prompt's KV across runs)\n");
         goto done;
     }
     /* default: one dram tier holding the whole context (within available memory) */
@@ -214,6 +289,21 @@ int pam_cli_run(int argc, char **argv) {
     }
     logits = malloc((size_t)hp->n_vocab * sizeof(float));
     if (!logits) goto oom;
+    if (kvf.persist_dir) {
+        if (pam_kv_flags_open_persist(&kvf, model, kvm, &persist) != PAM_OK) {
+            fprintf(stderr, "pam run: persisted KV: %s\n", pam_last_error());
+            goto done;
+        }
+        /* the tokens whose KV the context holds, for the blocks appended at the end */
+        toks = malloc((size_t)want * sizeof *toks);
+        if (!toks) goto oom;
+        memcpy(toks, ids, n_ids * sizeof *toks);
+        reused = persist_fetch(persist, kvm, pam_ctx_kv_seq(ctx), ids, (int32_t)n_ids);
+        if (reused < 0) {
+            fprintf(stderr, "pam run: persisted KV: %s\n", pam_last_error());
+            goto done;
+        }
+    }
 
     fprintf(stderr, "model: %s (%s, %d layers, %d heads / %d KV heads, vocab %d), loaded in %.0f ms\n", model_path, hp->arch,
             hp->n_layer, hp->n_head, hp->n_head_kv, hp->n_vocab, (double)t_load / 1e6);
@@ -232,7 +322,7 @@ int pam_cli_run(int argc, char **argv) {
     fflush(stdout);
 
     int64_t t0 = pam_time_ns();
-    if (pam_forward(ctx, ids, (int32_t)n_ids, 0, logits, 0) != PAM_OK) {
+    if (pam_forward(ctx, ids + reused, (int32_t)n_ids - reused, reused, logits, 0) != PAM_OK) {
         fprintf(stderr, "\npam run: %s\n", pam_last_error());
         goto done;
     }
@@ -259,6 +349,7 @@ int pam_cli_run(int argc, char **argv) {
         }
         pam_kvm_step_end(kvm);
         t_decode += pam_time_ns() - t0;
+        if (toks) toks[pos] = tok;
         n_fwd++;
         pos++;
     }
@@ -266,9 +357,16 @@ int pam_cli_run(int argc, char **argv) {
     fwrite(out, 1, w, stdout);
     printf("\n");
     fflush(stdout);
-    fprintf(stderr, "\nprompt: %zu tokens in %.1f ms, %.1f tok/s | decode: %ld tokens in %.1f ms, %.1f tok/s\n", n_ids,
-            (double)t_prompt / 1e6, (double)n_ids * 1e9 / (double)(t_prompt > 0 ? t_prompt : 1), n_fwd,
+    fprintf(stderr, "\nprompt: %zu tokens in %.1f ms, %.1f tok/s | decode: %ld tokens in %.1f ms, %.1f tok/s\n",
+            n_ids - (size_t)reused, (double)t_prompt / 1e6, (double)(n_ids - (size_t)reused) * 1e9 / (double)(t_prompt > 0 ? t_prompt : 1), n_fwd,
             (double)t_decode / 1e6, (double)n_fwd * 1e9 / (double)(t_decode > 0 ? t_decode : 1));
+    if (persist) {
+        persist_publish(persist, kvm, pam_ctx_kv_seq(ctx), toks, pos, reused);
+        pam_kv_remote_stats js;
+        pam_kv_remote_stats_get(persist, &js);
+        fprintf(stderr, "kv persist: %d of %zu prompt tokens from the journal in %s, %llu blocks appended\n", reused, n_ids,
+                kvf.persist_dir, (unsigned long long)(js.put_values / (uint64_t)hp->n_layer));
+    }
     if (kvf.given) {
         pam_kvm_report r;
         pam_kvm_report_get(kvm, &r);
@@ -285,6 +383,8 @@ int pam_cli_run(int argc, char **argv) {
 oom:
     fprintf(stderr, "pam run: out of memory\n");
 done:
+    pam_kv_remote_close(persist); /* compacts the journal (a clean end) */
+    free(toks);
     free(logits);
     free(ids);
     pam_sampler_free(sampler);

@@ -972,15 +972,20 @@ static void remote_publish(pam_engine *e, pam_request *r) {
             int32_t p = pos + i;
             t[i] = p < r->n_prompt ? r->prompt[p] : r->gen_tok[p - r->n_prompt];
         }
-        uint8_t key[32];
-        pam_kv_remote_chain(e->p.persist ? e->p.persist : e->p.remote, b ? r->r_prev : NULL, t, 1, &key);
+        uint8_t key[32], parent[32];
+        memcpy(parent, r->r_prev, 32);
+        pam_kv_remote_chain(e->p.persist ? e->p.persist : e->p.remote, b ? parent : NULL, t, 1, &key);
         memcpy(r->r_prev, key, 32);
         r->r_chained++;
-        if (b < r->r_skip) continue;
+        if (b < r->r_skip) {
+            /* reused (the local prefix cache or a fetch): recently used for the journal's compaction */
+            if (e->p.persist) pam_kv_remote_touch(e->p.persist, key);
+            continue;
+        }
         for (int32_t l = 0; l < e->n_layer; l++) {
             if (pam_kvm_read_block(e->kvm, r->seq, l, b, e->rk, e->rv) != PAM_OK) break;
-            if (e->p.persist) pam_kv_remote_put(e->p.persist, key, l, e->rk, e->rv);
-            if (e->p.remote) pam_kv_remote_put(e->p.remote, key, l, e->rk, e->rv);
+            if (e->p.persist) pam_kv_remote_put(e->p.persist, key, b ? parent : NULL, l, e->rk, e->rv);
+            if (e->p.remote) pam_kv_remote_put(e->p.remote, key, b ? parent : NULL, l, e->rk, e->rv);
         }
     }
 }

@@ -4,9 +4,9 @@
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -131,8 +131,8 @@ static void to_f16(const float *src, uint8_t *dst, size_t n) {
 }
 
 /* Fills the header (except the checksum) and the f16 payload. */
-static void encode(const pam_kv_remote *r, const uint8_t key[32], int32_t layer, const float *k, const float *v,
-                   uint8_t *val) {
+static void encode(const pam_kv_remote *r, const uint8_t key[32], const uint8_t *parent, int32_t layer, const float *k,
+                   const float *v, uint8_t *val) {
     memcpy(val, MAGIC, 8);
     put_u32(val + 8, VERSION);
     put_u32(val + 12, r->hkey_len ? FLAG_HMAC : 0);
@@ -143,19 +143,28 @@ static void encode(const pam_kv_remote *r, const uint8_t key[32], int32_t layer,
     put_u32(val + 88, (uint32_t)r->shape.n_head_kv);
     put_u32(val + 92, (uint32_t)r->shape.head_dim);
     put_u64(val + 96, r->payload);
+    if (parent)
+        memcpy(val + 112, parent, 32);
+    else
+        memset(val + 112, 0, 32);
     size_t n = r->payload / 4;
     uint8_t *pk = val + HDR_BYTES, *pv = pk + r->payload / 2;
     to_f16(k, pk, n);
     to_f16(v, pv, n);
 }
 
+/* HMAC-SHA256 of n bytes at p with the context's key into out (32 bytes). */
+static int mac_of(EVP_MAC_CTX *c, const uint8_t *p, size_t n, uint8_t *out) {
+    size_t len = 0;
+    return EVP_MAC_init(c, NULL, 0, NULL) == 1 && EVP_MAC_update(c, p, n) == 1 &&
+           EVP_MAC_final(c, out, &len, MAC_BYTES) == 1 && len == MAC_BYTES;
+}
+
 /* Checksum and HMAC (the writer thread's share of the work). */
 void pam_kvr_seal(const pam_kv_remote *r, uint8_t *val) {
     put_u64(val + 104, pam_checksum64(val + HDR_BYTES, r->payload, 0));
-    if (r->hkey_len) {
-        unsigned int len = MAC_BYTES;
-        HMAC(EVP_sha256(), r->hkey, r->hkey_len, val, HDR_BYTES + r->payload, val + HDR_BYTES + r->payload, &len);
-    }
+    if (r->hkey_len && !mac_of(r->mac_seal, val, HDR_BYTES + r->payload, val + HDR_BYTES + r->payload))
+        memset(val + HDR_BYTES + r->payload, 0, MAC_BYTES); /* fails verification: never used */
 }
 
 /* -1 when the value is usable, else the reject reason. */
@@ -176,9 +185,9 @@ int pam_kvr_verify(const pam_kv_remote *r, const uint8_t key[32], int32_t layer,
     if (get_u64(val + 104) != pam_checksum64(val + HDR_BYTES, r->payload, 0)) return PAM_KV_REJECT_CHECKSUM;
     if (r->hkey_len) {
         uint8_t mac[MAC_BYTES];
-        unsigned int mlen = MAC_BYTES;
-        HMAC(EVP_sha256(), r->hkey, r->hkey_len, val, HDR_BYTES + r->payload, mac, &mlen);
-        if (CRYPTO_memcmp(mac, val + HDR_BYTES + r->payload, MAC_BYTES)) return PAM_KV_REJECT_HMAC;
+        if (!mac_of(r->mac_verify, val, HDR_BYTES + r->payload, mac) ||
+            CRYPTO_memcmp(mac, val + HDR_BYTES + r->payload, MAC_BYTES))
+            return PAM_KV_REJECT_HMAC;
     }
     return -1;
 }
@@ -259,7 +268,8 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, const float *k, const float *v) {
+int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], const uint8_t *parent, int32_t layer, const float *k,
+                      const float *v) {
     pthread_mutex_lock(&r->mu);
     int full = r->q_len == r->q_cap || r->stop;
     if (full) r->st.put_dropped++;
@@ -269,7 +279,7 @@ int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, co
     if (!val) return 0;
     put_item it;
     pam_kv_remote_key(r, key, layer, it.key);
-    encode(r, key, layer, k, v, val);
+    encode(r, key, parent, layer, k, v, val);
     it.val = val;
     pthread_mutex_lock(&r->mu);
     if (r->q_len == r->q_cap) {
@@ -285,46 +295,121 @@ int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, co
     return 1;
 }
 
+void pam_kv_remote_touch(pam_kv_remote *r, const uint8_t key[32]) {
+    if (r->is_file) pam_kvr_journal_touch(r, key);
+}
+
 void pam_kv_remote_flush(pam_kv_remote *r) {
     pthread_mutex_lock(&r->mu);
     while (r->q_len > 0 || r->in_flight > 0) pthread_cond_wait(&r->idle_cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
 }
 
+/* ---- receiver thread ---- */
+
+static void *rx_main(void *arg) {
+    pam_kv_remote *r = arg;
+    pthread_mutex_lock(&r->rx_mu);
+    for (;;) {
+        while (r->rx_state != 1 && !r->rx_stop) pthread_cond_wait(&r->rx_cv, &r->rx_mu);
+        if (r->rx_state != 1) break;
+        pam_rc_cmd *cmds = r->rx_cmds;
+        int n = r->rx_n;
+        pthread_mutex_unlock(&r->rx_mu);
+        int64_t t0 = pam_time_ns();
+        pam_rc_exec(r->rd, cmds, n);
+        double dt = (double)(pam_time_ns() - t0) * 1e-9;
+        pthread_mutex_lock(&r->rx_mu);
+        r->rx_dt = dt;
+        r->rx_state = 2;
+        pthread_cond_broadcast(&r->rx_cv);
+    }
+    pthread_mutex_unlock(&r->rx_mu);
+    return NULL;
+}
+
+static void rx_start(pam_kv_remote *r, pam_rc_cmd *cmds, int n) {
+    pthread_mutex_lock(&r->rx_mu);
+    r->rx_cmds = cmds;
+    r->rx_n = n;
+    r->rx_state = 1;
+    pthread_cond_broadcast(&r->rx_cv);
+    pthread_mutex_unlock(&r->rx_mu);
+}
+
+/* The round trip's seconds, once its replies are in. */
+static double rx_wait(pam_kv_remote *r) {
+    pthread_mutex_lock(&r->rx_mu);
+    while (r->rx_state != 2) pthread_cond_wait(&r->rx_cv, &r->rx_mu);
+    r->rx_state = 0;
+    double dt = r->rx_dt;
+    pthread_mutex_unlock(&r->rx_mu);
+    return dt;
+}
+
 /* ---- fetch ---- */
 
+/* One pipelined batch: an MGET of every layer of each of nb blocks. */
+typedef struct fetch_buf {
+    char (*names)[PAM_KV_REMOTE_KEY_MAX];
+    const char **argv;
+    size_t *argl;
+    pam_rc_cmd cmds[FETCH_BATCH];
+} fetch_buf;
+
+static void fetch_prep(pam_kv_remote *r, fetch_buf *f, const uint8_t (*keys)[32], int32_t b0, int nb) {
+    int32_t L = r->shape.n_layer;
+    for (int i = 0; i < nb; i++) {
+        const char **a = f->argv + (size_t)i * (size_t)(L + 1);
+        size_t *al = f->argl + (size_t)i * (size_t)(L + 1);
+        a[0] = "MGET";
+        al[0] = 4;
+        for (int32_t l = 0; l < L; l++) {
+            char *nm = f->names[(size_t)i * (size_t)L + (size_t)l];
+            pam_kv_remote_key(r, keys[b0 + i], l, nm);
+            a[1 + l] = nm;
+            al[1 + l] = strlen(nm);
+        }
+        f->cmds[i] = (pam_rc_cmd){.argc = L + 1, .argv = a, .argvlen = al};
+    }
+}
 
 int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t first, int32_t n_blocks,
                             pam_kv_remote_sink sink, void *ctx) {
-    int32_t L = r->shape.n_layer, done = 0;
+    int32_t L = r->shape.n_layer, done = 0, end = first + n_blocks;
     pthread_mutex_lock(&r->mu);
     r->st.lookups++;
     pthread_mutex_unlock(&r->mu);
     if (r->is_file) return pam_kvr_journal_fetch(r, keys, first, n_blocks, sink, ctx);
+    if (n_blocks <= 0) return 0;
     int batch = FETCH_VALUES / L < 16 ? 16 : FETCH_VALUES / L > FETCH_BATCH ? FETCH_BATCH : FETCH_VALUES / L;
-    char(*names)[PAM_KV_REMOTE_KEY_MAX] = malloc((size_t)FETCH_BATCH * (size_t)L * sizeof *names);
-    const char **argv = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argv);
-    size_t *argl = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *argl);
-    pam_rc_cmd cmds[FETCH_BATCH];
-    int stop = !names || !argv || !argl;
-    for (int32_t b0 = first; b0 < first + n_blocks && !stop; b0 += batch) {
-        int nb = first + n_blocks - b0 < batch ? (int)(first + n_blocks - b0) : batch;
-        for (int i = 0; i < nb; i++) {
-            const char **a = argv + (size_t)i * (size_t)(L + 1);
-            size_t *al = argl + (size_t)i * (size_t)(L + 1);
-            a[0] = "MGET";
-            al[0] = 4;
-            for (int32_t l = 0; l < L; l++) {
-                char *nm = names[(size_t)i * (size_t)L + (size_t)l];
-                pam_kv_remote_key(r, keys[b0 + i], l, nm);
-                a[1 + l] = nm;
-                al[1 + l] = strlen(nm);
-            }
-            cmds[i] = (pam_rc_cmd){.argc = L + 1, .argv = a, .argvlen = al};
+    fetch_buf fb[2];
+    int stop = 0;
+    for (int i = 0; i < 2; i++) {
+        fb[i].names = malloc((size_t)FETCH_BATCH * (size_t)L * sizeof *fb[i].names);
+        fb[i].argv = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *fb[i].argv);
+        fb[i].argl = malloc((size_t)FETCH_BATCH * (size_t)(L + 1) * sizeof *fb[i].argl);
+        if (!fb[i].names || !fb[i].argv || !fb[i].argl) stop = 1;
+    }
+    /* The next batch's round trip is under way while this one is checked
+     * and decoded: the cluster and the network work while the CPU does.
+     * (When this batch ends the fetch, the next one's replies are dropped.) */
+    int cur = 0;
+    int32_t b0 = first;
+    int nb = end - b0 < batch ? (int)(end - b0) : batch;
+    if (!stop) {
+        fetch_prep(r, &fb[cur], keys, b0, nb);
+        rx_start(r, fb[cur].cmds, nb);
+    }
+    while (!stop) {
+        double dt = rx_wait(r);
+        int32_t nb0 = b0 + nb;
+        int nn = end - nb0 < batch ? (int)(end - nb0) : batch;
+        if (nn > 0) {
+            fetch_prep(r, &fb[1 - cur], keys, nb0, nn);
+            rx_start(r, fb[1 - cur].cmds, nn);
         }
-        int64_t t0 = pam_time_ns();
-        pam_rc_exec(r->rd, cmds, nb);
-        double dt = (double)(pam_time_ns() - t0) * 1e-9;
+        pam_rc_cmd *cmds = fb[cur].cmds;
         uint64_t bytes = 0, rej[PAM_KV_REJECT_N] = {0}, io = 0, miss = 0, hit = 0;
         for (int i = 0; i < nb; i++) {
             redisReply *rep = cmds[i].reply;
@@ -371,10 +456,21 @@ int32_t pam_kv_remote_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t
         note_reachable(r, io == 0);
         for (int k = 0; k < PAM_KV_REJECT_N; k++) r->st.rejects[k] += rej[k];
         pthread_mutex_unlock(&r->mu);
+        if (nn <= 0) break;
+        if (stop) { /* the batch under way is not wanted */
+            rx_wait(r);
+            for (int i = 0; i < nn; i++) pam_rc_reply_free(fb[1 - cur].cmds[i].reply);
+            break;
+        }
+        cur = 1 - cur;
+        b0 = nb0;
+        nb = nn;
     }
-    free(names);
-    free(argv);
-    free(argl);
+    for (int i = 0; i < 2; i++) {
+        free(fb[i].names);
+        free(fb[i].argv);
+        free(fb[i].argl);
+    }
     return done;
 }
 
@@ -433,6 +529,12 @@ static pam_status load_auth(const char *auth_file, char **user, char **pass) {
     return PAM_OK;
 }
 
+static void free_mac(pam_kv_remote *r) {
+    EVP_MAC_CTX_free(r->mac_seal);
+    EVP_MAC_CTX_free(r->mac_verify);
+    EVP_MAC_free(r->mac);
+}
+
 static void free_secret(char *s) {
     if (s) OPENSSL_cleanse(s, strlen(s));
     free(s);
@@ -465,6 +567,16 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
         r->hkey_len = (int)len;
     }
     r->value_bytes = HDR_BYTES + r->payload + (r->hkey_len ? MAC_BYTES : 0);
+    if (st == PAM_OK && r->hkey_len) {
+        char digest[] = "SHA256";
+        OSSL_PARAM prm[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+        r->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        r->mac_seal = r->mac ? EVP_MAC_CTX_new(r->mac) : NULL;
+        r->mac_verify = r->mac ? EVP_MAC_CTX_new(r->mac) : NULL;
+        if (!r->mac_seal || !r->mac_verify || EVP_MAC_init(r->mac_seal, r->hkey, (size_t)r->hkey_len, prm) != 1 ||
+            EVP_MAC_init(r->mac_verify, r->hkey, (size_t)r->hkey_len, prm) != 1)
+            st = PAM_ERR(PAM_ERR_INVALID, "remote KV: OpenSSL offers no HMAC-SHA256");
+    }
     int reach_rd = 1, reach_wr = 1;
     if (!is_file) {
         char *user = NULL, *pass = NULL;
@@ -487,8 +599,22 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     pthread_cond_init(&r->idle_cv, NULL);
+    pthread_mutex_init(&r->rx_mu, NULL);
+    pthread_cond_init(&r->rx_cv, NULL);
     if (st == PAM_OK && pthread_create(&r->thread, NULL, writer_main, r) != 0)
         st = PAM_ERR(PAM_ERR_NOMEM, "remote KV: cannot start the writer thread");
+    if (st == PAM_OK && !is_file) {
+        if (pthread_create(&r->rx_thread, NULL, rx_main, r) != 0) {
+            st = PAM_ERR(PAM_ERR_NOMEM, "remote KV: cannot start the receiver thread");
+            pthread_mutex_lock(&r->mu);
+            r->stop = 1;
+            pthread_cond_broadcast(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+            pthread_join(r->thread, NULL);
+        } else {
+            r->rx_started = 1;
+        }
+    }
     if (st != PAM_OK) {
         pam_rc_close(r->rd);
         pam_rc_close(r->wr);
@@ -496,6 +622,9 @@ pam_status pam_kv_remote_open(const pam_kv_remote_config *cfg, pam_kv_remote **o
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
         pthread_cond_destroy(&r->idle_cv);
+        pthread_mutex_destroy(&r->rx_mu);
+        pthread_cond_destroy(&r->rx_cv);
+        free_mac(r);
         OPENSSL_cleanse(r->hkey, sizeof r->hkey);
         free(r->q);
         free(r->fk);
@@ -518,12 +647,22 @@ void pam_kv_remote_close(pam_kv_remote *r) {
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     pthread_join(r->thread, NULL);
+    if (r->rx_started) {
+        pthread_mutex_lock(&r->rx_mu);
+        r->rx_stop = 1;
+        pthread_cond_broadcast(&r->rx_cv);
+        pthread_mutex_unlock(&r->rx_mu);
+        pthread_join(r->rx_thread, NULL);
+    }
     pam_rc_close(r->rd);
     pam_rc_close(r->wr);
     pam_kvr_journal_close(r);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     pthread_cond_destroy(&r->idle_cv);
+    pthread_mutex_destroy(&r->rx_mu);
+    pthread_cond_destroy(&r->rx_cv);
+    free_mac(r);
     OPENSSL_cleanse(r->hkey, sizeof r->hkey);
     free(r->q);
     free(r->fk);

@@ -11,9 +11,11 @@
  * chain key and this block's token ids) and L the layer: the hash tag puts
  * one block's layers in one slot, so a block is one MGET on one node.
  *
- * Value: a 112-byte little-endian header (magic "PAMKVR01", version, flags,
+ * Value: a 144-byte little-endian header (magic "PAMKVR01", version 2, flags,
  * the full 32-byte fingerprint, the full 32-byte chain key, layer, block
- * tokens, KV heads, head dim, payload bytes, 64-bit checksum of the payload),
+ * tokens, KV heads, head dim, payload bytes, 64-bit checksum of the payload,
+ * the 32-byte chain key of the block this one continues, zeros for a first
+ * block: what lets the journal keep whole prefix chains when it compacts),
  * the payload (f16 K rows then f16 V rows of the block's tokens), and, when
  * an HMAC key is configured, HMAC-SHA256 over header and payload. A value is
  * rejected (and counted by reason) when it is truncated or oversized, its
@@ -23,6 +25,11 @@
  *
  * Eviction is Redis's: run the cluster with maxmemory and an LRU policy
  * (allkeys-lru); PAM never deletes keys.
+ *
+ * Fetches are pipelined one batch ahead: the tier's receiver thread runs
+ * the next batch's round trip while the fetching thread checks and decodes
+ * the current batch (a batch after the first missing or rejected block is
+ * dropped unread by the sink).
  *
  * Thread safety: put may be called from any one thread, fetch from one
  * thread (they use separate connections); stats from any thread. */
@@ -85,8 +92,17 @@ typedef struct pam_kv_remote pam_kv_remote;
  * is rebuilt from the journal: every whole record that verifies is used,
  * others are counted as rejects, a torn tail is cut off. Journals of other
  * models in DIR are left alone and reported. A failed append (ENOSPC, EIO)
- * is undone, warned about once and ends journaling for the run. Nothing is
- * deleted: appends stop at max_bytes.
+ * is undone, warned about once and ends journaling for the run. Appends
+ * stop at max_bytes. Close compacts: when the journal holds records no
+ * fetch can use (rejected, duplicate, a block missing layers or whose
+ * parent chain is gone) or, with max_bytes, more than three quarters of
+ * it, the journal is rewritten (a temporary file, fsync, rename, so a crash
+ * at any point leaves the old or the new journal whole; a leftover
+ * temporary file is removed at open) with the most recently used whole
+ * prefix chains that fit three quarters of max_bytes, parents always kept
+ * with their children. A failed rewrite leaves the old journal as it was,
+ * and a journal holding records signed with another key (a wrong key file,
+ * most likely) is not compacted.
  *
  * PAM_ERR_INVALID for a malformed URL, an unreadable auth or key file or a
  * short key. An unreachable cluster is not an error: a warning is printed
@@ -101,9 +117,15 @@ void pam_kv_remote_chain(const pam_kv_remote *r, const uint8_t *prev, const int3
                          uint8_t (*keys)[32]);
 
 /* Queues one layer of one full block (k, v: block_tokens rows of
- * n_head_kv*head_dim f32) for an asynchronous write. 0 when the queue is
- * full (dropped and counted), 1 when queued. */
-int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], int32_t layer, const float *k, const float *v);
+ * n_head_kv*head_dim f32) for an asynchronous write; parent is the chain key
+ * of the block it continues (NULL for a prompt's first block). 0 when the
+ * queue is full (dropped and counted), 1 when queued. */
+int pam_kv_remote_put(pam_kv_remote *r, const uint8_t key[32], const uint8_t *parent, int32_t layer, const float *k,
+                      const float *v);
+/* Notes that a block the caller holds locally was used again (the file
+ * journal's least-recently-used order; nothing for Redis, whose own LRU
+ * sees reads). */
+void pam_kv_remote_touch(pam_kv_remote *r, const uint8_t key[32]);
 /* Waits until the queue is empty (tests, benchmarks). */
 void pam_kv_remote_flush(pam_kv_remote *r);
 
@@ -123,7 +145,8 @@ void pam_kv_remote_key(const pam_kv_remote *r, const uint8_t key[32], int32_t la
 uint64_t pam_kv_remote_value_bytes(const pam_kv_remote *r);
 
 void pam_kv_remote_stats_get(pam_kv_remote *r, pam_kv_remote_stats *out);
-/* Test hook (file journal): the next append fails with errno err. */
+/* Test hook (file journal): the next write (an append, or compaction's at
+ * close) fails with errno err. */
 void pam_kv_remote_inject_write_error(pam_kv_remote *r, int err);
 
 #endif

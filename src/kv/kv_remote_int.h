@@ -11,9 +11,9 @@
 #include "kv/kv_remote.h"
 #include "kv/redis_cluster.h"
 
-#define HDR_BYTES 112
+#define HDR_BYTES 144
 #define MAC_BYTES 32
-#define VERSION 1u
+#define VERSION 2u
 #define FLAG_HMAC 1u
 /* Blocks per pipelined fetch round trip: about FETCH_VALUES values (one
  * per block and layer) in flight, between 16 and FETCH_BATCH blocks. Fewer
@@ -23,12 +23,19 @@
 #define PUT_BATCH 64   /* values per pipelined write */
 static const char MAGIC[8] = {'P', 'A', 'M', 'K', 'V', 'R', '0', '1'};
 
-typedef struct idx_ent {
-    uint8_t key[32];
-    int32_t layer;
+/* One block of the journal: where its layers' records are, the block it
+ * continues (its parent in the prefix chain; zeros for a first block) and
+ * when it was last used (a clock of the tier: appends, fetches, touches;
+ * at open, a record's position in the file, which compaction writes in
+ * order of use). */
+typedef struct jblock {
+    uint8_t key[32], parent[32];
+    uint64_t stamp;
+    uint64_t *off; /* n_layer offsets; JOFF_NONE where the layer is absent */
+    int32_t have;  /* layers present */
     int32_t used;
-    uint64_t off;
-} idx_ent;
+} jblock;
+#define JOFF_NONE UINT64_MAX
 
 typedef struct put_item {
     char key[PAM_KV_REMOTE_KEY_MAX];
@@ -40,16 +47,26 @@ struct pam_kv_remote {
     uint8_t fp[32];
     uint8_t hkey[256];
     int hkey_len; /* 0: no HMAC */
+    /* HMAC-SHA256 keyed once (re-keying and fetching the algorithm per
+     * value cost a fifth of the MAC): one for sealing (the writer thread),
+     * one for verifying (open, then the fetching thread) */
+    struct evp_mac_st *mac;
+    struct evp_mac_ctx_st *mac_seal, *mac_verify;
     size_t row;   /* floats per token row */
     size_t payload, value_bytes;
     pam_rc *rd, *wr; /* fetch (caller's thread) and writer connections; NULL for a file */
 
     /* file backend (--kv-persist): an append-only journal of values */
     int is_file, fd, write_failed;
-    int inject_errno;      /* test hook: the next append fails with it */
+    int recovered;         /* the index was rebuilt whole: close may compact */
+    int inject_errno;      /* test hook: the next journal write (append or compaction) fails with it */
     uint64_t end, max_bytes; /* journal bytes (whole records), cap */
-    idx_ent *idx;          /* under mu: (chain key, layer) -> offset */
+    jblock *idx;           /* under mu: chain key -> block */
     size_t idx_cap, idx_n;
+    uint64_t clock;        /* under mu: the last stamp given */
+    uint64_t recovered_bad; /* records recovery could not use */
+    uint64_t recovered_hmac; /* of them, signed with another key (or unsigned) */
+    char *jpath, *tmppath; /* the journal, and compaction's temporary file */
     uint8_t *fbuf;         /* fetch: n_layer values (fetch thread only) */
 
     pthread_t thread;
@@ -58,6 +75,16 @@ struct pam_kv_remote {
     put_item *q;
     int32_t q_cap, q_head, q_len, in_flight;
     int stop;
+
+    /* Redis fetch: a receiver thread runs a batch's round trip (on rd)
+     * while the fetching thread checks and decodes the batch before it */
+    pthread_t rx_thread;
+    int rx_started;
+    pthread_mutex_t rx_mu;
+    pthread_cond_t rx_cv;
+    pam_rc_cmd *rx_cmds; /* under rx_mu */
+    int rx_n, rx_state, rx_stop; /* rx_state: 0 idle, 1 asked, 2 done */
+    double rx_dt;        /* the last round trip's seconds */
 
     /* fetch scratch (fetch thread only) */
     float *fk, *fv;
@@ -96,11 +123,13 @@ void pam_kvr_lat_observe(pam_kv_remote *r, double s);
 /* kv_journal.c: the file backend. open: creates dir, opens this model's
  * journal and rebuilds the index; close: makes it durable and frees it;
  * write: the writer thread's batch (frees the values); fetch: as
- * pam_kv_remote_fetch. */
+ * pam_kv_remote_fetch; touch: marks a block used. Close compacts the
+ * journal first (see kv_remote.h). */
 pam_status pam_kvr_journal_open(pam_kv_remote *r, const char *dir);
 void pam_kvr_journal_close(pam_kv_remote *r);
 void pam_kvr_journal_write(pam_kv_remote *r, put_item *batch, int n);
 int32_t pam_kvr_journal_fetch(pam_kv_remote *r, const uint8_t (*keys)[32], int32_t first, int32_t n_blocks,
                               pam_kv_remote_sink sink, void *ctx);
+void pam_kvr_journal_touch(pam_kv_remote *r, const uint8_t key[32]);
 
 #endif
