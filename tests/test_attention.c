@@ -341,6 +341,110 @@ static void test_partial_kt(void **state) {
     (void)state;
 }
 
+/* pam_attn_partial_f16_kt_run: at every ISA, bit for bit the per-block fold
+ * (pam_attn_partial_f16_kt + pam_attn_merge) for runs of 1..16 blocks of
+ * 16 slots with full and partly filled blocks (unwritten slots hold NaN),
+ * with and without a partial to fold into, and with blk_m/blk_l strided as
+ * the tiers write them; and the folded result against the float64 oracle
+ * over all the run's tokens. */
+static void test_partial_kt_run(void **state) {
+    static const int hds[] = {16, 48, 64, 128};
+    static const int nqs[] = {1, 3, 4, 5, 8, 9};
+    enum { B = 16, NB = PAM_ATTN_RUN_MAX };
+    pam_test_rng r = {31};
+    double worst = 0;
+    for (int hi = 0; hi < COUNT(hds); hi++)
+        for (int qi = 0; qi < COUNT(nqs); qi++)
+            for (int nblk = 1; nblk <= NB; nblk += (nblk < 4 ? 1 : 5)) {
+                const int hd = hds[hi], n_q = nqs[qi];
+                const float scale = 1.0f / sqrtf((float)hd);
+                attn_case c;
+                case_make(&c, hd, n_q, (int64_t)nblk * B, &r);
+                uint16_t *blk = malloc(sizeof(uint16_t) * (size_t)nblk * 2 * (size_t)hd * B);
+                const uint16_t *kt[NB], *vr[NB];
+                int32_t nt[NB];
+                const size_t stride = (size_t)n_q + 3; /* blk_m rows wider than the heads, as in a tier */
+                float *out = malloc(sizeof(float) * 2 * ((size_t)n_q * (2 + (size_t)hd) + 2 * (size_t)NB * stride));
+                float *scratch = malloc(sizeof(float) * pam_attn_run_scratch_floats(n_q, hd, B));
+                double *want = malloc(sizeof(double) * (size_t)hd);
+                assert_true(blk && out && scratch && want);
+                /* the run's tokens: block j holds nt[j] of them (some blocks partly filled) */
+                int64_t tok = 0; /* the live tokens are rows 0..tok-1 of the case, the oracle's input */
+                for (int j = 0; j < nblk; j++) {
+                    nt[j] = (j % 3 == 2) ? 1 + (j * 7) % B : B;
+                    uint16_t *K = blk + (size_t)j * 2 * hd * B, *V = K + (size_t)hd * B;
+                    for (int t = 0; t < B; t++)
+                        for (int d = 0; d < hd; d++) {
+                            const int live = t < nt[j];
+                            const size_t src = (size_t)(tok + t) * c.stride + (size_t)d;
+                            K[(size_t)d * B + (size_t)t] = live ? c.Kh[src] : 0x7e00;
+                            V[(size_t)t * hd + (size_t)d] = live ? c.Vh[src] : 0x7e00;
+                        }
+                    tok += nt[j];
+                    kt[j] = K;
+                    vr[j] = V;
+                }
+                c.n = tok;
+                for (int isa = 0; isa < n_isas(); isa++) {
+                    assert_int_equal(pam_cpu_set_isa(pam_cpu_isa_name((pam_isa)isa)), PAM_OK);
+                    for (int init = 1; init >= 0; init--) {
+                        float *res[2];
+                        for (int w = 0; w < 2; w++) {
+                            float *m = out + (size_t)w * ((size_t)n_q * (2 + (size_t)hd) + 2 * (size_t)NB * stride);
+                            float *l = m + n_q, *o = l + n_q, *bm = o + (size_t)n_q * hd, *bl = bm + (size_t)NB * stride;
+                            memset(bm, 0, sizeof(float) * 2 * (size_t)NB * stride);
+                            if (!init) { /* a partial of the first block to fold the rest into */
+                                pam_attn_partial_f16_kt(c.q, n_q, hd, scale, kt[0], vr[0], B, nt[0], m, l, o, scratch);
+                                for (int g = 0; g < n_q; g++) m[g] -= 0.5f; /* a different running max */
+                            }
+                            const int from = init ? 0 : 1;
+                            if (from < nblk) {
+                                if (w == 0)
+                                    pam_attn_partial_f16_kt_run(c.q, n_q, hd, scale, kt + from, vr + from, nt + from,
+                                                                nblk - from, B, init, m, l, o, bm, bl, stride,
+                                                                (const void *const *)kt, 4 * (size_t)hd * B, scratch);
+                                else
+                                    pam_attn_partial_f16_kt_run_fold(c.q, n_q, hd, scale, kt + from, vr + from,
+                                                                     nt + from, nblk - from, B, init, m, l, o, bm, bl,
+                                                                     stride, scratch);
+                            }
+                            res[w] = m;
+                        }
+                        const size_t nbytes = sizeof(float) * ((size_t)n_q * (2 + (size_t)hd) + 2 * (size_t)NB * stride);
+                        if (memcmp(res[0], res[1], nbytes) != 0) {
+                            fprintf(stderr, "run %s hd=%d n_q=%d nblk=%d init=%d: differs from the fold\n",
+                                    pam_cpu_isa(), hd, n_q, nblk, init);
+                            fail();
+                        }
+                        if (!init) continue;
+                        float *m = res[0], *l = m + n_q, *o = l + n_q;
+                        for (int g = 0; g < n_q; g++) {
+                            double wm, wl;
+                            oracle(&c, g, scale, want, &wm, &wl);
+                            assert_true(fabs(l[g] * exp((double)m[g] - wm) - wl) <= 2e-5 * wl);
+                            for (int d = 0; d < hd; d++) {
+                                double e = fabs(o[g * hd + d] / l[g] - want[d]);
+                                worst = fmax(worst, e);
+                                if (!(e <= 2e-5)) {
+                                    fprintf(stderr, "run %s hd=%d n_q=%d nblk=%d g=%d d=%d: %.9g vs %.9g\n",
+                                            pam_cpu_isa(), hd, n_q, nblk, g, d, o[g * hd + d] / l[g], want[d]);
+                                    fail();
+                                }
+                            }
+                        }
+                    }
+                }
+                free(blk);
+                free(out);
+                free(scratch);
+                free(want);
+                case_free(&c);
+            }
+    printf("# kt run: worst |o - o64| = %.3g\n", worst);
+    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+    (void)state;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_partial_vs_f64),
@@ -348,6 +452,7 @@ int main(void) {
         cmocka_unit_test(test_merge_split),
         cmocka_unit_test(test_merge_empty),
         cmocka_unit_test(test_partial_kt),
+        cmocka_unit_test(test_partial_kt_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

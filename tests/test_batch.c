@@ -224,11 +224,56 @@ static void test_batch_want_mask(void **state) {
     pam_model_free(m);
 }
 
+/* pam_forward without all logits runs the last layer's feed-forward for
+ * the last token only (none without logits): its logits equal the last row
+ * of a pass with all logits, bit for bit, over several chunks, and the
+ * caches end up the same (the next step agrees). */
+static void test_forward_last_only(void **state) {
+    for (int layers = 1; layers <= 2; layers++) {
+        ref_model_desc d = {.arch = "llama", .n_vocab = 290, .n_embd = 32, .n_layer = layers, .n_head = 2,
+                            .n_head_kv = 1, .n_ff = 64, .n_ctx = 320, .rms_eps = 1e-5f, .rope_theta = 10000.0f,
+                            .wtype = PAM_DT_Q8_0, .seed = 7};
+        ref_weights *w;
+        assert_int_equal(ref_model_generate(&d, &w), PAM_OK);
+        const char *path = pam_test_tmp("batch-last.gguf");
+        assert_int_equal(ref_model_write_gguf(&d, w, path), PAM_OK);
+        ref_model_free(w);
+        pam_model *m;
+        assert_int_equal(pam_model_load(path, &m), PAM_OK);
+        enum { N = 300 }; /* two chunks */
+        int32_t tok[N];
+        for (int i = 0; i < N; i++) tok[i] = (i * 37 + 5) % 290;
+        pam_ctx *c[3];
+        for (int i = 0; i < 3; i++) assert_int_equal(pam_ctx_create(m, 320, NULL, &c[i]), PAM_OK);
+        float *all = malloc(sizeof(float) * N * 290), *last = malloc(sizeof(float) * 290);
+        float *next[3];
+        assert_int_equal(pam_forward(c[0], tok, N, 0, all, 1), PAM_OK);
+        assert_int_equal(pam_forward(c[1], tok, N, 0, last, 0), PAM_OK);
+        assert_int_equal(pam_forward(c[2], tok, N, 0, NULL, 0), PAM_OK);
+        assert_memory_equal(last, all + (size_t)(N - 1) * 290, sizeof(float) * 290);
+        for (int i = 0; i < 3; i++) {
+            next[i] = malloc(sizeof(float) * 290);
+            int32_t t = 42;
+            assert_int_equal(pam_forward(c[i], &t, 1, N, next[i], 0), PAM_OK);
+        }
+        assert_memory_equal(next[0], next[1], sizeof(float) * 290);
+        assert_memory_equal(next[0], next[2], sizeof(float) * 290);
+        for (int i = 0; i < 3; i++) {
+            free(next[i]);
+            pam_ctx_free(c[i]);
+        }
+        free(all);
+        free(last);
+        pam_model_free(m);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_equals_alone),
         cmocka_unit_test(test_batch_errors),
         cmocka_unit_test(test_batch_want_mask),
+        cmocka_unit_test(test_forward_last_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

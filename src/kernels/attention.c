@@ -115,6 +115,54 @@ void pam_attn_partial_f16_kt(const float *q, int n_q, int head_dim, float scale,
     pam_attn_partial_f16_kt_ref(q, n_q, head_dim, scale, Kt, V, B, n, m, l, o, scores);
 }
 
+size_t pam_attn_run_scratch_floats(int n_q, int head_dim, int64_t B) {
+    const size_t tile = (size_t)(B > 16 ? B : 16);
+    /* the run kernel: a score row of the whole run and two merge factors
+     * per (block, head); the fold: one block's scores and one partial */
+    return (size_t)n_q * ((size_t)PAM_ATTN_RUN_MAX * (tile + 2) + 2 + (size_t)head_dim);
+}
+
+void pam_attn_partial_f16_kt_run_fold(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
+                                      const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
+                                      float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
+                                      float *scratch) {
+    float *pm = scratch, *pl = pm + n_q, *po = pl + n_q, *scores = po + (size_t)n_q * head_dim;
+    for (int j = 0; j < nblk; j++) {
+        const int first = init && j == 0;
+        pam_attn_partial_f16_kt(q, n_q, head_dim, scale, Kt[j], V[j], B, n_tok[j], first ? m : pm, first ? l : pl,
+                                first ? o : po, scores);
+        if (blk_m) {
+            memcpy(blk_m + (size_t)j * blk_stride, first ? m : pm, sizeof(float) * (size_t)n_q);
+            memcpy(blk_l + (size_t)j * blk_stride, first ? l : pl, sizeof(float) * (size_t)n_q);
+        }
+        if (!first) pam_attn_merge(n_q, head_dim, m, l, o, pm, pl, po);
+    }
+}
+
+void pam_attn_partial_f16_kt_run(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
+                                 const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
+                                 float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
+                                 const void *const *pf, size_t pf_bytes, float *scratch) {
+#if defined(__x86_64__)
+    if (head_dim % 16 == 0 && head_dim <= 256 && B <= 16 && nblk >= 1 && nblk <= PAM_ATTN_RUN_MAX &&
+        pam_cpu_isa_level() >= PAM_ISA_AVX512) {
+        pam_attn_partial_f16_kt_run_avx512(q, n_q, head_dim, scale, Kt, V, n_tok, nblk, B, init, m, l, o, blk_m, blk_l,
+                                           blk_stride, pf, pf_bytes, scratch);
+        return;
+    }
+    if (head_dim % 16 == 0 && head_dim <= 256 && B <= 16 && nblk >= 1 && nblk <= PAM_ATTN_RUN_MAX &&
+        pam_cpu_isa_level() >= PAM_ISA_AVX2) {
+        pam_attn_partial_f16_kt_run_avx2(q, n_q, head_dim, scale, Kt, V, n_tok, nblk, B, init, m, l, o, blk_m, blk_l,
+                                         blk_stride, pf, pf_bytes, scratch);
+        return;
+    }
+#endif
+    for (int j = 0; pf && j < nblk; j++)
+        for (size_t i = 0; pf[j] && i < pf_bytes; i += 64) __builtin_prefetch((const char *)pf[j] + i, 0, 2);
+    pam_attn_partial_f16_kt_run_fold(q, n_q, head_dim, scale, Kt, V, n_tok, nblk, B, init, m, l, o, blk_m, blk_l,
+                                     blk_stride, scratch);
+}
+
 void pam_attn_merge(int n_q, int head_dim, float *m_a, float *l_a, float *o_a, const float *m_b,
                     const float *l_b, const float *o_b) {
     for (int g = 0; g < n_q; g++) {

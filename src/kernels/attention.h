@@ -60,6 +60,47 @@ void pam_attn_partial_f16_kt_avx512(const float *q, int n_q, int head_dim, float
                                     float *m, float *l, float *o, float *scores);
 #endif
 
+/* Folds a run of up to PAM_ATTN_RUN_MAX blocks in the layout of
+ * pam_attn_partial_f16_kt (block j: Kt[j], V[j], n_tok[j] valid tokens of
+ * B slots, 1 <= n_tok[j] <= B) into the partial (m, l, o), in list order:
+ * bit for bit what computing each block's partial with
+ * pam_attn_partial_f16_kt and folding it in with pam_attn_merge gives
+ * (with init, the first block's partial becomes (m, l, o) instead), so the
+ * grouping of blocks into runs, tiers or pieces never changes the result.
+ * With blk_m not NULL, per block j and head g, blk_m[j * blk_stride + g] =
+ * the block's max score and blk_l[j * blk_stride + g] = sum exp(s - that
+ * max). The per-block costs of separate calls (loading and storing o, the
+ * merge pass, dispatch) are paid once per run. With pf not NULL, the
+ * kernel prefetches pf_bytes at pf[j] (if not NULL) into L2 while it computes block j's
+ * scores (what the caller attends next: the memory streams while the run
+ * computes). scratch:
+ * pam_attn_run_scratch_floats(n_q, head_dim, B) floats. Dispatches to the
+ * best ISA; shapes without a run kernel (no AVX2, head_dim % 16 != 0 or
+ * > 256, B > 16) take the per-block fold itself. */
+#define PAM_ATTN_RUN_MAX 16
+size_t pam_attn_run_scratch_floats(int n_q, int head_dim, int64_t B);
+void pam_attn_partial_f16_kt_run(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
+                                 const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
+                                 float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
+                                 const void *const *pf, size_t pf_bytes, float *scratch);
+/* The per-block fold (the fallback, and what the run kernels must equal). */
+void pam_attn_partial_f16_kt_run_fold(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
+                                      const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
+                                      float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
+                                      float *scratch);
+#if defined(__x86_64__)
+/* Require head_dim % 16 == 0, head_dim <= 256, B <= 16, 1 <= nblk <= PAM_ATTN_RUN_MAX. */
+void pam_attn_partial_f16_kt_run_avx2(const float *q, int n_q, int head_dim, float scale, const uint16_t *const *Kt,
+                                      const uint16_t *const *V, const int32_t *n_tok, int nblk, int64_t B, int init,
+                                      float *m, float *l, float *o, float *blk_m, float *blk_l, size_t blk_stride,
+                                      const void *const *pf, size_t pf_bytes, float *scratch);
+void pam_attn_partial_f16_kt_run_avx512(const float *q, int n_q, int head_dim, float scale,
+                                        const uint16_t *const *Kt, const uint16_t *const *V, const int32_t *n_tok,
+                                        int nblk, int64_t B, int init, float *m, float *l, float *o, float *blk_m,
+                                        float *blk_l, size_t blk_stride, const void *const *pf, size_t pf_bytes,
+                                        float *scratch);
+#endif
+
 /* f32 K/V in the channel-major block layout of pam_attn_partial_f16_kt (the
  * exact-reference KV type of the tiers): the reference kernel. */
 void pam_attn_partial_f32_kt(const float *q, int n_q, int head_dim, float scale, const float *Kt, const float *V,

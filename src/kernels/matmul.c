@@ -9,7 +9,8 @@
  * With several tokens and a tiled kernel for the type (pam_vec_tile_select),
  * tasks are whole panels of PAM_TILE_ROWS rows instead: a panel stays in L2
  * (Q8_0/Q4_0: repacked once into per-thread scratch) while every token
- * passes over it, several tokens per weight load.
+ * passes over it, several tokens per weight load; the activations are also
+ * brought once into the tile kernel's own form (pam_vec_tile_prep_act).
  *
  * Kernels with a prepared-activation form (pam_vec_prep_select) get each
  * token's shared activation work done once per call, then read the rows one
@@ -28,8 +29,11 @@
 #include "kernels/quant.h"
 
 #define ROW_BLOCK 16
-/* Tasks per thread: enough slack for dynamic claiming to even out stragglers. */
+/* Tasks per thread: enough slack for dynamic claiming to even out stragglers.
+ * Tiled products are compute bound and claim whole panels, so they split
+ * finer: a thread left idle by the last task waits for less of the product. */
 #define TASKS_PER_THREAD 4
+#define TILE_TASKS_PER_THREAD 16
 /* Activations up to this size live on the stack (decode: n = 1). */
 #define STACK_ACT_BYTES 16384
 /* Fewest tokens for which the tiled kernels (and their repacking) pay. */
@@ -44,6 +48,8 @@ typedef struct {
     pam_vec_tile_fn tile; /* NULL unless used for this call */
     uint8_t *scratch;     /* tile: scratch_bytes per thread */
     size_t scratch_bytes;
+    uint8_t *tile_act;    /* tile: n tokens in its own form, tile_act_bytes apart (NULL: reads act) */
+    size_t tile_act_bytes;
     const uint8_t *W;
     size_t row_bytes;
     const uint8_t *act; /* n tokens, act_bytes apart */
@@ -60,7 +66,9 @@ static void quantize_task(void *ctx, int64_t i, int thread) {
     mm_job *j = ctx;
     pam_quantize_activations(j->type, j->X + i * j->cols, j->act_out + (size_t)i * j->act_bytes,
                              j->cols);
-    if (j->tile) pam_vec_tile_prep_act(j->type, j->act_out + (size_t)i * j->act_bytes, j->cols);
+    if (j->tile_act)
+        pam_vec_tile_prep_act(j->type, j->act_out + (size_t)i * j->act_bytes, j->cols,
+                              j->tile_act + (size_t)i * j->tile_act_bytes);
     if (j->prep)
         j->prep->prep(j->act_out + (size_t)i * j->act_bytes, j->cols, j->prepared + (size_t)i * j->prep_bytes);
 }
@@ -72,8 +80,12 @@ static void tile_task(void *ctx, int64_t task, int thread) {
     for (int64_t r = r0; r < r1; r += PAM_TILE_ROWS) {
         int64_t nr = r1 - r < PAM_TILE_ROWS ? r1 - r : PAM_TILE_ROWS;
         uint8_t *scratch = j->scratch ? j->scratch + (size_t)thread * j->scratch_bytes : NULL;
-        j->tile(j->W + (size_t)r * j->row_bytes, j->row_bytes, nr, j->act, j->act_bytes, j->n, j->cols, j->Y + r,
-                j->rows, scratch);
+        if (j->tile_act)
+            j->tile(j->W + (size_t)r * j->row_bytes, j->row_bytes, nr, j->tile_act, j->tile_act_bytes, j->n, j->cols,
+                    j->Y + r, j->rows, scratch);
+        else
+            j->tile(j->W + (size_t)r * j->row_bytes, j->row_bytes, nr, j->act, j->act_bytes, j->n, j->cols, j->Y + r,
+                    j->rows, scratch);
     }
 }
 
@@ -129,9 +141,15 @@ static int64_t mm_setup(mm_job *j, pam_pool *pool, pam_dtype type, const void *W
     int n_threads = pool ? pam_pool_n_threads(pool) : 1;
     if (n >= TILE_MIN_N && (j->tile = pam_vec_tile_select(type)) != NULL) {
         j->scratch_bytes = (pam_vec_tile_scratch_bytes(type, cols) + 63) & ~(size_t)63;
-        if (j->scratch_bytes) {
-            j->scratch = malloc(j->scratch_bytes * (size_t)n_threads);
-            if (!j->scratch) j->tile = NULL; /* the row-by-row path needs no scratch */
+        j->tile_act_bytes = (pam_vec_tile_act_bytes(type, cols) + 63) & ~(size_t)63;
+        if (j->tile_act_bytes) j->tile_act = aligned_alloc(64, j->tile_act_bytes * (size_t)n);
+        if (j->scratch_bytes) j->scratch = malloc(j->scratch_bytes * (size_t)n_threads);
+        if ((j->tile_act_bytes && !j->tile_act) || (j->scratch_bytes && !j->scratch)) { /* rows path: neither */
+            free(j->tile_act);
+            free(j->scratch);
+            j->tile_act = NULL;
+            j->scratch = NULL;
+            j->tile = NULL;
         }
     }
     if (!j->tile && (j->prep = pam_vec_prep_select(type)) != NULL) {
@@ -150,6 +168,8 @@ static int64_t mm_setup(mm_job *j, pam_pool *pool, pam_dtype type, const void *W
             if (!*heap_act) {
                 free(j->scratch);
                 j->scratch = NULL;
+                free(j->tile_act);
+                j->tile_act = NULL;
                 free(j->prepared);
                 j->prepared = NULL;
                 for (int64_t i = 0; i < rows * n; i++) Y[i] = NAN;
@@ -165,7 +185,7 @@ static int64_t mm_setup(mm_job *j, pam_pool *pool, pam_dtype type, const void *W
     }
     int64_t block = j->tile ? PAM_TILE_ROWS : ROW_BLOCK;
     int64_t n_blocks = (rows + block - 1) / block;
-    int64_t want_tasks = (int64_t)n_threads * TASKS_PER_THREAD;
+    int64_t want_tasks = (int64_t)n_threads * (j->tile ? TILE_TASKS_PER_THREAD : TASKS_PER_THREAD);
     int64_t blocks_per_task = (n_blocks + want_tasks - 1) / want_tasks;
     if (blocks_per_task < 1) blocks_per_task = 1;
     j->chunk_rows = blocks_per_task * block;
@@ -208,6 +228,7 @@ void pam_matmul_multi(pam_pool *pool, const pam_mm *mm, int n_mm, int64_t cols, 
     mj.first[0] = 0;
     for (int k = 0; k < n_mm; k++) {
         jobs[k].scratch = NULL;
+        jobs[k].tile_act = NULL;
         jobs[k].prepared = NULL;
         int64_t nt = mm_setup(&jobs[k], pool, mm[k].type, mm[k].W, mm[k].rows, cols, X, n, mm[k].Y, stack_act[k],
                               sizeof stack_act[k], &heap[k], &mj.fn[k]);
@@ -224,6 +245,7 @@ void pam_matmul_multi(pam_pool *pool, const pam_mm *mm, int n_mm, int64_t cols, 
     for (int k = 0; k < n_mm; k++) {
         free(heap[k]);
         free(jobs[k].scratch);
+        free(jobs[k].tile_act);
         free(jobs[k].prepared);
     }
 }

@@ -642,12 +642,17 @@ static const pam_dtype k_slot_type[N_SLOTS] = {PAM_DT_F32,  PAM_DT_F16,  PAM_DT_
                                                PAM_DT_Q4_0, PAM_DT_Q4_K, PAM_DT_Q6_K};
 
 typedef struct {
+    size_t (*bytes)(int64_t cols);
+    void (*prep)(const void *act, int64_t cols, void *dst);
+} pam_tile_act;
+
+typedef struct {
     pam_isa isa;
     pam_vec_dot_fn dot;
     pam_vec_dot4_fn dot4;               /* NULL if none */
     pam_vec_tile_fn tile;               /* NULL if none */
     size_t (*tile_scratch)(int64_t cols); /* NULL: no scratch */
-    int tile_act_xor;                   /* the tile reads activation bytes ^ 0x80 */
+    const pam_tile_act *tile_act;       /* the tile's own activation form, NULL: as quantised */
     const pam_vec_prep *prep;           /* NULL if none */
 } mv_impl;
 
@@ -661,6 +666,7 @@ static const mv_impl k_ref[N_SLOTS] = {
 #if PAM_HAVE_AVX2_KERNELS
 #define A2 PAM_ISA_AVX2
 #define A5 PAM_ISA_AVX512
+static const pam_tile_act k_tile_act512 = {pam_tile_act_bytes_avx512, pam_tile_prep_act_avx512};
 static const mv_impl k_avx2[N_SLOTS] = {
     {A2, pam_dot_f32_avx2, NULL, pam_tile_f32_avx2, NULL, 0, NULL},
     {A2, pam_dot_f16_avx2, NULL, pam_tile_f16_avx2, NULL, 0, NULL},
@@ -674,31 +680,31 @@ static const mv_impl k_avx512[N_SLOTS] = {
     {A5, pam_dot_f32_avx512, NULL, pam_tile_f32_avx512, NULL, 0, NULL},
     {A5, pam_dot_f16_avx512, NULL, pam_tile_f16_avx512, NULL, 0, NULL},
     {A5, pam_dot_bf16_avx512, NULL, pam_tile_bf16_avx512, NULL, 0, NULL},
-    {A5, pam_dot_q8_0_avx512, pam_dot4_q8_0_avx512, pam_tile_q8_0_avx512, pam_tile_scratch_avx512, 1, NULL},
-    {A5, pam_dot_q4_0_avx512, pam_dot4_q4_0_avx512, pam_tile_q4_0_avx512, pam_tile_scratch_avx512, 1, NULL},
+    {A5, pam_dot_q8_0_avx512, pam_dot4_q8_0_avx512, pam_tile_q8_0_avx512, pam_tile_scratch_avx512, &k_tile_act512, NULL},
+    {A5, pam_dot_q4_0_avx512, pam_dot4_q4_0_avx512, pam_tile_q4_0_avx512, pam_tile_scratch_avx512, &k_tile_act512, NULL},
     {A5, pam_dot_q4_K_avx512, NULL, pam_tile_q4_K_avx512, NULL, 0, NULL},
     {A5, pam_dot_q6_K_avx512, NULL, pam_tile_q6_K_avx512, NULL, 0, NULL},
 };
 /* bit-identical to the avx512 ones above and served by the same tiles */
 static const mv_impl k_avx512y_q8_0 = {A5, pam_dot_q8_0_avx512y, NULL, pam_tile_q8_0_avx512,
-                                       pam_tile_scratch_avx512, 1, NULL};
+                                       pam_tile_scratch_avx512, &k_tile_act512, NULL};
 static const mv_impl k_avx512y_q4_0 = {A5, pam_dot_q4_0_avx512y, NULL, pam_tile_q4_0_avx512,
-                                       pam_tile_scratch_avx512, 1, NULL};
+                                       pam_tile_scratch_avx512, &k_tile_act512, NULL};
 static const pam_vec_prep k_prep_q8_0 = {pam_prep_bytes_q8_0_avx512y, pam_prep_q8_0_avx512y,
                                          pam_dot_prep_q8_0_avx512y};
 static const pam_vec_prep k_prep_q4_0 = {pam_prep_bytes_q4_0_avx512y, pam_prep_q4_0_avx512y,
                                          pam_dot_prep_q4_0_avx512y};
 /* the same, activation work once per product */
 static const mv_impl k_avx512yp_q8_0 = {A5, pam_dot_q8_0_avx512y, NULL, pam_tile_q8_0_avx512,
-                                        pam_tile_scratch_avx512, 1, &k_prep_q8_0};
+                                        pam_tile_scratch_avx512, &k_tile_act512, &k_prep_q8_0};
 static const mv_impl k_avx512yp_q4_0 = {A5, pam_dot_q4_0_avx512y, NULL, pam_tile_q4_0_avx512,
-                                        pam_tile_scratch_avx512, 1, &k_prep_q4_0};
+                                        pam_tile_scratch_avx512, &k_tile_act512, &k_prep_q4_0};
 /* the same with four rows per call: fewer activation loads, but four
  * interleaved streams, which some CPUs prefetch badly from DRAM */
 static const mv_impl k_avx512y4_q8_0 = {A5, pam_dot_q8_0_avx512y, pam_dot4_q8_0_avx512y, pam_tile_q8_0_avx512,
-                                        pam_tile_scratch_avx512, 1, NULL};
+                                        pam_tile_scratch_avx512, &k_tile_act512, NULL};
 static const mv_impl k_avx512y4_q4_0 = {A5, pam_dot_q4_0_avx512y, pam_dot4_q4_0_avx512y, pam_tile_q4_0_avx512,
-                                        pam_tile_scratch_avx512, 1, NULL};
+                                        pam_tile_scratch_avx512, &k_tile_act512, NULL};
 static const mv_impl k_avx512r[3] = {
     {A5, pam_dot_f32_avx512, pam_dot4_f32_avx512, pam_tile_f32_avx512, NULL, 0, NULL},
     {A5, pam_dot_f16_avx512, pam_dot4_f16_avx512, pam_tile_f16_avx512, NULL, 0, NULL},
@@ -895,15 +901,22 @@ size_t pam_vec_tile_scratch_bytes(pam_dtype weight_type, int64_t cols) {
     return m && m->tile_scratch ? m->tile_scratch(cols) : 0;
 }
 
-/* The AVX-512 Q8_0/Q4_0 tiles multiply unsigned activations by signed
- * weights: the activation bytes go up by 128 (the kernel takes 128 * sum(w)
- * back out). The others read activations as they are. */
-void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols) {
+static const pam_tile_act *tile_act_of(pam_dtype weight_type) {
     int slot = dot_slot(weight_type);
-    if (slot < 0 || !mv_choice(slot)->tile_act_xor) return;
-    pam_block_q8_0 *a = act;
-    for (int64_t i = 0; i < cols / PAM_QK8_0; i++)
-        for (int e = 0; e < PAM_QK8_0; e++) a[i].qs[e] = (int8_t)((uint8_t)a[i].qs[e] ^ 0x80u);
+    return slot < 0 ? NULL : mv_choice(slot)->tile_act;
+}
+
+size_t pam_vec_tile_act_bytes(pam_dtype weight_type, int64_t cols) {
+    const pam_tile_act *ta = tile_act_of(weight_type);
+    return ta ? ta->bytes(cols) : 0;
+}
+
+void pam_vec_tile_prep_act(pam_dtype weight_type, const void *act, int64_t cols, void *dst) {
+    const pam_tile_act *ta = tile_act_of(weight_type);
+    if (ta)
+        ta->prep(act, cols, dst);
+    else
+        memcpy(dst, act, pam_activation_bytes(weight_type, cols));
 }
 
 float pam_vec_dot(pam_dtype weight_type, const void *row, const void *act, int64_t n) {

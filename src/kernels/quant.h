@@ -96,7 +96,7 @@ const pam_vec_prep *pam_vec_prep_select(pam_dtype weight_type);
  * and t < n_tok, Y[t * ldy + r] = dot(row r of W, token t of act) bit-
  * identical to what pam_vec_dot_select(weight_type) gives, but with each
  * weight load shared by several tokens. act holds n_tok tokens act_bytes
- * apart, first passed through pam_vec_tile_prep_act (the tile kernels only
+ * apart in the form pam_vec_tile_prep_act writes (the tile kernels only
  * accept that form). scratch: pam_vec_tile_scratch_bytes(weight_type, cols)
  * bytes, any alignment, private to the call (may be NULL when that is 0).
  * NULL when the chosen kernel has no tiled form for weight_type. */
@@ -106,9 +106,13 @@ typedef void (*pam_vec_tile_fn)(const void *W, size_t row_bytes, int64_t rows, c
                                 void *scratch);
 pam_vec_tile_fn pam_vec_tile_select(pam_dtype weight_type);
 size_t pam_vec_tile_scratch_bytes(pam_dtype weight_type, int64_t cols);
-/* Brings one token's activations (cols elements, as pam_quantize_activations
- * wrote them) into the form the tile kernel of weight_type reads, in place. */
-void pam_vec_tile_prep_act(pam_dtype weight_type, void *act, int64_t cols);
+/* The form the tile kernel of weight_type reads one token's activations in:
+ * pam_vec_tile_prep_act writes it to dst (pam_vec_tile_act_bytes(weight_type,
+ * cols) bytes) from activations as pam_quantize_activations wrote them.
+ * pam_vec_tile_act_bytes is 0 when the tile reads them as they are (then
+ * pam_vec_tile_prep_act is a plain copy). */
+size_t pam_vec_tile_act_bytes(pam_dtype weight_type, int64_t cols);
+void pam_vec_tile_prep_act(pam_dtype weight_type, const void *act, int64_t cols, void *dst);
 /* Bytes of n activations in the vec-dot type of weight_type (n as for
  * pam_quantize_activations). */
 size_t pam_activation_bytes(pam_dtype weight_type, int64_t n);

@@ -1060,26 +1060,35 @@ void pam_quantize_q8_0_avx512(const float *x, void *dst, int64_t n) {
  * whose lane b is the exact int32 sum of block 16g + b; it multiplies it by
  * w_d * a_d in the same lane and adds it into accumulator g % 2 (a trailing
  * partial group into accumulator 1, its empty lanes adding 0), and ends with
- * hsum16(acc0 + acc1). Here the same float operations run with the layout
- * transposed: one vector holds 16 rows of one block lane b, so the state is
- * A[token][g % 2][b] (16 rows each) and the final hsum16 becomes the same
- * tree of vertical adds over b. Every element sees the identical sequence of
- * roundings, so results are bit-identical to the single-row kernel.
+ * hsum16(acc0 + acc1). So each row's result is 32 independent FMA chains,
+ * chain (c, b) over the blocks 16g + b of the groups g that go to
+ * accumulator c, in increasing g, then a fixed tree over (c, b).
+ *
+ * Here one vector holds 16 rows, and the tile walks the blocks chain by
+ * chain (lane b, then accumulator c, then g), so one register per token and
+ * row vector carries a chain from its first block to its last; a finished
+ * chain is parked in memory, and the final hsum16 becomes the same tree of
+ * vertical adds over (c, b). Every output sees the identical sequence of
+ * roundings, so results are bit-identical to the single-row kernel, while
+ * the float work per block is one convert, one multiply and one FMA per
+ * 16 rows and token, all in registers.
  *
  * The integer sums come from a register tile in the classic GEMM shape:
  * a panel of PANEL rows is repacked so that one zmm holds 4 bytes of the
  * same block for 16 rows; vpdpbusd with 4 broadcast activation bytes then
  * adds into a per-row lane, and 8 steps finish a block with no horizontal
  * work at all. vpdpbusd wants one unsigned operand: activations come in
- * offset by +128 (pam_vec_tile_prep_act), the weights stay signed, and the
- * accumulator starts at -128 * sum(w) over the block (from the repack).
- * Each weight vector feeds TILE_T tokens and each activation broadcast 2
+ * offset by +128, the weights stay signed, and the accumulator starts at
+ * -128 * sum(w) over the block (from the repack). The activations are
+ * brought into that form once per product (pam_tile_prep_act_avx512):
+ * each token's blocks' 32 bytes ^ 0x80 back to back, then its block scales
+ * as floats, so no panel converts a scale again.
+ * Each weight vector feeds TILE_T tokens and each activation broadcast RV
  * row vectors. */
 
 #define PANEL PAM_TILE_ROWS
 #define RV (PANEL / 16)
 #define TILE_T 4
-_Static_assert(TILE_T == 4, "tile_run finishes the last 1..3 tokens by hand");
 
 typedef struct {
     int8_t w[RV][8][64]; /* [row vector][4-byte step k][row lane l][byte] */
@@ -1087,23 +1096,13 @@ typedef struct {
     float d[RV][16];      /* weight scale, per row (0 for padding rows) */
 } panel_block;
 
-size_t pam_tile_scratch_avx512(int64_t cols) {
-    return (size_t)(cols / PAM_QK8_0) * sizeof(panel_block) + 64;
-}
 
-/* Repacking gathers 4 bytes of one block from each of 16 rows per vector
- * (rows >= `rows` masked off to 0). off: byte offsets of the 16 rows. */
+/* Repacking. Rows of a full 16-row vector are read with plain loads and
+ * transposed in registers; a vector with missing rows (the last panel of a
+ * matrix whose row count is not a multiple of 16) gathers 4 bytes of one
+ * block from each row instead, rows >= `rows` masked off to 0. */
 static inline __m512i gather_rows(const uint8_t *base, __m512i off, __mmask16 k) {
     return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, off, base, 1);
-}
-
-static inline void panel_finish(panel_block *pb, int v, const uint8_t *blk, __m512i off, __mmask16 k) {
-    __m512i sum = _mm512_setzero_si512();
-    for (int s = 0; s < 8; s++)
-        sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), _mm512_load_si512(pb->w[v][s]));
-    _mm512_store_si512(pb->corr[v], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
-    /* the f16 scale is the block's first two bytes */
-    _mm512_store_ps(pb->d[v], _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gather_rows(blk, off, k))));
 }
 
 static inline __m512i row_offsets(size_t row_bytes, int v) {
@@ -1112,102 +1111,191 @@ static inline __m512i row_offsets(size_t row_bytes, int v) {
                               _mm512_set1_epi32((int)row_bytes));
 }
 
+/* Where block i of a row sits in the panel: in the order the tile walks
+ * the chains (lane b, then accumulator c, then g), so the walk is one
+ * sequential stream. */
+static inline int64_t chain_pos(int64_t i, int64_t nb) {
+    const int64_t nfull = nb / GROUP, g = i / GROUP, b = i % GROUP, rem = nb % GROUP;
+    const int64_t lane = b * nfull + (b < rem ? b : rem); /* blocks of the lanes before b */
+    if (g == nfull) return lane + nfull;                   /* the partial group ends chain 1 */
+    return lane + (g % 2 == 0 ? g / 2 : (nfull + 1) / 2 + g / 2);
+}
+
 static inline __mmask16 rows_mask(int rows, int v) {
     const int left = rows - 16 * v;
     return left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : mask16(left);
+}
+
+/* Dwords 0..3 at p + l * rb for rows l = 0..15, as r[k] with row l's dword
+ * k in lane l: four 128-bit loads per vector (rows m, 4 + m, 8 + m, 12 + m)
+ * and an in-lane 4 x 4 transpose. */
+static inline void load_t16x4(const uint8_t *p, size_t rb, __m512i r[4]) {
+    for (int m = 0; m < 4; m++) {
+        __m512i x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + (size_t)m * rb)));
+        x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(p + (size_t)(4 + m) * rb)), 1);
+        x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(p + (size_t)(8 + m) * rb)), 2);
+        r[m] = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(p + (size_t)(12 + m) * rb)), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(r[0], r[1]), t1 = _mm512_unpackhi_epi32(r[0], r[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(r[2], r[3]), t3 = _mm512_unpackhi_epi32(r[2], r[3]);
+    r[0] = _mm512_unpacklo_epi64(t0, t2);
+    r[1] = _mm512_unpackhi_epi64(t0, t2);
+    r[2] = _mm512_unpacklo_epi64(t1, t3);
+    r[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* The 16 rows' f16 scales (each block's first two bytes) as floats. */
+static inline void panel_scales(panel_block *pb, int v, const uint8_t *blk, __m512i off, __mmask16 k) {
+    _mm512_store_ps(pb->d[v], _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gather_rows(blk, off, k))));
+}
+
+static inline void panel_corr(panel_block *pb, int v) {
+    __m512i sum = _mm512_setzero_si512();
+    for (int s = 0; s < 8; s++)
+        sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), _mm512_load_si512(pb->w[v][s]));
+    _mm512_store_si512(pb->corr[v], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)));
 }
 
 static void repack_q8_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
     for (int v = 0; v < RV; v++) {
         const __m512i off = row_offsets(row_bytes, v);
         const __mmask16 k = rows_mask(rows, v);
+        const uint8_t *base = (const uint8_t *)W + (size_t)(16 * v) * row_bytes;
         for (int64_t i = 0; i < nb; i++) {
             const uint8_t *blk = (const uint8_t *)W + (size_t)i * sizeof(pam_block_q8_0);
-            for (int s = 0; s < 8; s++)
-                _mm512_store_si512(P[i].w[v][s], gather_rows(blk + 2 + 4 * s, off, k));
-            panel_finish(&P[i], v, blk, off, k);
+            panel_block *pb = &P[chain_pos(i, nb)];
+            if (k == 0xffff) {
+                __m512i r[4];
+                for (int h = 0; h < 2; h++) {
+                    load_t16x4(base + (size_t)i * sizeof(pam_block_q8_0) + 2 + 16 * h, row_bytes, r);
+                    for (int s = 0; s < 4; s++) _mm512_store_si512(pb->w[v][4 * h + s], r[s]);
+                }
+            } else {
+                for (int s = 0; s < 8; s++)
+                    _mm512_store_si512(pb->w[v][s], gather_rows(blk + 2 + 4 * s, off, k));
+            }
+            panel_corr(pb, v);
+            panel_scales(pb, v, blk, off, k);
         }
     }
 }
 
+/* Q4_0: byte j of a block holds element j (low nibble) and 16 + j (high);
+ * step s < 4 takes the low nibbles of bytes 4s..4s+3, step s + 4 the high
+ * ones, matching activation bytes 4s.. and 16 + 4s... The nibbles' sum
+ * (at most 8 * 15 per byte before the widening dot) gives the correction:
+ * sum(w) = sum(nibbles) - 8 * 32. */
 static void repack_q4_0(panel_block *P, const void *W, size_t row_bytes, int rows, int64_t nb) {
     const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
     for (int v = 0; v < RV; v++) {
         const __m512i off = row_offsets(row_bytes, v);
         const __mmask16 k = rows_mask(rows, v);
+        const uint8_t *base = (const uint8_t *)W + (size_t)(16 * v) * row_bytes;
         for (int64_t i = 0; i < nb; i++) {
             const uint8_t *blk = (const uint8_t *)W + (size_t)i * sizeof(pam_block_q4_0);
+            panel_block *pb = &P[chain_pos(i, nb)];
+            __m512i r[4];
+            if (k == 0xffff)
+                load_t16x4(base + (size_t)i * sizeof(pam_block_q4_0) + 2, row_bytes, r);
+            else
+                for (int s = 0; s < 4; s++) r[s] = gather_rows(blk + 2 + 4 * s, off, k);
+            __m512i nib = _mm512_setzero_si512();
             for (int s = 0; s < 4; s++) {
-                /* low nibbles: elements 4s..4s+3; high: 16 + 4s.. (step s + 4) */
-                const __m512i g = gather_rows(blk + 2 + 4 * s, off, k);
-                _mm512_store_si512(P[i].w[v][s], _mm512_sub_epi8(_mm512_and_si512(g, m4), eight));
-                _mm512_store_si512(P[i].w[v][s + 4],
-                                   _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(g, 4), m4), eight));
+                const __m512i lo = _mm512_and_si512(r[s], m4), hi = _mm512_and_si512(_mm512_srli_epi16(r[s], 4), m4);
+                nib = _mm512_add_epi8(nib, _mm512_add_epi8(lo, hi));
+                _mm512_store_si512(pb->w[v][s], _mm512_sub_epi8(lo, eight));
+                _mm512_store_si512(pb->w[v][s + 4], _mm512_sub_epi8(hi, eight));
             }
-            panel_finish(&P[i], v, blk, off, k);
+            /* padding rows read as 0 nibbles: their (unused) correction is 128 * 256 */
+            const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib, _mm512_set1_epi8(1));
+            _mm512_store_si512(pb->corr[v], _mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(256), sum), 7));
+            panel_scales(pb, v, blk, off, k);
         }
     }
 }
 
-/* Float state of one token tile: [token][accumulator][block lane][row vector]. */
-typedef struct {
-    __m512 a[TILE_T][2][GROUP][RV];
-} tile_acc;
+/* One block of T tokens into the chains acc[t][v]: the exact int32 block
+ * sums, times w_d * a_d, by one FMA each. q[t]: token t's activation bytes,
+ * ad[t]: its block scales. */
+static inline __attribute__((always_inline)) void tile_block(const panel_block *pb, const uint8_t *const q[],
+                                                             const float *const ad[], int64_t i,
+                                                             __m512 acc[TILE_T][RV], const int T) {
+    __m512i s[TILE_T][RV];
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; v++) {
+        const __m512i c = _mm512_load_si512(pb->corr[v]);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) s[t][v] = c;
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) {
+        __m512i w[RV];
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; v++) w[v] = _mm512_load_si512(pb->w[v][k]);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            int32_t x;
+            memcpy(&x, q[t] + 32 * i + 4 * k, 4);
+            const __m512i ab = _mm512_set1_epi32(x);
+#pragma GCC unroll 4
+            for (int v = 0; v < RV; v++) s[t][v] = _mm512_dpbusd_epi32(s[t][v], ab, w[v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) {
+        const __m512 d = _mm512_set1_ps(ad[t][i]);
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; v++)
+            acc[t][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t][v]), _mm512_mul_ps(_mm512_load_ps(pb->d[v]), d),
+                                        acc[t][v]);
+    }
+}
+
+/* Finished chains of a token tile: [token][accumulator][block lane][row vector]. */
+typedef __m512 tile_chains[TILE_T][2][GROUP][RV];
+
+/* Chain (c, b) of T tokens: its len blocks, from pb on, in order. */
+static inline __attribute__((always_inline)) void tile_chain(const panel_block *pb, int64_t len, int c, int b,
+                                                             int64_t nb, const uint8_t *const q[],
+                                                             const float *const ad[], tile_chains *X, const int T) {
+    const int64_t nfull = nb / GROUP;
+    __m512 acc[TILE_T][RV];
+    for (int t = 0; t < T; t++)
+        for (int v = 0; v < RV; v++) acc[t][v] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < len; j++) {
+        const int64_t g = c + 2 * j; /* g = nfull: the partial group, last in chain 1 */
+        tile_block(pb + j, q, ad, GROUP * (g < nfull ? g : nfull) + b, acc, T);
+    }
+    if (c == 1 && nb % GROUP && b >= nb % GROUP) /* the partial group's empty lanes: acc + 0 * 0 */
+        for (int t = 0; t < T; t++)
+            for (int v = 0; v < RV; v++) acc[t][v] = _mm512_add_ps(acc[t][v], _mm512_setzero_ps());
+    for (int t = 0; t < T; t++)
+        for (int v = 0; v < RV; v++) (*X)[t][c][b][v] = acc[t][v];
+}
 
 static inline __attribute__((always_inline)) void tile_tokens(const panel_block *P, int64_t nb, const uint8_t *act,
                                                               size_t act_bytes, float *Y, int64_t ldy,
-                                                              __mmask16 km[RV], tile_acc *A, const int T) {
-    const pam_block_q8_0 *a[TILE_T];
-    for (int t = 0; t < T; t++) a[t] = (const pam_block_q8_0 *)(act + (size_t)t * act_bytes);
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < 2; c++)
-            for (int b = 0; b < GROUP; b++)
-                for (int v = 0; v < RV; v++) A->a[t][c][b][v] = _mm512_setzero_ps();
-
-    const int64_t nfull = nb / GROUP;
-    for (int64_t i = 0; i < nb; i++) {
-        const int64_t g = i / GROUP;
-        const int b = (int)(i % GROUP), c = g < nfull ? (int)(g & 1) : 1;
-        const panel_block *pb = &P[i];
-        __m512i s[TILE_T][RV];
-#pragma GCC unroll 8
-        for (int t = 0; t < T; t++)
-#pragma GCC unroll 4
-            for (int v = 0; v < RV; v++) s[t][v] = _mm512_load_si512(pb->corr[v]);
-#pragma GCC unroll 8
-        for (int k = 0; k < 8; k++) {
-            __m512i w[RV];
-#pragma GCC unroll 4
-            for (int v = 0; v < RV; v++) w[v] = _mm512_load_si512(pb->w[v][k]);
-#pragma GCC unroll 8
-            for (int t = 0; t < T; t++) {
-                int32_t q;
-                memcpy(&q, a[t][i].qs + 4 * k, 4);
-                const __m512i ab = _mm512_set1_epi32(q);
-#pragma GCC unroll 4
-                for (int v = 0; v < RV; v++) s[t][v] = _mm512_dpbusd_epi32(s[t][v], ab, w[v]);
-            }
-        }
-#pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const __m512 ad = _mm512_set1_ps(_cvtsh_ss(a[t][i].d));
-#pragma GCC unroll 4
-            for (int v = 0; v < RV; v++)
-                A->a[t][c][b][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t][v]),
-                                                   _mm512_mul_ps(_mm512_load_ps(pb->d[v]), ad), A->a[t][c][b][v]);
-        }
+                                                              const __mmask16 km[RV], tile_chains *X, const int T) {
+    const uint8_t *q[TILE_T];
+    const float *ad[TILE_T];
+    for (int t = 0; t < T; t++) {
+        q[t] = act + (size_t)t * act_bytes;
+        ad[t] = (const float *)(q[t] + (size_t)nb * PAM_QK8_0);
     }
-    /* the partial group's empty lanes: acc + 0 * 0, as the single-row kernel */
-    if (nb % GROUP)
-        for (int b = (int)(nb % GROUP); b < GROUP; b++)
-            for (int t = 0; t < T; t++)
-                for (int v = 0; v < RV; v++) A->a[t][1][b][v] = _mm512_add_ps(A->a[t][1][b][v], _mm512_setzero_ps());
-
+    const int64_t nfull = nb / GROUP;
+    const int rem = (int)(nb % GROUP);
+    const panel_block *pb = P;
+    for (int b = 0; b < GROUP; b++)
+        for (int c = 0; c < 2; c++) {
+            const int64_t len = c == 0 ? (nfull + 1) / 2 : nfull / 2 + (b < rem);
+            tile_chain(pb, len, c, b, nb, q, ad, X, T);
+            pb += len;
+        }
     /* hsum16(acc0 + acc1), lane by lane */
     for (int t = 0; t < T; t++)
         for (int v = 0; v < RV; v++) {
             __m512 x[GROUP];
-            for (int b = 0; b < GROUP; b++) x[b] = _mm512_add_ps(A->a[t][0][b][v], A->a[t][1][b][v]);
+            for (int b = 0; b < GROUP; b++) x[b] = _mm512_add_ps((*X)[t][0][b][v], (*X)[t][1][b][v]);
             for (int h = GROUP / 2; h >= 1; h /= 2)
                 for (int b = 0; b < h; b++) x[b] = _mm512_add_ps(x[b], x[b + h]);
             _mm512_mask_storeu_ps(Y + t * ldy + 16 * v, km[v], x[0]);
@@ -1215,20 +1303,42 @@ static inline __attribute__((always_inline)) void tile_tokens(const panel_block 
 }
 
 static void tile_run(const panel_block *P, int rows, const void *act, size_t act_bytes, int64_t n_tok,
-                     int64_t nb, float *Y, int64_t ldy) {
+                     int64_t nb, float *Y, int64_t ldy, tile_chains *X) {
     __mmask16 km[RV];
     for (int v = 0; v < RV; v++) km[v] = rows_mask(rows, v);
-    tile_acc A;
     const uint8_t *a = act;
     int64_t t = 0;
     for (; t + TILE_T <= n_tok; t += TILE_T)
-        tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, &A, TILE_T);
+        tile_tokens(P, nb, a + (size_t)t * act_bytes, act_bytes, Y + t * ldy, ldy, km, X, TILE_T);
     const uint8_t *at = a + (size_t)t * act_bytes;
     switch (n_tok - t) { /* the last few tokens together too */
-    case 3: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 3); break;
-    case 2: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 2); break;
-    case 1: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, &A, 1); break;
+    case 3: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, 3); break;
+    case 2: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, 2); break;
+    case 1: tile_tokens(P, nb, at, act_bytes, Y + t * ldy, ldy, km, X, 1); break;
     default: break;
+    }
+}
+_Static_assert(TILE_T == 4, "tile_run finishes the last 1..3 tokens by hand");
+
+/* The panel, then a token tile's finished chains. */
+size_t pam_tile_scratch_avx512(int64_t cols) {
+    return (size_t)(cols / PAM_QK8_0) * sizeof(panel_block) + sizeof(tile_chains) + 64;
+}
+
+size_t pam_tile_act_bytes_avx512(int64_t cols) {
+    return (size_t)(cols / PAM_QK8_0) * (PAM_QK8_0 + sizeof(float));
+}
+
+void pam_tile_prep_act_avx512(const void *act, int64_t cols, void *dst) {
+    const pam_block_q8_0 *a = act;
+    const int64_t nb = cols / PAM_QK8_0;
+    uint8_t *q = dst;
+    float *d = (float *)(q + (size_t)nb * PAM_QK8_0);
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        _mm256_storeu_si256((__m256i *)(q + 32 * i), _mm256_xor_si256(x, _mm256_set1_epi8((char)0x80)));
+        float f = _cvtsh_ss(a[i].d);
+        memcpy(d + i, &f, sizeof f);
     }
 }
 
@@ -1241,7 +1351,8 @@ void pam_tile_q8_0_avx512(const void *W, size_t row_bytes, int64_t rows, const v
     const int64_t nb = cols / PAM_QK8_0;
     panel_block *P = panel_of(scratch);
     repack_q8_0(P, W, row_bytes, (int)rows, nb);
-    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy);
+    tile_chains *X = (tile_chains *)(P + nb);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy, X);
 }
 
 void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
@@ -1249,7 +1360,8 @@ void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const v
     const int64_t nb = cols / PAM_QK4_0;
     panel_block *P = panel_of(scratch);
     repack_q4_0(P, W, row_bytes, (int)rows, nb);
-    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy);
+    tile_chains *X = (tile_chains *)(P + nb);
+    tile_run(P, (int)rows, act, act_bytes, n_tok, nb, Y, ldy, X);
 }
 
 #endif

@@ -105,6 +105,9 @@ void pam_tile_q8_0_avx2(const void *W, size_t row_bytes, int64_t rows, const voi
 void pam_tile_q4_0_avx2(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
                         int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
 size_t pam_tile_scratch_avx512(int64_t cols);
+/* Their activations: each block's 32 bytes ^ 0x80, then the scales as floats. */
+size_t pam_tile_act_bytes_avx512(int64_t cols);
+void pam_tile_prep_act_avx512(const void *act, int64_t cols, void *dst);
 void pam_tile_q8_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,
                           int64_t n_tok, int64_t cols, float *Y, int64_t ldy, void *scratch);
 void pam_tile_q4_0_avx512(const void *W, size_t row_bytes, int64_t rows, const void *act, size_t act_bytes,

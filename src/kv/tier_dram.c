@@ -166,6 +166,43 @@ static pam_status dram_read(void *impl, uint32_t slot, int32_t n, float *k, floa
     return PAM_OK;
 }
 
+/* f16: the list in runs of up to PAM_ATTN_RUN_MAX blocks, each folded per
+ * KV head in one call (pam_attn_partial_f16_kt_run: bit for bit the
+ * per-block fold, so runs, tiers and pieces never change the result). While
+ * a head's run computes, the next head's part of the same blocks (or the
+ * next run's first head) is fetched into L2: the slots are anywhere in the
+ * arena. */
+static void attend_f16_runs(dram_tier *d, const pam_tier_attn *r, int ng, float *scratch) {
+    const int hd = d->shape.head_dim, nkv = d->shape.n_head_kv, bt = d->shape.block_tokens;
+    const uint16_t *kt[PAM_ATTN_RUN_MAX], *vr[PAM_ATTN_RUN_MAX];
+    const void *pf[PAM_ATTN_RUN_MAX];
+    int32_t nt[PAM_ATTN_RUN_MAX];
+    const size_t kbytes = (size_t)hd * (size_t)bt * sizeof(uint16_t);
+    for (int64_t b0 = 0; b0 < r->n_blocks; b0 += PAM_ATTN_RUN_MAX) {
+        const int nb = r->n_blocks - b0 < PAM_ATTN_RUN_MAX ? (int)(r->n_blocks - b0) : PAM_ATTN_RUN_MAX;
+        for (int j = 0; j < nb; j++) nt[j] = r->blocks[b0 + j].n_tokens;
+        for (int h = 0; h < nkv; h++) {
+            /* fetched while block j computes: block j's next head, or from
+             * the last head, block j of the next run's first head */
+            for (int j = 0; j < nb; j++) {
+                const int64_t pb = h + 1 < nkv ? b0 + j : b0 + nb + j;
+                const size_t head = h + 1 < nkv ? (size_t)(h + 1) : 0;
+                pf[j] = pb < r->n_blocks ? slot_ptr(d, r->blocks[pb].slot) + head * d->run_bytes : NULL;
+            }
+            for (int j = 0; j < nb; j++) {
+                const uint8_t *run = slot_ptr(d, r->blocks[b0 + j].slot) + (size_t)h * d->run_bytes;
+                kt[j] = (const uint16_t *)run;
+                vr[j] = (const uint16_t *)(run + kbytes);
+            }
+            pam_attn_partial_f16_kt_run(r->q + (size_t)h * ng * hd, ng, hd, r->scale, kt, vr, nt, nb, bt, b0 == 0,
+                                        r->m + (size_t)h * ng, r->l + (size_t)h * ng, r->o + (size_t)h * ng * hd,
+                                        r->blk_m ? r->blk_m + (size_t)b0 * r->n_head + (size_t)h * ng : NULL,
+                                        r->blk_m ? r->blk_l + (size_t)b0 * r->n_head + (size_t)h * ng : NULL,
+                                        (size_t)r->n_head, pf, d->run_bytes, scratch);
+        }
+    }
+}
+
 /* Per KV head: the listed blocks folded in list order, the first block's
  * partial straight into the output, later ones through pam_attn_merge. */
 static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
@@ -186,7 +223,8 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
     if (r->n_blocks == 0) return PAM_OK;
     /* kernel scratch, one partial (m, l, o), the query of every KV head
      * prepared for the type */
-    const size_t sc_floats = pam_kvh_scratch_floats(d->type, ng, hd, bt);
+    size_t sc_floats = pam_kvh_scratch_floats(d->type, ng, hd, bt);
+    if (pam_attn_run_scratch_floats(ng, hd, bt) > sc_floats) sc_floats = pam_attn_run_scratch_floats(ng, hd, bt);
     const size_t qbytes = (pam_kvh_query_bytes(d->type, ng, hd) + 15) & ~(size_t)15;
     pam_kvh_query *qr = malloc(sizeof *qr * 2 * (size_t)nkv); /* [nkv] the type's, [nkv] f16 for tails */
     float *scratch = qr ? malloc(sizeof(float) * (sc_floats + (size_t)ng * (2 + (size_t)hd)) + qbytes * (size_t)nkv)
@@ -202,6 +240,11 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
         pam_kvh_query_init(&qr[nkv + h], PAM_KV_F16, r->q + (size_t)h * ng * hd, ng, hd, r->scale, NULL);
     }
     uint64_t bytes = 0;
+    if (d->type == PAM_KV_F16) {
+        attend_f16_runs(d, r, ng, scratch);
+        for (int64_t b = 0; b < r->n_blocks; b++) bytes += (uint64_t)r->blocks[b].n_tokens * d->block_bytes / (uint64_t)bt;
+        goto done;
+    }
     /* Blocks outer, heads inner: a block's head runs are adjacent, so the
      * tier streams each slot front to back; per head, blocks still fold in
      * list order. */
@@ -229,6 +272,7 @@ static pam_status dram_attend(void *impl, const pam_tier_attn *r) {
         }
         bytes += (uint64_t)blk->n_tokens * (uint64_t)nkv * run / (uint64_t)bt;
     }
+done:
     free(qr);
     free(scratch);
     __atomic_fetch_add(&d->bytes_read, bytes, __ATOMIC_RELAXED);

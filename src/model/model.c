@@ -59,6 +59,7 @@ struct pam_ctx {
     float *x, *h, *q, *k, *v, *att, *gate, *up; /* [PAM_MAX_BATCH][dim] each */
     pam_ctx *tok_ctx[PAM_MAX_BATCH]; /* pam_forward: every token is this context's */
     int32_t tok_pos[PAM_MAX_BATCH];
+    int32_t out_ids[PAM_MAX_BATCH]; /* forward_chunk: the tokens whose hidden states are read */
     double *inv_freq; /* [n_rot/2] */
 };
 
@@ -464,9 +465,16 @@ static void add_bias(float *y, const float *b, int n_tok, int dim) {
 }
 
 /* Runs n tokens through the layers using c's scratch; token i belongs to
- * the sequence of tctx[i] (its KV) at position pos[i]. */
+ * the sequence of tctx[i] (its KV) at position pos[i]. Only the n_out
+ * tokens out[0..n_out) (ascending; out NULL: all n) have their hidden
+ * states read afterwards (for logits), so after the last layer's attention
+ * the others stop: their keys and values are stored and their attention
+ * runs as before (the KV cache and its bookkeeping see every token), but
+ * the output projection and feed-forward of that layer run over the kept
+ * rows only, which x then holds compacted. Every row's arithmetic is its
+ * own, so the kept rows are bit-identical to a full pass. */
 static pam_status forward_chunk(pam_ctx *c, pam_ctx *const *tctx, const int32_t *tokens, const int32_t *pos,
-                                int32_t n) {
+                                int32_t n, const int32_t *out, int32_t n_out) {
     const pam_model *m = c->m;
     const pam_model_hparams *hp = &m->hp;
     int dim = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
@@ -495,6 +503,15 @@ static pam_status forward_chunk(pam_ctx *c, pam_ctx *const *tctx, const int32_t 
                                   c->v + (size_t)i * kvd));
         }
         PAM_TRY(run_attention(c, tctx, pos, l, n));
+        if (l == hp->n_layer - 1 && out) { /* the rest of the pass only for the kept tokens */
+            for (int32_t k = 0; k < n_out; k++)
+                if (out[k] != k) {
+                    memcpy(c->att + (size_t)k * qd, c->att + (size_t)out[k] * qd, sizeof(float) * (size_t)qd);
+                    memcpy(c->x + (size_t)k * dim, c->x + (size_t)out[k] * dim, sizeof(float) * (size_t)dim);
+                }
+            n = n_out;
+            if (n == 0) break;
+        }
         pam_matmul(pool, L->wo.type, L->wo.data, dim, qd, c->att, n, c->h);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->h[i];
 
@@ -547,12 +564,12 @@ pam_status pam_forward(pam_ctx *c, const int32_t *tokens, int32_t n, int32_t pos
             c->tok_ctx[i] = c;
             c->tok_pos[i] = pos + done + i;
         }
-        PAM_TRY(forward_chunk(c, c->tok_ctx, tokens + done, c->tok_pos, nb));
-        if (!logits) continue;
         int last_chunk = done + nb == n;
-        if (!all_logits && !last_chunk) continue;
-        int32_t first = all_logits ? 0 : nb - 1;
-        forward_logits(c, first, nb, all_logits ? logits + (size_t)done * hp->n_vocab : logits);
+        int32_t n_out = !logits ? 0 : all_logits ? nb : last_chunk ? 1 : 0;
+        c->out_ids[0] = nb - 1; /* the only token ever kept when not all are */
+        PAM_TRY(forward_chunk(c, c->tok_ctx, tokens + done, c->tok_pos, nb, n_out == nb ? NULL : c->out_ids, n_out));
+        if (n_out == 0) continue;
+        forward_logits(c, 0, n_out, all_logits ? logits + (size_t)done * hp->n_vocab : logits);
     }
     return PAM_OK;
 }
@@ -592,22 +609,15 @@ pam_status pam_forward_batch_ex(pam_ctx *const *ctxs, const int32_t *tokens, con
     }
     for (int32_t done = 0; done < n; done += PAM_MAX_BATCH) {
         int32_t nb = n - done < PAM_MAX_BATCH ? n - done : PAM_MAX_BATCH;
-        PAM_TRY(forward_chunk(c, ctxs + done, tokens + done, pos + done, nb));
-        if (!logits) continue;
-        if (!want) {
-            forward_logits(c, 0, nb, logits + (size_t)done * hp->n_vocab);
-            continue;
-        }
-        /* Only the wanted rows, compacted: prefill tokens whose logits
-         * nobody reads skip the output matrix entirely. */
+        /* Only the wanted rows: prefill tokens whose logits nobody reads
+         * skip the last layer's feed-forward and the output matrix. */
         int32_t k = 0;
-        int dim = hp->n_embd;
-        for (int32_t i = 0; i < nb; i++) {
-            if (!want[done + i]) continue;
-            rmsnorm(c->h + (size_t)k * dim, c->x + (size_t)i * dim, c->m->output_norm, dim, hp->rms_eps);
-            k++;
-        }
-        if (k > 0) pam_matmul(c->pool, c->m->output.type, c->m->output.data, hp->n_vocab, dim, c->h, k, logits);
+        if (logits)
+            for (int32_t i = 0; i < nb; i++)
+                if (!want || want[done + i]) c->out_ids[k++] = i;
+        PAM_TRY(forward_chunk(c, ctxs + done, tokens + done, pos + done, nb, k == nb ? NULL : c->out_ids, k));
+        if (k == 0) continue;
+        forward_logits(c, 0, k, logits);
         logits += (size_t)k * hp->n_vocab;
     }
     return PAM_OK;
