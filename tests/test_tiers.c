@@ -27,6 +27,15 @@
 #include "util/ref_model.h"
 #include "util/test_util.h"
 
+/* Back to the level the process started with: PAM_ISA when it forces one
+ * (the suite also runs under PAM_ISA=avx2 and scalar), else the detected
+ * best. pam_cpu_set_isa(NULL) would always pick the detected best. */
+static void restore_isa(void) {
+    const char *env = getenv("PAM_ISA");
+    assert_int_equal(pam_cpu_set_isa(env && *env ? env : NULL), PAM_OK);
+}
+
+
 /* 2 KV heads of 64, 4 query heads (GQA 2:1), 16-token blocks. */
 static const pam_kv_shape k_shape = {.n_layer = 2, .n_head_kv = 2, .head_dim = 64, .block_tokens = 16};
 #define N_HEAD 4
@@ -354,7 +363,7 @@ static void test_attend(void **state) {
             if (!(derr <= dtol && dblk <= dtol))
                 fail_msg("%s at %s: %.3g, blocks %.3g vs its decoded data", k->label, pam_cpu_isa(), derr, dblk);
         }
-        assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+        restore_isa();
         free(Kd);
         free(Vd);
     }
@@ -508,7 +517,7 @@ static void test_dramq_shapes(void **state) {
                                  nq, pam_cpu_isa(), g, num, den);
                 }
             }
-            assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+            restore_isa();
             for (int b = 0; b < NB; b++) pam_tier_free(t, blocks[b].slot);
             pam_tier_close(t);
             free(K);
@@ -925,7 +934,7 @@ static void test_ssd_isa_switch(void **state) {
         ctx_free(&c);
         pam_tier_close(t);
     }
-    assert_int_equal(pam_cpu_set_isa(NULL), PAM_OK);
+    restore_isa();
 }
 
 /* Adjacent blocks are read together: blocks written one after another get
